@@ -1,0 +1,162 @@
+/* minillm.h: the whole C API of minillm's kernels.
+ *
+ * Conventions (every kernel):
+ *   - float32 row-major, contiguous unless a leading dimension (ld*) is given;
+ *     sizes are int64_t element counts; shapes in the comments use (rows, cols).
+ *   - no Python, no allocation inside hot loops, no error printing: a kernel that can
+ *     fail returns a negative code or the index of the bad element.
+ *   - results are bitwise identical run to run and for any thread count: reductions
+ *     use a fixed partition of the data into blocks, and the partial results are
+ *     combined in a fixed order.
+ *   - hot kernels have a portable C path, an AVX2+FMA path and an AVX-512 path,
+ *     chosen once by mll_init() from what the CPU has (or MINILLM_ISA).
+ *
+ * pyx/minillm.pxd declares exactly this file.
+ */
+#ifndef MINILLM_H
+#define MINILLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ runtime.c */
+/* ISA paths. */
+enum { MLL_ISA_GENERIC = 0, MLL_ISA_AVX2 = 1, MLL_ISA_AVX512 = 2 };
+
+/* Detects the CPU, picks the best path (or the one MINILLM_ISA names) and reads
+ * MINILLM_NUM_THREADS. Safe to call more than once. Returns 0, or -1 if MINILLM_ISA
+ * names a path this CPU cannot run (the best path is used then). */
+int mll_init(void);
+int mll_cpu_supports(int isa);        /* 1 if this CPU (and OS) can run that path */
+int mll_cpu_has_avx512bf16(void);
+const char *mll_cpu_name(void);       /* brand string, "" when unknown */
+int mll_get_isa(void);
+int mll_set_isa(int isa);             /* 0 on success, -1 if the CPU cannot run it */
+const char *mll_isa_name(int isa);    /* "generic", "avx2", "avx512" */
+int mll_get_num_threads(void);
+void mll_set_num_threads(int n);      /* n >= 1 */
+
+/* Storage: 64-byte aligned, cached in free lists by size class so that a training
+ * step allocates nothing from the OS after the first step. */
+void *mll_alloc(size_t nbytes);       /* NULL on failure; nbytes 0 gives a valid pointer */
+void mll_free(void *p, size_t nbytes);/* nbytes as passed to mll_alloc */
+void mll_alloc_trim(void);            /* give every cached block back to the OS */
+/* bytes in use by live tensors, bytes cached in free lists, OS allocations so far */
+void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs);
+
+/* ------------------------------------------------------------- elementwise.c */
+enum { MLL_ADD = 0, MLL_SUB = 1, MLL_MUL = 2, MLL_DIV = 3 };
+/* out[i] = a[i] op b[i];                           a, b, out: (n) */
+void mll_binary(int op, const float *a, const float *b, float *out, int64_t n);
+/* out[r, c] = a[r, c] op b[c];                     a, out: (rows, cols), b: (cols) */
+void mll_binary_row(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols);
+/* out[r, c] = a[r, c] op b[r];                     a, out: (rows, cols), b: (rows) */
+void mll_binary_col(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols);
+/* out[i] = a[i] op s  (reverse=0)   or   s op a[i]  (reverse=1) */
+void mll_binary_scalar(int op, const float *a, float s, float *out, int64_t n, int reverse);
+/* General broadcast: out has `shape` (ndim <= 8, contiguous); a and b are read with
+ * element strides astr/bstr (0 on broadcast axes). */
+void mll_binary_strided(int op, int ndim, const int64_t *shape, const float *a, const int64_t *astr,
+                        const float *b, const int64_t *bstr, float *out);
+
+enum { MLL_NEG = 0, MLL_EXP = 1, MLL_LOG = 2, MLL_SQRT = 3, MLL_TANH = 4, MLL_RELU = 5,
+       MLL_GELU = 6, MLL_ABS = 7, MLL_SIGMOID = 8 };
+/* out[i] = f(x[i]). GELU is the tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+void mll_unary(int op, const float *x, float *out, int64_t n);
+/* dx[i] = dy[i] * f'(x[i]); y = f(x) is passed too (exp, sqrt, tanh, sigmoid use it). */
+void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n);
+
+/* ---------------------------------------------------------------- blas1.c */
+void mll_fill(float *x, float v, int64_t n);
+void mll_copy(const float *x, float *y, int64_t n);
+void mll_scale(float *x, float a, int64_t n);                      /* x *= a */
+void mll_axpy(float a, const float *x, float *y, int64_t n);       /* y += a x */
+double mll_dot(const float *x, const float *y, int64_t n);         /* fixed-order blocked sum */
+/* dst = src gathered through strides: src element strides `str` (any sign), dst contiguous.
+ * elem_size is 2, 4 or 8 bytes. ndim <= 8. */
+void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape, const int64_t *str,
+                      int elem_size);
+/* b (cols, rows), ldb = row stride of b  <-  a (rows, cols)^T, lda = row stride of a. Cache-blocked. */
+void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb);
+/* Casts between dtypes (MLL_F32, MLL_I32, MLL_I64, MLL_BF16 below); bf16 rounds to nearest even. */
+enum { MLL_F32 = 0, MLL_I32 = 1, MLL_I64 = 2, MLL_BF16 = 3, MLL_U8 = 4, MLL_U16 = 5 };
+void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n);
+/* 1 if every element is finite, else 0 */
+int mll_all_finite(const float *x, int64_t n);
+
+/* ------------------------------------------------------------- reduce.c */
+/* over the last axis: x (rows, cols) -> out (rows) */
+void mll_sum_rows(const float *x, float *out, int64_t rows, int64_t cols);
+void mll_max_rows(const float *x, float *out, int64_t rows, int64_t cols);
+void mll_argmax_rows(const float *x, int64_t *out, int64_t rows, int64_t cols);  /* first max */
+/* over the leading axis: x (rows, cols) -> out (cols); used by broadcast backward and bias grads */
+void mll_sum_cols(const float *x, float *out, int64_t rows, int64_t cols);
+/* over all n elements; sums accumulate in double over fixed blocks */
+double mll_sum_all(const float *x, int64_t n);
+float mll_max_all(const float *x, int64_t n);
+int64_t mll_argmax_all(const float *x, int64_t n);
+double mll_sumsq_all(const float *x, int64_t n);                   /* sum of x^2 */
+
+/* ------------------------------------------------------------- softmax.c */
+/* x, y: (rows, cols); softmax over the last axis, max-subtracted. */
+void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols);
+/* dx = y * (dy - sum(dy * y)) */
+void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols);
+void mll_log_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols);
+/* dx = dy - exp(y) * sum(dy) */
+void mll_log_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols);
+
+/* ----------------------------------------------------------- layernorm.c */
+/* x, y: (rows, cols); gamma, beta: (cols) or NULL; mean, rstd: (rows), saved for backward. */
+void mll_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
+                           float *mean, float *rstd, int64_t rows, int64_t cols, float eps);
+/* dx (rows, cols) is written; dgamma, dbeta (cols) are written (not accumulated), may be NULL. */
+void mll_layernorm_backward(const float *x, const float *gamma, const float *mean, const float *rstd,
+                            const float *dy, float *dx, float *dgamma, float *dbeta,
+                            int64_t rows, int64_t cols);
+
+/* ----------------------------------------------------------- embedding.c */
+/* out (n, dim) = weight[idx[i]] with weight (vocab, dim). Returns -1, or the first i
+ * whose idx[i] is outside [0, vocab) (nothing is read out of range). */
+int64_t mll_embedding_forward(const float *weight, const int64_t *idx, float *out, int64_t n,
+                              int64_t dim, int64_t vocab);
+/* dweight[idx[i]] += dout[i] for all i (dweight is accumulated, not cleared). */
+void mll_embedding_backward(const float *dout, const int64_t *idx, float *dweight, int64_t n,
+                            int64_t dim);
+
+/* ----------------------------------------------------------- matmul_ref.c */
+/* c (M, N) = a (M, K) @ b (K, N), all contiguous: the plain triple loop, kept for tests. */
+void mll_matmul_ref(const float *a, const float *b, float *c, int64_t M, int64_t N, int64_t K);
+
+/* ---------------------------------------------------------------- gemm.c */
+/* C = alpha * op(A) @ op(B) + beta * C, op(X) = X or X^T (trans* != 0).
+ * op(A): (M, K), op(B): (K, N), C: (M, N); lda/ldb/ldc are row strides in elements of
+ * A, B, C as stored. beta == 0 means C is not read (it may hold NaN). */
+void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+               const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+               float *C, int64_t ldc);
+/* batch independent products; matrix i starts at A + i*strideA etc. (strides may be 0) */
+void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
+                       int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
+                       int64_t batch);
+
+/* ----------------------------------------------------------------- rng.c */
+/* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11),
+ * counter-based: element i of a draw depends only on (seed, offset + i), so results do
+ * not depend on the thread count. Each call consumes `n` counters (rounded up to 4). */
+void mll_rand_uniform(uint64_t seed, uint64_t offset, float *out, int64_t n, float lo, float hi);
+void mll_rand_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std);
+/* integers uniform in [lo, hi) without modulo bias */
+void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi);
+/* raw 32-bit words */
+void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MINILLM_H */

@@ -1,0 +1,113 @@
+# Declarations of csrc/minillm.h, section by section, exactly as the header has them.
+from libc.stdint cimport int64_t, uint64_t, uint32_t
+
+cdef extern from "minillm.h" nogil:
+    # runtime.c
+    enum:
+        MLL_ISA_GENERIC
+        MLL_ISA_AVX2
+        MLL_ISA_AVX512
+    int mll_init()
+    int mll_cpu_supports(int isa)
+    int mll_cpu_has_avx512bf16()
+    const char *mll_cpu_name()
+    int mll_get_isa()
+    int mll_set_isa(int isa)
+    const char *mll_isa_name(int isa)
+    int mll_get_num_threads()
+    void mll_set_num_threads(int n)
+    void *mll_alloc(size_t nbytes)
+    void mll_free(void *p, size_t nbytes)
+    void mll_alloc_trim()
+    void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs)
+
+    # elementwise.c
+    enum:
+        MLL_ADD
+        MLL_SUB
+        MLL_MUL
+        MLL_DIV
+    void mll_binary(int op, const float *a, const float *b, float *out, int64_t n)
+    void mll_binary_row(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols)
+    void mll_binary_col(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols)
+    void mll_binary_scalar(int op, const float *a, float s, float *out, int64_t n, int reverse)
+    void mll_binary_strided(int op, int ndim, const int64_t *shape, const float *a, const int64_t *astr,
+                            const float *b, const int64_t *bstr, float *out)
+    enum:
+        MLL_NEG
+        MLL_EXP
+        MLL_LOG
+        MLL_SQRT
+        MLL_TANH
+        MLL_RELU
+        MLL_GELU
+        MLL_ABS
+        MLL_SIGMOID
+    void mll_unary(int op, const float *x, float *out, int64_t n)
+    void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n)
+
+    # blas1.c
+    void mll_fill(float *x, float v, int64_t n)
+    void mll_copy(const float *x, float *y, int64_t n)
+    void mll_scale(float *x, float a, int64_t n)
+    void mll_axpy(float a, const float *x, float *y, int64_t n)
+    double mll_dot(const float *x, const float *y, int64_t n)
+    void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape, const int64_t *str,
+                          int elem_size)
+    void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb)
+    enum:
+        MLL_F32
+        MLL_I32
+        MLL_I64
+        MLL_BF16
+        MLL_U8
+        MLL_U16
+    void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n)
+    int mll_all_finite(const float *x, int64_t n)
+
+    # reduce.c
+    void mll_sum_rows(const float *x, float *out, int64_t rows, int64_t cols)
+    void mll_max_rows(const float *x, float *out, int64_t rows, int64_t cols)
+    void mll_argmax_rows(const float *x, int64_t *out, int64_t rows, int64_t cols)
+    void mll_sum_cols(const float *x, float *out, int64_t rows, int64_t cols)
+    double mll_sum_all(const float *x, int64_t n)
+    float mll_max_all(const float *x, int64_t n)
+    int64_t mll_argmax_all(const float *x, int64_t n)
+    double mll_sumsq_all(const float *x, int64_t n)
+
+    # softmax.c
+    void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols)
+    void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols)
+    void mll_log_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols)
+    void mll_log_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols)
+
+    # layernorm.c
+    void mll_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
+                               float *mean, float *rstd, int64_t rows, int64_t cols, float eps)
+    void mll_layernorm_backward(const float *x, const float *gamma, const float *mean, const float *rstd,
+                                const float *dy, float *dx, float *dgamma, float *dbeta,
+                                int64_t rows, int64_t cols)
+
+    # embedding.c
+    int64_t mll_embedding_forward(const float *weight, const int64_t *idx, float *out, int64_t n,
+                                  int64_t dim, int64_t vocab)
+    void mll_embedding_backward(const float *dout, const int64_t *idx, float *dweight, int64_t n,
+                                int64_t dim)
+
+    # matmul_ref.c
+    void mll_matmul_ref(const float *a, const float *b, float *c, int64_t M, int64_t N, int64_t K)
+
+    # gemm.c
+    void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                   const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                   float *C, int64_t ldc)
+    void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                           const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
+                           int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
+                           int64_t batch)
+
+    # rng.c
+    void mll_rand_uniform(uint64_t seed, uint64_t offset, float *out, int64_t n, float lo, float hi)
+    void mll_rand_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std)
+    void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi)
+    void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n)
