@@ -1,0 +1,33 @@
+# minillm: every target does its own set-up on a fresh clone.
+PY ?= python3
+PIP = $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: setup build test bench bench-gemm demo data clean
+
+# Build tools and test runner (the reference libraries for comparison tests come from `make dev`).
+.setup-stamp: pyproject.toml
+	$(PIP) "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.24" pytest pytest-benchmark
+	@touch $@
+setup: .setup-stamp
+
+# In-place build of the extensions; flock keeps parallel builds in one tree from racing.
+build: .setup-stamp
+	flock .build.lock $(PY) setup.py -q build_ext --inplace -j 2
+
+# Reference libraries the comparison tests use (torch is pinned: the CPU build on local disk).
+dev: .setup-stamp
+	$(PIP) safetensors tokenizers tiktoken threadpoolctl tqdm "torch==2.13.0" transformers
+
+test: build
+	$(PY) -m pytest tests -q
+
+bench: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
+		$(PY) -m pytest bench -q --benchmark-columns=median,iqr,ops --benchmark-sort=name
+
+bench-gemm: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
+		$(PY) bench/bench_gemm.py
+
+clean:
+	rm -rf build *.egg-info minillm/*.so pyx/*.c .setup-stamp .build.lock

@@ -1,0 +1,8 @@
+# cython: language_level=3
+"""minillm._C: the compiled core. Each include is one concern:
+runtime (ISA, threads, allocator), the Tensor type, raw kernel bindings for tests,
+the GEMM and the RNG."""
+from libc.stdint cimport int64_t, uint64_t, uint32_t
+cimport minillm as C
+
+include "runtime.pxi"

@@ -1,0 +1,51 @@
+# Runtime: CPU dispatch, threads, allocator statistics.
+
+C.mll_init()
+
+
+def cpu_info():
+    """Which ISA path is active and what this CPU can run: a dict."""
+    return {
+        "cpu": C.mll_cpu_name().decode("ascii", "replace"),
+        "isa": C.mll_isa_name(C.mll_get_isa()).decode(),
+        "supported": [C.mll_isa_name(i).decode() for i in range(3) if C.mll_cpu_supports(i)],
+        "avx512_bf16": bool(C.mll_cpu_has_avx512bf16()),
+        "num_threads": C.mll_get_num_threads(),
+    }
+
+
+_ISA_NAMES = {"generic": C.MLL_ISA_GENERIC, "avx2": C.MLL_ISA_AVX2, "avx512": C.MLL_ISA_AVX512}
+
+
+def set_isa(name):
+    """Force a kernel path ('generic', 'avx2', 'avx512'); ValueError if the CPU lacks it."""
+    if name not in _ISA_NAMES:
+        raise ValueError(f"unknown ISA {name!r}: expected one of {sorted(_ISA_NAMES)}")
+    if C.mll_set_isa(_ISA_NAMES[name]) != 0:
+        raise ValueError(f"this CPU cannot run the {name!r} kernels")
+
+
+def get_isa():
+    return C.mll_isa_name(C.mll_get_isa()).decode()
+
+
+def supported_isas():
+    return [C.mll_isa_name(i).decode() for i in range(3) if C.mll_cpu_supports(i)]
+
+
+def set_num_threads(int n):
+    """Number of OpenMP threads the kernels use (n >= 1)."""
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1, got {n}")
+    C.mll_set_num_threads(n)
+
+
+def get_num_threads():
+    return C.mll_get_num_threads()
+
+
+def alloc_stats():
+    """(bytes in use, bytes cached in free lists, allocations from the OS so far)."""
+    cdef int64_t a, b, c
+    C.mll_alloc_stats(&a, &b, &c)
+    return {"in_use": a, "cached": b, "os_allocs": c}
