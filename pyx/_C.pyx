@@ -8,3 +8,4 @@ cimport minillm as C
 include "runtime.pxi"
 include "tensor.pxi"
 include "ops.pxi"
+include "kernels.pxi"
