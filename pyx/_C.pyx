@@ -6,3 +6,4 @@ from libc.stdint cimport int64_t, uint64_t, uint32_t
 cimport minillm as C
 
 include "runtime.pxi"
+include "gemm.pxi"
