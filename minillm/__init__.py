@@ -1,0 +1,1 @@
+"""minillm: a small language-model engine written from scratch."""
