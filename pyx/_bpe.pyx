@@ -157,15 +157,24 @@ cdef class Encoder:
     def encode_batch(self, texts, int nthreads=1):
         """All ids of a list of UTF-8 bytes, (total,) uint32, and offsets (len(texts) + 1,)
         int64: text i has ids[offsets[i]:offsets[i + 1]]."""
-        cdef bytes joined = b"".join(texts)
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        return self.encode_joined(b"".join(texts), offsets, nthreads)
+
+    def encode_joined(self, bytes joined, offsets, int nthreads=1):
+        """Like encode_batch for texts already joined: text i is
+        joined[offsets[i]:offsets[i + 1]], offsets (n + 1,) int64 from 0 to len(joined)."""
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        if offsets.ndim != 1 or offsets.shape[0] < 1 or offsets[0] != 0 \
+                or offsets[-1] != len(joined) or (offsets.shape[0] > 1
+                                                  and np.any(np.diff(offsets) < 0)):
+            raise ValueError(f"offsets must rise from 0 to {len(joined)}")
         out = np.empty(max(len(joined), 1), dtype=np.uint32)
-        out_offsets = np.empty(len(texts) + 1, dtype=np.int64)
+        out_offsets = np.empty(offsets.shape[0], dtype=np.int64)
         cdef cnp.ndarray oa = out, ofa = offsets, oofa = out_offsets
         cdef const uint8_t *s = joined
-        cdef int64_t ntexts = len(texts), k
+        cdef int64_t ntexts = offsets.shape[0] - 1, k
         with nogil:
             k = mll_bpe_encode_batch(self.t, s, <const int64_t *>ofa.data, ntexts,
                                      <uint32_t *>oa.data, <int64_t *>oofa.data, nthreads)
@@ -199,3 +208,21 @@ cdef class Encoder:
         with nogil:
             mll_bpe_decode(self.t, <const uint32_t *>a.data, n, o)
         return bytes(out)
+
+
+def split_ids(ids, offsets):
+    """list[list[int]]: ids[offsets[i]:offsets[i + 1]] for each i, built without temporaries."""
+    cdef cnp.ndarray a = np.ascontiguousarray(ids, dtype=np.uint32)
+    cdef cnp.ndarray o = np.ascontiguousarray(offsets, dtype=np.int64)
+    cdef const uint32_t *p = <const uint32_t *>a.data
+    cdef const int64_t *q = <const int64_t *>o.data
+    cdef Py_ssize_t n = o.shape[0] - 1, i, j, start
+    cdef list result = [None] * n
+    cdef list sub
+    for i in range(n):
+        start = q[i]
+        sub = [None] * (q[i + 1] - start)
+        for j in range(q[i + 1] - start):
+            sub[j] = p[start + j]
+        result[i] = sub
+    return result

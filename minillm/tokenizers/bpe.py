@@ -13,6 +13,7 @@ Files: `save(dir)` writes tokenizer.json (HF `tokenizers` format: BPE model, Byt
 pre-tokenizer and decoder) and GPT-2's vocab.json + merges.txt; `BPETokenizer.load` reads
 either, including files written by others (e.g. GPT-2's own vocab.json + merges.txt).
 """
+import gc
 import json
 import os
 import re
@@ -205,11 +206,38 @@ class BPETokenizer(Tokenizer):
         allowed = self._allowed(allowed_special)
         if allowed:
             return [self.encode(t, allowed_special, 1) for t in texts]
-        ids, offsets = self._encoder.encode_batch([utf8(t) for t in texts],
-                                                  num_threads or default_num_threads())
-        flat = ids.tolist()
-        bounds = offsets.tolist()
-        return [flat[bounds[i]:bounds[i + 1]] for i in range(len(texts))]
+        ids, offsets = self.encode_batch_ndarray(texts, num_threads=num_threads)
+        # 100k+ small lists: pausing the cyclic GC (nothing here forms cycles) halves the time
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return _native().split_ids(ids, offsets)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def encode_batch_ndarray(self, texts, num_threads=None):
+        """Ids of a list of str (special tokens as plain text) in one array: (ids (total,)
+        uint32, offsets (len(texts) + 1,) int64), text i has ids[offsets[i]:offsets[i + 1]]."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}]: expected str, got {type(t).__name__}")
+        try:
+            joined = "".join(texts).encode("utf-8")
+        except UnicodeEncodeError:
+            for i, t in enumerate(texts):
+                try:
+                    utf8(t)
+                except ValueError as e:
+                    raise ValueError(f"texts[{i}]: {e}") from None
+            raise
+        # str.isascii() is O(1) in CPython, so only non-ASCII texts are measured by encoding
+        lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
+                              dtype=np.int64, count=len(texts))
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return self._encoder.encode_joined(joined, offsets, num_threads or default_num_threads())
 
     def decode_bytes(self, ids):
         """Concatenated bytes of the tokens `ids` (sequence or array of ints)."""
