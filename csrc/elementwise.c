@@ -196,34 +196,6 @@ void mll_unary_backward(int op, const float *x, const float *y, const float *dy,
 
 #else /* MLL_VEC: the SIMD pass */
 
-/* out[i] = EXPR over the vector(s) loaded from the inputs; the last partial vector is
- * loaded and stored with masks, so element i's result never depends on where it sits */
-#define VLOOP1(x, out, EXPR)                                                                  \
-    do {                                                                                      \
-        int64_t i = 0;                                                                        \
-        for (; i + VL <= n; i += VL) {                                                        \
-            V v = v_load(x + i);                                                              \
-            v_store(out + i, EXPR);                                                           \
-        }                                                                                     \
-        if (i < n) {                                                                          \
-            V v = v_loadn(x + i, n - i);                                                      \
-            v_storen(out + i, EXPR, n - i);                                                   \
-        }                                                                                     \
-    } while (0)
-
-#define VLOOP2(x, y, out, EXPR)                                                               \
-    do {                                                                                      \
-        int64_t i = 0;                                                                        \
-        for (; i + VL <= n; i += VL) {                                                        \
-            V va = v_load(x + i), vb = v_load(y + i);                                         \
-            v_store(out + i, EXPR);                                                           \
-        }                                                                                     \
-        if (i < n) {                                                                          \
-            V va = v_loadn(x + i, n - i), vb = v_loadn(y + i, n - i);                         \
-            v_storen(out + i, EXPR, n - i);                                                   \
-        }                                                                                     \
-    } while (0)
-
 static MLL_TARGET void FN(binary_vec)(int op, const float *a, const float *b, float *out, int64_t n) {
     switch (op) {
     case MLL_ADD: VLOOP2(a, b, out, v_add(va, vb)); break;
@@ -285,6 +257,4 @@ static MLL_TARGET void FN(unary_backward_vec)(int op, const float *x, const floa
     }
 }
 
-#undef VLOOP1
-#undef VLOOP2
 #endif /* MLL_VEC */

@@ -390,6 +390,36 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) {
 #define v_gelu_grad FN(vec_gelu_grad)
 #define v_abs FN(vec_abs)
 
+#ifndef VLOOP1
+/* For i over [0, n) in vector steps: out[i..] = EXPR over the vector(s) loaded from the inputs; the last partial vector is
+ * loaded and stored with masks, so element i's result never depends on where it sits */
+#define VLOOP1(x, out, EXPR)                                                                  \
+    do {                                                                                      \
+        int64_t i = 0;                                                                        \
+        for (; i + VL <= n; i += VL) {                                                        \
+            V v = v_load(x + i);                                                              \
+            v_store(out + i, EXPR);                                                           \
+        }                                                                                     \
+        if (i < n) {                                                                          \
+            V v = v_loadn(x + i, n - i);                                                      \
+            v_storen(out + i, EXPR, n - i);                                                   \
+        }                                                                                     \
+    } while (0)
+
+#define VLOOP2(x, y, out, EXPR)                                                               \
+    do {                                                                                      \
+        int64_t i = 0;                                                                        \
+        for (; i + VL <= n; i += VL) {                                                        \
+            V va = v_load(x + i), vb = v_load(y + i);                                         \
+            v_store(out + i, EXPR);                                                           \
+        }                                                                                     \
+        if (i < n) {                                                                          \
+            V va = v_loadn(x + i, n - i), vb = v_loadn(y + i, n - i);                         \
+            v_storen(out + i, EXPR, n - i);                                                   \
+        }                                                                                     \
+    } while (0)
+#endif
+
 /* ---- vector math, written once for both ISAs ---- */
 static inline MLL_TARGET V FN(vec_abs)(V x) { return i_as_v(vi_and(v_as_i(x), vi_set1(0x7fffffff))); }
 
