@@ -18,7 +18,8 @@
 
 #include "minillm.h"
 
-#if defined(__x86_64__)
+/* MLL_NO_SIMD builds the portable path only, as a non-x86 compiler does (for checking that) */
+#if defined(__x86_64__) && !defined(MLL_NO_SIMD)
 #define MLL_X86 1
 #include <immintrin.h>
 #define MLL_AVX2 __attribute__((target("avx2,fma")))
