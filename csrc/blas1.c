@@ -36,11 +36,6 @@ static double dot_generic(const float *x, const float *y, int64_t n) {
 #include "simd.h"
 #include "blas1.c"
 #undef MLL_VEC
-#define MLL_PICK(name)                                                                        \
-    case MLL_ISA_AVX512: return name##_avx512;                                                 \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
 #endif
 
 typedef void (*scale_fn)(float *, float, int64_t);
@@ -269,10 +264,22 @@ void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t 
 }
 
 /* x: (n); 1 if no element is inf or NaN */
-int mll_all_finite(const float *x, int64_t n) {
+/* 1 if any element is inf or NaN (exponent bits all ones); a branch-free loop the compiler
+ * vectorizes */
+static uint32_t any_nonfinite(const float *x, int64_t n) {
     const uint32_t *u = (const uint32_t *)x;
     uint32_t bad = 0;
     for (int64_t i = 0; i < n; i++) bad |= (uint32_t)((u[i] & 0x7f800000u) == 0x7f800000u);
+    return bad;
+}
+
+int mll_all_finite(const float *x, int64_t n) {
+    int nt = mll_threads_for(n);
+    if (nt <= 1) return any_nonfinite(x, n) == 0;
+    int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
+    uint32_t bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+    for (int64_t c = 0; c < nch; c++) bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
     return bad == 0;
 }
 

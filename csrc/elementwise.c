@@ -74,11 +74,6 @@ static void unary_backward_generic(int op, const float *x, const float *y, const
 #include "simd.h"
 #include "elementwise.c"
 #undef MLL_VEC
-#define MLL_PICK(name)                                                                        \
-    case MLL_ISA_AVX512: return name##_avx512;                                                 \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
 #endif
 
 /* --------------------------------------------------------------- dispatch */
@@ -188,10 +183,13 @@ void mll_unary(int op, const float *x, float *out, int64_t n) {
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, out + i0, len));
 }
 
-/* x, y, dy, dx: (n); y = f(x) from the forward */
+/* x, y, dy, dx: (n); y = f(x) from the forward. exp, sqrt, tanh and sigmoid read y;
+ * log, relu, gelu and abs read x; neg reads neither. */
 void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n) {
     unary_backward_fn f = pick_unary_backward();
-    MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, y + i0, dy + i0, dx + i0, len));
+    /* x or y may be NULL when the op does not read it (e.g. y for relu); no offsets on NULL */
+    MLL_PARALLEL_CHUNKS(n, i0, len,
+                        f(op, x ? x + i0 : NULL, y ? y + i0 : NULL, dy + i0, dx + i0, len));
 }
 
 #else /* MLL_VEC: the SIMD pass */

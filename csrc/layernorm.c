@@ -67,11 +67,6 @@ static void layernorm_backward_row_generic(const float *x, const float *gamma, f
 #include "simd.h"
 #include "layernorm.c"
 #undef MLL_VEC
-#define MLL_PICK(name)                                                                        \
-    case MLL_ISA_AVX512: return name##_avx512;                                                 \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
 #endif
 
 typedef void (*ln_fn)(const float *, const float *, const float *, float *, float *, float *, int64_t,

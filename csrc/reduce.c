@@ -78,11 +78,6 @@ static void sum_cols_generic(const float *x, float *out, int64_t rows, int64_t c
 #include "simd.h"
 #include "reduce.c"
 #undef MLL_VEC
-#define MLL_PICK(name)                                                                        \
-    case MLL_ISA_AVX512: return name##_avx512;                                                 \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
 #endif
 
 typedef double (*sum_fn)(const float *, int64_t);

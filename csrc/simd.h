@@ -26,6 +26,16 @@
 #define MLL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #endif
 
+/* `switch (mll_get_isa()) { MLL_PICK(foo) default: return foo_generic; }` picks foo_avx512,
+ * foo_avx2 or the generic variant; on non-x86 builds only the generic one exists. */
+#ifdef MLL_X86
+#define MLL_PICK(name)                                                                             \
+    case MLL_ISA_AVX512: return name##_avx512;                                                     \
+    case MLL_ISA_AVX2: return name##_avx2;
+#else
+#define MLL_PICK(name)
+#endif
+
 /* Below this many elements a kernel runs on the calling thread: waking the OpenMP team
  * costs a few microseconds, more than the whole op. */
 #define MLL_PAR_MIN 32768
@@ -42,35 +52,35 @@ static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Runs the statement for consecutive pieces [i0, i0 + len) of [0, n), in parallel when n is big.
  * Pieces are fixed-size chunks, so the result never depends on the thread count. */
-#define MLL_PARALLEL_CHUNKS(n, i0, len, ...)                                                    \
-    do {                                                                                        \
-        int64_t n_ = (n);                                                                       \
-        int nt_ = mll_threads_for(n_);                                                          \
-        if (nt_ <= 1) {                                                                         \
-            int64_t i0 = 0, len = n_;                                                           \
-            __VA_ARGS__;                                                                         \
-        } else {                                                                                \
-            int64_t nch_ = (n_ + MLL_CHUNK - 1) / MLL_CHUNK;                                    \
-            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                       \
-            for (int64_t c_ = 0; c_ < nch_; c_++) {                                             \
-                int64_t i0 = c_ * MLL_CHUNK, len = mll_min64(MLL_CHUNK, n_ - i0);               \
-                __VA_ARGS__;                                                                     \
-            }                                                                                   \
-        }                                                                                       \
+#define MLL_PARALLEL_CHUNKS(n, i0, len, ...)                                                       \
+    do {                                                                                           \
+        int64_t n_ = (n);                                                                          \
+        int nt_ = mll_threads_for(n_);                                                             \
+        if (nt_ <= 1) {                                                                            \
+            int64_t i0 = 0, len = n_;                                                              \
+            __VA_ARGS__;                                                                           \
+        } else {                                                                                   \
+            int64_t nch_ = (n_ + MLL_CHUNK - 1) / MLL_CHUNK;                                       \
+            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                          \
+            for (int64_t c_ = 0; c_ < nch_; c_++) {                                                \
+                int64_t i0 = c_ * MLL_CHUNK, len = mll_min64(MLL_CHUNK, n_ - i0);                  \
+                __VA_ARGS__;                                                                       \
+            }                                                                                      \
+        }                                                                                          \
     } while (0)
 
 /* Runs the statement for each row r in [0, rows), in parallel when rows * cols is big. Each row is
  * done whole by one thread, so per-row results never depend on the thread count. */
-#define MLL_PARALLEL_ROWS(rows, cols, r, ...)                                                   \
-    do {                                                                                        \
-        int64_t rows_ = (rows);                                                                 \
-        int nt_ = rows_ > 1 ? mll_threads_for(rows_ * (int64_t)(cols)) : 1;                     \
-        if (nt_ <= 1) {                                                                         \
-            for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                       \
-        } else {                                                                                \
-            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                       \
-            for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                       \
-        }                                                                                       \
+#define MLL_PARALLEL_ROWS(rows, cols, r, ...)                                                      \
+    do {                                                                                           \
+        int64_t rows_ = (rows);                                                                    \
+        int nt_ = rows_ > 1 ? mll_threads_for(rows_ * (int64_t)(cols)) : 1;                        \
+        if (nt_ <= 1) {                                                                            \
+            for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                   \
+        } else {                                                                                   \
+            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                          \
+            for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                   \
+        }                                                                                          \
     } while (0)
 
 /* ------------------------------------------------------------ scalar math (generic) */
@@ -394,30 +404,30 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) {
 #ifndef VLOOP1
 /* For i over [0, n) in vector steps: out[i..] = EXPR over the vector(s) loaded from the inputs; the last partial vector is
  * loaded and stored with masks, so element i's result never depends on where it sits */
-#define VLOOP1(x, out, EXPR)                                                                  \
-    do {                                                                                      \
-        int64_t i = 0;                                                                        \
-        for (; i + VL <= n; i += VL) {                                                        \
-            V v = v_load(x + i);                                                              \
-            v_store(out + i, EXPR);                                                           \
-        }                                                                                     \
-        if (i < n) {                                                                          \
-            V v = v_loadn(x + i, n - i);                                                      \
-            v_storen(out + i, EXPR, n - i);                                                   \
-        }                                                                                     \
+#define VLOOP1(x, out, EXPR)                                                                       \
+    do {                                                                                           \
+        int64_t i = 0;                                                                             \
+        for (; i + VL <= n; i += VL) {                                                             \
+            V v = v_load(x + i);                                                                   \
+            v_store(out + i, EXPR);                                                                \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            V v = v_loadn(x + i, n - i);                                                           \
+            v_storen(out + i, EXPR, n - i);                                                        \
+        }                                                                                          \
     } while (0)
 
-#define VLOOP2(x, y, out, EXPR)                                                               \
-    do {                                                                                      \
-        int64_t i = 0;                                                                        \
-        for (; i + VL <= n; i += VL) {                                                        \
-            V va = v_load(x + i), vb = v_load(y + i);                                         \
-            v_store(out + i, EXPR);                                                           \
-        }                                                                                     \
-        if (i < n) {                                                                          \
-            V va = v_loadn(x + i, n - i), vb = v_loadn(y + i, n - i);                         \
-            v_storen(out + i, EXPR, n - i);                                                   \
-        }                                                                                     \
+#define VLOOP2(x, y, out, EXPR)                                                                    \
+    do {                                                                                           \
+        int64_t i = 0;                                                                             \
+        for (; i + VL <= n; i += VL) {                                                             \
+            V va = v_load(x + i), vb = v_load(y + i);                                              \
+            v_store(out + i, EXPR);                                                                \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            V va = v_loadn(x + i, n - i), vb = v_loadn(y + i, n - i);                              \
+            v_storen(out + i, EXPR, n - i);                                                        \
+        }                                                                                          \
     } while (0)
 #endif
 

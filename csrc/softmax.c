@@ -57,11 +57,6 @@ static void log_softmax_backward_row_generic(const float *y, const float *dy, fl
 #include "simd.h"
 #include "softmax.c"
 #undef MLL_VEC
-#define MLL_PICK(name)                                                                        \
-    case MLL_ISA_AVX512: return name##_avx512;                                                 \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
 #endif
 
 typedef void (*row_fn)(const float *, float *, int64_t);
