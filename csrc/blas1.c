@@ -263,7 +263,6 @@ void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t 
     MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
 }
 
-/* x: (n); 1 if no element is inf or NaN */
 /* 1 if any element is inf or NaN (exponent bits all ones); a branch-free loop the compiler
  * vectorizes */
 static uint32_t any_nonfinite(const float *x, int64_t n) {
@@ -273,13 +272,15 @@ static uint32_t any_nonfinite(const float *x, int64_t n) {
     return bad;
 }
 
+/* x: (n); 1 if no element is inf or NaN */
 int mll_all_finite(const float *x, int64_t n) {
     int nt = mll_threads_for(n);
     if (nt <= 1) return any_nonfinite(x, n) == 0;
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
     uint32_t bad = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
-    for (int64_t c = 0; c < nch; c++) bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
+    for (int64_t c = 0; c < nch; c++)
+        bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
     return bad == 0;
 }
 
