@@ -168,16 +168,24 @@ typedef struct {
     float *C;
 } gemm_args;
 
+/* Floats in one packed B block of a product with N columns. */
+static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
+    int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
+    return (size_t)cols * p->kc;
+}
+
 /* The blocked product run by thread t of a team of nt (nt == 1: no barriers), with B packed
- * into bbuf (shared by the team) and A into abuf (this thread's).
+ * into bbufs (two buffers, shared by the team) and A into abuf (this thread's).
  *
  * Work split: the MR x NR tiles of each B block are numbered row by row and every thread
  * takes one contiguous run of them, so the split is even to one tile whatever the shape
  * (M = 512 is 36.6 tiles of 14 rows: splitting whole tile rows would leave one thread 5%
  * more work). A thread packs only the A rows its run touches; the one tile row two threads
  * share is packed by both. */
-static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbuf, float *abuf) {
+static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs, float *abuf) {
     const int MR = p->mr, NR = p->nr;
+    const size_t bstride = bblock_floats(p, g->N);
+    int64_t nblock = 0;
     const int64_t M = g->M, N = g->N, K = g->K;
     const int64_t mtiles = (M + MR - 1) / MR;
     for (int64_t jc = 0; jc < N; jc += p->nc) {
@@ -196,6 +204,9 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
             int64_t kc = K - pc < p->kc ? K - pc : p->kc;
             float beta = pc == 0 ? g->beta : 1.0f;
             const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+            /* two B buffers in turn: the barrier after packing block n also tells that everyone
+             * is done with block n - 1, whose buffer block n + 1 reuses: one barrier per block */
+            float *bbuf = bbufs + (size_t)(nblock++ & 1) * bstride;
             int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
             if (g->transb && p->pack_b_cols)
                 p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
@@ -225,41 +236,48 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
                     }
                 }
             }
-            if (nt > 1) {
-                /* the next pack_b overwrites panels the other threads may still be reading */
-#pragma omp barrier
-            }
         }
     }
 }
 
-static size_t abuf_bytes(const mll_gemm_isa *p) { return (size_t)p->mc * p->kc * sizeof(float); }
-static size_t bbuf_bytes(const mll_gemm_isa *p) { return (size_t)p->nc * p->kc * sizeof(float); }
+/* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
+static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
+    int64_t rows = M < p->mc ? (M + p->mr - 1) / p->mr * p->mr : p->mc;
+    return (size_t)rows * p->kc * sizeof(float);
+}
+static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
 #define PARALLEL_MIN_FMAS (48 * 48 * 48)
 /* Products below this many multiply-adds skip packing. */
 #define UNPACKED_MAX_FMAS (8 * 8 * 8)
+/* A batch of products each below this many multiply-adds is split between threads by
+ * whole products (each then runs on one thread); larger products are threaded one by one. */
+#define BATCH_SPLIT_MAX_FMAS (1 << 24)
 
-static int team_size(int64_t M, int64_t N, int64_t K) {
+static int max_threads(void) {
     int nt = mll_get_num_threads();
-    if (nt > MAX_THREADS) nt = MAX_THREADS;
-    if ((double)M * N * K < PARALLEL_MIN_FMAS) nt = 1;
-    return nt;
+    return nt > MAX_THREADS ? MAX_THREADS : nt;
+}
+
+/* Makes sure threads 0..nt-1 of the calling thread have A buffers and threads 0..nb-1 have
+ * B buffers big enough for an (M, N) product; 0 if memory ran out. */
+static int ensure_buffers(const mll_gemm_isa *p, int64_t M, int64_t N, int nt, int nb) {
+    int ok = 1;
+    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p, M)) != NULL;
+    for (int t = 0; t < nb; t++) ok = ok && grow(&tl_bbuf[t], bbuf_bytes(p, N)) != NULL;
+    return ok;
+}
+
+static void gemm_unpacked_args(const gemm_args *g) {
+    gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C,
+                  g->ldc);
 }
 
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS) {
-        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
-                      g->C, g->ldc);
-        return;
-    }
-    int ok = grow(&tl_bbuf[0], bbuf_bytes(p)) != NULL;
-    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p)) != NULL;
-    if (!ok) {
-        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
-                      g->C, g->ldc);
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, nt, 1)) {
+        gemm_unpacked_args(g);
         return;
     }
     float *bbuf = tl_bbuf[0].ptr;
@@ -294,13 +312,31 @@ void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float al
         return;
     }
     gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C};
-    gemm_one(&g, team_size(M, N, K));
+    gemm_one(&g, (double)M * N * K < PARALLEL_MIN_FMAS ? 1 : max_threads());
 }
 
 void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta,
                        float *C, int64_t ldc, int64_t strideC, int64_t batch) {
-    for (int64_t b = 0; b < batch; b++)
-        mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
-                  C + b * strideC, ldc);
+    if (batch <= 0 || M <= 0 || N <= 0) return;
+    double fmas = (double)M * N * K;
+    int nt = max_threads();
+    const mll_gemm_isa *p = isa_params();
+    if (K <= 0 || alpha == 0.0f || nt == 1 || batch < nt || fmas >= BATCH_SPLIT_MAX_FMAS ||
+        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, M, N, nt, nt)) {
+        for (int64_t b = 0; b < batch; b++)
+            mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                      C + b * strideC, ldc);
+        return;
+    }
+    /* whole products per thread: each is computed exactly as on one thread (same tiles, same
+     * k order), so the result does not depend on which thread ran it */
+    buffer *abufs = tl_abuf, *bbufs = tl_bbuf;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+        int t = omp_get_thread_num();
+        gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
+                       B + b * strideB, lda, ldb, ldc, C + b * strideC};
+        gemm_team(p, &g, 0, 1, bbufs[t].ptr, abufs[t].ptr);
+    }
 }
