@@ -153,7 +153,8 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
  * offset + (words per element) * i, so results do not depend on the thread count.
  * Words consumed per call: uniform, bits: n; normal: n rounded up to even (Box-Muller
  * pairs); int, permutation: 2n (one 64-bit word per element). Callers advance their
- * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block. */
+ * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block.
+ * Every ISA path computes the same bits (no fused multiply-add in these kernels). */
 /* out (4) = Philox4x32-10(ctr (4), key (2)): the bare block function, for known-answer tests */
 void mll_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
 /* out (n) uniform in [lo, hi) (24-bit mantissa; lo == hi fills lo) */
