@@ -16,13 +16,13 @@
 #include <omp.h>
 #include <string.h>
 
-/* Multipliers and Weyl key increments of Philox4x32 (Salmon et al., table 2 and sec. 4.2). */
+/* Round multipliers and Weyl key increments of Philox4x32 (Salmon et al.). */
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u  /* golden ratio */
-#define PHILOX_W1 0xBB67AE85u  /* sqrt(3) - 1 */
+#define PHILOX_W0 0x9E3779B9u  /* 2^32 (golden ratio - 1) */
+#define PHILOX_W1 0xBB67AE85u  /* 2^32 (sqrt(3) - 1) */
 
-/* Elements per chunk of work; a chunk's words live in a stack buffer of 2 * CHUNK words. */
+/* Elements per chunk of work; a chunk's words live in a stack buffer of up to 2 * CHUNK words. */
 #define CHUNK 1024
 /* Below this many elements the draw runs on the calling thread alone. */
 #define PARALLEL_MIN 32768
