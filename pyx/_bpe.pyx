@@ -155,7 +155,7 @@ cdef class Encoder:
         with nogil:
             k = mll_bpe_encode(self.t, s, n, <uint32_t *>oa.data, nthreads)
         if k < 0:
-            raise MemoryError("bpe: out of memory while encoding")
+            raise MemoryError("bpe: out of memory while encoding (or a pre-token over 2 GiB)")
         return out[:k].copy() if 4 * k < n else out[:k]
 
     def encode_batch(self, texts, int nthreads=1):
