@@ -146,8 +146,17 @@ static inline uint64_t hash_bytes(const uint8_t *p, int64_t n)
         p += 8;
         n -= 8;
     }
-    v = 0;
-    memcpy(&v, p, (size_t)n);
+    /* the last 0..7 bytes: two overlapping 4-byte loads, or first/middle/last byte */
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + n - 4, 4);
+        v = (uint64_t)lo | (uint64_t)hi << 32;
+    } else if (n > 0) {
+        v = (uint64_t)p[0] | (uint64_t)p[n >> 1] << 8 | (uint64_t)p[n - 1] << 16;
+    } else {
+        v = 0;
+    }
     h = (h ^ v) * 0x94D049BB133111EBull;
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
