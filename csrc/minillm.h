@@ -147,14 +147,28 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
 
 /* ----------------------------------------------------------------- rng.c */
 /* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11),
- * counter-based: element i of a draw depends only on (seed, offset + i), so results do
- * not depend on the thread count. Each call consumes `n` counters (rounded up to 4). */
+ * counter-based. The stream of a seed is a sequence of 32-bit words: word c is lane c % 4
+ * of the Philox block with counter (c/4 low 32 bits, c/4 high 32 bits, 0, 0) and key
+ * (seed low 32 bits, seed high 32 bits). Element i of a draw reads only the words at
+ * offset + (words per element) * i, so results do not depend on the thread count.
+ * Words consumed per call: uniform, bits: n; normal: n rounded up to even (Box-Muller
+ * pairs); int, permutation: 2n (one 64-bit word per element). Callers advance their
+ * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block. */
+/* out (4) = Philox4x32-10(ctr (4), key (2)): the bare block function, for known-answer tests */
+void mll_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
+/* out (n) uniform in [lo, hi) (24-bit mantissa; lo == hi fills lo) */
 void mll_rand_uniform(uint64_t seed, uint64_t offset, float *out, int64_t n, float lo, float hi);
+/* out (n) normal(mean, std) by Box-Muller on word pairs (2k, 2k+1) -> elements (2k, 2k+1) */
 void mll_rand_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std);
-/* integers uniform in [lo, hi) without modulo bias */
+/* out (n) integers uniform in [lo, hi), hi > lo: Lemire's multiply-shift on a 64-bit word,
+ * floor(x * (hi - lo) / 2^64). No modulo; each value's probability is off from 1/(hi - lo)
+ * by at most a relative (hi - lo) / 2^64 (below 2^-32 for any range up to 2^32). */
 void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi);
-/* raw 32-bit words */
+/* out (n) raw 32-bit words */
 void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n);
+/* out (n) a uniformly random permutation of 0..n-1: Fisher-Yates, swap index drawn with the
+ * same multiply-shift as mll_rand_int (sequential, so the same for any thread count). */
+void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n);
 
 /* ---------------------------------------------------------------- loss.c */
 /* Fused cross-entropy: log-softmax + NLL per row, with ignore_index and label smoothing.

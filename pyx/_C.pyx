@@ -6,3 +6,8 @@ from libc.stdint cimport int64_t, uint64_t, uint32_t
 cimport minillm as C
 
 include "runtime.pxi"
+include "tensor.pxi"
+include "ops.pxi"
+include "kernels.pxi"
+include "rng.pxi"
+include "nn.pxi"

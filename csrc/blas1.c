@@ -1,0 +1,259 @@
+/* blas1.c: fill, copy, scale, axpy, dot; strided gather; cache-blocked transpose; dtype
+ * casts; the finite check. */
+#include "simd.h"
+
+/* ------------------------------------------------------------------ generic */
+static void scale_generic(float *x, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] *= a;
+}
+
+static void axpy_generic(float a, const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* one block of the dot product, accumulated in double */
+static double dot_generic(const float *x, const float *y, int64_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * y[i];
+        s1 += (double)x[i + 1] * y[i + 1];
+        s2 += (double)x[i + 2] * y[i + 2];
+        s3 += (double)x[i + 3] * y[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)x[i] * y[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+typedef void (*scale_fn)(float *, float, int64_t);
+typedef void (*axpy_fn)(float, const float *, float *, int64_t);
+typedef double (*dot_fn)(const float *, const float *, int64_t);
+
+static scale_fn pick_scale(void) {
+    switch (mll_get_isa()) {
+    default: return scale_generic;
+    }
+}
+
+static axpy_fn pick_axpy(void) {
+    switch (mll_get_isa()) {
+    default: return axpy_generic;
+    }
+}
+
+static dot_fn pick_dot(void) {
+    switch (mll_get_isa()) {
+    default: return dot_generic;
+    }
+}
+
+/* ------------------------------------------------------------ public kernels */
+/* x: (n) */
+void mll_fill(float *x, float v, int64_t n) {
+    MLL_PARALLEL_CHUNKS(n, i0, len, {
+        for (int64_t i = i0; i < i0 + len; i++) x[i] = v;
+    });
+}
+
+/* x, y: (n), not overlapping */
+void mll_copy(const float *x, float *y, int64_t n) {
+    MLL_PARALLEL_CHUNKS(n, i0, len, memcpy(y + i0, x + i0, (size_t)len * sizeof(float)));
+}
+
+/* x: (n) */
+void mll_scale(float *x, float a, int64_t n) {
+    scale_fn f = pick_scale();
+    MLL_PARALLEL_CHUNKS(n, i0, len, f(x + i0, a, len));
+}
+
+/* x, y: (n) */
+void mll_axpy(float a, const float *x, float *y, int64_t n) {
+    axpy_fn f = pick_axpy();
+    MLL_PARALLEL_CHUNKS(n, i0, len, f(a, x + i0, y + i0, len));
+}
+
+/* Blocked reductions: the data is cut into blocks of MLL_RED_BLOCK elements, each block
+ * is summed in double, and the block sums are added in block order. Blocks are done in
+ * groups of MLL_RED_GROUP in parallel (their sums kept in a stack array), so neither the
+ * thread count nor the ISA changes which numbers get added in which order across blocks. */
+#define MLL_RED_BLOCK 4096
+#define MLL_RED_GROUP 256
+
+/* x, y: (n) */
+double mll_dot(const float *x, const float *y, int64_t n) {
+    dot_fn f = pick_dot();
+    int64_t nblocks = (n + MLL_RED_BLOCK - 1) / MLL_RED_BLOCK;
+    double total = 0.0, part[MLL_RED_GROUP];
+    int nt = mll_threads_for(n);
+    for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
+        int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t k = 0; k < gn; k++) {
+            int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
+            part[k] = f(x + i0, y + i0, mll_min64(MLL_RED_BLOCK, n - i0));
+        }
+        for (int64_t k = 0; k < gn; k++) total += part[k];
+    }
+    return total;
+}
+
+/* dst (contiguous, prod(shape) elements) <- src read with element strides `str` (any
+ * sign, 0 for broadcast). elem_size 2, 4 or 8 bytes; ndim <= 8. */
+void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape, const int64_t *str,
+                      int elem_size) {
+    if (ndim == 0) {
+        memcpy(dst, src, (size_t)elem_size);
+        return;
+    }
+    int64_t inner = shape[ndim - 1], outer = 1;
+    for (int d = 0; d < ndim - 1; d++) outer *= shape[d];
+    if (inner == 0 || outer == 0) return;
+    int64_t s = str[ndim - 1];
+    MLL_PARALLEL_ROWS(outer, inner, o, {
+        int64_t rem = o, off = 0;
+        for (int d = ndim - 2; d >= 0; d--) {
+            off += (rem % shape[d]) * str[d];
+            rem /= shape[d];
+        }
+        switch (elem_size) {
+        case 2: {
+            const uint16_t *p = (const uint16_t *)src + off;
+            uint16_t *q = (uint16_t *)dst + o * inner;
+            for (int64_t j = 0; j < inner; j++) q[j] = p[j * s];
+            break;
+        }
+        case 4: {
+            const uint32_t *p = (const uint32_t *)src + off;
+            uint32_t *q = (uint32_t *)dst + o * inner;
+            if (s == 1) memcpy(q, p, (size_t)inner * 4);
+            else for (int64_t j = 0; j < inner; j++) q[j] = p[j * s];
+            break;
+        }
+        case 8: {
+            const uint64_t *p = (const uint64_t *)src + off;
+            uint64_t *q = (uint64_t *)dst + o * inner;
+            for (int64_t j = 0; j < inner; j++) q[j] = p[j * s];
+            break;
+        }
+        }
+    });
+}
+
+/* b (cols, rows) with row stride ldb  <-  a (rows, cols)^T with row stride lda.
+ * 32x32 tiles: one tile of a and one of b (4 KiB each) stay in L1 while it is copied. */
+#define MLL_TILE 32
+void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb) {
+    int64_t tiles_i = (rows + MLL_TILE - 1) / MLL_TILE;
+    MLL_PARALLEL_ROWS(tiles_i, MLL_TILE * cols, ti, {
+        int64_t i0 = ti * MLL_TILE, i1 = mll_min64(i0 + MLL_TILE, rows);
+        for (int64_t j0 = 0; j0 < cols; j0 += MLL_TILE) {
+            int64_t j1 = mll_min64(j0 + MLL_TILE, cols);
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++) b[j * ldb + i] = a[i * lda + j];
+        }
+    });
+}
+
+/* ------------------------------------------------------------------- casts */
+/* bfloat16 = the high 16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* float -> integer truncates toward zero (as C and NumPy do) and saturates at the
+ * type's range; NaN gives 0 (C leaves both undefined). */
+static inline int64_t f32_to_int(float f, double lo, double hi) {
+    if (f != f) return 0;
+    double d = (double)f;
+    if (d <= lo) return (int64_t)lo;
+    if (d >= hi) return (int64_t)hi;
+    return (int64_t)d;
+}
+
+static inline float load_as_f32(const void *src, int dtype, int64_t i) {
+    switch (dtype) {
+    case MLL_F32: return ((const float *)src)[i];
+    case MLL_I32: return (float)((const int32_t *)src)[i];
+    case MLL_I64: return (float)((const int64_t *)src)[i];
+    case MLL_BF16: return bf16_to_f32(((const uint16_t *)src)[i]);
+    case MLL_U8: return (float)((const uint8_t *)src)[i];
+    default: return (float)((const uint16_t *)src)[i];
+    }
+}
+
+static inline int64_t load_as_int(const void *src, int dtype, int64_t i) {
+    switch (dtype) {
+    case MLL_I32: return ((const int32_t *)src)[i];
+    case MLL_I64: return ((const int64_t *)src)[i];
+    case MLL_U8: return ((const uint8_t *)src)[i];
+    default: return ((const uint16_t *)src)[i];
+    }
+}
+
+static void cast_range(const void *src, int st, void *dst, int dt, int64_t i0, int64_t i1) {
+    int src_float = st == MLL_F32 || st == MLL_BF16;
+    for (int64_t i = i0; i < i1; i++) {
+        if (dt == MLL_F32) {
+            ((float *)dst)[i] = load_as_f32(src, st, i);
+        } else if (dt == MLL_BF16) {
+            ((uint16_t *)dst)[i] = f32_to_bf16(load_as_f32(src, st, i));
+        } else if (src_float) {
+            float f = load_as_f32(src, st, i);
+            switch (dt) {
+            case MLL_I32: ((int32_t *)dst)[i] = (int32_t)f32_to_int(f, -2147483648.0, 2147483647.0); break;
+            case MLL_I64:
+                /* 2^63 is not an int64; the largest float below it is 2^63 - 2^39 */
+                ((int64_t *)dst)[i] = f32_to_int(f, -9223372036854775808.0, 9223371487098961920.0);
+                break;
+            case MLL_U8: ((uint8_t *)dst)[i] = (uint8_t)f32_to_int(f, 0.0, 255.0); break;
+            case MLL_U16: ((uint16_t *)dst)[i] = (uint16_t)f32_to_int(f, 0.0, 65535.0); break;
+            }
+        } else {
+            /* integer -> integer wraps like a C cast (NumPy's astype does the same) */
+            int64_t v = load_as_int(src, st, i);
+            switch (dt) {
+            case MLL_I32: ((int32_t *)dst)[i] = (int32_t)v; break;
+            case MLL_I64: ((int64_t *)dst)[i] = v; break;
+            case MLL_U8: ((uint8_t *)dst)[i] = (uint8_t)v; break;
+            case MLL_U16: ((uint16_t *)dst)[i] = (uint16_t)v; break;
+            }
+        }
+    }
+}
+
+static int dtype_size(int dt) {
+    switch (dt) {
+    case MLL_F32: case MLL_I32: return 4;
+    case MLL_I64: return 8;
+    case MLL_U8: return 1;
+    default: return 2;
+    }
+}
+
+/* src (n) of src_dtype -> dst (n) of dst_dtype */
+void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n) {
+    if (src_dtype == dst_dtype) {
+        memcpy(dst, src, (size_t)n * (size_t)dtype_size(src_dtype));
+        return;
+    }
+    MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
+}
+
+/* x: (n); 1 if no element is inf or NaN */
+int mll_all_finite(const float *x, int64_t n) {
+    const uint32_t *u = (const uint32_t *)x;
+    uint32_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad |= (uint32_t)((u[i] & 0x7f800000u) == 0x7f800000u);
+    return bad == 0;
+}

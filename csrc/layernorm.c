@@ -1,0 +1,131 @@
+/* layernorm.c: layer normalization over the last axis, forward and backward.
+ *
+ * Forward (per row, n = cols):   mean = sum(x) / n,  var = sum((x - mean)^2) / n (biased),
+ *   rstd = 1 / sqrt(var + eps),  y = (x - mean) * rstd * gamma + beta   (as PyTorch).
+ * Backward, with xhat = (x - mean) * rstd and g = dy * gamma:
+ *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+ *   dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
+ * dgamma/dbeta: each fixed block of MLL_LN_ROWS rows writes its partial sums to a scratch
+ * buffer, and the partials are added in block order, so the result does not depend on
+ * the thread count.
+ */
+#include "simd.h"
+
+#define MLL_LN_ROWS 32
+
+/* ------------------------------------------------------------------ generic */
+/* one row: y (n), *mean, *rstd from x (n); gamma, beta (n) or NULL */
+static void layernorm_row_generic(const float *x, const float *gamma, const float *beta, float *y,
+                                  float *mean, float *rstd, int64_t n, float eps) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    float mu = (float)(s / (double)n);
+    double v = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float d = x[i] - mu;
+        v += (double)d * d;
+    }
+    float rs = (float)(1.0 / sqrt(v / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) {
+        float h = (x[i] - mu) * rs;
+        if (gamma) h *= gamma[i];
+        if (beta) h += beta[i];
+        y[i] = h;
+    }
+    *mean = mu;
+    *rstd = rs;
+}
+
+/* one row: dx (n); adds dy * xhat to dg (n) and dy to db (n) when they are not NULL */
+static void layernorm_backward_row_generic(const float *x, const float *gamma, float mu, float rs,
+                                           const float *dy, float *dx, float *dg, float *db, int64_t n) {
+    double sg = 0.0, sgx = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float xh = (x[i] - mu) * rs;
+        float g = gamma ? dy[i] * gamma[i] : dy[i];
+        sg += g;
+        sgx += (double)g * xh;
+        if (dg) dg[i] += dy[i] * xh;
+        if (db) db[i] += dy[i];
+    }
+    float mg = (float)(sg / (double)n), mgx = (float)(sgx / (double)n);
+    for (int64_t i = 0; i < n; i++) {
+        float xh = (x[i] - mu) * rs;
+        float g = gamma ? dy[i] * gamma[i] : dy[i];
+        dx[i] = rs * (g - mg - xh * mgx);
+    }
+}
+
+typedef void (*ln_fn)(const float *, const float *, const float *, float *, float *, float *, int64_t,
+                      float);
+typedef void (*ln_backward_fn)(const float *, const float *, float, float, const float *, float *, float *,
+                               float *, int64_t);
+
+static ln_fn pick_layernorm(void) {
+    switch (mll_get_isa()) {
+    default: return layernorm_row_generic;
+    }
+}
+
+static ln_backward_fn pick_layernorm_backward(void) {
+    switch (mll_get_isa()) {
+    default: return layernorm_backward_row_generic;
+    }
+}
+
+/* ------------------------------------------------------------ public kernels */
+/* x, y: (rows, cols); gamma, beta: (cols) or NULL; mean, rstd: (rows) */
+void mll_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
+                           float *mean, float *rstd, int64_t rows, int64_t cols, float eps) {
+    ln_fn f = pick_layernorm();
+    MLL_PARALLEL_ROWS(rows, cols, r,
+                      f(x + r * cols, gamma, beta, y + r * cols, mean + r, rstd + r, cols, eps));
+}
+
+/* x, dy, dx: (rows, cols); gamma: (cols) or NULL; mean, rstd: (rows);
+ * dgamma, dbeta: (cols) or NULL, written (not accumulated). */
+void mll_layernorm_backward(const float *x, const float *gamma, const float *mean, const float *rstd,
+                            const float *dy, float *dx, float *dgamma, float *dbeta,
+                            int64_t rows, int64_t cols) {
+    ln_backward_fn f = pick_layernorm_backward();
+    if (!dgamma && !dbeta) {
+        MLL_PARALLEL_ROWS(rows, cols, r,
+                          f(x + r * cols, gamma, mean[r], rstd[r], dy + r * cols, dx + r * cols, NULL,
+                            NULL, cols));
+        return;
+    }
+    /* part: (nblocks, 2, cols), block b's dgamma partial then its dbeta partial */
+    int64_t nblocks = (rows + MLL_LN_ROWS - 1) / MLL_LN_ROWS;
+    size_t bytes = (size_t)nblocks * 2 * (size_t)cols * sizeof(float);
+    float *part = (float *)mll_alloc(bytes);
+    if (!part) {
+        /* no memory for the scratch: one serial pass (right, but a different rounding) */
+        if (dgamma) memset(dgamma, 0, (size_t)cols * sizeof(float));
+        if (dbeta) memset(dbeta, 0, (size_t)cols * sizeof(float));
+        for (int64_t r = 0; r < rows; r++)
+            f(x + r * cols, gamma, mean[r], rstd[r], dy + r * cols, dx + r * cols, dgamma, dbeta, cols);
+        return;
+    }
+    memset(part, 0, bytes);
+    int nt = nblocks > 1 ? mll_threads_for(rows * cols) : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t b = 0; b < nblocks; b++) {
+        float *pg = part + (size_t)b * 2 * cols, *pb = pg + cols;
+        int64_t r1 = mll_min64((b + 1) * MLL_LN_ROWS, rows);
+        for (int64_t r = b * MLL_LN_ROWS; r < r1; r++)
+            f(x + r * cols, gamma, mean[r], rstd[r], dy + r * cols, dx + r * cols, pg, pb, cols);
+    }
+    /* block partials added in block order, columns in parallel */
+    int ntc = mll_threads_for(nblocks * cols);
+#pragma omp parallel for num_threads(ntc) schedule(static) if (ntc > 1)
+    for (int64_t c = 0; c < cols; c++) {
+        double sg = 0.0, sb = 0.0;
+        for (int64_t b = 0; b < nblocks; b++) {
+            sg += part[(size_t)b * 2 * cols + c];
+            sb += part[((size_t)b * 2 + 1) * cols + c];
+        }
+        if (dgamma) dgamma[c] = (float)sg;
+        if (dbeta) dbeta[c] = (float)sb;
+    }
+    mll_free(part, bytes);
+}

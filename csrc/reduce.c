@@ -1,0 +1,204 @@
+/* reduce.c: sum / max / argmax over the last axis, sum over the leading axis, and sums
+ * over all elements. Sums accumulate in double. Every result is computed by one fixed
+ * sequence of additions that depends on the shape only, never on the thread count. */
+#include "simd.h"
+
+/* ------------------------------------------------------------------ generic */
+/* sum of one contiguous run, in double, four interleaved accumulators */
+static double sum_generic(const float *x, int64_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += x[i];
+        s1 += x[i + 1];
+        s2 += x[i + 2];
+        s3 += x[i + 3];
+    }
+    for (; i < n; i++) s0 += x[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+static double sumsq_generic(const float *x, int64_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * x[i];
+        s1 += (double)x[i + 1] * x[i + 1];
+        s2 += (double)x[i + 2] * x[i + 2];
+        s3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)x[i] * x[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* max of a run (n >= 1); NaN wins, as in NumPy */
+static float max_generic(const float *x, int64_t n) {
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++) {
+        if (x[i] != x[i]) return x[i];
+        if (x[i] > m) m = x[i];
+    }
+    return m;
+}
+
+/* index of the first max of a run (n >= 1); the first NaN wins, as in NumPy */
+static int64_t argmax_generic(const float *x, int64_t n) {
+    int64_t best = 0;
+    float m = x[0];
+    if (m != m) return 0;
+    for (int64_t i = 1; i < n; i++) {
+        if (x[i] != x[i]) return i;
+        if (x[i] > m) {
+            m = x[i];
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* out[c0 .. c0+w) = column sums of x rows [0, rows), w <= 64, accumulated in double */
+static void sum_cols_generic(const float *x, float *out, int64_t rows, int64_t cols, int64_t w) {
+    double acc[64];
+    for (int64_t j = 0; j < w; j++) acc[j] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *p = x + r * cols;
+        for (int64_t j = 0; j < w; j++) acc[j] += p[j];
+    }
+    for (int64_t j = 0; j < w; j++) out[j] = (float)acc[j];
+}
+
+typedef double (*sum_fn)(const float *, int64_t);
+typedef float (*max_fn)(const float *, int64_t);
+typedef void (*sum_cols_fn)(const float *, float *, int64_t, int64_t, int64_t);
+
+static sum_fn pick_sum(void) {
+    switch (mll_get_isa()) {
+    default: return sum_generic;
+    }
+}
+
+static sum_fn pick_sumsq(void) {
+    switch (mll_get_isa()) {
+    default: return sumsq_generic;
+    }
+}
+
+static max_fn pick_max(void) {
+    switch (mll_get_isa()) {
+    default: return max_generic;
+    }
+}
+
+static sum_cols_fn pick_sum_cols(void) {
+    switch (mll_get_isa()) {
+    default: return sum_cols_generic;
+    }
+}
+
+/* ------------------------------------------------------------ public kernels */
+/* x (rows, cols) -> out (rows) */
+void mll_sum_rows(const float *x, float *out, int64_t rows, int64_t cols) {
+    sum_fn f = pick_sum();
+    MLL_PARALLEL_ROWS(rows, cols, r, out[r] = (float)f(x + r * cols, cols));
+}
+
+/* x (rows, cols) -> out (rows); cols >= 1 */
+void mll_max_rows(const float *x, float *out, int64_t rows, int64_t cols) {
+    max_fn f = pick_max();
+    MLL_PARALLEL_ROWS(rows, cols, r, out[r] = f(x + r * cols, cols));
+}
+
+/* x (rows, cols) -> out (rows): index of the first max of each row; cols >= 1 */
+void mll_argmax_rows(const float *x, int64_t *out, int64_t rows, int64_t cols) {
+    MLL_PARALLEL_ROWS(rows, cols, r, out[r] = argmax_generic(x + r * cols, cols));
+}
+
+/* x (rows, cols) -> out (cols). Each thread owns a range of 64-column strips and sums
+ * them down all rows in order, so every column is one fixed sequence of additions. */
+void mll_sum_cols(const float *x, float *out, int64_t rows, int64_t cols) {
+    sum_cols_fn f = pick_sum_cols();
+    int64_t strips = (cols + 63) / 64;
+    MLL_PARALLEL_ROWS(strips, 64 * rows, s, {
+        int64_t c0 = s * 64;
+        f(x + c0, out + c0, rows, cols, mll_min64(64, cols - c0));
+    });
+}
+
+/* Blocked reductions over all elements: blocks of MLL_RED_BLOCK elements are summed in
+ * double, and the block sums are added in block order; groups of MLL_RED_GROUP blocks
+ * run in parallel with their sums kept in a stack array. */
+#define MLL_RED_BLOCK 4096
+#define MLL_RED_GROUP 256
+
+static double blocked_sum(sum_fn f, const float *x, int64_t n) {
+    int64_t nblocks = (n + MLL_RED_BLOCK - 1) / MLL_RED_BLOCK;
+    double total = 0.0, part[MLL_RED_GROUP];
+    int nt = mll_threads_for(n);
+    for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
+        int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+        for (int64_t k = 0; k < gn; k++) {
+            int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
+            part[k] = f(x + i0, mll_min64(MLL_RED_BLOCK, n - i0));
+        }
+        for (int64_t k = 0; k < gn; k++) total += part[k];
+    }
+    return total;
+}
+
+/* x: (n) */
+double mll_sum_all(const float *x, int64_t n) { return blocked_sum(pick_sum(), x, n); }
+
+/* x: (n) */
+double mll_sumsq_all(const float *x, int64_t n) { return blocked_sum(pick_sumsq(), x, n); }
+
+/* x: (n), n >= 1; NaN if any element is NaN. Per-chunk maxima are combined in chunk
+ * order (max is exact, so this only matters for which NaN is returned). */
+float mll_max_all(const float *x, int64_t n) {
+    max_fn f = pick_max();
+    int nt = mll_threads_for(n);
+    if (nt <= 1) return f(x, n);
+    int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
+    float m = x[0], part[MLL_RED_GROUP];
+    for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
+        int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t k = 0; k < gn; k++) {
+            int64_t i0 = (g0 + k) * MLL_CHUNK;
+            part[k] = f(x + i0, mll_min64(MLL_CHUNK, n - i0));
+        }
+        for (int64_t k = 0; k < gn; k++) {
+            if (part[k] != part[k]) return part[k];
+            if (part[k] > m) m = part[k];
+        }
+    }
+    return m;
+}
+
+/* x: (n), n >= 1: index of the first max (the first NaN if there is one) */
+int64_t mll_argmax_all(const float *x, int64_t n) {
+    int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
+    int nt = mll_threads_for(n);
+    if (nt <= 1) return argmax_generic(x, n);
+    /* per-chunk winners in a stack array of fixed groups, combined in chunk order */
+    int64_t best = 0;
+    float bestv = x[0];
+    int64_t idx[MLL_RED_GROUP];
+    for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
+        int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t k = 0; k < gn; k++) {
+            int64_t i0 = (g0 + k) * MLL_CHUNK;
+            idx[k] = i0 + argmax_generic(x + i0, mll_min64(MLL_CHUNK, n - i0));
+        }
+        for (int64_t k = 0; k < gn; k++) {
+            float v = x[idx[k]];
+            if (v != v) return idx[k];
+            if (v > bestv) {
+                bestv = v;
+                best = idx[k];
+            }
+        }
+    }
+    return best;
+}

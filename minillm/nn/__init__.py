@@ -1,0 +1,2 @@
+"""minillm.nn: layers and their initialisers."""
+from . import init
