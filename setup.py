@@ -40,7 +40,7 @@ if os.path.exists("pyx/_bpe.pyx"):
 setup(
     ext_modules=cythonize(
         extensions,
-        compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
+        compiler_directives={"language_level": 3,
                              "cdivision": True, "initializedcheck": False},
         include_path=["pyx"],
     ),

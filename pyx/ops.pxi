@@ -31,6 +31,16 @@ cdef object route_unary(str name, Tensor x):
     return unary_op(_UNARY_CODES[name], x)
 
 
+cdef inline bint same_shape(Tensor a, Tensor b) noexcept:
+    if a.ndim != b.ndim:
+        return False
+    cdef int k
+    for k in range(a.ndim):
+        if a.shape_[k] != b.shape_[k]:
+            return False
+    return True
+
+
 cdef tuple broadcast_shapes(tuple sa, tuple sb):
     cdef int n = _builtins.max(len(sa), len(sb))
     out = []
@@ -67,8 +77,7 @@ cdef Tensor binary_op(int op, object a, object b):
             C.mll_binary_scalar(op, fptr(ta), s, fptr(out), n, 0)
         return out
     tb = as_f32(b, _BINOP_NAMES[op])
-    sa, sb = ta.shape, tb.shape
-    if sa == sb:
+    if same_shape(ta, tb):
         ta = as_contig(ta)
         tb = as_contig(tb)
         out = new_like_shape(ta, C.MLL_F32)
@@ -76,6 +85,7 @@ cdef Tensor binary_op(int op, object a, object b):
         with nogil:
             C.mll_binary(op, fptr(ta), fptr(tb), fptr(out), n)
         return out
+    sa, sb = ta.shape, tb.shape
     shape = broadcast_shapes(sa, sb)
     out = new_tensor(shape, C.MLL_F32)
     if numel(out) == 0:
