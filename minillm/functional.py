@@ -16,7 +16,7 @@ Tensor = _C.Tensor
 _grad_on = _C.is_grad_enabled
 
 __all__ = [
-    "add", "sub", "mul", "div", "neg", "matmul", "linear", "reshape", "view", "flatten", "transpose",
+    "add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "reshape", "view", "flatten", "transpose",
     "permute", "expand", "squeeze", "unsqueeze", "getitem", "contiguous", "clone", "cat", "stack",
     "split", "chunk", "sum", "mean", "max", "exp", "log", "sqrt", "tanh", "relu", "gelu", "abs",
     "sigmoid", "softmax", "log_softmax", "layer_norm", "embedding", "dropout", "cross_entropy",
@@ -115,6 +115,21 @@ def neg(x):
     if _grad_on() and x.requires_grad:
         def backward(dy):
             return (_C.neg(dy),)
+        _record(out, backward, x)
+    return out
+
+
+def pow(x, exponent):
+    """x ** exponent for a Python-number exponent, elementwise. Float32."""
+    if isinstance(exponent, Tensor):
+        raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
+    out = _C.pow_(x, exponent)
+    if _grad_on() and x.requires_grad:
+        e = float(exponent)
+
+        def backward(dy):
+            # d x^e / dx = e x^(e-1)
+            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
         _record(out, backward, x)
     return out
 
@@ -763,3 +778,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if dropout_p > 0.0 and training:
         p = dropout(p, dropout_p)
     return matmul(p, v)
+
+
+# Tensor methods and operators route here when a gradient is needed.
+_C._register_functional(__import__("sys").modules[__name__])

@@ -5,7 +5,7 @@ cdef Tensor _nn_f32(object t, str what):
     if not isinstance(t, Tensor):
         raise TypeError(f"{what}: expected a minillm Tensor, got {type(t).__name__}")
     cdef Tensor x = <Tensor>t
-    if x.dtype != C.MLL_F32:
+    if x.dtype_ != C.MLL_F32:
         raise TypeError(f"{what}: expected a float32 tensor, got {t.dtype}")
     return x
 
@@ -23,9 +23,9 @@ cdef Tensor _nn_index64(object t, str what):
     if not isinstance(t, Tensor):
         raise TypeError(f"{what}: expected a minillm Tensor of int64 ids, got {type(t).__name__}")
     cdef Tensor x = <Tensor>t
-    if x.dtype == C.MLL_I64:
+    if x.dtype_ == C.MLL_I64:
         return as_contig(x)
-    if x.dtype == C.MLL_I32:
+    if x.dtype_ == C.MLL_I32:
         return as_contig(<Tensor>(t.astype("int64")))
     raise TypeError(f"{what}: expected int64 or int32 ids, got {t.dtype}")
 
@@ -50,11 +50,11 @@ def cross_entropy(logits, targets, int64_t ignore_index=-100, float label_smooth
     cdef Tensor x = _nn_f32(logits, "cross_entropy")
     if x.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be (N, V), got shape {logits.shape}")
-    if x.strides[1] != 1:
+    if x.strides_[1] != 1:
         x = as_contig(x)
     cdef Tensor t = _nn_index64(targets, "cross_entropy")
-    cdef int64_t N = x.shape[0], V = x.shape[1], ld = x.strides[0]
-    if t.ndim != 1 or t.shape[0] != N:
+    cdef int64_t N = x.shape_[0], V = x.shape_[1], ld = x.strides_[0]
+    if t.ndim != 1 or t.shape_[0] != N:
         raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape ({N},), "
                          f"got {targets.shape}")
     if V == 0:
@@ -94,12 +94,12 @@ def cross_entropy_backward(logits, targets, lse, dloss, str reduction, int64_t c
     """d loss / d logits (N, V) for cross_entropy's outputs; dloss is the upstream
     gradient: (N) or any shape of N elements for 'none', 0-d for 'mean' and 'sum'."""
     cdef Tensor x = _nn_f32(logits, "cross_entropy_backward")
-    if x.strides[1] != 1:
+    if x.strides_[1] != 1:
         x = as_contig(x)
     cdef Tensor t = _nn_index64(targets, "cross_entropy_backward")
     cdef Tensor s = as_contig(_nn_f32(lse, "cross_entropy_backward"))
     cdef Tensor d = as_contig(_nn_f32(dloss, "cross_entropy_backward"))
-    cdef int64_t N = x.shape[0], V = x.shape[1], ld = x.strides[0]
+    cdef int64_t N = x.shape_[0], V = x.shape_[1], ld = x.strides_[0]
     cdef const float *dp = NULL
     cdef float scale
     if reduction == "none":
@@ -142,7 +142,7 @@ def causal_fill_(x, float value):
     cdef Tensor t = _nn_inplace(x, "causal_fill_")
     if t.ndim < 2:
         raise ValueError(f"causal_fill_: expected (..., T, S), got shape {x.shape}")
-    cdef int64_t T = t.shape[t.ndim - 2], S = t.shape[t.ndim - 1]
+    cdef int64_t T = t.shape_[t.ndim - 2], S = t.shape_[t.ndim - 1]
     cdef int64_t n = numel(t)
     cdef int64_t batch = n // (T * S) if T * S > 0 else 0
     cdef float *p = fptr(t)
