@@ -10,6 +10,7 @@ import builtins
 import math
 
 from minillm import _C
+from minillm import random as _random
 from minillm.autograd import record as _record
 
 Tensor = _C.Tensor
@@ -627,46 +628,20 @@ def embedding(input, weight):
 
 
 # ------------------------------------------------------------------------ dropout
-class _DropoutStream:
-    """Where dropout masks come from when no generator is given: a Philox stream
-    (seed, offset); each mask consumes numel words (rounded up to a multiple of 4), so
-    masks are reproducible from the seed and independent of the thread count."""
-
-    __slots__ = ("seed", "offset")
-
-    def __init__(self, seed=0):
-        self.seed = seed
-        self.offset = 0
-
-    def take(self, n):
-        off = self.offset
-        self.offset += (n + 3) // 4 * 4
-        return self.seed, off
-
-
-_dropout_stream = _DropoutStream(0)
-
-
-def manual_seed_dropout(seed):
-    """Reseed the default dropout stream (minillm.manual_seed calls this too)."""
-    _dropout_stream.seed = int(seed)
-    _dropout_stream.offset = 0
-
-
 def _dropout_draw(n, generator):
+    """(seed, offset) of n fresh words of `generator`'s Philox stream (default: minillm's
+    default generator, so minillm.manual_seed makes dropout reproducible)."""
     if generator is None:
-        return _dropout_stream.take(n)
-    if hasattr(generator, "_take"):
-        return generator._take(n)
-    if isinstance(generator, _DropoutStream):
-        return generator.take(n)
-    raise TypeError(f"dropout: generator must be a minillm.Generator, got {type(generator).__name__}")
+        generator = _random.default_generator()
+    elif not hasattr(generator, "claim"):
+        raise TypeError(f"dropout: generator must be a minillm.random.Generator, got {type(generator).__name__}")
+    return generator.claim(n)
 
 
 def dropout(x, p=0.5, training=True, generator=None):
     """Inverted dropout: zero each element with probability p and scale the rest by
     1/(1-p); the identity when not training or p == 0. The mask is drawn from
-    `generator` (a minillm Generator) or the default dropout stream. Float32."""
+    `generator` (a minillm.random.Generator) or the default generator. Float32."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
