@@ -29,5 +29,9 @@ bench-gemm: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
 		$(PY) bench/bench_gemm.py
 
+# The default corpus (Shakespeare) into data/shakespeare/ ($MINILLM_DATA_DIR if set).
+data: build
+	$(PY) -m minillm data shakespeare
+
 clean:
 	rm -rf build *.egg-info minillm/*.so pyx/*.c .setup-stamp .build.lock

@@ -173,11 +173,11 @@ static inline float bf16_to_f32(uint16_t h) {
 
 /* float -> integer truncates toward zero (as C and NumPy do) and saturates at the
  * type's range; NaN gives 0 (C leaves both undefined). */
-static inline int64_t f32_to_int(float f, double lo, double hi) {
+static inline int64_t f32_to_int(float f, int64_t lo, int64_t hi) {
     if (f != f) return 0;
     double d = (double)f;
-    if (d <= lo) return (int64_t)lo;
-    if (d >= hi) return (int64_t)hi;
+    if (d <= (double)lo) return lo;
+    if (d >= (double)hi) return hi;  /* (double)INT64_MAX is 2^63, so this also guards int64 */
     return (int64_t)d;
 }
 
@@ -211,13 +211,10 @@ static void cast_range(const void *src, int st, void *dst, int dt, int64_t i0, i
         } else if (src_float) {
             float f = load_as_f32(src, st, i);
             switch (dt) {
-            case MLL_I32: ((int32_t *)dst)[i] = (int32_t)f32_to_int(f, -2147483648.0, 2147483647.0); break;
-            case MLL_I64:
-                /* 2^63 is not an int64; the largest float below it is 2^63 - 2^39 */
-                ((int64_t *)dst)[i] = f32_to_int(f, -9223372036854775808.0, 9223371487098961920.0);
-                break;
-            case MLL_U8: ((uint8_t *)dst)[i] = (uint8_t)f32_to_int(f, 0.0, 255.0); break;
-            case MLL_U16: ((uint16_t *)dst)[i] = (uint16_t)f32_to_int(f, 0.0, 65535.0); break;
+            case MLL_I32: ((int32_t *)dst)[i] = (int32_t)f32_to_int(f, INT32_MIN, INT32_MAX); break;
+            case MLL_I64: ((int64_t *)dst)[i] = f32_to_int(f, INT64_MIN, INT64_MAX); break;
+            case MLL_U8: ((uint8_t *)dst)[i] = (uint8_t)f32_to_int(f, 0, UINT8_MAX); break;
+            case MLL_U16: ((uint16_t *)dst)[i] = (uint16_t)f32_to_int(f, 0, UINT16_MAX); break;
             }
         } else {
             /* integer -> integer wraps like a C cast (NumPy's astype does the same) */

@@ -170,6 +170,57 @@ void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n);
  * same multiply-shift as mll_rand_int (sequential, so the same for any thread count). */
 void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n);
 
+/* ------------------------------------------------------------------ bpe.c */
+/* Byte-level BPE as in GPT-2. Text is UTF-8 bytes (invalid sequences count as one "other"
+ * character per byte); token ids are uint32. Pre-tokenization follows GPT-2's pattern
+ *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ * with the Unicode classes of csrc/unicode_tables.h. */
+
+/* End (exclusive) of the pre-token that starts at byte i of s[0, n). */
+int64_t mll_bpe_pretoken_end(const uint8_t *s, int64_t i, int64_t n);
+/* ends (n,) <- the end offset of every pre-token of s[0, n); returns how many. */
+int64_t mll_bpe_pretokenize(const uint8_t *s, int64_t n, int64_t *ends);
+
+/* Training, step 1: unique pre-tokens ("words") with their counts, accumulated over texts. */
+typedef struct mll_bpe_counter mll_bpe_counter;
+mll_bpe_counter *mll_bpe_counter_new(void);
+void mll_bpe_counter_free(mll_bpe_counter *c);
+/* Adds the pre-tokens of text[0, n) (split over nthreads at safe boundaries); -1 if out of memory. */
+int mll_bpe_counter_add(mll_bpe_counter *c, const uint8_t *text, int64_t n, int nthreads);
+int64_t mll_bpe_counter_size(const mll_bpe_counter *c);   /* number of unique words */
+int64_t mll_bpe_counter_total(const mll_bpe_counter *c);  /* number of words counted */
+
+/* Training, step 2: merges. Bytes are symbols 0..255; merge k creates symbol first_id + k.
+ * Each step merges the pair with the highest count; ties go to the smallest (left, right) ids.
+ * step() does up to max_merges merges, writes pairs_out (max_merges, 2) and counts_out
+ * (max_merges,), and returns how many it did (fewer once no pair is left, -1 if out of memory). */
+typedef struct mll_bpe_trainer mll_bpe_trainer;
+mll_bpe_trainer *mll_bpe_trainer_new(const mll_bpe_counter *c, uint32_t first_id);
+int64_t mll_bpe_trainer_step(mll_bpe_trainer *t, int64_t max_merges, uint32_t *pairs_out,
+                             int64_t *counts_out);
+void mll_bpe_trainer_free(mll_bpe_trainer *t);
+
+/* Encoding and decoding. merges (n_merges, 3) = (left id, right id, merged id), rank = row;
+ * byte_ids (256,) = id of each single byte; the vocabulary's bytes are
+ * vocab_bytes[vocab_offsets[i] : vocab_offsets[i + 1]] for id i < vocab_size.
+ * Returns NULL if out of memory or if an id is >= vocab_size. */
+typedef struct mll_bpe mll_bpe;
+mll_bpe *mll_bpe_new(const uint32_t *merges, int64_t n_merges, const uint32_t *byte_ids,
+                     const uint8_t *vocab_bytes, const int64_t *vocab_offsets, int64_t vocab_size);
+void mll_bpe_free(mll_bpe *t);
+/* out (n,) <- ids of text[0, n) (never more than n); returns the count, -1 if out of memory.
+ * A long text is split over nthreads at boundaries no pre-token crosses. */
+int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
+                       int nthreads);
+/* Text i is text[offsets[i], offsets[i + 1]); out (offsets[n_texts],) <- all ids, the ids of
+ * text i in out[out_offsets[i], out_offsets[i + 1]). Returns the total, -1 if out of memory. */
+int64_t mll_bpe_encode_batch(const mll_bpe *t, const uint8_t *text, const int64_t *offsets,
+                             int64_t n_texts, uint32_t *out, int64_t *out_offsets, int nthreads);
+/* Bytes the ids decode to, or -(i + 1) if ids[i] is not in the vocabulary. */
+int64_t mll_bpe_decoded_length(const mll_bpe *t, const uint32_t *ids, int64_t n);
+/* out (mll_bpe_decoded_length(),) <- the bytes of ids (checked ids only); returns the length. */
+int64_t mll_bpe_decode(const mll_bpe *t, const uint32_t *ids, int64_t n, uint8_t *out);
+
 /* ---------------------------------------------------------------- loss.c */
 /* Fused cross-entropy: log-softmax + NLL per row, with ignore_index and label smoothing.
  * logits (N, V), row stride ld; targets (N) int64; losses (N) and lse (N) are written.

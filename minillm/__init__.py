@@ -13,3 +13,6 @@ from ._C import (  # noqa: F401
 )
 
 __version__ = "0.1.0"
+from ._C import view_as  # noqa: F401,E402
+from .random import Generator, manual_seed, default_generator  # noqa: F401,E402
+from .io import save, load, FormatError  # noqa: F401,E402

@@ -997,3 +997,14 @@ cdef tuple batch_view(Tensor T, tuple batch, bint *trans, int64_t *ld):
     trans[0] = False
     ld[0] = E.shape_[E.ndim - 1]
     return E, E.shape_[E.ndim - 2] * E.shape_[E.ndim - 1]
+
+
+def view_as(Tensor t, dtype):
+    """The same memory read as another dtype of the same item size (e.g. uint16 bits as
+    bfloat16)."""
+    cdef int code = dtype_code(dtype)
+    if itemsize_of(code) != itemsize_of(t.dtype_):
+        raise TypeError(f"view_as: {t.dtype} and {_DTYPE_NAMES[code]} differ in item size")
+    cdef Tensor v = make_view(t, t.ndim, t.shape_, t.strides_, t.ptr)
+    v.dtype_ = code
+    return v

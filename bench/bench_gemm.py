@@ -1,0 +1,109 @@
+"""GEMM throughput of minillm against numpy.matmul (OpenBLAS), measured in the same run.
+
+    make bench-gemm            # both at 2 threads, OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset
+    python bench/bench_gemm.py --quick   # fewer shapes (no 2048-token LM head)
+
+Prints one row per (shape, layout): GFLOPS of each and the ratio minillm / numpy. Times are
+the best of several interleaved runs (minillm, numpy, minillm, ...) within a time budget, so
+both see the same machine state. Layout names say which operand is read transposed:
+nn C = A @ B, nt C = A @ B^T, tn C = A^T @ B. For a linear layer y = x @ W with W (K, N):
+forward is nn (M, N, K), the input gradient dx = dy @ W^T is nt (M, K, N), the weight
+gradient dW = x^T @ dy is tn (K, N, M).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from minillm import _C  # noqa: E402
+
+SQUARE = [64, 128, 256, 512, 1024, 2048]
+GPT_KN = [(768, 768), (768, 2304), (768, 3072), (3072, 768), (768, 50304)]
+GPT_TOKENS = [512, 2048]
+
+
+def blas_info():
+    """Which BLAS numpy runs, with which kernel (threadpoolctl), or a note why unknown."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed (pip install threadpoolctl)"
+    rows = [f"{d.get('internal_api')} {d.get('version')} kernel={d.get('architecture')} "
+            f"threads={d.get('num_threads')}" for d in threadpool_info() if d.get("user_api") == "blas"]
+    return "; ".join(rows) or "no BLAS found"
+
+
+def operands(M, N, K, layout, rng):
+    """Stored A, B and C for C (M, N) = op(A) @ op(B) in the given layout."""
+    ta, tb = layout[0] == "t", layout[1] == "t"
+    a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
+    return ta, tb, a, b, np.empty((M, N), np.float32)
+
+
+def best_times(fns, budget, min_reps=3, max_reps=50):
+    """Best wall time of each function, interleaved, after one warm-up call each."""
+    for f in fns:
+        f()
+    best = [float("inf")] * len(fns)
+    start, reps = time.perf_counter(), 0
+    while reps < min_reps or (reps < max_reps and time.perf_counter() - start < budget):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t)
+        reps += 1
+    return best
+
+
+def bench(M, N, K, layout, rng, budget):
+    ta, tb, a, b, c = operands(M, N, K, layout, rng)
+    c_np = np.empty_like(c)
+    opa, opb = (a.T if ta else a), (b.T if tb else b)
+    ours = lambda: _C.k_sgemm(ta, tb, 1.0, a, b, 0.0, c)  # noqa: E731
+    theirs = lambda: np.matmul(opa, opb, out=c_np)  # noqa: E731
+    t_ours, t_np = best_times([ours, theirs], budget)
+    err = float(np.abs(c - c_np).max() / max(1.0, np.abs(c_np).max()))
+    flops = 2.0 * M * N * K
+    return flops / t_ours / 1e9, flops / t_np / 1e9, err
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="skip the 2048-token LM head and n = 2048")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape (default 1)")
+    ap.add_argument("--only", default="", help="run only rows whose name contains this")
+    args = ap.parse_args()
+
+    info = _C.cpu_info()
+    print(f"CPU: {info['cpu']}  ISA: {info['isa']}  minillm threads: {info['num_threads']}")
+    print(f"numpy {np.__version__}: {blas_info()}")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        print(f"  {var}={os.environ.get(var, '(unset)')}")
+    rows = [(f"square {n}", n, n, n, "nn") for n in SQUARE if not (args.quick and n > 1024)]
+    for M in GPT_TOKENS:
+        for K, N in GPT_KN:
+            if args.quick and M == 2048 and N == 50304:
+                continue
+            name = f"gpt M={M} K={K} N={N}"
+            rows += [(name + " fwd", M, N, K, "nn"), (name + " dx", M, K, N, "nt"), (name + " dW", K, N, M, "tn")]
+    rows = [r for r in rows if args.only in r[0]]
+
+    rng = np.random.default_rng(0)
+    print(f"\n{'shape':34s} {'M x N x K':>20s} {'layout':>6s} {'minillm':>9s} {'numpy':>9s} {'ratio':>6s}")
+    print(f"{'':34s} {'':>20s} {'':>6s} {'GFLOPS':>9s} {'GFLOPS':>9s} {'':>6s}")
+    ratios = []
+    for name, M, N, K, layout in rows:
+        ours, theirs, err = bench(M, N, K, layout, rng, args.budget)
+        ratios.append(ours / theirs)
+        flag = "" if err < 1e-4 else f"  MISMATCH {err:.2g}"
+        print(f"{name:34s} {f'{M}x{N}x{K}':>20s} {layout:>6s} {ours:9.1f} {theirs:9.1f} {ours / theirs:6.2f}{flag}",
+              flush=True)
+    print(f"\ngeometric mean ratio: {float(np.exp(np.mean(np.log(ratios)))):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+/* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
+ *
+ * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
+ * van de Geijn, ACM TOMS 2015):
+ *
+ *   for jc in N, step NC:               B block kc x nc          -> packed once, shared (L3)
+ *     for pc in K, step KC:
+ *       pack B[pc:pc+kc, jc:jc+nc] into NR-column micro-panels (threads split the panels)
+ *       for ic in this thread's rows, step MC:   A block mc x kc -> packed per thread (L2)
+ *         pack A[ic:ic+mc, pc:pc+kc] into MR-row micro-panels
+ *         for jr in nc, step NR:        B micro-panel kc x NR    -> stays in L1 over ir
+ *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
+ *
+ * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
+ * with the right strides), so backward products never copy a transpose.
+ *
+ * Threads split the output, never K: either the rows of C (in MR-row tiles) or the NR-column
+ * panels of each B block, and every element of C is accumulated by one micro-kernel in
+ * k order, block after block. Tile boundaries sit at multiples of MR and NR from the origin
+ * whatever the thread count, so results are bitwise identical for any number of threads.
+ *
+ * Block sizes per ISA are in isa_params() with the cache each one targets.
+ */
+#include "minillm.h"
+#include "gemm_internal.h"
+
+#include <string.h>
+#include <omp.h>
+
+#define MAX_THREADS 64
+
+/* MR, NR: register tiles (gemm_internal.h).
+ * KC: one k-slice of A and B micro-panels; AVX-512: B micro-panel kc x 32 x 4 B = 24 KiB
+ *     fits the 32 KiB L1d beside the streaming A micro-panel (14 x kc x 4 B = 10.5 KiB).
+ * MC: A block mc x kc per thread: 168 x 192 x 4 B = 126 KiB, well inside a 1 MiB L2.
+ * NC: B block kc x nc: 192 x 4096 x 4 B = 3 MiB, shared by the threads in the 32 MiB L3. */
+static const mll_gemm_isa *isa_params(void) {
+    static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
+                                         256, 128, 2048};
+#if defined(__x86_64__)
+    static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
+                                      256, 144, 4096};
+    static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
+                                        192, 168, 4096};
+    switch (mll_get_isa()) {
+    case MLL_ISA_AVX512: return &avx512;
+    case MLL_ISA_AVX2: return &avx2;
+    default: break;
+    }
+#endif
+    return &generic;
+}
+
+/* ------------------------------------------------------------------------------ packing */
+
+/* ap: ceil(mc / mr) micro-panels of mr x kc (k-major, zero rows past mc)
+ *   <- op(A)[0:mc, 0:kc], with op(A)[i, k] = transa ? A[k*lda + i] : A[i*lda + k]. */
+static void pack_a(int transa, const float *A, int64_t lda, int64_t mc, int64_t kc, int mr, float *ap) {
+    for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+        int rows = mc - i0 < mr ? (int)(mc - i0) : mr;
+        if (transa) {
+            /* row k of the stored A holds op(A)[:, k]: mr contiguous floats per k */
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = A + k * lda + i0;
+                float *dst = ap + k * mr;
+                int i = 0;
+                for (; i < rows; i++) dst[i] = src[i];
+                for (; i < mr; i++) dst[i] = 0.0f;
+            }
+        } else {
+            for (int i = 0; i < rows; i++) {
+                const float *src = A + (i0 + i) * lda;
+                for (int64_t k = 0; k < kc; k++) ap[k * mr + i] = src[k];
+            }
+            for (int i = rows; i < mr; i++)
+                for (int64_t k = 0; k < kc; k++) ap[k * mr + i] = 0.0f;
+        }
+        ap += mr * kc;
+    }
+}
+
+/* bp: micro-panels p0..p1-1 of kc x nr (k-major, zero columns past nc), panel p at bp + p*nr*kcmax
+ * (a fixed stride: threads packing the next k block never touch panels still being read)
+ *   <- op(B)[0:kc, 0:nc], with op(B)[k, j] = transb ? B[j*ldb + k] : B[k*ldb + j]. */
+static void pack_b(int transb, const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int nr,
+                   int64_t p0, int64_t p1, float *bp) {
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t j0 = p * nr;
+        int cols = nc - j0 < nr ? (int)(nc - j0) : nr;
+        float *dst = bp + p * nr * kcmax;
+        if (!transb) {
+            for (int64_t k = 0; k < kc; k++) {
+                const float *src = B + k * ldb + j0;
+                float *d = dst + k * nr;
+                int j = 0;
+                for (; j < cols; j++) d[j] = src[j];
+                for (; j < nr; j++) d[j] = 0.0f;
+            }
+        } else {
+            for (int j = 0; j < cols; j++) {
+                const float *src = B + (j0 + j) * ldb;
+                for (int64_t k = 0; k < kc; k++) dst[k * nr + j] = src[k];
+            }
+            for (int j = cols; j < nr; j++)
+                for (int64_t k = 0; k < kc; k++) dst[k * nr + j] = 0.0f;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- packing buffers */
+
+/* Buffers belong to the calling (master) thread and are indexed by OpenMP thread number,
+ * so concurrent callers from different threads never share them. Grown on demand, never
+ * shrunk: after the first call of a given size a GEMM allocates nothing. */
+typedef struct {
+    float *ptr;
+    size_t bytes;
+} buffer;
+
+static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS];
+
+static float *grow(buffer *b, size_t bytes) {
+    if (b->bytes < bytes) {
+        mll_free(b->ptr, b->bytes);
+        b->ptr = mll_alloc(bytes);
+        b->bytes = b->ptr ? bytes : 0;
+    }
+    return b->ptr;
+}
+
+/* ------------------------------------------------------------------ unpacked path */
+
+#define OPA(i, k) (transa ? A[(k) * lda + (i)] : A[(i) * lda + (k)])
+#define OPB(k, j) (transb ? B[(j) * ldb + (k)] : B[(k) * ldb + (j)])
+
+/* C (M, N) = alpha * op(A) (M, K) @ op(B) (K, N) + beta * C, straight from the operands: for
+ * products too small to repay packing (and as the fallback if a buffer cannot be had). */
+static void gemm_unpacked(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                          int64_t ldc) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float s = 0.0f;
+            for (int64_t k = 0; k < K; k++) s += OPA(i, k) * OPB(k, j);
+            float *c = C + i * ldc + j;
+            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c;
+        }
+}
+
+/* ------------------------------------------------------------------- packed path */
+
+typedef struct {
+    int transa, transb;
+    int64_t M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    int64_t lda, ldb, ldc;
+    float *C;
+} gemm_args;
+
+/* The blocked product run by thread t of a team of nt (nt == 1: no barriers), with B packed
+ * into bbuf (shared by the team) and A into abuf (this thread's). split_rows: threads take
+ * MR-row tiles of C; otherwise NR-column panels of each B block. */
+static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, int split_rows, float *bbuf,
+                      float *abuf) {
+    const int MR = p->mr, NR = p->nr;
+    const int64_t M = g->M, N = g->N, K = g->K;
+    int64_t mtiles = (M + MR - 1) / MR;
+    int64_t m0 = 0, m1 = M;
+    if (split_rows) {
+        m0 = mtiles * t / nt * MR;
+        m1 = mtiles * (t + 1) / nt * MR;
+        if (m1 > M) m1 = M;
+    }
+    for (int64_t jc = 0; jc < N; jc += p->nc) {
+        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+        int64_t npanels = (nc + NR - 1) / NR;
+        int64_t q0 = 0, q1 = npanels;
+        if (!split_rows) {
+            q0 = npanels * t / nt;
+            q1 = npanels * (t + 1) / nt;
+        }
+        for (int64_t pc = 0; pc < K; pc += p->kc) {
+            int64_t kc = K - pc < p->kc ? K - pc : p->kc;
+            float beta = pc == 0 ? g->beta : 1.0f;
+            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+            /* each thread packs its share of the panels; with split_rows all panels are needed
+             * by everyone, otherwise each thread packs exactly the panels it uses */
+            int64_t s0 = split_rows ? npanels * t / nt : q0, s1 = split_rows ? npanels * (t + 1) / nt : q1;
+            pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
+            if (nt > 1 && split_rows) {
+#pragma omp barrier
+            }
+            for (int64_t ic = m0; ic < m1; ic += p->mc) {
+                int64_t mc = m1 - ic < p->mc ? m1 - ic : p->mc;
+                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+                pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
+                for (int64_t q = q0; q < q1; q++) {
+                    int64_t j = q * NR;
+                    int nr = nc - j < NR ? (int)(nc - j) : NR;
+                    const float *bp = bbuf + q * NR * p->kc;
+                    for (int64_t i = 0; i < mc; i += MR) {
+                        int mr = mc - i < MR ? (int)(mc - i) : MR;
+                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
+                                  beta, mr, nr);
+                    }
+                }
+            }
+            if (nt > 1 && split_rows) {
+                /* the next pack_b overwrites panels the other threads are still reading */
+#pragma omp barrier
+            }
+        }
+        if (nt > 1 && !split_rows) {
+            /* the next column block deals the panels out afresh */
+#pragma omp barrier
+        }
+    }
+}
+
+static size_t abuf_bytes(const mll_gemm_isa *p) { return (size_t)p->mc * p->kc * sizeof(float); }
+static size_t bbuf_bytes(const mll_gemm_isa *p) { return (size_t)p->nc * p->kc * sizeof(float); }
+
+/* Products below this many multiply-adds run on one thread: forking costs more. */
+#define PARALLEL_MIN_FMAS (64 * 64 * 64)
+/* Products below this many multiply-adds (or with a side this thin) skip packing. */
+#define UNPACKED_MAX_FMAS (8 * 8 * 8)
+
+static int team_size(int64_t M, int64_t N, int64_t K) {
+    int nt = mll_get_num_threads();
+    if (nt > MAX_THREADS) nt = MAX_THREADS;
+    if ((double)M * N * K < PARALLEL_MIN_FMAS) nt = 1;
+    return nt;
+}
+
+/* Split rows when each thread gets whole MR tiles with little imbalance; else split columns. */
+static int choose_split_rows(const mll_gemm_isa *p, int64_t M, int64_t N, int nt) {
+    int64_t mtiles = (M + p->mr - 1) / p->mr;
+    int64_t ncols = N < p->nc ? N : p->nc;
+    int64_t ntiles = (ncols + p->nr - 1) / p->nr;
+    /* the busiest thread's tile count per B block, each way */
+    int64_t rows_way = (mtiles + nt - 1) / nt * ntiles;
+    int64_t cols_way = (ntiles + nt - 1) / nt * mtiles;
+    return rows_way <= cols_way;
+}
+
+static void gemm_one(const gemm_args *g, int nt) {
+    const mll_gemm_isa *p = isa_params();
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS) {
+        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
+                      g->C, g->ldc);
+        return;
+    }
+    int ok = grow(&tl_bbuf[0], bbuf_bytes(p)) != NULL;
+    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p)) != NULL;
+    if (!ok) {
+        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
+                      g->C, g->ldc);
+        return;
+    }
+    float *bbuf = tl_bbuf[0].ptr;
+    if (nt == 1) {
+        gemm_team(p, g, 0, 1, 1, bbuf, tl_abuf[0].ptr);
+        return;
+    }
+    int split_rows = choose_split_rows(p, g->M, g->N, nt);
+    buffer *abufs = tl_abuf;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        gemm_team(p, g, t, team, split_rows, bbuf, abufs[t].ptr);
+    }
+}
+
+/* C = alpha A' B' + beta C when there is nothing to multiply (K == 0 or alpha == 0). */
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+    for (int64_t i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        if (beta == 0.0f)
+            memset(c, 0, (size_t)N * sizeof(float));
+        else
+            for (int64_t j = 0; j < N; j++) c[j] *= beta;
+    }
+}
+
+void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C};
+    gemm_one(&g, team_size(M, N, K));
+}
+
+void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                       int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta,
+                       float *C, int64_t ldc, int64_t strideC, int64_t batch) {
+    for (int64_t b = 0; b < batch; b++)
+        mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                  C + b * strideC, ldc);
+}

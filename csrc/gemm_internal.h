@@ -1,0 +1,45 @@
+/* gemm_internal.h: what the GEMM driver (gemm.c) and its per-ISA micro-kernels share.
+ *
+ * Packed layouts (Goto & van de Geijn, "Anatomy of high-performance matrix multiplication",
+ * ACM TOMS 2008; Van Zee & van de Geijn, "BLIS", ACM TOMS 2015):
+ *   A micro-panel: MR rows x kc, stored k-major:  ap[k*MR + i] = op(A)[i, k]
+ *   B micro-panel: kc x NR cols, stored k-major:  bp[k*NR + j] = op(B)[k, j]
+ * Rows/columns past the matrix edge are packed as zeros, so a kernel always runs a full
+ * MR x NR tile and only its stores are clipped to (mr, nr).
+ */
+#ifndef MLL_GEMM_INTERNAL_H
+#define MLL_GEMM_INTERNAL_H
+
+#include <stdint.h>
+
+/* c (mr, nr), row stride ldc  =  alpha * ap (mr, kc) @ bp (kc, nr)  +  beta * c.
+ * beta == 0: c is written without being read. mr <= MR, nr <= NR, kc >= 1. */
+typedef void (*mll_gemm_kernel_fn)(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                                   float alpha, float beta, int mr, int nr);
+
+/* One ISA's micro-kernel and the block sizes that go with it. */
+typedef struct {
+    mll_gemm_kernel_fn kernel;
+    int mr, nr;          /* register tile */
+    int kc;              /* depth of a packed block */
+    int mc;              /* rows of A packed per thread at a time (multiple of mr) */
+    int nc;              /* columns of B packed at a time (multiple of nr) */
+} mll_gemm_isa;
+
+void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                             float alpha, float beta, int mr, int nr);
+#if defined(__x86_64__)
+void mll_gemm_avx2_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                          float alpha, float beta, int mr, int nr);
+void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                            float alpha, float beta, int mr, int nr);
+#endif
+
+#define MLL_GEMM_GENERIC_MR 4
+#define MLL_GEMM_GENERIC_NR 16
+#define MLL_GEMM_AVX2_MR 6
+#define MLL_GEMM_AVX2_NR 16
+#define MLL_GEMM_AVX512_MR 14
+#define MLL_GEMM_AVX512_NR 32
+
+#endif
