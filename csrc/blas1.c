@@ -103,7 +103,7 @@ double mll_dot(const float *x, const float *y, int64_t n) {
     int nt = mll_threads_for(n);
     for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
             part[k] = f(x + i0, y + i0, mll_min64(MLL_RED_BLOCK, n - i0));
@@ -329,7 +329,7 @@ int mll_all_finite(const float *x, int64_t n) {
     if (nt <= 1) return any_nonfinite(x, n) == 0;
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
     uint32_t bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) reduction(| : bad)
     for (int64_t c = 0; c < nch; c++)
         bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
     return bad == 0;

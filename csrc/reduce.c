@@ -153,7 +153,7 @@ static double blocked_sum(sum_fn f, const float *x, int64_t n) {
     int nt = mll_threads_for(n);
     for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
             part[k] = f(x + i0, mll_min64(MLL_RED_BLOCK, n - i0));
@@ -179,7 +179,7 @@ float mll_max_all(const float *x, int64_t n) {
     float m = x[0], part[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             part[k] = f(x + i0, mll_min64(MLL_CHUNK, n - i0));
@@ -203,7 +203,7 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
     int64_t idx[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             idx[k] = i0 + argmax_generic(x + i0, mll_min64(MLL_CHUNK, n - i0));
