@@ -44,6 +44,7 @@ static const mll_gemm_isa *isa_params(void) {
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
                                         256, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
                                         mll_gemm_avx512_pack_b_cols};
     static mll_gemm_isa tuned;
     const char *e = getenv("MLL_GEMM_TUNE");
@@ -210,6 +211,8 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
             int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
             if (g->transb && p->pack_b_cols)
                 p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
             else
                 pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
             if (nt > 1) {
@@ -220,6 +223,8 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
                 const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
                 if (!g->transa && p->pack_a_rows)
                     p->pack_a_rows(Ablk, g->lda, mc, kc, abuf);
+                else if (g->transa && p->pack_a_cols)
+                    p->pack_a_cols(Ablk, g->lda, mc, kc, abuf);
                 else
                     pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
                 int64_t row0 = ic / MR;                      /* tile row of abuf's first panel */

@@ -102,7 +102,11 @@ AVX512 static void pack_transposed16(const float *src, int64_t lds, int rows, in
         for (int i = 0; i < 16; i++)
             r[i] = i < rows ? _mm512_maskz_loadu_ps(load_mask, src + i * lds + k0) : _mm512_setzero_ps();
         transpose16(r);
-        for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps(dst + (k0 + k) * dst_stride, store_mask, r[k]);
+        /* with width < 16, a full store spills into the slot of k + 1, written next (masked
+         * stores are slow on Zen 4); the last k of the block takes the mask */
+        int kfull = width == 16 || k0 + kn < kc ? kn : kn - 1;
+        for (int k = 0; k < kfull; k++) _mm512_storeu_ps(dst + (k0 + k) * dst_stride, r[k]);
+        for (int k = kfull; k < kn; k++) _mm512_mask_storeu_ps(dst + (k0 + k) * dst_stride, store_mask, r[k]);
     }
 }
 
@@ -128,6 +132,53 @@ AVX512 void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc,
             int c = cols - 16 * half;
             c = c < 0 ? 0 : c > 16 ? 16 : c;
             pack_transposed16(B + (j0 + 16 * half) * ldb, ldb, c, 16, kc, dst + 16 * half, NR);
+        }
+    }
+}
+#endif
+
+#if defined(__x86_64__)
+/* ap: micro-panels of 14 x kc (k-major, zero rows past mc) <- op(A)[0:mc, 0:kc] with A stored
+ * (kc, mc) row-major (the transposed A): 14 contiguous floats per k and panel. Row k of A is
+ * read front to back for all panels before moving on, which the prefetchers stream. */
+AVX512 void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap) {
+    int64_t npanels = (mc + MR - 1) / MR;
+    __mmask16 full = (__mmask16)((1u << MR) - 1);
+    __mmask16 last = (__mmask16)((1u << (mc - (npanels - 1) * MR)) - 1);
+    for (int64_t k = 0; k < kc; k++) {
+        const float *src = A + k * lda;
+        float *dst = ap + k * MR;
+        for (int64_t p = 0; p < npanels; p++) {
+            __m512 v = _mm512_maskz_loadu_ps(p == npanels - 1 ? last : full, src + p * MR);
+            /* a 16-float store spills 2 floats into slot k + 1, written next; masked stores are
+             * slow on Zen 4, so only the panel's last slot takes one */
+            if (k < kc - 1)
+                _mm512_storeu_ps(dst + p * MR * kc, v);
+            else
+                _mm512_mask_storeu_ps(dst + p * MR * kc, full, v);
+        }
+    }
+}
+
+/* bp panels p0..p1-1 of kc x 32 (k-major, zero columns past nc), panel p at bp + p*32*kcmax
+ * <- B[0:kc, 0:nc] stored row-major (the not-transposed B), row by row. */
+AVX512 void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                        int64_t p0, int64_t p1, float *bp) {
+    for (int64_t k = 0; k < kc; k++) {
+        const float *src = B + k * ldb;
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t j0 = p * NR;
+            float *dst = bp + p * NR * kcmax + k * NR;
+            if (j0 + NR <= nc) {
+                _mm512_store_ps(dst, _mm512_loadu_ps(src + j0));
+                _mm512_store_ps(dst + 16, _mm512_loadu_ps(src + j0 + 16));
+            } else {
+                int cols = (int)(nc - j0);
+                __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+                __mmask16 m1 = cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+                _mm512_store_ps(dst, _mm512_maskz_loadu_ps(m0, src + j0));
+                _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(m1, src + j0 + 16));
+            }
         }
     }
 }
