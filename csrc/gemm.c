@@ -253,7 +253,7 @@ static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
 static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
-#define PARALLEL_MIN_FMAS (48 * 48 * 48)
+#define PARALLEL_MIN_FMAS (80 * 80 * 80)
 /* Products below this many multiply-adds skip packing. */
 #define UNPACKED_MAX_FMAS (8 * 8 * 8)
 /* A batch of products each below this many multiply-adds is split between threads by
