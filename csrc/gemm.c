@@ -36,8 +36,8 @@
  * square and GPT shapes (differences within 5% across that range; these were best):
  * KC = 384: the depth of one packed block. Longer blocks mean fewer round trips of the C tile
  *     through the caches (C is read and written once per k block); the B micro-panel
- *     (384 x 32 x 4 B = 48 KiB) then streams from L2 at 128 B per 28 FMAs, far below L2 bandwidth,
- *     while the A micro-panel (14 x 384 x 4 B = 21 KiB) and the C tile stay in L1.
+ *     (384 x 32 x 4 B = 48 KiB) then streams from L2 into L1 at 128 B per 28 FMAs (prefetched,
+ *     far below L2 bandwidth), next to the A micro-panel (14 x 384 x 4 B = 21 KiB).
  * MC = 168 (12 tiles): the A block, 168 x 384 x 4 B = 252 KiB, stays in L2 while all B
  *     micro-panels of the block pass over it.
  * NC = 4096: the B block, 384 x 4096 x 4 B = 6 MiB (twice: double-buffered), shared by the
@@ -53,13 +53,24 @@ static const mll_gemm_isa *isa_params(void) {
                                         384, 168, 4096, mll_gemm_avx512_pack_a_rows,
                                         mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
                                         mll_gemm_avx512_pack_b_cols};
+    /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
+     * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
-    const char *e = getenv("MLL_GEMM_TUNE");
-    if (e && mll_get_isa() == MLL_ISA_AVX512) {
-        tuned = avx512;
-        sscanf(e, "%d,%d,%d", &tuned.kc, &tuned.mc, &tuned.nc);
-        return &tuned;
+    static int tuned_state = 0;                /* 0: not read yet, 1: in use, -1: unset or invalid */
+    if (tuned_state == 0) {
+        const char *e = getenv("MINILLM_GEMM_BLOCKS");
+        int kc, mc, nc, state = -1;
+        if (e && sscanf(e, "%d,%d,%d", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0 &&
+            mc % avx512.mr == 0 && nc % avx512.nr == 0) {
+            tuned = avx512;
+            tuned.kc = kc;
+            tuned.mc = mc;
+            tuned.nc = nc;
+            state = 1;
+        }
+        tuned_state = state;
     }
+    if (tuned_state == 1 && mll_get_isa() == MLL_ISA_AVX512) return &tuned;
     switch (mll_get_isa()) {
     case MLL_ISA_AVX512: return &avx512;
     case MLL_ISA_AVX2: return &avx2;
