@@ -96,6 +96,9 @@ class BPETokenizer(Tokenizer):
         for i, tok in self.vocab.items():
             pieces[i] = tok
         for s, i in self.special_tokens.items():
+            if i in self.vocab:
+                raise ValueError(f"special token {s!r} has id {i}, which token "
+                                 f"{self.vocab[i]!r} already uses")
             pieces[i] = s.encode("utf-8")
         offsets = np.zeros(size + 1, dtype=np.int64)
         np.cumsum([len(p) for p in pieces], out=offsets[1:])
