@@ -198,7 +198,8 @@ void mll_bpe_free(mll_bpe *t);
  * A long text is split over nthreads at boundaries no pre-token crosses. */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads);
-/* Text i is text[offsets[i], offsets[i + 1]); out (offsets[n_texts],) <- all ids, the ids of
+/* Text i is text[offsets[i], offsets[i + 1]), offsets[0] = 0, offsets rising; out
+ * (offsets[n_texts],) <- all ids, the ids of
  * text i in out[out_offsets[i], out_offsets[i + 1]). Returns the total, -1 if out of memory. */
 int64_t mll_bpe_encode_batch(const mll_bpe *t, const uint8_t *text, const int64_t *offsets,
                              int64_t n_texts, uint32_t *out, int64_t *out_offsets, int nthreads);
