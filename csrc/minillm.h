@@ -217,8 +217,9 @@ void mll_bpe_free(mll_bpe *t);
  * A long text is split over nthreads at boundaries no pre-token crosses. */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads);
-/* Text i is text[offsets[i], offsets[i + 1]); out (offsets[n_texts],) <- all ids, the ids of
- * text i in out[out_offsets[i], out_offsets[i + 1]). Returns the total, -1 if out of memory. */
+/* Text i is text[offsets[i], offsets[i + 1]) (offsets rise from offsets[0] = 0).
+ * out (offsets[n_texts],) <- all ids, those of text i in out[out_offsets[i], out_offsets[i + 1]);
+ * out_offsets is (n_texts + 1,). Returns the total, -1 if out of memory. */
 int64_t mll_bpe_encode_batch(const mll_bpe *t, const uint8_t *text, const int64_t *offsets,
                              int64_t n_texts, uint32_t *out, int64_t *out_offsets, int nthreads);
 /* Bytes the ids decode to, or -(i + 1) if ids[i] is not in the vocabulary. */
