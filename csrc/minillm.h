@@ -249,6 +249,14 @@ void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
 void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
 
+/* ------------------------------------------------------------- lm_xent.c */
+/* The LM loss: cross-entropy per row of logits (N, V) (row stride ld) against targets (N)
+ * int64, losses (N) written; when dlogits (N, V) contiguous is not NULL it gets the gradient
+ * grad_scale (softmax(x_i) - onehot(t_i)) in the same pass (0 on rows whose target is
+ * ignore_index). Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
+int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                    int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
+
 #ifdef __cplusplus
 }
 #endif

@@ -132,3 +132,7 @@ cdef extern from "minillm.h" nogil:
     void mll_dropout_mask(uint64_t seed, uint64_t offset, float *mask, int64_t n, float p)
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
+
+    # lm_xent.c
+    int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                        int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
