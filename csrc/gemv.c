@@ -1,4 +1,5 @@
-/* gemv.c: x @ W^T + bias for a few rows of x: the linear layers of one decoding step.
+/* gemv.c: act(x @ W^T + bias) + add for a few rows of x: the linear layers of one decoding
+ * step, with their GELU or residual add done on the way out.
  *
  * Decoding one token per step multiplies a (B, K) activation by every weight matrix with B
  * small, so the time is the time to read W once. The packed GEMM would copy W into panels
@@ -105,8 +106,8 @@ static dots_fn pick_dots(void) {
 }
 
 /* y rows [0, M) x columns of groups [g0, g1) (group g = W rows [4g, 4g + 4) clipped to N) */
-static void linear_groups(dots_fn dots, const float *x, const float *W, const float *bias, float *y,
-                          int64_t M, int64_t N, int64_t K, int64_t g0, int64_t g1) {
+static void linear_groups(dots_fn dots, const float *x, const float *W, const float *bias, const float *add,
+                          float *y, int64_t M, int64_t N, int64_t K, int act, int64_t g0, int64_t g1) {
     float d[4];
     for (int64_t g = g0; g < g1; g++) {
         int64_t j = 4 * g;
@@ -114,20 +115,24 @@ static void linear_groups(dots_fn dots, const float *x, const float *W, const fl
         for (int64_t m = 0; m < M; m++) {
             dots(x + m * K, W + j * K, K, n, d);
             float *ym = y + m * N + j;
-            for (int r = 0; r < n; r++) ym[r] = bias ? d[r] + bias[j + r] : d[r];
+            for (int r = 0; r < n; r++) {
+                float v = bias ? d[r] + bias[j + r] : d[r];
+                if (act == 1) v = mll_geluf(v);
+                ym[r] = add ? v + add[m * N + j + r] : v;
+            }
         }
     }
 }
 
-void mll_linear_rows(const float *x, const float *W, const float *bias, float *y, int64_t M, int64_t N,
-                     int64_t K) {
+void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                     int64_t M, int64_t N, int64_t K, int act) {
     if (M <= 0 || N <= 0) return;
     dots_fn dots = pick_dots();
     int64_t groups = (N + 3) / 4;
     int nt = N * K >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
     if (nt > groups) nt = (int)groups;
     if (nt <= 1) {
-        linear_groups(dots, x, W, bias, y, M, N, K, 0, groups);
+        linear_groups(dots, x, W, bias, add, y, M, N, K, act, 0, groups);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -137,6 +142,6 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, float *y
 #else
         int t = 0, team = 1;
 #endif
-        linear_groups(dots, x, W, bias, y, M, N, K, groups * t / team, groups * (t + 1) / team);
+        linear_groups(dots, x, W, bias, add, y, M, N, K, act, groups * t / team, groups * (t + 1) / team);
     }
 }

@@ -262,10 +262,18 @@ int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p);
 void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V);
 
 /* ----------------------------------------------------------------- gemv.c */
-/* y (M, N) = x (M, K) @ W (N, K)^T + bias (N, or NULL), all contiguous: for small M
- * (decoding), W streamed once, rows of W split over threads in fixed groups of 4. */
-void mll_linear_rows(const float *x, const float *W, const float *bias, float *y, int64_t M, int64_t N,
-                     int64_t K);
+/* y (M, N) = act(x (M, K) @ W (N, K)^T + bias (N, or NULL)) + add (M, N, or NULL), all
+ * contiguous; act: 0 none, 1 GELU (tanh form). For small M (decoding): W streamed once,
+ * rows of W split over threads in fixed groups of 4. y may be add (in place). */
+void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                     int64_t M, int64_t N, int64_t K, int act);
+
+/* --------------------------------------------------------- kv_attention.c */
+/* One decoding step of causal attention over a KV cache. qkv (B, 3C) = [q | k | v] of the new
+ * position, C = nh * hs; kcache, vcache (pos + 1, B, nh, hs): row pos is written from qkv, then
+ * y (B, C) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos. 0, or -1 if out of memory. */
+int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                          int64_t hs, int64_t pos, float scale);
 
 #ifdef __cplusplus
 }

@@ -139,5 +139,9 @@ cdef extern from "minillm.h" nogil:
     void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V)
 
     # gemv.c
-    void mll_linear_rows(const float *x, const float *W, const float *bias, float *y, int64_t M, int64_t N,
-                         int64_t K)
+    void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                         int64_t M, int64_t N, int64_t K, int act)
+
+    # kv_attention.c
+    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                              int64_t hs, int64_t pos, float scale)
