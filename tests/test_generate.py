@@ -394,3 +394,50 @@ def test_kv_attention_step_matches_numpy():
     np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(kt.numpy()[pos], k[pos].astype(np.float32))
     np.testing.assert_array_equal(kt.numpy()[pos + 1:], kc[pos + 1:])   # rows past pos untouched
+
+
+# ------------------------------------------------------------------ CLI
+def make_checkpoint(folder):
+    """A trainer-style checkpoint: config.json {"model": ...}, model.safetensors, tokenizer.json."""
+    import json
+    import os
+    from minillm.tokenizers import BPETokenizer
+    tok = BPETokenizer().train("the king and the queen and the castle " * 20, vocab_size=280)
+    model = tiny_gpt(vocab_size=tok.vocab_size)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model": model.config.to_dict(), "train": {}}, f)
+    minillm.save(dict(model.state_dict()), os.path.join(folder, "model.safetensors"))
+    tok.save(folder)
+    return model, tok
+
+
+def test_cli_sample_streams_the_greedy_continuation(tmp_path, capsys):
+    from minillm import cli
+    model, tok = make_checkpoint(str(tmp_path / "ckpt"))
+    assert cli.main(["sample", "--ckpt", str(tmp_path / "ckpt"), "--prompt", "the king", "--greedy",
+                     "--max-new-tokens", "12", "--no-stop"]) == 0
+    out, err = capsys.readouterr()
+    ids = generate(model, [tok.encode("the king")], 12, greedy=True).numpy()[0].tolist()
+    assert out == tok.decode(ids) + "\n"
+    assert "12 new tokens" in err and "tokens/s" in err
+
+
+def test_cli_sample_reads_a_run_folder_and_interactive_prompts(tmp_path, capsys, monkeypatch):
+    import io
+    from minillm import cli
+    model, tok = make_checkpoint(str(tmp_path / "run" / "checkpoints" / "step_10"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("the queen\nthe castle\n\n"))
+    assert cli.main(["sample", "--ckpt", str(tmp_path / "run"), "--interactive", "--greedy",
+                     "--max-new-tokens", "5", "--no-stop"]) == 0
+    out, err = capsys.readouterr()
+    for prompt in ("the queen", "the castle"):
+        ids = generate(model, [tok.encode(prompt)], 5, greedy=True).numpy()[0].tolist()
+        assert tok.decode(ids) in out
+    assert err.count("tokens/s") == 2
+
+
+def test_cli_sample_errors_name_the_folder(tmp_path, capsys):
+    from minillm import cli
+    assert cli.main(["sample", "--ckpt", str(tmp_path), "--prompt", "x"]) == 1
+    assert str(tmp_path) in capsys.readouterr().err

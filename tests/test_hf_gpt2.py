@@ -205,3 +205,14 @@ def test_truncated_safetensors_is_reported(tmp_path):
         f.truncate(1000)
     with pytest.raises(Exception, match="model.safetensors"):
         load_pretrained(folder)
+
+
+def test_cli_sample_hf_dir_prints_transformers_greedy_text(capsys):
+    from minillm import cli
+    p = EXPECTED["prompts"][0]
+    assert cli.main(["sample", "--hf-dir", FIXTURE, "--prompt", p["text"], "--greedy", "--no-stop",
+                     "--max-new-tokens", str(EXPECTED["new_tokens"])]) == 0
+    out, err = capsys.readouterr()
+    tok = load_pretrained(FIXTURE).tokenizer
+    assert out == tok.decode(p["ids"] + p["greedy"]) + "\n"
+    assert "tokens/s" in err
