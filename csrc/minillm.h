@@ -221,6 +221,35 @@ int64_t mll_bpe_decoded_length(const mll_bpe *t, const uint32_t *ids, int64_t n)
 /* out (mll_bpe_decoded_length(),) <- the bytes of ids (checked ids only); returns the length. */
 int64_t mll_bpe_decode(const mll_bpe *t, const uint32_t *ids, int64_t n, uint8_t *out);
 
+/* ---------------------------------------------------------------- loss.c */
+/* Fused cross-entropy: log-softmax + NLL per row, with ignore_index and label smoothing.
+ * logits (N, V), row stride ld; targets (N) int64; losses (N) and lse (N) are written.
+ * Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
+int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t *targets,
+                                  float *losses, float *lse, int64_t N, int64_t V,
+                                  int64_t ignore_index, float label_smoothing);
+/* dlogits (N, V) contiguous = g_i (softmax(x_i) - smoothed one-hot(t_i)), g_i = dloss[i] * scale
+ * (dloss may be NULL: g_i = scale); ignored rows get 0. */
+void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
+                                const float *lse, const float *dloss, float scale, float *dlogits,
+                                int64_t N, int64_t V, int64_t ignore_index, float label_smoothing);
+
+/* --------------------------------------------------------------- optim.c */
+/* Fused SGD step (PyTorch semantics), in place on p (n) and buf (n; NULL if momentum == 0). */
+void mll_sgd_step(float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
+                  float dampening, float weight_decay, int nesterov, int first_step);
+/* Fused Adam (decoupled = 0) / AdamW (decoupled = 1) step, in place on p, m, v (n); step >= 1. */
+void mll_adam_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, int decoupled, int64_t step);
+
+/* ---------------------------------------------------------------- mask.c */
+/* mask (n) = 1/(1-p) where a uniform draw from (seed, offset) is >= p, else 0. */
+void mll_dropout_mask(uint64_t seed, uint64_t offset, float *mask, int64_t n, float p);
+/* x (batch, T, S): x[b, i, j] = value for j > i + S - T (causal attention), in place. */
+void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value);
+/* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
+void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
+
 #ifdef __cplusplus
 }
 #endif

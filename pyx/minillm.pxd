@@ -113,3 +113,22 @@ cdef extern from "minillm.h" nogil:
     void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi)
     void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n)
     void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n)
+
+    # loss.c
+    int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t *targets,
+                                      float *losses, float *lse, int64_t N, int64_t V,
+                                      int64_t ignore_index, float label_smoothing)
+    void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
+                                    const float *lse, const float *dloss, float scale, float *dlogits,
+                                    int64_t N, int64_t V, int64_t ignore_index, float label_smoothing)
+
+    # optim.c
+    void mll_sgd_step(float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
+                      float dampening, float weight_decay, int nesterov, int first_step)
+    void mll_adam_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1,
+                       float beta2, float eps, float weight_decay, int decoupled, int64_t step)
+
+    # mask.c
+    void mll_dropout_mask(uint64_t seed, uint64_t offset, float *mask, int64_t n, float p)
+    void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
+    void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)

@@ -1,0 +1,759 @@
+"""Differentiable ops (``import minillm.functional as F``).
+
+Each op is a forward and its backward side by side: the forward calls a raw kernel of
+minillm._C, and when grad mode is on and an input requires grad it records a backward
+function with ``_record(out, backward, *inputs)``. Backward functions return one gradient
+per recorded input (None where that input needs none) and never modify their argument.
+All tensors are float32 unless stated; shapes follow NumPy broadcasting.
+"""
+import builtins
+import math
+
+from minillm import _C
+from minillm import random as _random
+from minillm.autograd import record as _record
+
+Tensor = _C.Tensor
+_grad_on = _C.is_grad_enabled
+
+__all__ = [
+    "add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "reshape", "view", "flatten", "transpose",
+    "permute", "expand", "squeeze", "unsqueeze", "getitem", "contiguous", "clone", "cat", "stack",
+    "split", "chunk", "sum", "mean", "max", "exp", "log", "sqrt", "tanh", "relu", "gelu", "abs",
+    "sigmoid", "softmax", "log_softmax", "layer_norm", "embedding", "dropout", "cross_entropy",
+    "mse_loss", "scaled_dot_product_attention",
+]
+
+
+def _rg(x):
+    """True if x is a tensor that requires grad."""
+    return isinstance(x, Tensor) and x.requires_grad
+
+
+def _unbroadcast(g, shape):
+    """g summed down to `shape` (the backward of NumPy broadcasting)."""
+    return g if g.shape == shape else _C.sum_to(g, shape)
+
+
+def _broadcast_to(g, shape):
+    """A fresh contiguous tensor of `shape` holding g broadcast (g's shape must broadcast)."""
+    out = _C.empty(shape)
+    _C.copy_(out, g)
+    return out
+
+
+def _axis_arg(axis, dim):
+    # PyTorch spells it dim, NumPy axis: accept either
+    return dim if axis is None else axis
+
+
+# ---------------------------------------------------------------- binary arithmetic
+def add(a, b):
+    """a + b with broadcasting; a or b may be a Python number. Float32."""
+    out = _C.add(a, b)
+    if _grad_on():
+        ga, gb = _rg(a), _rg(b)
+        if ga or gb:
+            a_shape = a.shape if ga else None
+            b_shape = b.shape if gb else None
+
+            def backward(dy):
+                return (_unbroadcast(dy, a_shape) if ga else None,
+                        _unbroadcast(dy, b_shape) if gb else None)
+            _record(out, backward, a if ga else None, b if gb else None)
+    return out
+
+
+def sub(a, b):
+    """a - b with broadcasting; a or b may be a Python number. Float32."""
+    out = _C.sub(a, b)
+    if _grad_on():
+        ga, gb = _rg(a), _rg(b)
+        if ga or gb:
+            a_shape = a.shape if ga else None
+            b_shape = b.shape if gb else None
+
+            def backward(dy):
+                return (_unbroadcast(dy, a_shape) if ga else None,
+                        _unbroadcast(_C.neg(dy), b_shape) if gb else None)
+            _record(out, backward, a if ga else None, b if gb else None)
+    return out
+
+
+def mul(a, b):
+    """a * b with broadcasting; a or b may be a Python number. Float32."""
+    out = _C.mul(a, b)
+    if _grad_on():
+        ga, gb = _rg(a), _rg(b)
+        if ga or gb:
+            def backward(dy):
+                return (_unbroadcast(_C.mul(dy, b), a.shape) if ga else None,
+                        _unbroadcast(_C.mul(dy, a), b.shape) if gb else None)
+            _record(out, backward, a if ga else None, b if gb else None)
+    return out
+
+
+def div(a, b):
+    """a / b with broadcasting; a or b may be a Python number. Float32."""
+    out = _C.div(a, b)
+    if _grad_on():
+        ga, gb = _rg(a), _rg(b)
+        if ga or gb:
+            def backward(dy):
+                da = _unbroadcast(_C.div(dy, b), a.shape) if ga else None
+                db = None
+                if gb:
+                    # d(a/b)/db = -a / b^2
+                    db = _unbroadcast(_C.neg(_C.div(_C.mul(dy, a), _C.mul(b, b))), b.shape)
+                return da, db
+            _record(out, backward, a if ga else None, b if gb else None)
+    return out
+
+
+def neg(x):
+    """-x. Float32."""
+    out = _C.neg(x)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (_C.neg(dy),)
+        _record(out, backward, x)
+    return out
+
+
+def pow(x, exponent):
+    """x ** exponent for a Python-number exponent, elementwise. Float32."""
+    if isinstance(exponent, Tensor):
+        raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
+    out = _C.pow_(x, exponent)
+    if _grad_on() and x.requires_grad:
+        e = float(exponent)
+
+        def backward(dy):
+            # d x^e / dx = e x^(e-1)
+            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
+        _record(out, backward, x)
+    return out
+
+
+# ------------------------------------------------------------------------- matmul
+def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
+    """alpha * op(a) @ op(b), op = transpose of the last two axes when its flag is set;
+    a (..., M, K) or (..., K, M), b (..., K, N) or (..., N, K), batch axes broadcast.
+    Backward uses the GEMM's transpose flags, never transpose copies."""
+    out = _C.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b, alpha=alpha)
+    if _grad_on():
+        ga, gb = _rg(a), _rg(b)
+        if ga or gb:
+            ta, tb = transpose_a, transpose_b
+
+            def backward(dy):
+                da = db = None
+                if ga:
+                    # C = A' B' (primes: op applied):  dA' = dC B'^T,  dA = dA'^T when ta
+                    if not ta:
+                        da = _C.matmul(dy, b, transpose_b=not tb, alpha=alpha)
+                    else:
+                        da = _C.matmul(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
+                    da = _unbroadcast(da, a.shape)
+                if gb:
+                    if b.ndim == 2 and a.ndim > 2:
+                        # one GEMM over all batch rows: (B*M, K)^T @ (B*M, N)
+                        a2 = _C.reshape(a, (-1, a.shape[-1]))
+                        d2 = _C.reshape(dy, (-1, dy.shape[-1]))
+                        if ta:
+                            # a2 rows index K here; undo by treating a as (batch, K, M)
+                            db = None
+                        elif not tb:
+                            db = _C.matmul(a2, d2, transpose_a=True, alpha=alpha)
+                        else:
+                            db = _C.matmul(d2, a2, transpose_a=True, alpha=alpha)
+                    if db is None:
+                        if not tb:
+                            db = _C.matmul(a, dy, transpose_a=not ta, alpha=alpha)
+                        else:
+                            db = _C.matmul(dy, a, transpose_a=True, transpose_b=ta, alpha=alpha)
+                        db = _unbroadcast(db, b.shape)
+                return da, db
+            _record(out, backward, a if ga else None, b if gb else None)
+    return out
+
+
+def matmul(a, b):
+    """a @ b as NumPy's matmul: 2-D (M, K) @ (K, N) -> (M, N); batched (..., M, K) @
+    (..., K, N) with broadcast batch axes; a 1-D operand is a row (a) or column (b)
+    vector whose axis is dropped from the result. Float32."""
+    if a.ndim == 1 or b.ndim == 1:
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: operands must have at least 1 dimension, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        a2 = unsqueeze(a, 0) if a.ndim == 1 else a
+        b2 = unsqueeze(b, 1) if b.ndim == 1 else b
+        out = _matmul_t(a2, b2)
+        if b.ndim == 1:
+            out = squeeze(out, -1)
+        if a.ndim == 1:
+            out = squeeze(out, -2 if b.ndim != 1 else -1)
+        return out
+    return _matmul_t(a, b)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias: x (..., in), weight (out, in), bias (out) or None -> (..., out)."""
+    if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
+        raise ValueError(f"linear: input of shape {tuple(x.shape)} does not match weight of shape "
+                         f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
+    out = _C.matmul(x, weight, transpose_b=True)
+    if bias is not None:
+        _C.add_(out, bias)
+    if _grad_on():
+        gx, gw, gbias = _rg(x), _rg(weight), _rg(bias)
+        if gx or gw or gbias:
+            def backward(dy):
+                dx = dw = db = None
+                if gx:
+                    dx = _C.matmul(dy, weight)
+                if gw or gbias:
+                    d2 = _C.reshape(dy, (-1, dy.shape[-1])) if dy.ndim != 2 else dy
+                    if gw:
+                        x2 = _C.reshape(x, (-1, x.shape[-1])) if x.ndim != 2 else x
+                        dw = _C.matmul(d2, x2, transpose_a=True)
+                    if gbias:
+                        db = _C.sum(d2, 0)
+                return dx, dw, db
+            _record(out, backward, x if gx else None, weight if gw else None, bias if gbias else None)
+    return out
+
+
+# -------------------------------------------------------------------------- views
+def _shape_arg(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+def reshape(x, *shape):
+    """x with a new shape (one -1 allowed): a view when the strides allow, else a copy."""
+    shape = _shape_arg(shape)
+    out = _C.reshape(x, shape)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+
+        def backward(dy):
+            return (_C.reshape(dy, x_shape),)
+        _record(out, backward, x)
+    return out
+
+
+view = reshape
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    """x with axes start_dim..end_dim merged into one."""
+    nd = x.ndim
+    s, e = start_dim % nd if nd else 0, end_dim % nd if nd else 0
+    shape = tuple(x.shape[:s]) + (-1,) + tuple(x.shape[e + 1:])
+    return reshape(x, shape)
+
+
+def transpose(x, d0, d1):
+    """View of x with axes d0 and d1 swapped."""
+    out = _C.transpose(x, d0, d1)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (_C.transpose(dy, d0, d1),)
+        _record(out, backward, x)
+    return out
+
+
+def permute(x, *dims):
+    """View of x with axes reordered: out axis i is x axis dims[i]."""
+    dims = _shape_arg(dims)
+    out = _C.permute(x, dims)
+    if _grad_on() and x.requires_grad:
+        nd = len(dims)
+        inverse = [0] * nd
+        for i, d in enumerate(dims):
+            inverse[d % nd] = i
+        inverse = tuple(inverse)
+
+        def backward(dy):
+            return (_C.permute(dy, inverse),)
+        _record(out, backward, x)
+    return out
+
+
+def expand(x, *shape):
+    """Broadcast view of x to `shape` (stride 0 on expanded axes; -1 keeps an axis)."""
+    shape = _shape_arg(shape)
+    out = _C.expand(x, shape)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+
+        def backward(dy):
+            return (_C.sum_to(dy, x_shape),)
+        _record(out, backward, x)
+    return out
+
+
+def squeeze(x, dim=None):
+    """View of x without size-1 axes (only axis `dim` when given)."""
+    out = _C.squeeze(x, dim)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+
+        def backward(dy):
+            return (_C.reshape(dy, x_shape),)
+        _record(out, backward, x)
+    return out
+
+
+def unsqueeze(x, dim):
+    """View of x with a new size-1 axis at `dim`."""
+    out = _C.unsqueeze(x, dim)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+
+        def backward(dy):
+            return (_C.reshape(dy, x_shape),)
+        _record(out, backward, x)
+    return out
+
+
+def getitem(x, key):
+    """x[key] for ints, slices (step > 0), ``...`` and None: a view."""
+    out = _C.getitem(x, key)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+
+        def backward(dy):
+            dx = _C.zeros(x_shape)
+            _C.copy_(_C.getitem(dx, key), dy)
+            return (dx,)
+        _record(out, backward, x)
+    return out
+
+
+def contiguous(x):
+    """x itself if contiguous, else a contiguous copy (gradient passes through)."""
+    if x.is_contiguous():
+        return x
+    return clone(x)
+
+
+def clone(x):
+    """A contiguous copy of x (gradient passes through)."""
+    out = _C.empty(x.shape)
+    _C.copy_(out, x)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (dy,)
+        _record(out, backward, x)
+    return out
+
+
+def cat(tensors, axis=0, *, dim=None):
+    """Concatenate tensors along `axis` (all other axes equal)."""
+    axis = _axis_arg(dim, axis) if dim is not None else axis
+    tensors = list(tensors)
+    out = _C.cat(tensors, axis)
+    if _grad_on():
+        needs = [_rg(t) for t in tensors]
+        if any(needs):
+            nd = out.ndim
+            ax = axis % nd
+            sizes = [t.shape[ax] for t in tensors]
+
+            def backward(dy):
+                grads = []
+                start = 0
+                for size, need in zip(sizes, needs):
+                    if need:
+                        key = (slice(None),) * ax + (slice(start, start + size),)
+                        grads.append(_C.getitem(dy, key))
+                    else:
+                        grads.append(None)
+                    start += size
+                return tuple(grads)
+            _record(out, backward, *[t if n else None for t, n in zip(tensors, needs)])
+    return out
+
+
+def stack(tensors, axis=0, *, dim=None):
+    """Stack equal-shaped tensors along a new axis."""
+    axis = dim if dim is not None else axis
+    return cat([unsqueeze(t, axis) for t in tensors], axis)
+
+
+def split(x, split_size_or_sections, axis=0, *, dim=None):
+    """Split x along `axis` into pieces of `split_size` (last may be smaller), or of the
+    sizes in a list. Returns a tuple of views."""
+    axis = dim if dim is not None else axis
+    n = x.shape[axis]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step <= 0:
+            raise ValueError(f"split: split_size must be positive, got {step}")
+        sizes = [min(step, n - s) for s in range(0, n, step)]
+    else:
+        sizes = list(split_size_or_sections)
+        if builtins.sum(sizes) != n:
+            raise ValueError(f"split: sections {sizes} do not add up to axis {axis} of size {n} "
+                             f"(shape {tuple(x.shape)})")
+    ax = axis % x.ndim
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(getitem(x, (slice(None),) * ax + (slice(start, start + size),)))
+        start += size
+    return tuple(pieces)
+
+
+def chunk(x, chunks, axis=0, *, dim=None):
+    """Split x into `chunks` nearly equal views along `axis`."""
+    axis = dim if dim is not None else axis
+    n = x.shape[axis]
+    return split(x, builtins.max(1, -(-n // chunks)), axis)
+
+
+# --------------------------------------------------------------------- reductions
+def _reduced_keepdim_shape(shape, axis):
+    """shape with 1 on the reduced axes (axis None: all)."""
+    nd = len(shape)
+    if axis is None:
+        return (1,) * nd
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = {a % nd for a in axes}
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def sum(x, axis=None, keepdim=False, *, dim=None):
+    """Sum over `axis` (int, tuple or None for all), keeping reduced axes as 1 if keepdim."""
+    axis = _axis_arg(axis, dim)
+    out = _C.sum(x, axis, keepdim)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+        kshape = _reduced_keepdim_shape(x_shape, axis)
+
+        def backward(dy):
+            return (_broadcast_to(_C.reshape(dy, kshape), x_shape),)
+        _record(out, backward, x)
+    return out
+
+
+def mean(x, axis=None, keepdim=False, *, dim=None):
+    """Mean over `axis` (int, tuple or None for all)."""
+    axis = _axis_arg(axis, dim)
+    out = _C.mean(x, axis, keepdim)
+    if _grad_on() and x.requires_grad:
+        x_shape = x.shape
+        kshape = _reduced_keepdim_shape(x_shape, axis)
+        count = 1
+        for full, kept in zip(x_shape, kshape):
+            if kept == 1 and full != 1:
+                count *= full
+
+        def backward(dy):
+            dx = _broadcast_to(_C.reshape(dy, kshape), x_shape)
+            _C.scale_(dx, 1.0 / count)
+            return (dx,)
+        _record(out, backward, x)
+    return out
+
+
+def max(x, axis=None, keepdim=False, *, dim=None):
+    """Maximum values over one axis (or all elements); the gradient goes to the first
+    maximum, as argmax picks it."""
+    axis = _axis_arg(axis, dim)
+    out = _C.max(x, axis, keepdim)
+    if _grad_on() and x.requires_grad:
+        if axis is not None and not isinstance(axis, int):
+            raise ValueError(f"max: differentiable max takes one axis or None, got {axis!r}")
+        x_shape = x.shape
+        nd = len(x_shape)
+
+        def backward(dy):
+            if axis is None:
+                idx = _C.reshape(_as_index_tensor(_C.argmax(x)), (1,))
+                d = _C.onehot_rows(idx, _C.reshape(dy, (1,)), x.numel())
+                return (_C.reshape(d, x_shape),)
+            ax = axis % nd
+            # rows = every other axis in order, columns = the reduced axis
+            moved = tuple(i for i in range(nd) if i != ax) + (ax,)
+            idx = _C.reshape(_C.argmax(x, ax), (-1,))
+            d = _C.onehot_rows(idx, _C.reshape(dy, (-1,)), x_shape[ax])
+            d = _C.reshape(d, tuple(x_shape[i] for i in moved))
+            inverse = [0] * nd
+            for i, m in enumerate(moved):
+                inverse[m] = i
+            return (_C.permute(d, tuple(inverse)).contiguous(),)
+        _record(out, backward, x)
+    return out
+
+
+def _as_index_tensor(i):
+    if isinstance(i, Tensor):
+        return i
+    return _C.full((1,), int(i), dtype="int64")
+
+
+# ---------------------------------------------------------------------- unary ops
+def _unary(name, raw, x):
+    y = raw(x)
+    if _grad_on() and x.requires_grad:
+        y_saved = y.detach()  # the output's own grad_fn must not be kept by its backward
+
+        def backward(dy):
+            return (_C.unary_backward(name, x, y_saved, dy),)
+        backward.__qualname__ = name
+        _record(y, backward, x)
+    return y
+
+
+def exp(x):
+    """e^x, elementwise. Float32."""
+    return _unary("exp", _C.exp, x)
+
+
+def log(x):
+    """Natural log, elementwise. Float32."""
+    return _unary("log", _C.log, x)
+
+
+def sqrt(x):
+    """Square root, elementwise. Float32."""
+    return _unary("sqrt", _C.sqrt, x)
+
+
+def tanh(x):
+    """tanh, elementwise. Float32."""
+    return _unary("tanh", _C.tanh, x)
+
+
+def relu(x):
+    """max(x, 0), elementwise (gradient 0 at 0). Float32."""
+    return _unary("relu", _C.relu, x)
+
+
+def gelu(x, approximate="tanh"):
+    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (PyTorch's
+    approximate='tanh', GPT-2's). Float32."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return _unary("gelu", _C.gelu, x)
+
+
+def abs(x):
+    """|x|, elementwise (gradient sign(x), 0 at 0). Float32."""
+    return _unary("abs", _C.abs, x)
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), elementwise. Float32."""
+    return _unary("sigmoid", _C.sigmoid, x)
+
+
+# ------------------------------------------------------------------------ softmax
+def _last_axis_op(fwd, bwd, x, axis, name):
+    nd = x.ndim
+    if axis % nd != nd - 1:
+        # move the axis last, apply, move it back (views; the kernel works on the last axis)
+        return transpose(_last_axis_op(fwd, bwd, transpose(x, axis, -1), -1, name), axis, -1)
+    y = fwd(x)
+    if _grad_on() and x.requires_grad:
+        y_saved = y.detach()
+
+        def backward(dy):
+            return (bwd(y_saved, dy),)
+        backward.__qualname__ = name
+        _record(y, backward, x)
+    return y
+
+
+def softmax(x, axis=-1, *, dim=None):
+    """exp(x) / sum(exp(x)) over `axis` (max-subtracted). Float32."""
+    axis = dim if dim is not None else axis
+    return _last_axis_op(_C.softmax, _C.softmax_backward, x, axis, "softmax")
+
+
+def log_softmax(x, axis=-1, *, dim=None):
+    """x - log(sum(exp(x))) over `axis`. Float32."""
+    axis = dim if dim is not None else axis
+    return _last_axis_op(_C.log_softmax, _C.log_softmax_backward, x, axis, "log_softmax")
+
+
+# --------------------------------------------------------------------- layer norm
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the trailing `normalized_shape`
+    axes (biased variance, as PyTorch). x (..., *normalized_shape); weight, bias
+    normalized_shape or None. Float32."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if tuple(x.shape[x.ndim - k:]) != normalized_shape:
+        raise ValueError(f"layer_norm: input of shape {tuple(x.shape)} does not end in "
+                         f"normalized_shape {normalized_shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected {normalized_shape}")
+    if k != 1:
+        # normalize over one flattened trailing axis
+        lead = tuple(x.shape[:x.ndim - k])
+        y = layer_norm(reshape(x, lead + (-1,)), (math.prod(normalized_shape),),
+                       None if weight is None else reshape(weight, (-1,)),
+                       None if bias is None else reshape(bias, (-1,)), eps)
+        return reshape(y, x.shape)
+    y, mu, rstd = _C.layer_norm(x, weight, bias, eps)
+    if _grad_on():
+        gx, gw, gb = x.requires_grad, _rg(weight), _rg(bias)
+        if gx or gw or gb:
+            def backward(dy):
+                dx, dw, db = _C.layer_norm_backward(x, weight, mu, rstd, dy)
+                return dx, dw, db
+            _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
+    return y
+
+
+# ---------------------------------------------------------------------- embedding
+def embedding(input, weight):
+    """Rows of weight (num_embeddings, D) picked by input ids (any shape, int64/int32)
+    -> (*input.shape, D). IndexError names an id outside [0, num_embeddings)."""
+    out = _C.embedding(weight, input)
+    if _grad_on() and weight.requires_grad:
+        num = weight.shape[0]
+
+        def backward(dy):
+            return (None, _C.embedding_backward(dy, input, num))
+        _record(out, backward, None, weight)
+    return out
+
+
+# ------------------------------------------------------------------------ dropout
+def _dropout_draw(n, generator):
+    """(seed, offset) of n fresh words of `generator`'s Philox stream (default: minillm's
+    default generator, so minillm.manual_seed makes dropout reproducible)."""
+    if generator is None:
+        generator = _random.default_generator()
+    elif not hasattr(generator, "claim"):
+        raise TypeError(f"dropout: generator must be a minillm.random.Generator, got {type(generator).__name__}")
+    return generator.claim(n)
+
+
+def dropout(x, p=0.5, training=True, generator=None):
+    """Inverted dropout: zero each element with probability p and scale the rest by
+    1/(1-p); the identity when not training or p == 0. The mask is drawn from
+    `generator` (a minillm.random.Generator) or the default generator. Float32."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return mul(x, 0.0)
+    seed, offset = _dropout_draw(x.numel(), generator)
+    mask = _C.dropout_mask(x.shape, p, seed, offset)
+    out = _C.mul(x, mask)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (_C.mul(dy, mask),)
+        _record(out, backward, x)
+    return out
+
+
+# ------------------------------------------------------------------------- losses
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Fused log-softmax + negative log-likelihood (one kernel each way; the softmax is
+    never stored). logits (N, C) or (..., C) float32 with the class axis last; targets
+    (N,) or (...) int64/int32 class ids. Rows whose target is ignore_index count for
+    nothing ('mean' divides by the number of other rows). label_smoothing s mixes the
+    one-hot target with the uniform distribution: (1-s) onehot + s/C.
+    Returns a 0-d tensor ('mean', 'sum') or per-row losses shaped like targets ('none')."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if logits.ndim < 1 or tuple(logits.shape[:-1]) != tuple(targets.shape):
+        raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)} need targets of shape "
+                         f"{tuple(logits.shape[:-1])} (class axis last), got {tuple(targets.shape)}")
+    V = logits.shape[-1]
+    logits2 = _C.reshape(logits, (-1, V)) if logits.ndim != 2 else logits
+    targets1 = _C.reshape(targets, (-1,)) if targets.ndim != 1 else targets
+    loss, lse, count = _C.cross_entropy(logits2, targets1, ignore_index, label_smoothing, reduction)
+    if reduction == "none" and targets.ndim != 1:
+        loss = _C.reshape(loss, targets.shape)
+    if _grad_on() and logits.requires_grad:
+        logits_shape = logits.shape
+
+        def backward(dy):
+            dl = _C.cross_entropy_backward(logits2, targets1, lse, dy, reduction, count,
+                                           ignore_index, label_smoothing)
+            return (_C.reshape(dl, logits_shape) if dl.shape != logits_shape else dl, None)
+        _record(loss, backward, logits, None)
+    return loss
+
+
+def mse_loss(input, target, reduction="mean"):
+    """(input - target)^2, averaged ('mean'), summed ('sum') or per element ('none').
+    Shapes broadcast. Float32."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"mse_loss: input shape {tuple(input.shape)} != target shape {tuple(target.shape)}")
+    d = sub(input, target)
+    sq = mul(d, d)
+    if reduction == "mean":
+        return mean(sq)
+    if reduction == "sum":
+        return sum(sq)
+    return sq
+
+
+# ---------------------------------------------------------------------- attention
+def _causal_fill(scores, value):
+    """scores (..., T, S): positions j > i + S - T set to `value` (the future)."""
+    out = scores if scores.is_contiguous() else scores.contiguous()
+    _C.causal_fill_(out, value)
+    if _grad_on() and scores.requires_grad:
+        def backward(dy):
+            d = _C.empty(dy.shape)
+            _C.copy_(d, dy)
+            _C.causal_fill_(d, 0.0)
+            return (d,)
+        if out is scores:
+            # scores came fresh from a matmul: fill in place and re-record on a new handle
+            out = scores.detach()
+        _record(out, backward, scores)
+    return out
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True, scale=None,
+                                 training=True):
+    """softmax(q k^T * scale + mask) v, composed from the ops above.
+    q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv); scale defaults to
+    1/sqrt(D). is_causal hides keys after each query (the last T of S positions);
+    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added)."""
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"scaled_dot_product_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} do not fit (..., T, D), (..., S, D), (..., S, Dv)")
+    D = q.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    scores = _matmul_t(q, k, transpose_b=True, alpha=scale)
+    if is_causal:
+        scores = _causal_fill(scores, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == "float32":
+            scores = add(scores, attn_mask)
+        else:
+            # boolean mask: 0 where allowed, a huge negative where not
+            additive = _C.mul(_C.sub(attn_mask.astype("float32"), 1.0), 1e30)
+            scores = add(scores, additive)
+    p = softmax(scores, -1)
+    if dropout_p > 0.0 and training:
+        p = dropout(p, dropout_p)
+    return matmul(p, v)
+
+
+# Tensor methods and operators route here when a gradient is needed.
+_C._register_functional(__import__("sys").modules[__name__])

@@ -1,0 +1,293 @@
+"""Module and Parameter: the containers layers and models are built from.
+
+A Module holds parameters (tensors that require grad), buffers (tensors that do not) and
+child modules, each registered by assigning an attribute, as in PyTorch. Names nest with
+dots (``blocks.0.attn.weight``) in named_parameters() and state_dict().
+"""
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from minillm import _C
+
+Tensor = _C.Tensor
+
+__all__ = ["Parameter", "Module", "IncompatibleKeys"]
+
+
+class _ParameterMeta(type):
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Tensor) and obj.requires_grad and obj.grad_fn is None
+
+
+class Parameter(metaclass=_ParameterMeta):
+    """``Parameter(t)`` -> a leaf tensor that requires grad, sharing t's storage.
+
+    minillm's Tensor is a compiled (cdef) class, so a Parameter is not a subclass: it is a
+    Tensor with ``requires_grad=True`` and no ``grad_fn``, and ``isinstance(x, Parameter)``
+    is true exactly for such tensors. Assigning one to a Module attribute registers it as
+    a parameter. ``Parameter(t, requires_grad=False)`` gives a frozen one.
+    """
+
+    def __new__(cls, data=None, requires_grad=True):
+        if data is None:
+            data = _C.empty((0,))
+        if not isinstance(data, Tensor):
+            raise TypeError(f"Parameter needs a minillm Tensor, got {type(data).__name__}")
+        if data.dtype != "float32":
+            raise TypeError(f"Parameter needs a float32 tensor, got {data.dtype}")
+        p = data.detach()
+        if not p.is_contiguous():
+            p = p.copy()  # optimizers update parameters in place with flat kernels
+        p.requires_grad = bool(requires_grad)
+        return p
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class Module:
+    """Base class of all layers and models: subclass it, assign parameters and child
+    modules in ``__init__``, define ``forward``; call the module to run forward."""
+
+    def __init__(self):
+        d = self.__dict__
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_non_persistent"] = set()
+        d["_modules"] = OrderedDict()
+        d["training"] = True
+
+    # ------------------------------------------------------------ registration
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if "_parameters" not in d:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning "
+                                 f"attribute {name!r}")
+        params, buffers, modules = d["_parameters"], d["_buffers"], d["_modules"]
+        if isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
+        elif isinstance(value, Parameter) or (value is None and name in params):
+            modules.pop(name, None)
+            buffers.pop(name, None)
+            params[name] = value
+        elif name in buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"buffer {name!r} must be a Tensor or None, got {type(value).__name__}")
+            buffers[name] = value
+        elif name in params:
+            raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
+                            f"{type(self).__name__} (expected a tensor that requires grad, or None)")
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to child module {name!r}")
+            modules[name] = None
+        # kept in __dict__ too, so that reading self.weight is a plain attribute lookup
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        self._non_persistent.discard(name)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, tensor, persistent=True):
+        """A tensor that is part of the module's state but not a parameter (e.g. a causal
+        mask); in state_dict() unless persistent=False."""
+        if "." in name or not name:
+            raise KeyError(f"buffer name must be non-empty and contain no '.', got {name!r}")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"buffer {name!r} must be a Tensor or None, got {type(tensor).__name__}")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = tensor
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
+        object.__setattr__(self, name, tensor)
+
+    def register_parameter(self, name, param):
+        """Register `param` (a Parameter or None) under `name`."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"parameter {name!r} must be a Parameter (a leaf tensor that requires "
+                            f"grad) or None")
+        self._parameters[name] = param
+        object.__setattr__(self, name, param)
+
+    def add_module(self, name, module):
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{name!r} is not a Module: {type(module).__name__}")
+        self._modules[name] = module
+        object.__setattr__(self, name, module)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # --------------------------------------------------------------- traversal
+    def named_modules(self, prefix="", memo=None):
+        """(name, module) for this module and every descendant, depth first, each once."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is None:
+                continue
+            yield from child.named_modules(prefix + ("." if prefix else "") + name, memo)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        for name, child in self._modules.items():
+            if child is not None:
+                yield name, child
+
+    def children(self):
+        for _, child in self.named_children():
+            yield child
+
+    def named_parameters(self, prefix="", recurse=True):
+        """(dotted name, parameter), each parameter once even if shared (weight tying)."""
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_name, mod in mods:
+            for name, p in mod._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (mod_name + "." if mod_name else "") + name, p
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_name, mod in mods:
+            for name, b in mod._buffers.items():
+                if b is not None:
+                    yield (mod_name + "." if mod_name else "") + name, b
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def num_parameters(self, trainable_only=False):
+        """Total number of parameter elements (shared parameters counted once)."""
+        return int(sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only))
+
+    def apply(self, fn):
+        """Call fn(module) on every descendant, children first, then on self; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    # ------------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Set training mode (dropout active) on self and all descendants; returns self."""
+        for m in self.modules():
+            m.__dict__["training"] = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def requires_grad_(self, flag=True):
+        for p in self.parameters():
+            p.requires_grad = bool(flag)
+        return self
+
+    def zero_grad(self, set_to_none=True):
+        """Clear every parameter's .grad (to None, or fill with zeros in place)."""
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
+                _C.fill_(p.grad, 0.0)
+
+    # -------------------------------------------------------------- state dict
+    def state_dict(self, prefix=""):
+        """OrderedDict of dotted name -> tensor (parameters and persistent buffers), the
+        live tensors, not copies. Shared parameters appear under their first name."""
+        out = OrderedDict()
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix):
+            pre = mod_name + "." if mod_name else ""
+            for name, p in mod._parameters.items():
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    out[pre + name] = p
+            for name, b in mod._buffers.items():
+                if b is not None and name not in mod._non_persistent:
+                    out[pre + name] = b
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values (Tensors or NumPy arrays) into this module's parameters and buffers
+        in place. strict=True: missing or unexpected keys raise KeyError listing them all;
+        a shape mismatch always raises ValueError naming the key and both shapes.
+        Returns IncompatibleKeys(missing_keys, unexpected_keys)."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = []
+        for k, dst in own.items():
+            if k not in state_dict:
+                continue
+            src = state_dict[k]
+            src_shape = tuple(src.shape) if hasattr(src, "shape") else np.shape(src)
+            if src_shape != tuple(dst.shape):
+                mismatched.append(f"{k}: checkpoint has shape {src_shape}, model has {tuple(dst.shape)}")
+        if mismatched:
+            raise ValueError("load_state_dict: shape mismatch for " + "; ".join(mismatched))
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"load_state_dict for {type(self).__name__}: " + ", ".join(parts))
+        prev = _C.set_grad_enabled(False)
+        try:
+            for k, dst in own.items():
+                if k in state_dict:
+                    src = state_dict[k]
+                    if not isinstance(src, Tensor):
+                        src = np.asarray(src)
+                        if src.dtype != np.dtype(dst.dtype):
+                            src = src.astype(dst.dtype)
+                        src = Tensor.from_numpy(np.ascontiguousarray(src))
+                    elif src.dtype != dst.dtype:
+                        src = src.astype(dst.dtype)
+                    _C.copy_(dst, src)
+        finally:
+            _C.set_grad_enabled(prev)
+        return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ printing
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = []
+        for name, child in self._modules.items():
+            child_repr = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child_repr}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"

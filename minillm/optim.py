@@ -1,0 +1,324 @@
+"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules.
+
+Each step updates every parameter with one fused C kernel (csrc/optim.c) that reads and
+writes the parameter, its gradient and its state once. Semantics are PyTorch's
+(torch.optim.SGD / Adam / AdamW, for-each implementation): parameter groups with their own
+options, per-parameter step counts, bias-corrected moments, AdamW's decoupled decay
+p *= 1 - lr * weight_decay.
+"""
+import math
+
+from minillm import _C
+
+Tensor = _C.Tensor
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "constant_lr", "linear_lr", "cosine_with_warmup",
+           "LRScheduler", "LambdaLR", "CosineWarmupLR"]
+
+
+class Optimizer:
+    """Base class: holds ``param_groups`` (list of dicts with 'params' and options) and
+    ``state`` (per-parameter dicts of step count and state tensors)."""
+
+    # names of the per-parameter state tensors, in state_dict order
+    _state_tensors = ()
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        self.state = {}          # id(param) -> dict
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of tensors or of dicts, got a single Tensor")
+        groups = list(params)
+        if not groups:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def add_param_group(self, group):
+        """Add a dict {'params': [...], option: value, ...}; options not given take the
+        optimizer's defaults. A parameter may appear only once across all groups."""
+        if not isinstance(group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(group).__name__}")
+        group = dict(group)
+        ps = group.get("params")
+        if ps is None:
+            raise ValueError("a param group needs a 'params' entry")
+        ps = [ps] if isinstance(ps, Tensor) else list(ps)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(ps):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__}: parameter {i} of group {len(self.param_groups)} "
+                                f"is a {type(p).__name__}, not a Tensor")
+            if p.grad_fn is not None:
+                raise ValueError(f"{type(self).__name__}: parameter {i} (shape {tuple(p.shape)}) is not a "
+                                 f"leaf tensor; optimize the leaves it was computed from")
+            if p.dtype != "float32" or not p.is_contiguous():
+                raise ValueError(f"{type(self).__name__}: parameter {i} (shape {tuple(p.shape)}) must be "
+                                 f"a contiguous float32 tensor, got {p.dtype}")
+            if id(p) in seen:
+                raise ValueError(f"{type(self).__name__}: parameter {i} of group {len(self.param_groups)} "
+                                 f"(shape {tuple(p.shape)}) appears more than once")
+            seen.add(id(p))
+        group["params"] = ps
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
+        self._check_group(group)
+        self.param_groups.append(group)
+
+    def _check_group(self, group):
+        if not group["lr"] >= 0.0:
+            raise ValueError(f"invalid learning rate {group['lr']}")
+        if not group.get("weight_decay", 0.0) >= 0.0:
+            raise ValueError(f"invalid weight_decay {group['weight_decay']}")
+
+    def zero_grad(self, set_to_none=True):
+        """Clear .grad of every parameter (to None, or zero it in place)."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        _C.fill_(p.grad, 0.0)
+
+    def step(self):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self):
+        """{'state': {index: {'step': int, name: Tensor, ...}}, 'param_groups': [{options...,
+        'params': [indices]}]}, parameters numbered in group order (PyTorch's layout).
+        The tensors are the live state (save or copy them before stepping again)."""
+        state, groups, index = {}, [], 0
+        for g in self.param_groups:
+            entry = {k: v for k, v in g.items() if k != "params"}
+            ids = []
+            for p in g["params"]:
+                st = self.state.get(id(p))
+                if st:
+                    state[index] = dict(st)
+                ids.append(index)
+                index += 1
+            entry["params"] = ids
+            groups.append(entry)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore options and per-parameter state saved by state_dict() from an optimizer
+        over parameters of the same shapes, in the same group order. State tensors are
+        copied (NumPy arrays are accepted in place of tensors)."""
+        groups = state_dict.get("param_groups")
+        state = state_dict.get("state", {})
+        if groups is None or len(groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: the state has "
+                             f"{'no' if groups is None else len(groups)} param groups, this optimizer "
+                             f"has {len(self.param_groups)}")
+        params = []
+        for i, (saved, own) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(own["params"]):
+                raise ValueError(f"load_state_dict: param group {i} has {len(saved['params'])} "
+                                 f"parameters in the state, {len(own['params'])} here")
+            params.extend(zip(saved["params"], own["params"]))
+        new_state = {}
+        for saved_index, p in params:
+            st = state.get(saved_index, state.get(str(saved_index)))
+            if not st:
+                continue
+            entry = {}
+            for k, v in st.items():
+                if k == "step":
+                    entry[k] = int(v)
+                    continue
+                t = v if isinstance(v, Tensor) else Tensor.from_numpy(
+                    __import__("numpy").ascontiguousarray(v, dtype="float32"))
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ValueError(f"load_state_dict: state {k!r} of parameter {saved_index} has shape "
+                                     f"{tuple(t.shape)}, the parameter has {tuple(p.shape)}")
+                entry[k] = t.copy()
+            new_state[id(p)] = entry
+        for saved, own in zip(groups, self.param_groups):
+            for k, v in saved.items():
+                if k != "params":
+                    own[k] = v
+        self.state = new_state
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov momentum and L2
+    weight decay (PyTorch's torch.optim.SGD):
+        d = g + weight_decay p;  b = momentum b + (1 - dampening) d  (b = d on the first step)
+        d = d + momentum b (nesterov) or b;  p -= lr d
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
+        if momentum < 0:
+            raise ValueError(f"SGD: invalid momentum {momentum}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        sgd = _C.sgd_step_
+        for g in self.param_groups:
+            lr, mom, damp = g["lr"], g["momentum"], g["dampening"]
+            wd, nesterov = g["weight_decay"], g["nesterov"]
+            for p in g["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                buf, first = None, True
+                if mom != 0.0:
+                    st = self.state.get(id(p))
+                    if st is None:
+                        st = self.state[id(p)] = {"momentum_buffer": _C.empty(p.shape)}
+                    else:
+                        first = False
+                    buf = st["momentum_buffer"]
+                sgd(p, grad, buf, lr, mom, damp, wd, nesterov, first)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) with PyTorch's semantics: bias-corrected moments and
+    L2 weight decay added to the gradient (g += weight_decay p):
+        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+        p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    _decoupled = False
+    _state_tensors = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        if amsgrad:
+            raise ValueError(f"{type(self).__name__}: amsgrad is not supported")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        if not eps >= 0.0:
+            raise ValueError(f"{type(self).__name__}: invalid eps {eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        adam = _C.adam_step_
+        decoupled = self._decoupled
+        state = self.state
+        for g in self.param_groups:
+            lr, eps, wd = g["lr"], g["eps"], g["weight_decay"]
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                st = state.get(id(p))
+                if st is None:
+                    st = state[id(p)] = {"step": 0, "exp_avg": _C.zeros(p.shape),
+                                         "exp_avg_sq": _C.zeros(p.shape)}
+                st["step"] += 1
+                adam(p, grad, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, eps, wd, decoupled, st["step"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019; PyTorch's AdamW):
+    p *= 1 - lr weight_decay, then the Adam update with the raw gradient. Default
+    weight_decay 0.01. Use param groups to exempt biases and LayerNorm weights."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+# ------------------------------------------------------------------- LR schedules
+def constant_lr(step, lr, warmup_steps=0):
+    """lr, after an optional linear warmup lr (step+1)/(warmup_steps+1) for step < warmup_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    return lr
+
+
+def linear_lr(step, max_lr, total_steps, min_lr=0.0, warmup_steps=0):
+    """Linear warmup to max_lr over warmup_steps, then linear decay to min_lr at
+    total_steps, min_lr after."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step >= total_steps:
+        return min_lr
+    frac = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max_lr + (min_lr - max_lr) * frac
+
+
+def cosine_with_warmup(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    """Linear warmup max_lr (step+1)/(warmup_steps+1) for step < warmup_steps, then a
+    half cosine from max_lr down to min_lr at total_steps, min_lr after (nanoGPT's
+    schedule)."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step >= total_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return min_lr + coeff * (max_lr - min_lr)
+
+
+class LRScheduler:
+    """Sets each param group's 'lr' from the step count. Construction applies step 0;
+    call step() after each optimizer.step()."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self.last_epoch = -1
+        self.step()
+
+    def lr_at(self, step, base_lr):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(self.last_epoch, base)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        """The learning rate of each group after the last step()."""
+        return list(self._last_lr)
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state):
+        self.last_epoch = int(state["last_epoch"])
+        self.base_lrs = list(state["base_lrs"])
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(self.last_epoch, base)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+class LambdaLR(LRScheduler):
+    """lr = base_lr * lr_lambda(step)."""
+
+    def __init__(self, optimizer, lr_lambda):
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def lr_at(self, step, base_lr):
+        return base_lr * self.lr_lambda(step)
+
+
+class CosineWarmupLR(LRScheduler):
+    """cosine_with_warmup(step, base_lr, warmup_steps, total_steps, min_lr) per group,
+    where min_lr = min_lr_ratio * base_lr (so groups keep their proportions)."""
+
+    def __init__(self, optimizer, warmup_steps, total_steps, min_lr_ratio=0.1):
+        if total_steps < warmup_steps:
+            raise ValueError(f"CosineWarmupLR: total_steps {total_steps} < warmup_steps {warmup_steps}")
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        super().__init__(optimizer)
+
+    def lr_at(self, step, base_lr):
+        return cosine_with_warmup(step, base_lr, self.warmup_steps, self.total_steps,
+                                  base_lr * self.min_lr_ratio)
