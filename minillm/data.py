@@ -277,8 +277,9 @@ class _ByteProgress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.enabled and (self.done >= self.next_report or self.done == self.total):
-            self.next_report += self.total / 10
+        elif self.enabled and self.done >= self.next_report:
+            step = max(self.total / 10, 1)
+            self.next_report = (self.done // step + 1) * step
             rate = self.done / max(_time.perf_counter() - self.t0, 1e-9) / 1e6
             print(f"tokenizing: {self.done / 1e6:,.1f} / {self.total / 1e6:,.1f} MB "
                   f"({rate:.1f} MB/s)", file=_sys.stderr, flush=True)
