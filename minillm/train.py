@@ -645,6 +645,10 @@ class Trainer:
         folder = find_checkpoint(path)
         ckpt = load_checkpoint(folder)
         train_cfg = dict(ckpt["config"].get("train", {}))
+        parent = os.path.dirname(os.path.abspath(folder))
+        if os.path.basename(parent) == CHECKPOINTS_DIR:
+            # the run folder the checkpoint sits in, wherever the run was moved to
+            train_cfg["out_dir"] = os.path.dirname(parent)
         train_cfg.update(overrides)
         cfg = TrainConfig.from_dict(train_cfg, source=os.path.join(folder, "config.json"))
         model = model_from_config(ckpt["config"]["model"])
