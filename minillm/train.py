@@ -61,6 +61,7 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
 MANIFEST = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+_CALIBRATION_STEPS = 5      # steps timed to turn time_budget into max_steps
 
 
 # ====================================================================== configuration
@@ -106,6 +107,8 @@ class TrainConfig:
     log_interval: int = _f(10, "write a metrics line every N steps")
     checkpoint_interval: int = _f(500, "save a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "keep the last K checkpoints")
+    time_budget: float = _f(0.0, "train for about this many seconds: max_steps is set from the "
+                                 "speed of the first steps (0: use max_steps)")
     max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
     num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
     progress: str = _f("auto", "progress display: auto (a tqdm bar on a terminal), bar, log, none")
@@ -155,7 +158,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps"):
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -753,6 +756,7 @@ class Trainer:
         t_start = time.perf_counter()
         elapsed0 = self.elapsed
         t_log, tokens_log = t_start, self.tokens_seen
+        t_cal = None
         interrupted = False
         try:
             if self.step == 0:
@@ -777,6 +781,11 @@ class Trainer:
                     if progress.bar is None:
                         progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | "
                                      f"grad norm {norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
+                if cfg.time_budget and t_cal is not None and self.step == _CALIBRATION_STEPS + 1:
+                    self._fit_time_budget(time.perf_counter() - t_cal, progress)
+                    cfg = self.config
+                if self.step == 1:
+                    t_cal = time.perf_counter()      # step 1 warms caches: time the next ones
                 last = self.step == cfg.max_steps
                 out_of_time = cfg.max_time and self.elapsed >= cfg.max_time
                 if self.val_tokens is not None and (
@@ -797,6 +806,26 @@ class Trainer:
                 signal.signal(signal.SIGINT, prev_handler)
         self.interrupted = interrupted
         return self.last_eval
+
+    def _fit_time_budget(self, seconds, progress):
+        """Set max_steps (and the cosine's length) so that training, evaluations included,
+        takes about time_budget seconds at the speed of the calibration steps. The resolved
+        max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
+        cfg = self.config
+        per_step = seconds / _CALIBRATION_STEPS
+        tokens = cfg.grad_accum * cfg.batch_size
+        # an evaluation batch costs about a third of a training micro-batch (no backward)
+        eval_each = (cfg.eval_batches or 1000) * per_step / (3 * tokens)
+        final_eval = (cfg.final_eval_batches or 1000) * per_step / (3 * tokens)
+        left = cfg.time_budget - self.elapsed - final_eval
+        per_step_all = per_step + (eval_each / cfg.eval_interval if cfg.eval_interval else 0.0)
+        steps = max(self.step + 1, self.step + int(left / per_step_all))
+        self.config = cfg.replace(max_steps=steps, lr_decay_steps=None, time_budget=0.0)
+        progress.log(f"{per_step * 1000:.0f} ms per step: {steps} steps fit in the time budget "
+                     f"of {cfg.time_budget:g} s")
+        if progress.bar is not None:
+            progress.bar.total = steps
+            progress.bar.refresh()
 
     def _run_eval(self, progress, final=False):
         t0 = time.perf_counter()
