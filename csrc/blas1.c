@@ -1,5 +1,6 @@
 /* blas1.c: fill, copy, scale, axpy, dot; strided gather; cache-blocked transpose; dtype
  * casts; the finite check. */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
@@ -25,24 +26,39 @@ static double dot_generic(const float *x, const float *y, int64_t n) {
     return (s0 + s1) + (s2 + s3);
 }
 
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "blas1.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "blas1.c"
+#undef MLL_VEC
+#endif
+
 typedef void (*scale_fn)(float *, float, int64_t);
 typedef void (*axpy_fn)(float, const float *, float *, int64_t);
 typedef double (*dot_fn)(const float *, const float *, int64_t);
 
 static scale_fn pick_scale(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(scale_vec)
     default: return scale_generic;
     }
 }
 
 static axpy_fn pick_axpy(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(axpy_vec)
     default: return axpy_generic;
     }
 }
 
 static dot_fn pick_dot(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(dot_vec)
     default: return dot_generic;
     }
 }
@@ -247,10 +263,54 @@ void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t 
     MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
 }
 
-/* x: (n); 1 if no element is inf or NaN */
-int mll_all_finite(const float *x, int64_t n) {
+/* 1 if any element is inf or NaN (exponent bits all ones); a branch-free loop the compiler
+ * vectorizes */
+static uint32_t any_nonfinite(const float *x, int64_t n) {
     const uint32_t *u = (const uint32_t *)x;
     uint32_t bad = 0;
     for (int64_t i = 0; i < n; i++) bad |= (uint32_t)((u[i] & 0x7f800000u) == 0x7f800000u);
+    return bad;
+}
+
+/* x: (n); 1 if no element is inf or NaN */
+int mll_all_finite(const float *x, int64_t n) {
+    int nt = mll_threads_for(n);
+    if (nt <= 1) return any_nonfinite(x, n) == 0;
+    int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
+    uint32_t bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+    for (int64_t c = 0; c < nch; c++)
+        bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
     return bad == 0;
 }
+
+#else /* MLL_VEC: the SIMD pass */
+
+static MLL_TARGET void FN(scale_vec)(float *x, float a, int64_t n) {
+    V va = v_set1(a);
+    VLOOP1(x, x, v_mul(v, va));
+}
+
+/* y += a x, one rounding per element (FMA) */
+static MLL_TARGET void FN(axpy_vec)(float a, const float *x, float *y, int64_t n) {
+    V vs = v_set1(a);
+    VLOOP2(x, y, y, v_fmadd(vs, va, vb));
+}
+
+/* one block of the dot product: products exact in double, two interleaved accumulators */
+static MLL_TARGET double FN(dot_vec)(const float *x, const float *y, int64_t n) {
+    VD s0 = vd_zero(), s1 = vd_zero();
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
+        s1 = vd_fmadd(s1, v_load(x + i + VL), v_load(y + i + VL));
+    }
+    if (i + VL <= n) {
+        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
+        i += VL;
+    }
+    if (i < n) s1 = vd_fmadd(s1, v_loadn(x + i, n - i), v_loadn(y + i, n - i));
+    return vd_hsum(vd_merge(s0, s1));
+}
+
+#endif /* MLL_VEC */

@@ -21,7 +21,17 @@ AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp,
     __m512 acc[MR][2];
 #pragma GCC unroll 14
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 14
+    for (int i = 0; i < MR; i++) {
+        /* the C tile is read at the end; rows are 128 bytes, two cache lines */
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+    }
     for (int64_t k = 0; k < kc; k++) {
+        /* B and A are read once per k step, 128 and 56 bytes: fetch 8 steps ahead */
+        _mm_prefetch((const char *)(bp + 8 * NR), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bp + 8 * NR + 16), _MM_HINT_T0);
+        _mm_prefetch((const char *)(ap + 8 * MR), _MM_HINT_T0);
         __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
 #pragma GCC unroll 14
         for (int i = 0; i < MR; i++) {
@@ -46,6 +56,79 @@ AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp,
         }
         _mm512_mask_storeu_ps(crow, m0, r0);
         _mm512_mask_storeu_ps(crow + 16, m1, r1);
+    }
+}
+#endif
+
+#if defined(__x86_64__)
+/* r[0..15] (16 x 16, row i in r[i])  ->  its transpose in place: 4 rounds of 16 shuffles
+ * (within-lane unpacks of singles and pairs, then 128-bit lane shuffles twice). */
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], lane l = column 4l + c of rows 4g..4g+3 */
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_f32x4(v, v2, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v, v2, 0xdd);
+        r[4 + c] = _mm512_shuffle_f32x4(w, w2, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(w, w2, 0xdd);
+    }
+}
+
+/* dst[k*dst_stride + i] = src[i*lds + k] for i < rows (zeros for rows <= i < width), k < kc:
+ * `width` (<= 16) rows of a row-major matrix turned into k-major columns, 16 k at a time. */
+AVX512 static void pack_transposed16(const float *src, int64_t lds, int rows, int width, int64_t kc, float *dst,
+                                     int64_t dst_stride) {
+    __mmask16 store_mask = (__mmask16)((1u << width) - 1);
+    for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+        int kn = kc - k0 < 16 ? (int)(kc - k0) : 16;
+        __mmask16 load_mask = (__mmask16)((1u << kn) - 1);
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            r[i] = i < rows ? _mm512_maskz_loadu_ps(load_mask, src + i * lds + k0) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps(dst + (k0 + k) * dst_stride, store_mask, r[k]);
+    }
+}
+
+/* ap: micro-panels of 14 x kc (k-major, zero rows past mc) <- A[0:mc, 0:kc] stored row-major
+ * (the not-transposed A, whose packing is a transpose). */
+AVX512 void mll_gemm_avx512_pack_a_rows(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap) {
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        int rows = mc - i0 < MR ? (int)(mc - i0) : MR;
+        pack_transposed16(A + i0 * lda, lda, rows, MR, kc, ap, MR);
+        ap += MR * kc;
+    }
+}
+
+/* bp panels p0..p1-1 of kc x 32 (k-major, zero columns past nc), panel p at bp + p*32*kcmax
+ * <- op(B)[0:kc, 0:nc] with B stored (nc, kc) row-major (the transposed B). */
+AVX512 void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                        int64_t p0, int64_t p1, float *bp) {
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t j0 = p * NR;
+        int cols = nc - j0 < NR ? (int)(nc - j0) : NR;
+        float *dst = bp + p * NR * kcmax;
+        for (int half = 0; half < NR / 16; half++) {
+            int c = cols - 16 * half;
+            c = c < 0 ? 0 : c > 16 ? 16 : c;
+            pack_transposed16(B + (j0 + 16 * half) * ldb, ldb, c, 16, kc, dst + 16 * half, NR);
+        }
     }
 }
 #endif

@@ -152,8 +152,9 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
  * (seed low 32 bits, seed high 32 bits). Element i of a draw reads only the words at
  * offset + (words per element) * i, so results do not depend on the thread count.
  * Words consumed per call: uniform, bits: n; normal: n rounded up to even (Box-Muller
- * pairs); int, permutation: 2n (one 64-bit word per element). Callers advance their
- * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block. */
+ * pairs); int, permutation, trunc_normal: 2n (one 64-bit word per element). Callers advance their
+ * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block.
+ * Every ISA path computes the same bits (no fused multiply-add in these kernels). */
 /* out (4) = Philox4x32-10(ctr (4), key (2)): the bare block function, for known-answer tests */
 void mll_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
 /* out (n) uniform in [lo, hi) (24-bit mantissa; lo == hi fills lo) */
@@ -169,6 +170,10 @@ void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n);
 /* out (n) a uniformly random permutation of 0..n-1: Fisher-Yates, swap index drawn with the
  * same multiply-shift as mll_rand_int (sequential, so the same for any thread count). */
 void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n);
+/* out (n) normal(mean, std) truncated to [a, b] (absolute bounds, a < b), by inverting the
+ * normal CDF on a 53-bit uniform from words (2i, 2i+1): 2n words. */
+void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std,
+                           float a, float b);
 
 /* ------------------------------------------------------------------ bpe.c */
 /* Byte-level BPE as in GPT-2. Text is UTF-8 bytes (invalid sequences count as one "other"

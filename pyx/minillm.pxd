@@ -113,6 +113,8 @@ cdef extern from "minillm.h" nogil:
     void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi)
     void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n)
     void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n)
+    void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std,
+                               float a, float b)
 
     # loss.c
     int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t *targets,

@@ -160,6 +160,11 @@ def test_decode_bad_id_raises(tok):
         tok.decode([1, 5000])
     with pytest.raises(ValueError, match="token id -1"):
         tok.decode([-1])
+    with pytest.raises(ValueError, match="token id 5000"):
+        tok.decode(np.array([3, 5000]))
+    with pytest.raises(TypeError, match="integers, got 1.5"):
+        tok.decode([1, 1.5])
+    assert tok.decode([np.int64(72), 105]) == "Hi"
 
 
 def test_empty_text(tok):

@@ -104,6 +104,7 @@ class BPETokenizer(Tokenizer):
         self._encoder = _native().Encoder(merges, np.array(self.byte_ids, dtype=np.uint32),
                                           b"".join(pieces), offsets)
         self._special_re_cache = {}
+        self._ints = list(range(size))      # shared int objects for the lists encode returns
 
     @property
     def vocab_size(self):
@@ -198,7 +199,8 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text, allowed_special="none", num_threads=None):
         """Ids of `text` (str): list[int]. See encode_ndarray for `allowed_special`."""
-        return self.encode_ndarray(text, allowed_special, num_threads).tolist()
+        return _native().ids_to_list(self.encode_ndarray(text, allowed_special, num_threads),
+                                     self._ints)
 
     def encode_batch(self, texts, allowed_special="none", num_threads=None):
         """Ids of each text of a list of str: list[list[int]], texts spread over threads."""
@@ -211,7 +213,7 @@ class BPETokenizer(Tokenizer):
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return _native().split_ids(ids, offsets)
+            return _native().split_ids(ids, offsets, self._ints)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -232,9 +234,10 @@ class BPETokenizer(Tokenizer):
                 except ValueError as e:
                     raise ValueError(f"texts[{i}]: {e}") from None
             raise
-        # str.isascii() is O(1) in CPython, so only non-ASCII texts are measured by encoding
-        lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
-                              dtype=np.int64, count=len(texts))
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        if lengths.sum() != len(joined):     # some text is not ASCII: count its UTF-8 bytes
+            lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8"))
+                                   for t in texts), dtype=np.int64, count=len(texts))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return self._encoder.encode_joined(joined, offsets, num_threads or default_num_threads())
