@@ -134,3 +134,16 @@ cdef extern from "minillm.h" nogil:
     void mll_dropout_mask(uint64_t seed, uint64_t offset, float *mask, int64_t n, float p)
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
+
+    # sample.c
+    int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k)
+    int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)
+    void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V)
+
+    # gemv.c
+    void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                         int64_t M, int64_t N, int64_t K, int act)
+
+    # kv_attention.c
+    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                              int64_t hs, int64_t pos, float scale)
