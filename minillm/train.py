@@ -625,6 +625,17 @@ class Trainer:
         self._stop = False
         os.makedirs(cfg.out_dir, exist_ok=True)
 
+    def _check_fresh_out_dir(self):
+        """A new run must not mix its metrics and checkpoints with another run's."""
+        old = list_checkpoints(self.config.out_dir)
+        if old:
+            raise ValueError(f"{self.config.out_dir} already holds checkpoints of a run (up to step "
+                             f"{old[-1][0]}); continue it with --resume {self.config.out_dir}, or "
+                             f"choose another out_dir (or delete that folder)")
+        metrics = os.path.join(self.config.out_dir, METRICS_FILE)
+        if os.path.exists(metrics):
+            os.remove(metrics)
+
     def _make_optimizer(self):
         cfg = self.config
         if hasattr(self.model, "configure_optimizers"):
@@ -748,6 +759,8 @@ class Trainer:
         """Run from the current step to max_steps (or until max_time, or Ctrl-C: each saves a
         checkpoint first). Returns the last validation result dict (or None without val data)."""
         cfg = self.config
+        if self.step == 0:
+            self._check_fresh_out_dir()
         self.model.train()
         progress = _Progress(cfg.progress, cfg.max_steps, self.step)
         use_signal = hasattr(signal, "SIGINT") and _in_main_thread()

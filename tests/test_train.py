@@ -378,3 +378,11 @@ def test_time_budget_sets_max_steps_from_the_measured_speed(tokens_dir, tmp_path
     assert t.step == 7 and t.config.max_steps == 7 and t.config.time_budget == 0.0
     saved = json.load(open(os.path.join(train.find_checkpoint(tmp_path / "run"), "config.json")))
     assert saved["train"]["max_steps"] == 7
+
+
+def test_a_new_run_refuses_a_folder_with_checkpoints(finished_run, tokens_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(_config(tokens_dir, run)).train()
+    assert [s for s, _ in train.list_checkpoints(run)] == [3, 6]
