@@ -758,57 +758,40 @@ class Trainer:
     def train(self):
         """Run from the current step to max_steps (or until max_time, or Ctrl-C: each saves a
         checkpoint first). Returns the last validation result dict (or None without val data)."""
-        cfg = self.config
         if self.step == 0:
             self._check_fresh_out_dir()
         self.model.train()
-        progress = _Progress(cfg.progress, cfg.max_steps, self.step)
-        use_signal = hasattr(signal, "SIGINT") and _in_main_thread()
+        progress = _Progress(self.config.progress, self.config.max_steps, self.step)
+        use_signal = _in_main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
-        self._stop = False
-        t_start = time.perf_counter()
-        elapsed0 = self.elapsed
-        t_log, tokens_log = t_start, self.tokens_seen
-        t_cal = None
-        interrupted = False
+        self._stop, self.interrupted = False, False
+        clock = _Clock(self.elapsed, self.tokens_seen)
         try:
             if self.step == 0:
-                progress.log(f"training {type(self.model).__name__} with "
-                             f"{self.model.num_params():,} parameters on {len(self.train_tokens):,} "
-                             f"tokens: {cfg.max_steps} steps of {cfg.grad_accum} x {cfg.batch_size} "
-                             f"x {self.block_size} tokens, {minillm.get_num_threads()} threads")
-            while self.step < cfg.max_steps:
+                progress.log(self._describe())
+            while self.step < self.config.max_steps:
                 loss, norm, lr = self.train_step()
                 self.history.append((self.step, loss))
-                self.elapsed = elapsed0 + time.perf_counter() - t_start
+                self.elapsed = clock.elapsed()
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"step {self.step}: the loss is {loss}; lower lr "
-                                             f"(now {cfg.lr}) or check the data")
+                                             f"(now {self.config.lr}) or check the data")
                 progress.step(f"loss {loss:.4f}")
-                if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                    now = time.perf_counter()
-                    tps = (self.tokens_seen - tokens_log) / max(now - t_log, 1e-9)
-                    t_log, tokens_log = now, self.tokens_seen
-                    self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                               "tokens_per_s": tps, "elapsed": self.elapsed})
-                    if progress.bar is None:
-                        progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | "
-                                     f"grad norm {norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
-                if cfg.time_budget and t_cal is not None and self.step == _CALIBRATION_STEPS + 1:
-                    self._fit_time_budget(time.perf_counter() - t_cal, progress)
-                    cfg = self.config
+                self._log_step(loss, norm, lr, clock, progress)
+                if self.step == _CALIBRATION_STEPS + 1 and self.config.time_budget and clock.t_cal:
+                    self._fit_time_budget(time.perf_counter() - clock.t_cal, progress)
                 if self.step == 1:
-                    t_cal = time.perf_counter()      # step 1 warms caches: time the next ones
+                    clock.t_cal = time.perf_counter()     # step 1 warms caches: time the next ones
+                cfg = self.config
                 last = self.step == cfg.max_steps
-                out_of_time = cfg.max_time and self.elapsed >= cfg.max_time
+                out_of_time = bool(cfg.max_time) and self.elapsed >= cfg.max_time
                 if self.val_tokens is not None and (
                         last or out_of_time or (cfg.eval_interval and self.step % cfg.eval_interval == 0)):
                     self._run_eval(progress, final=last)
                 if self._stop or out_of_time:
-                    interrupted = True
+                    self.interrupted = True
                     why = "interrupted" if self._stop else f"max_time {cfg.max_time:g} s reached"
-                    folder = self.save()
-                    progress.log(f"{why} at step {self.step}: saved {folder}; continue with "
+                    progress.log(f"{why} at step {self.step}: saved {self.save()}; continue with "
                                  f"`minillm train --resume {cfg.out_dir}`")
                     break
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
@@ -817,8 +800,25 @@ class Trainer:
             progress.close()
             if use_signal:
                 signal.signal(signal.SIGINT, prev_handler)
-        self.interrupted = interrupted
         return self.last_eval
+
+    def _describe(self):
+        cfg = self.config
+        return (f"training {type(self.model).__name__} with {self.model.num_params():,} parameters "
+                f"on {len(self.train_tokens):,} tokens: {cfg.max_steps} steps of {cfg.grad_accum} x "
+                f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads")
+
+    def _log_step(self, loss, norm, lr, clock, progress):
+        """A metrics.jsonl line (and a printed one without a bar) every log_interval steps."""
+        cfg = self.config
+        if self.step % cfg.log_interval and self.step != cfg.max_steps:
+            return
+        tps = clock.tokens_per_s(self.tokens_seen)
+        self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
+                   "tokens_per_s": tps, "elapsed": self.elapsed})
+        if progress.bar is None:
+            progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
+                         f"{norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
 
     def _fit_time_budget(self, seconds, progress):
         """Set max_steps (and the cosine's length) so that training, evaluations included,
@@ -826,10 +826,13 @@ class Trainer:
         max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
         cfg = self.config
         per_step = seconds / _CALIBRATION_STEPS
-        tokens = cfg.grad_accum * cfg.batch_size
-        # an evaluation batch costs about a third of a training micro-batch (no backward)
-        eval_each = (cfg.eval_batches or 1000) * per_step / (3 * tokens)
-        final_eval = (cfg.final_eval_batches or 1000) * per_step / (3 * tokens)
+        # an evaluation batch (batch_size windows, no backward) costs about a third of a
+        # training micro-batch
+        per_eval_batch = per_step / (3 * cfg.grad_accum)
+        windows = (len(self.val_tokens) - 1) // self.block_size if self.val_tokens is not None else 0
+        all_batches = -(-windows // cfg.batch_size)
+        eval_each = min(cfg.eval_batches or all_batches, all_batches) * per_eval_batch
+        final_eval = min(cfg.final_eval_batches or all_batches, all_batches) * per_eval_batch
         left = cfg.time_budget - self.elapsed - final_eval
         per_step_all = per_step + (eval_each / cfg.eval_interval if cfg.eval_interval else 0.0)
         steps = max(self.step + 1, self.step + int(left / per_step_all))
@@ -853,6 +856,24 @@ class Trainer:
         bpb = f" | val bits/byte {res['bpb']:.4f}" if "bpb" in res else ""
         progress.log(f"step {self.step:6d} | val loss {res['loss']:.4f} | val ppl {res['ppl']:.2f}{bpb}")
         return res
+
+
+class _Clock:
+    """Elapsed seconds (continuing a resumed run's) and tokens/s between log lines."""
+
+    def __init__(self, elapsed, tokens):
+        self.start, self.elapsed0 = time.perf_counter(), elapsed
+        self.t_log, self.tokens_log = self.start, tokens
+        self.t_cal = None
+
+    def elapsed(self):
+        return self.elapsed0 + time.perf_counter() - self.start
+
+    def tokens_per_s(self, tokens):
+        now = time.perf_counter()
+        tps = (tokens - self.tokens_log) / max(now - self.t_log, 1e-9)
+        self.t_log, self.tokens_log = now, tokens
+        return tps
 
 
 def _in_main_thread():
