@@ -201,3 +201,14 @@ def test_cli_data_prepare(text, tok, tmp_path, capsys):
     assert main(["data", "prepare", "--input", str(tmp_path / "missing"), "--tokenizer", tok.path,
                  "--out", str(tmp_path / "u"), "--quiet"]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_large_vocabularies_are_stored_as_uint32(text, tmp_path):
+    # a byte-level tokenizer whose <|endoftext|> id (70000) does not fit in 16 bits
+    big = BPETokenizer(special_tokens={"<|endoftext|>": 70000})
+    assert big.vocab_size == 70001
+    meta = data.prepare_tokens([SAMPLE], big, tmp_path / "t", val_fraction=0.0, chunk_bytes=4096)
+    ids = data.load_tokens(tmp_path / "t", "train")
+    assert meta["dtype"] == "uint32" and ids.dtype == np.uint32
+    assert ids[-1] == 70000
+    assert big.decode_bytes(np.asarray(ids[:-1], dtype=np.int64)) == text.encode("utf-8")
