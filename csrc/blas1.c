@@ -124,6 +124,24 @@ void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape
     int64_t inner = shape[ndim - 1], outer = 1;
     for (int d = 0; d < ndim - 1; d++) outer *= shape[d];
     if (inner == 0 || outer == 0) return;
+    /* The last two axes read a transposed matrix (strides (1, s), s >= their rows): each 2-D
+     * slice goes through the cache-blocked transpose instead of a gather with stride s. Its
+     * loads and stores move 4-byte words unchanged, so int32 data passes too. */
+    int64_t rows2 = ndim >= 2 ? shape[ndim - 2] : 0;
+    if (elem_size == 4 && rows2 > 1 && str[ndim - 2] == 1 && str[ndim - 1] >= rows2) {
+        int64_t slices = outer / rows2;
+        for (int64_t o = 0; o < slices; o++) {
+            int64_t rem = o, off = 0;
+            for (int d = ndim - 3; d >= 0; d--) {
+                off += (rem % shape[d]) * str[d];
+                rem /= shape[d];
+            }
+            /* slice (rows2, inner) = A^T, A (inner, rows2) with row stride s */
+            mll_transpose((const float *)src + off, (float *)dst + o * rows2 * inner, inner, rows2,
+                          str[ndim - 1], inner);
+        }
+        return;
+    }
     int64_t s = str[ndim - 1];
     MLL_PARALLEL_ROWS(outer, inner, o, {
         int64_t rem = o, off = 0;

@@ -316,6 +316,22 @@ def test_copy_strided_handles_negative_zero_strides_and_item_sizes():
     np.testing.assert_array_equal(got, big)
 
 
+def test_copy_strided_of_transposed_views_keeps_every_bit():
+    # these take the transpose route (strides (1, s) on the last two axes)
+    bits = np.random.default_rng(3).integers(-2**31, 2**31 - 1, (6, 70, 45), dtype=np.int64).astype(np.int32)
+    for dtype in (np.int32, np.float32):
+        a = bits.view(dtype)
+        for v in (a[0].T, a.transpose(0, 2, 1), a.transpose(2, 0, 1).transpose(1, 2, 0)[:, ::-1],
+                  a[:, :, 3:40].transpose(0, 2, 1), np.ascontiguousarray(a[0]).reshape(70, 45)[:, :1].T):
+            out = np.empty(v.shape, dtype)
+            both_threads(lambda: (_C.k_copy_strided(v, out), out.copy())[1])
+            np.testing.assert_array_equal(out.view(np.int32), np.ascontiguousarray(v).view(np.int32))
+    big = rand((400, 300), 9).T
+    out = np.empty(big.shape, np.float32)
+    got = both_threads(lambda: (_C.k_copy_strided(big, out), out.copy())[1])
+    np.testing.assert_array_equal(got, big)
+
+
 def test_copy_strided_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(4, 3\)"):
         _C.k_copy_strided(np.zeros((3, 4), np.float32), np.zeros((4, 3), np.float32))
