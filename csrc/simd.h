@@ -160,6 +160,7 @@ static inline float mll_gelu_gradf(float x) {
 #undef v_isnan
 #undef m_or
 #undef m_any
+#undef m_first
 #undef v_select
 #undef v_as_i
 #undef i_as_v
@@ -209,6 +210,7 @@ static inline float mll_gelu_gradf(float x) {
 #define v_isnan(a) _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q)
 #define m_or(a, b) ((__mmask16)((a) | (b)))
 #define m_any(m) ((m) != 0)
+#define m_first(m) __builtin_ctz((unsigned)(m)) /* lowest set lane; m != 0 */
 #define v_select(m, a, b) _mm512_mask_blend_ps(m, a, b) /* lanes of b where m, else a */
 #define v_as_i(v) _mm512_castps_si512(v)
 #define i_as_v(v) _mm512_castsi512_ps(v)
@@ -310,6 +312,7 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) { return _mm512_scalef_ps(p,
 #define v_isnan(a) _mm256_cmp_ps(a, a, _CMP_UNORD_Q)
 #define m_or(a, b) _mm256_or_ps(a, b)
 #define m_any(m) (_mm256_movemask_ps(m) != 0)
+#define m_first(m) __builtin_ctz((unsigned)_mm256_movemask_ps(m))
 #define v_select(m, a, b) _mm256_blendv_ps(a, b, m)
 #define v_as_i(v) _mm256_castps_si256(v)
 #define i_as_v(v) _mm256_castsi256_ps(v)
