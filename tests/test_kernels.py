@@ -226,7 +226,7 @@ def test_vector_math_handles_inf_nan_and_extremes():
         _C.UN_SIGMOID: [-inf, inf, nan, 0.0, 50.0, -50.0, -87.0, -120.0, 1e30],
         _C.UN_GELU: [inf, nan, 0.0, -0.0, 1e-30, 20.0, -20.0, 1e30],
         _C.UN_SQRT: [0.0, inf, nan, -1.0, 1e-45],
-        _C.UN_RELU: [-inf, inf, 0.0, -1.0, 2.0],
+        _C.UN_RELU: [-inf, inf, nan, 0.0, -1.0, 2.0],
         _C.UN_ABS: [-inf, inf, nan, -0.0, -3.0],
     }
     for op, vals in cases.items():
