@@ -74,6 +74,19 @@ def assert_rel(got, ref, rtol, atol=0.0, what=""):
             f"bound {bound[worst]:.3g}")
 
 
+@pytest.mark.skipif(len(ISAS) < 2, reason="this CPU runs only the generic path")
+def test_set_isa_switches_the_code_path_the_tests_run(isa):
+    # the generic path computes exp with libm, the SIMD paths with their own polynomial: if
+    # set_isa did not reach the kernels, every ISA parametrization would test the same code
+    x = rand(100003, 0, 20.0)
+    outs = {}
+    for name in ISAS:
+        _C.set_isa(name)
+        outs[name] = _unary(_C.UN_EXP, x)
+    for name in ISAS[1:]:
+        assert not np.array_equal(outs[name], outs["generic"]), f"{name} ran the generic code"
+
+
 # ------------------------------------------------------------------------ binary
 NP_BINARY = {_C.OP_ADD: np.add, _C.OP_SUB: np.subtract, _C.OP_MUL: np.multiply, _C.OP_DIV: np.divide}
 
