@@ -52,7 +52,8 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
                                         384, 168, 4096, mll_gemm_avx512_pack_a_rows,
                                         mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
-                                        mll_gemm_avx512_pack_b_cols};
+                                        mll_gemm_avx512_pack_b_cols, mll_gemm_avx512_gemv_rows,
+                                        mll_gemm_avx512_gemv_cols};
     /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
      * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
@@ -146,7 +147,7 @@ typedef struct {
     size_t bytes;
 } buffer;
 
-static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS];
+static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
 
 static float *grow(buffer *b, size_t bytes) {
     if (b->bytes < bytes) {
@@ -297,8 +298,46 @@ static void gemm_unpacked_args(const gemm_args *g) {
                   g->ldc);
 }
 
+/* C (1, N) or C (M, 1) as a row vector times a matrix (gemv_rows / gemv_cols), without
+ * packing. Returns 0 if this ISA has no such path or the vector buffer cannot be had. */
+static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
+    /* y (1, n) = alpha * x (1, k) @ X + beta * y; X stored (k, n) when rows, else (n, k) */
+    const float *xsrc, *X;
+    int64_t incx, ldx, n, k = g->K, incy;
+    int rows;
+    if (g->M == 1) {             /* x = op(A) row 0; X = op(B) */
+        xsrc = g->A, incx = g->transa ? g->lda : 1;
+        X = g->B, ldx = g->ldb, rows = !g->transb, n = g->N, incy = 1;
+    } else {                     /* C^T (1, M) = op(B)^T (1, K) @ op(A)^T (K, M) */
+        xsrc = g->B, incx = g->transb ? 1 : g->ldb;
+        X = g->A, ldx = g->lda, rows = g->transa, n = g->M, incy = g->ldc;
+    }
+    void (*gemv)(int64_t, int64_t, int64_t, float, const float *, const float *, int64_t, float, float *,
+                 int64_t) = rows ? p->gemv_rows : p->gemv_cols;
+    if (!gemv) return 0;
+    const float *x = xsrc;
+    if (incx != 1) {
+        float *buf = grow(&tl_xbuf, (size_t)k * sizeof(float));
+        if (!buf) return 0;
+        for (int64_t i = 0; i < k; i++) buf[i] = xsrc[i * incx];
+        x = buf;
+    }
+    /* threads take runs of y in whole steps of the kernel's width (64 columns or 4 rows) */
+    int64_t step = rows ? 64 : 4, nsteps = (n + step - 1) / step;
+    float alpha = g->alpha, beta = g->beta, *y = g->C;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        int64_t j0 = nsteps * t / team * step, j1 = nsteps * (t + 1) / team * step;
+        if (j1 > n) j1 = n;
+        if (j0 < j1) gemv(j0, j1, k, alpha, x, X, ldx, beta, y, incy);
+    }
+    return 1;
+}
+
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
+    if ((g->M == 1 || g->N == 1) && gemm_thin(p, g, nt)) return;
     if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, nt, 1)) {
         gemm_unpacked_args(g);
         return;
