@@ -279,9 +279,13 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
         pack_a(g->transa, Ablk, g->lda, mc, kc, p->mr, ap);
 }
 
-/* Rows of A packed at once by a team, shared (in L3) by its threads; a multiple of every MR. */
+/* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
+ * AVX-512, 1008 x 384 x 4 B = 1.5 MiB (twice, double-buffered) in L3 next to the B blocks. */
 #define TEAM_MC (14 * 6 * 12)
-/* A work item of the team: this many MR-row tiles by this many NR-column panels. */
+/* A work item of the team: 2 MR-row tiles by 4 NR-column panels, 8 kernel calls (about
+ * 25 us with AVX-512), so the threads finish a block within one small item of each other.
+ * Each B micro-panel then serves 2 tiles and comes from L3 more often, which the B prefetch
+ * distance in the AVX-512 kernel covers (112 GFLOPS a core with no reuse at all). */
 #define ITEM_TILE_ROWS 2
 #define ITEM_PANELS 4
 
