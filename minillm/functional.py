@@ -176,18 +176,16 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
                         da = _C.matmul(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
                     da = _unbroadcast(da, a.shape)
                 if gb:
-                    if b.ndim == 2 and a.ndim > 2:
+                    if b.ndim == 2 and a.ndim > 2 and not ta:
                         # one GEMM over all batch rows: (B*M, K)^T @ (B*M, N)
                         a2 = _C.reshape(a, (-1, a.shape[-1]))
                         d2 = _C.reshape(dy, (-1, dy.shape[-1]))
-                        if ta:
-                            # a2 rows index K here; undo by treating a as (batch, K, M)
-                            db = None
-                        elif not tb:
+                        if not tb:
                             db = _C.matmul(a2, d2, transpose_a=True, alpha=alpha)
                         else:
                             db = _C.matmul(d2, a2, transpose_a=True, alpha=alpha)
-                    if db is None:
+                    else:
+                        # C = A' B':  dB' = A'^T dC,  dB = dB'^T when tb
                         if not tb:
                             db = _C.matmul(a, dy, transpose_a=not ta, alpha=alpha)
                         else:
