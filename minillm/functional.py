@@ -691,6 +691,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not isinstance(targets, Tensor):
+        targets = _C.tensor(targets, dtype="int64")
     if logits.ndim < 1 or tuple(logits.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)} need targets of shape "
                          f"{tuple(logits.shape[:-1])} (class axis last), got {tuple(targets.shape)}")
