@@ -16,7 +16,7 @@ from minillm import _C
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models._common import LanguageModel, check_idx
+from minillm.models._common import LanguageModel, check_idx, known_fields
 from minillm.models._ops import causal_self_attention, linear_gelu, lm_cross_entropy
 
 
@@ -56,15 +56,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d):
         """The config of a dict written by to_dict(); unknown keys raise ValueError."""
-        return cls(**_known_fields(cls, d))
-
-
-def _known_fields(cls, d):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {unknown} (known: {sorted(names)})")
-    return dict(d)
+        return cls(**known_fields(cls, d))
 
 
 class CausalSelfAttention(nn.Module):
