@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pytest
 
-import minillm
-import minillm.functional as F
-import minillm.nn as nn
-import minillm.optim as optim
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import minillm  # noqa: E402
+import minillm.functional as F  # noqa: E402
+import minillm.nn as nn  # noqa: E402
+import minillm.optim as optim  # noqa: E402
 
 SIZES = (784, 256, 256, 10)
 BATCHES = (64, 512)
@@ -82,16 +83,20 @@ def test_train_step_mlp(benchmark, impl, batch):
     benchmark(step)
 
 
-def median_seconds(step, warmup=10, repeats=7, inner=20):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
+def median_seconds(steps, warmup=10, repeats=9, inner=10):
+    """Median seconds per call of each function in `steps`. Repeats alternate between the
+    functions, so load from other processes hits all of them alike."""
+    for step in steps:
+        for _ in range(warmup):
             step()
-        times.append((time.perf_counter() - t0) / inner)
-    return float(np.median(times))
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, step in enumerate(steps):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                step()
+            times[k].append((time.perf_counter() - t0) / inner)
+    return [float(np.median(t)) for t in times]
 
 
 def main():
@@ -106,8 +111,10 @@ def main():
           f"{n} threads, {minillm.cpu_info()['cpu']} [{minillm.cpu_info()['isa']}]")
     print(f"{'batch':>6} {'minillm ms':>11} {'torch ms':>9} {'torch/minillm':>14}")
     for batch in BATCHES:
-        ours = median_seconds(minillm_step_fn(batch))
-        theirs = median_seconds(torch_step_fn(batch)) if torch is not None else float("nan")
+        if torch is not None:
+            ours, theirs = median_seconds([minillm_step_fn(batch), torch_step_fn(batch)])
+        else:
+            ours, theirs = median_seconds([minillm_step_fn(batch)])[0], float("nan")
         print(f"{batch:>6} {ours * 1e3:>11.3f} {theirs * 1e3:>9.3f} {theirs / ours:>14.2f}")
     return 0
 

@@ -8,6 +8,7 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm tokenizer train --input FILE --vocab-size N --out DIR
     minillm tokenizer encode --tokenizer DIR [--input FILE | --text STR] [--output FILE]
     minillm tokenizer decode --tokenizer DIR [--input FILE] [--output FILE]
+    minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--interactive]
 """
 import argparse
 import sys
@@ -133,9 +134,164 @@ def add_tokenizer_parser(subparsers):
     d.set_defaults(func=cmd_tokenizer_decode)
 
 
+# ---------------------------------------------------------------------- sample
+def _latest_checkpoint(folder):
+    """folder itself if it holds config.json, else its newest checkpoints/step_<n>/ (a run folder)."""
+    import os
+    import re
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    root = os.path.join(folder, "checkpoints")
+    steps = []
+    if os.path.isdir(root):
+        steps = sorted((int(m.group(1)), name) for name in os.listdir(root)
+                       if (m := re.fullmatch(r"step_(\d+)", name)))
+    if not steps:
+        raise ValueError(f"{folder}: no config.json, and no checkpoints/step_<n>/ folder in it")
+    return os.path.join(root, steps[-1][1])
+
+
+def load_checkpoint_model(folder):
+    """(model, tokenizer or None) of a trainer checkpoint folder (config.json with the model
+    config, or {"model": ...}; model.safetensors; tokenizer.json) or of a run folder (its latest
+    checkpoint)."""
+    import os
+    from . import load
+    from .models import model_from_config
+    from .tokenizers import load_tokenizer
+    from .tokenizers.base import read_json
+    folder = _latest_checkpoint(folder)
+    cfg, _ = read_json(os.path.join(folder, "config.json"))
+    model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{os.path.join(folder, 'config.json')}: expected a model config object")
+    model = model_from_config(model_cfg)
+    weights = os.path.join(folder, "model.safetensors")
+    if not os.path.exists(weights):
+        raise ValueError(f"{weights}: missing")
+    try:
+        model.load_state_dict(load(weights))
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{weights}: does not fit the model of config.json: {e.args[0] if e.args else e}") from None
+    tok_path = os.path.join(folder, "tokenizer.json")
+    tokenizer = load_tokenizer(tok_path) if os.path.exists(tok_path) else None
+    return model, tokenizer
+
+
+class _TextStream:
+    """Prints tokens as they come: bytes of each token go through an incremental UTF-8 decoder,
+    so a character split over two byte-level tokens is printed once it is whole."""
+
+    def __init__(self, tokenizer, out, stops):
+        import codecs
+        self.tokenizer, self.out, self.stops = tokenizer, out, stops
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.count = 0
+
+    def __call__(self, ids):
+        tid = ids[0]
+        self.count += 1
+        if tid in self.stops:
+            return
+        if hasattr(self.tokenizer, "decode_bytes"):
+            text = self.utf8.decode(self.tokenizer.decode_bytes([tid]))
+        else:
+            text = self.tokenizer.decode([tid])
+        self.out.write(text)
+        self.out.flush()
+
+    def finish(self):
+        self.out.write(self.utf8.decode(b"", final=True))
+        self.out.flush()
+
+
+def _sample_once(model, tokenizer, prompt, args, generator):
+    import time
+    from .generate import generate
+    eot = getattr(tokenizer, "eot_token", None)
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        ids = [eot] if eot is not None else tokenizer.encode("\n")
+    stops = () if args.no_stop or eot is None else (eot,)
+    stream = _TextStream(tokenizer, sys.stdout, stops)
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    try:
+        generate(model, [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                 top_p=args.top_p, greedy=args.greedy, stop_tokens=stops, generator=generator,
+                 stream=stream)
+    except KeyboardInterrupt:
+        sys.stdout.write(" [interrupted]")
+    seconds = time.perf_counter() - t0
+    stream.finish()
+    sys.stdout.write("\n")
+    rate = stream.count / seconds if seconds > 0 else float("inf")
+    print(f"[{len(ids)} prompt tokens, {stream.count} new tokens in {seconds:.2f} s: {rate:.1f} tokens/s]",
+          file=sys.stderr)
+
+
+def cmd_sample(args):
+    from . import Generator, set_num_threads
+    if args.threads:
+        set_num_threads(args.threads)
+    if args.hf_dir:
+        from .models.hf_gpt2 import load_pretrained
+        model = load_pretrained(args.hf_dir)
+        tokenizer = model.tokenizer
+        source = args.hf_dir
+    else:
+        model, tokenizer = load_checkpoint_model(args.ckpt)
+        source = args.ckpt
+    if tokenizer is None:
+        raise ValueError(f"{source}: no tokenizer (tokenizer.json, or vocab.json + merges.txt) to turn text into ids")
+    generator = Generator(args.seed)
+    if not args.interactive:
+        _sample_once(model, tokenizer, args.prompt, args, generator)
+        return 0
+    print(f"minillm sample: {source} ({model.num_params():,} parameters). Enter a prompt; an empty line "
+          f"or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            prompt = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if not prompt:
+            return 0
+        _sample_once(model, tokenizer, prompt.replace("\\n", "\n"), args, generator)
+
+
+def add_sample_parser(subparsers):
+    p = subparsers.add_parser(
+        "sample", help="generate text from a checkpoint or GPT-2 weights",
+        description="Continue a prompt with a trained model, printing tokens as they are generated "
+                    "and tokens/s at the end. --ckpt takes a trainer checkpoint folder (config.json, "
+                    "model.safetensors, tokenizer.json) or a run folder (its latest checkpoint); "
+                    "--hf-dir a GPT-2 folder in HuggingFace's layout (config.json, model.safetensors, "
+                    "vocab.json + merges.txt or tokenizer.json), e.g. the 124M 'gpt2' files. "
+                    "Generation stops at <|endoftext|> unless --no-stop.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", metavar="DIR", help="trainer checkpoint (or run) folder")
+    src.add_argument("--hf-dir", metavar="DIR", help="GPT-2 checkpoint folder in HuggingFace's layout")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample among the fewest tokens whose probability adds up to p, in (0, 1]")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
+    p.add_argument("--interactive", action="store_true", help="read prompts in a loop ('\\n' for newlines)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.set_defaults(func=cmd_sample)
+
+
 # ---------------------------------------------------------------------- main
 # One entry per command, in --help order; others append add_train_parser, add_sample_parser ...
-PARSERS = [add_data_parser, add_tokenizer_parser]
+PARSERS = [add_data_parser, add_tokenizer_parser, add_sample_parser]
 
 
 def build_parser():

@@ -152,3 +152,15 @@ cdef extern from "minillm.h" nogil:
     void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C)
     int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                                int64_t N, int64_t C)
+    # sample.c
+    int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k)
+    int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)
+    void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V)
+
+    # gemv.c
+    void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                         int64_t M, int64_t N, int64_t K, int act)
+
+    # kv_attention.c
+    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                              int64_t hs, int64_t pos, float scale)
