@@ -785,7 +785,7 @@ _C._register_functional(__import__("sys").modules[__name__])
 # Kernels that fuse several of the ops above (csrc/attention.c, csrc/bias_gelu.c), each
 # forward beside its backward. scaled_dot_product_attention dispatches to the fused
 # attention by itself; set_fused_enabled(False) sends everything back to the composed ops.
-__all__ += ["bias_gelu", "linear_gelu", "set_fused_enabled", "is_fused_enabled"]
+__all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "set_fused_enabled", "is_fused_enabled"]
 
 _fused_on = True
 
@@ -837,6 +837,49 @@ def _fused_attention(q, k, v, scale):
                 return dq if gq else None, dk if gk else None, dv if gv else None
             _record(out, backward, q if gq else None, k if gk else None, v if gv else None)
     return out
+
+
+def _qkv_heads(qkv, n_head):
+    """Raw (no autograd) strided views q, k, v (B, nh, T, hs) of a (B, T, 3C) tensor whose
+    last axis is [q | k | v], each C = nh * hs wide with the heads side by side."""
+    B, T, C3 = qkv.shape
+    hs = C3 // (3 * n_head)
+    heads = _C.permute(_C.reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4))  # (3, B, nh, T, hs)
+    return _C.getitem(heads, 0), _C.getitem(heads, 1), _C.getitem(heads, 2)
+
+
+def causal_self_attention(qkv, n_head, scale=None):
+    """Multi-head causal self-attention straight from the fused QKV projection:
+    qkv (B, T, 3C) float32 (last axis [q | k | v], heads side by side in each) -> y (B, T, C),
+    heads side by side (what c_proj takes), scale defaulting to 1/sqrt(C / n_head).
+    Equals splitting qkv into (B, nh, T, hs) heads, scaled_dot_product_attention(is_causal=True)
+    and merging the heads, but copies nothing: the kernel reads the heads in place, writes y
+    in (B, T, nh, hs) order, and backward writes dq, dk, dv into one (B, T, 3C) gradient.
+    No dropout, no KV cache (use scaled_dot_product_attention for those)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0 or n_head < 1:
+        raise ValueError(f"causal_self_attention: expected qkv of shape (B, T, 3C) with C divisible by "
+                         f"n_head={n_head}, got {tuple(qkv.shape)}")
+    B, T, C3 = qkv.shape
+    C, hs = C3 // 3, C3 // (3 * n_head)
+    if scale is None:
+        scale = 1.0 / math.sqrt(hs)
+    if not _fused_on or T == 0 or qkv.dtype != "float32":
+        q, k, v = (getitem(permute(reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4)), i) for i in range(3))
+        y = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return reshape(transpose(y, 1, 2), (B, T, C))
+    qkv_in = qkv if qkv.strides[-1] == 1 else qkv.contiguous()
+    q, k, v = _qkv_heads(qkv_in, n_head)
+    out, lse = _C.attention_forward(q, k, v, scale)           # (B, nh, T, hs), stored (B, T, nh, hs)
+    y = _C.reshape(_C.transpose(out, 1, 2), (B, T, C))
+    if _grad_on() and qkv.requires_grad:
+        def backward(dy):
+            dout = _C.transpose(_C.reshape(dy, (B, T, n_head, hs)), 1, 2)
+            dqkv = _C.empty((B, T, C3))
+            dq, dk, dv = _qkv_heads(dqkv, n_head)
+            _C.attention_backward(q, k, v, out, lse, dout, scale, dq, dk, dv)
+            return (dqkv,)
+        _record(y, backward, qkv)
+    return y
 
 
 def bias_gelu(x, bias):

@@ -203,6 +203,32 @@ def test_head_strided_views_of_qkv_are_read_in_place():
     np.testing.assert_allclose(g1, g2, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("T", [1, 50])
+def test_causal_self_attention_matches_split_heads_sdpa(T):
+    B, nh, hs = 2, 4, 8
+    Cw = nh * hs
+    rng = np.random.default_rng(T)
+    qkv_np = rng.standard_normal((B, T, 3 * Cw)).astype(np.float32)
+    dy_np = rng.standard_normal((B, T, Cw)).astype(np.float32)
+    qkv = _t(qkv_np, True)
+    y = F.causal_self_attention(qkv, nh)
+    assert tuple(y.shape) == (B, T, Cw) and y.is_contiguous()
+    y.backward(_t(dy_np))
+    # float64 reference: split heads, attend, merge heads
+    heads = qkv_np.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+    ref, _ = ref_attention(*heads)
+    np.testing.assert_allclose(_np(y), ref.transpose(0, 2, 1, 3).reshape(B, T, Cw), atol=ATOL, rtol=0)
+    dout = dy_np.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
+    grads = np.stack(ref_attention_grad(*heads, dout))           # (3, B, nh, T, hs)
+    np.testing.assert_allclose(_np(qkv.grad), grads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * Cw),
+                               atol=ATOL, rtol=0)
+
+
+def test_causal_self_attention_rejects_bad_width():
+    with pytest.raises(ValueError, match="n_head=4"):
+        F.causal_self_attention(_t(np.zeros((1, 3, 30))), 4)
+
+
 def test_sdpa_uses_composed_path_with_mask_or_dropout():
     rng = np.random.default_rng(2)
     q, k, v = (_t(a, True) for a in _qkv(rng, 1, 1, 4, 4, 8))
