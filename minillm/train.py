@@ -804,8 +804,9 @@ class Trainer:
 
     def _describe(self):
         cfg = self.config
+        steps = (f"about {cfg.time_budget:g} s" if cfg.time_budget else f"{cfg.max_steps} steps")
         return (f"training {type(self.model).__name__} with {self.model.num_params():,} parameters "
-                f"on {len(self.train_tokens):,} tokens: {cfg.max_steps} steps of {cfg.grad_accum} x "
+                f"on {len(self.train_tokens):,} tokens: {steps} of {cfg.grad_accum} x "
                 f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads")
 
     def _log_step(self, loss, norm, lr, clock, progress):
