@@ -146,8 +146,17 @@ static inline uint64_t hash_bytes(const uint8_t *p, int64_t n)
         p += 8;
         n -= 8;
     }
-    v = 0;
-    memcpy(&v, p, (size_t)n);
+    /* the last 0..7 bytes: two overlapping 4-byte loads, or first/middle/last byte */
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + n - 4, 4);
+        v = (uint64_t)lo | (uint64_t)hi << 32;
+    } else if (n > 0) {
+        v = (uint64_t)p[0] | (uint64_t)p[n >> 1] << 8 | (uint64_t)p[n - 1] << 16;
+    } else {
+        v = 0;
+    }
     h = (h ^ v) * 0x94D049BB133111EBull;
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9ull;
@@ -539,6 +548,7 @@ mll_bpe_trainer *mll_bpe_trainer_new(const mll_bpe_counter *c, uint32_t first_id
         const word_slot *e = &c->slots[i];
         if (e->off < 0) continue;
         const uint8_t *b = c->arena + e->off;
+        if (e->len > INT32_MAX) goto fail;     /* word lengths are int32 */
         t->word_off[w] = off;
         t->word_len[w] = (int32_t)e->len;
         t->word_count[w] = e->count;
@@ -701,10 +711,9 @@ typedef struct {
 typedef struct {
     cache_slot *cache;
     int64_t cache_mask;
-    /* scratch (cap,) each: ids, ranks/merged ids of the pair starting there, links, heap */
+    /* scratch for long words: ids, links (cap,) each, heap (2 cap,) */
     int64_t cap;
     uint32_t *ids;
-    merge_val *pair;
     int32_t *next, *prev;
     uint64_t *heap;
 } encoder_state;
@@ -723,7 +732,6 @@ static void state_release(encoder_state *st)
 {
     free(st->cache);
     free(st->ids);
-    free(st->pair);
     free(st->next);
     free(st->prev);
     free(st->heap);
@@ -734,14 +742,13 @@ static int state_reserve(encoder_state *st, int64_t n)
     if (n <= st->cap) return 0;
     int64_t cap = st->cap ? st->cap : 256;
     while (cap < n) cap *= 2;
-    free(st->ids); free(st->pair); free(st->next); free(st->prev); free(st->heap);
+    free(st->ids); free(st->next); free(st->prev); free(st->heap);
     st->ids = malloc(sizeof(uint32_t) * (size_t)cap);
-    st->pair = malloc(sizeof(merge_val) * (size_t)cap);
     st->next = malloc(sizeof(int32_t) * (size_t)cap);
     st->prev = malloc(sizeof(int32_t) * (size_t)cap);
     st->heap = malloc(sizeof(uint64_t) * (size_t)cap * 2);
     st->cap = cap;
-    if (!st->ids || !st->pair || !st->next || !st->prev || !st->heap) {
+    if (!st->ids || !st->next || !st->prev || !st->heap) {
         st->cap = 0;
         return -1;
     }
@@ -863,8 +870,8 @@ static int64_t encode_word(const mll_bpe *t, encoder_state *st, const uint8_t *w
         for (int64_t i = 0; i < n; i++) out[i] = t->byte_ids[w[i]];
         k = merge_short(t, out, pair, n);
     } else {
-        /* heap entries: one per pair at the start, at most two per merge after */
-        if (state_reserve(st, n) < 0) return -1;
+        /* positions are int32 in the links and the heap keys */
+        if (n > INT32_MAX || state_reserve(st, n) < 0) return -1;
         for (int64_t i = 0; i < n; i++) st->ids[i] = t->byte_ids[w[i]];
         k = merge_long(t, st, n);
         memcpy(out, st->ids, sizeof(uint32_t) * (size_t)k);

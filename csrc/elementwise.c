@@ -4,6 +4,7 @@
  * piece [0, n); the driver cuts big inputs into fixed chunks run in parallel. Results are
  * per element, so they never depend on the thread count.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
@@ -63,6 +64,18 @@ static void unary_backward_generic(int op, const float *x, const float *y, const
     }
 }
 
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "elementwise.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "elementwise.c"
+#undef MLL_VEC
+#endif
+
 /* --------------------------------------------------------------- dispatch */
 typedef void (*binary_fn)(int, const float *, const float *, float *, int64_t);
 typedef void (*binary_scalar_fn)(int, const float *, float, float *, int64_t, int);
@@ -71,24 +84,28 @@ typedef void (*unary_backward_fn)(int, const float *, const float *, const float
 
 static binary_fn pick_binary(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(binary_vec)
     default: return binary_generic;
     }
 }
 
 static binary_scalar_fn pick_binary_scalar(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(binary_scalar_vec)
     default: return binary_scalar_generic;
     }
 }
 
 static unary_fn pick_unary(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(unary_vec)
     default: return unary_generic;
     }
 }
 
 static unary_backward_fn pick_unary_backward(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(unary_backward_vec)
     default: return unary_backward_generic;
     }
 }
@@ -166,8 +183,76 @@ void mll_unary(int op, const float *x, float *out, int64_t n) {
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, out + i0, len));
 }
 
-/* x, y, dy, dx: (n); y = f(x) from the forward */
+/* x, y, dy, dx: (n); y = f(x) from the forward. exp, sqrt, tanh and sigmoid read y;
+ * log, relu, gelu and abs read x; neg reads neither. */
 void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n) {
     unary_backward_fn f = pick_unary_backward();
-    MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, y + i0, dy + i0, dx + i0, len));
+    /* x or y may be NULL when the op does not read it (e.g. y for relu); no offsets on NULL */
+    MLL_PARALLEL_CHUNKS(n, i0, len,
+                        f(op, x ? x + i0 : NULL, y ? y + i0 : NULL, dy + i0, dx + i0, len));
 }
+
+#else /* MLL_VEC: the SIMD pass */
+
+static MLL_TARGET void FN(binary_vec)(int op, const float *a, const float *b, float *out, int64_t n) {
+    switch (op) {
+    case MLL_ADD: VLOOP2(a, b, out, v_add(va, vb)); break;
+    case MLL_SUB: VLOOP2(a, b, out, v_sub(va, vb)); break;
+    case MLL_MUL: VLOOP2(a, b, out, v_mul(va, vb)); break;
+    case MLL_DIV: VLOOP2(a, b, out, v_div(va, vb)); break;
+    }
+}
+
+static MLL_TARGET void FN(binary_scalar_vec)(int op, const float *a, float s, float *out, int64_t n,
+                                             int reverse) {
+    V vs = v_set1(s);
+    switch (op) {
+    case MLL_ADD: VLOOP1(a, out, v_add(v, vs)); break;
+    case MLL_MUL: VLOOP1(a, out, v_mul(v, vs)); break;
+    case MLL_SUB:
+        if (reverse) VLOOP1(a, out, v_sub(vs, v));
+        else VLOOP1(a, out, v_sub(v, vs));
+        break;
+    case MLL_DIV:
+        if (reverse) VLOOP1(a, out, v_div(vs, v));
+        else VLOOP1(a, out, v_div(v, vs));
+        break;
+    }
+}
+
+static MLL_TARGET void FN(unary_vec)(int op, const float *x, float *out, int64_t n) {
+    switch (op) {
+    case MLL_NEG: VLOOP1(x, out, v_sub(v_zero(), v)); break;
+    case MLL_EXP: VLOOP1(x, out, v_exp(v)); break;
+    case MLL_LOG: VLOOP1(x, out, v_log(v)); break;
+    case MLL_SQRT: VLOOP1(x, out, v_sqrt(v)); break;
+    case MLL_TANH: VLOOP1(x, out, v_tanh(v)); break;
+    /* max(v, 0) returns its second operand for NaN; keep NaN as the generic path does */
+    case MLL_RELU: VLOOP1(x, out, v_select(v_gt(v, v_zero()), v_zero(), v)); break;
+    case MLL_GELU: VLOOP1(x, out, v_gelu(v)); break;
+    case MLL_ABS: VLOOP1(x, out, v_abs(v)); break;
+    case MLL_SIGMOID: VLOOP1(x, out, v_sigmoid(v)); break;
+    }
+}
+
+static MLL_TARGET void FN(unary_backward_vec)(int op, const float *x, const float *y, const float *dy,
+                                              float *dx, int64_t n) {
+    switch (op) {
+    case MLL_NEG: VLOOP1(dy, dx, v_sub(v_zero(), v)); break;
+    case MLL_EXP: VLOOP2(dy, y, dx, v_mul(va, vb)); break;
+    case MLL_LOG: VLOOP2(dy, x, dx, v_div(va, vb)); break;
+    case MLL_SQRT: VLOOP2(dy, y, dx, v_div(v_mul(v_set1(0.5f), va), vb)); break;
+    case MLL_TANH: VLOOP2(dy, y, dx, v_mul(va, v_fnmadd(vb, vb, v_set1(1.0f)))); break;
+    case MLL_RELU: VLOOP2(dy, x, dx, v_select(v_gt(vb, v_zero()), v_zero(), va)); break;
+    case MLL_GELU: VLOOP2(dy, x, dx, v_mul(va, v_gelu_grad(vb))); break;
+    case MLL_ABS:
+        VLOOP2(dy, x, dx, v_select(v_lt(vb, v_zero()), v_select(v_gt(vb, v_zero()), v_zero(), va),
+                                   v_sub(v_zero(), va)));
+        break;
+    case MLL_SIGMOID:
+        VLOOP2(dy, y, dx, v_mul(v_mul(va, vb), v_sub(v_set1(1.0f), vb)));
+        break;
+    }
+}
+
+#endif /* MLL_VEC */

@@ -14,8 +14,8 @@
  * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
  * with the right strides), so backward products never copy a transpose.
  *
- * Threads split the output, never K: either the rows of C (in MR-row tiles) or the NR-column
- * panels of each B block, and every element of C is accumulated by one micro-kernel in
+ * Threads split the output, never K: each takes an even, contiguous run of the MR x NR tiles
+ * of each B block (gemm_team), and every element of C is accumulated by one micro-kernel in
  * k order, block after block. Tile boundaries sit at multiples of MR and NR from the origin
  * whatever the thread count, so results are bitwise identical for any number of threads.
  *
@@ -25,15 +25,24 @@
 #include "gemm_internal.h"
 
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <omp.h>
 
 #define MAX_THREADS 64
 
-/* MR, NR: register tiles (gemm_internal.h).
- * KC: one k-slice of A and B micro-panels; AVX-512: B micro-panel kc x 32 x 4 B = 24 KiB
- *     fits the 32 KiB L1d beside the streaming A micro-panel (14 x kc x 4 B = 10.5 KiB).
- * MC: A block mc x kc per thread: 168 x 192 x 4 B = 126 KiB, well inside a 1 MiB L2.
- * NC: B block kc x nc: 192 x 4096 x 4 B = 3 MiB, shared by the threads in the 32 MiB L3. */
+/* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
+ * per core, 32 MiB L3 shared), chosen by timing kc in 192..512 and mc in 112..336 on the
+ * square and GPT shapes (differences within 5% across that range; these were best):
+ * KC = 384: the depth of one packed block. Longer blocks mean fewer round trips of the C tile
+ *     through the caches (C is read and written once per k block); the B micro-panel
+ *     (384 x 32 x 4 B = 48 KiB) then streams from L2 into L1 at 128 B per 28 FMAs (prefetched,
+ *     far below L2 bandwidth), next to the A micro-panel (14 x 384 x 4 B = 21 KiB).
+ * MC = 168 (12 tiles): the A block, 168 x 384 x 4 B = 252 KiB, stays in L2 while all B
+ *     micro-panels of the block pass over it.
+ * NC = 4096: the B block, 384 x 4096 x 4 B = 6 MiB (twice: double-buffered), shared by the
+ *     threads in L3.
+ * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
                                          256, 128, 2048};
@@ -41,7 +50,27 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        192, 168, 4096};
+                                        384, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
+                                        mll_gemm_avx512_pack_b_cols};
+    /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
+     * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
+    static mll_gemm_isa tuned;
+    static int tuned_state = 0;                /* 0: not read yet, 1: in use, -1: unset or invalid */
+    if (tuned_state == 0) {
+        const char *e = getenv("MINILLM_GEMM_BLOCKS");
+        int kc, mc, nc, state = -1;
+        if (e && sscanf(e, "%d,%d,%d", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0 &&
+            mc % avx512.mr == 0 && nc % avx512.nr == 0) {
+            tuned = avx512;
+            tuned.kc = kc;
+            tuned.mc = mc;
+            tuned.nc = nc;
+            state = 1;
+        }
+        tuned_state = state;
+    }
+    if (tuned_state == 1 && mll_get_isa() == MLL_ISA_AVX512) return &tuned;
     switch (mll_get_isa()) {
     case MLL_ISA_AVX512: return &avx512;
     case MLL_ISA_AVX2: return &avx2;
@@ -158,117 +187,132 @@ typedef struct {
     float *C;
 } gemm_args;
 
+/* Floats in one packed B block of a product with N columns. */
+static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
+    int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
+    return (size_t)cols * p->kc;
+}
+
 /* The blocked product run by thread t of a team of nt (nt == 1: no barriers), with B packed
- * into bbuf (shared by the team) and A into abuf (this thread's). split_rows: threads take
- * MR-row tiles of C; otherwise NR-column panels of each B block. */
-static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, int split_rows, float *bbuf,
-                      float *abuf) {
+ * into bbufs (two buffers, shared by the team) and A into abuf (this thread's).
+ *
+ * Work split: the MR x NR tiles of each B block are numbered row by row and every thread
+ * takes one contiguous run of them, so the split is even to one tile whatever the shape
+ * (M = 512 is 36.6 tiles of 14 rows: splitting whole tile rows would leave one thread 5%
+ * more work). A thread packs only the A rows its run touches; the one tile row two threads
+ * share is packed by both. */
+static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs, float *abuf) {
     const int MR = p->mr, NR = p->nr;
+    const size_t bstride = bblock_floats(p, g->N);
+    int64_t nblock = 0;
     const int64_t M = g->M, N = g->N, K = g->K;
-    int64_t mtiles = (M + MR - 1) / MR;
-    int64_t m0 = 0, m1 = M;
-    if (split_rows) {
-        m0 = mtiles * t / nt * MR;
-        m1 = mtiles * (t + 1) / nt * MR;
-        if (m1 > M) m1 = M;
-    }
+    const int64_t mtiles = (M + MR - 1) / MR;
     for (int64_t jc = 0; jc < N; jc += p->nc) {
         int64_t nc = N - jc < p->nc ? N - jc : p->nc;
         int64_t npanels = (nc + NR - 1) / NR;
-        int64_t q0 = 0, q1 = npanels;
-        if (!split_rows) {
-            q0 = npanels * t / nt;
-            q1 = npanels * (t + 1) / nt;
+        /* this thread's tiles: [t0, t1) in row-major order over mtiles x npanels */
+        int64_t ntiles = mtiles * npanels;
+        int64_t t0 = ntiles * t / nt, t1 = ntiles * (t + 1) / nt;
+        if (t0 >= t1) {
+            /* nothing to compute, but the barriers below must still be met */
+            t0 = t1 = 0;
         }
+        int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
+        if (m1 > M) m1 = M;
         for (int64_t pc = 0; pc < K; pc += p->kc) {
             int64_t kc = K - pc < p->kc ? K - pc : p->kc;
             float beta = pc == 0 ? g->beta : 1.0f;
             const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            /* each thread packs its share of the panels; with split_rows all panels are needed
-             * by everyone, otherwise each thread packs exactly the panels it uses */
-            int64_t s0 = split_rows ? npanels * t / nt : q0, s1 = split_rows ? npanels * (t + 1) / nt : q1;
-            pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
-            if (nt > 1 && split_rows) {
+            /* two B buffers in turn: the barrier after packing block n also tells that everyone
+             * is done with block n - 1, whose buffer block n + 1 reuses: one barrier per block */
+            float *bbuf = bbufs + (size_t)(nblock++ & 1) * bstride;
+            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
+            if (g->transb && p->pack_b_cols)
+                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else
+                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
+            if (nt > 1) {
 #pragma omp barrier
             }
             for (int64_t ic = m0; ic < m1; ic += p->mc) {
                 int64_t mc = m1 - ic < p->mc ? m1 - ic : p->mc;
                 const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
-                for (int64_t q = q0; q < q1; q++) {
+                if (!g->transa && p->pack_a_rows)
+                    p->pack_a_rows(Ablk, g->lda, mc, kc, abuf);
+                else if (g->transa && p->pack_a_cols)
+                    p->pack_a_cols(Ablk, g->lda, mc, kc, abuf);
+                else
+                    pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
+                int64_t row0 = ic / MR;                      /* tile row of abuf's first panel */
+                for (int64_t q = 0; q < npanels; q++) {
                     int64_t j = q * NR;
                     int nr = nc - j < NR ? (int)(nc - j) : NR;
                     const float *bp = bbuf + q * NR * p->kc;
                     for (int64_t i = 0; i < mc; i += MR) {
+                        int64_t tile = (row0 + i / MR) * npanels + q;
+                        if (tile < t0 || tile >= t1) continue;
                         int mr = mc - i < MR ? (int)(mc - i) : MR;
                         p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
                                   beta, mr, nr);
                     }
                 }
             }
-            if (nt > 1 && split_rows) {
-                /* the next pack_b overwrites panels the other threads are still reading */
-#pragma omp barrier
-            }
-        }
-        if (nt > 1 && !split_rows) {
-            /* the next column block deals the panels out afresh */
-#pragma omp barrier
         }
     }
 }
 
-static size_t abuf_bytes(const mll_gemm_isa *p) { return (size_t)p->mc * p->kc * sizeof(float); }
-static size_t bbuf_bytes(const mll_gemm_isa *p) { return (size_t)p->nc * p->kc * sizeof(float); }
+/* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
+static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
+    int64_t rows = M < p->mc ? (M + p->mr - 1) / p->mr * p->mr : p->mc;
+    return (size_t)rows * p->kc * sizeof(float);
+}
+static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
-#define PARALLEL_MIN_FMAS (64 * 64 * 64)
-/* Products below this many multiply-adds (or with a side this thin) skip packing. */
+#define PARALLEL_MIN_FMAS (80 * 80 * 80)
+/* Products below this many multiply-adds skip packing. */
 #define UNPACKED_MAX_FMAS (8 * 8 * 8)
+/* A batch of products each below this many multiply-adds is split between threads by
+ * whole products (each then runs on one thread); larger products are threaded one by one. */
+#define BATCH_SPLIT_MAX_FMAS (1 << 24)
 
-static int team_size(int64_t M, int64_t N, int64_t K) {
+static int max_threads(void) {
     int nt = mll_get_num_threads();
-    if (nt > MAX_THREADS) nt = MAX_THREADS;
-    if ((double)M * N * K < PARALLEL_MIN_FMAS) nt = 1;
-    return nt;
+    return nt > MAX_THREADS ? MAX_THREADS : nt;
 }
 
-/* Split rows when each thread gets whole MR tiles with little imbalance; else split columns. */
-static int choose_split_rows(const mll_gemm_isa *p, int64_t M, int64_t N, int nt) {
-    int64_t mtiles = (M + p->mr - 1) / p->mr;
-    int64_t ncols = N < p->nc ? N : p->nc;
-    int64_t ntiles = (ncols + p->nr - 1) / p->nr;
-    /* the busiest thread's tile count per B block, each way */
-    int64_t rows_way = (mtiles + nt - 1) / nt * ntiles;
-    int64_t cols_way = (ntiles + nt - 1) / nt * mtiles;
-    return rows_way <= cols_way;
+/* Makes sure threads 0..nt-1 of the calling thread have A buffers and threads 0..nb-1 have
+ * B buffers big enough for an (M, N) product; 0 if memory ran out. */
+static int ensure_buffers(const mll_gemm_isa *p, int64_t M, int64_t N, int nt, int nb) {
+    int ok = 1;
+    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p, M)) != NULL;
+    for (int t = 0; t < nb; t++) ok = ok && grow(&tl_bbuf[t], bbuf_bytes(p, N)) != NULL;
+    return ok;
+}
+
+static void gemm_unpacked_args(const gemm_args *g) {
+    gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C,
+                  g->ldc);
 }
 
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS) {
-        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
-                      g->C, g->ldc);
-        return;
-    }
-    int ok = grow(&tl_bbuf[0], bbuf_bytes(p)) != NULL;
-    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p)) != NULL;
-    if (!ok) {
-        gemm_unpacked(g->transa, g->transb, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta,
-                      g->C, g->ldc);
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, nt, 1)) {
+        gemm_unpacked_args(g);
         return;
     }
     float *bbuf = tl_bbuf[0].ptr;
     if (nt == 1) {
-        gemm_team(p, g, 0, 1, 1, bbuf, tl_abuf[0].ptr);
+        gemm_team(p, g, 0, 1, bbuf, tl_abuf[0].ptr);
         return;
     }
-    int split_rows = choose_split_rows(p, g->M, g->N, nt);
     buffer *abufs = tl_abuf;
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        gemm_team(p, g, t, team, split_rows, bbuf, abufs[t].ptr);
+        gemm_team(p, g, t, team, bbuf, abufs[t].ptr);
     }
 }
 
@@ -291,13 +335,31 @@ void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float al
         return;
     }
     gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A, B, lda, ldb, ldc, C};
-    gemm_one(&g, team_size(M, N, K));
+    gemm_one(&g, (double)M * N * K < PARALLEL_MIN_FMAS ? 1 : max_threads());
 }
 
 void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                        int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB, float beta,
                        float *C, int64_t ldc, int64_t strideC, int64_t batch) {
-    for (int64_t b = 0; b < batch; b++)
-        mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
-                  C + b * strideC, ldc);
+    if (batch <= 0 || M <= 0 || N <= 0) return;
+    double fmas = (double)M * N * K;
+    int nt = max_threads();
+    const mll_gemm_isa *p = isa_params();
+    if (K <= 0 || alpha == 0.0f || nt == 1 || batch < nt || fmas >= BATCH_SPLIT_MAX_FMAS ||
+        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, M, N, nt, nt)) {
+        for (int64_t b = 0; b < batch; b++)
+            mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
+                      C + b * strideC, ldc);
+        return;
+    }
+    /* whole products per thread: each is computed exactly as on one thread (same tiles, same
+     * k order), so the result does not depend on which thread ran it */
+    buffer *abufs = tl_abuf, *bbufs = tl_bbuf;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+        int t = omp_get_thread_num();
+        gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
+                       B + b * strideB, lda, ldb, ldc, C + b * strideC};
+        gemm_team(p, &g, 0, 1, bbufs[t].ptr, abufs[t].ptr);
+    }
 }

@@ -24,6 +24,14 @@ typedef struct {
     int kc;              /* depth of a packed block */
     int mc;              /* rows of A packed per thread at a time (multiple of mr) */
     int nc;              /* columns of B packed at a time (multiple of nr) */
+    /* optional SIMD packing (NULL: the portable loops in gemm.c). a_rows: A stored (mc, kc),
+     * a_cols: A stored (kc, mc); b_rows: B stored (kc, nc), b_cols: B stored (nc, kc). */
+    void (*pack_a_rows)(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+    void (*pack_a_cols)(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+    void (*pack_b_rows)(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int64_t p0,
+                        int64_t p1, float *bp);
+    void (*pack_b_cols)(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int64_t p0,
+                        int64_t p1, float *bp);
 } mll_gemm_isa;
 
 void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
@@ -33,6 +41,12 @@ void mll_gemm_avx2_kernel(int64_t kc, const float *ap, const float *bp, float *c
                           float alpha, float beta, int mr, int nr);
 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                             float alpha, float beta, int mr, int nr);
+void mll_gemm_avx512_pack_a_rows(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                 int64_t p0, int64_t p1, float *bp);
+void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                 int64_t p0, int64_t p1, float *bp);
 #endif
 
 #define MLL_GEMM_GENERIC_MR 4

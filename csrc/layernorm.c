@@ -9,6 +9,7 @@
  * buffer, and the partials are added in block order, so the result does not depend on
  * the thread count.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 #define MLL_LN_ROWS 32
@@ -56,6 +57,18 @@ static void layernorm_backward_row_generic(const float *x, const float *gamma, f
     }
 }
 
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "layernorm.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "layernorm.c"
+#undef MLL_VEC
+#endif
+
 typedef void (*ln_fn)(const float *, const float *, const float *, float *, float *, float *, int64_t,
                       float);
 typedef void (*ln_backward_fn)(const float *, const float *, float, float, const float *, float *, float *,
@@ -63,12 +76,14 @@ typedef void (*ln_backward_fn)(const float *, const float *, float, float, const
 
 static ln_fn pick_layernorm(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(layernorm_row_vec)
     default: return layernorm_row_generic;
     }
 }
 
 static ln_backward_fn pick_layernorm_backward(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(layernorm_backward_row_vec)
     default: return layernorm_backward_row_generic;
     }
 }
@@ -108,7 +123,7 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     }
     memset(part, 0, bytes);
     int nt = nblocks > 1 ? mll_threads_for(rows * cols) : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
     for (int64_t b = 0; b < nblocks; b++) {
         float *pg = part + (size_t)b * 2 * cols, *pb = pg + cols;
         int64_t r1 = mll_min64((b + 1) * MLL_LN_ROWS, rows);
@@ -117,7 +132,7 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     }
     /* block partials added in block order, columns in parallel */
     int ntc = mll_threads_for(nblocks * cols);
-#pragma omp parallel for num_threads(ntc) schedule(static) if (ntc > 1)
+#pragma omp parallel for num_threads(ntc) schedule(dynamic) if (ntc > 1)
     for (int64_t c = 0; c < cols; c++) {
         double sg = 0.0, sb = 0.0;
         for (int64_t b = 0; b < nblocks; b++) {
@@ -129,3 +144,71 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     }
     mll_free(part, bytes);
 }
+
+#else /* MLL_VEC: the SIMD pass */
+
+/* loads VL lanes of p at i, or the n - i left (zeros after) */
+#define LOADT(p, i) ((i) + VL <= n ? v_load((p) + (i)) : v_loadn((p) + (i), n - (i)))
+
+static MLL_TARGET void FN(layernorm_row_vec)(const float *x, const float *gamma, const float *beta,
+                                             float *y, float *mean, float *rstd, int64_t n, float eps) {
+    VD s = vd_zero();
+    for (int64_t i = 0; i < n; i += VL) s = vd_add(s, LOADT(x, i));
+    float mu = (float)(vd_hsum(s) / (double)n);
+    V vmu = v_set1(mu);
+    VD q = vd_zero();
+    for (int64_t i = 0; i < n; i += VL) {
+        V d = v_sub(LOADT(x, i), vmu);
+        if (i + VL > n) d = v_keepn(d, n - i);
+        q = vd_fmadd(q, d, d);
+    }
+    float rs = (float)(1.0 / sqrt(vd_hsum(q) / (double)n + (double)eps));
+    V vrs = v_set1(rs);
+    for (int64_t i = 0; i < n; i += VL) {
+        V h = v_mul(v_sub(LOADT(x, i), vmu), vrs);
+        if (gamma && beta) h = v_fmadd(h, LOADT(gamma, i), LOADT(beta, i));
+        else if (gamma) h = v_mul(h, LOADT(gamma, i));
+        else if (beta) h = v_add(h, LOADT(beta, i));
+        if (i + VL <= n) v_store(y + i, h);
+        else v_storen(y + i, h, n - i);
+    }
+    *mean = mu;
+    *rstd = rs;
+}
+
+static MLL_TARGET void FN(layernorm_backward_row_vec)(const float *x, const float *gamma, float mu, float rs,
+                                                      const float *dy, float *dx, float *dg, float *db,
+                                                      int64_t n) {
+    V vmu = v_set1(mu), vrs = v_set1(rs);
+    VD sg = vd_zero(), sgx = vd_zero();
+    for (int64_t i = 0; i < n; i += VL) {
+        int full = i + VL <= n;
+        V d = LOADT(dy, i);  /* zeros past n, so the tail adds nothing below */
+        V xh = v_mul(v_sub(LOADT(x, i), vmu), vrs);
+        V g = gamma ? v_mul(d, LOADT(gamma, i)) : d;
+        sg = vd_add(sg, g);
+        sgx = vd_fmadd(sgx, g, xh);
+        if (dg) {
+            V t = v_fmadd(d, xh, LOADT(dg, i));
+            if (full) v_store(dg + i, t);
+            else v_storen(dg + i, t, n - i);
+        }
+        if (db) {
+            V t = v_add(d, LOADT(db, i));
+            if (full) v_store(db + i, t);
+            else v_storen(db + i, t, n - i);
+        }
+    }
+    V mg = v_set1((float)(vd_hsum(sg) / (double)n)), mgx = v_set1((float)(vd_hsum(sgx) / (double)n));
+    for (int64_t i = 0; i < n; i += VL) {
+        V d = LOADT(dy, i);
+        V xh = v_mul(v_sub(LOADT(x, i), vmu), vrs);
+        V g = gamma ? v_mul(d, LOADT(gamma, i)) : d;
+        V r = v_mul(vrs, v_fnmadd(xh, mgx, v_sub(g, mg)));
+        if (i + VL <= n) v_store(dx + i, r);
+        else v_storen(dx + i, r, n - i);
+    }
+}
+
+#undef LOADT
+#endif /* MLL_VEC */

@@ -152,8 +152,9 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
  * (seed low 32 bits, seed high 32 bits). Element i of a draw reads only the words at
  * offset + (words per element) * i, so results do not depend on the thread count.
  * Words consumed per call: uniform, bits: n; normal: n rounded up to even (Box-Muller
- * pairs); int, permutation: 2n (one 64-bit word per element). Callers advance their
- * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block. */
+ * pairs); int, permutation, trunc_normal: 2n (one 64-bit word per element). Callers advance their
+ * offset by that count rounded up to a multiple of 4, so every draw starts a fresh block.
+ * Every ISA path computes the same bits (no fused multiply-add in these kernels). */
 /* out (4) = Philox4x32-10(ctr (4), key (2)): the bare block function, for known-answer tests */
 void mll_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out);
 /* out (n) uniform in [lo, hi) (24-bit mantissa; lo == hi fills lo) */
@@ -169,6 +170,10 @@ void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n);
 /* out (n) a uniformly random permutation of 0..n-1: Fisher-Yates, swap index drawn with the
  * same multiply-shift as mll_rand_int (sequential, so the same for any thread count). */
 void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n);
+/* out (n) normal(mean, std) truncated to [a, b] (absolute bounds, a < b), by inverting the
+ * normal CDF on a 53-bit uniform from words (2i, 2i+1): 2n words. */
+void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std,
+                           float a, float b);
 
 /* ------------------------------------------------------------------ bpe.c */
 /* Byte-level BPE as in GPT-2. Text is UTF-8 bytes (invalid sequences count as one "other"
@@ -212,8 +217,9 @@ void mll_bpe_free(mll_bpe *t);
  * A long text is split over nthreads at boundaries no pre-token crosses. */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads);
-/* Text i is text[offsets[i], offsets[i + 1]); out (offsets[n_texts],) <- all ids, the ids of
- * text i in out[out_offsets[i], out_offsets[i + 1]). Returns the total, -1 if out of memory. */
+/* Text i is text[offsets[i], offsets[i + 1]) (offsets rise from offsets[0] = 0).
+ * out (offsets[n_texts],) <- all ids, those of text i in out[out_offsets[i], out_offsets[i + 1]);
+ * out_offsets is (n_texts + 1,). Returns the total, -1 if out of memory. */
 int64_t mll_bpe_encode_batch(const mll_bpe *t, const uint8_t *text, const int64_t *offsets,
                              int64_t n_texts, uint32_t *out, int64_t *out_offsets, int nthreads);
 /* Bytes the ids decode to, or -(i + 1) if ids[i] is not in the vocabulary. */
@@ -250,6 +256,39 @@ void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
 void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
 
+/* ------------------------------------------------------------- lm_xent.c */
+/* The LM loss: cross-entropy per row of logits (N, V) (row stride ld) against targets (N)
+ * int64, losses (N) written; when dlogits (N, V) contiguous is not NULL it gets the gradient
+ * grad_scale (softmax(x_i) - onehot(t_i)) in the same pass (0 on rows whose target is
+ * ignore_index). Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
+int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                    int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
+/* -------------------------------------------------- attention.c, bias_gelu.c (fused) */
+/* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
+ *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
+ *   out (B, nh, Tq, hs), lse (B, nh, Tq) contiguous = log-sum-exp of each score row.
+ * Query i sits at absolute position Tk - Tq + i and sees the keys j <= Tk - Tq + i
+ * (1 <= Tq <= Tk; Tq < Tk is decoding against a KV cache). q, k, v, out are addressed with
+ * element strides {batch, head, row} (3 each), last axis contiguous. scale > 0.
+ * Returns 0, or -1 if scratch memory could not be had. */
+int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                          const float *v, const int64_t *vs, float *out, const int64_t *os,
+                          float *lse, int64_t B, int64_t nh, int64_t Tq, int64_t Tk, int64_t hs,
+                          float scale);
+/* Gradients of the above: dout like out (strides dos); dq like q, dk, dv like k (strides dqs,
+ * dks, dvs), all written. Returns 0, or -1 if out of memory. */
+int mll_attention_backward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                           const float *v, const int64_t *vs, const float *out, const int64_t *os,
+                           const float *lse, const float *dout, const int64_t *dos, float *dq,
+                           const int64_t *dqs, float *dk, const int64_t *dks, float *dv,
+                           const int64_t *dvs, int64_t B, int64_t nh, int64_t Tq, int64_t Tk,
+                           int64_t hs, float scale);
+/* y (N, C) = gelu(x (N, C) + b (C)), GELU in the tanh form */
+void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C);
+/* dx (N, C) = dy * gelu'(x + b); db (C) = column sums of dx (written; NULL to skip).
+ * Returns 0, or -1 if out of memory. */
+int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
+                           int64_t N, int64_t C);
 /* --------------------------------------------------------------- sample.c */
 /* Next-token filters, in place on logits x (rows, V); ties go to the smaller id.
  * top-k: every entry outside the k largest of its row becomes -inf (k >= V: no change).

@@ -1,6 +1,7 @@
 /* reduce.c: sum / max / argmax over the last axis, sum over the leading axis, and sums
  * over all elements. Sums accumulate in double. Every result is computed by one fixed
  * sequence of additions that depends on the shape only, never on the thread count. */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
@@ -67,30 +68,46 @@ static void sum_cols_generic(const float *x, float *out, int64_t rows, int64_t c
     for (int64_t j = 0; j < w; j++) out[j] = (float)acc[j];
 }
 
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "reduce.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "reduce.c"
+#undef MLL_VEC
+#endif
+
 typedef double (*sum_fn)(const float *, int64_t);
 typedef float (*max_fn)(const float *, int64_t);
 typedef void (*sum_cols_fn)(const float *, float *, int64_t, int64_t, int64_t);
 
 static sum_fn pick_sum(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(sum_vec)
     default: return sum_generic;
     }
 }
 
 static sum_fn pick_sumsq(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(sumsq_vec)
     default: return sumsq_generic;
     }
 }
 
 static max_fn pick_max(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(max_vec)
     default: return max_generic;
     }
 }
 
 static sum_cols_fn pick_sum_cols(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(sum_cols_vec)
     default: return sum_cols_generic;
     }
 }
@@ -136,7 +153,7 @@ static double blocked_sum(sum_fn f, const float *x, int64_t n) {
     int nt = mll_threads_for(n);
     for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
             part[k] = f(x + i0, mll_min64(MLL_RED_BLOCK, n - i0));
@@ -162,7 +179,7 @@ float mll_max_all(const float *x, int64_t n) {
     float m = x[0], part[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             part[k] = f(x + i0, mll_min64(MLL_CHUNK, n - i0));
@@ -186,7 +203,7 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
     int64_t idx[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             idx[k] = i0 + argmax_generic(x + i0, mll_min64(MLL_CHUNK, n - i0));
@@ -202,3 +219,83 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
     }
     return best;
 }
+
+#else /* MLL_VEC: the SIMD pass */
+
+/* sum of a run in double: two interleaved accumulators of VL lanes each */
+static MLL_TARGET double FN(sum_vec)(const float *x, int64_t n) {
+    VD s0 = vd_zero(), s1 = vd_zero();
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        s0 = vd_add(s0, v_load(x + i));
+        s1 = vd_add(s1, v_load(x + i + VL));
+    }
+    if (i + VL <= n) {
+        s0 = vd_add(s0, v_load(x + i));
+        i += VL;
+    }
+    if (i < n) s1 = vd_add(s1, v_loadn(x + i, n - i));
+    return vd_hsum(vd_merge(s0, s1));
+}
+
+/* sum of squares in double (x^2 is exact in double) */
+static MLL_TARGET double FN(sumsq_vec)(const float *x, int64_t n) {
+    VD s0 = vd_zero(), s1 = vd_zero();
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        V a = v_load(x + i), b = v_load(x + i + VL);
+        s0 = vd_fmadd(s0, a, a);
+        s1 = vd_fmadd(s1, b, b);
+    }
+    if (i + VL <= n) {
+        V a = v_load(x + i);
+        s0 = vd_fmadd(s0, a, a);
+        i += VL;
+    }
+    if (i < n) {
+        V a = v_loadn(x + i, n - i);
+        s1 = vd_fmadd(s1, a, a);
+    }
+    return vd_hsum(vd_merge(s0, s1));
+}
+
+/* max of a run (n >= 1); any NaN makes it NaN, as in NumPy */
+static MLL_TARGET float FN(max_vec)(const float *x, int64_t n) {
+    V ninf = v_set1(-INFINITY), m0 = ninf, m1 = ninf;
+    VM nan = v_isnan(v_zero());
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        V a = v_load(x + i), b = v_load(x + i + VL);
+        m0 = v_max(m0, a);
+        m1 = v_max(m1, b);
+        nan = m_or(nan, m_or(v_isnan(a), v_isnan(b)));
+    }
+    for (; i < n; i += VL) {
+        V a = i + VL <= n ? v_load(x + i) : v_loadn_fill(x + i, n - i, ninf);
+        m0 = v_max(m0, a);
+        nan = m_or(nan, v_isnan(a));
+    }
+    if (m_any(nan)) return NAN;
+    return v_hmax(v_max(m0, m1));
+}
+
+/* out[0 .. w) = column sums of x (rows, cols) restricted to w <= 64 columns from x, in
+ * double: all w columns of a row at once (one contiguous run), rows in order */
+static MLL_TARGET void FN(sum_cols_vec)(const float *x, float *out, int64_t rows, int64_t cols, int64_t w) {
+    VD acc[64 / VL];
+    int64_t full = w / VL, rem = w % VL;
+    for (int64_t k = 0; k <= full && k < 64 / VL; k++) acc[k] = vd_zero();
+    for (int64_t r = 0; r < rows; r++) {
+        const float *p = x + r * cols;
+        for (int64_t k = 0; k < full; k++) acc[k] = vd_add(acc[k], v_load(p + k * VL));
+        if (rem) acc[full] = vd_add(acc[full], v_loadn(p + full * VL, rem));
+    }
+    for (int64_t k = 0; k * VL < w; k++) {
+        double lanes[VL];
+        memcpy(lanes, &acc[k].lo, sizeof(acc[k].lo));
+        memcpy(lanes + VL / 2, &acc[k].hi, sizeof(acc[k].hi));
+        for (int64_t t = 0; t < VL && k * VL + t < w; t++) out[k * VL + t] = (float)lanes[t];
+    }
+}
+
+#endif /* MLL_VEC */

@@ -4,6 +4,7 @@
  * Each row is done whole by one thread (rows in parallel), so results never depend on
  * the thread count. Row sums accumulate in double in the generic path.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
@@ -46,29 +47,45 @@ static void log_softmax_backward_row_generic(const float *y, const float *dy, fl
     for (int64_t i = 0; i < n; i++) dx[i] = dy[i] - expf(y[i]) * sf;
 }
 
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "softmax.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "softmax.c"
+#undef MLL_VEC
+#endif
+
 typedef void (*row_fn)(const float *, float *, int64_t);
 typedef void (*row_backward_fn)(const float *, const float *, float *, int64_t);
 
 static row_fn pick_softmax(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(softmax_row_vec)
     default: return softmax_row_generic;
     }
 }
 
 static row_fn pick_log_softmax(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(log_softmax_row_vec)
     default: return log_softmax_row_generic;
     }
 }
 
 static row_backward_fn pick_softmax_backward(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(softmax_backward_row_vec)
     default: return softmax_backward_row_generic;
     }
 }
 
 static row_backward_fn pick_log_softmax_backward(void) {
     switch (mll_get_isa()) {
+    MLL_PICK(log_softmax_backward_row_vec)
     default: return log_softmax_backward_row_generic;
     }
 }
@@ -97,3 +114,69 @@ void mll_log_softmax_backward(const float *y, const float *dy, float *dx, int64_
     row_backward_fn f = pick_log_softmax_backward();
     MLL_PARALLEL_ROWS(rows, cols, r, f(y + r * cols, dy + r * cols, dx + r * cols, cols));
 }
+
+#else /* MLL_VEC: the SIMD pass */
+
+/* max of a row (n >= 1); a NaN in the row makes the softmax NaN either way */
+static MLL_TARGET float FN(row_max)(const float *x, int64_t n) {
+    V ninf = v_set1(-INFINITY), m0 = ninf, m1 = ninf;
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        m0 = v_max(m0, v_load(x + i));
+        m1 = v_max(m1, v_load(x + i + VL));
+    }
+    for (; i < n; i += VL) m0 = v_max(m0, i + VL <= n ? v_load(x + i) : v_loadn_fill(x + i, n - i, ninf));
+    return v_hmax(v_max(m0, m1));
+}
+
+/* sum of exp(x - m) over a row, in double; writes the exponentials to y unless y is NULL */
+static MLL_TARGET double FN(row_sum_exp)(const float *x, float *y, float m, int64_t n) {
+    V vm = v_set1(m);
+    VD s = vd_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        V e = v_exp(v_sub(v_load(x + i), vm));
+        if (y) v_store(y + i, e);
+        s = vd_add(s, e);
+    }
+    if (i < n) {
+        V e = v_keepn(v_exp(v_sub(v_loadn(x + i, n - i), vm)), n - i);
+        if (y) v_storen(y + i, e, n - i);
+        s = vd_add(s, e);
+    }
+    return vd_hsum(s);
+}
+
+static MLL_TARGET void FN(softmax_row_vec)(const float *x, float *y, int64_t n) {
+    float m = FN(row_max)(x, n);
+    V inv = v_set1((float)(1.0 / FN(row_sum_exp)(x, y, m, n)));
+    VLOOP1(y, y, v_mul(v, inv));
+}
+
+static MLL_TARGET void FN(log_softmax_row_vec)(const float *x, float *y, int64_t n) {
+    float m = FN(row_max)(x, n);
+    V vm = v_set1(m), logs = v_set1((float)log(FN(row_sum_exp)(x, NULL, m, n)));
+    VLOOP1(x, y, v_sub(v_sub(v, vm), logs));
+}
+
+/* dx = y * (dy - sum(dy * y)) */
+static MLL_TARGET void FN(softmax_backward_row_vec)(const float *y, const float *dy, float *dx, int64_t n) {
+    VD acc = vd_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) acc = vd_fmadd(acc, v_load(dy + i), v_load(y + i));
+    if (i < n) acc = vd_fmadd(acc, v_loadn(dy + i, n - i), v_loadn(y + i, n - i));
+    V s = v_set1((float)vd_hsum(acc));
+    VLOOP2(y, dy, dx, v_mul(va, v_sub(vb, s)));
+}
+
+/* dx = dy - exp(y) * sum(dy) */
+static MLL_TARGET void FN(log_softmax_backward_row_vec)(const float *y, const float *dy, float *dx, int64_t n) {
+    VD acc = vd_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) acc = vd_add(acc, v_load(dy + i));
+    if (i < n) acc = vd_add(acc, v_loadn(dy + i, n - i));
+    V s = v_set1((float)vd_hsum(acc));
+    VLOOP2(y, dy, dx, v_fnmadd(v_exp(va), s, vb));
+}
+
+#endif /* MLL_VEC */

@@ -176,6 +176,21 @@ class Generator:
             _C.k_rand_normal(seed, off, t.flat, mean, std)
         return t.finish()
 
+    def trunc_normal_(self, buf, mean=0.0, std=1.0, a=-2.0, b=2.0):
+        """Fill `buf` (float32, any shape) with normal(mean, std) truncated to [a, b] (absolute
+        bounds, as in PyTorch) by inverting the normal CDF; returns buf. Uses 2n words."""
+        mean, std = _check_finite("mean", mean), _check_finite("std", std)
+        a, b = _check_finite("a", a), _check_finite("b", b)
+        if std < 0:
+            raise ValueError(f"trunc_normal_ needs std >= 0, got {std}")
+        if not a < b:
+            raise ValueError(f"trunc_normal_ needs a < b, got a={a}, b={b}")
+        t = _Target(buf, _FLOAT32_FORMATS, "f", np.float32, "trunc_normal_")
+        if t.n:
+            seed, off = self.claim(2 * t.n)
+            _C.k_rand_trunc_normal(seed, off, t.flat, mean, std, a, b)
+        return t.finish()
+
     def randint_(self, buf, lo, hi):
         """Fill `buf` (int64, any shape) with integers uniform in [lo, hi); returns buf.
         Uses 2n words (one 64-bit draw per element, Lemire's multiply-shift)."""

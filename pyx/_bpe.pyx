@@ -5,8 +5,12 @@ Text crosses this boundary as UTF-8 `bytes`; ids as numpy uint32 arrays. The GIL
 released while C works.
 """
 from libc.stdint cimport int64_t, uint8_t, uint32_t
+import operator
+
 import numpy as np
 cimport numpy as cnp
+from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_ITEM
+from cpython.ref cimport Py_INCREF, PyObject
 
 cnp.import_array()
 
@@ -151,7 +155,7 @@ cdef class Encoder:
         with nogil:
             k = mll_bpe_encode(self.t, s, n, <uint32_t *>oa.data, nthreads)
         if k < 0:
-            raise MemoryError("bpe: out of memory while encoding")
+            raise MemoryError("bpe: out of memory while encoding (or a pre-token over 2 GiB)")
         return out[:k].copy() if 4 * k < n else out[:k]
 
     def encode_batch(self, texts, int nthreads=1):
@@ -187,6 +191,8 @@ cdef class Encoder:
         cdef cnp.ndarray a
         if isinstance(ids, np.ndarray) and ids.dtype == np.uint32 and ids.flags.c_contiguous:
             a = ids.reshape(-1)
+        elif isinstance(ids, list):
+            a = ids_from_list(ids, self.vocab_size)
         else:
             arr = np.asarray(ids)
             if arr.size and (arr.dtype.kind not in "iu"):
@@ -210,19 +216,84 @@ cdef class Encoder:
         return bytes(out)
 
 
-def split_ids(ids, offsets):
-    """list[list[int]]: ids[offsets[i]:offsets[i + 1]] for each i, built without temporaries."""
+cdef inline list _take(const uint32_t *p, Py_ssize_t n, list ints):
+    """[ints[p[0]], ..., ints[p[n - 1]]]: shares the int objects instead of making new ones."""
+    cdef list out = PyList_New(n)
+    cdef Py_ssize_t j
+    cdef PyObject *o
+    for j in range(n):
+        o = PyList_GET_ITEM(ints, p[j])
+        Py_INCREF(<object>o)
+        PyList_SET_ITEM(out, j, <object>o)
+    return out
+
+
+def ids_to_list(ids, list ints):
+    """list[int] of ids (n,) uint32; `ints` is list(range(vocab_size)) (every id < its length)."""
+    cdef cnp.ndarray a = np.ascontiguousarray(ids, dtype=np.uint32)
+    _check_ids(a, len(ints))
+    return _take(<const uint32_t *>a.data, a.shape[0], ints)
+
+
+def split_ids(ids, offsets, list ints):
+    """list[list[int]]: ids[offsets[i]:offsets[i + 1]] for each i (see ids_to_list for `ints`)."""
     cdef cnp.ndarray a = np.ascontiguousarray(ids, dtype=np.uint32)
     cdef cnp.ndarray o = np.ascontiguousarray(offsets, dtype=np.int64)
+    _check_ids(a, len(ints))
+    if o.shape[0] < 1 or o[0] != 0 or o[o.shape[0] - 1] != a.shape[0]:
+        raise ValueError(f"offsets must rise from 0 to {a.shape[0]}")
     cdef const uint32_t *p = <const uint32_t *>a.data
     cdef const int64_t *q = <const int64_t *>o.data
-    cdef Py_ssize_t n = o.shape[0] - 1, i, j, start
-    cdef list result = [None] * n
+    cdef Py_ssize_t n = o.shape[0] - 1, i
+    cdef list result = PyList_New(n)
     cdef list sub
     for i in range(n):
-        start = q[i]
-        sub = [None] * (q[i + 1] - start)
-        for j in range(q[i + 1] - start):
-            sub[j] = p[start + j]
-        result[i] = sub
+        if q[i + 1] < q[i]:
+            raise ValueError("offsets must not decrease")
+        sub = _take(p + q[i], q[i + 1] - q[i], ints)
+        Py_INCREF(sub)
+        PyList_SET_ITEM(result, i, sub)
     return result
+
+
+cdef _check_ids(cnp.ndarray a, Py_ssize_t size):
+    cdef const uint32_t *p = <const uint32_t *>a.data
+    cdef Py_ssize_t i, n = a.shape[0]
+    cdef uint32_t worst = 0
+    for i in range(n):
+        if p[i] > worst:
+            worst = p[i]
+    if n and worst >= size:
+        raise ValueError(f"token id {worst} is outside the vocabulary (size {size})")
+
+
+def ids_from_list(ids, int64_t vocab_size):
+    """(n,) uint32 array of a sequence of Python ints, each checked to be in [0, vocab_size)."""
+    cdef Py_ssize_t n = len(ids), i
+    out = np.empty(n, dtype=np.uint32)
+    cdef cnp.ndarray oa = out
+    cdef uint32_t *o = <uint32_t *>oa.data
+    cdef long long v
+    if isinstance(ids, list):
+        for i in range(n):
+            item = <object>PyList_GET_ITEM(ids, i)
+            if type(item) is not int:
+                try:
+                    item = operator.index(item)     # numpy integers yes, floats no
+                except TypeError:
+                    raise TypeError(f"token ids must be integers, got {item!r} at {i}") from None
+            try:
+                v = item
+            except OverflowError:
+                raise ValueError(f"token id {item} is outside the vocabulary "
+                                 f"(size {vocab_size})") from None
+            if v < 0 or v >= vocab_size:
+                raise ValueError(f"token id {v} is outside the vocabulary (size {vocab_size})")
+            o[i] = <uint32_t>v
+        return out
+    for i in range(n):
+        v = ids[i]
+        if v < 0 or v >= vocab_size:
+            raise ValueError(f"token id {v} is outside the vocabulary (size {vocab_size})")
+        o[i] = <uint32_t>v
+    return out

@@ -113,6 +113,8 @@ cdef extern from "minillm.h" nogil:
     void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi)
     void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n)
     void mll_rand_permutation(uint64_t seed, uint64_t offset, int64_t *out, int64_t n)
+    void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std,
+                               float a, float b)
 
     # loss.c
     int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t *targets,
@@ -133,6 +135,23 @@ cdef extern from "minillm.h" nogil:
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
 
+    # lm_xent.c
+    int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                        int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
+    # attention.c, bias_gelu.c (fused)
+    int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                              const float *v, const int64_t *vs, float *out, const int64_t *os,
+                              float *lse, int64_t B, int64_t nh, int64_t Tq, int64_t Tk, int64_t hs,
+                              float scale)
+    int mll_attention_backward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
+                               const float *v, const int64_t *vs, const float *out, const int64_t *os,
+                               const float *lse, const float *dout, const int64_t *dos, float *dq,
+                               const int64_t *dqs, float *dk, const int64_t *dks, float *dv,
+                               const int64_t *dvs, int64_t B, int64_t nh, int64_t Tq, int64_t Tk,
+                               int64_t hs, float scale)
+    void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C)
+    int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
+                               int64_t N, int64_t C)
     # sample.c
     int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k)
     int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)

@@ -62,3 +62,15 @@ def k_rand_permutation(uint64_t seed, uint64_t offset, int64_t[::1] out):
         return
     with nogil:
         C.mll_rand_permutation(seed, offset, &out[0], n)
+
+
+def k_rand_trunc_normal(uint64_t seed, uint64_t offset, float[::1] out, float mean, float std, float a,
+                        float b):
+    """out (n) float32 <- normal(mean, std) truncated to [a, b], from words offset .. offset + 2n - 1."""
+    cdef int64_t n = out.shape[0]
+    if not a < b:
+        raise ValueError(f"trunc_normal needs a < b, got a={a}, b={b}")
+    if n == 0:
+        return
+    with nogil:
+        C.mll_rand_trunc_normal(seed, offset, &out[0], n, mean, std, a, b)

@@ -98,13 +98,21 @@ def test_uniform_uses_the_top_24_bits_of_each_word():
 
 
 def test_normal_is_box_muller_of_word_pairs():
-    w = bits(11, 0, 2000).astype(np.float64)
-    u1, u2 = (w[0::2] + 1) / 2 ** 32, w[1::2] / 2 ** 32
+    # float64 reference of the documented transform: u1 = (w0 + 1) / 2^32 as the kernel rounds
+    # it to float32 (float32(w0) / 2^32 + 2^-32, emulated in NumPy float32), u2 = (w1 >> 8) / 2^24
+    # over a million draws, so every quadrant of the angle and the tails of r are exercised
+    n = N_BIG
+    w = bits(11, 0, n)
+    w0, w1 = w[0::2], w[1::2]
+    u1 = (w0.astype(np.float32) * np.float32(2 ** -32) + np.float32(2 ** -32)).astype(np.float64)
+    u2 = (w1 >> 8).astype(np.float64) / 2 ** 24
     r = np.sqrt(-2 * np.log(u1))
-    expected = np.empty(2000)
+    expected = np.empty(n)
     expected[0::2], expected[1::2] = r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)
-    z = np.empty(2000, np.float32)
+    z = np.empty(n, np.float32)
     _C.k_rand_normal(11, 0, z, 0.0, 1.0)
+    # float32 arithmetic with its own log and sin/cos polynomials: a few ulp of |z| <= 6.7
+    # (measured on this transform: max error 5.3e-7)
     np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -363,9 +371,88 @@ def test_permutation_is_a_permutation_and_uniform_over_all_orders():
     assert chi2 < chi2_upper(119)
 
 
+def _phi(x):
+    return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _cdf(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2))  # accurate in the lower tail
+
+
+def truncated_moments(mean, std, a, b):
+    """Mean and variance of N(mean, std^2) truncated to [a, b] (textbook formulas), computed on
+    the mirrored interval when it lies in the upper half so that Z does not cancel."""
+    alpha, beta = (a - mean) / std, (b - mean) / std
+    sign = 1.0
+    if alpha + beta > 0:
+        alpha, beta, sign = -beta, -alpha, -1.0
+    z = _cdf(beta) - _cdf(alpha)
+    d = (_phi(alpha) - _phi(beta)) / z
+    var = 1 + (alpha * _phi(alpha) - beta * _phi(beta)) / z - d * d
+    return mean + sign * std * d, std * std * var
+
+
+@pytest.mark.parametrize("mean,std,a,b", [(0.0, 1.0, -2.0, 2.0), (0.0, 1.0, 3.0, 4.0), (0.0, 1.0, -4.0, -3.0),
+                                          (1.0, 2.0, -100.0, 0.5), (0.0, 0.02, -0.03, 0.05),
+                                          (0.0, 1.0, 8.0, 9.0)])
+def test_trunc_normal_stays_in_bounds_with_the_truncated_moments(mean, std, a, b):
+    n = 200_000
+    x = Generator(13).trunc_normal_(np.empty(n, np.float32), mean, std, a, b)
+    assert x.min() >= np.float32(a) and x.max() <= np.float32(b)
+    m, v = truncated_moments(mean, std, a, b)
+    x = x.astype(np.float64)
+    assert abs(x.mean() - m) < 5 * math.sqrt(v / n)
+    assert abs(x.var() / v - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_trunc_normal_histogram_matches_the_truncated_cdf():
+    a, b, n = -1.0, 2.0, N_BIG
+    x = Generator(14).trunc_normal_(np.empty(n, np.float32), 0.0, 1.0, a, b).astype(np.float64)
+    edges = np.linspace(a, b, 31)
+    counts, _ = np.histogram(x, bins=edges)
+    cdf = np.array([_cdf(e) for e in edges])
+    expected = n * np.diff(cdf) / (cdf[-1] - cdf[0])
+    assert float(np.sum((counts - expected) ** 2 / expected)) < chi2_upper(len(counts) - 1)
+
+
+@pytest.mark.parametrize("a,b", [(-10.0, 10.0), (-40.0, -30.0), (5.0, 5.1)])
+def test_trunc_normal_inverts_the_cdf_accurately(a, b):
+    # rebuild each element's uniform from its two words and invert with the standard library
+    import statistics
+
+    inv = statistics.NormalDist().inv_cdf
+    n = 5000
+    w = bits(5, 0, 2 * n)
+    x64 = (w[0::2].astype(np.uint64) << np.uint64(32)) | w[1::2].astype(np.uint64)
+    u = (x64 >> np.uint64(11)).astype(np.float64) / 2 ** 53
+    z = np.empty(n, np.float32)
+    _C.k_rand_trunc_normal(5, 0, z, 0.0, 1.0, a, b)
+    mirror = a + b > 0
+    lo, hi = (-b, -a) if mirror else (a, b)
+    pa, pb = _cdf(lo), _cdf(hi)
+    ref = np.array([inv(p) if p <= 0.5 else -inv(1 - p) for p in pa + u * (pb - pa)])
+    ref = np.clip(-ref if mirror else ref, a, b)
+    # measured: at most 1 ulp of float32
+    np.testing.assert_allclose(z, ref, rtol=2e-7, atol=1e-7)
+
+
+def test_trunc_normal_degenerate_cases():
+    g = Generator(0)
+    # 40 std out: Phi underflows, values sit on the bound nearest the mean
+    x = g.trunc_normal_(np.empty(100, np.float32), 0.0, 1.0, 40.0, 41.0)
+    assert np.all(x == 40.0)
+    assert np.all(g.trunc_normal_(np.empty(3, np.float32), 5.0, 0.0, -1.0, 1.0) == 1.0)
+    with pytest.raises(ValueError):
+        g.trunc_normal_(np.empty(3, np.float32), 0.0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        g.trunc_normal_(np.empty(3, np.float32), 0.0, -1.0)
+    with pytest.raises(ValueError):
+        init.trunc_normal_(np.empty(3, np.float32), a=float("-inf"))
+
+
 # ----------------------------------------------------------------- threads
 
-@pytest.mark.parametrize("kind", ["uniform", "normal", "int", "bits", "permutation"])
+@pytest.mark.parametrize("kind", ["uniform", "normal", "int", "bits", "permutation", "trunc_normal"])
 def test_same_output_with_1_and_2_threads(kind, threads):
     n = 200_003  # above the parallel threshold, not a multiple of the chunk
 
@@ -382,6 +469,9 @@ def test_same_output_with_1_and_2_threads(kind, threads):
         elif kind == "bits":
             out = np.empty(n, np.uint32)
             _C.k_rand_bits(5, 1, out)
+        elif kind == "trunc_normal":
+            out = np.empty(n, np.float32)
+            _C.k_rand_trunc_normal(5, 2, out, 0.0, 1.0, -1.5, 2.5)
         else:
             out = np.empty(n, np.int64)
             _C.k_rand_permutation(5, 0, out)
@@ -392,6 +482,34 @@ def test_same_output_with_1_and_2_threads(kind, threads):
     _C.set_num_threads(2)
     two = draw()
     assert one.tobytes() == two.tobytes()
+
+
+@pytest.fixture
+def isa():
+    """Restores the kernel path a test changes."""
+    before = _C.get_isa()
+    yield
+    _C.set_isa(before)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "normal", "int", "bits"])
+def test_same_output_on_every_isa_path(kind, isa):
+    n = 100_003
+    outs = {}
+    for name in _C.supported_isas():
+        _C.set_isa(name)
+        if kind in ("uniform", "normal"):
+            out = np.empty(n, np.float32)
+            fill = _C.k_rand_uniform if kind == "uniform" else _C.k_rand_normal
+            fill(8, 4, out, -1.0, 2.0)
+        elif kind == "int":
+            out = np.empty(n, np.int64)
+            _C.k_rand_int(8, 4, out, -50, 50257)
+        else:
+            out = np.empty(n, np.uint32)
+            _C.k_rand_bits(8, 5, out)
+        outs[name] = out.tobytes()
+    assert len(set(outs.values())) == 1, sorted(outs)
 
 
 # ----------------------------------------------------------------- nn.init
@@ -457,6 +575,18 @@ def test_kaiming_uniform_default_matches_linear_layer_init():
     bound = 1 / math.sqrt(300)
     assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound
     assert abs(w.astype(np.float64).std() / (bound / math.sqrt(3)) - 1) < 0.01
+
+
+def test_trunc_normal_init_matches_pytorch_distribution():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ours = init.trunc_normal_(np.empty(200_000, np.float32), 0.1, 0.5, -0.4, 0.9, generator=Generator(3))
+    theirs = torch.nn.init.trunc_normal_(torch.empty(200_000), 0.1, 0.5, -0.4, 0.9).numpy()
+    # two-sample comparison of means and spreads, 5 standard errors
+    se = math.sqrt(2 * theirs.var() / 200_000)
+    assert abs(ours.mean() - theirs.mean()) < 5 * se
+    assert abs(ours.std() / theirs.std() - 1) < 5 * math.sqrt(1 / 200_000)
+    assert ours.min() >= -0.4 and ours.max() <= 0.9
 
 
 def test_init_draws_from_the_given_generator_reproducibly():

@@ -85,6 +85,17 @@ def test_pretokenize_invalid_utf8_bytes_are_single_characters():
     assert pieces[0] == b"ab" and pieces[1] == b"\xff\xfe"
 
 
+def test_encoder_roundtrips_arbitrary_bytes(tok):
+    # invalid UTF-8 (truncated sequences, stray continuation bytes) never reaches Python text,
+    # but the C scanner must still cover every byte exactly once
+    rng = random.Random(5)
+    alphabet = [0x20, 0x0A, 0x27, 0x73, 0x61, 0xC3, 0xA9, 0xE6, 0x97, 0xF0, 0x9F, 0x80, 0xFF]
+    for _ in range(500):
+        data = bytes(rng.choice(alphabet) if rng.random() < 0.8 else rng.randrange(256)
+                     for _ in range(rng.randint(0, 80)))
+        assert tok.decode_bytes(tok._encoder.encode(data, 1)) == data
+
+
 # ---------------------------------------------------------------------- training
 def test_training_tiny_corpus_gives_hand_computed_merges():
     # pre-tokens: "aab", " aab", " ab". Counts: (a,b)=3 (a,a)=2 (' ',a)=2 -> (a,b)=256;
@@ -160,6 +171,11 @@ def test_decode_bad_id_raises(tok):
         tok.decode([1, 5000])
     with pytest.raises(ValueError, match="token id -1"):
         tok.decode([-1])
+    with pytest.raises(ValueError, match="token id 5000"):
+        tok.decode(np.array([3, 5000]))
+    with pytest.raises(TypeError, match="integers, got 1.5"):
+        tok.decode([1, 1.5])
+    assert tok.decode([np.int64(72), 105]) == "Hi"
 
 
 def test_empty_text(tok):

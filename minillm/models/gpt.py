@@ -17,6 +17,7 @@ from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
 from minillm.models._common import LanguageModel, check_idx
+from minillm.models._ops import lm_cross_entropy
 
 
 @dataclass
@@ -197,7 +198,7 @@ class GPT(LanguageModel):
             logits = self.lm_head(F.getitem(x, (slice(None), slice(T - 1, T))))   # (B, 1, V)
             return logits, None
         logits = self.lm_head(x)                                       # (B, T, V)
-        loss = F.cross_entropy(logits, _check_targets(targets, B, T), ignore_index=-1)
+        loss = lm_cross_entropy(logits, _check_targets(targets, B, T))
         return logits, loss
 
     def crop_block_size(self, block_size):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import random as _random
 
-__all__ = ["calculate_gain", "uniform_", "normal_", "constant_", "zeros_", "ones_",
+__all__ = ["calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_",
            "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"]
 
 _LINEAR_LIKE = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -86,6 +86,12 @@ def uniform_(t, a=0.0, b=1.0, generator=None):
 def normal_(t, mean=0.0, std=1.0, generator=None):
     """Fill float32 `t` (any shape) with N(mean, std^2); returns t."""
     return _gen(generator).normal_(t, mean, std)
+
+
+def trunc_normal_(t, mean=0.0, std=1.0, a=-2.0, b=2.0, generator=None):
+    """Fill float32 `t` (any shape) with N(mean, std^2) truncated to [a, b]; a and b are absolute
+    bounds, as in PyTorch (so a=-2, b=2 with std=0.02 is 100 std out). Returns t."""
+    return _gen(generator).trunc_normal_(t, mean, std, a, b)
 
 
 def constant_(t, val):

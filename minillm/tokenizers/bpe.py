@@ -96,6 +96,9 @@ class BPETokenizer(Tokenizer):
         for i, tok in self.vocab.items():
             pieces[i] = tok
         for s, i in self.special_tokens.items():
+            if i in self.vocab:
+                raise ValueError(f"special token {s!r} has id {i}, which token "
+                                 f"{self.vocab[i]!r} already uses")
             pieces[i] = s.encode("utf-8")
         offsets = np.zeros(size + 1, dtype=np.int64)
         np.cumsum([len(p) for p in pieces], out=offsets[1:])
@@ -104,6 +107,7 @@ class BPETokenizer(Tokenizer):
         self._encoder = _native().Encoder(merges, np.array(self.byte_ids, dtype=np.uint32),
                                           b"".join(pieces), offsets)
         self._special_re_cache = {}
+        self._ints = list(range(size))      # shared int objects for the lists encode returns
 
     @property
     def vocab_size(self):
@@ -117,7 +121,7 @@ class BPETokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ training
     def train(self, text, vocab_size, special_tokens=(ENDOFTEXT,), progress=None,
-              num_threads=None, verbose=False):
+              num_threads=None):
         """Learn merges from `text` (a str, or an iterable of str whose items are pre-tokenized
         separately) until the vocabulary has `vocab_size` ids: 256 bytes, vocab_size - 256 -
         len(special_tokens) merges (fewer if the corpus runs out of pairs), then the special
@@ -137,7 +141,7 @@ class BPETokenizer(Tokenizer):
         for piece in ([text] if isinstance(text, str) else text):
             counter.add(utf8(piece), nthreads)
         trainer = bpe.Trainer(counter, 256)
-        report = _Progress(progress if not verbose else True, n_merges)
+        report = _Progress(progress, n_merges)
         pairs = []
         try:
             while len(pairs) < n_merges:
@@ -198,7 +202,8 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text, allowed_special="none", num_threads=None):
         """Ids of `text` (str): list[int]. See encode_ndarray for `allowed_special`."""
-        return self.encode_ndarray(text, allowed_special, num_threads).tolist()
+        return _native().ids_to_list(self.encode_ndarray(text, allowed_special, num_threads),
+                                     self._ints)
 
     def encode_batch(self, texts, allowed_special="none", num_threads=None):
         """Ids of each text of a list of str: list[list[int]], texts spread over threads."""
@@ -211,7 +216,7 @@ class BPETokenizer(Tokenizer):
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return _native().split_ids(ids, offsets)
+            return _native().split_ids(ids, offsets, self._ints)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -232,9 +237,10 @@ class BPETokenizer(Tokenizer):
                 except ValueError as e:
                     raise ValueError(f"texts[{i}]: {e}") from None
             raise
-        # str.isascii() is O(1) in CPython, so only non-ASCII texts are measured by encoding
-        lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts),
-                              dtype=np.int64, count=len(texts))
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        if lengths.sum() != len(joined):     # some text is not ASCII: count its UTF-8 bytes
+            lengths = np.fromiter((len(t) if t.isascii() else len(t.encode("utf-8"))
+                                   for t in texts), dtype=np.int64, count=len(texts))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return self._encoder.encode_joined(joined, offsets, num_threads or default_num_threads())

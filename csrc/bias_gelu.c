@@ -1,0 +1,116 @@
+/* bias_gelu.c: fused bias add + GELU (tanh form), forward and backward.
+ *
+ *   y = gelu(x + b),  x (N, C), b (C)      (the MLP's c_fc output, before c_proj)
+ * Forward keeps nothing but x; backward recomputes u = x + b and gives
+ *   dx = dy * gelu'(u),  db = sum over rows of dx.
+ * db is summed deterministically: rows are cut into fixed blocks of ROWS_PER_BLOCK, each
+ * block's column sums go to its own slot of a scratch array, and the slots are added in
+ * block order afterwards (in double), whatever the thread count.
+ */
+#ifndef MLL_VEC
+#include "simd.h"
+
+#define ROWS_PER_BLOCK 32
+
+/* ------------------------------------------------------------------ generic */
+/* y (n) = gelu(x + b) for one row */
+static void bias_gelu_row_generic(const float *x, const float *b, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = mll_geluf(x[i] + b[i]);
+}
+
+/* dx (n) = dy * gelu'(x + b) for one row; colsum (n) += dx */
+static void bias_gelu_backward_row_generic(const float *x, const float *b, const float *dy, float *dx,
+                                           float *colsum, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = dy[i] * mll_gelu_gradf(x[i] + b[i]);
+        dx[i] = g;
+        colsum[i] += g;
+    }
+}
+
+/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
+#ifdef MLL_X86
+#define MLL_VEC 256
+#include "simd.h"
+#include "bias_gelu.c"
+#undef MLL_VEC
+#define MLL_VEC 512
+#include "simd.h"
+#include "bias_gelu.c"
+#undef MLL_VEC
+#endif
+
+typedef void (*row_fn)(const float *, const float *, float *, int64_t);
+typedef void (*row_backward_fn)(const float *, const float *, const float *, float *, float *, int64_t);
+
+static row_fn pick_forward(void) {
+    switch (mll_get_isa()) {
+    MLL_PICK(bias_gelu_row_vec)
+    default: return bias_gelu_row_generic;
+    }
+}
+
+static row_backward_fn pick_backward(void) {
+    switch (mll_get_isa()) {
+    MLL_PICK(bias_gelu_backward_row_vec)
+    default: return bias_gelu_backward_row_generic;
+    }
+}
+
+/* ------------------------------------------------------------ public kernels */
+/* x, y: (N, C); b: (C) */
+void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C) {
+    row_fn f = pick_forward();
+    MLL_PARALLEL_ROWS(N, C, r, f(x + r * C, b, y + r * C, C));
+}
+
+/* x, dy, dx: (N, C); b, db: (C), db written (not accumulated); db may be NULL.
+ * Returns 0, or -1 if the scratch for the column sums could not be had. */
+int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
+                           int64_t N, int64_t C) {
+    row_backward_fn f = pick_backward();
+    int64_t nblocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
+    size_t nbytes = (size_t)(nblocks * C) * sizeof(float);
+    float *partial = (float *)mll_alloc(nbytes);  /* (nblocks, C): column sums of each block */
+    if (!partial) return -1;
+    MLL_PARALLEL_ROWS(nblocks, ROWS_PER_BLOCK * C, blk, {
+        float *ps = partial + blk * C;
+        int64_t r0 = blk * ROWS_PER_BLOCK, r1 = mll_min64(r0 + ROWS_PER_BLOCK, N);
+        memset(ps, 0, (size_t)C * sizeof(float));
+        for (int64_t r = r0; r < r1; r++) f(x + r * C, b, dy + r * C, dx + r * C, ps, C);
+    });
+    if (db) {
+        /* each column summed over the blocks in block order */
+        MLL_PARALLEL_ROWS(C, nblocks, c, {
+            double s = 0.0;
+            for (int64_t k = 0; k < nblocks; k++) s += partial[k * C + c];
+            db[c] = (float)s;
+        });
+    }
+    mll_free(partial, nbytes);
+    return 0;
+}
+
+#else /* MLL_VEC: the SIMD pass */
+
+static MLL_TARGET void FN(bias_gelu_row_vec)(const float *x, const float *b, float *y, int64_t n) {
+    VLOOP2(x, b, y, v_gelu(v_add(va, vb)));
+}
+
+static MLL_TARGET void FN(bias_gelu_backward_row_vec)(const float *x, const float *b, const float *dy,
+                                                      float *dx, float *colsum, int64_t n) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        V g = v_mul(v_load(dy + i), v_gelu_grad(v_add(v_load(x + i), v_load(b + i))));
+        v_store(dx + i, g);
+        v_store(colsum + i, v_add(v_load(colsum + i), g));
+    }
+    if (i < n) {
+        int64_t k = n - i;
+        V g = v_mul(v_loadn(dy + i, k), v_gelu_grad(v_add(v_loadn(x + i, k), v_loadn(b + i, k))));
+        v_storen(dx + i, g, k);
+        v_storen(colsum + i, v_add(v_loadn(colsum + i, k), g), k);
+    }
+}
+
+#endif /* MLL_VEC */

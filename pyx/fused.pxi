@@ -1,0 +1,195 @@
+# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c) for minillm.functional.
+# No autograd here: these take and return plain Tensors.
+
+cdef Tensor _fused_f32(object t, str what, str name):
+    """A float32 Tensor whose last axis is contiguous (copied if it is not)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what}: {name} must be a minillm Tensor, got {type(t).__name__}")
+    cdef Tensor x = <Tensor>t
+    if x.dtype_ != C.MLL_F32:
+        raise TypeError(f"{what}: {name} must be float32, got {t.dtype}")
+    if x.ndim > 0 and x.strides_[x.ndim - 1] != 1 and x.shape_[x.ndim - 1] > 1:
+        x = copy_contig(x)
+    return x
+
+
+cdef inline void _head_strides(Tensor t, int64_t *s) noexcept:
+    # {batch, head, row} element strides of a (B, nh, T, hs) tensor
+    s[0] = t.strides_[0]
+    s[1] = t.strides_[1]
+    s[2] = t.strides_[2]
+
+
+cdef Tensor _attn_out_like(Tensor like, Py_ssize_t B, Py_ssize_t nh, Py_ssize_t T, Py_ssize_t hs):
+    """A fresh (B, nh, T, hs) tensor. When `like` has its rows farther apart than its heads
+    (a head view of a (B, T, C) activation), the new tensor is a (B, T, nh, hs) buffer seen
+    through transpose(1, 2), so transposing it back to (B, T, nh, hs) and reshaping to
+    (B, T, C) copies nothing; otherwise it is contiguous."""
+    if like.strides_[2] > like.strides_[1]:
+        return <Tensor>transpose(new_tensor((B, T, nh, hs), C.MLL_F32), 1, 2)
+    return new_tensor((B, nh, T, hs), C.MLL_F32)
+
+
+cdef tuple _attn_check(object q, object k, object v, double scale, str what):
+    cdef Tensor tq = _fused_f32(q, what, "q")
+    cdef Tensor tk = _fused_f32(k, what, "k")
+    cdef Tensor tv = _fused_f32(v, what, "v")
+    if tq.ndim != 4 or tk.ndim != 4 or tv.ndim != 4:
+        raise ValueError(f"{what}: expected q, k, v of shape (B, nh, T, hs), got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    if (tk.shape != tv.shape or tq.shape_[0] != tk.shape_[0] or tq.shape_[1] != tk.shape_[1]
+            or tq.shape_[3] != tk.shape_[3]):
+        raise ValueError(f"{what}: q {q.shape}, k {k.shape}, v {v.shape} do not fit (B, nh, Tq, hs), "
+                         f"(B, nh, Tk, hs), (B, nh, Tk, hs)")
+    if tq.shape_[2] > tk.shape_[2]:
+        raise ValueError(f"{what}: q has {tq.shape_[2]} rows but only {tk.shape_[2]} keys "
+                         f"(causal attention needs Tq <= Tk)")
+    if not scale > 0.0:
+        raise ValueError(f"{what}: scale must be > 0, got {scale}")
+    return tq, tk, tv
+
+
+def attention_forward(q, k, v, double scale):
+    """Fused causal attention: softmax(q k^T * scale + causal mask) v.
+
+    q (B, nh, Tq, hs), k, v (B, nh, Tk, hs), float32, Tq <= Tk, any strides with a contiguous
+    last axis (head views of a (B, T, 3C) projection are read in place). Query i sits at
+    position Tk - Tq + i. Returns (out (B, nh, Tq, hs), lse (B, nh, Tq)); out is laid out as
+    (B, Tq, nh, hs) in memory when q's rows are farther apart than its heads."""
+    cdef Tensor tq, tk, tv
+    tq, tk, tv = _attn_check(q, k, v, scale, "attention_forward")
+    cdef int64_t B = tq.shape_[0], nh = tq.shape_[1], Tq = tq.shape_[2], Tk = tk.shape_[2]
+    cdef int64_t hs = tq.shape_[3]
+    cdef Tensor out = _attn_out_like(tq, B, nh, Tq, hs)
+    cdef Tensor lse = new_tensor((B, nh, Tq), C.MLL_F32)
+    if B * nh * Tq * hs == 0:
+        return out, lse
+    cdef int64_t qs[3]
+    cdef int64_t ks[3]
+    cdef int64_t vs[3]
+    cdef int64_t os[3]
+    _head_strides(tq, qs)
+    _head_strides(tk, ks)
+    _head_strides(tv, vs)
+    _head_strides(out, os)
+    cdef const float *qp = fptr(tq)
+    cdef const float *kp = fptr(tk)
+    cdef const float *vp = fptr(tv)
+    cdef float *op = fptr(out)
+    cdef float *lp = fptr(lse)
+    cdef float sc = <float>scale
+    cdef int rc
+    with nogil:
+        rc = C.mll_attention_forward(qp, qs, kp, ks, vp, vs, op, os, lp, B, nh, Tq, Tk, hs, sc)
+    if rc != 0:
+        raise MemoryError(f"attention_forward: no scratch memory for q {q.shape}, k {k.shape}")
+    return out, lse
+
+
+def attention_backward(q, k, v, out, lse, dout, double scale):
+    """Gradients of attention_forward: (dq, dk, dv) shaped like q, k, v, from the saved
+    out (B, nh, Tq, hs) and lse (B, nh, Tq) and the upstream dout (B, nh, Tq, hs).
+    Each gradient is laid out like its input (see attention_forward)."""
+    cdef Tensor tq, tk, tv
+    tq, tk, tv = _attn_check(q, k, v, scale, "attention_backward")
+    cdef Tensor to = _fused_f32(out, "attention_backward", "out")
+    cdef Tensor td = _fused_f32(dout, "attention_backward", "dout")
+    cdef Tensor tl = as_contig(_fused_f32(lse, "attention_backward", "lse"))
+    cdef int64_t B = tq.shape_[0], nh = tq.shape_[1], Tq = tq.shape_[2], Tk = tk.shape_[2]
+    cdef int64_t hs = tq.shape_[3]
+    if to.shape != q.shape or td.shape != q.shape or tl.shape != (B, nh, Tq):
+        raise ValueError(f"attention_backward: out {out.shape} and dout {dout.shape} must match q "
+                         f"{q.shape}, lse {lse.shape} must be {(B, nh, Tq)}")
+    cdef Tensor dq = _attn_out_like(tq, B, nh, Tq, hs)
+    cdef Tensor dk = _attn_out_like(tk, B, nh, Tk, hs)
+    cdef Tensor dv = _attn_out_like(tv, B, nh, Tk, hs)
+    if B * nh * Tq * hs == 0:
+        if numel(dk):
+            C.mll_fill(fptr(dk), 0.0, numel(dk))
+            C.mll_fill(fptr(dv), 0.0, numel(dv))
+        return dq, dk, dv
+    cdef int64_t qs[3]
+    cdef int64_t ks[3]
+    cdef int64_t vs[3]
+    cdef int64_t os[3]
+    cdef int64_t ds[3]
+    cdef int64_t dqs[3]
+    cdef int64_t dks[3]
+    cdef int64_t dvs[3]
+    _head_strides(tq, qs)
+    _head_strides(tk, ks)
+    _head_strides(tv, vs)
+    _head_strides(to, os)
+    _head_strides(td, ds)
+    _head_strides(dq, dqs)
+    _head_strides(dk, dks)
+    _head_strides(dv, dvs)
+    cdef const float *qp = fptr(tq)
+    cdef const float *kp = fptr(tk)
+    cdef const float *vp = fptr(tv)
+    cdef const float *op = fptr(to)
+    cdef const float *lp = fptr(tl)
+    cdef const float *dp = fptr(td)
+    cdef float *dqp = fptr(dq)
+    cdef float *dkp = fptr(dk)
+    cdef float *dvp = fptr(dv)
+    cdef float sc = <float>scale
+    cdef int rc
+    with nogil:
+        rc = C.mll_attention_backward(qp, qs, kp, ks, vp, vs, op, os, lp, dp, ds, dqp, dqs, dkp, dks,
+                                      dvp, dvs, B, nh, Tq, Tk, hs, sc)
+    if rc != 0:
+        raise MemoryError(f"attention_backward: no scratch memory for q {q.shape}, k {k.shape}")
+    return dq, dk, dv
+
+
+cdef tuple _bias_gelu_check(object x, object b, str what):
+    cdef Tensor tx = as_contig(_fused_f32(x, what, "x"))
+    cdef Tensor tb = as_contig(_fused_f32(b, what, "bias"))
+    if tx.ndim < 1 or tb.ndim != 1 or tb.shape_[0] != tx.shape_[tx.ndim - 1]:
+        raise ValueError(f"{what}: x {x.shape} and bias {b.shape} do not fit (..., C) and (C,)")
+    return tx, tb
+
+
+def bias_gelu(x, b):
+    """y = gelu(x + b) (tanh form), fused: x (..., C), b (C) float32 -> y shaped like x."""
+    cdef Tensor tx, tb
+    tx, tb = _bias_gelu_check(x, b, "bias_gelu")
+    cdef int64_t Cn = tb.shape_[0]
+    cdef int64_t N = numel(tx) // Cn if Cn else 0
+    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef const float *xp = fptr(tx)
+    cdef const float *bp = fptr(tb)
+    cdef float *yp = fptr(y)
+    if N * Cn:
+        with nogil:
+            C.mll_bias_gelu_forward(xp, bp, yp, N, Cn)
+    return y
+
+
+def bias_gelu_backward(x, b, dy, bint need_db=True):
+    """Gradients of bias_gelu from its input x (..., C), bias b (C) and upstream dy
+    (shaped like x): (dx shaped like x, db (C) or None when need_db is False)."""
+    cdef Tensor tx, tb
+    tx, tb = _bias_gelu_check(x, b, "bias_gelu_backward")
+    cdef Tensor td = as_contig(_fused_f32(dy, "bias_gelu_backward", "dy"))
+    if td.shape != x.shape:
+        raise ValueError(f"bias_gelu_backward: dy {dy.shape} must match x {x.shape}")
+    cdef int64_t Cn = tb.shape_[0]
+    cdef int64_t N = numel(tx) // Cn if Cn else 0
+    cdef Tensor dx = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef Tensor db = new_tensor((Cn,), C.MLL_F32) if need_db else None
+    cdef const float *xp = fptr(tx)
+    cdef const float *bp = fptr(tb)
+    cdef const float *dp = fptr(td)
+    cdef float *dxp = fptr(dx)
+    cdef float *dbp = fptr(db) if need_db else NULL
+    cdef int rc = 0
+    if N * Cn:
+        with nogil:
+            rc = C.mll_bias_gelu_backward(xp, bp, dp, dxp, dbp, N, Cn)
+    elif need_db and Cn:
+        C.mll_fill(dbp, 0.0, Cn)
+    if rc != 0:
+        raise MemoryError(f"bias_gelu_backward: no scratch memory for x {x.shape}")
+    return dx, db
