@@ -384,3 +384,37 @@ def test_lm_cross_entropy_names_a_bad_target():
     from minillm.models._ops import lm_cross_entropy
     with pytest.raises(IndexError, match="target 9 at row 2 is outside \\[0, 4\\)"):
         lm_cross_entropy(minillm.zeros((3, 4)), ids([0, 1, 9]))
+
+
+def test_fused_attention_path_matches_the_composed_ops_in_value_and_gradient():
+    from minillm.models._ops import causal_self_attention
+    rng = np.random.default_rng(18)
+    x = rng.normal(0, 1, (2, 7, 3 * 16)).astype(np.float32)
+    dy = rng.normal(0, 1, (2, 7, 16)).astype(np.float32)
+    attn = model_from_config(dict(TINY_GPT, n_embd=16, n_head=4)).transformer.h[0].attn
+    results = []
+    for fused in (True, False):
+        qkv = minillm.from_numpy(x.copy())
+        qkv.requires_grad = True
+        h = F.mul(qkv, 1.0)
+        y = causal_self_attention(h, 4) if fused else attn._composed_attention(h, None)
+        y.backward(minillm.from_numpy(dy))
+        results.append((y.numpy().copy(), qkv.grad.numpy().copy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)
+
+
+def test_linear_gelu_matches_linear_then_gelu():
+    from minillm.models._ops import linear_gelu
+    rng = np.random.default_rng(19)
+    arrays = [rng.normal(0, 1, s).astype(np.float32) for s in ((3, 5, 8), (12, 8), (12,), (3, 5, 12))]
+    results = []
+    for fused in (True, False):
+        x, w, b = (minillm.from_numpy(a.copy()) for a in arrays[:3])
+        for t in (x, w, b):
+            t.requires_grad = True
+        y = linear_gelu(x, w, b) if fused else F.gelu(F.linear(x, w, b))
+        y.backward(minillm.from_numpy(arrays[3]))
+        results.append([y.numpy().copy()] + [t.grad.numpy().copy() for t in (x, w, b)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

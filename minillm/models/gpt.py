@@ -17,7 +17,7 @@ from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
 from minillm.models._common import LanguageModel, check_idx
-from minillm.models._ops import lm_cross_entropy
+from minillm.models._ops import causal_self_attention, linear_gelu, lm_cross_entropy
 
 
 @dataclass
@@ -82,21 +82,26 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, layer_cache=None):
-        B, T, C = x.shape
-        nh = self.n_head
-        hs = C // nh
         qkv = self.c_attn(x)                                        # (B, T, 3C)
+        if self.dropout and self.training:
+            y = self._composed_attention(qkv, layer_cache)
+        else:
+            # the fused kernel: q, k, v read in place, the T x T scores never stored
+            y = causal_self_attention(qkv, self.n_head, layer_cache)   # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _composed_attention(self, qkv, layer_cache):
+        """The same attention from F's ops, with dropout on the attention weights."""
+        B, T, C3 = qkv.shape
+        nh, hs = self.n_head, C3 // 3 // self.n_head
         # (B, T, 3, nh, hs) -> (3, B, nh, T, hs): strided views, no copies
         qkv = F.permute(F.reshape(qkv, (B, T, 3, nh, hs)), (2, 0, 3, 1, 4))
         q, k, v = F.getitem(qkv, 0), F.getitem(qkv, 1), F.getitem(qkv, 2)   # (B, nh, T, hs)
         if layer_cache is not None:
-            # generation: attend over every cached position plus the new ones
             k, v = layer_cache.update(k, v)                         # (B, nh, T_total, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           training=self.training)  # (B, nh, T, hs)
-        y = F.reshape(F.transpose(y, 1, 2), (B, T, C))             # heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout,
+                                           training=True)           # (B, nh, T, hs)
+        return F.reshape(F.transpose(y, 1, 2), (B, T, C3 // 3))    # heads side by side
 
 
 class MLP(nn.Module):
@@ -109,7 +114,12 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        fc = self.c_fc
+        if fc.bias is not None:
+            h = linear_gelu(x, fc.weight, fc.bias)                  # bias add + GELU in one pass
+        else:
+            h = F.gelu(fc(x))
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
