@@ -308,7 +308,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                         cache.reset()
                         logits, _ = model(out[:, max(0, n - block):n].contiguous(), kv_cache=cache)
                     elif decoder is not None:
-                        logits = decoder.step(out[:, n - 1].contiguous(), cache)
+                        logits = decoder.step(nxt, cache)          # nxt: the (B,) ids just chosen
                     else:
                         logits, _ = model(out[:, n - 1:n].contiguous(), kv_cache=cache)
                 else:
