@@ -29,8 +29,8 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.random import default_generator
 
-__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature", "top_k_filter",
-           "top_p_filter", "draw", "check_sampling_args"]
+__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature",
+           "top_k_filter", "top_p_filter", "draw", "check_sampling_args"]
 
 
 # ------------------------------------------------------------------------ KV cache

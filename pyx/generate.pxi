@@ -1,5 +1,6 @@
-# generate.pxi: bindings of sample.c (next-token filters and draws) and gemv.c (the linear
-# layers of one decoding step) for minillm.generate. Inference only: plain Tensors, no autograd.
+# generate.pxi: bindings of sample.c (next-token filters and draws), gemv.c (the linear layers
+# of one decoding step), kv_attention.c and decode_step.c (a GPT-2 block's decoding step) for
+# minillm.generate. Inference only: plain Tensors, no autograd.
 
 from libc.math cimport sqrt as c_sqrt
 
