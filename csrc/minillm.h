@@ -314,6 +314,23 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, const fl
 int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
                           int64_t hs, int64_t pos, float scale);
 
+/* ---------------------------------------------------------- decode_step.c */
+/* The weights of one GPT-2 block, Linear weights (out, in), C = n_embd; any bias or LayerNorm
+ * parameter may be NULL. scale: attention's 1/sqrt(head size). */
+typedef struct {
+    const float *ln1_w, *ln1_b;     /* (C) */
+    const float *attn_w, *attn_b;   /* (3C, C), (3C) */
+    const float *proj_w, *proj_b;   /* (C, C), (C) */
+    const float *ln2_w, *ln2_b;     /* (C) */
+    const float *fc_w, *fc_b;       /* (4C, C), (4C) */
+    const float *fc2_w, *fc2_b;     /* (C, 4C), (C) */
+    float eps1, eps2, scale;
+} mll_gpt_block;
+/* x (B, C) <- the block applied to x, one new position per row at `pos`: kcache, vcache
+ * (pos + 1, B, nh, hs) get row pos (see mll_kv_attention_step). 0, or -1 if out of memory. */
+int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
+                       int64_t hs, int64_t pos);
+
 #ifdef __cplusplus
 }
 #endif

@@ -164,3 +164,23 @@ cdef extern from "minillm.h" nogil:
     # kv_attention.c
     int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
                               int64_t hs, int64_t pos, float scale)
+
+    # decode_step.c
+    ctypedef struct mll_gpt_block:
+        const float *ln1_w
+        const float *ln1_b
+        const float *attn_w
+        const float *attn_b
+        const float *proj_w
+        const float *proj_b
+        const float *ln2_w
+        const float *ln2_b
+        const float *fc_w
+        const float *fc_b
+        const float *fc2_w
+        const float *fc2_b
+        float eps1
+        float eps2
+        float scale
+    int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
+                           int64_t hs, int64_t pos)
