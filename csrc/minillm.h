@@ -255,7 +255,7 @@ void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
 void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
 
-/* -------------------------------------------------- attention.c, bias_gelu.c (fused) */
+/* ------------------------------- attention.c, bias_gelu.c, add_layernorm.c (fused) */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
  *   out (B, nh, Tq, hs), lse (B, nh, Tq) contiguous = log-sum-exp of each score row.
@@ -281,6 +281,12 @@ void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, 
  * Returns 0, or -1 if out of memory. */
 int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                            int64_t N, int64_t C);
+/* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):
+ * x, r, s, y (rows, cols); gamma, beta (cols) or NULL; mean, rstd (rows). Backward: the
+ * gradient of s passes to x and r, mll_layernorm_backward on s gives the rest. */
+void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                               float *s, float *y, float *mean, float *rstd, int64_t rows,
+                               int64_t cols, float eps);
 
 #ifdef __cplusplus
 }

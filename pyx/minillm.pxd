@@ -135,7 +135,7 @@ cdef extern from "minillm.h" nogil:
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
 
-    # attention.c, bias_gelu.c (fused)
+    # attention.c, bias_gelu.c, add_layernorm.c (fused)
     int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
                               const float *v, const int64_t *vs, float *out, const int64_t *os,
                               float *lse, int64_t B, int64_t nh, int64_t Tq, int64_t Tk, int64_t hs,
@@ -149,3 +149,6 @@ cdef extern from "minillm.h" nogil:
     void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C)
     int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                                int64_t N, int64_t C)
+    void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                                   float *s, float *y, float *mean, float *rstd, int64_t rows,
+                                   int64_t cols, float eps)
