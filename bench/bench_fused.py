@@ -5,6 +5,7 @@ layer_norm, all at 2 threads, in the same run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
         python bench/bench_fused.py            # prints the table (best of interleaved runs)
+    python bench/bench_fused.py --cpu-time     # 1 thread, CPU time: for a busy machine
     env ... python -m pytest bench/bench_fused.py   # the same cases through pytest-benchmark
 
 Times are the best of several interleaved runs (fused, composed, torch, fused, ...) so every
@@ -98,22 +99,30 @@ def add_layer_norm_step(N, C, fused):
     return step
 
 
+# --cpu-time: one thread everywhere, timed by the calling thread's CPU time
+# (time.thread_time), which other processes on a busy machine do not inflate
+_clock = time.perf_counter
+
+
 def best_times(fns, budget=3.0, min_reps=3, max_reps=30):
-    """Best wall time of each function, interleaved, after one warm-up call each."""
+    """Best time of each function, interleaved, after one warm-up call each."""
     for f in fns:
         f()
     best = [float("inf")] * len(fns)
     start, reps = time.perf_counter(), 0
     while reps < min_reps or (reps < max_reps and time.perf_counter() - start < budget):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = _clock()
             f()
-            best[i] = min(best[i], time.perf_counter() - t)
+            best[i] = min(best[i], _clock() - t)
         reps += 1
     return best
 
 
 def main():
+    global THREADS, _clock
+    if "--cpu-time" in sys.argv:
+        THREADS, _clock = 1, time.thread_time
     minillm.set_num_threads(THREADS)
     try:
         import torch
@@ -121,7 +130,8 @@ def main():
     except ImportError:
         torch_version = None
     print(f"CPU: {minillm.cpu_info()['cpu']}, ISA {minillm.cpu_info()['isa']}, {THREADS} threads, "
-          f"torch {torch_version or 'not installed'}")
+          f"torch {torch_version or 'not installed'}, load average {os.getloadavg()[0]:.1f}, "
+          f"{'CPU time of the calling thread' if _clock is time.thread_time else 'wall time'}")
     print("\ncausal attention, forward + backward (ms, best of interleaved runs)")
     print(f"{'(B, nh, T, hs)':>18} {'fused':>8} {'composed':>9} {'torch':>8} {'fused GFLOPS':>13} "
           f"{'composed/fused':>15} {'torch/fused':>12}")

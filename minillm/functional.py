@@ -752,7 +752,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     """softmax(q k^T * scale + mask) v, composed from the ops above.
     q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv); scale defaults to
     1/sqrt(D). is_causal hides keys after each query (the last T of S positions);
-    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added)."""
+    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added).
+    Causal, unmasked, dropout-free float32 attention with q (B, nh, T, hs) / (N, T, hs) and
+    T <= S runs as one fused flash-style kernel (csrc/attention.c; see _fused_attention)."""
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit (..., T, D), (..., S, D), (..., S, Dv)")
