@@ -120,37 +120,17 @@ def neg(x):
     return out
 
 
-def _raw_pow(x, e):
-    """x ** e without autograd. Integer exponents multiply (exact for negative x too;
-    _C.pow_ goes through exp(e log x) for them), other exponents use _C.pow_."""
-    if float(e).is_integer() and builtins.abs(e) <= 64:
-        n = int(builtins.abs(e))
-        result, base = None, x
-        while n:
-            if n & 1:
-                result = base if result is None else _C.mul(result, base)
-            n >>= 1
-            if n:
-                base = _C.mul(base, base)
-        if result is None:
-            result = _C.full(x.shape, 1.0)
-        elif result is x:
-            result = x.copy()
-        return _C.div(1.0, result) if e < 0 else result
-    return _C.pow_(x, e)
-
-
 def pow(x, exponent):
     """x ** exponent for a Python-number exponent, elementwise. Float32."""
     if isinstance(exponent, Tensor):
         raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
-    out = _raw_pow(x, exponent)
+    out = _C.pow_(x, exponent)
     if _grad_on() and x.requires_grad:
         e = float(exponent)
 
         def backward(dy):
             # d x^e / dx = e x^(e-1)
-            return (_C.mul(dy, _C.mul(_raw_pow(x, e - 1.0), e)),)
+            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
         _record(out, backward, x)
     return out
 
