@@ -30,6 +30,7 @@ def ext(name, sources):
         extra_compile_args=CFLAGS,
         extra_link_args=LDFLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        depends=glob.glob("csrc/*.h"),  # a header-only change (csrc/simd.h) must rebuild too
     )
 
 

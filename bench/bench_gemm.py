@@ -4,8 +4,8 @@
     python bench/bench_gemm.py --quick   # fewer shapes (no 2048-token LM head)
 
 Prints one row per (shape, layout): GFLOPS of each and the ratio minillm / numpy. Times are
-the best of several interleaved runs (minillm, numpy, minillm, ...) within a time budget, so
-both see the same machine state. Layout names say which operand is read transposed:
+the best call of alternating blocks of calls (minillm, numpy, minillm, ...) within a time
+budget, so both see the same machine state. Layout names say which operand is read transposed:
 nn C = A @ B, nt C = A @ B^T, tn C = A^T @ B. For a linear layer y = x @ W with W (K, N):
 forward is nn (M, N, K), the input gradient dx = dy @ W^T is nt (M, K, N), the weight
 gradient dW = x^T @ dy is tn (K, N, M).
@@ -44,18 +44,24 @@ def operands(M, N, K, layout, rng):
     return ta, tb, a, b, np.empty((M, N), np.float32)
 
 
-def best_times(fns, budget, min_reps=3, max_reps=50):
-    """Best wall time of each function, interleaved, after one warm-up call each."""
-    for f in fns:
-        f()
+def best_times(fns, budget, rounds=3):
+    """Best wall time of each function over `rounds` alternating blocks of repeated calls.
+
+    Each library's worker threads spin for a while after a call returns (libgomp, and the
+    OpenBLAS thread server); timing them call by call in turn would let one library's
+    spinning threads steal a core from the other. Blocks of calls separated by a pause
+    (longer than either spin) give each library the machine to itself."""
     best = [float("inf")] * len(fns)
-    start, reps = time.perf_counter(), 0
-    while reps < min_reps or (reps < max_reps and time.perf_counter() - start < budget):
+    for _ in range(rounds):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            best[i] = min(best[i], time.perf_counter() - t)
-        reps += 1
+            time.sleep(0.1)
+            f()                                            # wake the threads, warm the caches
+            start, reps = time.perf_counter(), 0
+            while reps < 3 or (reps < 200 and time.perf_counter() - start < budget / rounds / len(fns)):
+                t = time.perf_counter()
+                f()
+                best[i] = min(best[i], time.perf_counter() - t)
+                reps += 1
     return best
 
 
@@ -74,7 +80,7 @@ def bench(M, N, K, layout, rng, budget):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the 2048-token LM head and n = 2048")
-    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per shape (default 1)")
+    ap.add_argument("--budget", type=float, default=1.5, help="seconds of timing per shape (default 1.5)")
     ap.add_argument("--only", default="", help="run only rows whose name contains this")
     args = ap.parse_args()
 

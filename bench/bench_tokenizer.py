@@ -1,8 +1,9 @@
 """BPE speed on the default corpus (Shakespeare, 5 MB): minillm against HF `tokenizers` and
 tiktoken in the same run, same merges, 2 threads.
 
-    make bench                                  # all benchmarks (pytest-benchmark)
-    python bench/bench_tokenizer.py             # these only, then a table with MB/s and ratios
+    python -m pytest bench/bench_tokenizer.py   # pytest-benchmark's tables
+    python bench/bench_tokenizer.py             # the same, then one table with MB/s and ratios
+(set OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 and unset OPENBLAS_* as `make bench` does)
 
 Groups: train-2048 and train-8192 (minillm vs HF BpeTrainer, ByteLevel), encode-string (one
 5 MB string), encode-batch (its ~187k lines as a list), decode (the ids of the whole corpus).

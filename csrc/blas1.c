@@ -103,7 +103,7 @@ double mll_dot(const float *x, const float *y, int64_t n) {
     int nt = mll_threads_for(n);
     for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
             part[k] = f(x + i0, y + i0, mll_min64(MLL_RED_BLOCK, n - i0));
@@ -155,18 +155,69 @@ void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape
     });
 }
 
+#define MLL_TILE 32
+
+/* one tile: b[j, i] = a[i, j] for i in [i0, i1), j in [j0, j1) */
+static void transpose_tile_generic(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                                   int64_t lda, int64_t ldb) {
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t i = i0; i < i1; i++) b[j * ldb + i] = a[i * lda + j];
+}
+
+#ifdef MLL_X86
+/* 8x8 blocks transposed in registers (AVX2; the AVX-512 path uses it too): unpack pairs of
+ * rows, shuffle pairs of pairs, then swap 128-bit halves. Partial edges go element-wise. */
+static MLL_AVX2 void transpose_tile_avx2(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0,
+                                         int64_t j1, int64_t lda, int64_t ldb) {
+    int64_t i8 = i0 + ((i1 - i0) & ~(int64_t)7), j8 = j0 + ((j1 - j0) & ~(int64_t)7);
+    for (int64_t i = i0; i < i8; i += 8) {
+        for (int64_t j = j0; j < j8; j += 8) {
+            const float *p = a + i * lda + j;
+            __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + lda);
+            __m256 r2 = _mm256_loadu_ps(p + 2 * lda), r3 = _mm256_loadu_ps(p + 3 * lda);
+            __m256 r4 = _mm256_loadu_ps(p + 4 * lda), r5 = _mm256_loadu_ps(p + 5 * lda);
+            __m256 r6 = _mm256_loadu_ps(p + 6 * lda), r7 = _mm256_loadu_ps(p + 7 * lda);
+            /* t0 = r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5], and so on */
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            /* u0 = column 0 of rows 0-3 | column 4 of rows 0-3, and so on */
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+            float *q = b + j * ldb + i;
+            _mm256_storeu_ps(q, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(q + ldb, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(q + 2 * ldb, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(q + 3 * ldb, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(q + 4 * ldb, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(q + 5 * ldb, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(q + 6 * ldb, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(q + 7 * ldb, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+    }
+    transpose_tile_generic(a, b, i0, i1, j8, j1, lda, ldb);  /* right edge */
+    transpose_tile_generic(a, b, i8, i1, j0, j8, lda, ldb);  /* bottom edge */
+}
+#endif
+
+typedef void (*transpose_tile_fn)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t);
+
 /* b (cols, rows) with row stride ldb  <-  a (rows, cols)^T with row stride lda.
  * 32x32 tiles: one tile of a and one of b (4 KiB each) stay in L1 while it is copied. */
-#define MLL_TILE 32
 void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb) {
+    transpose_tile_fn tile = transpose_tile_generic;
+#ifdef MLL_X86
+    if (mll_get_isa() != MLL_ISA_GENERIC) tile = transpose_tile_avx2;
+#endif
     int64_t tiles_i = (rows + MLL_TILE - 1) / MLL_TILE;
     MLL_PARALLEL_ROWS(tiles_i, MLL_TILE * cols, ti, {
         int64_t i0 = ti * MLL_TILE, i1 = mll_min64(i0 + MLL_TILE, rows);
-        for (int64_t j0 = 0; j0 < cols; j0 += MLL_TILE) {
-            int64_t j1 = mll_min64(j0 + MLL_TILE, cols);
-            for (int64_t j = j0; j < j1; j++)
-                for (int64_t i = i0; i < i1; i++) b[j * ldb + i] = a[i * lda + j];
-        }
+        for (int64_t j0 = 0; j0 < cols; j0 += MLL_TILE)
+            tile(a, b, i0, i1, j0, mll_min64(j0 + MLL_TILE, cols), lda, ldb);
     });
 }
 
@@ -278,7 +329,7 @@ int mll_all_finite(const float *x, int64_t n) {
     if (nt <= 1) return any_nonfinite(x, n) == 0;
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
     uint32_t bad = 0;
-#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) reduction(| : bad)
     for (int64_t c = 0; c < nch; c++)
         bad |= any_nonfinite(x + c * MLL_CHUNK, mll_min64(MLL_CHUNK, n - c * MLL_CHUNK));
     return bad == 0;

@@ -31,11 +31,18 @@
 
 #define MAX_THREADS 64
 
-/* MR, NR: register tiles (gemm_internal.h).
- * KC: one k-slice of A and B micro-panels; AVX-512: B micro-panel kc x 32 x 4 B = 24 KiB
- *     fits the 32 KiB L1d beside the streaming A micro-panel (14 x kc x 4 B = 10.5 KiB).
- * MC: A block mc x kc per thread: 168 x 192 x 4 B = 126 KiB, well inside a 1 MiB L2.
- * NC: B block kc x nc: 192 x 4096 x 4 B = 3 MiB, shared by the threads in the 32 MiB L3. */
+/* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
+ * per core, 32 MiB L3 shared), chosen by timing kc in 192..512 and mc in 112..336 on the
+ * square and GPT shapes (differences within 5% across that range; these were best):
+ * KC = 384: the depth of one packed block. Longer blocks mean fewer round trips of the C tile
+ *     through the caches (C is read and written once per k block); the B micro-panel
+ *     (384 x 32 x 4 B = 48 KiB) then streams from L2 into L1 at 128 B per 28 FMAs (prefetched,
+ *     far below L2 bandwidth), next to the A micro-panel (14 x 384 x 4 B = 21 KiB).
+ * MC = 168 (12 tiles): the A block, 168 x 384 x 4 B = 252 KiB, stays in L2 while all B
+ *     micro-panels of the block pass over it.
+ * NC = 4096: the B block, 384 x 4096 x 4 B = 6 MiB (twice: double-buffered), shared by the
+ *     threads in L3.
+ * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
                                          256, 128, 2048};
@@ -43,15 +50,27 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        256, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        384, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
                                         mll_gemm_avx512_pack_b_cols};
+    /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
+     * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
-    const char *e = getenv("MLL_GEMM_TUNE");
-    if (e && mll_get_isa() == MLL_ISA_AVX512) {
-        tuned = avx512;
-        sscanf(e, "%d,%d,%d", &tuned.kc, &tuned.mc, &tuned.nc);
-        return &tuned;
+    static int tuned_state = 0;                /* 0: not read yet, 1: in use, -1: unset or invalid */
+    if (tuned_state == 0) {
+        const char *e = getenv("MINILLM_GEMM_BLOCKS");
+        int kc, mc, nc, state = -1;
+        if (e && sscanf(e, "%d,%d,%d", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0 &&
+            mc % avx512.mr == 0 && nc % avx512.nr == 0) {
+            tuned = avx512;
+            tuned.kc = kc;
+            tuned.mc = mc;
+            tuned.nc = nc;
+            state = 1;
+        }
+        tuned_state = state;
     }
+    if (tuned_state == 1 && mll_get_isa() == MLL_ISA_AVX512) return &tuned;
     switch (mll_get_isa()) {
     case MLL_ISA_AVX512: return &avx512;
     case MLL_ISA_AVX2: return &avx2;
@@ -210,6 +229,8 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
             int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
             if (g->transb && p->pack_b_cols)
                 p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
             else
                 pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
             if (nt > 1) {
@@ -220,6 +241,8 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
                 const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
                 if (!g->transa && p->pack_a_rows)
                     p->pack_a_rows(Ablk, g->lda, mc, kc, abuf);
+                else if (g->transa && p->pack_a_cols)
+                    p->pack_a_cols(Ablk, g->lda, mc, kc, abuf);
                 else
                     pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
                 int64_t row0 = ic / MR;                      /* tile row of abuf's first panel */
@@ -248,7 +271,7 @@ static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
 static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
-#define PARALLEL_MIN_FMAS (48 * 48 * 48)
+#define PARALLEL_MIN_FMAS (80 * 80 * 80)
 /* Products below this many multiply-adds skip packing. */
 #define UNPACKED_MAX_FMAS (8 * 8 * 8)
 /* A batch of products each below this many multiply-adds is split between threads by

@@ -13,31 +13,34 @@
 #define NR MLL_GEMM_AVX512_NR
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-/* c (mr, nr) = alpha * ap (14, kc) @ bp (kc, 32) + beta * c; ap, bp packed (gemm_internal.h).
- * Partial tiles are clipped with masked loads/stores: the arithmetic per element is the same
- * for full and partial tiles. */
-AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
-                                   float alpha, float beta, int mr, int nr) {
+/* The tile body for R <= 14 rows and H <= 2 sixteen-column halves, both compile-time
+ * constants once inlined: edge tiles (M = 64 is 4 x 14 + 8 rows) run only the FMAs they
+ * need. ap keeps the packed stride MR. Every element gets the same FMA sequence whatever R
+ * and H are, so tile shapes never change results. */
+AVX512 static inline __attribute__((always_inline)) void tile(const int R, const int H, int64_t kc,
+                                                              const float *ap, const float *bp, float *c,
+                                                              int64_t ldc, float alpha, float beta, int mr,
+                                                              int nr) {
     __m512 acc[MR][2];
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         /* the C tile is read at the end; rows are 128 bytes, two cache lines */
         _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+        if (H == 2) _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
     }
     for (int64_t k = 0; k < kc; k++) {
         /* B and A are read once per k step, 128 and 56 bytes: fetch 8 steps ahead */
         _mm_prefetch((const char *)(bp + 8 * NR), _MM_HINT_T0);
         _mm_prefetch((const char *)(bp + 8 * NR + 16), _MM_HINT_T0);
         _mm_prefetch((const char *)(ap + 8 * MR), _MM_HINT_T0);
-        __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+        __m512 b0 = _mm512_load_ps(bp), b1 = H == 2 ? _mm512_load_ps(bp + 16) : b0;
 #pragma GCC unroll 14
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             __m512 a = _mm512_set1_ps(ap[i]);
             acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+            if (H == 2) acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
         }
         ap += MR;
         bp += NR;
@@ -46,17 +49,40 @@ AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp,
     __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 14
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         if (i >= mr) break;
         float *crow = c + i * ldc;
-        __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
         if (beta != 0.0f) {
-            r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, crow)));
-            r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, crow + 16)));
+            __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, crow)));
+            _mm512_mask_storeu_ps(crow, m0, r0);
+            if (H == 2) {
+                __m512 r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, crow + 16)));
+                _mm512_mask_storeu_ps(crow + 16, m1, r1);
+            }
+        } else {
+            _mm512_mask_storeu_ps(crow, m0, _mm512_mul_ps(va, acc[i][0]));
+            if (H == 2) _mm512_mask_storeu_ps(crow + 16, m1, _mm512_mul_ps(va, acc[i][1]));
         }
-        _mm512_mask_storeu_ps(crow, m0, r0);
-        _mm512_mask_storeu_ps(crow + 16, m1, r1);
     }
+}
+
+/* c (mr, nr) = alpha * ap (14, kc) @ bp (kc, 32) + beta * c; ap, bp packed (gemm_internal.h).
+ * Partial tiles run a body sized to them and are clipped with masked loads/stores. */
+AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                                   float alpha, float beta, int mr, int nr) {
+#define TILE(R)                                                                                    \
+    case R:                                                                                        \
+        if (nr > 16)                                                                               \
+            tile(R, 2, kc, ap, bp, c, ldc, alpha, beta, mr, nr);                                   \
+        else                                                                                       \
+            tile(R, 1, kc, ap, bp, c, ldc, alpha, beta, mr, nr);                                   \
+        break;
+    switch (mr) {
+        TILE(14) TILE(13) TILE(12) TILE(11) TILE(10) TILE(9) TILE(8)
+        TILE(7) TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) TILE(1)
+    default: break;
+    }
+#undef TILE
 }
 #endif
 
@@ -102,7 +128,11 @@ AVX512 static void pack_transposed16(const float *src, int64_t lds, int rows, in
         for (int i = 0; i < 16; i++)
             r[i] = i < rows ? _mm512_maskz_loadu_ps(load_mask, src + i * lds + k0) : _mm512_setzero_ps();
         transpose16(r);
-        for (int k = 0; k < kn; k++) _mm512_mask_storeu_ps(dst + (k0 + k) * dst_stride, store_mask, r[k]);
+        /* with width < 16, a full store spills into the slot of k + 1, written next (masked
+         * stores are slow on Zen 4); the last k of the block takes the mask */
+        int kfull = width == 16 || k0 + kn < kc ? kn : kn - 1;
+        for (int k = 0; k < kfull; k++) _mm512_storeu_ps(dst + (k0 + k) * dst_stride, r[k]);
+        for (int k = kfull; k < kn; k++) _mm512_mask_storeu_ps(dst + (k0 + k) * dst_stride, store_mask, r[k]);
     }
 }
 
@@ -128,6 +158,53 @@ AVX512 void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc,
             int c = cols - 16 * half;
             c = c < 0 ? 0 : c > 16 ? 16 : c;
             pack_transposed16(B + (j0 + 16 * half) * ldb, ldb, c, 16, kc, dst + 16 * half, NR);
+        }
+    }
+}
+#endif
+
+#if defined(__x86_64__)
+/* ap: micro-panels of 14 x kc (k-major, zero rows past mc) <- op(A)[0:mc, 0:kc] with A stored
+ * (kc, mc) row-major (the transposed A): 14 contiguous floats per k and panel. Row k of A is
+ * read front to back for all panels before moving on, which the prefetchers stream. */
+AVX512 void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap) {
+    int64_t npanels = (mc + MR - 1) / MR;
+    __mmask16 full = (__mmask16)((1u << MR) - 1);
+    __mmask16 last = (__mmask16)((1u << (mc - (npanels - 1) * MR)) - 1);
+    for (int64_t k = 0; k < kc; k++) {
+        const float *src = A + k * lda;
+        float *dst = ap + k * MR;
+        for (int64_t p = 0; p < npanels; p++) {
+            __m512 v = _mm512_maskz_loadu_ps(p == npanels - 1 ? last : full, src + p * MR);
+            /* a 16-float store spills 2 floats into slot k + 1, written next; masked stores are
+             * slow on Zen 4, so only the panel's last slot takes one */
+            if (k < kc - 1)
+                _mm512_storeu_ps(dst + p * MR * kc, v);
+            else
+                _mm512_mask_storeu_ps(dst + p * MR * kc, full, v);
+        }
+    }
+}
+
+/* bp panels p0..p1-1 of kc x 32 (k-major, zero columns past nc), panel p at bp + p*32*kcmax
+ * <- B[0:kc, 0:nc] stored row-major (the not-transposed B), row by row. */
+AVX512 void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                        int64_t p0, int64_t p1, float *bp) {
+    for (int64_t k = 0; k < kc; k++) {
+        const float *src = B + k * ldb;
+        for (int64_t p = p0; p < p1; p++) {
+            int64_t j0 = p * NR;
+            float *dst = bp + p * NR * kcmax + k * NR;
+            if (j0 + NR <= nc) {
+                _mm512_store_ps(dst, _mm512_loadu_ps(src + j0));
+                _mm512_store_ps(dst + 16, _mm512_loadu_ps(src + j0 + 16));
+            } else {
+                int cols = (int)(nc - j0);
+                __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+                __mmask16 m1 = cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1) : 0;
+                _mm512_store_ps(dst, _mm512_maskz_loadu_ps(m0, src + j0));
+                _mm512_store_ps(dst + 16, _mm512_maskz_loadu_ps(m1, src + j0 + 16));
+            }
         }
     }
 }

@@ -24,8 +24,12 @@ typedef struct {
     int kc;              /* depth of a packed block */
     int mc;              /* rows of A packed per thread at a time (multiple of mr) */
     int nc;              /* columns of B packed at a time (multiple of nr) */
-    /* optional SIMD packing of the two transposing cases (NULL: the portable loops) */
+    /* optional SIMD packing (NULL: the portable loops in gemm.c). a_rows: A stored (mc, kc),
+     * a_cols: A stored (kc, mc); b_rows: B stored (kc, nc), b_cols: B stored (nc, kc). */
     void (*pack_a_rows)(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+    void (*pack_a_cols)(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+    void (*pack_b_rows)(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int64_t p0,
+                        int64_t p1, float *bp);
     void (*pack_b_cols)(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int64_t p0,
                         int64_t p1, float *bp);
 } mll_gemm_isa;
@@ -38,6 +42,9 @@ void mll_gemm_avx2_kernel(int64_t kc, const float *ap, const float *bp, float *c
 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                             float alpha, float beta, int mr, int nr);
 void mll_gemm_avx512_pack_a_rows(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+                                 int64_t p0, int64_t p1, float *bp);
 void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
                                  int64_t p0, int64_t p1, float *bp);
 #endif

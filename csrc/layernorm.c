@@ -123,7 +123,7 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     }
     memset(part, 0, bytes);
     int nt = nblocks > 1 ? mll_threads_for(rows * cols) : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
     for (int64_t b = 0; b < nblocks; b++) {
         float *pg = part + (size_t)b * 2 * cols, *pb = pg + cols;
         int64_t r1 = mll_min64((b + 1) * MLL_LN_ROWS, rows);
@@ -132,7 +132,7 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     }
     /* block partials added in block order, columns in parallel */
     int ntc = mll_threads_for(nblocks * cols);
-#pragma omp parallel for num_threads(ntc) schedule(static) if (ntc > 1)
+#pragma omp parallel for num_threads(ntc) schedule(dynamic) if (ntc > 1)
     for (int64_t c = 0; c < cols; c++) {
         double sg = 0.0, sb = 0.0;
         for (int64_t b = 0; b < nblocks; b++) {

@@ -5,30 +5,82 @@
  *   loss_i = (1 - s) (lse_i - x_it) + s (lse_i - mean_j x_ij)
  *   dx_ij  = g_i (exp(x_ij - lse_i) - (1 - s) [j == t_i] - s / V)
  * Rows whose target equals ignore_index have loss 0 and gradient 0. The forward saves only
- * lse (N floats); the softmax is recomputed in backward, never stored.
+ * lse (N floats); the softmax is recomputed in backward, never stored, so a 50k vocabulary
+ * costs two reads of the logits forward and one read + one write backward.
  * Each row is done whole by one thread, so results do not depend on the thread count.
+ * The row loops are inline bodies compiled for the generic, AVX2 and AVX-512 targets.
  */
-#include <math.h>
-#include <stdint.h>
+#include "simd.h"
 
-#include "minillm.h"
+/* exp(x) for x <= 0 (arguments here are x - max or x - lse), branch-free so that the
+ * compiler vectorizes it: x = k ln2 + r, |r| <= ln2/2 (ln2 split in two, Cody-Waite),
+ * exp(r) by its Taylor polynomial to r^6 (relative error < 2e-7), times 2^k built in the
+ * exponent bits. x is clamped at -87 (exp(-87) ~ 1.6e-38, the smallest normal float scale),
+ * which changes nothing visible next to the row maximum's exp(0) = 1. The clamp compares
+ * the bits as unsigned integers (for x <= 0 a larger magnitude is a larger pattern; +0 is
+ * 0): a float compare would keep the loop from vectorizing under the default trapping-math. */
+static inline __attribute__((always_inline)) float ce_exp(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    const uint32_t floor_bits = 0xC2AE0000u;            /* -87.0f */
+    u = u > floor_bits ? floor_bits : u;
+    memcpy(&x, &u, 4);
+    int32_t k = (int32_t)(x * 1.44269504088896341f - 0.5f);    /* round to nearest, x <= 0 */
+    float kf = (float)k;
+    float r = x - kf * 0.693145751953125f - kf * 1.428606765330187e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = (k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
 
-/* Rows are spread over threads only when there is enough work to pay for waking them. */
-#define LOSS_PAR_MIN 32768
-
-/* x (V): returns lse, writes the sum of x into *sum_x (for label smoothing). */
-static double row_logsumexp(const float *x, int64_t V, double *sum_x) {
+/* x (V): lse of the row; *sum_x gets sum_j x_j (for label smoothing). */
+static inline __attribute__((always_inline)) float row_lse(const float *restrict x, int64_t V,
+                                                          float *sum_x) {
     float mx = x[0];
-    for (int64_t j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
     float acc = 0.0f, sx = 0.0f;
 #pragma omp simd reduction(+ : acc, sx)
     for (int64_t j = 0; j < V; j++) {
-        acc += expf(x[j] - mx);
+        acc += ce_exp(x[j] - mx);
         sx += x[j];
     }
     *sum_x = sx;
-    return (double)mx + log((double)acc);
+    return mx + logf(acc);
 }
+
+/* dx (V) = g (exp(x - lse) - off) */
+static inline __attribute__((always_inline)) void row_grad(const float *restrict x, float *restrict dx,
+                                                          int64_t V, float lse, float g, float off) {
+#pragma omp simd
+    for (int64_t j = 0; j < V; j++) dx[j] = g * (ce_exp(x[j] - lse) - off);
+}
+
+typedef float (*row_lse_fn)(const float *, int64_t, float *);
+typedef void (*row_grad_fn)(const float *, float *, int64_t, float, float, float);
+
+static float row_lse_generic(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
+static void row_grad_generic(const float *x, float *dx, int64_t V, float l, float g, float off) {
+    row_grad(x, dx, V, l, g, off);
+}
+#if defined(MLL_X86)
+MLL_AVX2 static float row_lse_avx2(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
+MLL_AVX2 static void row_grad_avx2(const float *x, float *dx, int64_t V, float l, float g, float off) {
+    row_grad(x, dx, V, l, g, off);
+}
+MLL_AVX512 static float row_lse_avx512(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
+MLL_AVX512 static void row_grad_avx512(const float *x, float *dx, int64_t V, float l, float g, float off) {
+    row_grad(x, dx, V, l, g, off);
+}
+#endif
 
 /* logits (N, V) with row stride ld; targets (N) int64; losses (N), lse (N) written.
  * Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
@@ -39,21 +91,22 @@ int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t
         int64_t t = targets[i];
         if (t != ignore_index && (t < 0 || t >= V)) return i;
     }
+    row_lse_fn f = row_lse_generic;
+#if defined(MLL_X86)
+    if (mll_get_isa() == MLL_ISA_AVX512) f = row_lse_avx512;
+    else if (mll_get_isa() == MLL_ISA_AVX2) f = row_lse_avx2;
+#endif
     const double s = label_smoothing;
-    int nt = N > 1 && N * V >= LOSS_PAR_MIN ? mll_get_num_threads() : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < N; i++) {
+    MLL_PARALLEL_ROWS(N, V, i, {
         const float *x = logits + i * ld;
-        double sum_x;
-        double l = row_logsumexp(x, V, &sum_x);
-        lse[i] = (float)l;
+        float sum_x;
+        float l = f(x, V, &sum_x);
+        lse[i] = l;
         int64_t t = targets[i];
-        if (t == ignore_index) {
-            losses[i] = 0.0f;
-        } else {
-            losses[i] = (float)((1.0 - s) * (l - x[t]) + s * (l - sum_x / (double)V));
-        }
-    }
+        losses[i] = t == ignore_index
+                        ? 0.0f
+                        : (float)((1.0 - s) * ((double)l - x[t]) + s * ((double)l - (double)sum_x / V));
+    });
     return -1;
 }
 
@@ -63,22 +116,22 @@ int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t
 void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
                                 const float *lse, const float *dloss, float scale, float *dlogits,
                                 int64_t N, int64_t V, int64_t ignore_index, float label_smoothing) {
+    row_grad_fn f = row_grad_generic;
+#if defined(MLL_X86)
+    if (mll_get_isa() == MLL_ISA_AVX512) f = row_grad_avx512;
+    else if (mll_get_isa() == MLL_ISA_AVX2) f = row_grad_avx2;
+#endif
     const float s = label_smoothing;
     const float off = s / (float)V;
-    int nt = N > 1 && N * V >= LOSS_PAR_MIN ? mll_get_num_threads() : 1;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t i = 0; i < N; i++) {
-        const float *x = logits + i * ld;
+    MLL_PARALLEL_ROWS(N, V, i, {
         float *dx = dlogits + i * V;
         int64_t t = targets[i];
         if (t == ignore_index) {
             for (int64_t j = 0; j < V; j++) dx[j] = 0.0f;
-            continue;
+        } else {
+            const float g = dloss ? dloss[i] * scale : scale;
+            f(logits + i * ld, dx, V, lse[i], g, off);
+            dx[t] -= g * (1.0f - s);
         }
-        const float g = dloss ? dloss[i] * scale : scale;
-        const float l = lse[i];
-#pragma omp simd
-        for (int64_t j = 0; j < V; j++) dx[j] = g * (expf(x[j] - l) - off);
-        dx[t] -= g * (1.0f - s);
-    }
+    });
 }

@@ -217,8 +217,9 @@ void mll_bpe_free(mll_bpe *t);
  * A long text is split over nthreads at boundaries no pre-token crosses. */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads);
-/* Text i is text[offsets[i], offsets[i + 1]); out (offsets[n_texts],) <- all ids, the ids of
- * text i in out[out_offsets[i], out_offsets[i + 1]). Returns the total, -1 if out of memory. */
+/* Text i is text[offsets[i], offsets[i + 1]) (offsets rise from offsets[0] = 0).
+ * out (offsets[n_texts],) <- all ids, those of text i in out[out_offsets[i], out_offsets[i + 1]);
+ * out_offsets is (n_texts + 1,). Returns the total, -1 if out of memory. */
 int64_t mll_bpe_encode_batch(const mll_bpe *t, const uint8_t *text, const int64_t *offsets,
                              int64_t n_texts, uint32_t *out, int64_t *out_offsets, int nthreads);
 /* Bytes the ids decode to, or -(i + 1) if ids[i] is not in the vocabulary. */
@@ -255,6 +256,13 @@ void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
 void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
 
+/* ------------------------------------------------------------- lm_xent.c */
+/* The LM loss: cross-entropy per row of logits (N, V) (row stride ld) against targets (N)
+ * int64, losses (N) written; when dlogits (N, V) contiguous is not NULL it gets the gradient
+ * grad_scale (softmax(x_i) - onehot(t_i)) in the same pass (0 on rows whose target is
+ * ignore_index). Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
+int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                    int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
 /* ------------------------------- attention.c, bias_gelu.c, add_layernorm.c (fused) */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
@@ -287,6 +295,31 @@ int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, floa
 void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                float *s, float *y, float *mean, float *rstd, int64_t rows,
                                int64_t cols, float eps);
+
+/* --------------------------------------------------------------- sample.c */
+/* Next-token filters, in place on logits x (rows, V); ties go to the smaller id.
+ * top-k: every entry outside the k largest of its row becomes -inf (k >= V: no change).
+ * top-p: keeps the fewest entries, largest first, whose softmax mass reaches p (p >= 1:
+ * no change; at least one entry is kept). Both return 0, or -1 if out of memory. */
+int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k);
+int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p);
+/* out (rows) <- one draw per row from softmax(x[r]) by inverse CDF at u[r] in [0, 1):
+ * the first id whose running mass exceeds u[r] * total (token order, sums in double). */
+void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V);
+
+/* ----------------------------------------------------------------- gemv.c */
+/* y (M, N) = act(x (M, K) @ W (N, K)^T + bias (N, or NULL)) + add (M, N, or NULL), all
+ * contiguous; act: 0 none, 1 GELU (tanh form). For small M (decoding): W streamed once,
+ * rows of W split over threads in fixed groups of 4. y may be add (in place). */
+void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                     int64_t M, int64_t N, int64_t K, int act);
+
+/* --------------------------------------------------------- kv_attention.c */
+/* One decoding step of causal attention over a KV cache. qkv (B, 3C) = [q | k | v] of the new
+ * position, C = nh * hs; kcache, vcache (pos + 1, B, nh, hs): row pos is written from qkv, then
+ * y (B, C) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos. 0, or -1 if out of memory. */
+int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                          int64_t hs, int64_t pos, float scale);
 
 #ifdef __cplusplus
 }

@@ -153,7 +153,7 @@ static double blocked_sum(sum_fn f, const float *x, int64_t n) {
     int nt = mll_threads_for(n);
     for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
             part[k] = f(x + i0, mll_min64(MLL_RED_BLOCK, n - i0));
@@ -179,7 +179,7 @@ float mll_max_all(const float *x, int64_t n) {
     float m = x[0], part[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             part[k] = f(x + i0, mll_min64(MLL_CHUNK, n - i0));
@@ -203,7 +203,7 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
     int64_t idx[MLL_RED_GROUP];
     for (int64_t g0 = 0; g0 < nch; g0 += MLL_RED_GROUP) {
         int64_t gn = mll_min64(MLL_RED_GROUP, nch - g0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
             idx[k] = i0 + argmax_generic(x + i0, mll_min64(MLL_CHUNK, n - i0));
@@ -279,20 +279,22 @@ static MLL_TARGET float FN(max_vec)(const float *x, int64_t n) {
     return v_hmax(v_max(m0, m1));
 }
 
-/* out[0 .. w) = column sums of x (rows, cols) restricted to w columns from x, in double:
- * one VL-wide column group at a time, down all rows in order */
+/* out[0 .. w) = column sums of x (rows, cols) restricted to w <= 64 columns from x, in
+ * double: all w columns of a row at once (one contiguous run), rows in order */
 static MLL_TARGET void FN(sum_cols_vec)(const float *x, float *out, int64_t rows, int64_t cols, int64_t w) {
-    for (int64_t j = 0; j < w; j += VL) {
-        int64_t k = mll_min64(VL, w - j);
-        VD acc = vd_zero();
-        if (k == VL)
-            for (int64_t r = 0; r < rows; r++) acc = vd_add(acc, v_load(x + r * cols + j));
-        else
-            for (int64_t r = 0; r < rows; r++) acc = vd_add(acc, v_loadn(x + r * cols + j, k));
+    VD acc[64 / VL];
+    int64_t full = w / VL, rem = w % VL;
+    for (int64_t k = 0; k <= full && k < 64 / VL; k++) acc[k] = vd_zero();
+    for (int64_t r = 0; r < rows; r++) {
+        const float *p = x + r * cols;
+        for (int64_t k = 0; k < full; k++) acc[k] = vd_add(acc[k], v_load(p + k * VL));
+        if (rem) acc[full] = vd_add(acc[full], v_loadn(p + full * VL, rem));
+    }
+    for (int64_t k = 0; k * VL < w; k++) {
         double lanes[VL];
-        memcpy(lanes, &acc.lo, sizeof(acc.lo));
-        memcpy(lanes + VL / 2, &acc.hi, sizeof(acc.hi));
-        for (int64_t t = 0; t < k; t++) out[j + t] = (float)lanes[t];
+        memcpy(lanes, &acc[k].lo, sizeof(acc[k].lo));
+        memcpy(lanes + VL / 2, &acc[k].hi, sizeof(acc[k].hi));
+        for (int64_t t = 0; t < VL && k * VL + t < w; t++) out[k * VL + t] = (float)lanes[t];
     }
 }
 

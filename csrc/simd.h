@@ -61,7 +61,7 @@ static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
             __VA_ARGS__;                                                                           \
         } else {                                                                                   \
             int64_t nch_ = (n_ + MLL_CHUNK - 1) / MLL_CHUNK;                                       \
-            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                          \
+            _Pragma("omp parallel for num_threads(nt_) schedule(dynamic)")                         \
             for (int64_t c_ = 0; c_ < nch_; c_++) {                                                \
                 int64_t i0 = c_ * MLL_CHUNK, len = mll_min64(MLL_CHUNK, n_ - i0);                  \
                 __VA_ARGS__;                                                                       \
@@ -70,7 +70,11 @@ static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
     } while (0)
 
 /* Runs the statement for each row r in [0, rows), in parallel when rows * cols is big. Each row is
- * done whole by one thread, so per-row results never depend on the thread count. */
+ * done whole by one thread, so per-row results never depend on the thread count.
+ *
+ * Both macros hand out work dynamically (chunks of ~MLL_CHUNK elements): on a busy machine a
+ * thread that starts late finds the work already taken instead of holding up the others
+ * with its fixed share. Which thread does a chunk never changes what it computes. */
 #define MLL_PARALLEL_ROWS(rows, cols, r, ...)                                                      \
     do {                                                                                           \
         int64_t rows_ = (rows);                                                                    \
@@ -78,7 +82,9 @@ static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
         if (nt_ <= 1) {                                                                            \
             for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                   \
         } else {                                                                                   \
-            _Pragma("omp parallel for num_threads(nt_) schedule(static)")                          \
+            int64_t grain_ = MLL_CHUNK / (int64_t)(cols); /* cols >= 1 here */                      \
+            if (grain_ < 1) grain_ = 1;                                                            \
+            _Pragma("omp parallel for num_threads(nt_) schedule(dynamic, grain_)")                 \
             for (int64_t r = 0; r < rows_; r++) { __VA_ARGS__; }                                   \
         }                                                                                          \
     } while (0)

@@ -135,6 +135,9 @@ cdef extern from "minillm.h" nogil:
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
 
+    # lm_xent.c
+    int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
+                        int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
     # attention.c, bias_gelu.c, add_layernorm.c (fused)
     int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
                               const float *v, const int64_t *vs, float *out, const int64_t *os,
@@ -152,3 +155,16 @@ cdef extern from "minillm.h" nogil:
     void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                    float *s, float *y, float *mean, float *rstd, int64_t rows,
                                    int64_t cols, float eps)
+
+    # sample.c
+    int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k)
+    int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)
+    void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V)
+
+    # gemv.c
+    void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                         int64_t M, int64_t N, int64_t K, int act)
+
+    # kv_attention.c
+    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
+                              int64_t hs, int64_t pos, float scale)

@@ -396,3 +396,40 @@ def test_shape_mismatch_errors_name_the_shapes():
         F.matmul(a, minillm.ones((2, 3)))
     with pytest.raises(ValueError, match=r"\(2, 3\)"):
         F.linear(a, minillm.ones((4, 5)))
+
+
+def test_cross_entropy_extreme_logits_stay_finite_and_exact():
+    x = np.array([[1000.0, -1000.0, 0.0, 999.0], [-50.0, -50.0, -50.0, -50.0]], dtype=np.float32)
+    t = np.array([1, 2], dtype=np.int64)
+    xm = minillm.tensor(x, requires_grad=True)
+    loss = F.cross_entropy(xm, minillm.tensor(t), reduction="none")
+    np.testing.assert_allclose(loss.numpy(), np_cross_entropy(x.astype(np.float64), t, reduction="none"),
+                               rtol=1e-6)
+    F.sum(loss).backward()
+    g = xm.grad.numpy()
+    assert np.isfinite(g).all()
+    p = np_softmax(x.astype(np.float64))
+    p[[0, 1], t] -= 1
+    # lse ~ 1000 is stored in float32, whose spacing there is 6e-5
+    np.testing.assert_allclose(g, p, atol=1e-4)
+
+
+def test_kernels_are_bitwise_identical_for_one_and_two_threads():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 700)).astype(np.float32) * 4
+    t = rng.integers(0, 700, 300)
+    results = []
+    for n in (1, 2):
+        minillm.set_num_threads(n)
+        xm = minillm.tensor(x, requires_grad=True)
+        loss = F.cross_entropy(xm, minillm.tensor(t), label_smoothing=0.1)
+        loss.backward()
+        p = minillm.tensor(x.reshape(-1).copy())
+        m, v = minillm.zeros(p.shape), minillm.zeros(p.shape)
+        for step in range(1, 4):
+            minillm._C.adam_step_(p, xm.grad.reshape(-1), m, v, 1e-2, 0.9, 0.99, 1e-8, 0.1, True, step)
+        results.append((loss.item(), xm.grad.numpy().copy(), p.numpy().copy()))
+    minillm.set_num_threads(2)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][2], results[1][2])

@@ -651,3 +651,50 @@ def test_matmul_ref_matches_float64():
         assert_rel(got, ref, 0, 1e-6 * (np.abs(a).astype(np.float64) @ np.abs(b)).max())
     with pytest.raises(ValueError, match="do not chain"):
         _C.k_matmul_ref(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32), np.zeros((2, 2), np.float32))
+
+
+# ------------------------------------------------------------- memory discipline
+def _guarded(shape, seed=None):
+    """a float32 array of `shape` that starts 4 bytes past a 64-byte boundary, inside a
+    buffer whose other elements hold a sentinel; returns (view, buffer, mask of the view)"""
+    n = int(np.prod(shape))
+    buf = np.full(n + 40, 12345.0, np.float32)
+    view = buf[17:17 + n].reshape(shape)
+    if seed is not None:
+        view[...] = rand(shape, seed)
+    inside = np.zeros(buf.size, bool)
+    inside[17:17 + n] = True
+    return view, buf, inside
+
+
+def test_kernels_read_unaligned_inputs_and_write_only_their_outputs():
+    for n in [1, 5, 15, 17, 31, 33, 1000]:
+        x, _, _ = _guarded((n,), 1)
+        y, _, _ = _guarded((n,), 2)
+        for call in (lambda o: _C.k_binary(_C.OP_DIV, x, y, o), lambda o: _C.k_unary(_C.UN_GELU, x, o),
+                     lambda o: _C.k_unary(_C.UN_LOG, x, o), lambda o: _C.k_unary_backward(_C.UN_TANH, x, y, y, o),
+                     lambda o: _C.k_binary_scalar(_C.OP_SUB, x, 2.0, o, True)):
+            out, buf, inside = _guarded((n,))
+            call(out)
+            assert np.all(buf[~inside] == 12345.0), f"wrote outside its output, n={n}"
+        for rows, cols in [(3, n), (2, n + 1)]:
+            x2, _, _ = _guarded((rows, cols), 3)
+            dy2, _, _ = _guarded((rows, cols), 4)
+            g, _, _ = _guarded((cols,), 5)
+            for call in (lambda o: _C.k_softmax(x2, o), lambda o: _C.k_log_softmax(x2, o),
+                         lambda o: _C.k_softmax_backward(x2, dy2, o),
+                         lambda o: _C.k_layernorm(x2, g, g, o, np.empty(rows, np.float32),
+                                                  np.empty(rows, np.float32), 1e-5),
+                         lambda o: _C.k_layernorm_backward(x2, g, np.zeros(rows, np.float32),
+                                                           np.ones(rows, np.float32), dy2, o, None, None)):
+                out, buf, inside = _guarded((rows, cols))
+                call(out)
+                assert np.all(buf[~inside] == 12345.0), f"wrote outside its output, {rows}x{cols}"
+            dg, bufg, insg = _guarded((cols,))
+            db, bufb, insb = _guarded((cols,))
+            _C.k_layernorm_backward(x2, g, np.zeros(rows, np.float32), np.ones(rows, np.float32), dy2,
+                                    np.empty((rows, cols), np.float32), dg, db)
+            assert np.all(bufg[~insg] == 12345.0) and np.all(bufb[~insb] == 12345.0)
+            sc, bufc, insc = _guarded((cols,))
+            _C.k_sum_cols(x2, sc)
+            assert np.all(bufc[~insc] == 12345.0)

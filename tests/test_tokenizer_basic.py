@@ -83,3 +83,15 @@ def test_malformed_file_raises_with_file_and_line(tmp_path):
     path.write_text('{"type": "basic", "vocab": ["a"]}', encoding="utf-8")
     with pytest.raises(ValueError, match="<unk>"):
         BasicTokenizer.load(str(path))
+
+
+def test_cli_trains_a_basic_tokenizer(tmp_path, capsys):
+    from minillm.cli import main
+    out = tmp_path / "basic"
+    assert main(["tokenizer", "train", "--type", "basic", "--input", SAMPLE, "--vocab-size",
+                 "500", "--out", str(out)]) == 0
+    tok = load_tokenizer(str(out))
+    assert isinstance(tok, BasicTokenizer) and tok.vocab_size == 500
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--text", "Hamlet, my lord"]) == 0
+    assert [int(x) for x in capsys.readouterr().out.split()] == tok.encode("Hamlet, my lord")

@@ -96,6 +96,9 @@ class BPETokenizer(Tokenizer):
         for i, tok in self.vocab.items():
             pieces[i] = tok
         for s, i in self.special_tokens.items():
+            if i in self.vocab:
+                raise ValueError(f"special token {s!r} has id {i}, which token "
+                                 f"{self.vocab[i]!r} already uses")
             pieces[i] = s.encode("utf-8")
         offsets = np.zeros(size + 1, dtype=np.int64)
         np.cumsum([len(p) for p in pieces], out=offsets[1:])
@@ -118,7 +121,7 @@ class BPETokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ training
     def train(self, text, vocab_size, special_tokens=(ENDOFTEXT,), progress=None,
-              num_threads=None, verbose=False):
+              num_threads=None):
         """Learn merges from `text` (a str, or an iterable of str whose items are pre-tokenized
         separately) until the vocabulary has `vocab_size` ids: 256 bytes, vocab_size - 256 -
         len(special_tokens) merges (fewer if the corpus runs out of pairs), then the special
@@ -138,7 +141,7 @@ class BPETokenizer(Tokenizer):
         for piece in ([text] if isinstance(text, str) else text):
             counter.add(utf8(piece), nthreads)
         trainer = bpe.Trainer(counter, 256)
-        report = _Progress(progress if not verbose else True, n_merges)
+        report = _Progress(progress, n_merges)
         pairs = []
         try:
             while len(pairs) < n_merges:
