@@ -176,18 +176,16 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
                         da = _C.matmul(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
                     da = _unbroadcast(da, a.shape)
                 if gb:
-                    if b.ndim == 2 and a.ndim > 2:
+                    if b.ndim == 2 and a.ndim > 2 and not ta:
                         # one GEMM over all batch rows: (B*M, K)^T @ (B*M, N)
                         a2 = _C.reshape(a, (-1, a.shape[-1]))
                         d2 = _C.reshape(dy, (-1, dy.shape[-1]))
-                        if ta:
-                            # a2 rows index K here; undo by treating a as (batch, K, M)
-                            db = None
-                        elif not tb:
+                        if not tb:
                             db = _C.matmul(a2, d2, transpose_a=True, alpha=alpha)
                         else:
                             db = _C.matmul(d2, a2, transpose_a=True, alpha=alpha)
-                    if db is None:
+                    else:
+                        # C = A' B':  dB' = A'^T dC,  dB = dB'^T when tb
                         if not tb:
                             db = _C.matmul(a, dy, transpose_a=not ta, alpha=alpha)
                         else:
@@ -693,6 +691,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not isinstance(targets, Tensor):
+        targets = _C.tensor(targets, dtype="int64")
     if logits.ndim < 1 or tuple(logits.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)} need targets of shape "
                          f"{tuple(logits.shape[:-1])} (class axis last), got {tuple(targets.shape)}")

@@ -52,6 +52,7 @@ from minillm import io as mio
 from minillm import optim
 from minillm import random as mrandom
 from minillm.autograd import no_grad
+from minillm.generate import generate
 
 __all__ = ["TrainConfig", "Trainer", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "list_checkpoints", "load_model", "read_metrics", "plot_metrics",
@@ -497,46 +498,18 @@ def evaluate(model, tokens, batch_size, block_size, byte_lengths, max_batches=No
     return out
 
 
-@no_grad()
-def _fallback_generate(model, idx, max_new_tokens, temperature, top_k, generator):
-    """Plain ancestral sampling (crop to block_size, softmax(logits / temperature) over the
-    top k, draw): used only when minillm.generate is not available."""
-    ids = np.asarray(idx).astype(np.int64)
-    u = np.empty(1, dtype=np.float32)
-    for _ in range(max_new_tokens):
-        ctx = ids[:, -model.config.block_size:]
-        logits, _ = model(_C.from_numpy(np.ascontiguousarray(ctx)))
-        z = np.asarray(logits)[:, -1, :].astype(np.float64) / max(temperature, 1e-6)
-        if top_k:
-            kth = np.sort(z, axis=-1)[:, -min(top_k, z.shape[-1])][:, None]
-            z = np.where(z < kth, -np.inf, z)
-        p = np.exp(z - z.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        nxt = []
-        for row in p:
-            generator.uniform_(u)
-            nxt.append(min(int(np.searchsorted(np.cumsum(row), float(u[0]) * row.sum())), len(row) - 1))
-        ids = np.concatenate([ids, np.array(nxt, dtype=np.int64)[:, None]], axis=1)
-    return ids
-
-
 def sample_text(model, tokenizer, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200,
                 seed=0):
-    """Text sampled from `model` after `prompt` (str), through minillm.generate when available.
-    Returns prompt + continuation."""
+    """Text sampled from `model` after `prompt` (str) with minillm.generate (the sampling code of
+    `minillm sample`): prompt + max_new_tokens tokens, decoded."""
     ids = tokenizer.encode(prompt) or [getattr(tokenizer, "eot_token", None) or 0]
     idx = _C.from_numpy(np.array([ids], dtype=np.int64))
     gen = mrandom.Generator(seed)
     was_training = model.training
     model.eval()
     try:
-        try:
-            from minillm import generate as _generate  # noqa: F401
-            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                 generator=gen)
-            out = np.asarray(out)
-        except ImportError:
-            out = _fallback_generate(model, idx, max_new_tokens, temperature, top_k, gen)
+        out = np.asarray(generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  generator=gen))
     finally:
         model.train(was_training)
     return tokenizer.decode([int(i) for i in out[0]])
@@ -827,8 +800,9 @@ class Trainer:
 
     def _describe(self):
         cfg = self.config
+        steps = (f"about {cfg.time_budget:g} s" if cfg.time_budget else f"{cfg.max_steps} steps")
         return (f"training {type(self.model).__name__} with {self.model.num_params():,} parameters "
-                f"on {len(self.train_tokens):,} tokens: {cfg.max_steps} steps of {cfg.grad_accum} x "
+                f"on {len(self.train_tokens):,} tokens: {steps} of {cfg.grad_accum} x "
                 f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads")
 
     def _log_step(self, loss, norm, lr, clock, progress):
