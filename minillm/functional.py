@@ -626,6 +626,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if gx or gw or gb:
             def backward(dy):
                 dx, dw, db = _C.layer_norm_backward(x, weight, mu, rstd, dy)
+                if gb and db is None:  # bias without weight: dbias = sum of dy over rows
+                    db = _C.sum(_C.reshape(dy, (-1, dy.shape[-1])), 0)
                 return dx, dw, db
             _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
     return y
