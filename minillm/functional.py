@@ -8,6 +8,7 @@ All tensors are float32 unless stated; shapes follow NumPy broadcasting.
 """
 import builtins
 import math
+import sys
 
 from minillm import _C
 from minillm import random as _random
@@ -782,7 +783,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
 
 
 # Tensor methods and operators route here when a gradient is needed.
-_C._register_functional(__import__("sys").modules[__name__])
+_C._register_functional(sys.modules[__name__])
 
 
 # ======================================================================= fused kernels
