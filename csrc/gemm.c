@@ -35,16 +35,19 @@
 #define MAX_THREADS 64
 
 /* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
- * per core, 32 MiB L3 shared), chosen by timing kc in 192..512 and mc in 112..336 on the
- * square and GPT shapes (differences within 5% across that range; these were best):
- * KC = 384: the depth of one packed block. Longer blocks mean fewer round trips of the C tile
- *     through the caches (C is read and written once per k block); the B micro-panel
- *     (384 x 32 x 4 B = 48 KiB) then streams from L2 into L1 at 128 B per 28 FMAs (prefetched,
- *     far below L2 bandwidth), next to the A micro-panel (14 x 384 x 4 B = 21 KiB).
- * MC = 168 (12 tiles): the A block, 168 x 384 x 4 B = 252 KiB, stays in L2 while all B
- *     micro-panels of the block pass over it.
- * NC = 4096: the B block, 384 x 4096 x 4 B = 6 MiB (twice: double-buffered), shared by the
- *     threads in L3.
+ * per core, 32 MiB L3 shared), chosen by timing kc in 128..512 and mc in 84..336 on the
+ * square and GPT shapes (one thread, CPU time: kc >= 384 beat 128-256 by 5-10%; mc mattered
+ * less than the noise):
+ * KC = 512, at most: the depth of one packed block; K is cut into the fewest even blocks
+ *     (k_step). Deep blocks mean fewer trips of C through the caches (C is read and written
+ *     once per k block; for the LM head's C of 150 MiB that is a trip to DRAM). The B
+ *     micro-panel (512 x 32 x 4 B = 64 KiB) streams from L2/L3 into L1 at 128 B per 28 FMAs,
+ *     prefetched (the kernel runs at 97% of peak that way), beside the A micro-panel
+ *     (14 x 512 x 4 B = 28 KiB).
+ * MC = 168 (12 tiles): one thread's A block, 168 x 512 x 4 B = 336 KiB, stays in L2 while
+ *     all B micro-panels of the block pass over it.
+ * NC = 3072: the B block, 512 x 3072 x 4 B = 6 MiB (twice: double-buffered), shared by the
+ *     threads in L3 with the team's A blocks (TEAM_MC below, 2 x 2 MiB).
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
@@ -53,7 +56,7 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        384, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        512, 168, 3072, mll_gemm_avx512_pack_a_rows,
                                         mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
                                         mll_gemm_avx512_pack_b_cols, mll_gemm_avx512_gemv_rows,
                                         mll_gemm_avx512_gemv_cols};
@@ -191,6 +194,13 @@ typedef struct {
     float *C;
 } gemm_args;
 
+/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
+ * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two). */
+static int64_t k_step(const mll_gemm_isa *p, int64_t K) {
+    int64_t nblocks = (K + p->kc - 1) / p->kc;
+    return (K + nblocks - 1) / nblocks;
+}
+
 /* Floats in one packed B block of a product with N columns. */
 static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
     int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
@@ -210,7 +220,7 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
     const int MR = p->mr, NR = p->nr;
     const size_t bstride = bblock_floats(p, g->N);
     int64_t nblock = 0;
-    const int64_t M = g->M, N = g->N, K = g->K;
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
     const int64_t mtiles = (M + MR - 1) / MR;
     for (int64_t jc = 0; jc < N; jc += p->nc) {
         int64_t nc = N - jc < p->nc ? N - jc : p->nc;
@@ -224,8 +234,8 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
         }
         int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
         if (m1 > M) m1 = M;
-        for (int64_t pc = 0; pc < K; pc += p->kc) {
-            int64_t kc = K - pc < p->kc ? K - pc : p->kc;
+        for (int64_t pc = 0; pc < K; pc += kstep) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
             float beta = pc == 0 ? g->beta : 1.0f;
             const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
             /* two B buffers in turn: the barrier after packing block n also tells that everyone
@@ -280,7 +290,7 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
 }
 
 /* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
- * AVX-512, 1008 x 384 x 4 B = 1.5 MiB (twice, double-buffered) in L3 next to the B blocks. */
+ * AVX-512, 1008 x 512 x 4 B = 2 MiB (twice, double-buffered) in L3 next to the B blocks. */
 #define TEAM_MC (14 * 6 * 12)
 /* A work item of the team: 2 MR-row tiles by 4 NR-column panels, 8 kernel calls (about
  * 25 us with AVX-512), so the threads finish a block within one small item of each other.
@@ -302,13 +312,13 @@ static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, 
                               float *abufs, int64_t *counters) {
     const int MR = p->mr, NR = p->nr;
     const size_t bstride = bblock_floats(p, g->N), astride = (size_t)TEAM_MC * p->kc;
-    const int64_t M = g->M, N = g->N, K = g->K;
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
     int64_t step = 0, kblock = 0;
     for (int64_t jc = 0; jc < N; jc += p->nc) {
         int64_t nc = N - jc < p->nc ? N - jc : p->nc;
         int64_t npanels = (nc + NR - 1) / NR, pgroups = (npanels + ITEM_PANELS - 1) / ITEM_PANELS;
-        for (int64_t pc = 0; pc < K; pc += p->kc, kblock++) {
-            int64_t kc = K - pc < p->kc ? K - pc : p->kc;
+        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
             float beta = pc == 0 ? g->beta : 1.0f;
             float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
             const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
