@@ -1,7 +1,7 @@
 /* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
  *
  * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
- * van de Geijn, ACM TOMS 2015), on one thread (gemm_team):
+ * van de Geijn, ACM TOMS 2015), on one thread (gemm_serial):
  *
  *   for jc in N, step NC:               B block kc x nc          -> packed, in L3
  *     for pc in K, step KC:
@@ -207,77 +207,6 @@ static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
     return (size_t)cols * p->kc;
 }
 
-/* The blocked product run by thread t of a team of nt (nt == 1: no barriers; teams use
- * gemm_team_dynamic, this split stays for reference and tuning), with B packed into bbufs
- * (two buffers, shared by the team) and A into abuf (this thread's).
- *
- * Work split: the MR x NR tiles of each B block are numbered row by row and every thread
- * takes one contiguous run of them, so the split is even to one tile whatever the shape
- * (M = 512 is 36.6 tiles of 14 rows: splitting whole tile rows would leave one thread 5%
- * more work). A thread packs only the A rows its run touches; the one tile row two threads
- * share is packed by both. */
-static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs, float *abuf) {
-    const int MR = p->mr, NR = p->nr;
-    const size_t bstride = bblock_floats(p, g->N);
-    int64_t nblock = 0;
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    const int64_t mtiles = (M + MR - 1) / MR;
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
-        int64_t npanels = (nc + NR - 1) / NR;
-        /* this thread's tiles: [t0, t1) in row-major order over mtiles x npanels */
-        int64_t ntiles = mtiles * npanels;
-        int64_t t0 = ntiles * t / nt, t1 = ntiles * (t + 1) / nt;
-        if (t0 >= t1) {
-            /* nothing to compute, but the barriers below must still be met */
-            t0 = t1 = 0;
-        }
-        int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
-        if (m1 > M) m1 = M;
-        for (int64_t pc = 0; pc < K; pc += kstep) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            /* two B buffers in turn: the barrier after packing block n also tells that everyone
-             * is done with block n - 1, whose buffer block n + 1 reuses: one barrier per block */
-            float *bbuf = bbufs + (size_t)(nblock++ & 1) * bstride;
-            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
-            if (nt > 1) {
-#pragma omp barrier
-            }
-            for (int64_t ic = m0; ic < m1; ic += p->mc) {
-                int64_t mc = m1 - ic < p->mc ? m1 - ic : p->mc;
-                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                if (!g->transa && p->pack_a_rows)
-                    p->pack_a_rows(Ablk, g->lda, mc, kc, abuf);
-                else if (g->transa && p->pack_a_cols)
-                    p->pack_a_cols(Ablk, g->lda, mc, kc, abuf);
-                else
-                    pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
-                int64_t row0 = ic / MR;                      /* tile row of abuf's first panel */
-                for (int64_t q = 0; q < npanels; q++) {
-                    int64_t j = q * NR;
-                    int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const float *bp = bbuf + q * NR * p->kc;
-                    for (int64_t i = 0; i < mc; i += MR) {
-                        int64_t tile = (row0 + i / MR) * npanels + q;
-                        if (tile < t0 || tile >= t1) continue;
-                        int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
-                                  beta, mr, nr);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /* Packs rows [0, mc) of the A block at Ablk (k depth kc) into ap, MR-row micro-panels. */
 static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float *Ablk, int64_t mc, int64_t kc,
                          float *ap) {
@@ -287,6 +216,43 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
         p->pack_a_cols(Ablk, g->lda, mc, kc, ap);
     else
         pack_a(g->transa, Ablk, g->lda, mc, kc, p->mr, ap);
+}
+
+/* The blocked product on one thread, with B packed into bbufs (two blocks' room: the
+ * layout is the team's, gemm_team_dynamic) and A into abuf. */
+static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs, float *abuf) {
+    const int MR = p->mr, NR = p->nr;
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
+    for (int64_t jc = 0; jc < N; jc += p->nc) {
+        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+        int64_t npanels = (nc + NR - 1) / NR;
+        for (int64_t pc = 0; pc < K; pc += kstep) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
+            float beta = pc == 0 ? g->beta : 1.0f;
+            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+            if (g->transb && p->pack_b_cols)
+                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
+            else
+                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, 0, npanels, bbufs);
+            for (int64_t ic = 0; ic < M; ic += p->mc) {
+                int64_t mc = M - ic < p->mc ? M - ic : p->mc;
+                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+                pack_a_block(p, g, Ablk, mc, kc, abuf);
+                for (int64_t q = 0; q < npanels; q++) {
+                    int64_t j = q * NR;
+                    int nr = nc - j < NR ? (int)(nc - j) : NR;
+                    const float *bp = bbufs + q * NR * p->kc;
+                    for (int64_t i = 0; i < mc; i += MR) {
+                        int mr = mc - i < MR ? (int)(mc - i) : MR;
+                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
+                                  beta, mr, nr);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
@@ -440,13 +406,13 @@ static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
     if ((g->M == 1 || g->N == 1) && gemm_thin(p, g, nt)) return;
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, nt, 1)) {
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, 1, 1)) {
         gemm_unpacked_args(g);
         return;
     }
     float *bbuf = tl_bbuf[0].ptr;
     if (nt == 1) {
-        gemm_team(p, g, 0, 1, bbuf, tl_abuf[0].ptr);
+        gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
         return;
     }
     /* the team shares two A blocks of TEAM_MC rows (tl_abuf[0]) and two B blocks */
@@ -461,7 +427,7 @@ static void gemm_one(const gemm_args *g, int nt) {
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
         if (team == 1)
-            gemm_team(p, g, 0, 1, bbuf, abufs);
+            gemm_serial(p, g, bbuf, abufs);
         else
             gemm_team_dynamic(p, g, t, team, bbuf, abufs, counters);
     }
@@ -511,6 +477,6 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
         int t = omp_get_thread_num();
         gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
-        gemm_team(p, &g, 0, 1, bbufs[t].ptr, abufs[t].ptr);
+        gemm_serial(p, &g, bbufs[t].ptr, abufs[t].ptr);
     }
 }
