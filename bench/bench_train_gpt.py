@@ -291,3 +291,28 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ pytest-benchmark entry
+# (`python -m pytest bench/bench_train_gpt.py`): the gpt-tiny step of each framework, one group
+def _pytest_step(impl):
+    import pytest
+    fields, B, T = SHAPES["gpt-tiny"]
+    cfg = GPTConfig(**fields)
+    if impl == "torch":
+        pytest.importorskip("torch", reason="torch not installed: no PyTorch peer")
+        step, _ = torch_step_fn(cfg, B, T)
+    else:
+        _, step, _ = minillm_step_fn(cfg, B, T)
+    step()
+    return step
+
+
+def test_train_step_gpt_tiny_minillm(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("minillm"))
+
+
+def test_train_step_gpt_tiny_torch(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("torch"))
