@@ -148,11 +148,6 @@ def torch_step_fn(cfg, B, T, minillm_model=None, seed=0):
     return step, losses
 
 
-def flops_per_step(cfg, n_params_non_embedding, B, T):
-    """6 N per token for the weight GEMMs + 12 L T C per token for attention (PaLM, app. B)."""
-    return B * T * (6 * n_params_non_embedding + 12 * cfg.n_layer * T * cfg.n_embd)
-
-
 def gemm_step_fn(n=2048):
     """One minillm sgemm of n x n x n (2 n^3 flops), to time alongside the training steps."""
     a, b = minillm.randn(n, n), minillm.randn(n, n)
@@ -214,7 +209,7 @@ def bench_shape(name, steps, threads, with_torch, rss):
             t = time.perf_counter()
             f()
             ts.append(time.perf_counter() - t)
-    flops = flops_per_step(cfg, model.num_params(non_embedding=True), B, T)
+    flops = B * T * model.estimate_flops_per_token(T)    # 6 N + 12 L T C per token
     gemm_times = times.pop()
     gemm_med = gemm_flops / statistics.median(gemm_times) / 1e9
     gemm_best = gemm_flops / min(gemm_times) / 1e9
