@@ -176,18 +176,16 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
                         da = _C.matmul(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
                     da = _unbroadcast(da, a.shape)
                 if gb:
-                    if b.ndim == 2 and a.ndim > 2:
+                    if b.ndim == 2 and a.ndim > 2 and not ta:
                         # one GEMM over all batch rows: (B*M, K)^T @ (B*M, N)
                         a2 = _C.reshape(a, (-1, a.shape[-1]))
                         d2 = _C.reshape(dy, (-1, dy.shape[-1]))
-                        if ta:
-                            # a2 rows index K here; undo by treating a as (batch, K, M)
-                            db = None
-                        elif not tb:
+                        if not tb:
                             db = _C.matmul(a2, d2, transpose_a=True, alpha=alpha)
                         else:
                             db = _C.matmul(d2, a2, transpose_a=True, alpha=alpha)
-                    if db is None:
+                    else:
+                        # C = A' B':  dB' = A'^T dC,  dB = dB'^T when tb
                         if not tb:
                             db = _C.matmul(a, dy, transpose_a=not ta, alpha=alpha)
                         else:
@@ -693,6 +691,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not isinstance(targets, Tensor):
+        targets = _C.tensor(targets, dtype="int64")
     if logits.ndim < 1 or tuple(logits.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)} need targets of shape "
                          f"{tuple(logits.shape[:-1])} (class axis last), got {tuple(targets.shape)}")
@@ -752,7 +752,9 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     """softmax(q k^T * scale + mask) v, composed from the ops above.
     q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv); scale defaults to
     1/sqrt(D). is_causal hides keys after each query (the last T of S positions);
-    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added)."""
+    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added).
+    Causal, unmasked, dropout-free float32 attention with q (B, nh, T, hs) / (N, T, hs) and
+    T <= S runs as one fused flash-style kernel (csrc/attention.c; see _fused_attention)."""
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit (..., T, D), (..., S, D), (..., S, Dv)")
@@ -785,7 +787,8 @@ _C._register_functional(__import__("sys").modules[__name__])
 # Kernels that fuse several of the ops above (csrc/attention.c, csrc/bias_gelu.c), each
 # forward beside its backward. scaled_dot_product_attention dispatches to the fused
 # attention by itself; set_fused_enabled(False) sends everything back to the composed ops.
-__all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "set_fused_enabled", "is_fused_enabled"]
+__all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "add_layer_norm", "set_fused_enabled",
+            "is_fused_enabled"]
 
 _fused_on = True
 
@@ -923,4 +926,30 @@ def linear_gelu(x, weight, bias=None):
                 return dx, dw, db
             _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
     return y
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    """(s, y) with s = x + residual and y = layer_norm(s, (C,), weight, bias, eps), computed in
+    one pass: x, residual (..., C) float32 of the same shape, weight, bias (C) or None.
+    For a pre-LayerNorm block: ``x, h = F.add_layer_norm(x, attn_out, ln_2.weight, ln_2.bias)``
+    then ``x = x + mlp(h)``. Backward: s passes its gradient to x and residual; y's is
+    layer_norm's backward on s."""
+    if not _fused_on:
+        s = add(x, residual)
+        return s, layer_norm(s, (s.shape[-1],), weight, bias, eps)
+    s, y, mu, rstd = _C.add_layer_norm(x, residual, weight, bias, eps)
+    if _grad_on():
+        gx, gr, gw, gb = _rg(x), _rg(residual), _rg(weight), _rg(bias)
+        if gx or gr:
+            def backward_add(ds):
+                return ds if gx else None, ds if gr else None
+            _record(s, backward_add, x if gx else None, residual if gr else None)
+        if gx or gr or gw or gb:
+            def backward(dy):
+                dx, dw, db = _C.layer_norm_backward(s, weight, mu, rstd, dy)
+                if gb and db is None:  # no weight: dbias = sum of dy over rows
+                    db = _C.sum(_C.reshape(dy, (-1, dy.shape[-1])), 0)
+                return dx if (gx or gr) else None, dw if gw else None, db if gb else None
+            _record(y, backward, s if (gx or gr) else None, weight if gw else None, bias if gb else None)
+    return s, y
 # ===================================================================== end fused kernels

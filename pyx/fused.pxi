@@ -1,4 +1,5 @@
-# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c) for minillm.functional.
+# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c, add_layernorm.c) for
+# minillm.functional.
 # No autograd here: these take and return plain Tensors.
 
 cdef Tensor _fused_f32(object t, str what, str name):
@@ -209,3 +210,37 @@ def bias_gelu_backward(x, b, dy, bint need_db=True):
     if rc != 0:
         raise MemoryError(f"bias_gelu_backward: no scratch memory for x {x.shape}")
     return dx, db
+
+
+def add_layer_norm(x, r, weight, bias, float eps=1e-5):
+    """s = x + r and y = LayerNorm(s) over the last axis in one pass: x, r (..., C) float32 of
+    the same shape, weight/bias (C) or None. Returns (s, y, mean, rstd), mean/rstd (rows,)
+    as layer_norm saves them for layer_norm_backward(s, weight, mean, rstd, dy)."""
+    cdef Tensor tx = as_contig(_fused_f32(x, "add_layer_norm", "x"))
+    cdef Tensor tr = as_contig(_fused_f32(r, "add_layer_norm", "residual"))
+    if tx.ndim < 1 or tx.shape != tr.shape:
+        raise ValueError(f"add_layer_norm: x {x.shape} and residual {r.shape} must have the same shape (..., C)")
+    cdef int64_t cols = tx.shape_[tx.ndim - 1]
+    cdef int64_t rows = numel(tx) // cols if cols else 0
+    cdef Tensor w = None, b = None
+    cdef const float *wp = NULL
+    cdef const float *bp = NULL
+    if weight is not None:
+        w = as_contig(_fused_f32(weight, "add_layer_norm", "weight"))
+        if w.shape != (cols,):
+            raise ValueError(f"add_layer_norm: weight shape {w.shape} != ({cols},) for input {x.shape}")
+        wp = fptr(w)
+    if bias is not None:
+        b = as_contig(_fused_f32(bias, "add_layer_norm", "bias"))
+        if b.shape != (cols,):
+            raise ValueError(f"add_layer_norm: bias shape {b.shape} != ({cols},) for input {x.shape}")
+        bp = fptr(b)
+    cdef Tensor s = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef Tensor mu = new_tensor((rows,), C.MLL_F32)
+    cdef Tensor rs = new_tensor((rows,), C.MLL_F32)
+    if rows * cols:
+        with nogil:
+            C.mll_add_layernorm_forward(fptr(tx), fptr(tr), wp, bp, fptr(s), fptr(y), fptr(mu), fptr(rs),
+                                        rows, cols, eps)
+    return s, y, mu, rs

@@ -326,3 +326,35 @@ def test_bias_gelu_rejects_mismatched_bias():
         _C.bias_gelu(_t(np.zeros((3, 4))), _t(np.zeros(5)))
     with pytest.raises(ValueError, match="must match"):
         _C.bias_gelu_backward(_t(np.zeros((3, 4))), _t(np.zeros(4)), _t(np.zeros((4, 4))))
+
+
+# ------------------------------------------------------------- residual add + layernorm
+@pytest.mark.parametrize("shape", [(1, 1), (5, 33), (2, 7, 256)])
+def test_add_layer_norm_matches_float64_reference_and_composed_ops(shape):
+    rng = np.random.default_rng(shape[-1])
+    C = shape[-1]
+    x, r, dy_s, dy_y = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+    results = []
+    for fused in (True, False):
+        prev = F.set_fused_enabled(fused)
+        try:
+            tx, tr, tw, tb = _t(x, True), _t(r, True), _t(w, True), _t(b, True)
+            s, y = F.add_layer_norm(tx, tr, tw, tb)
+            # the residual stream goes on (s) and into the next sublayer (y), as in a GPT block
+            loss = F.add(F.sum(F.mul(s, _t(dy_s))), F.sum(F.mul(y, _t(dy_y))))
+            loss.backward()
+            results.append([_np(t) for t in (s, y, tx.grad, tr.grad, tw.grad, tb.grad)])
+        finally:
+            F.set_fused_enabled(prev)
+    for a, c in zip(*results):
+        np.testing.assert_allclose(a, c, atol=2e-5, rtol=1e-5)
+    s64 = x.astype(np.float64) + r
+    xhat = (s64 - s64.mean(-1, keepdims=True)) / np.sqrt(s64.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(results[0][0], s64, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(results[0][1], xhat * w + b, atol=2e-5, rtol=1e-5)
+
+
+def test_add_layer_norm_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        _C.add_layer_norm(_t(np.zeros((3, 4))), _t(np.zeros((3, 5))), None, None)
