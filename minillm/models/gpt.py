@@ -119,8 +119,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, layer_cache=None):
-        x = F.add(x, self.attn(self.ln_1(x), layer_cache))
-        return F.add(x, self.mlp(self.ln_2(x)))
+        h = self.attn(self.ln_1(x), layer_cache)
+        # x = x + h, then h = ln_2(x), in one pass over the residual stream
+        x, h = F.add_layer_norm(x, h, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        return F.add(x, self.mlp(h))
 
 
 class GPT(LanguageModel):
