@@ -8,6 +8,7 @@ All tensors are float32 unless stated; shapes follow NumPy broadcasting.
 """
 import builtins
 import math
+import sys
 
 from minillm import _C
 from minillm import random as _random
@@ -626,6 +627,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if gx or gw or gb:
             def backward(dy):
                 dx, dw, db = _C.layer_norm_backward(x, weight, mu, rstd, dy)
+                if gb and db is None:  # bias without weight: dbias = sum of dy over rows
+                    db = _C.sum(_C.reshape(dy, (-1, dy.shape[-1])), 0)
                 return dx, dw, db
             _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
     return y
@@ -780,7 +783,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
 
 
 # Tensor methods and operators route here when a gradient is needed.
-_C._register_functional(__import__("sys").modules[__name__])
+_C._register_functional(sys.modules[__name__])
 
 
 # ======================================================================= fused kernels

@@ -8,6 +8,8 @@ p *= 1 - lr * weight_decay.
 """
 import math
 
+import numpy as np
+
 from minillm import _C
 
 Tensor = _C.Tensor
@@ -132,8 +134,7 @@ class Optimizer:
                 if k == "step":
                     entry[k] = int(v)
                     continue
-                t = v if isinstance(v, Tensor) else Tensor.from_numpy(
-                    __import__("numpy").ascontiguousarray(v, dtype="float32"))
+                t = v if isinstance(v, Tensor) else Tensor.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
                 if tuple(t.shape) != tuple(p.shape):
                     raise ValueError(f"load_state_dict: state {k!r} of parameter {saved_index} has shape "
                                      f"{tuple(t.shape)}, the parameter has {tuple(p.shape)}")

@@ -451,3 +451,8 @@ def test_matmul_with_transpose_flags_gradients(ta, tb, batched):
         b2 = np.swapaxes(b, -1, -2) if tb else b
         return 0.5 * (a2 @ b2)
     check(lambda a, b: F._matmul_t(a, b, ta, tb, 0.5), ref, [randn(*sa, seed=1), randn(*sb, seed=2)])
+
+
+def test_layer_norm_bias_without_weight_gets_its_gradient():
+    x, b = randn(4, 5), randn(5, seed=3)
+    check(lambda x, b: F.layer_norm(x, 5, None, b), lambda x, b: np_layer_norm(x, None, b), [x, b])
