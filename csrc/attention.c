@@ -232,9 +232,9 @@ static void attention_backward_head(const attn_kernels *kf, const float *q, int6
     float *D = dp + BR * BC;      /* (Tq) */
     for (int64_t i = 0; i < Tq; i++) {
         const float *a = dout + i * dost, *b = o + i * ost;
-        float sum = 0.0f;
-        for (int64_t d = 0; d < hs; d++) sum += a[d] * b[d];
-        D[i] = sum;
+        double sum = 0.0;  /* in double: dS rows then sum to ~0 as softmax's own backward makes them */
+        for (int64_t d = 0; d < hs; d++) sum += (double)a[d] * b[d];
+        D[i] = (float)sum;
         memset(dq + i * dqst, 0, (size_t)hs * sizeof(float));
     }
     for (int64_t j0 = 0; j0 < Tk; j0 += BC) {
