@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup build test bench bench-gemm demo data clean
+.PHONY: setup build test bench bench-gemm bench-train demo data clean
 
 # Build tools and test runner (the reference libraries for comparison tests come from `make dev`).
 .setup-stamp: pyproject.toml
@@ -28,6 +28,11 @@ bench: build
 bench-gemm: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
 		$(PY) bench/bench_gemm.py
+
+# One GPT training step vs PyTorch eager (gpt-tiny, gpt-mini; MINILLM_BENCH_GPT2=1 adds GPT-2 small).
+bench-train: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
+		$(PY) bench/bench_train_gpt.py
 
 # The default corpus (Shakespeare) into data/shakespeare/ ($MINILLM_DATA_DIR if set).
 data: build

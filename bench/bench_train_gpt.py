@@ -3,6 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
         python bench/bench_train_gpt.py            # gpt-tiny and gpt-mini
     MINILLM_BENCH_GPT2=1 python bench/bench_train_gpt.py   # GPT-2 small too (about 2 minutes more)
+    python bench/bench_train_gpt.py --cpu-time      # 1 thread, CPU time: for a busy machine
 
 Both frameworks run the same architecture (GPT-2: pre-LayerNorm, tanh GELU, tied LM head,
 biases) with the same weights, float32, at the same thread count (default 2). Steps are
@@ -148,11 +149,6 @@ def torch_step_fn(cfg, B, T, minillm_model=None, seed=0):
     return step, losses
 
 
-def flops_per_step(cfg, n_params_non_embedding, B, T):
-    """6 N per token for the weight GEMMs + 12 L T C per token for attention (PaLM, app. B)."""
-    return B * T * (6 * n_params_non_embedding + 12 * cfg.n_layer * T * cfg.n_embd)
-
-
 def gemm_step_fn(n=2048):
     """One minillm sgemm of n x n x n (2 n^3 flops), to time alongside the training steps."""
     a, b = minillm.randn(n, n), minillm.randn(n, n)
@@ -196,7 +192,7 @@ def child(impl, name, threads):
     print(json.dumps({"peak_mb": _vm_hwm_mb(), "base_mb": base}))
 
 
-def bench_shape(name, steps, threads, with_torch, rss):
+def bench_shape(name, steps, threads, with_torch, rss, clock=time.perf_counter):
     fields, B, T = SHAPES[name]
     cfg = GPTConfig(**fields)
     model, ours, our_losses = minillm_step_fn(cfg, B, T)
@@ -211,10 +207,10 @@ def bench_shape(name, steps, threads, with_torch, rss):
     times = [[] for _ in fns]
     for _ in range(steps):
         for f, ts in zip(fns, times):
-            t = time.perf_counter()
+            t = clock()
             f()
-            ts.append(time.perf_counter() - t)
-    flops = flops_per_step(cfg, model.num_params(non_embedding=True), B, T)
+            ts.append(clock() - t)
+    flops = B * T * model.estimate_flops_per_token(T)    # 6 N + 12 L T C per token
     gemm_times = times.pop()
     gemm_med = gemm_flops / statistics.median(gemm_times) / 1e9
     gemm_best = gemm_flops / min(gemm_times) / 1e9
@@ -244,11 +240,18 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated shapes (gpt-tiny,gpt-mini,gpt2-small)")
     ap.add_argument("--no-torch", action="store_true", help="minillm only")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps by process CPU time at 1 thread (steadier on a busy machine)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], args.threads)
 
+    clock = time.perf_counter
+    if args.cpu_time:
+        # CPU time leaves out the time other processes hold the core; with more than one
+        # thread it would add up every thread's time, spin-waits included, so use one
+        args.threads, clock = 1, time.process_time
     minillm.set_num_threads(args.threads)
     with_torch = not args.no_torch
     if with_torch:
@@ -266,7 +269,8 @@ def main():
             raise SystemExit(f"unknown shape {n!r}; choose from {sorted(SHAPES)}")
 
     cpu = minillm.cpu_info()
-    print(f"CPU {cpu.get('cpu')} ({cpu.get('isa')}), {args.threads} threads, float32" +
+    print(f"CPU {cpu.get('cpu')} ({cpu.get('isa')}), {args.threads} threads, float32, "
+          f"{'process CPU' if args.cpu_time else 'wall'} time" +
           (f"; torch {__import__('torch').__version__}" if with_torch else ""))
     header = (f"{'model':<11} {'impl':<8} {'tokens':>7} {'ms/step':>9} {'best ms':>8} {'tokens/s':>9} "
               f"{'GFLOPS':>7} {'of GEMM':>8} {'(best)':>7} {'vs torch':>9} {'(best)':>7} {'peak RSS MB':>12} {'+model':>7}")
@@ -275,7 +279,7 @@ def main():
     default_steps = {"gpt-tiny": 30, "gpt-mini": 8, "gpt2-small": 4}
     for name in names:
         rows = bench_shape(name, args.steps or default_steps[name], args.threads, with_torch,
-                           not args.no_rss)
+                           not args.no_rss, clock)
         print(f"  (minillm sgemm 2048^3 in the same rounds: {rows[0]['gemm']:.1f} GFLOPS median)")
         for r in rows:
             vs = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else ""
@@ -291,3 +295,28 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ pytest-benchmark entry
+# (`python -m pytest bench/bench_train_gpt.py`): the gpt-tiny step of each framework, one group
+def _pytest_step(impl):
+    import pytest
+    fields, B, T = SHAPES["gpt-tiny"]
+    cfg = GPTConfig(**fields)
+    if impl == "torch":
+        pytest.importorskip("torch", reason="torch not installed: no PyTorch peer")
+        step, _ = torch_step_fn(cfg, B, T)
+    else:
+        _, step, _ = minillm_step_fn(cfg, B, T)
+    step()
+    return step
+
+
+def test_train_step_gpt_tiny_minillm(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("minillm"))
+
+
+def test_train_step_gpt_tiny_torch(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("torch"))

@@ -181,6 +181,8 @@ def test_num_params_matches_the_gpt2_formula():
     model = GPT(c)
     assert model.num_params() == expected
     assert model.num_params(non_embedding=True) == expected - c.block_size * C
+    # 6 N per token for the weight GEMMs, 12 L T C for attention (PaLM's count)
+    assert model.estimate_flops_per_token(10) == 6 * (expected - c.block_size * C) + 12 * L * 10 * C
 
 
 def test_gpt2_small_preset_has_124m_parameters():

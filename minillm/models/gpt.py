@@ -119,8 +119,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, layer_cache=None):
-        x = F.add(x, self.attn(self.ln_1(x), layer_cache))
-        return F.add(x, self.mlp(self.ln_2(x)))
+        h = self.attn(self.ln_1(x), layer_cache)
+        # x = x + h, then h = ln_2(x), in one pass over the residual stream
+        x, h = F.add_layer_norm(x, h, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        return F.add(x, self.mlp(h))
 
 
 class GPT(LanguageModel):
@@ -223,9 +225,9 @@ class GPT(LanguageModel):
     def estimate_flops_per_token(self, T=None):
         """Training FLOPs per token at context T (default block_size): 6 N for the
         weight GEMMs (forward 2N, backward 4N; N = parameters without the position
-        table) plus 6 n_layer T C for the attention score and value products at
-        average causal length T (12 L T C counted over the full T x T square, halved
-        for the causal half). The PaLM paper's appendix B counts the same way."""
+        table, the tied LM head counted once) plus 12 n_layer T C for the attention
+        score and value products, forward and backward, over the full T x T square
+        (PaLM, appendix B; a causal kernel does about half of that work)."""
         cfg = self.config
         T = cfg.block_size if T is None else T
         n = self.num_params(non_embedding=True)
