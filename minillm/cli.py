@@ -259,6 +259,11 @@ def add_train_parser(subparsers):
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.type in (bool, "bool"):      # --ddp / --no-ddp
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS,
+                           help=f"{f.metadata.get('help', '')} (default: {default!r})")
+            continue
         p.add_argument(flag, dest=f.name, type=_train_option_type(f), default=argparse.SUPPRESS,
                        metavar=f.name.upper(),
                        help=f"{f.metadata.get('help', '')} (default: {default!r})")

@@ -47,6 +47,7 @@ import numpy as np
 import minillm
 from minillm import _C, nn
 from minillm import data as mdata
+from minillm import distributed
 from minillm import io as mio
 from minillm import optim
 from minillm import random as mrandom
@@ -117,6 +118,8 @@ class TrainConfig:
                                  "speed of the first steps (0: use max_steps)")
     max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
     num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
+    ddp: bool = _f(False, "data-parallel over the ranks of `mpirun -n N`: each rank takes "
+                          "batch_size / N windows of every batch (batch_size is the global batch)")
     progress: str = _f("auto", "progress display: auto (a tqdm bar on a terminal), bar, log, none")
     sample_tokens: int = _f(0, "tokens of text to sample at the end (0: none)")
     sample_prompt: str = _f("\n", "prompt of the final sample")
@@ -582,11 +585,16 @@ class Trainer:
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.byte_lengths = mdata.token_byte_lengths(tokenizer) if tokenizer is not None else None
 
+        # ---- data parallel: rank 0's weights everywhere; only rank 0 writes files
+        self.world = distributed.init() if cfg.ddp else distributed.world()
+        if self.world.size > 1:
+            self.world.shard(cfg.batch_size)        # refuses a batch that does not split evenly
         mrandom.manual_seed(cfg.seed)
         if model is None:
             from minillm.models import build_model
             model = build_model(cfg.model, vocab_size=vocab_size, **cfg.model_overrides())
         self.model = model
+        self.world.broadcast_(list(model.parameters()))
         if model.config.vocab_size < vocab_size:
             raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
                              f"data's {vocab_size}")
@@ -601,10 +609,13 @@ class Trainer:
         self.history = []
         self.last_eval = None
         self._stop = False
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        if self.world.is_main:
+            os.makedirs(cfg.out_dir, exist_ok=True)
 
     def _check_fresh_out_dir(self):
         """A new run must not mix its metrics and checkpoints with another run's."""
+        if not self.world.is_main:
+            return
         old = list_checkpoints(self.config.out_dir)
         if old:
             raise ValueError(f"{self.config.out_dir} already holds checkpoints of a run (up to step "
@@ -678,7 +689,9 @@ class Trainer:
 
     def save(self):
         """Write checkpoints/step_<step>/ (atomically) and drop all but the last
-        keep_checkpoints; returns the folder."""
+        keep_checkpoints; returns the folder (None on ranks other than 0, which write nothing)."""
+        if not self.world.is_main:
+            return None
         cfg = self.config
         folder = os.path.join(cfg.out_dir, CHECKPOINTS_DIR, f"step_{self.step:07d}")
         config = {"model": self.model.config.to_dict(), "train": cfg.to_dict(),
@@ -703,12 +716,19 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         total = 0.0
+        world = self.world
         for _ in range(cfg.grad_accum):
             x, y = self.batches.next()
+            if world.size > 1:          # every rank draws the global batch and keeps its shard
+                lo, hi = world.shard(cfg.batch_size)
+                x, y = x[lo:hi], y[lo:hi]
             _, loss = self.model(x, y)
             total += float(loss.item())
             (loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)).backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if world.size > 1:
+            world.allreduce_mean_([p.grad for p in params])
+            total = world.allreduce_mean_float(total)
         norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -725,6 +745,8 @@ class Trainer:
                         self.byte_lengths, max_batches)
 
     def _log(self, record):
+        if not self.world.is_main:
+            return
         with open(os.path.join(self.config.out_dir, METRICS_FILE), "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -739,7 +761,8 @@ class Trainer:
         if self.step == 0:
             self._check_fresh_out_dir()
         self.model.train()
-        progress = _Progress(self.config.progress, self.config.max_steps, self.step)
+        progress = _Progress(self.config.progress if self.world.is_main else "none",
+                             self.config.max_steps, self.step)
         use_signal = _in_main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
         self._stop, self.interrupted = False, False
@@ -767,7 +790,7 @@ class Trainer:
                 if self.val_tokens is not None and (
                         last or out_of_time or (cfg.eval_interval and self.step % cfg.eval_interval == 0)):
                     self._run_eval(progress, final=last)
-                if self._stop or out_of_time:
+                if self.world.any_true(self._stop or out_of_time):
                     self.interrupted = True
                     why = "interrupted" if self._stop else f"max_time {cfg.max_time:g} s reached"
                     progress.log(f"{why} at step {self.step}: saved {self.save()}; continue with "
@@ -805,7 +828,7 @@ class Trainer:
         takes about time_budget seconds at the speed of the calibration steps. The resolved
         max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
         cfg = self.config
-        per_step = seconds / _calibration_steps(cfg)
+        per_step = self.world.broadcast_float(seconds) / _calibration_steps(cfg)  # same steps on all ranks
         # an evaluation batch (batch_size windows, no backward) costs about a third of a
         # training micro-batch
         per_eval_batch = per_step / (3 * cfg.grad_accum)
