@@ -63,7 +63,12 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
 MANIFEST = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
-_CALIBRATION_STEPS = 5      # steps timed to turn time_budget into max_steps
+
+
+def _calibration_steps(cfg):
+    """Steps timed to turn time_budget into max_steps: up to 30, within the warmup when it is
+    long enough, so that the learning rates of the timed steps do not depend on max_steps."""
+    return max(5, min(cfg.warmup_steps, 30))
 
 
 # ====================================================================== configuration
@@ -774,7 +779,8 @@ class Trainer:
                                              f"(now {self.config.lr}) or check the data")
                 progress.step(f"loss {loss:.4f}")
                 self._log_step(loss, norm, lr, clock, progress)
-                if self.step == _CALIBRATION_STEPS + 1 and self.config.time_budget and clock.t_cal:
+                if (self.config.time_budget and clock.t_cal
+                        and self.step == _calibration_steps(self.config) + 1):
                     self._fit_time_budget(time.perf_counter() - clock.t_cal, progress)
                 if self.step == 1:
                     clock.t_cal = time.perf_counter()     # step 1 warms caches: time the next ones
@@ -822,7 +828,7 @@ class Trainer:
         takes about time_budget seconds at the speed of the calibration steps. The resolved
         max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
         cfg = self.config
-        per_step = self.world.broadcast_float(seconds) / _CALIBRATION_STEPS  # same steps on all ranks
+        per_step = self.world.broadcast_float(seconds) / _calibration_steps(cfg)  # same steps on all ranks
         # an evaluation batch (batch_size windows, no backward) costs about a third of a
         # training micro-batch
         per_eval_batch = per_step / (3 * cfg.grad_accum)
