@@ -264,6 +264,7 @@ void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t r
 int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
                     int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
 /* -------------------------------------------------- attention.c, bias_gelu.c (fused) */
+/* ------------------------------- attention.c, bias_gelu.c, add_layernorm.c (fused) */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
  *   out (B, nh, Tq, hs), lse (B, nh, Tq) contiguous = log-sum-exp of each score row.
@@ -330,6 +331,12 @@ typedef struct {
  * (pos + 1, B, nh, hs) get row pos (see mll_kv_attention_step). 0, or -1 if out of memory. */
 int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
                        int64_t hs, int64_t pos);
+/* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):
+ * x, r, s, y (rows, cols); gamma, beta (cols) or NULL; mean, rstd (rows). Backward: the
+ * gradient of s passes to x and r, mll_layernorm_backward on s gives the rest. */
+void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                               float *s, float *y, float *mean, float *rstd, int64_t rows,
+                               int64_t cols, float eps);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,46 @@ def test_pretokenize_matches_gpt2_regex():
         assert got == pat.findall(text), repr(text)
 
 
+# Code points that Unicode 15 and 16 added (letters and a digit): tiktoken 0.14 and tokenizers
+# 0.23 follow Unicode 16, and so do csrc/unicode_tables.h.
+NEW_IN_UNICODE_15_16 = [0x11F04, 0x31350, 0x2EBF0, 0x10D50, 0x105C0, 0x16D70]
+
+
+def code_point_probe(step, per_text=500):
+    """Texts holding every `step`-th non-surrogate code point in contexts that reveal its class."""
+    # planes 0-3 and 14 hold every assigned character; 4-13 are empty, 15-16 private use
+    cps = [cp for cp in list(range(0x80, 0x40000, step)) + list(range(0xE0000, 0xF0100, step))
+           if not 0xD800 <= cp <= 0xDFFF]
+    cps += NEW_IN_UNICODE_15_16
+    return ["".join(f"x{c}x !{c}! 1{c}1 {c} {c}{c}'s\u3000{c}\n"
+                    for c in map(chr, cps[i:i + per_text]))
+            for i in range(0, len(cps), per_text)]
+
+
+def test_pretokenize_matches_hf_on_all_of_unicode():
+    tokenizers = pytest.importorskip("tokenizers")
+    from minillm import _bpe
+    from minillm.tokenizers.base import token_to_str
+    pre = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    for text in code_point_probe(23):
+        ours = [token_to_str(p) for p in _bpe.pretokenize(text.encode("utf-8"))]
+        assert ours == [p for p, _ in pre.pre_tokenize_str(text)]
+
+
+def test_ids_match_tiktoken_on_all_of_unicode():
+    tiktoken = pytest.importorskip("tiktoken")
+    # every byte pair is a merge, so a pre-token boundary in one place but not the other
+    # changes the ids
+    merges = [(a, b, 256 + 256 * a + b) for a in range(256) for b in range(256)]
+    ours = BPETokenizer(merges, special_tokens={})
+    ranks = {bytes([b]): b for b in range(256)}
+    ranks.update({bytes([a, b]): m for a, b, m in merges})
+    enc = tiktoken.Encoding("pairs", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={})
+    for text in code_point_probe(23):
+        assert ours.encode(text) == enc.encode_ordinary(text)
+
+
 def test_pretokenize_invalid_utf8_bytes_are_single_characters():
     from minillm import _bpe
     data = b"ab\xff\xfe cd\xe6\x97 \xf0\x9f"
