@@ -16,3 +16,4 @@ __version__ = "0.1.0"
 from ._C import view_as  # noqa: F401,E402
 from .random import Generator, manual_seed, default_generator  # noqa: F401,E402
 from .io import save, load, FormatError  # noqa: F401,E402
+from .amp import autocast, is_autocast_enabled  # noqa: F401,E402  (bf16 mixed precision)
