@@ -181,22 +181,28 @@ AVX512 static inline __m512i load16_bf16(const void *p, int dt, __mmask16 mask) 
     return _mm512_mask_blend_epi32(nan, r, q);
 }
 
-/* Pairs from two rows: dst[kp * width + j] = (X[2kp, j], X[2kp+1, j]) for j < cols (zero for
- * cols <= j < width), kp < ceil(kc/2); X has row stride ld (rows are k). width is MR or NR.
- * Used for op(A) = A^T (X = A as stored, columns = rows of op(A)) and op(B) = B. */
-AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int cols, int width, int64_t kc,
-                                   uint32_t *dst) {
+/* Pairs from two rows, for npanels micro-panels of `width` (MR or NR) columns each:
+ * dst[q * pstride + kp * width + j] = (X[2kp, q width + j], X[2kp+1, q width + j]) for columns
+ * q width + j < cols (zero past cols), kp < ceil(kc/2); X has row stride ld (rows are k).
+ * Used for op(A) = A^T (X = A as stored) and op(B) = B. k is the outer loop so each stored row
+ * is read once, front to back, across all the panels (the prefetchers follow it). */
+AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t cols, int width, int64_t npanels,
+                                   int64_t pstride, int64_t kc, uint32_t *dst) {
     for (int64_t kp = 0; 2 * kp < kc; kp++) {
         const void *r0 = offset(X, dt, 2 * kp * ld);
         const void *r1 = offset(X, dt, (2 * kp + 1) * ld);
         int has1 = 2 * kp + 1 < kc;
-        for (int j = 0; j < width; j += 16) {
-            int n = cols - j < 16 ? (cols - j > 0 ? cols - j : 0) : 16;
-            __mmask16 m = (__mmask16)((1u << n) - 1);
-            __mmask16 mw = width - j >= 16 ? 0xffff : (__mmask16)((1u << (width - j)) - 1);
-            __m512i lo = load16_bf16(offset(r0, dt, j), dt, m);
-            __m512i hi = has1 ? load16_bf16(offset(r1, dt, j), dt, m) : _mm512_setzero_si512();
-            _mm512_mask_storeu_epi32(dst + kp * width + j, mw, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        for (int64_t q = 0; q < npanels; q++) {
+            uint32_t *d = dst + q * pstride + kp * width;
+            for (int j = 0; j < width; j += 16) {
+                int64_t c0 = q * width + j;
+                int n = cols - c0 < 16 ? (cols - c0 > 0 ? (int)(cols - c0) : 0) : 16;
+                __mmask16 m = (__mmask16)((1u << n) - 1);
+                __mmask16 mw = width - j >= 16 ? 0xffff : (__mmask16)((1u << (width - j)) - 1);
+                __m512i lo = load16_bf16(offset(r0, dt, c0), dt, m);
+                __m512i hi = has1 ? load16_bf16(offset(r1, dt, c0), dt, m) : _mm512_setzero_si512();
+                _mm512_mask_storeu_epi32(d + j, mw, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
         }
     }
 }
@@ -233,12 +239,13 @@ AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, 
 /* ap: ceil(mc / MR) micro-panels of MR x kc  <-  op(A)[0:mc, 0:kc] */
 AVX512 static void pack_a(int transa, const void *A, int dt, int64_t lda, int64_t mc, int64_t kc, uint32_t *ap) {
     int64_t kc2 = (kc + 1) / 2;
+    if (transa) {
+        pack_pairs_rows(A, dt, lda, mc, MR, (mc + MR - 1) / MR, MR * kc2, kc, ap);
+        return;
+    }
     for (int64_t i0 = 0; i0 < mc; i0 += MR) {
         int rows = mc - i0 < MR ? (int)(mc - i0) : MR;
-        if (transa)
-            pack_pairs_rows(offset(A, dt, i0), dt, lda, rows, MR, kc, ap);
-        else
-            pack_pairs_cols(offset(A, dt, i0 * lda), dt, lda, rows, MR, kc, ap);
+        pack_pairs_cols(offset(A, dt, i0 * lda), dt, lda, rows, MR, kc, ap);
         ap += MR * kc2;
     }
 }
@@ -246,14 +253,16 @@ AVX512 static void pack_a(int transa, const void *A, int dt, int64_t lda, int64_
 /* micro-panels p0..p1-1 of kc x NR, panel p at bp + p * NR * KC/2  <-  op(B)[0:kc, 0:nc] */
 AVX512 static void pack_b(int transb, const void *B, int dt, int64_t ldb, int64_t nc, int64_t kc, int64_t p0,
                           int64_t p1, uint32_t *bp) {
+    if (!transb) {
+        if (p1 > p0)
+            pack_pairs_rows(offset(B, dt, p0 * NR), dt, ldb, nc - p0 * NR, NR, p1 - p0, NR * (KC / 2), kc,
+                            bp + p0 * NR * (KC / 2));
+        return;
+    }
     for (int64_t p = p0; p < p1; p++) {
         int64_t j0 = p * NR;
         int cols = nc - j0 < NR ? (int)(nc - j0) : NR;
-        uint32_t *dst = bp + p * NR * (KC / 2);
-        if (transb)
-            pack_pairs_cols(offset(B, dt, j0 * ldb), dt, ldb, cols, NR, kc, dst);
-        else
-            pack_pairs_rows(offset(B, dt, j0), dt, ldb, cols, NR, kc, dst);
+        pack_pairs_cols(offset(B, dt, j0 * ldb), dt, ldb, cols, NR, kc, bp + p * NR * (KC / 2));
     }
 }
 
