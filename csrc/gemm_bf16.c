@@ -307,6 +307,9 @@ AVX512BF16 static void team_bf16(const bf16_args *g, int t, int nt, uint32_t *bb
     int64_t nblock = 0;
     const int64_t M = g->M, N = g->N, K = g->K;
     const int64_t mtiles = (M + MR - 1) / MR;
+    /* K in equal blocks (even, <= KC): K = 1024 runs as 2 x 512, not 768 + 256, so no block is
+     * short on work for the C tile it reads and writes */
+    const int64_t nkblocks = (K + KC - 1) / KC, kstep = ((K + nkblocks - 1) / nkblocks + 1) / 2 * 2;
     for (int64_t jc = 0; jc < N; jc += NC) {
         int64_t nc = N - jc < NC ? N - jc : NC;
         int64_t npanels = (nc + NR - 1) / NR;
@@ -315,8 +318,8 @@ AVX512BF16 static void team_bf16(const bf16_args *g, int t, int nt, uint32_t *bb
         if (t0 >= t1) t0 = t1 = 0;           /* no tiles, but the barriers must still be met */
         int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
         if (m1 > M) m1 = M;
-        for (int64_t pc = 0; pc < K; pc += KC) {
-            int64_t kc = K - pc < KC ? K - pc : KC, kc2 = (kc + 1) / 2;
+        for (int64_t pc = 0; pc < K; pc += kstep) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep, kc2 = (kc + 1) / 2;
             float beta = pc == 0 ? g->beta : 1.0f;
             const void *Bblk = offset(g->B, g->bdt, g->transb ? jc * g->ldb + pc : pc * g->ldb + jc);
             /* two buffers in turn: the barrier after packing block n also says block n - 1 is done */
