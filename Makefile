@@ -2,7 +2,7 @@
 PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup build test bench bench-gemm demo data clean
+.PHONY: setup build test bench bench-gemm bench-train demo data clean
 
 # Build tools and test runner (the reference libraries for comparison tests come from `make dev`).
 .setup-stamp: pyproject.toml
@@ -29,9 +29,28 @@ bench-gemm: build
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
 		$(PY) bench/bench_gemm.py
 
+# One GPT training step vs PyTorch eager (gpt-tiny, gpt-mini; MINILLM_BENCH_GPT2=1 adds GPT-2 small).
+bench-train: build
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
+		$(PY) bench/bench_train_gpt.py
+
 # The default corpus (Shakespeare) into data/shakespeare/ ($MINILLM_DATA_DIR if set).
 data: build
 	$(PY) -m minillm data shakespeare
+
+# The README's main job: the corpus, a 4096-id BPE tokenizer, token files, about 5 minutes of
+# gpt-mini on all cores, then validation bits per byte and a sample (configs/shakespeare-gpt-mini.json).
+DEMO_DATA = data/shakespeare
+DEMO_RUN = runs/shakespeare-gpt-mini
+DEMO_ARGS ?=
+demo: build
+	$(PY) -m minillm data shakespeare --data-dir data
+	test -f $(DEMO_DATA)/tokenizer-4096/tokenizer.json || $(PY) -m minillm tokenizer train \
+		--input $(DEMO_DATA)/train.txt --vocab-size 4096 --out $(DEMO_DATA)/tokenizer-4096 --quiet
+	$(PY) -m minillm data prepare --input $(DEMO_DATA)/train.txt --val-input $(DEMO_DATA)/val.txt \
+		--tokenizer $(DEMO_DATA)/tokenizer-4096 --out $(DEMO_DATA)/tokens-4096 --quiet
+	rm -rf $(DEMO_RUN)
+	$(PY) -m minillm train --config configs/shakespeare-gpt-mini.json --out-dir $(DEMO_RUN) $(DEMO_ARGS)
 
 clean:
 	rm -rf build *.egg-info minillm/*.so pyx/*.c .setup-stamp .build.lock

@@ -3,15 +3,17 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
         python bench/bench_train_gpt.py            # gpt-tiny and gpt-mini
     MINILLM_BENCH_GPT2=1 python bench/bench_train_gpt.py   # GPT-2 small too (about 2 minutes more)
+    python bench/bench_train_gpt.py --cpu-time      # 1 thread, CPU time: for a busy machine
 
 Both frameworks run the same architecture (GPT-2: pre-LayerNorm, tanh GELU, tied LM head,
 biases) with the same weights, float32, at the same thread count (default 2). Steps are
 interleaved (minillm, torch, minillm, ...) so both see the same machine; ms/step is the
-median. GFLOPS counts 6 N per token for the weight GEMMs (N = parameters without the
+median, "best ms" the fastest step (the better guide on a busy machine). GFLOPS counts 6 N per token for the weight GEMMs (N = parameters without the
 position table; the tied LM head counted once) plus 12 L T C per token for attention
 (scores and values, forward and backward, over the full T x T as PaLM's appendix B
-counts), divided by the step time; "of GEMM" is that as a fraction of minillm's own
-2048 x 2048 x 2048 sgemm throughput measured at the start of the same run. Peak RSS is
+counts), divided by the median step time; "of GEMM" is that as a fraction of minillm's own
+2048 x 2048 x 2048 sgemm throughput, one sgemm timed in every round next to the steps
+(median to median, and "(best)" best step to best sgemm). Peak RSS is
 each framework's own, measured in a fresh child process that runs 3 steps (the figure
 includes the interpreter and the imported libraries; "+model" is the growth after import).
 """
@@ -147,22 +149,14 @@ def torch_step_fn(cfg, B, T, minillm_model=None, seed=0):
     return step, losses
 
 
-def flops_per_step(cfg, n_params_non_embedding, B, T):
-    """6 N per token for the weight GEMMs + 12 L T C per token for attention (PaLM, app. B)."""
-    return B * T * (6 * n_params_non_embedding + 12 * cfg.n_layer * T * cfg.n_embd)
-
-
-def gemm_gflops(n=2048, reps=3):
-    """minillm's sgemm throughput on n x n x n (best of reps)."""
+def gemm_step_fn(n=2048):
+    """One minillm sgemm of n x n x n (2 n^3 flops), to time alongside the training steps."""
     a, b = minillm.randn(n, n), minillm.randn(n, n)
     out = _C.empty((n, n))
-    _C.matmul(a, b, out=out)
-    best = math.inf
-    for _ in range(reps):
-        t = time.perf_counter()
+
+    def step():
         _C.matmul(a, b, out=out)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e9
+    return step, 2.0 * n ** 3
 
 
 def peak_rss_in_child(impl, name, threads):
@@ -198,7 +192,7 @@ def child(impl, name, threads):
     print(json.dumps({"peak_mb": _vm_hwm_mb(), "base_mb": base}))
 
 
-def bench_shape(name, steps, threads, with_torch, gemm, rss):
+def bench_shape(name, steps, threads, with_torch, rss, clock=time.perf_counter):
     fields, B, T = SHAPES[name]
     cfg = GPTConfig(**fields)
     model, ours, our_losses = minillm_step_fn(cfg, B, T)
@@ -206,26 +200,34 @@ def bench_shape(name, steps, threads, with_torch, gemm, rss):
     if with_torch:
         theirs, their_losses = torch_step_fn(cfg, B, T, minillm_model=model)
         fns.append(theirs)
+    gemm, gemm_flops = gemm_step_fn()
+    fns.append(gemm)            # our GEMM's n = 2048 throughput, timed in the same rounds
     for f in fns:               # warm-up: allocator, packing buffers, optimizer state
         f()
     times = [[] for _ in fns]
     for _ in range(steps):
         for f, ts in zip(fns, times):
-            t = time.perf_counter()
+            t = clock()
             f()
-            ts.append(time.perf_counter() - t)
-    flops = flops_per_step(cfg, model.num_params(non_embedding=True), B, T)
+            ts.append(clock() - t)
+    flops = B * T * model.estimate_flops_per_token(T)    # 6 N + 12 L T C per token
+    gemm_times = times.pop()
+    gemm_med = gemm_flops / statistics.median(gemm_times) / 1e9
+    gemm_best = gemm_flops / min(gemm_times) / 1e9
     rows = []
     for impl, ts in zip(["minillm", "torch"], times):
         ms = statistics.median(ts) * 1e3
-        row = dict(model=name, impl=impl, tokens=f"{B}x{T}", ms=ms, tok_s=B * T / ms * 1e3,
-                   gflops=flops / ms / 1e6)
-        row["of_gemm"] = row["gflops"] / gemm
+        row = dict(model=name, impl=impl, tokens=f"{B}x{T}", ms=ms, best=min(ts) * 1e3,
+                   tok_s=B * T / ms * 1e3, gflops=flops / ms / 1e6)
+        row["of_gemm"] = row["gflops"] / gemm_med
+        row["of_gemm_best"] = flops / row["best"] / 1e6 / gemm_best
+        row["gemm"] = gemm_med
         if rss:
             row["rss"], row["rss_model"] = peak_rss_in_child(impl, name, threads)
         rows.append(row)
     if with_torch:
         rows[0]["vs_torch"] = rows[1]["ms"] / rows[0]["ms"]
+        rows[0]["vs_torch_best"] = rows[1]["best"] / rows[0]["best"]
         # same weights, same data: the first losses agree (a check that both run the same model)
         rows[0]["loss_diff"] = abs(our_losses[0] - their_losses[0])
     return rows
@@ -238,11 +240,18 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated shapes (gpt-tiny,gpt-mini,gpt2-small)")
     ap.add_argument("--no-torch", action="store_true", help="minillm only")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps by process CPU time at 1 thread (steadier on a busy machine)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "SHAPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], args.threads)
 
+    clock = time.perf_counter
+    if args.cpu_time:
+        # CPU time leaves out the time other processes hold the core; with more than one
+        # thread it would add up every thread's time, spin-waits included, so use one
+        args.threads, clock = 1, time.process_time
     minillm.set_num_threads(args.threads)
     with_torch = not args.no_torch
     if with_torch:
@@ -259,24 +268,26 @@ def main():
         if n not in SHAPES:
             raise SystemExit(f"unknown shape {n!r}; choose from {sorted(SHAPES)}")
 
-    gemm = gemm_gflops()
     cpu = minillm.cpu_info()
-    print(f"CPU {cpu.get('cpu')} ({cpu.get('isa')}), {args.threads} threads, float32; "
-          f"minillm sgemm 2048^3: {gemm:.1f} GFLOPS" +
+    print(f"CPU {cpu.get('cpu')} ({cpu.get('isa')}), {args.threads} threads, float32, "
+          f"{'process CPU' if args.cpu_time else 'wall'} time" +
           (f"; torch {__import__('torch').__version__}" if with_torch else ""))
-    header = (f"{'model':<11} {'impl':<8} {'tokens':>7} {'ms/step':>9} {'tokens/s':>9} {'GFLOPS':>7} "
-              f"{'of GEMM':>8} {'vs torch':>9} {'peak RSS MB':>12} {'+model':>7}")
+    header = (f"{'model':<11} {'impl':<8} {'tokens':>7} {'ms/step':>9} {'best ms':>8} {'tokens/s':>9} "
+              f"{'GFLOPS':>7} {'of GEMM':>8} {'(best)':>7} {'vs torch':>9} {'(best)':>7} {'peak RSS MB':>12} {'+model':>7}")
     print(header)
     print("-" * len(header))
     default_steps = {"gpt-tiny": 30, "gpt-mini": 8, "gpt2-small": 4}
     for name in names:
-        rows = bench_shape(name, args.steps or default_steps[name], args.threads, with_torch, gemm,
-                           not args.no_rss)
+        rows = bench_shape(name, args.steps or default_steps[name], args.threads, with_torch,
+                           not args.no_rss, clock)
+        print(f"  (minillm sgemm 2048^3 in the same rounds: {rows[0]['gemm']:.1f} GFLOPS median)")
         for r in rows:
             vs = f"{r['vs_torch']:.2f}x" if "vs_torch" in r else ""
+            vs_best = f"{r['vs_torch_best']:.2f}x" if "vs_torch_best" in r else ""
             rss = f"{r['rss']:12.0f} {r['rss_model']:7.0f}" if "rss" in r else f"{'':>12} {'':>7}"
-            print(f"{r['model']:<11} {r['impl']:<8} {r['tokens']:>7} {r['ms']:9.1f} {r['tok_s']:9.0f} "
-                  f"{r['gflops']:7.1f} {r['of_gemm']:8.0%} {vs:>9} {rss}")
+            print(f"{r['model']:<11} {r['impl']:<8} {r['tokens']:>7} {r['ms']:9.1f} {r['best']:8.1f} "
+                  f"{r['tok_s']:9.0f} {r['gflops']:7.1f} {r['of_gemm']:8.0%} {r['of_gemm_best']:7.0%} "
+                  f"{vs:>9} {vs_best:>7} {rss}")
         if "loss_diff" in rows[0] and rows[0]["loss_diff"] > 1e-3:
             print(f"  warning: first losses differ by {rows[0]['loss_diff']:.2e} (same weights and data)")
         sys.stdout.flush()
@@ -284,3 +295,28 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------ pytest-benchmark entry
+# (`python -m pytest bench/bench_train_gpt.py`): the gpt-tiny step of each framework, one group
+def _pytest_step(impl):
+    import pytest
+    fields, B, T = SHAPES["gpt-tiny"]
+    cfg = GPTConfig(**fields)
+    if impl == "torch":
+        pytest.importorskip("torch", reason="torch not installed: no PyTorch peer")
+        step, _ = torch_step_fn(cfg, B, T)
+    else:
+        _, step, _ = minillm_step_fn(cfg, B, T)
+    step()
+    return step
+
+
+def test_train_step_gpt_tiny_minillm(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("minillm"))
+
+
+def test_train_step_gpt_tiny_torch(benchmark):
+    benchmark.group = "train-step-gpt-tiny-32x64"
+    benchmark(_pytest_step("torch"))

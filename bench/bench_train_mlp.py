@@ -4,6 +4,8 @@ minillm vs PyTorch eager in the same run, 2 threads each, at batch 64 and 512.
     make bench                                  (pytest-benchmark, grouped by batch size)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \\
         python bench/bench_train_mlp.py         (a table of medians and the ratio)
+    ... python bench/bench_train_mlp.py --cpu-time   (process CPU time instead of wall time:
+        steadier on a loaded machine; compare at MINILLM_NUM_THREADS=1 only)
 
 The ratio is PyTorch's time over minillm's: above 1 means minillm is faster.
 """
@@ -83,7 +85,7 @@ def test_train_step_mlp(benchmark, impl, batch):
     benchmark(step)
 
 
-def median_seconds(steps, warmup=10, repeats=9, inner=10):
+def median_seconds(steps, warmup=10, repeats=9, inner=10, clock=time.perf_counter):
     """Median seconds per call of each function in `steps`. Repeats alternate between the
     functions, so load from other processes hits all of them alike."""
     for step in steps:
@@ -92,15 +94,17 @@ def median_seconds(steps, warmup=10, repeats=9, inner=10):
     times = [[] for _ in steps]
     for _ in range(repeats):
         for k, step in enumerate(steps):
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(inner):
                 step()
-            times[k].append((time.perf_counter() - t0) / inner)
+            times[k].append((clock() - t0) / inner)
     return [float(np.median(t)) for t in times]
 
 
 def main():
     n = int(os.environ.get("MINILLM_NUM_THREADS", "2"))
+    cpu = "--cpu-time" in sys.argv[1:]
+    clock = time.process_time if cpu else time.perf_counter
     minillm.set_num_threads(n)
     try:
         import torch
@@ -108,13 +112,14 @@ def main():
     except ImportError:
         torch = None
     print(f"MLP {'-'.join(map(str, SIZES))}, one step (forward, cross-entropy, backward, AdamW), "
-          f"{n} threads, {minillm.cpu_info()['cpu']} [{minillm.cpu_info()['isa']}]")
+          f"{n} threads, {minillm.cpu_info()['cpu']} [{minillm.cpu_info()['isa']}], "
+          f"{'process CPU' if cpu else 'wall'} time")
     print(f"{'batch':>6} {'minillm ms':>11} {'torch ms':>9} {'torch/minillm':>14}")
     for batch in BATCHES:
         if torch is not None:
-            ours, theirs = median_seconds([minillm_step_fn(batch), torch_step_fn(batch)])
+            ours, theirs = median_seconds([minillm_step_fn(batch), torch_step_fn(batch)], clock=clock)
         else:
-            ours, theirs = median_seconds([minillm_step_fn(batch)])[0], float("nan")
+            ours, theirs = median_seconds([minillm_step_fn(batch)], clock=clock)[0], float("nan")
         print(f"{batch:>6} {ours * 1e3:>11.3f} {theirs * 1e3:>9.3f} {theirs / ours:>14.2f}")
     return 0
 

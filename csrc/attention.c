@@ -32,15 +32,16 @@
 #define BC 64 /* keys per tile */
 
 /* ------------------------------------------------------------------ generic */
-/* C (M, N) = A (M, K) B (K, N), or C += A B when acc; row strides lda, ldb, ldc */
-static void gemm_tile_generic(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+/* C (M, N) = A (M, K) B (K, N), or C += A B when acc. A[i, p] = A[i lda + p acs] (acs = lda = 1
+ * reads A^T in place: its elements are broadcast one at a time anyway); B, C: row strides ldb, ldc */
+static void gemm_tile_generic(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int64_t acs,
                               const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
     for (int64_t i = 0; i < M; i++) {
         float *c = C + i * ldc;
         if (!acc)
             for (int64_t j = 0; j < N; j++) c[j] = 0.0f;
         for (int64_t p = 0; p < K; p++) {
-            float a = A[i * lda + p];
+            float a = A[i * lda + p * acs];
             const float *b = B + p * ldb;
             for (int64_t j = 0; j < N; j++) c[j] += a * b[j];
         }
@@ -86,6 +87,17 @@ static void dscore_row_generic(const float *p, float *dp, int64_t n, float D) {
     for (int64_t c = 0; c < n; c++) dp[c] = p[c] * (dp[c] - D);
 }
 
+/* b (cols, rows), row stride ldb  <-  a (rows, cols)^T, row stride lda; in blocks of 16 rows so
+ * the writes of a block share cache lines */
+static void transpose_generic(const float *a, int64_t rows, int64_t cols, int64_t lda, float *b,
+                              int64_t ldb) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        int64_t r1 = mll_min64(r0 + 16, rows);
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = r0; r < r1; r++) b[c * ldb + r] = a[r * lda + c];
+    }
+}
+
 /* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
 #ifdef MLL_X86
 #define MLL_VEC 256
@@ -99,24 +111,26 @@ static void dscore_row_generic(const float *p, float *dp, int64_t n, float D) {
 #endif
 
 typedef struct {
-    void (*gemm)(int64_t, int64_t, int64_t, const float *, int64_t, const float *, int64_t, float *,
-                 int64_t, int);
+    void (*gemm)(int64_t, int64_t, int64_t, const float *, int64_t, int64_t, const float *, int64_t,
+                 float *, int64_t, int);
     float (*online_row)(float *, int64_t, int64_t, float, float *, float *);
     void (*prob_row)(float *, int64_t, int64_t, float, float);
     void (*dscore_row)(const float *, float *, int64_t, float);
+    void (*transpose)(const float *, int64_t, int64_t, int64_t, float *, int64_t);
 } attn_kernels;
 
 static attn_kernels pick_kernels(void) {
-    attn_kernels k = {gemm_tile_generic, online_row_generic, prob_row_generic, dscore_row_generic};
+    attn_kernels k = {gemm_tile_generic, online_row_generic, prob_row_generic, dscore_row_generic,
+                      transpose_generic};
 #ifdef MLL_X86
     switch (mll_get_isa()) {
     case MLL_ISA_AVX512:
         k.gemm = gemm_tile_avx512, k.online_row = online_row_avx512;
-        k.prob_row = prob_row_avx512, k.dscore_row = dscore_row_avx512;
+        k.prob_row = prob_row_avx512, k.dscore_row = dscore_row_avx512, k.transpose = transpose_avx512;
         break;
     case MLL_ISA_AVX2:
         k.gemm = gemm_tile_avx2, k.online_row = online_row_avx2;
-        k.prob_row = prob_row_avx2, k.dscore_row = dscore_row_avx2;
+        k.prob_row = prob_row_avx2, k.dscore_row = dscore_row_avx2, k.transpose = transpose_avx2;
         break;
     default: break;
     }
@@ -128,23 +142,29 @@ static attn_kernels pick_kernels(void) {
  * consecutive rows never sit a multiple of 4 KiB apart (cache-set aliasing). */
 static int64_t padded_ld(int64_t T) { return (T + 15) / 16 * 16 + 16; }
 
-/* b (cols, rows), row stride ldb  <-  a (rows, cols)^T, row stride lda; in blocks of 16 rows so
- * the writes of a block share cache lines */
-static void transpose_block(const float *a, int64_t rows, int64_t cols, int64_t lda, float *b,
-                            int64_t ldb) {
-    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
-        int64_t r1 = mll_min64(r0 + 16, rows);
-        for (int64_t c = 0; c < cols; c++)
-            for (int64_t r = r0; r < r1; r++) b[c * ldb + r] = a[r * lda + c];
-    }
-}
-
 static int64_t forward_scratch_floats(int64_t Tk, int64_t hs) {
     return hs * padded_ld(Tk) + BR * BC + BR * hs + 2 * BR + 16;
 }
 
-static int64_t backward_scratch_floats(int64_t Tq, int64_t Tk, int64_t hs) {
-    return 2 * hs * padded_ld(Tq) + 2 * hs * padded_ld(Tk) + 2 * BR * BC + 2 * hs * BC + Tq + 16;
+static int64_t backward_scratch_floats(int64_t Tk, int64_t hs) {
+    return 2 * hs * padded_ld(Tk) + 2 * BR * BC + 16;
+}
+
+/* Row step through a query tile [i0, i0 + br) against the key tile [j0, j0 + bc): the whole
+ * tile when its first row already sees every key, else DIAG_ROWS rows at a time, so that the
+ * products along the diagonal stop at the last key each group of rows can see. */
+#define DIAG_ROWS 16
+static int64_t row_step(int64_t first_pos, int64_t j0, int64_t bc, int64_t br) {
+    return first_pos - j0 >= bc - 1 ? br : DIAG_ROWS;
+}
+
+/* Keys of the tile [j0, j0 + bc) that the rows up to absolute position last_pos need, rounded up
+ * to 16 (whole vectors; the extra scores are computed but never used), 0 if none. */
+static int64_t needed_keys(int64_t last_pos, int64_t j0, int64_t bc) {
+    int64_t n = last_pos - j0 + 1;
+    if (n <= 0) return 0;
+    n = (n + 15) / 16 * 16;
+    return n < bc ? n : bc;
 }
 
 /* One (batch, head). q (Tq, hs) row stride qst; k, v (Tk, hs) row strides kst, vst;
@@ -159,23 +179,28 @@ static void attention_forward_head(const attn_kernels *kf, const float *q, int64
     float *acc = s + BR * BC;     /* (BR, hs): unnormalized output */
     float *m = acc + BR * hs;     /* (BR): running max of scale * score */
     float *l = m + BR;            /* (BR): running sum of exp(scale * score - m) */
-    transpose_block(k, Tk, hs, kst, kt, ldk);
+    kf->transpose(k, Tk, hs, kst, kt, ldk);
     for (int64_t i0 = 0; i0 < Tq; i0 += BR) {
         int64_t br = mll_min64(BR, Tq - i0);
         for (int64_t r = 0; r < br; r++) m[r] = -INFINITY, l[r] = 0.0f;
         memset(acc, 0, (size_t)(br * hs) * sizeof(float));
         int64_t kend = mll_min64(Tk, off + i0 + br); /* keys [0, kend) are seen by some row */
         for (int64_t j0 = 0; j0 < kend; j0 += BC) {
-            int64_t bc = mll_min64(BC, kend - j0);
-            kf->gemm(br, bc, hs, q + i0 * qst, qst, kt + j0, ldk, s, BC, 0);
-            for (int64_t r = 0; r < br; r++) {
-                float alpha = kf->online_row(s + r * BC, bc, off + i0 + r - j0 + 1, scale, &m[r], &l[r]);
-                if (alpha != 1.0f) {
-                    float *a = acc + r * hs;
-                    for (int64_t d = 0; d < hs; d++) a[d] *= alpha;
+            int64_t bc = mll_min64(BC, kend - j0), step = row_step(off + i0, j0, bc, br);
+            for (int64_t r0 = 0; r0 < br; r0 += step) {
+                int64_t rn = mll_min64(step, br - r0);
+                int64_t nc = needed_keys(off + i0 + r0 + rn - 1, j0, bc);
+                if (nc == 0) continue;
+                kf->gemm(rn, nc, hs, q + (i0 + r0) * qst, qst, 1, kt + j0, ldk, s + r0 * BC, BC, 0);
+                for (int64_t r = r0; r < r0 + rn; r++) {
+                    float alpha = kf->online_row(s + r * BC, nc, off + i0 + r - j0 + 1, scale, &m[r], &l[r]);
+                    if (alpha != 1.0f) {
+                        float *a = acc + r * hs;
+                        for (int64_t d = 0; d < hs; d++) a[d] *= alpha;
+                    }
                 }
+                kf->gemm(rn, hs, nc, s + r0 * BC, BC, 1, v + j0 * vst, vst, acc + r0 * hs, hs, 1);
             }
-            kf->gemm(br, hs, bc, s, BC, v + j0 * vst, vst, acc, hs, 1);
         }
         for (int64_t r = 0; r < br; r++) {
             float inv = 1.0f / l[r];
@@ -188,56 +213,58 @@ static void attention_forward_head(const attn_kernels *kf, const float *q, int64
 }
 
 /* One (batch, head); shapes as attention_forward_head, plus dout like o, dq like q, dk, dv
- * like k (all written, not accumulated). */
+ * like k (all written, not accumulated). dV and dK come from P^T dO and dS^T Q with P and dS
+ * read transposed in place (the GEMM broadcasts A one element at a time). */
 static void attention_backward_head(const attn_kernels *kf, const float *q, int64_t qst,
                                     const float *k, int64_t kst, const float *v, int64_t vst,
                                     const float *o, int64_t ost, const float *lse,
                                     const float *dout, int64_t dost, float *dq, int64_t dqst,
                                     float *dk, int64_t dkst, float *dv, int64_t dvst, int64_t Tq,
                                     int64_t Tk, int64_t hs, float scale, float *scratch) {
-    int64_t ldq = padded_ld(Tq), ldk = padded_ld(Tk), off = Tk - Tq;
-    float *qt = scratch;          /* (hs, ldq): Q^T */
-    float *dot = qt + hs * ldq;   /* (hs, ldq): dO^T */
-    float *kt = dot + hs * ldq;   /* (hs, ldk): K^T */
+    int64_t ldk = padded_ld(Tk), off = Tk - Tq;
+    float *kt = scratch;          /* (hs, ldk): K^T */
     float *vt = kt + hs * ldk;    /* (hs, ldk): V^T */
     float *p = vt + hs * ldk;     /* (BR, BC): P */
     float *dp = p + BR * BC;      /* (BR, BC): dP, then dS */
-    float *dkt = dp + BR * BC;    /* (hs, BC): dK^T of the key tile (unscaled) */
-    float *dvt = dkt + hs * BC;   /* (hs, BC): dV^T of the key tile */
-    float *D = dvt + hs * BC;     /* (Tq): rowsum(dO * O) */
-    transpose_block(q, Tq, hs, qst, qt, ldq);
-    transpose_block(dout, Tq, hs, dost, dot, ldq);
-    transpose_block(k, Tk, hs, kst, kt, ldk);
-    transpose_block(v, Tk, hs, vst, vt, ldk);
+    kf->transpose(k, Tk, hs, kst, kt, ldk);
+    kf->transpose(v, Tk, hs, vst, vt, ldk);
+    /* D = rowsum(dO * O), kept in lse's stead below; dQ starts at 0 */
+    float *D = dp + BR * BC;      /* (Tq) */
     for (int64_t i = 0; i < Tq; i++) {
         const float *a = dout + i * dost, *b = o + i * ost;
-        double sum = 0.0;
+        double sum = 0.0;  /* in double: dS rows then sum to ~0 as softmax's own backward makes them */
         for (int64_t d = 0; d < hs; d++) sum += (double)a[d] * b[d];
         D[i] = (float)sum;
         memset(dq + i * dqst, 0, (size_t)hs * sizeof(float));
     }
     for (int64_t j0 = 0; j0 < Tk; j0 += BC) {
         int64_t bc = mll_min64(BC, Tk - j0);
-        memset(dkt, 0, (size_t)(hs * BC) * sizeof(float));
-        memset(dvt, 0, (size_t)(hs * BC) * sizeof(float));
+        float *dkj = dk + j0 * dkst, *dvj = dv + j0 * dvst;
+        for (int64_t c = 0; c < bc; c++) {
+            memset(dkj + c * dkst, 0, (size_t)hs * sizeof(float));
+            memset(dvj + c * dvst, 0, (size_t)hs * sizeof(float));
+        }
         /* queries i < j0 - off see none of these keys */
         for (int64_t i0 = j0 - off > 0 ? j0 - off : 0; i0 < Tq; i0 += BR) {
-            int64_t br = mll_min64(BR, Tq - i0);
-            kf->gemm(br, bc, hs, q + i0 * qst, qst, kt + j0, ldk, p, BC, 0);         /* S */
-            for (int64_t r = 0; r < br; r++)
-                kf->prob_row(p + r * BC, bc, off + i0 + r - j0 + 1, scale, lse[i0 + r]);
-            kf->gemm(hs, bc, br, dot + i0, ldq, p, BC, dvt, BC, 1);                   /* dV^T += dO^T P */
-            kf->gemm(br, bc, hs, dout + i0 * dost, dost, vt + j0, ldk, dp, BC, 0);    /* dP = dO V^T */
-            for (int64_t r = 0; r < br; r++) kf->dscore_row(p + r * BC, dp + r * BC, bc, D[i0 + r]);
-            kf->gemm(br, hs, bc, dp, BC, k + j0 * kst, kst, dq + i0 * dqst, dqst, 1); /* dQ += dS K */
-            kf->gemm(hs, bc, br, qt + i0, ldq, dp, BC, dkt, BC, 1);                   /* dK^T += Q^T dS */
+            int64_t br = mll_min64(BR, Tq - i0), step = row_step(off + i0, j0, bc, br);
+            for (int64_t r0 = 0; r0 < br; r0 += step) {
+                int64_t rn = mll_min64(step, br - r0), i = i0 + r0;
+                int64_t nc = needed_keys(off + i + rn - 1, j0, bc);
+                if (nc == 0) continue;
+                float *pp = p + r0 * BC, *dpp = dp + r0 * BC;
+                kf->gemm(rn, nc, hs, q + i * qst, qst, 1, kt + j0, ldk, pp, BC, 0);          /* S */
+                for (int64_t r = 0; r < rn; r++)
+                    kf->prob_row(pp + r * BC, nc, off + i + r - j0 + 1, scale, lse[i + r]);
+                kf->gemm(nc, hs, rn, pp, 1, BC, dout + i * dost, dost, dvj, dvst, 1);        /* dV += P^T dO */
+                kf->gemm(rn, nc, hs, dout + i * dost, dost, 1, vt + j0, ldk, dpp, BC, 0);    /* dP = dO V^T */
+                for (int64_t r = 0; r < rn; r++) kf->dscore_row(pp + r * BC, dpp + r * BC, nc, D[i + r]);
+                kf->gemm(rn, hs, nc, dpp, BC, 1, k + j0 * kst, kst, dq + i * dqst, dqst, 1); /* dQ += dS K */
+                kf->gemm(nc, hs, rn, dpp, 1, BC, q + i * qst, qst, dkj, dkst, 1);            /* dK += dS^T Q */
+            }
         }
         for (int64_t c = 0; c < bc; c++) {
-            float *dkr = dk + (j0 + c) * dkst, *dvr = dv + (j0 + c) * dvst;
-            for (int64_t d = 0; d < hs; d++) {
-                dkr[d] = scale * dkt[d * BC + c];
-                dvr[d] = dvt[d * BC + c];
-            }
+            float *r = dkj + c * dkst;
+            for (int64_t d = 0; d < hs; d++) r[d] *= scale;
         }
     }
     for (int64_t i = 0; i < Tq; i++) {
@@ -297,7 +324,7 @@ int mll_attention_backward(const float *q, const int64_t *qs, const float *k, co
     attn_kernels kf = pick_kernels();
     int64_t heads = B * nh;
     int nt = attention_threads(heads, 10.0 * (double)heads * (double)Tq * (double)Tk * (double)hs);
-    int64_t per = backward_scratch_floats(Tq, Tk, hs);
+    int64_t per = backward_scratch_floats(Tk, hs) + Tq;
     size_t nbytes = (size_t)(per * nt) * sizeof(float);
     float *scratch = (float *)mll_alloc(nbytes);
     if (!scratch) return -1;
@@ -325,9 +352,10 @@ int mll_attention_backward(const float *q, const int64_t *qs, const float *k, co
 #define NVB 2
 #endif
 
-/* C (M, N) = A (M, K) B (K, N), or C += A B when acc; row strides lda, ldb, ldc */
+/* as gemm_tile_generic */
 static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc) {
+                                     int64_t acs, const float *B, int64_t ldb, float *C, int64_t ldc,
+                                     int acc) {
     int64_t j = 0;
     for (; j + NVB * VL <= N; j += NVB * VL) {
         int64_t i = 0;
@@ -340,7 +368,7 @@ static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const floa
                 const float *b = B + p * ldb + j;
                 V bv[NVB];
                 for (int u = 0; u < NVB; u++) bv[u] = v_load(b + u * VL);
-                V x0 = v_set1(a0[p]), x1 = v_set1(a1[p]), x2 = v_set1(a2[p]), x3 = v_set1(a3[p]);
+                V x0 = v_set1(a0[p * acs]), x1 = v_set1(a1[p * acs]), x2 = v_set1(a2[p * acs]), x3 = v_set1(a3[p * acs]);
                 for (int u = 0; u < NVB; u++) {
                     c[0][u] = v_fmadd(x0, bv[u], c[0][u]);
                     c[1][u] = v_fmadd(x1, bv[u], c[1][u]);
@@ -360,7 +388,7 @@ static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const floa
             const float *a = A + i * lda;
             for (int64_t p = 0; p < K; p++) {
                 const float *b = B + p * ldb + j;
-                V x = v_set1(a[p]);
+                V x = v_set1(a[p * acs]);
                 for (int u = 0; u < NVB; u++) c[u] = v_fmadd(x, v_load(b + u * VL), c[u]);
             }
             float *cr = C + i * ldc + j;
@@ -378,10 +406,10 @@ static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const floa
             for (int64_t p = 0; p < K; p++) {
                 const float *b = B + p * ldb + j;
                 V bv = n == VL ? v_load(b) : v_loadn(b, n);
-                c0 = v_fmadd(v_set1(a0[p]), bv, c0);
-                c1 = v_fmadd(v_set1(a1[p]), bv, c1);
-                c2 = v_fmadd(v_set1(a2[p]), bv, c2);
-                c3 = v_fmadd(v_set1(a3[p]), bv, c3);
+                c0 = v_fmadd(v_set1(a0[p * acs]), bv, c0);
+                c1 = v_fmadd(v_set1(a1[p * acs]), bv, c1);
+                c2 = v_fmadd(v_set1(a2[p * acs]), bv, c2);
+                c3 = v_fmadd(v_set1(a3[p * acs]), bv, c3);
             }
             V cs[4] = {c0, c1, c2, c3};
             for (int r = 0; r < 4; r++) {
@@ -395,7 +423,7 @@ static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const floa
             const float *a = A + i * lda;
             for (int64_t p = 0; p < K; p++) {
                 const float *b = B + p * ldb + j;
-                c0 = v_fmadd(v_set1(a[p]), n == VL ? v_load(b) : v_loadn(b, n), c0);
+                c0 = v_fmadd(v_set1(a[p * acs]), n == VL ? v_load(b) : v_loadn(b, n), c0);
             }
             float *cr = C + i * ldc + j;
             V x = acc ? v_add(v_loadn(cr, n), c0) : c0;
@@ -451,6 +479,47 @@ static MLL_TARGET void FN(prob_row)(float *s, int64_t n, int64_t nv, float scale
 static MLL_TARGET void FN(dscore_row)(const float *p, float *dp, int64_t n, float D) {
     V vd = v_set1(D);
     VLOOP2(p, dp, dp, v_mul(va, v_sub(vb, vd)));
+}
+
+/* b (8, 8), row stride ldb  <-  a (8, 8)^T, row stride lda: unpack pairs of rows, then
+ * shuffle pairs of pairs, then swap 128-bit halves (AVX2 instructions on both paths) */
+static MLL_TARGET void FN(transpose8x8)(const float *a, int64_t lda, float *b, int64_t ldb) {
+    __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + lda), r2 = _mm256_loadu_ps(a + 2 * lda);
+    __m256 r3 = _mm256_loadu_ps(a + 3 * lda), r4 = _mm256_loadu_ps(a + 4 * lda);
+    __m256 r5 = _mm256_loadu_ps(a + 5 * lda), r6 = _mm256_loadu_ps(a + 6 * lda);
+    __m256 r7 = _mm256_loadu_ps(a + 7 * lda);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(b, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(b + ldb, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(b + 2 * ldb, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(b + 3 * ldb, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(b + 4 * ldb, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(b + 5 * ldb, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(b + 6 * ldb, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(b + 7 * ldb, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+/* as transpose_generic, in 8 x 8 blocks; the edges element by element */
+static MLL_TARGET void FN(transpose)(const float *a, int64_t rows, int64_t cols, int64_t lda, float *b,
+                                     int64_t ldb) {
+    int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+    for (int64_t r = 0; r < r8; r += 8)
+        for (int64_t c = 0; c < c8; c += 8) FN(transpose8x8)(a + r * lda + c, lda, b + c * ldb + r, ldb);
+    for (int64_t c = c8; c < cols; c++)
+        for (int64_t r = 0; r < r8; r++) b[c * ldb + r] = a[r * lda + c];
+    for (int64_t r = r8; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) b[c * ldb + r] = a[r * lda + c];
 }
 
 #endif /* MLL_VEC */

@@ -4,6 +4,22 @@
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
+/* bfloat16 = the high 16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 static void scale_generic(float *x, float a, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= a;
 }
@@ -124,6 +140,24 @@ void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape
     int64_t inner = shape[ndim - 1], outer = 1;
     for (int d = 0; d < ndim - 1; d++) outer *= shape[d];
     if (inner == 0 || outer == 0) return;
+    /* The last two axes read a transposed matrix (strides (1, s), s >= their rows): each 2-D
+     * slice goes through the cache-blocked transpose instead of a gather with stride s. Its
+     * loads and stores move 4-byte words unchanged, so int32 data passes too. */
+    int64_t rows2 = ndim >= 2 ? shape[ndim - 2] : 0;
+    if (elem_size == 4 && rows2 > 1 && str[ndim - 2] == 1 && str[ndim - 1] >= rows2) {
+        int64_t slices = outer / rows2;
+        for (int64_t o = 0; o < slices; o++) {
+            int64_t rem = o, off = 0;
+            for (int d = ndim - 3; d >= 0; d--) {
+                off += (rem % shape[d]) * str[d];
+                rem /= shape[d];
+            }
+            /* slice (rows2, inner) = A^T, A (inner, rows2) with row stride s */
+            mll_transpose((const float *)src + off, (float *)dst + o * rows2 * inner, inner, rows2,
+                          str[ndim - 1], inner);
+        }
+        return;
+    }
     int64_t s = str[ndim - 1];
     MLL_PARALLEL_ROWS(outer, inner, o, {
         int64_t rem = o, off = 0;
@@ -222,22 +256,6 @@ void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t
 }
 
 /* ------------------------------------------------------------------- casts */
-/* bfloat16 = the high 16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* float -> integer truncates toward zero (as C and NumPy do) and saturates at the
  * type's range; NaN gives 0 (C leaves both undefined). */
 static inline int64_t f32_to_int(float f, int64_t lo, int64_t hi) {
@@ -305,13 +323,46 @@ static int dtype_size(int dt) {
     }
 }
 
+static void to_bf16_generic(const float *x, uint16_t *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = f32_to_bf16(x[i]);
+}
+
+static void from_bf16_generic(const uint16_t *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = bf16_to_f32(x[i]);
+}
+
+typedef void (*to_bf16_fn)(const float *, uint16_t *, int64_t);
+typedef void (*from_bf16_fn)(const uint16_t *, float *, int64_t);
+
+static to_bf16_fn pick_to_bf16(void) {
+    switch (mll_get_isa()) {
+    MLL_PICK(to_bf16_vec)
+    default: return to_bf16_generic;
+    }
+}
+
+static from_bf16_fn pick_from_bf16(void) {
+    switch (mll_get_isa()) {
+    MLL_PICK(from_bf16_vec)
+    default: return from_bf16_generic;
+    }
+}
+
 /* src (n) of src_dtype -> dst (n) of dst_dtype */
 void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n) {
     if (src_dtype == dst_dtype) {
         memcpy(dst, src, (size_t)n * (size_t)dtype_size(src_dtype));
         return;
     }
-    MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
+    if (src_dtype == MLL_F32 && dst_dtype == MLL_BF16) {
+        to_bf16_fn f = pick_to_bf16();
+        MLL_PARALLEL_CHUNKS(n, i0, len, f((const float *)src + i0, (uint16_t *)dst + i0, len));
+    } else if (src_dtype == MLL_BF16 && dst_dtype == MLL_F32) {
+        from_bf16_fn f = pick_from_bf16();
+        MLL_PARALLEL_CHUNKS(n, i0, len, f((const uint16_t *)src + i0, (float *)dst + i0, len));
+    } else {
+        MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
+    }
 }
 
 /* 1 if any element is inf or NaN (exponent bits all ones); a branch-free loop the compiler
@@ -362,6 +413,41 @@ static MLL_TARGET double FN(dot_vec)(const float *x, const float *y, int64_t n) 
     }
     if (i < n) s1 = vd_fmadd(s1, v_loadn(x + i, n - i), v_loadn(y + i, n - i));
     return vd_hsum(vd_merge(s0, s1));
+}
+
+/* y (n) bf16 = x (n) f32 rounded to nearest even: the f32_to_bf16 bit recipe on VL lanes */
+static MLL_TARGET void FN(to_bf16_vec)(const float *x, uint16_t *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        V v = v_load(x + i);
+        VI u = v_as_i(v);
+        VI lsb = vi_and(vi_srli(u, 16), vi_set1(1));
+        VI r = vi_srli(vi_add(u, vi_add(vi_set1(0x7fff), lsb)), 16);
+        VI q = vi_or(vi_srli(u, 16), vi_set1(0x40));  /* NaN: keep it, quiet */
+        r = v_as_i(v_select(v_isnan(v), i_as_v(r), i_as_v(q)));
+#if VL == 16
+        _mm256_storeu_si256((__m256i *)(y + i), _mm512_cvtepi32_epi16(r));
+#else
+        /* packus works per 128-bit half: [r0-3 r0-3 | r4-7 r4-7]; gather qwords 0 and 2 */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_castsi256_si128(p));
+#endif
+    }
+    for (; i < n; i++) y[i] = f32_to_bf16(x[i]);
+}
+
+/* y (n) f32 = x (n) bf16: the 16 bits become the high half */
+static MLL_TARGET void FN(from_bf16_vec)(const uint16_t *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+#if VL == 16
+        VI w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + i)));
+#else
+        VI w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+#endif
+        v_store(y + i, i_as_v(vi_slli(w, 16)));
+    }
+    for (; i < n; i++) y[i] = bf16_to_f32(x[i]);
 }
 
 #endif /* MLL_VEC */

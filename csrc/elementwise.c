@@ -40,7 +40,7 @@ static void unary_generic(int op, const float *x, float *out, int64_t n) {
     case MLL_LOG: for (int64_t i = 0; i < n; i++) out[i] = logf(x[i]); break;
     case MLL_SQRT: for (int64_t i = 0; i < n; i++) out[i] = sqrtf(x[i]); break;
     case MLL_TANH: for (int64_t i = 0; i < n; i++) out[i] = tanhf(x[i]); break;
-    case MLL_RELU: for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0.0f ? x[i] : 0.0f; break;
+    case MLL_RELU: for (int64_t i = 0; i < n; i++) out[i] = x[i] <= 0.0f ? 0.0f : x[i]; break;  /* NaN stays */
     case MLL_GELU: for (int64_t i = 0; i < n; i++) out[i] = mll_geluf(x[i]); break;
     case MLL_ABS: for (int64_t i = 0; i < n; i++) out[i] = fabsf(x[i]); break;
     case MLL_SIGMOID: for (int64_t i = 0; i < n; i++) out[i] = mll_sigmoidf(x[i]); break;
@@ -227,8 +227,8 @@ static MLL_TARGET void FN(unary_vec)(int op, const float *x, float *out, int64_t
     case MLL_LOG: VLOOP1(x, out, v_log(v)); break;
     case MLL_SQRT: VLOOP1(x, out, v_sqrt(v)); break;
     case MLL_TANH: VLOOP1(x, out, v_tanh(v)); break;
-    /* max(v, 0) returns its second operand for NaN; keep NaN as the generic path does */
-    case MLL_RELU: VLOOP1(x, out, v_select(v_gt(v, v_zero()), v_zero(), v)); break;
+    /* not max(v, 0), which turns NaN into 0: lanes <= 0 become 0 and NaN stays NaN */
+    case MLL_RELU: VLOOP1(x, out, v_select(v_le(v, v_zero()), v, v_zero())); break;
     case MLL_GELU: VLOOP1(x, out, v_gelu(v)); break;
     case MLL_ABS: VLOOP1(x, out, v_abs(v)); break;
     case MLL_SIGMOID: VLOOP1(x, out, v_sigmoid(v)); break;

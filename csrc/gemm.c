@@ -1,23 +1,26 @@
 /* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
  *
  * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
- * van de Geijn, ACM TOMS 2015):
+ * van de Geijn, ACM TOMS 2015), on one thread (gemm_serial):
  *
- *   for jc in N, step NC:               B block kc x nc          -> packed once, shared (L3)
+ *   for jc in N, step NC:               B block kc x nc          -> packed, in L3
  *     for pc in K, step KC:
- *       pack B[pc:pc+kc, jc:jc+nc] into NR-column micro-panels (threads split the panels)
- *       for ic in this thread's rows, step MC:   A block mc x kc -> packed per thread (L2)
+ *       pack B[pc:pc+kc, jc:jc+nc] into NR-column micro-panels
+ *       for ic in M, step MC:           A block mc x kc          -> packed, in L2
  *         pack A[ic:ic+mc, pc:pc+kc] into MR-row micro-panels
- *         for jr in nc, step NR:        B micro-panel kc x NR    -> stays in L1 over ir
+ *         for jr in nc, step NR:        B micro-panel kc x NR    -> reused over ir
  *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
+ *
+ * A team of threads (gemm_team_dynamic) packs a B block and an A block of TEAM_MC rows
+ * together into shared buffers, then takes small items of tiles from a shared counter.
  *
  * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
  * with the right strides), so backward products never copy a transpose.
  *
- * Threads split the output, never K: each takes an even, contiguous run of the MR x NR tiles
- * of each B block (gemm_team), and every element of C is accumulated by one micro-kernel in
- * k order, block after block. Tile boundaries sit at multiples of MR and NR from the origin
- * whatever the thread count, so results are bitwise identical for any number of threads.
+ * Threads split the output, never K: every element of C is accumulated by one micro-kernel
+ * call per k block, in k order, block after block. Tile boundaries sit at multiples of MR
+ * and NR from the origin whatever the thread count, and a tile's arithmetic does not depend
+ * on which thread runs it, so results are bitwise identical for any number of threads.
  *
  * Block sizes per ISA are in isa_params() with the cache each one targets.
  */
@@ -32,16 +35,19 @@
 #define MAX_THREADS 64
 
 /* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
- * per core, 32 MiB L3 shared), chosen by timing kc in 192..512 and mc in 112..336 on the
- * square and GPT shapes (differences within 5% across that range; these were best):
- * KC = 384: the depth of one packed block. Longer blocks mean fewer round trips of the C tile
- *     through the caches (C is read and written once per k block); the B micro-panel
- *     (384 x 32 x 4 B = 48 KiB) then streams from L2 into L1 at 128 B per 28 FMAs (prefetched,
- *     far below L2 bandwidth), next to the A micro-panel (14 x 384 x 4 B = 21 KiB).
- * MC = 168 (12 tiles): the A block, 168 x 384 x 4 B = 252 KiB, stays in L2 while all B
- *     micro-panels of the block pass over it.
- * NC = 4096: the B block, 384 x 4096 x 4 B = 6 MiB (twice: double-buffered), shared by the
- *     threads in L3.
+ * per core, 32 MiB L3 shared), chosen by timing kc in 128..512 and mc in 84..336 on the
+ * square and GPT shapes (one thread, CPU time: kc >= 384 beat 128-256 by 5-10%; mc mattered
+ * less than the noise):
+ * KC = 512, at most: the depth of one packed block; K is cut into the fewest even blocks
+ *     (k_step). Deep blocks mean fewer trips of C through the caches (C is read and written
+ *     once per k block; for the LM head's C of 150 MiB that is a trip to DRAM). The B
+ *     micro-panel (512 x 32 x 4 B = 64 KiB) streams from L2/L3 into L1 at 128 B per 28 FMAs,
+ *     prefetched (the kernel runs at 97% of peak that way), beside the A micro-panel
+ *     (14 x 512 x 4 B = 28 KiB).
+ * MC = 168 (12 tiles): one thread's A block, 168 x 512 x 4 B = 336 KiB, stays in L2 while
+ *     all B micro-panels of the block pass over it.
+ * NC = 3072: the B block, 512 x 3072 x 4 B = 6 MiB (twice: double-buffered), shared by the
+ *     threads in L3 with the team's A blocks (TEAM_MC below, 2 x 2 MiB).
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
@@ -50,9 +56,10 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        384, 168, 4096, mll_gemm_avx512_pack_a_rows,
+                                        512, 168, 3072, mll_gemm_avx512_pack_a_rows,
                                         mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
-                                        mll_gemm_avx512_pack_b_cols};
+                                        mll_gemm_avx512_pack_b_cols, mll_gemm_avx512_gemv_rows,
+                                        mll_gemm_avx512_gemv_cols};
     /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
      * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
@@ -146,7 +153,7 @@ typedef struct {
     size_t bytes;
 } buffer;
 
-static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS];
+static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
 
 static float *grow(buffer *b, size_t bytes) {
     if (b->bytes < bytes) {
@@ -187,45 +194,100 @@ typedef struct {
     float *C;
 } gemm_args;
 
+/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
+ * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two). */
+static int64_t k_step(const mll_gemm_isa *p, int64_t K) {
+    int64_t nblocks = (K + p->kc - 1) / p->kc;
+    return (K + nblocks - 1) / nblocks;
+}
+
 /* Floats in one packed B block of a product with N columns. */
 static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
     int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
     return (size_t)cols * p->kc;
 }
 
-/* The blocked product run by thread t of a team of nt (nt == 1: no barriers), with B packed
- * into bbufs (two buffers, shared by the team) and A into abuf (this thread's).
- *
- * Work split: the MR x NR tiles of each B block are numbered row by row and every thread
- * takes one contiguous run of them, so the split is even to one tile whatever the shape
- * (M = 512 is 36.6 tiles of 14 rows: splitting whole tile rows would leave one thread 5%
- * more work). A thread packs only the A rows its run touches; the one tile row two threads
- * share is packed by both. */
-static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs, float *abuf) {
+/* Packs rows [0, mc) of the A block at Ablk (k depth kc) into ap, MR-row micro-panels. */
+static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float *Ablk, int64_t mc, int64_t kc,
+                         float *ap) {
+    if (!g->transa && p->pack_a_rows)
+        p->pack_a_rows(Ablk, g->lda, mc, kc, ap);
+    else if (g->transa && p->pack_a_cols)
+        p->pack_a_cols(Ablk, g->lda, mc, kc, ap);
+    else
+        pack_a(g->transa, Ablk, g->lda, mc, kc, p->mr, ap);
+}
+
+/* The blocked product on one thread, with B packed into bbufs (two blocks' room: the
+ * layout is the team's, gemm_team_dynamic) and A into abuf. */
+static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs, float *abuf) {
     const int MR = p->mr, NR = p->nr;
-    const size_t bstride = bblock_floats(p, g->N);
-    int64_t nblock = 0;
-    const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t mtiles = (M + MR - 1) / MR;
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
     for (int64_t jc = 0; jc < N; jc += p->nc) {
         int64_t nc = N - jc < p->nc ? N - jc : p->nc;
         int64_t npanels = (nc + NR - 1) / NR;
-        /* this thread's tiles: [t0, t1) in row-major order over mtiles x npanels */
-        int64_t ntiles = mtiles * npanels;
-        int64_t t0 = ntiles * t / nt, t1 = ntiles * (t + 1) / nt;
-        if (t0 >= t1) {
-            /* nothing to compute, but the barriers below must still be met */
-            t0 = t1 = 0;
-        }
-        int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
-        if (m1 > M) m1 = M;
-        for (int64_t pc = 0; pc < K; pc += p->kc) {
-            int64_t kc = K - pc < p->kc ? K - pc : p->kc;
+        for (int64_t pc = 0; pc < K; pc += kstep) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
             float beta = pc == 0 ? g->beta : 1.0f;
             const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            /* two B buffers in turn: the barrier after packing block n also tells that everyone
-             * is done with block n - 1, whose buffer block n + 1 reuses: one barrier per block */
-            float *bbuf = bbufs + (size_t)(nblock++ & 1) * bstride;
+            if (g->transb && p->pack_b_cols)
+                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
+            else
+                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, 0, npanels, bbufs);
+            for (int64_t ic = 0; ic < M; ic += p->mc) {
+                int64_t mc = M - ic < p->mc ? M - ic : p->mc;
+                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+                pack_a_block(p, g, Ablk, mc, kc, abuf);
+                for (int64_t q = 0; q < npanels; q++) {
+                    int64_t j = q * NR;
+                    int nr = nc - j < NR ? (int)(nc - j) : NR;
+                    const float *bp = bbufs + q * NR * p->kc;
+                    for (int64_t i = 0; i < mc; i += MR) {
+                        int mr = mc - i < MR ? (int)(mc - i) : MR;
+                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
+                                  beta, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
+ * AVX-512, 1008 x 512 x 4 B = 2 MiB (twice, double-buffered) in L3 next to the B blocks. */
+#define TEAM_MC (14 * 6 * 12)
+/* A work item of the team: 2 MR-row tiles by 4 NR-column panels, 8 kernel calls (about
+ * 25 us with AVX-512), so the threads finish a block within one small item of each other.
+ * Each B micro-panel then serves 2 tiles and comes from L3 more often, which the B prefetch
+ * distance in the AVX-512 kernel covers (112 GFLOPS a core with no reuse at all). */
+#define ITEM_TILE_ROWS 2
+#define ITEM_PANELS 4
+
+/* The blocked product for a team of nt > 1 threads, thread t, with work handed out as it
+ * frees up: the A block (TEAM_MC rows) and the B block are packed by all threads together
+ * (a fixed split) into shared, double-buffered space, then the threads take items of
+ * ITEM_TILE_ROWS x ITEM_PANELS tiles from a shared counter. On a machine where another
+ * process holds part of a core, the thread that runs faster takes more items instead of
+ * waiting at the next barrier. Which thread runs a tile never changes its arithmetic, so
+ * results stay bitwise those of one thread. One barrier per block: the barrier after
+ * packing block s also tells that every thread is done with block s - 1, whose buffers
+ * block s + 1 reuses. */
+static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
+                              float *abufs, int64_t *counters) {
+    const int MR = p->mr, NR = p->nr;
+    const size_t bstride = bblock_floats(p, g->N), astride = (size_t)TEAM_MC * p->kc;
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
+    int64_t step = 0, kblock = 0;
+    for (int64_t jc = 0; jc < N; jc += p->nc) {
+        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+        int64_t npanels = (nc + NR - 1) / NR, pgroups = (npanels + ITEM_PANELS - 1) / ITEM_PANELS;
+        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
+            float beta = pc == 0 ? g->beta : 1.0f;
+            float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
+            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
             int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
             if (g->transb && p->pack_b_cols)
                 p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
@@ -233,29 +295,36 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
                 p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
             else
                 pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
-            if (nt > 1) {
+            for (int64_t ic = 0; ic < M; ic += TEAM_MC, step++) {
+                int64_t mc = M - ic < TEAM_MC ? M - ic : TEAM_MC;
+                int64_t mtiles = (mc + MR - 1) / MR, rgroups = (mtiles + ITEM_TILE_ROWS - 1) / ITEM_TILE_ROWS;
+                float *abuf = abufs + (size_t)(step & 1) * astride;
+                int64_t r0 = mtiles * t / nt, r1 = mtiles * (t + 1) / nt;
+                if (r0 < r1) {
+                    int64_t rows = (r1 * MR < mc ? r1 * MR : mc) - r0 * MR;
+                    const float *Ablk = g->transa ? g->A + pc * g->lda + ic + r0 * MR
+                                                  : g->A + (ic + r0 * MR) * g->lda + pc;
+                    pack_a_block(p, g, Ablk, rows, kc, abuf + r0 * MR * kc);
+                }
 #pragma omp barrier
-            }
-            for (int64_t ic = m0; ic < m1; ic += p->mc) {
-                int64_t mc = m1 - ic < p->mc ? m1 - ic : p->mc;
-                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                if (!g->transa && p->pack_a_rows)
-                    p->pack_a_rows(Ablk, g->lda, mc, kc, abuf);
-                else if (g->transa && p->pack_a_cols)
-                    p->pack_a_cols(Ablk, g->lda, mc, kc, abuf);
-                else
-                    pack_a(g->transa, Ablk, g->lda, mc, kc, MR, abuf);
-                int64_t row0 = ic / MR;                      /* tile row of abuf's first panel */
-                for (int64_t q = 0; q < npanels; q++) {
-                    int64_t j = q * NR;
-                    int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const float *bp = bbuf + q * NR * p->kc;
-                    for (int64_t i = 0; i < mc; i += MR) {
-                        int64_t tile = (row0 + i / MR) * npanels + q;
-                        if (tile < t0 || tile >= t1) continue;
-                        int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
-                                  beta, mr, nr);
+                if (t == 0) counters[(step + 1) & 1] = 0;      /* block s - 1's counter, done with */
+                int64_t nitems = rgroups * pgroups;
+                for (;;) {
+                    int64_t item = __atomic_fetch_add(&counters[step & 1], 1, __ATOMIC_RELAXED);
+                    if (item >= nitems) break;
+                    int64_t rg = item / pgroups, pg = item % pgroups;
+                    int64_t qend = (pg + 1) * ITEM_PANELS < npanels ? (pg + 1) * ITEM_PANELS : npanels;
+                    int64_t rend = (rg + 1) * ITEM_TILE_ROWS < mtiles ? (rg + 1) * ITEM_TILE_ROWS : mtiles;
+                    for (int64_t q = pg * ITEM_PANELS; q < qend; q++) {
+                        int64_t j = q * NR;
+                        int nr = nc - j < NR ? (int)(nc - j) : NR;
+                        const float *bp = bbuf + q * NR * p->kc;
+                        for (int64_t r = rg * ITEM_TILE_ROWS; r < rend; r++) {
+                            int64_t i = r * MR;
+                            int mr = mc - i < MR ? (int)(mc - i) : MR;
+                            p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc,
+                                      g->alpha, beta, mr, nr);
+                        }
                     }
                 }
             }
@@ -297,22 +366,70 @@ static void gemm_unpacked_args(const gemm_args *g) {
                   g->ldc);
 }
 
+/* C (1, N) or C (M, 1) as a row vector times a matrix (gemv_rows / gemv_cols), without
+ * packing. Returns 0 if this ISA has no such path or the vector buffer cannot be had. */
+static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
+    /* y (1, n) = alpha * x (1, k) @ X + beta * y; X stored (k, n) when rows, else (n, k) */
+    const float *xsrc, *X;
+    int64_t incx, ldx, n, k = g->K, incy;
+    int rows;
+    if (g->M == 1) {             /* x = op(A) row 0; X = op(B) */
+        xsrc = g->A, incx = g->transa ? g->lda : 1;
+        X = g->B, ldx = g->ldb, rows = !g->transb, n = g->N, incy = 1;
+    } else {                     /* C^T (1, M) = op(B)^T (1, K) @ op(A)^T (K, M) */
+        xsrc = g->B, incx = g->transb ? 1 : g->ldb;
+        X = g->A, ldx = g->lda, rows = g->transa, n = g->M, incy = g->ldc;
+    }
+    void (*gemv)(int64_t, int64_t, int64_t, float, const float *, const float *, int64_t, float, float *,
+                 int64_t) = rows ? p->gemv_rows : p->gemv_cols;
+    if (!gemv) return 0;
+    const float *x = xsrc;
+    if (incx != 1) {
+        float *buf = grow(&tl_xbuf, (size_t)k * sizeof(float));
+        if (!buf) return 0;
+        for (int64_t i = 0; i < k; i++) buf[i] = xsrc[i * incx];
+        x = buf;
+    }
+    /* threads take runs of y in whole steps of the kernel's width (64 columns or 4 rows) */
+    int64_t step = rows ? 64 : 4, nsteps = (n + step - 1) / step;
+    float alpha = g->alpha, beta = g->beta, *y = g->C;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        int64_t j0 = nsteps * t / team * step, j1 = nsteps * (t + 1) / team * step;
+        if (j1 > n) j1 = n;
+        if (j0 < j1) gemv(j0, j1, k, alpha, x, X, ldx, beta, y, incy);
+    }
+    return 1;
+}
+
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, nt, 1)) {
+    if ((g->M == 1 || g->N == 1) && gemm_thin(p, g, nt)) return;
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, 1, 1)) {
         gemm_unpacked_args(g);
         return;
     }
     float *bbuf = tl_bbuf[0].ptr;
     if (nt == 1) {
-        gemm_team(p, g, 0, 1, bbuf, tl_abuf[0].ptr);
+        gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
         return;
     }
-    buffer *abufs = tl_abuf;
+    /* the team shares two A blocks of TEAM_MC rows (tl_abuf[0]) and two B blocks */
+    size_t abytes = 2 * (size_t)TEAM_MC * p->kc * sizeof(float);
+    if (!grow(&tl_abuf[0], abytes)) {
+        gemm_unpacked_args(g);
+        return;
+    }
+    float *abufs = tl_abuf[0].ptr;
+    int64_t counters[2] = {0, 0};
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        gemm_team(p, g, t, team, bbuf, abufs[t].ptr);
+        if (team == 1)
+            gemm_serial(p, g, bbuf, abufs);
+        else
+            gemm_team_dynamic(p, g, t, team, bbuf, abufs, counters);
     }
 }
 
@@ -360,6 +477,6 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
         int t = omp_get_thread_num();
         gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
-        gemm_team(p, &g, 0, 1, bbufs[t].ptr, abufs[t].ptr);
+        gemm_serial(p, &g, bbufs[t].ptr, abufs[t].ptr);
     }
 }

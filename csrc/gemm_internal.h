@@ -32,6 +32,12 @@ typedef struct {
                         int64_t p1, float *bp);
     void (*pack_b_cols)(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax, int64_t p0,
                         int64_t p1, float *bp);
+    /* optional products with one row: y[j0:j1] (element stride incy) = alpha * x (1, k) @ op(B)
+     * + beta * y, with B stored (k, n) (rows) or (n, k) (cols); NULL: the packed path */
+    void (*gemv_rows)(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                      int64_t ldb, float beta, float *y, int64_t incy);
+    void (*gemv_cols)(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                      int64_t ldb, float beta, float *y, int64_t incy);
 } mll_gemm_isa;
 
 void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
@@ -45,6 +51,10 @@ void mll_gemm_avx512_pack_a_rows(const float *A, int64_t lda, int64_t mc, int64_
 void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
 void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
                                  int64_t p0, int64_t p1, float *bp);
+void mll_gemm_avx512_gemv_rows(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                               int64_t ldb, float beta, float *y, int64_t incy);
+void mll_gemm_avx512_gemv_cols(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                               int64_t ldb, float beta, float *y, int64_t incy);
 void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
                                  int64_t p0, int64_t p1, float *bp);
 #endif

@@ -5,14 +5,15 @@
  * Backward, with xhat = (x - mean) * rstd and g = dy * gamma:
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
  *   dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
- * dgamma/dbeta: each fixed block of MLL_LN_ROWS rows writes its partial sums to a scratch
- * buffer, and the partials are added in block order, so the result does not depend on
+ * dgamma/dbeta: each block of rows (at least MLL_LN_ROWS, at most MLL_LN_BLOCKS blocks; a
+ * function of `rows` only) writes its partial sums to a scratch buffer, and the partials are added in block order, so the result does not depend on
  * the thread count.
  */
 #ifndef MLL_VEC
 #include "simd.h"
 
 #define MLL_LN_ROWS 32
+#define MLL_LN_BLOCKS 256  /* caps the scratch at 256 x 2 x cols floats */
 
 /* ------------------------------------------------------------------ generic */
 /* one row: y (n), *mean, *rstd from x (n); gamma, beta (n) or NULL */
@@ -110,7 +111,9 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
         return;
     }
     /* part: (nblocks, 2, cols), block b's dgamma partial then its dbeta partial */
-    int64_t nblocks = (rows + MLL_LN_ROWS - 1) / MLL_LN_ROWS;
+    int64_t per_block = (rows + MLL_LN_BLOCKS - 1) / MLL_LN_BLOCKS;
+    if (per_block < MLL_LN_ROWS) per_block = MLL_LN_ROWS;
+    int64_t nblocks = (rows + per_block - 1) / per_block;
     size_t bytes = (size_t)nblocks * 2 * (size_t)cols * sizeof(float);
     float *part = (float *)mll_alloc(bytes);
     if (!part) {
@@ -126,8 +129,8 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
 #pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
     for (int64_t b = 0; b < nblocks; b++) {
         float *pg = part + (size_t)b * 2 * cols, *pb = pg + cols;
-        int64_t r1 = mll_min64((b + 1) * MLL_LN_ROWS, rows);
-        for (int64_t r = b * MLL_LN_ROWS; r < r1; r++)
+        int64_t r1 = mll_min64((b + 1) * per_block, rows);
+        for (int64_t r = b * per_block; r < r1; r++)
             f(x + r * cols, gamma, mean[r], rstd[r], dy + r * cols, dx + r * cols, pg, pb, cols);
     }
     /* block partials added in block order, columns in parallel */

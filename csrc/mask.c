@@ -1,7 +1,5 @@
 /* mask.c: the masks of dropout and causal attention. */
-#include <stdint.h>
-
-#include "minillm.h"
+#include "simd.h"
 
 /* mask (n) = 1 / (1 - p) where a uniform draw u >= p, else 0 (inverted dropout: the
  * expectation of x * mask is x). Draws come from the Philox stream (seed, offset), one
@@ -17,14 +15,14 @@ void mll_dropout_mask(uint64_t seed, uint64_t offset, float *mask, int64_t n, fl
  * (the last T of S positions) may not see keys after itself. In place. */
 void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value) {
     const int64_t shift = S - T;
-    for (int64_t b = 0; b < batch; b++) {
+    MLL_PARALLEL_ROWS(batch, T * S, b, {
         float *xb = x + b * T * S;
         for (int64_t i = 0; i < T; i++) {
             int64_t first = i + shift + 1;
             if (first < 0) first = 0;
             for (int64_t j = first; j < S; j++) xb[i * S + j] = value;
         }
-    }
+    });
 }
 
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r]: scatters one value per row (the

@@ -278,6 +278,7 @@ void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t r
 int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
                     int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
 /* -------------------------------------------------- attention.c, bias_gelu.c (fused) */
+/* ------------------------------- attention.c, bias_gelu.c, add_layernorm.c (fused) */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
  *   out (B, nh, Tq, hs), lse (B, nh, Tq) contiguous = log-sum-exp of each score row.
@@ -327,6 +328,29 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, const fl
  * y (B, C) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos. 0, or -1 if out of memory. */
 int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
                           int64_t hs, int64_t pos, float scale);
+
+/* ---------------------------------------------------------- decode_step.c */
+/* The weights of one GPT-2 block, Linear weights (out, in), C = n_embd; any bias or LayerNorm
+ * parameter may be NULL. scale: attention's 1/sqrt(head size). */
+typedef struct {
+    const float *ln1_w, *ln1_b;     /* (C) */
+    const float *attn_w, *attn_b;   /* (3C, C), (3C) */
+    const float *proj_w, *proj_b;   /* (C, C), (C) */
+    const float *ln2_w, *ln2_b;     /* (C) */
+    const float *fc_w, *fc_b;       /* (4C, C), (4C) */
+    const float *fc2_w, *fc2_b;     /* (C, 4C), (C) */
+    float eps1, eps2, scale;
+} mll_gpt_block;
+/* x (B, C) <- the block applied to x, one new position per row at `pos`: kcache, vcache
+ * (pos + 1, B, nh, hs) get row pos (see mll_kv_attention_step). 0, or -1 if out of memory. */
+int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
+                       int64_t hs, int64_t pos);
+/* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):
+ * x, r, s, y (rows, cols); gamma, beta (cols) or NULL; mean, rstd (rows). Backward: the
+ * gradient of s passes to x and r, mll_layernorm_backward on s gives the rest. */
+void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                               float *s, float *y, float *mean, float *rstd, int64_t rows,
+                               int64_t cols, float eps);
 
 #ifdef __cplusplus
 }

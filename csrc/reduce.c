@@ -83,6 +83,7 @@ static void sum_cols_generic(const float *x, float *out, int64_t rows, int64_t c
 typedef double (*sum_fn)(const float *, int64_t);
 typedef float (*max_fn)(const float *, int64_t);
 typedef void (*sum_cols_fn)(const float *, float *, int64_t, int64_t, int64_t);
+typedef int64_t (*argmax_fn)(const float *, int64_t);
 
 static sum_fn pick_sum(void) {
     switch (mll_get_isa()) {
@@ -102,6 +103,13 @@ static max_fn pick_max(void) {
     switch (mll_get_isa()) {
     MLL_PICK(max_vec)
     default: return max_generic;
+    }
+}
+
+static argmax_fn pick_argmax(void) {
+    switch (mll_get_isa()) {
+    MLL_PICK(argmax_vec)
+    default: return argmax_generic;
     }
 }
 
@@ -127,7 +135,8 @@ void mll_max_rows(const float *x, float *out, int64_t rows, int64_t cols) {
 
 /* x (rows, cols) -> out (rows): index of the first max of each row; cols >= 1 */
 void mll_argmax_rows(const float *x, int64_t *out, int64_t rows, int64_t cols) {
-    MLL_PARALLEL_ROWS(rows, cols, r, out[r] = argmax_generic(x + r * cols, cols));
+    argmax_fn f = pick_argmax();
+    MLL_PARALLEL_ROWS(rows, cols, r, out[r] = f(x + r * cols, cols));
 }
 
 /* x (rows, cols) -> out (cols). Each thread owns a range of 64-column strips and sums
@@ -196,7 +205,8 @@ float mll_max_all(const float *x, int64_t n) {
 int64_t mll_argmax_all(const float *x, int64_t n) {
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
     int nt = mll_threads_for(n);
-    if (nt <= 1) return argmax_generic(x, n);
+    argmax_fn f = pick_argmax();
+    if (nt <= 1) return f(x, n);
     /* per-chunk winners in a stack array of fixed groups, combined in chunk order */
     int64_t best = 0;
     float bestv = x[0];
@@ -206,7 +216,7 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic)
         for (int64_t k = 0; k < gn; k++) {
             int64_t i0 = (g0 + k) * MLL_CHUNK;
-            idx[k] = i0 + argmax_generic(x + i0, mll_min64(MLL_CHUNK, n - i0));
+            idx[k] = i0 + f(x + i0, mll_min64(MLL_CHUNK, n - i0));
         }
         for (int64_t k = 0; k < gn; k++) {
             float v = x[idx[k]];
@@ -277,6 +287,22 @@ static MLL_TARGET float FN(max_vec)(const float *x, int64_t n) {
     }
     if (m_any(nan)) return NAN;
     return v_hmax(v_max(m0, m1));
+}
+
+/* index of the first max of a run (n >= 1): the max first (any NaN: the generic scan finds
+ * the first NaN), then the first lane equal to it */
+static MLL_TARGET int64_t FN(argmax_vec)(const float *x, int64_t n) {
+    float m = FN(max_vec)(x, n);
+    if (m != m) return argmax_generic(x, n);
+    V vm = v_set1(m);
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        VM e = v_eq(v_load(x + i), vm);
+        if (m_any(e)) return i + m_first(e);
+    }
+    for (; i < n; i++)
+        if (x[i] == m) return i;
+    return 0; /* not reached: m is one of the elements */
 }
 
 /* out[0 .. w) = column sums of x (rows, cols) restricted to w <= 64 columns from x, in

@@ -98,17 +98,19 @@ static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 static inline float mll_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-static inline float mll_geluf(float x) {
-    float u = MLL_GELU_C * (x + MLL_GELU_K * x * x * x);
-    return x / (1.0f + expf(-2.0f * u));
+/* exp(-2u) in double: in float the rounding of u alone costs |2u| ulps of the result */
+static inline double mll_gelu_expd(float x) {
+    double xd = x;
+    return exp(-2.0 * 0.7978845608028654 * xd * (1.0 + 0.044715 * xd * xd));
 }
+
+static inline float mll_geluf(float x) { return (float)((double)x / (1.0 + mll_gelu_expd(x))); }
 
 /* d/dx [x s(2u)] = s + 2 x s (1 - s) u',  u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
 static inline float mll_gelu_gradf(float x) {
-    float u = MLL_GELU_C * (x + MLL_GELU_K * x * x * x);
-    float s = 1.0f / (1.0f + expf(-2.0f * u));
-    float du = MLL_GELU_C * (1.0f + 3.0f * MLL_GELU_K * x * x);
-    return s + 2.0f * x * s * (1.0f - s) * du;
+    double xd = x, s = 1.0 / (1.0 + mll_gelu_expd(x));
+    double du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * xd * xd);
+    return (float)(s + 2.0 * xd * s * (1.0 - s) * du);
 }
 
 #endif /* MLL_SIMD_H */
@@ -160,6 +162,7 @@ static inline float mll_gelu_gradf(float x) {
 #undef v_isnan
 #undef m_or
 #undef m_any
+#undef m_first
 #undef v_select
 #undef v_as_i
 #undef i_as_v
@@ -209,6 +212,7 @@ static inline float mll_gelu_gradf(float x) {
 #define v_isnan(a) _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q)
 #define m_or(a, b) ((__mmask16)((a) | (b)))
 #define m_any(m) ((m) != 0)
+#define m_first(m) __builtin_ctz((unsigned)(m)) /* lowest set lane; m != 0 */
 #define v_select(m, a, b) _mm512_mask_blend_ps(m, a, b) /* lanes of b where m, else a */
 #define v_as_i(v) _mm512_castps_si512(v)
 #define i_as_v(v) _mm512_castsi512_ps(v)
@@ -310,6 +314,7 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) { return _mm512_scalef_ps(p,
 #define v_isnan(a) _mm256_cmp_ps(a, a, _CMP_UNORD_Q)
 #define m_or(a, b) _mm256_or_ps(a, b)
 #define m_any(m) (_mm256_movemask_ps(m) != 0)
+#define m_first(m) __builtin_ctz((unsigned)_mm256_movemask_ps(m))
 #define v_select(m, a, b) _mm256_blendv_ps(a, b, m)
 #define v_as_i(v) _mm256_castps_si256(v)
 #define i_as_v(v) _mm256_castsi256_ps(v)
@@ -525,19 +530,35 @@ static inline MLL_TARGET V FN(vec_sigmoid)(V x) {
     return v_div(v_set1(1.0f), v_add(v_set1(1.0f), e));
 }
 
-/* GELU, tanh form, as x / (1 + exp(-2u)), u = sqrt(2/pi) x (1 + 0.044715 x^2) (see mll_geluf) */
+/* exp(-2u), u = sqrt(2/pi) x (1 + 0.044715 x^2), to a few ulp. Rounding -2u to float
+ * alone would cost |2u| ulps in the result (|2u| reaches 20 where GELU is still not 0), so
+ * z = -2u is carried as z + zl (error-free products by FMA, both constants split in a
+ * float pair), and exp(z + zl) = exp(z) (1 + zl). */
+static inline MLL_TARGET V FN(vec_gelu_exp)(V x) {
+    const V k = v_set1(MLL_GELU_K), k_lo = v_set1(1.5461445e-09f);           /* 0.044715 - k */
+    const V c = v_set1(-1.59576917f), c_lo = v_set1(4.5340680e-08f);        /* -2 sqrt(2/pi) */
+    const V one = v_set1(1.0f);
+    V a = v_mul(x, x), a_lo = v_fmadd(x, x, v_mul(a, v_set1(-1.0f)));        /* x^2 = a + a_lo */
+    V b = v_fmadd(k, a, one);                                                /* 1 + k x^2 */
+    V b_lo = v_add(v_fmadd(k, a, v_sub(one, b)), v_fmadd(k, a_lo, v_mul(k_lo, a)));
+    V t = v_mul(c, x), t_lo = v_fmadd(c_lo, x, v_fmadd(c, x, v_sub(v_zero(), t)));
+    V z = v_mul(t, b);
+    V z_lo = v_fmadd(t, b_lo, v_fmadd(t_lo, b, v_fmadd(t, b, v_sub(v_zero(), z))));
+    V e = v_exp(z);
+    /* e (1 + z_lo), unless e is inf (inf * z_lo may be -inf, then NaN) or x^2 overflowed
+     * (z_lo is NaN; e is then 0 or inf, exact anyway) */
+    return v_select(m_or(v_eq(e, v_set1(INFINITY)), v_isnan(z_lo)), v_fmadd(e, z_lo, e), e);
+}
+
+/* GELU, tanh form, as x / (1 + exp(-2u)) (see mll_geluf) */
 static inline MLL_TARGET V FN(vec_gelu)(V x) {
-    V u = v_mul(v_mul(v_set1(MLL_GELU_C), x), v_fmadd(v_set1(MLL_GELU_K), v_mul(x, x), v_set1(1.0f)));
-    V e = v_exp(v_mul(v_set1(-2.0f), u));
-    return v_div(x, v_add(v_set1(1.0f), e));
+    return v_div(x, v_add(v_set1(1.0f), FN(vec_gelu_exp)(x)));
 }
 
 /* d gelu / dx = s + 2 x s (1 - s) u',  s = sigmoid(2u),  u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
 static inline MLL_TARGET V FN(vec_gelu_grad)(V x) {
-    V x2 = v_mul(x, x);
-    V u = v_mul(v_mul(v_set1(MLL_GELU_C), x), v_fmadd(v_set1(MLL_GELU_K), x2, v_set1(1.0f)));
-    V s = v_div(v_set1(1.0f), v_add(v_set1(1.0f), v_exp(v_mul(v_set1(-2.0f), u))));
-    V du = v_mul(v_set1(MLL_GELU_C), v_fmadd(v_set1(3.0f * MLL_GELU_K), x2, v_set1(1.0f)));
+    V s = v_div(v_set1(1.0f), v_add(v_set1(1.0f), FN(vec_gelu_exp)(x)));
+    V du = v_mul(v_set1(MLL_GELU_C), v_fmadd(v_set1(3.0f * MLL_GELU_K), v_mul(x, x), v_set1(1.0f)));
     V t = v_mul(v_mul(v_add(x, x), s), v_mul(v_sub(v_set1(1.0f), s), du));
     return v_add(s, t);
 }

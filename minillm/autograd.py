@@ -15,6 +15,8 @@ same gradient object may be handed to several inputs (``a + b`` passes ``dy`` to
 """
 import functools
 
+import numpy as np
+
 from minillm import _C
 
 __all__ = ["Node", "record", "backward", "no_grad", "enable_grad", "set_grad_enabled",
@@ -82,7 +84,7 @@ def backward(tensor, gradient=None, retain_graph=False):
         gradient = _C.ones(tensor.shape)
     else:
         if not isinstance(gradient, _C.Tensor):
-            gradient = _C.Tensor.from_numpy(__import__("numpy").asarray(gradient, dtype="float32"))
+            gradient = _C.Tensor.from_numpy(np.ascontiguousarray(gradient, dtype=np.float32))
         if tuple(gradient.shape) != tuple(tensor.shape):
             raise ValueError(f"backward(): gradient has shape {tuple(gradient.shape)} but the tensor "
                              f"has shape {tuple(tensor.shape)}")

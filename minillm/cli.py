@@ -8,6 +8,10 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm tokenizer train --input FILE --vocab-size N --out DIR
     minillm tokenizer encode --tokenizer DIR [--input FILE | --text STR] [--output FILE]
     minillm tokenizer decode --tokenizer DIR [--input FILE] [--output FILE]
+    minillm data prepare --input PATH... --tokenizer DIR --out DIR [--val-input PATH...]
+    minillm train [--config FILE.json] [--resume DIR] [--data DIR --out-dir DIR --lr ...]
+    minillm plot RUN [--out FILE.png]
+    minillm bench [--model PRESET] [--pytest]
     minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--interactive]
 """
 import argparse
@@ -37,6 +41,49 @@ def add_data_parser(subparsers):
     s.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of the text (at the end) kept for validation (default 0.1)")
     s.set_defaults(func=cmd_data_shakespeare)
+    add_data_prepare_parser(sub)
+
+
+def cmd_data_prepare(args):
+    import time
+    from .data import prepare_tokens
+    t0 = time.perf_counter()
+    meta = prepare_tokens(args.input, args.tokenizer, args.out, val_inputs=args.val_input,
+                          val_fraction=args.val_fraction, pattern=args.pattern,
+                          add_eot=not args.no_eot, chunk_bytes=int(args.chunk_mb * (1 << 20)),
+                          num_threads=args.threads, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    for name, st in meta["splits"].items():
+        print(f"{name}: {st['tokens']:,} tokens ({meta['dtype']}) from {st['bytes']:,} bytes "
+              f"-> {args.out}/{st['file']}")
+    print(f"vocab {meta['vocab_size']}, {seconds:.1f} s")
+    return 0
+
+
+def add_data_prepare_parser(sub):
+    p = sub.add_parser(
+        "prepare", help="tokenize text files or folders into token files for training",
+        description="Tokenize text files (or folders of them, walked recursively) with a saved "
+                    "tokenizer into OUT/train.bin and OUT/val.bin (uint16 ids when the vocabulary "
+                    "fits, else uint32), OUT/meta.json and OUT/tokenizer/. Streams in chunks on "
+                    "all cores: memory stays bounded whatever the input size.")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="training text: files and/or folders")
+    p.add_argument("--tokenizer", required=True, help="folder or tokenizer.json of a saved tokenizer")
+    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument("--val-input", nargs="+", default=None, metavar="PATH",
+                   help="validation text; without it the last --val-fraction of the input is used")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of the input bytes (at the end) kept for validation (default 0.1)")
+    p.add_argument("--pattern", default="*", help="file-name glob inside folders (default: all files)")
+    p.add_argument("--no-eot", action="store_true",
+                   help="do not end each file with the <|endoftext|> token")
+    p.add_argument("--chunk-mb", type=float, default=16.0,
+                   help="megabytes of text encoded at once (default 16)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads (default $MINILLM_NUM_THREADS or all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress report")
+    p.set_defaults(func=cmd_data_prepare)
 
 
 # ---------------------------------------------------------------------- tokenizer
@@ -132,6 +179,164 @@ def add_tokenizer_parser(subparsers):
     d.add_argument("--ids", default=None, help="ids given on the command line")
     d.add_argument("--output", default=None, help="output file (default stdout)")
     d.set_defaults(func=cmd_tokenizer_decode)
+
+
+# ---------------------------------------------------------------------- train
+def _train_option_type(f):
+    """argparse type of a TrainConfig field: its annotation, 'none' for an optional one,
+    JSON for a dict."""
+    import json
+    import typing
+    tp = f.type if not isinstance(f.type, str) else eval(f.type, vars(typing))  # noqa: S307
+    optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+
+    def convert(text):
+        if optional and text.lower() == "none":
+            return None
+        if base is dict:
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"expected a JSON object: {e}") from None
+            if not isinstance(value, dict):
+                raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+            return value
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+    convert.__name__ = base.__name__
+    return convert
+
+
+def cmd_train(args):
+    import dataclasses
+    from .train import TrainConfig, Trainer, sample_text
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    if args.resume:
+        if args.config:
+            raise ValueError("--resume takes the options of the checkpoint; give changes as flags, "
+                             "not --config")
+        trainer = Trainer.resume(args.resume, **overrides)
+        print(f"resuming {trainer.config.out_dir} at step {trainer.step}")
+    else:
+        cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+        trainer = Trainer(cfg.replace(**overrides))
+    try:
+        result = trainer.train()
+    except KeyboardInterrupt:
+        print("\nstopped without saving (second Ctrl-C)", file=sys.stderr)
+        return 130
+    cfg = trainer.config
+    if result is not None:
+        bpb = f", {result['bpb']:.4f} bits per byte" if "bpb" in result else ""
+        print(f"step {trainer.step}: validation loss {result['loss']:.4f} (perplexity "
+              f"{result['ppl']:.2f}){bpb}; {trainer.elapsed:.0f} s of training")
+    if cfg.sample_tokens and trainer.tokenizer is not None and not trainer.interrupted:
+        text = sample_text(trainer.model, trainer.tokenizer, cfg.sample_prompt, cfg.sample_tokens,
+                           cfg.temperature, cfg.top_k, seed=cfg.seed)
+        print("---------------------------------------------------------------- sample")
+        print(text)
+        print("-----------------------------------------------------------------------")
+    return 0
+
+
+def add_train_parser(subparsers):
+    import dataclasses
+    from .train import TrainConfig
+    p = subparsers.add_parser(
+        "train", help="train a model on prepared token files",
+        description="Train a model on a folder made by `minillm data prepare`. Options come from "
+                    "the defaults, then --config FILE.json, then the flags below. Writes "
+                    "OUT_DIR/metrics.jsonl and checkpoints OUT_DIR/checkpoints/step_N/; Ctrl-C "
+                    "saves a checkpoint and stops; --resume continues bitwise exactly.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default=None, help="JSON file of training options")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from a checkpoint folder or a run folder's latest checkpoint")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.type in (bool, "bool"):      # --ddp / --no-ddp
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS,
+                           help=f"{f.metadata.get('help', '')} (default: {default!r})")
+            continue
+        p.add_argument(flag, dest=f.name, type=_train_option_type(f), default=argparse.SUPPRESS,
+                       metavar=f.name.upper(),
+                       help=f"{f.metadata.get('help', '')} (default: {default!r})")
+    p.set_defaults(func=cmd_train)
+
+
+# ---------------------------------------------------------------------- plot
+def cmd_plot(args):
+    from .train import plot_metrics
+    print(plot_metrics(args.run, args.out))
+    return 0
+
+
+def add_plot_parser(subparsers):
+    p = subparsers.add_parser("plot", help="PNG of a run's training and validation loss",
+                              description="Read RUN/metrics.jsonl and write a PNG of the training "
+                                          "and validation loss against the step (needs matplotlib).")
+    p.add_argument("run", metavar="RUN", help="run folder (the --out-dir of `minillm train`)")
+    p.add_argument("--out", default=None, help="PNG file (default RUN/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+# ---------------------------------------------------------------------- bench
+def cmd_bench(args):
+    import os
+    import subprocess
+    import time
+    if args.pytest:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env.setdefault("OMP_NUM_THREADS", str(args.threads or 2))
+        env.setdefault("MINILLM_NUM_THREADS", str(args.threads or 2))
+        return subprocess.call([sys.executable, "-m", "pytest", "bench", "-q"], env=env)
+    import minillm
+    from .models import build_model
+    from .nn.utils import clip_grad_norm_
+    if args.threads:
+        minillm.set_num_threads(args.threads)
+    model = build_model(args.model, vocab_size=args.vocab_size)
+    T = min(args.block_size or model.config.block_size, model.config.block_size)
+    opt = model.configure_optimizers(0.1, 1e-3)
+    x = minillm.randint(0, args.vocab_size, (args.batch_size, T))
+    y = minillm.randint(0, args.vocab_size, (args.batch_size, T))
+    times = []
+    for i in range(args.steps + 2):
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        loss.backward()
+        clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        if i >= 2:                      # the first steps warm the allocator and caches
+            times.append(time.perf_counter() - t0)
+    ms = 1000 * sorted(times)[len(times) // 2]
+    print(f"{args.model} ({model.num_params():,} parameters), batch {args.batch_size} x {T}, "
+          f"{minillm.get_num_threads()} threads, {minillm.get_isa()}: {ms:.1f} ms/step, "
+          f"{args.batch_size * T / ms * 1000:,.0f} tokens/s (median of {args.steps} steps)")
+    return 0
+
+
+def add_bench_parser(subparsers):
+    p = subparsers.add_parser("bench", help="a quick training-speed check (or the benchmark suite)",
+                              description="Time full training steps (forward, backward, clipping, "
+                                          "AdamW) of a model on random tokens, or with --pytest run "
+                                          "the benchmark suite in bench/ (pytest-benchmark).")
+    p.add_argument("--model", default="gpt-tiny", help="model preset (default gpt-tiny)")
+    p.add_argument("--vocab-size", type=int, default=512, help="vocabulary (default 512)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per step (default 32)")
+    p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the preset's)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--pytest", action="store_true", help="run `pytest bench` instead")
+    p.set_defaults(func=cmd_bench)
 
 
 # ---------------------------------------------------------------------- sample
@@ -291,7 +496,8 @@ def add_sample_parser(subparsers):
 
 # ---------------------------------------------------------------------- main
 # One entry per command, in --help order; others append add_train_parser, add_sample_parser ...
-PARSERS = [add_data_parser, add_tokenizer_parser, add_sample_parser]
+PARSERS = [add_data_parser, add_tokenizer_parser, add_train_parser, add_sample_parser,
+           add_plot_parser, add_bench_parser]
 
 
 def build_parser():

@@ -113,3 +113,441 @@ class Batches:
             raise ValueError(f"Batches.load_state_dict: position {pos} outside [0, {len(self)}]")
         self.epoch = int(state["epoch"])
         self.position = pos
+
+
+# ================================================================= token files (training corpora)
+# A prepared corpus is a folder:
+#   meta.json       {"format": "minillm-tokens", "version": 1, "dtype": "uint16" | "uint32",
+#                    "vocab_size": V, "eot_token": id or null,
+#                    "splits": {"train": {"file": "train.bin", "tokens": n, "bytes": b}, "val": ...}}
+#   train.bin       the token ids of the training text, raw little-endian, one after another
+#   val.bin         the same for the validation text
+#   tokenizer.json  the tokenizer that made them
+# Ids are uint16 when the vocabulary fits (as nanoGPT's train.bin), else uint32. The .bin files
+# are read through a memory map, so a corpus larger than RAM trains fine.
+import json as _json
+import os as _os
+import shutil as _shutil
+import sys as _sys
+import time as _time
+
+TOKENS_FORMAT = "minillm-tokens"
+TOKENS_VERSION = 1
+PREPARE_CHUNK_BYTES = 16 << 20    # bytes of text encoded per call; bounds peak memory
+
+__all__ += ["token_dtype", "prepare_tokens", "TokenData", "load_tokens", "TokenBatches",
+            "eval_windows", "token_byte_lengths", "list_text_files"]
+
+
+def token_dtype(vocab_size):
+    """np.uint16 when every id < vocab_size fits in 16 bits, else np.uint32."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def list_text_files(paths, pattern="*"):
+    """The files named by `paths` (files or folders, walked recursively in sorted order,
+    hidden files and folders skipped, names matching the glob `pattern`): list of str.
+    ValueError names a path that does not exist or a folder with no matching file."""
+    import fnmatch
+    if isinstance(paths, (str, _os.PathLike)):
+        paths = [paths]
+    out = []
+    for p in paths:
+        p = _os.fspath(p)
+        if _os.path.isfile(p):
+            out.append(p)
+        elif _os.path.isdir(p):
+            found = []
+            for root, dirs, files in _os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found.extend(_os.path.join(root, f) for f in sorted(files)
+                             if not f.startswith(".") and fnmatch.fnmatch(f, pattern))
+            if not found:
+                raise ValueError(f"{p}: folder holds no file matching {pattern!r}")
+            out.extend(found)
+        else:
+            raise ValueError(f"{p}: no such file or folder")
+    return out
+
+
+# A chunk of text may end where no pre-token of GPT-2's pattern crosses: between a printable
+# ASCII character and a space or newline (no pre-token holds a non-space followed by a space:
+# letter/number/punctuation runs take at most one *leading* space, whitespace runs start at a
+# space). Encoding chunk by chunk then gives exactly the ids of encoding the whole text.
+_PRINTABLE = bytes(range(0x21, 0x7f))
+
+
+def _safe_cut(buf, lo, hi):
+    """Largest cut in (lo, hi] with buf[cut - 1] printable ASCII and buf[cut] in b' \\n'
+    (cut = position of the space), or -1."""
+    i = hi
+    while True:
+        s = buf.rfind(b" ", lo, i)
+        n = buf.rfind(b"\n", lo, i)
+        j = max(s, n)
+        if j <= lo:
+            return -1
+        if buf[j - 1] in _PRINTABLE:
+            return j
+        i = j
+
+
+def _safe_cut_forward(buf, lo, hi):
+    """Smallest cut in [lo, hi) (same rule as _safe_cut), or -1."""
+    i = max(lo, 1)
+    while i < hi:
+        cands = [j for j in (buf.find(b" ", i, hi), buf.find(b"\n", i, hi)) if j >= 0]
+        if not cands:
+            return -1
+        j = min(cands)
+        if buf[j - 1] in _PRINTABLE:
+            return j
+        i = j + 1
+    return -1
+
+
+def _utf8_cut(buf, hi):
+    """A position <= hi that does not split a UTF-8 sequence (fallback for text without spaces)."""
+    j = hi
+    while j > 0 and hi - j < 4 and (buf[j] & 0xC0) == 0x80:
+        j -= 1
+    return j if j > 0 else hi
+
+
+def _text_chunks(path, chunk_bytes):
+    """Yield the bytes of file `path` in pieces of about chunk_bytes, cut where no pre-token
+    crosses (see _safe_cut); a piece grows up to 4 chunks looking for such a cut, then is cut
+    at a UTF-8 character boundary."""
+    with open(path, "rb") as f:
+        buf = b""
+        while True:
+            more = f.read(chunk_bytes)
+            buf += more
+            if not more:
+                if buf:
+                    yield buf
+                return
+            if len(buf) < chunk_bytes:
+                continue
+            cut = _safe_cut(buf, len(buf) // 2 if len(buf) > chunk_bytes else 0, len(buf) - 1)
+            if cut < 0:
+                if len(buf) < 4 * chunk_bytes:
+                    continue
+                cut = _utf8_cut(buf, len(buf) - 1)
+            yield buf[:cut]
+            buf = buf[cut:]
+
+
+class _Encoder:
+    """bytes -> uint32 ids with a tokenizer: the C encoder on all threads for BPE, else
+    decode + tokenizer.encode."""
+
+    def __init__(self, tokenizer, num_threads):
+        from .tokenizers.base import default_num_threads
+        self.tok = tokenizer
+        self.native = getattr(tokenizer, "_encoder", None)
+        self.threads = num_threads or default_num_threads()
+
+    def __call__(self, data, path):
+        if self.native is not None:
+            return self.native.encode(data, self.threads)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not valid UTF-8 ({e.reason})") from None
+        return np.asarray(self.tok.encode(text), dtype=np.uint32)
+
+
+class _ByteProgress:
+    """tqdm over bytes when installed and stderr is a terminal, else a line every ~10%."""
+
+    def __init__(self, total, enabled):
+        self.total, self.done, self.next_report, self.bar = total, 0, total / 10, None
+        self.enabled, self.t0 = enabled, _time.perf_counter()
+        if enabled and _sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing")
+            except ImportError:
+                pass
+
+    def update(self, n):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and self.done >= self.next_report:
+            step = max(self.total / 10, 1)
+            self.next_report = (self.done // step + 1) * step
+            rate = self.done / max(_time.perf_counter() - self.t0, 1e-9) / 1e6
+            print(f"tokenizing: {self.done / 1e6:,.1f} / {self.total / 1e6:,.1f} MB "
+                  f"({rate:.1f} MB/s)", file=_sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1,
+                   pattern="*", add_eot=True, chunk_bytes=PREPARE_CHUNK_BYTES,
+                   num_threads=None, progress=False):
+    """Tokenize text files into a token folder (see the comment above for the layout).
+
+    inputs: paths of UTF-8 text files or folders of them (list_text_files(inputs, pattern)).
+    tokenizer: a tokenizer object or the path of a saved one (folder or tokenizer.json).
+    val_inputs: files/folders for the validation split; when None, the last `val_fraction`
+        of the input bytes (all files in order) becomes the validation split instead.
+    add_eot: end every file with the tokenizer's <|endoftext|> id (when it has one).
+    Memory stays bounded by a few chunk_bytes whatever the input size: files are read in
+    chunks cut where no pre-token crosses, so the ids equal those of encoding each file whole;
+    each chunk is encoded by the C encoder on num_threads threads (default: all cores).
+    The folder is written under a temporary name and renamed into place. Returns the meta
+    dict (also in out_dir/meta.json).
+    """
+    from .tokenizers import load_tokenizer
+    if isinstance(tokenizer, (str, _os.PathLike)):
+        tokenizer = load_tokenizer(_os.fspath(tokenizer))
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_bytes < 64:
+        raise ValueError(f"chunk_bytes must be at least 64, got {chunk_bytes}")
+    train_files = list_text_files(inputs, pattern)
+    val_files = list_text_files(val_inputs, pattern) if val_inputs else []
+    vocab_size = int(tokenizer.vocab_size)
+    dtype = token_dtype(vocab_size)
+    eot = getattr(tokenizer, "eot_token", None) if add_eot else None
+    encode = _Encoder(tokenizer, num_threads)
+
+    out_dir = _os.fspath(out_dir)
+    parent = _os.path.dirname(_os.path.abspath(out_dir))
+    _os.makedirs(parent, exist_ok=True)
+    tmp = _os.path.join(parent, f".{_os.path.basename(out_dir)}.{_os.getpid()}.tmp")
+    _shutil.rmtree(tmp, ignore_errors=True)
+    _os.makedirs(tmp)
+    sizes = {p: _os.path.getsize(p) for p in train_files + val_files}
+    total = sum(sizes.values())
+    # without val files: bytes [0, split_at) of the concatenated inputs train, the rest validates
+    split_at = None if val_files else int(sum(sizes[p] for p in train_files) * (1.0 - val_fraction))
+    stats = {"train": {"file": "train.bin", "tokens": 0, "bytes": 0, "files": len(train_files)},
+             "val": {"file": "val.bin", "tokens": 0, "bytes": 0, "files": len(val_files)}}
+    report = _ByteProgress(total, progress)
+    try:
+        with open(_os.path.join(tmp, "train.bin"), "wb") as ftrain, \
+                open(_os.path.join(tmp, "val.bin"), "wb") as fval:
+            outs = {"train": ftrain, "val": fval}
+
+            def emit(split, data, path):
+                if data:
+                    ids = encode(data, path)
+                    if ids.size and int(ids.max()) >= vocab_size:
+                        raise ValueError(f"{path}: id {int(ids.max())} >= vocab_size {vocab_size}")
+                    ids.astype(dtype, copy=False).tofile(outs[split])
+                    stats[split]["tokens"] += int(ids.size)
+                    stats[split]["bytes"] += len(data)
+                    report.update(len(data))
+
+            def end_document(split):
+                if eot is not None:
+                    np.array([eot], dtype=dtype).tofile(outs[split])
+                    stats[split]["tokens"] += 1
+
+            offset = 0
+            for path in train_files:
+                for data in _text_chunks(path, chunk_bytes):
+                    if split_at is not None and offset < split_at < offset + len(data):
+                        local = split_at - offset
+                        cut = _safe_cut_forward(data, local, len(data))
+                        if cut < 0:
+                            cut = _safe_cut(data, 0, local)
+                        if cut < 0:
+                            cut = _utf8_cut(data, local)
+                        emit("train", data[:cut], path)
+                        emit("val", data[cut:], path)
+                    else:
+                        emit("train" if split_at is None or offset + len(data) <= split_at
+                             else "val", data, path)
+                    offset += len(data)
+                # the document ends in whichever split its last byte went to
+                end_document("train" if split_at is None or offset <= split_at else "val")
+            for path in val_files:
+                for data in _text_chunks(path, chunk_bytes):
+                    emit("val", data, path)
+                end_document("val")
+        report.close()
+        tok_path = _os.path.join(tmp, "tokenizer")
+        tokenizer.save(tok_path)
+        meta = {"format": TOKENS_FORMAT, "version": TOKENS_VERSION, "dtype": dtype.name,
+                "vocab_size": vocab_size, "eot_token": eot, "tokenizer": "tokenizer",
+                "inputs": [_os.path.abspath(p) for p in train_files],
+                "val_inputs": [_os.path.abspath(p) for p in val_files],
+                "val_fraction": None if val_files else val_fraction, "splits": stats}
+        with open(_os.path.join(tmp, "meta.json"), "w") as f:
+            _json.dump(meta, f, indent=1)
+        if _os.path.isdir(out_dir):
+            _shutil.rmtree(out_dir)
+        _os.replace(tmp, out_dir)
+    except BaseException:
+        report.close()
+        _shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+class TokenData:
+    """A prepared token folder, opened: `meta` (dict), `vocab_size`, `dtype`, `split(name)`
+    -> read-only (n,) memory-mapped array of ids, `tokenizer()` -> the tokenizer that made
+    them. ValueError names the file when the folder is incomplete or a .bin file's size
+    disagrees with meta.json (truncated)."""
+
+    def __init__(self, path):
+        self.path = _os.fspath(path)
+        meta_path = _os.path.join(self.path, "meta.json")
+        if not _os.path.isfile(meta_path):
+            raise ValueError(f"{self.path}: not a token folder (no meta.json); make one with "
+                             f"`minillm data prepare`")
+        try:
+            with open(meta_path) as f:
+                self.meta = _json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{meta_path}: bad JSON ({e})") from None
+        if self.meta.get("format") != TOKENS_FORMAT:
+            raise ValueError(f"{meta_path}: format is {self.meta.get('format')!r}, "
+                             f"expected {TOKENS_FORMAT!r}")
+        self.vocab_size = int(self.meta["vocab_size"])
+        self.dtype = np.dtype(self.meta["dtype"])
+        self._maps = {}
+
+    def split(self, name):
+        """(n,) read-only memmap of the ids of split `name` ('train' or 'val')."""
+        if name in self._maps:
+            return self._maps[name]
+        splits = self.meta.get("splits", {})
+        if name not in splits:
+            raise ValueError(f"{self.path}: no split {name!r} (has {sorted(splits)})")
+        info = splits[name]
+        path = _os.path.join(self.path, info["file"])
+        if not _os.path.isfile(path):
+            raise ValueError(f"{path}: missing (meta.json lists it with {info['tokens']} tokens)")
+        expected = int(info["tokens"]) * self.dtype.itemsize
+        size = _os.path.getsize(path)
+        if size != expected:
+            raise ValueError(f"{path}: {size} bytes, meta.json says {info['tokens']} tokens of "
+                             f"{self.dtype.name} = {expected} bytes (truncated or rewritten?)")
+        arr = (np.memmap(path, dtype=self.dtype, mode="r") if size
+               else np.zeros(0, dtype=self.dtype))
+        self._maps[name] = arr
+        return arr
+
+    def tokenizer(self):
+        """The tokenizer saved with the tokens."""
+        from .tokenizers import load_tokenizer
+        return load_tokenizer(_os.path.join(self.path, self.meta.get("tokenizer", "tokenizer")))
+
+    def tokenizer_path(self):
+        return _os.path.join(self.path, self.meta.get("tokenizer", "tokenizer"))
+
+
+def load_tokens(path, split="train"):
+    """The ids of one split of a prepared token folder: read-only memmap (n,) uint16/uint32."""
+    return TokenData(path).split(split)
+
+
+def _check_tokens(tokens, block_size, who):
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise TypeError(f"{who}: tokens must be a 1-D integer NumPy array (e.g. a memmap), got "
+                        f"{type(tokens).__name__} {getattr(tokens, 'shape', '')}")
+    if not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"{who}: block_size must be a positive int, got {block_size!r}")
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"{who}: {len(tokens)} tokens cannot fill one window of block_size "
+                         f"{block_size} (+1 target); use a smaller block_size or more text")
+
+
+def _windows(tokens, starts, block_size):
+    """(x, y) int64 Tensors (B, T): x[b] = tokens[s_b : s_b + T], y[b] = tokens[s_b + 1 : s_b + T + 1]."""
+    view = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)
+    w = view[np.asarray(starts, dtype=np.int64)].astype(np.int64)     # (B, T + 1), a copy
+    x = np.ascontiguousarray(w[:, :-1])
+    y = np.ascontiguousarray(w[:, 1:])
+    return Tensor.from_numpy(x), Tensor.from_numpy(y)
+
+
+class TokenBatches:
+    """Random windows of a token array, as nanoGPT's get_batch: each batch draws B start
+    positions uniformly in [0, n - T) and returns (x, y), int64 Tensors of shape (B, T) with
+    y the next token of each x (y[b, t] = tokens[s_b + t + 1]).
+
+    The starts come from minillm.Generator(seed): the same seed gives the same batches on any
+    thread count. `state_dict()` -> {'seed', 'offset', 'batches'} (plain ints);
+    load_state_dict() on a TokenBatches over the same tokens continues with exactly the batch
+    the saved one would have drawn next. `next()` (or iteration, endless) draws a batch.
+    """
+
+    def __init__(self, tokens, batch_size, block_size, seed=0):
+        _check_tokens(tokens, block_size, "TokenBatches")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"TokenBatches: batch_size must be a positive int, got {batch_size!r}")
+        self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
+        self.seed = seed
+        self.generator = Generator(seed)
+        self.batches = 0
+        self._starts = np.empty(batch_size, dtype=np.int64)
+
+    def next_starts(self):
+        """The next batch's start positions, (B,) int64, advancing the stream."""
+        self.generator.randint_(self._starts, 0, len(self.tokens) - self.block_size)
+        self.batches += 1
+        return self._starts.copy()
+
+    def next(self):
+        """The next (x, y) batch: int64 Tensors (B, T)."""
+        return _windows(self.tokens, self.next_starts(), self.block_size)
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self):
+        st = self.generator.get_state()
+        return {"seed": st["seed"], "offset": st["offset"], "batches": self.batches}
+
+    def load_state_dict(self, state):
+        """Continue from a state_dict(); ValueError if it came from another seed."""
+        if int(state["seed"]) != self.generator.initial_seed():
+            raise ValueError(f"TokenBatches.load_state_dict: the state has seed {state['seed']}, "
+                             f"these batches have {self.generator.initial_seed()}")
+        self.generator.set_state({"seed": int(state["seed"]), "offset": int(state["offset"])})
+        self.batches = int(state.get("batches", 0))
+
+
+def eval_windows(tokens, batch_size, block_size, max_batches=None):
+    """Deterministic evaluation windows: the non-overlapping windows tokens[k T : k T + T + 1]
+    (k = 0, 1, ...), or, when max_batches * batch_size of them is fewer, that many spread evenly
+    over the whole array. Yields (x, y) int64 Tensors (b, T), b = batch_size except maybe the
+    last. No randomness: every evaluation sees the same tokens."""
+    _check_tokens(tokens, block_size, "eval_windows")
+    total = (len(tokens) - 1) // block_size
+    n = total if max_batches is None else min(total, max_batches * batch_size)
+    ks = (np.arange(n, dtype=np.int64) * total) // n
+    starts = ks * block_size
+    for lo in range(0, n, batch_size):
+        yield _windows(tokens, starts[lo:lo + batch_size], block_size)
+
+
+def token_byte_lengths(tokenizer):
+    """(V,) int64: bytes of text each id decodes to (special tokens count 0 bytes: they stand
+    for no text). Bits per byte = sum of losses in nats / (ln 2 * sum of these over the targets)."""
+    V = int(tokenizer.vocab_size)
+    out = np.zeros(V, dtype=np.int64)
+    vocab = getattr(tokenizer, "vocab", None)
+    if isinstance(vocab, dict):
+        for i, b in vocab.items():
+            out[i] = len(b)
+        for i in getattr(tokenizer, "special_tokens", {}).values():
+            out[i] = 0
+        return out
+    for i in range(V):
+        out[i] = len(tokenizer.decode([i]).encode("utf-8"))
+    return out

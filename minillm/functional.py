@@ -8,6 +8,7 @@ All tensors are float32 unless stated; shapes follow NumPy broadcasting.
 """
 import builtins
 import math
+import sys
 
 from minillm import _C
 from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
@@ -121,37 +122,17 @@ def neg(x):
     return out
 
 
-def _raw_pow(x, e):
-    """x ** e without autograd. Integer exponents multiply (exact for negative x too;
-    _C.pow_ goes through exp(e log x) for them), other exponents use _C.pow_."""
-    if float(e).is_integer() and builtins.abs(e) <= 64:
-        n = int(builtins.abs(e))
-        result, base = None, x
-        while n:
-            if n & 1:
-                result = base if result is None else _C.mul(result, base)
-            n >>= 1
-            if n:
-                base = _C.mul(base, base)
-        if result is None:
-            result = _C.full(x.shape, 1.0)
-        elif result is x:
-            result = x.copy()
-        return _C.div(1.0, result) if e < 0 else result
-    return _C.pow_(x, e)
-
-
 def pow(x, exponent):
     """x ** exponent for a Python-number exponent, elementwise. Float32."""
     if isinstance(exponent, Tensor):
         raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
-    out = _raw_pow(x, exponent)
+    out = _C.pow_(x, exponent)
     if _grad_on() and x.requires_grad:
         e = float(exponent)
 
         def backward(dy):
             # d x^e / dx = e x^(e-1)
-            return (_C.mul(dy, _C.mul(_raw_pow(x, e - 1.0), e)),)
+            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
         _record(out, backward, x)
     return out
 
@@ -178,18 +159,16 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0, gemm=_C.mat
                         da = gemm(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
                     da = _unbroadcast(da, a.shape)
                 if gb:
-                    if b.ndim == 2 and a.ndim > 2:
+                    if b.ndim == 2 and a.ndim > 2 and not ta:
                         # one GEMM over all batch rows: (B*M, K)^T @ (B*M, N)
                         a2 = _C.reshape(a, (-1, a.shape[-1]))
                         d2 = _C.reshape(dy, (-1, dy.shape[-1]))
-                        if ta:
-                            # a2 rows index K here; undo by treating a as (batch, K, M)
-                            db = None
-                        elif not tb:
+                        if not tb:
                             db = gemm(a2, d2, transpose_a=True, alpha=alpha)
                         else:
                             db = gemm(d2, a2, transpose_a=True, alpha=alpha)
-                    if db is None:
+                    else:
+                        # C = A' B':  dB' = A'^T dC,  dB = dB'^T when tb
                         if not tb:
                             db = gemm(a, dy, transpose_a=not ta, alpha=alpha)
                         else:
@@ -634,6 +613,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if gx or gw or gb:
             def backward(dy):
                 dx, dw, db = _C.layer_norm_backward(x, weight, mu, rstd, dy)
+                if gb and db is None:  # bias without weight: dbias = sum of dy over rows
+                    db = _C.sum(_C.reshape(dy, (-1, dy.shape[-1])), 0)
                 return dx, dw, db
             _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
     return y
@@ -699,6 +680,8 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not isinstance(targets, Tensor):
+        targets = _C.tensor(targets, dtype="int64")
     if logits.ndim < 1 or tuple(logits.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"cross_entropy: logits of shape {tuple(logits.shape)} need targets of shape "
                          f"{tuple(logits.shape[:-1])} (class axis last), got {tuple(targets.shape)}")
@@ -758,13 +741,17 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     """softmax(q k^T * scale + mask) v, composed from the ops above.
     q (..., T, D), k (..., S, D), v (..., S, Dv) -> (..., T, Dv); scale defaults to
     1/sqrt(D). is_causal hides keys after each query (the last T of S positions);
-    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added)."""
+    attn_mask (T, S) or broadcastable: boolean (True = attend) or float (added).
+    Causal, unmasked, dropout-free float32 attention with q (B, nh, T, hs) / (N, T, hs) and
+    T <= S runs as one fused flash-style kernel (csrc/attention.c; see _fused_attention)."""
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)} do not fit (..., T, D), (..., S, D), (..., S, Dv)")
     D = q.shape[-1]
     if scale is None:
         scale = 1.0 / math.sqrt(D)
+    if _fused_attention_applies(q, k, v, attn_mask, dropout_p, is_causal, scale, training):
+        return _fused_attention(q, k, v, scale)
     scores = _matmul_t(q, k, transpose_b=True, alpha=scale)
     if is_causal:
         scores = _causal_fill(scores, float("-inf"))
@@ -782,4 +769,177 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
 
 
 # Tensor methods and operators route here when a gradient is needed.
-_C._register_functional(__import__("sys").modules[__name__])
+_C._register_functional(sys.modules[__name__])
+
+
+# ======================================================================= fused kernels
+# Kernels that fuse several of the ops above (csrc/attention.c, csrc/bias_gelu.c), each
+# forward beside its backward. scaled_dot_product_attention dispatches to the fused
+# attention by itself; set_fused_enabled(False) sends everything back to the composed ops.
+__all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "add_layer_norm", "set_fused_enabled",
+            "is_fused_enabled"]
+
+_fused_on = True
+
+
+def set_fused_enabled(flag):
+    """Turn the fused kernels on (default) or off (the composed ops are used instead);
+    returns the previous setting. For tests and benchmarks."""
+    global _fused_on
+    prev, _fused_on = _fused_on, bool(flag)
+    return prev
+
+
+def is_fused_enabled():
+    """True if ops dispatch to the fused kernels where they apply."""
+    return _fused_on
+
+
+def _fused_attention_applies(q, k, v, attn_mask, dropout_p, is_causal, scale, training):
+    """True when the fused kernel computes exactly what the composed path would: causal,
+    no mask, no dropout, float32 (B, nh, T, hs) or (N, T, hs) with matching batch axes
+    (no broadcasting), Tq <= Tk, v as wide as q, scale > 0."""
+    if not (_fused_on and is_causal and attn_mask is None and (dropout_p == 0.0 or not training)):
+        return False
+    if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)):
+        return False
+    if q.dtype != "float32" or k.dtype != "float32" or v.dtype != "float32":
+        return False
+    if q.ndim not in (3, 4) or k.ndim != q.ndim or v.ndim != q.ndim:
+        return False
+    return (tuple(k.shape) == tuple(v.shape) and tuple(q.shape[:-2]) == tuple(k.shape[:-2])
+            and q.shape[-1] == k.shape[-1] and 0 < q.shape[-2] <= k.shape[-2] and scale > 0)
+
+
+def _fused_attention(q, k, v, scale):
+    """Causal attention through csrc/attention.c: q (B, nh, Tq, hs) or (N, Tq, hs), k, v
+    (B, nh, Tk, hs) or (N, Tk, hs), float32, Tq <= Tk (query i at position Tk - Tq + i)
+    -> (B, nh, Tq, hs) or (N, Tq, hs). Forward saves the output and the row log-sum-exp;
+    backward recomputes the probabilities tile by tile."""
+    if q.ndim == 3:
+        return squeeze(_fused_attention(unsqueeze(q, 0), unsqueeze(k, 0), unsqueeze(v, 0), scale), 0)
+    out, lse = _C.attention_forward(q, k, v, scale)
+    if _grad_on():
+        gq, gk, gv = _rg(q), _rg(k), _rg(v)
+        if gq or gk or gv:
+            saved = out.detach()  # no cycle out -> node -> closure -> out
+
+            def backward(dout):
+                dq, dk, dv = _C.attention_backward(q, k, v, saved, lse, dout, scale)
+                return dq if gq else None, dk if gk else None, dv if gv else None
+            _record(out, backward, q if gq else None, k if gk else None, v if gv else None)
+    return out
+
+
+def _qkv_heads(qkv, n_head):
+    """Raw (no autograd) strided views q, k, v (B, nh, T, hs) of a (B, T, 3C) tensor whose
+    last axis is [q | k | v], each C = nh * hs wide with the heads side by side."""
+    B, T, C3 = qkv.shape
+    hs = C3 // (3 * n_head)
+    heads = _C.permute(_C.reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4))  # (3, B, nh, T, hs)
+    return _C.getitem(heads, 0), _C.getitem(heads, 1), _C.getitem(heads, 2)
+
+
+def causal_self_attention(qkv, n_head, scale=None):
+    """Multi-head causal self-attention straight from the fused QKV projection:
+    qkv (B, T, 3C) float32 (last axis [q | k | v], heads side by side in each) -> y (B, T, C),
+    heads side by side (what c_proj takes), scale defaulting to 1/sqrt(C / n_head).
+    Equals splitting qkv into (B, nh, T, hs) heads, scaled_dot_product_attention(is_causal=True)
+    and merging the heads, but copies nothing: the kernel reads the heads in place, writes y
+    in (B, T, nh, hs) order, and backward writes dq, dk, dv into one (B, T, 3C) gradient.
+    No dropout, no KV cache (use scaled_dot_product_attention for those)."""
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0 or n_head < 1:
+        raise ValueError(f"causal_self_attention: expected qkv of shape (B, T, 3C) with C divisible by "
+                         f"n_head={n_head}, got {tuple(qkv.shape)}")
+    B, T, C3 = qkv.shape
+    C, hs = C3 // 3, C3 // (3 * n_head)
+    if scale is None:
+        scale = 1.0 / math.sqrt(hs)
+    if not _fused_on or T == 0 or qkv.dtype != "float32":
+        q, k, v = (getitem(permute(reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4)), i) for i in range(3))
+        y = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return reshape(transpose(y, 1, 2), (B, T, C))
+    qkv_in = qkv if qkv.strides[-1] == 1 else qkv.contiguous()
+    q, k, v = _qkv_heads(qkv_in, n_head)
+    out, lse = _C.attention_forward(q, k, v, scale)           # (B, nh, T, hs), stored (B, T, nh, hs)
+    y = _C.reshape(_C.transpose(out, 1, 2), (B, T, C))
+    if _grad_on() and qkv.requires_grad:
+        def backward(dy):
+            dout = _C.transpose(_C.reshape(dy, (B, T, n_head, hs)), 1, 2)
+            dqkv = _C.empty((B, T, C3))
+            dq, dk, dv = _qkv_heads(dqkv, n_head)
+            _C.attention_backward(q, k, v, out, lse, dout, scale, dq, dk, dv)
+            return (dqkv,)
+        _record(y, backward, qkv)
+    return y
+
+
+def bias_gelu(x, bias):
+    """gelu(x + bias) in one pass (GELU in the tanh form, as gelu()): x (..., C), bias (C),
+    float32 -> shaped like x. Only x is kept for backward, which recomputes x + bias."""
+    if not _fused_on:
+        return gelu(add(x, bias))
+    y = _C.bias_gelu(x, bias)
+    if _grad_on():
+        gx, gb = _rg(x), _rg(bias)
+        if gx or gb:
+            def backward(dy):
+                dx, db = _C.bias_gelu_backward(x, bias, dy, gb)
+                return dx if gx else None, db
+            _record(y, backward, x if gx else None, bias if gb else None)
+    return y
+
+
+def linear_gelu(x, weight, bias=None):
+    """gelu(x @ weight^T + bias), the first half of a GPT MLP (c_fc + GELU), with the bias add
+    and GELU fused: x (..., in), weight (out, in), bias (out) or None -> (..., out), float32.
+    One autograd node: backward gives dx, dweight, dbias from the saved x @ weight^T."""
+    if bias is None or not _fused_on:
+        return gelu(linear(x, weight, bias))
+    if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
+        raise ValueError(f"linear_gelu: input of shape {tuple(x.shape)} does not match weight of shape "
+                         f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
+    gemm = _amp.gemm()    # bf16 products under minillm.autocast, as F.linear
+    u = gemm(x, weight, transpose_b=True)
+    y = _C.bias_gelu(u, bias)
+    if _grad_on():
+        gx, gw, gb = _rg(x), _rg(weight), _rg(bias)
+        if gx or gw or gb:
+            def backward(dy):
+                du, db = _C.bias_gelu_backward(u, bias, dy, gb)
+                dx = gemm(du, weight) if gx else None
+                dw = None
+                if gw:
+                    d2 = _C.reshape(du, (-1, du.shape[-1])) if du.ndim != 2 else du
+                    x2 = _C.reshape(x, (-1, x.shape[-1])) if x.ndim != 2 else x
+                    dw = gemm(d2, x2, transpose_a=True)
+                return dx, dw, db
+            _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
+    return y
+
+
+def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
+    """(s, y) with s = x + residual and y = layer_norm(s, (C,), weight, bias, eps), computed in
+    one pass: x, residual (..., C) float32 of the same shape, weight, bias (C) or None.
+    For a pre-LayerNorm block: ``x, h = F.add_layer_norm(x, attn_out, ln_2.weight, ln_2.bias)``
+    then ``x = x + mlp(h)``. Backward: s passes its gradient to x and residual; y's is
+    layer_norm's backward on s."""
+    if not _fused_on:
+        s = add(x, residual)
+        return s, layer_norm(s, (s.shape[-1],), weight, bias, eps)
+    s, y, mu, rstd = _C.add_layer_norm(x, residual, weight, bias, eps)
+    if _grad_on():
+        gx, gr, gw, gb = _rg(x), _rg(residual), _rg(weight), _rg(bias)
+        if gx or gr:
+            def backward_add(ds):
+                return ds if gx else None, ds if gr else None
+            _record(s, backward_add, x if gx else None, residual if gr else None)
+        if gx or gr or gw or gb:
+            def backward(dy):
+                dx, dw, db = _C.layer_norm_backward(s, weight, mu, rstd, dy)
+                if gb and db is None:  # no weight: dbias = sum of dy over rows
+                    db = _C.sum(_C.reshape(dy, (-1, dy.shape[-1])), 0)
+                return dx if (gx or gr) else None, dw if gw else None, db if gb else None
+            _record(y, backward, s if (gx or gr) else None, weight if gw else None, bias if gb else None)
+    return s, y
+# ===================================================================== end fused kernels

@@ -29,8 +29,8 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.random import default_generator
 
-__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature", "top_k_filter",
-           "top_p_filter", "draw", "check_sampling_args"]
+__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature",
+           "top_k_filter", "top_p_filter", "draw", "check_sampling_args"]
 
 
 # ------------------------------------------------------------------------ KV cache
@@ -109,33 +109,27 @@ class KVCache:
 class GPTDecoder:
     """One-token decoding steps of a GPT, straight on its weights with the decoding kernels.
 
-    The model's own forward is general (any T, autograd, the composed ops); a decoding step has
-    T = 1 and no grad, so its time is reading the weights plus per-op overhead. This step does,
-    per block, 7 kernel calls: layer_norm; qkv = linear_rows; kv_attention_step (appends k, v to
-    the KVCache and attends over it); x = linear_rows(.., add=x); layer_norm; gelu(linear_rows);
-    x = linear_rows(.., add=x). linear_rows streams each weight matrix once. The arithmetic is
-    the model's (tanh GELU, pre-LayerNorm, tied or untied head), so logits match the model's
-    forward to float32 rounding (tests check 1e-5 against full recomputation).
+    The model's own forward is general (any T, autograd, composed ops); a decoding step has
+    T = 1 and no grad, so its time is reading the weights plus per-op overhead. Here each block
+    is one C call (gpt_block_step: layer_norm, c_attn, attention over the KV cache, c_proj +
+    residual, layer_norm, c_fc + GELU, c_proj + residual), whose linear layers stream each
+    weight matrix once (gemv.c). The arithmetic is the model's (tanh GELU, pre-LayerNorm, tied
+    or untied head), so logits match its forward to float32 rounding (tests check 1e-5 against
+    full recomputation).
 
-    Used by `generate` for minillm.models.GPT models after the prompt was prefilled through
-    the model's forward (which fills the same KVCache)."""
+    `generate` uses it for minillm GPT models once the prompt was prefilled through the model's
+    forward, which fills the same KVCache."""
 
     def __init__(self, model):
         cfg = model.config
         tr = model.transformer
-        self.n_head = cfg.n_head
-        self.head_size = cfg.n_embd // cfg.n_head
         self.wte = _w(tr.wte.weight)
         self.wpe = _w(tr.wpe.weight)
-        self.blocks = []
-        for blk in tr.h:
-            self.blocks.append((
-                _w(blk.ln_1.weight), _w(blk.ln_1.bias), blk.ln_1.eps,
-                _w(blk.attn.c_attn.weight), _w(blk.attn.c_attn.bias),
-                _w(blk.attn.c_proj.weight), _w(blk.attn.c_proj.bias),
-                _w(blk.ln_2.weight), _w(blk.ln_2.bias), blk.ln_2.eps,
-                _w(blk.mlp.c_fc.weight), _w(blk.mlp.c_fc.bias),
-                _w(blk.mlp.c_proj.weight), _w(blk.mlp.c_proj.bias)))
+        self.blocks = [_C.GPTBlockWeights(
+            cfg.n_head, _w(b.ln_1.weight), _w(b.ln_1.bias), _w(b.attn.c_attn.weight), _w(b.attn.c_attn.bias),
+            _w(b.attn.c_proj.weight), _w(b.attn.c_proj.bias), _w(b.ln_2.weight), _w(b.ln_2.bias),
+            _w(b.mlp.c_fc.weight), _w(b.mlp.c_fc.bias), _w(b.mlp.c_proj.weight), _w(b.mlp.c_proj.bias),
+            b.ln_1.eps, b.ln_2.eps) for b in tr.h]
         self.ln_f = (_w(tr.ln_f.weight), _w(tr.ln_f.bias), tr.ln_f.eps)
         self.head = _w(model.lm_head.weight)
         self.head_bias = _w(getattr(model.lm_head, "bias", None))
@@ -154,20 +148,16 @@ class GPTDecoder:
         x = _C.embedding(self.wte, tokens)                          # (B, C)
         pe = self.wpe[pos:pos + 1]                                  # (1, C)
         _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
-        linear, layer_norm = _C.linear_rows, _C.layer_norm
-        for layer, (l1w, l1b, e1, aw, ab, pw, pb, l2w, l2b, e2, fw, fb, mw, mb) in zip(cache.layers, self.blocks):
-            qkv = linear(layer_norm(x, l1w, l1b, e1)[0], aw, ab)   # (B, 3C)
+        block_step = _C.gpt_block_step
+        for layer, weights in zip(cache.layers, self.blocks):
             k, v = layer.k, layer.v
             if k.capacity <= pos:
                 k.reserve(pos + 1)
                 v.reserve(pos + 1)
             k.length = v.length = pos + 1
-            y = _C.kv_attention_step(qkv, k.tensor, v.tensor, pos)    # (B, C)
-            x = linear(y, pw, pb, x)                                # x + attn
-            h = linear(layer_norm(x, l2w, l2b, e2)[0], fw, fb, None, True)   # gelu(c_fc), (B, 4C)
-            x = linear(h, mw, mb, x)                                # x + mlp
+            block_step(x, weights, k.tensor, v.tensor, pos)         # x (B, C), in place
         lw, lb, le = self.ln_f
-        logits = linear(layer_norm(x, lw, lb, le)[0], self.head, self.head_bias)
+        logits = _C.linear_rows(_C.layer_norm(x, lw, lb, le)[0], self.head, self.head_bias)
         cache.advance(1)
         return logits
 
@@ -318,7 +308,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                         cache.reset()
                         logits, _ = model(out[:, max(0, n - block):n].contiguous(), kv_cache=cache)
                     elif decoder is not None:
-                        logits = decoder.step(out[:, n - 1].contiguous(), cache)
+                        logits = decoder.step(nxt, cache)          # nxt: the (B,) ids just chosen
                     else:
                         logits, _ = model(out[:, n - 1:n].contiguous(), kv_cache=cache)
                 else:

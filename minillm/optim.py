@@ -8,11 +8,13 @@ p *= 1 - lr * weight_decay.
 """
 import math
 
+import numpy as np
+
 from minillm import _C
 
 Tensor = _C.Tensor
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "constant_lr", "linear_lr", "cosine_with_warmup",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "flatten_state_dict", "unflatten_state_dict", "constant_lr", "linear_lr", "cosine_with_warmup",
            "LRScheduler", "LambdaLR", "CosineWarmupLR"]
 
 
@@ -132,8 +134,7 @@ class Optimizer:
                 if k == "step":
                     entry[k] = int(v)
                     continue
-                t = v if isinstance(v, Tensor) else Tensor.from_numpy(
-                    __import__("numpy").ascontiguousarray(v, dtype="float32"))
+                t = v if isinstance(v, Tensor) else Tensor.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
                 if tuple(t.shape) != tuple(p.shape):
                     raise ValueError(f"load_state_dict: state {k!r} of parameter {saved_index} has shape "
                                      f"{tuple(t.shape)}, the parameter has {tuple(p.shape)}")
@@ -144,6 +145,43 @@ class Optimizer:
                 if k != "params":
                     own[k] = v
         self.state = new_state
+
+
+def flatten_state_dict(state_dict):
+    """Split an optimizer state_dict() into what a safetensors file can hold:
+    (tensors, meta). tensors maps 'state.<index>.<name>' to each state tensor; meta is the
+    rest as plain JSON-able Python values ({'steps': {index: step}, 'param_groups': [...]}).
+    ``minillm.save(tensors, path, metadata={'optimizer': json.dumps(meta)})`` stores both;
+    unflatten_state_dict(tensors, meta) rebuilds the state_dict."""
+    tensors, steps = {}, {}
+    for index, st in state_dict["state"].items():
+        for name, value in st.items():
+            if name == "step":
+                steps[str(index)] = int(value)
+            else:
+                tensors[f"state.{index}.{name}"] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+              for g in state_dict["param_groups"]]
+    return tensors, {"steps": steps, "param_groups": groups}
+
+
+def unflatten_state_dict(tensors, meta):
+    """Inverse of flatten_state_dict: tensors (name -> Tensor or NumPy array) and meta."""
+    state = {}
+    for key, value in tensors.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "state":
+            raise ValueError(f"optimizer state: unexpected tensor name {key!r} (expected state.<index>.<name>)")
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for index, step in meta.get("steps", {}).items():
+        state.setdefault(int(index), {})["step"] = int(step)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
 
 
 class SGD(Optimizer):

@@ -1,4 +1,5 @@
-# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c) for minillm.functional.
+# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c, add_layernorm.c) for
+# minillm.functional.
 # No autograd here: these take and return plain Tensors.
 
 cdef Tensor _fused_f32(object t, str what, str name):
@@ -86,10 +87,26 @@ def attention_forward(q, k, v, double scale):
     return out, lse
 
 
-def attention_backward(q, k, v, out, lse, dout, double scale):
+cdef Tensor _attn_grad_out(object given, Tensor like, Py_ssize_t B, Py_ssize_t nh, Py_ssize_t T,
+                           Py_ssize_t hs, str name):
+    """The caller's (B, nh, T, hs) float32 output tensor (any strides, last axis contiguous),
+    or a fresh one laid out like `like`."""
+    if given is None:
+        return _attn_out_like(like, B, nh, T, hs)
+    if not isinstance(given, Tensor) or (<Tensor>given).dtype_ != C.MLL_F32:
+        raise TypeError(f"attention_backward: {name} must be a float32 minillm Tensor")
+    cdef Tensor t = <Tensor>given
+    if t.shape != (B, nh, T, hs) or (hs > 1 and t.strides_[3] != 1):
+        raise ValueError(f"attention_backward: {name} must have shape {(B, nh, T, hs)} and a contiguous "
+                         f"last axis, got shape {given.shape} strides {given.strides}")
+    return t
+
+
+def attention_backward(q, k, v, out, lse, dout, double scale, dq=None, dk=None, dv=None):
     """Gradients of attention_forward: (dq, dk, dv) shaped like q, k, v, from the saved
     out (B, nh, Tq, hs) and lse (B, nh, Tq) and the upstream dout (B, nh, Tq, hs).
-    Each gradient is laid out like its input (see attention_forward)."""
+    Each gradient is laid out like its input (see attention_forward), or written into the
+    given dq / dk / dv (e.g. strided views of one (B, T, 3C) gradient buffer)."""
     cdef Tensor tq, tk, tv
     tq, tk, tv = _attn_check(q, k, v, scale, "attention_backward")
     cdef Tensor to = _fused_f32(out, "attention_backward", "out")
@@ -100,14 +117,14 @@ def attention_backward(q, k, v, out, lse, dout, double scale):
     if to.shape != q.shape or td.shape != q.shape or tl.shape != (B, nh, Tq):
         raise ValueError(f"attention_backward: out {out.shape} and dout {dout.shape} must match q "
                          f"{q.shape}, lse {lse.shape} must be {(B, nh, Tq)}")
-    cdef Tensor dq = _attn_out_like(tq, B, nh, Tq, hs)
-    cdef Tensor dk = _attn_out_like(tk, B, nh, Tk, hs)
-    cdef Tensor dv = _attn_out_like(tv, B, nh, Tk, hs)
+    cdef Tensor gq = _attn_grad_out(dq, tq, B, nh, Tq, hs, "dq")
+    cdef Tensor gk = _attn_grad_out(dk, tk, B, nh, Tk, hs, "dk")
+    cdef Tensor gv = _attn_grad_out(dv, tv, B, nh, Tk, hs, "dv")
     if B * nh * Tq * hs == 0:
-        if numel(dk):
-            C.mll_fill(fptr(dk), 0.0, numel(dk))
-            C.mll_fill(fptr(dv), 0.0, numel(dv))
-        return dq, dk, dv
+        if numel(gk):
+            fill_(gk, 0.0)
+            fill_(gv, 0.0)
+        return gq, gk, gv
     cdef int64_t qs[3]
     cdef int64_t ks[3]
     cdef int64_t vs[3]
@@ -121,18 +138,18 @@ def attention_backward(q, k, v, out, lse, dout, double scale):
     _head_strides(tv, vs)
     _head_strides(to, os)
     _head_strides(td, ds)
-    _head_strides(dq, dqs)
-    _head_strides(dk, dks)
-    _head_strides(dv, dvs)
+    _head_strides(gq, dqs)
+    _head_strides(gk, dks)
+    _head_strides(gv, dvs)
     cdef const float *qp = fptr(tq)
     cdef const float *kp = fptr(tk)
     cdef const float *vp = fptr(tv)
     cdef const float *op = fptr(to)
     cdef const float *lp = fptr(tl)
     cdef const float *dp = fptr(td)
-    cdef float *dqp = fptr(dq)
-    cdef float *dkp = fptr(dk)
-    cdef float *dvp = fptr(dv)
+    cdef float *dqp = fptr(gq)
+    cdef float *dkp = fptr(gk)
+    cdef float *dvp = fptr(gv)
     cdef float sc = <float>scale
     cdef int rc
     with nogil:
@@ -140,7 +157,7 @@ def attention_backward(q, k, v, out, lse, dout, double scale):
                                       dvp, dvs, B, nh, Tq, Tk, hs, sc)
     if rc != 0:
         raise MemoryError(f"attention_backward: no scratch memory for q {q.shape}, k {k.shape}")
-    return dq, dk, dv
+    return gq, gk, gv
 
 
 cdef tuple _bias_gelu_check(object x, object b, str what):
@@ -193,3 +210,37 @@ def bias_gelu_backward(x, b, dy, bint need_db=True):
     if rc != 0:
         raise MemoryError(f"bias_gelu_backward: no scratch memory for x {x.shape}")
     return dx, db
+
+
+def add_layer_norm(x, r, weight, bias, float eps=1e-5):
+    """s = x + r and y = LayerNorm(s) over the last axis in one pass: x, r (..., C) float32 of
+    the same shape, weight/bias (C) or None. Returns (s, y, mean, rstd), mean/rstd (rows,)
+    as layer_norm saves them for layer_norm_backward(s, weight, mean, rstd, dy)."""
+    cdef Tensor tx = as_contig(_fused_f32(x, "add_layer_norm", "x"))
+    cdef Tensor tr = as_contig(_fused_f32(r, "add_layer_norm", "residual"))
+    if tx.ndim < 1 or tx.shape != tr.shape:
+        raise ValueError(f"add_layer_norm: x {x.shape} and residual {r.shape} must have the same shape (..., C)")
+    cdef int64_t cols = tx.shape_[tx.ndim - 1]
+    cdef int64_t rows = numel(tx) // cols if cols else 0
+    cdef Tensor w = None, b = None
+    cdef const float *wp = NULL
+    cdef const float *bp = NULL
+    if weight is not None:
+        w = as_contig(_fused_f32(weight, "add_layer_norm", "weight"))
+        if w.shape != (cols,):
+            raise ValueError(f"add_layer_norm: weight shape {w.shape} != ({cols},) for input {x.shape}")
+        wp = fptr(w)
+    if bias is not None:
+        b = as_contig(_fused_f32(bias, "add_layer_norm", "bias"))
+        if b.shape != (cols,):
+            raise ValueError(f"add_layer_norm: bias shape {b.shape} != ({cols},) for input {x.shape}")
+        bp = fptr(b)
+    cdef Tensor s = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef Tensor mu = new_tensor((rows,), C.MLL_F32)
+    cdef Tensor rs = new_tensor((rows,), C.MLL_F32)
+    if rows * cols:
+        with nogil:
+            C.mll_add_layernorm_forward(fptr(tx), fptr(tr), wp, bp, fptr(s), fptr(y), fptr(mu), fptr(rs),
+                                        rows, cols, eps)
+    return s, y, mu, rs

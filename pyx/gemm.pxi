@@ -3,15 +3,17 @@
 # long as each row is contiguous.
 
 
-def _gemm_dims(bint transa, bint transb, tuple ashape, tuple bshape, tuple cshape):
-    """(M, N, K) of C = op(A) @ op(B), or ValueError naming the shapes."""
-    M, K = (ashape[1], ashape[0]) if transa else (ashape[0], ashape[1])
-    K2, N = (bshape[1], bshape[0]) if transb else (bshape[0], bshape[1])
-    if K != K2 or cshape != (M, N):
+cdef int _gemm_dims(bint transa, bint transb, Py_ssize_t a0, Py_ssize_t a1, Py_ssize_t b0, Py_ssize_t b1,
+                    Py_ssize_t c0, Py_ssize_t c1, int64_t *dims) except -1:
+    """dims = (M, N, K) of C = op(A) @ op(B), or ValueError naming the shapes."""
+    cdef Py_ssize_t M = a1 if transa else a0, K = a0 if transa else a1
+    cdef Py_ssize_t K2 = b1 if transb else b0, N = b0 if transb else b1
+    if K != K2 or c0 != M or c1 != N:
         raise ValueError(
-            f"sgemm: op(A) {(M, K)} (A {ashape}, transa={bool(transa)}) @ op(B) {(K2, N)} "
-            f"(B {bshape}, transb={bool(transb)}) does not give C {cshape}")
-    return M, N, K
+            f"sgemm: op(A) {(M, K)} (A {(a0, a1)}, transa={bool(transa)}) @ op(B) {(K2, N)} "
+            f"(B {(b0, b1)}, transb={bool(transb)}) does not give C {(c0, c1)}")
+    dims[0], dims[1], dims[2] = M, N, K
+    return 0
 
 
 cdef int64_t _row_stride(const float[:, :] x, str name) except -1:
@@ -28,8 +30,9 @@ def k_sgemm(bint transa, bint transb, float alpha, const float[:, :] a, const fl
 
     A: (M, K), or (K, M) with transa; B: (K, N), or (N, K) with transb; C: (M, N).
     Rows must be contiguous; the row strides may be anything (slices of wider arrays)."""
-    cdef int64_t M, N, K
-    M, N, K = _gemm_dims(transa, transb, (a.shape[0], a.shape[1]), (b.shape[0], b.shape[1]), (c.shape[0], c.shape[1]))
+    cdef int64_t dims[3]
+    _gemm_dims(transa, transb, a.shape[0], a.shape[1], b.shape[0], b.shape[1], c.shape[0], c.shape[1], dims)
+    cdef int64_t M = dims[0], N = dims[1], K = dims[2]
     cdef int64_t lda = _row_stride(a, "A"), ldb = _row_stride(b, "B"), ldc = _row_stride(c, "C")
     if M == 0 or N == 0:
         return
@@ -45,11 +48,12 @@ def k_sgemm_batched(bint transa, bint transb, float alpha, const float[:, :, :] 
 
     A: (batch, M, K) or (batch, K, M) with transa; B: (batch, K, N) or (batch, N, K) with
     transb; C: (batch, M, N). A or B may have batch 1 (stride 0: broadcast over the batch)."""
-    cdef int64_t M, N, K
+    cdef int64_t dims[3]
     batch = c.shape[0]
     if a.shape[0] not in (1, batch) or b.shape[0] not in (1, batch):
         raise ValueError(f"sgemm_batched: batch sizes A {a.shape[0]}, B {b.shape[0]}, C {batch} differ")
-    M, N, K = _gemm_dims(transa, transb, (a.shape[1], a.shape[2]), (b.shape[1], b.shape[2]), (c.shape[1], c.shape[2]))
+    _gemm_dims(transa, transb, a.shape[1], a.shape[2], b.shape[1], b.shape[2], c.shape[1], c.shape[2], dims)
+    cdef int64_t M = dims[0], N = dims[1], K = dims[2]
     cdef int64_t lda = _row_stride(a[0], "A"), ldb = _row_stride(b[0], "B"), ldc = _row_stride(c[0], "C")
     cdef int64_t sa = a.strides[0] // sizeof(float) if a.shape[0] > 1 else 0
     cdef int64_t sb = b.strides[0] // sizeof(float) if b.shape[0] > 1 else 0

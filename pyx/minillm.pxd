@@ -146,6 +146,7 @@ cdef extern from "minillm.h" nogil:
     int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
                         int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
     # attention.c, bias_gelu.c (fused)
+    # attention.c, bias_gelu.c, add_layernorm.c (fused)
     int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
                               const float *v, const int64_t *vs, float *out, const int64_t *os,
                               float *lse, int64_t B, int64_t nh, int64_t Tq, int64_t Tk, int64_t hs,
@@ -171,3 +172,26 @@ cdef extern from "minillm.h" nogil:
     # kv_attention.c
     int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
                               int64_t hs, int64_t pos, float scale)
+
+    # decode_step.c
+    ctypedef struct mll_gpt_block:
+        const float *ln1_w
+        const float *ln1_b
+        const float *attn_w
+        const float *attn_b
+        const float *proj_w
+        const float *proj_b
+        const float *ln2_w
+        const float *ln2_b
+        const float *fc_w
+        const float *fc_b
+        const float *fc2_w
+        const float *fc2_b
+        float eps1
+        float eps2
+        float scale
+    int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
+                           int64_t hs, int64_t pos)
+    void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                                   float *s, float *y, float *mean, float *rstd, int64_t rows,
+                                   int64_t cols, float eps)

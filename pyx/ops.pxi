@@ -242,7 +242,27 @@ def pow_(Tensor x, exponent):
         return unary_op(C.MLL_SQRT, x)
     if exponent == -1:
         return binary_op(C.MLL_DIV, 1.0, x)
+    if float(exponent).is_integer() and _builtins.abs(exponent) <= 64:
+        return int_pow(x, int(exponent))
     return unary_op(C.MLL_EXP, binary_op(C.MLL_MUL, unary_op(C.MLL_LOG, x), float(exponent)))
+
+
+cdef Tensor int_pow(Tensor x, int e):
+    """x ** e for an integer e by repeated squaring (exact sign for negative x)."""
+    cdef int n = e if e >= 0 else -e
+    cdef Tensor result = None
+    cdef Tensor base = x
+    while n:
+        if n & 1:
+            result = base if result is None else binary_op(C.MLL_MUL, result, base)
+        n >>= 1
+        if n:
+            base = binary_op(C.MLL_MUL, base, base)
+    if result is None:
+        result = full(x.shape, 1.0)
+    elif result is x:
+        result = copy_contig(x)
+    return binary_op(C.MLL_DIV, 1.0, result) if e < 0 else result
 
 
 # ------------------------------------------------------------------------- views

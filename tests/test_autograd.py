@@ -182,3 +182,22 @@ def test_tensor_methods_route_to_the_tape():
     y.backward()
     expect = np.exp(np.arange(6.0).reshape(2, 3)) * 0.5 / 2
     np.testing.assert_allclose(x.grad.numpy(), expect, rtol=1e-5)
+
+
+def test_training_loop_memory_is_flat_after_warmup():
+    import minillm.optim as optim
+    nn = minillm.nn
+    m = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.LayerNorm(64), nn.Dropout(0.1), nn.Linear(64, 10))
+    opt = optim.AdamW(m.parameters())
+    x, y = minillm.randn(16, 32), minillm.randint(0, 10, (16,))
+    stats = []
+    for i in range(60):
+        loss = F.cross_entropy(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i in (20, 59):
+            del loss
+            stats.append(minillm.alloc_stats())
+    assert stats[0]["in_use"] == stats[1]["in_use"]
+    assert stats[0]["os_allocs"] == stats[1]["os_allocs"]

@@ -433,3 +433,26 @@ def test_kernels_are_bitwise_identical_for_one_and_two_threads():
     assert results[0][0] == results[1][0]
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_array_equal(results[0][2], results[1][2])
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("batched", [False, True])
+def test_matmul_with_transpose_flags_gradients(ta, tb, batched):
+    """The internal op behind attention's q @ k^T: alpha * op(a) @ op(b), every flag."""
+    M, K, N = 3, 4, 2
+    sa = (K, M) if ta else (M, K)
+    sb = (N, K) if tb else (K, N)
+    if batched:
+        sa = (2,) + sa
+
+    def ref(a, b):
+        a2 = np.swapaxes(a, -1, -2) if ta else a
+        b2 = np.swapaxes(b, -1, -2) if tb else b
+        return 0.5 * (a2 @ b2)
+    check(lambda a, b: F._matmul_t(a, b, ta, tb, 0.5), ref, [randn(*sa, seed=1), randn(*sb, seed=2)])
+
+
+def test_layer_norm_bias_without_weight_gets_its_gradient():
+    x, b = randn(4, 5), randn(5, seed=3)
+    check(lambda x, b: F.layer_norm(x, 5, None, b), lambda x, b: np_layer_norm(x, None, b), [x, b])

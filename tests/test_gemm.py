@@ -79,7 +79,8 @@ def test_every_small_size_matches_numpy(isa, transa, transb):
 
 @pytest.mark.parametrize("transa,transb", [(0, 0), (0, 1), (1, 0), (1, 1)])
 @pytest.mark.parametrize("M,N,K", [(257, 1001, 769), (97, 131, 211), (1, 500, 300), (500, 1, 300),
-                                   (300, 500, 1), (1, 1, 1000), (60, 4200, 17)])
+                                   (300, 500, 1), (1, 1, 1000), (60, 4200, 17), (1, 3001, 1000),
+                                   (3001, 1, 1000)])
 def test_large_and_odd_sizes_match_numpy(isa, M, N, K, transa, transb):
     # K = 769 spans several k blocks, N = 4200 more than one column block
     rng = np.random.default_rng(M * 7 + N * 3 + K)
@@ -93,7 +94,7 @@ def test_large_and_odd_sizes_match_numpy(isa, M, N, K, transa, transb):
 @pytest.mark.parametrize("transa,transb", [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_alpha_beta_scale_product_and_c(isa, alpha, beta, transa, transb):
     rng = np.random.default_rng(5)
-    for M, N, K in [(3, 5, 7), (37, 45, 300), (130, 70, 20)]:
+    for M, N, K in [(3, 5, 7), (37, 45, 300), (130, 70, 20), (1, 70, 300), (70, 1, 300)]:
         a, b = operands(rng, M, N, K, transa, transb)
         run(a, b, rng.standard_normal((M, N)).astype(np.float32), transa, transb, alpha, beta)
 
@@ -119,12 +120,12 @@ def test_k_zero_scales_c_by_beta():
     np.testing.assert_array_equal(c, 0.0)
 
 
+@pytest.mark.parametrize("M,N,K", [(45, 77, 130), (1, 77, 130), (45, 1, 130)])
 @pytest.mark.parametrize("transa,transb", [(0, 0), (0, 1), (1, 0), (1, 1)])
-def test_strided_views_use_row_strides(isa, transa, transb):
+def test_strided_views_use_row_strides(isa, transa, transb, M, N, K):
     # column slices of wider arrays: lda, ldb, ldc larger than the logical widths, and the
     # columns outside each view must be left alone
     rng = np.random.default_rng(3)
-    M, N, K = 45, 77, 130
     wa = rng.standard_normal((K if transa else M, 300)).astype(np.float32)
     wb = rng.standard_normal((N if transb else K, 310)).astype(np.float32)
     wc = rng.standard_normal((M, 290)).astype(np.float32)
@@ -175,8 +176,8 @@ def test_batched_many_small_and_few_large(isa):
 
 
 # shapes that cross the k blocks, the column blocks (N > NC) and split either way between threads
-@pytest.mark.parametrize("M,N,K", [(33, 4200, 270), (300, 40, 270), (130, 130, 530), (70, 70, 70),
-                                   (2, 3000, 200)])
+@pytest.mark.parametrize("M,N,K", [(33, 4200, 100), (300, 40, 270), (130, 130, 530), (70, 70, 70),
+                                   (2, 3000, 200), (1, 5000, 300), (5000, 1, 300)])
 def test_one_and_two_threads_give_bitwise_identical_results(isa, threads, M, N, K):
     rng = np.random.default_rng(8)
     for transa in (0, 1):

@@ -441,3 +441,21 @@ def test_cli_sample_errors_name_the_folder(tmp_path, capsys):
     from minillm import cli
     assert cli.main(["sample", "--ckpt", str(tmp_path), "--prompt", "x"]) == 1
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_decoder_logits_are_bitwise_the_same_on_one_and_two_threads():
+    model = tiny_gpt(n_embd=64, vocab_size=1500).eval()
+    old = minillm.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            minillm.set_num_threads(n)
+            cache = KVCache.for_model(model, 2)
+            with no_grad():
+                model(minillm.tensor([[1, 2, 3], [4, 5, 6]], dtype="int64"), kv_cache=cache)
+            dec = GPTDecoder(model)
+            steps = [dec.step(minillm.tensor([7 + i, 9 + i], dtype="int64"), cache).numpy() for i in range(4)]
+            outs.append(np.stack(steps))
+    finally:
+        minillm.set_num_threads(old)
+    np.testing.assert_array_equal(outs[0], outs[1])

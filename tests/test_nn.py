@@ -188,3 +188,21 @@ def test_setting_attribute_before_init_raises():
 
     with pytest.raises(AttributeError, match="Module.__init__"):
         Bad()
+
+
+def test_tied_weight_loads_from_any_of_its_names():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(5, 3)
+            self.head = nn.Linear(3, 5, bias=False)
+            self.head.weight = self.wte.weight
+
+    m = Tied()
+    assert list(m.state_dict()) == ["wte.weight"]
+    w = np.arange(15, dtype=np.float32).reshape(5, 3)
+    m.load_state_dict({"head.weight": w})                     # the other name (HF-style files)
+    np.testing.assert_array_equal(m.wte.weight.numpy(), w)
+    m.load_state_dict({"wte.weight": w, "head.weight": w})    # both names (PyTorch-style)
+    with pytest.raises(KeyError, match="missing keys.*wte.weight"):
+        m.load_state_dict({})

@@ -8,6 +8,7 @@ import pytest
 import minillm
 import minillm.nn as nn
 import minillm.optim as optim
+from minillm import serialization
 
 STEPS = 20
 TOL = 1e-5
@@ -271,3 +272,28 @@ def test_schedulers_set_group_lrs_and_resume():
     lam.step()
     lam.step()
     assert lam.get_last_lr() == pytest.approx([0.025, 0.05])
+
+
+def test_optimizer_state_round_trips_through_a_safetensors_file(tmp_path):
+    import json
+    params = [minillm.tensor(a.copy(), requires_grad=True) for a in initial_params()]
+    opt = optim.AdamW([{"params": [params[0]]}, {"params": [params[1]], "weight_decay": 0.0}], lr=1e-2)
+    for _ in range(3):
+        for p in params:
+            p.grad = minillm.tensor(grad_of(p.numpy()))
+        opt.step()
+    tensors, meta = optim.flatten_state_dict(opt.state_dict())
+    path = str(tmp_path / "optimizer.safetensors")
+    minillm.save(tensors, path, metadata={"optimizer": json.dumps(meta)})
+    loaded = minillm.load(path)
+    meta2 = json.loads(serialization.load_metadata(path)["optimizer"])
+    copies = [minillm.tensor(p.numpy().copy(), requires_grad=True) for p in params]
+    opt2 = optim.AdamW([{"params": [copies[0]]}, {"params": [copies[1]]}], lr=0.5)
+    opt2.load_state_dict(optim.unflatten_state_dict(loaded, meta2))
+    assert opt2.param_groups[1]["weight_decay"] == 0.0 and opt2.param_groups[0]["betas"] == (0.9, 0.999)
+    for o, ps in ((opt, params), (opt2, copies)):
+        for p in ps:
+            p.grad = minillm.tensor(grad_of(p.numpy()))
+        o.step()
+    for a, b in zip(params, copies):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -379,3 +379,20 @@ def test_growable_tensor_appends_with_amortised_doubling():
     np.testing.assert_array_equal(g.tensor.numpy(), np.concatenate([np.stack(rows), np.ones((4, 3))]))
     with pytest.raises(ValueError, match="rows of shape"):
         g.append(minillm.zeros(2, 2))
+
+
+def test_integer_powers_of_negative_bases_are_exact():
+    a = np.array([-2.0, -0.5, 3.0], np.float32)
+    t = minillm.tensor(a)
+    for e in (3, -3, 0, 5):
+        np.testing.assert_allclose((t ** e).numpy(), a.astype(np.float64) ** e, rtol=1e-6)
+    np.testing.assert_allclose((minillm.tensor(np.abs(a)) ** 1.5).numpy(), np.abs(a) ** 1.5, rtol=1e-5)
+
+
+def test_operators_record_autograd_from_a_fresh_import():
+    import subprocess
+    import sys
+    code = ("import minillm; x = minillm.tensor([-2.0], requires_grad=True); "
+            "(x * 2).sum().backward(); print(x.grad.item())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2.0"

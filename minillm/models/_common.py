@@ -1,8 +1,19 @@
 """What every language model shares: parameter counting, AdamW groups, generation."""
+import dataclasses
+
 from minillm import _C
 from minillm import nn
 
-__all__ = ["LanguageModel", "check_idx"]
+__all__ = ["LanguageModel", "check_idx", "known_fields"]
+
+
+def known_fields(cls, d):
+    """d as keyword arguments for the config dataclass cls; ValueError names unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {unknown} (known: {sorted(names)})")
+    return dict(d)
 
 
 def check_idx(idx, model_name):

@@ -33,3 +33,4 @@ def lm_cross_entropy(logits, targets, ignore_index=-1):
             return (dlogits if g == 1.0 else _C.mul(dlogits, g), None)
         record(loss, backward, logits, None)
     return loss
+

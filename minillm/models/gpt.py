@@ -16,7 +16,7 @@ from minillm import _C
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models._common import LanguageModel, check_idx
+from minillm.models._common import LanguageModel, check_idx, known_fields
 from minillm.models._ops import lm_cross_entropy
 
 
@@ -56,15 +56,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d):
         """The config of a dict written by to_dict(); unknown keys raise ValueError."""
-        return cls(**_known_fields(cls, d))
-
-
-def _known_fields(cls, d):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {unknown} (known: {sorted(names)})")
-    return dict(d)
+        return cls(**known_fields(cls, d))
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,19 +75,22 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, layer_cache=None):
         B, T, C = x.shape
-        nh = self.n_head
-        hs = C // nh
         qkv = self.c_attn(x)                                        # (B, T, 3C)
-        # (B, T, 3, nh, hs) -> (3, B, nh, T, hs): strided views, no copies
-        qkv = F.permute(F.reshape(qkv, (B, T, 3, nh, hs)), (2, 0, 3, 1, 4))
-        q, k, v = F.getitem(qkv, 0), F.getitem(qkv, 1), F.getitem(qkv, 2)   # (B, nh, T, hs)
-        if layer_cache is not None:
-            # generation: attend over every cached position plus the new ones
-            k, v = layer_cache.update(k, v)                         # (B, nh, T_total, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           training=self.training)  # (B, nh, T, hs)
-        y = F.reshape(F.transpose(y, 1, 2), (B, T, C))             # heads side by side
+        if layer_cache is None and not (self.dropout and self.training):
+            # training: the fused kernel reads q, k, v in place, writes y with heads side by
+            # side, never stores the T x T scores, and backward fills one d qkv buffer
+            y = F.causal_self_attention(qkv, self.n_head)          # (B, T, C)
+        else:
+            nh, hs = self.n_head, C // self.n_head
+            # (B, T, 3, nh, hs) -> (3, B, nh, T, hs): strided views, no copies
+            heads = F.permute(F.reshape(qkv, (B, T, 3, nh, hs)), (2, 0, 3, 1, 4))
+            q, k, v = F.getitem(heads, 0), F.getitem(heads, 1), F.getitem(heads, 2)  # (B, nh, T, hs)
+            if layer_cache is not None:
+                # generation: attend over every cached position plus the new ones
+                k, v = layer_cache.update(k, v)                     # (B, nh, T_total, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout,
+                                               training=self.training)  # (B, nh, T, hs)
+            y = F.reshape(F.transpose(y, 1, 2), (B, T, C))         # heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -109,7 +104,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)    # bias add + GELU in one pass
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -123,8 +119,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, layer_cache=None):
-        x = F.add(x, self.attn(self.ln_1(x), layer_cache))
-        return F.add(x, self.mlp(self.ln_2(x)))
+        h = self.attn(self.ln_1(x), layer_cache)
+        # x = x + h, then h = ln_2(x), in one pass over the residual stream
+        x, h = F.add_layer_norm(x, h, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        return F.add(x, self.mlp(h))
 
 
 class GPT(LanguageModel):
@@ -227,9 +225,9 @@ class GPT(LanguageModel):
     def estimate_flops_per_token(self, T=None):
         """Training FLOPs per token at context T (default block_size): 6 N for the
         weight GEMMs (forward 2N, backward 4N; N = parameters without the position
-        table) plus 6 n_layer T C for the attention score and value products at
-        average causal length T (12 L T C counted over the full T x T square, halved
-        for the causal half). The PaLM paper's appendix B counts the same way."""
+        table, the tied LM head counted once) plus 12 n_layer T C for the attention
+        score and value products, forward and backward, over the full T x T square
+        (PaLM, appendix B; a causal kernel does about half of that work)."""
         cfg = self.config
         T = cfg.block_size if T is None else T
         n = self.num_params(non_embedding=True)

@@ -13,7 +13,7 @@ from minillm import _C
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models._common import LanguageModel, check_idx
+from minillm.models._common import LanguageModel, check_idx, known_fields
 from minillm.models._ops import lm_cross_entropy
 
 
@@ -39,15 +39,13 @@ class MLPConfig:
                 raise ValueError(f"MLPConfig: {name} must be a positive int, got {value!r}")
 
     def to_dict(self):
+        """A JSON-ready dict (includes model_type)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"MLPConfig: unknown config keys {unknown} (known: {sorted(names)})")
-        return cls(**d)
+        """The config of a dict written by to_dict(); unknown keys raise ValueError."""
+        return cls(**known_fields(cls, d))
 
 
 class MLPLM(LanguageModel):

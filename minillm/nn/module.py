@@ -220,38 +220,54 @@ class Module:
                 _C.fill_(p.grad, 0.0)
 
     # -------------------------------------------------------------- state dict
-    def state_dict(self, prefix=""):
-        """OrderedDict of dotted name -> tensor (parameters and persistent buffers), the
-        live tensors, not copies. Shared parameters appear under their first name."""
-        out = OrderedDict()
-        seen = set()
+    def _state_entries(self, prefix=""):
+        """(name, tensor) for every parameter and persistent buffer under every name it
+        has (a tied weight appears once per module holding it)."""
         for mod_name, mod in self.named_modules(prefix):
             pre = mod_name + "." if mod_name else ""
             for name, p in mod._parameters.items():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    out[pre + name] = p
+                if p is not None:
+                    yield pre + name, p
             for name, b in mod._buffers.items():
                 if b is not None and name not in mod._non_persistent:
-                    out[pre + name] = b
+                    yield pre + name, b
+
+    def state_dict(self, prefix=""):
+        """OrderedDict of dotted name -> tensor (parameters and persistent buffers), the
+        live tensors, not copies. A tensor shared by several modules (tied weights) appears
+        once, under its first name, as safetensors files want; load_state_dict accepts
+        it under any of its names."""
+        out = OrderedDict()
+        seen = set()
+        for name, t in self._state_entries(prefix):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out[name] = t
         return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy values (Tensors or NumPy arrays) into this module's parameters and buffers
-        in place. strict=True: missing or unexpected keys raise KeyError listing them all;
-        a shape mismatch always raises ValueError naming the key and both shapes.
+        in place. A tied tensor is filled from whichever of its names is present.
+        strict=True: missing or unexpected keys raise KeyError listing them all; a shape
+        mismatch always raises ValueError naming the key and both shapes.
         Returns IncompatibleKeys(missing_keys, unexpected_keys)."""
-        own = self.state_dict()
-        missing = [k for k in own if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in own]
-        mismatched = []
-        for k, dst in own.items():
-            if k not in state_dict:
+        names = OrderedDict()     # id(tensor) -> (tensor, [names])
+        for name, t in self._state_entries():
+            names.setdefault(id(t), (t, []))[1].append(name)
+        known = {n for _, ns in names.values() for n in ns}
+        unexpected = [k for k in state_dict if k not in known]
+        missing, mismatched, plan = [], [], []
+        for dst, ns in names.values():
+            present = [n for n in ns if n in state_dict]
+            if not present:
+                missing.append(ns[0])
                 continue
-            src = state_dict[k]
-            src_shape = tuple(src.shape) if hasattr(src, "shape") else np.shape(src)
-            if src_shape != tuple(dst.shape):
-                mismatched.append(f"{k}: checkpoint has shape {src_shape}, model has {tuple(dst.shape)}")
+            for k in present:
+                src = state_dict[k]
+                src_shape = tuple(src.shape) if hasattr(src, "shape") else np.shape(src)
+                if src_shape != tuple(dst.shape):
+                    mismatched.append(f"{k}: checkpoint has shape {src_shape}, model has {tuple(dst.shape)}")
+            plan.append((dst, state_dict[present[0]]))
         if mismatched:
             raise ValueError("load_state_dict: shape mismatch for " + "; ".join(mismatched))
         if strict and (missing or unexpected):
@@ -263,17 +279,15 @@ class Module:
             raise KeyError(f"load_state_dict for {type(self).__name__}: " + ", ".join(parts))
         prev = _C.set_grad_enabled(False)
         try:
-            for k, dst in own.items():
-                if k in state_dict:
-                    src = state_dict[k]
-                    if not isinstance(src, Tensor):
-                        src = np.asarray(src)
-                        if src.dtype != np.dtype(dst.dtype):
-                            src = src.astype(dst.dtype)
-                        src = Tensor.from_numpy(np.ascontiguousarray(src))
-                    elif src.dtype != dst.dtype:
+            for dst, src in plan:
+                if not isinstance(src, Tensor):
+                    src = np.asarray(src)
+                    if src.dtype != np.dtype(dst.dtype):
                         src = src.astype(dst.dtype)
-                    _C.copy_(dst, src)
+                    src = Tensor.from_numpy(np.ascontiguousarray(src))
+                elif src.dtype != dst.dtype:
+                    src = src.astype(dst.dtype)
+                _C.copy_(dst, src)
         finally:
             _C.set_grad_enabled(prev)
         return IncompatibleKeys(missing, unexpected)
