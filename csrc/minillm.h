@@ -145,6 +145,20 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
                        int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                        int64_t batch);
 
+/* ----------------------------------------------------------- gemm_bf16.c */
+/* C (M, N) = alpha * op(A) @ op(B) + beta * C with bfloat16 products and float32 sums (mixed
+ * precision): A and B are each MLL_F32 (rounded to bf16, nearest even, while packed) or MLL_BF16
+ * (bits as stored); C is float32. Arguments as mll_sgemm (ld* in elements of the stored type).
+ * AVX-512 BF16 (VDPBF16PS) when the CPU has it and the AVX-512 path is active; elsewhere the
+ * rounded operands go through mll_sgemm. Bitwise identical for any thread count. Returns 0,
+ * -1 if out of memory, -2 if a dtype is neither MLL_F32 nor MLL_BF16. */
+int mll_gemm_bf16(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const void *A,
+                  int a_dtype, int64_t lda, const void *B, int b_dtype, int64_t ldb, float beta, float *C,
+                  int64_t ldc);
+int mll_gemm_bf16_native(void);       /* 1 if mll_gemm_bf16 runs on VDPBF16PS right now */
+/* out (n) bf16 bits <- x (n) float32, nearest even, NaN kept (quiet): the packing's rounding */
+void mll_round_bf16(const float *x, uint16_t *out, int64_t n);
+
 /* ----------------------------------------------------------------- rng.c */
 /* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11),
  * counter-based. The stream of a seed is a sequence of 32-bit words: word c is lane c % 4

@@ -20,3 +20,4 @@ from .autograd import (  # noqa: F401
 )
 
 __version__ = "0.1.0"
+from .amp import autocast, is_autocast_enabled  # noqa: F401,E402  (bf16 mixed precision)

@@ -11,6 +11,7 @@ import math
 import sys
 
 from minillm import _C
+from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
 from minillm import random as _random
 from minillm.autograd import record as _record
 
@@ -137,11 +138,12 @@ def pow(x, exponent):
 
 
 # ------------------------------------------------------------------------- matmul
-def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
+def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0, gemm=_C.matmul):
     """alpha * op(a) @ op(b), op = transpose of the last two axes when its flag is set;
     a (..., M, K) or (..., K, M), b (..., K, N) or (..., N, K), batch axes broadcast.
-    Backward uses the GEMM's transpose flags, never transpose copies."""
-    out = _C.matmul(a, b, transpose_a=transpose_a, transpose_b=transpose_b, alpha=alpha)
+    Backward uses the GEMM's transpose flags, never transpose copies. gemm: _C.matmul, or
+    _C.matmul_bf16 for bf16 products (forward and backward alike; see minillm/amp.py)."""
+    out = gemm(a, b, transpose_a=transpose_a, transpose_b=transpose_b, alpha=alpha)
     if _grad_on():
         ga, gb = _rg(a), _rg(b)
         if ga or gb:
@@ -152,9 +154,9 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
                 if ga:
                     # C = A' B' (primes: op applied):  dA' = dC B'^T,  dA = dA'^T when ta
                     if not ta:
-                        da = _C.matmul(dy, b, transpose_b=not tb, alpha=alpha)
+                        da = gemm(dy, b, transpose_b=not tb, alpha=alpha)
                     else:
-                        da = _C.matmul(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
+                        da = gemm(b, dy, transpose_a=tb, transpose_b=True, alpha=alpha)
                     da = _unbroadcast(da, a.shape)
                 if gb:
                     if b.ndim == 2 and a.ndim > 2 and not ta:
@@ -162,15 +164,15 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
                         a2 = _C.reshape(a, (-1, a.shape[-1]))
                         d2 = _C.reshape(dy, (-1, dy.shape[-1]))
                         if not tb:
-                            db = _C.matmul(a2, d2, transpose_a=True, alpha=alpha)
+                            db = gemm(a2, d2, transpose_a=True, alpha=alpha)
                         else:
-                            db = _C.matmul(d2, a2, transpose_a=True, alpha=alpha)
+                            db = gemm(d2, a2, transpose_a=True, alpha=alpha)
                     else:
                         # C = A' B':  dB' = A'^T dC,  dB = dB'^T when tb
                         if not tb:
-                            db = _C.matmul(a, dy, transpose_a=not ta, alpha=alpha)
+                            db = gemm(a, dy, transpose_a=not ta, alpha=alpha)
                         else:
-                            db = _C.matmul(dy, a, transpose_a=True, transpose_b=ta, alpha=alpha)
+                            db = gemm(dy, a, transpose_a=True, transpose_b=ta, alpha=alpha)
                         db = _unbroadcast(db, b.shape)
                 return da, db
             _record(out, backward, a if ga else None, b if gb else None)
@@ -180,28 +182,32 @@ def _matmul_t(a, b, transpose_a=False, transpose_b=False, alpha=1.0):
 def matmul(a, b):
     """a @ b as NumPy's matmul: 2-D (M, K) @ (K, N) -> (M, N); batched (..., M, K) @
     (..., K, N) with broadcast batch axes; a 1-D operand is a row (a) or column (b)
-    vector whose axis is dropped from the result. Float32."""
+    vector whose axis is dropped from the result. Float32 (bf16 products under minillm.autocast)."""
+    gemm = _amp.gemm()
     if a.ndim == 1 or b.ndim == 1:
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError(f"matmul: operands must have at least 1 dimension, got shapes "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         a2 = unsqueeze(a, 0) if a.ndim == 1 else a
         b2 = unsqueeze(b, 1) if b.ndim == 1 else b
-        out = _matmul_t(a2, b2)
+        out = _matmul_t(a2, b2, gemm=gemm)
         if b.ndim == 1:
             out = squeeze(out, -1)
         if a.ndim == 1:
             out = squeeze(out, -2 if b.ndim != 1 else -1)
         return out
-    return _matmul_t(a, b)
+    return _matmul_t(a, b, gemm=gemm)
 
 
 def linear(x, weight, bias=None):
-    """x @ weight^T + bias: x (..., in), weight (out, in), bias (out) or None -> (..., out)."""
+    """x @ weight^T + bias: x (..., in), weight (out, in), bias (out) or None -> (..., out).
+    Under minillm.autocast(dtype="bfloat16") the product and both backward products take
+    bf16-rounded inputs with float32 sums; bias and gradients stay float32."""
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
-    out = _C.matmul(x, weight, transpose_b=True)
+    gemm = _amp.gemm()
+    out = gemm(x, weight, transpose_b=True)
     if bias is not None:
         _C.add_(out, bias)
     if _grad_on():
@@ -210,12 +216,12 @@ def linear(x, weight, bias=None):
             def backward(dy):
                 dx = dw = db = None
                 if gx:
-                    dx = _C.matmul(dy, weight)
+                    dx = gemm(dy, weight)
                 if gw or gbias:
                     d2 = _C.reshape(dy, (-1, dy.shape[-1])) if dy.ndim != 2 else dy
                     if gw:
                         x2 = _C.reshape(x, (-1, x.shape[-1])) if x.ndim != 2 else x
-                        dw = _C.matmul(d2, x2, transpose_a=True)
+                        dw = gemm(d2, x2, transpose_a=True)
                     if gbias:
                         db = _C.sum(d2, 0)
                 return dx, dw, db
@@ -893,19 +899,20 @@ def linear_gelu(x, weight, bias=None):
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear_gelu: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
-    u = _C.matmul(x, weight, transpose_b=True)
+    gemm = _amp.gemm()    # bf16 products under minillm.autocast, as F.linear
+    u = gemm(x, weight, transpose_b=True)
     y = _C.bias_gelu(u, bias)
     if _grad_on():
         gx, gw, gb = _rg(x), _rg(weight), _rg(bias)
         if gx or gw or gb:
             def backward(dy):
                 du, db = _C.bias_gelu_backward(u, bias, dy, gb)
-                dx = _C.matmul(du, weight) if gx else None
+                dx = gemm(du, weight) if gx else None
                 dw = None
                 if gw:
                     d2 = _C.reshape(du, (-1, du.shape[-1])) if du.ndim != 2 else du
                     x2 = _C.reshape(x, (-1, x.shape[-1])) if x.ndim != 2 else x
-                    dw = _C.matmul(d2, x2, transpose_a=True)
+                    dw = gemm(d2, x2, transpose_a=True)
                 return dx, dw, db
             _record(y, backward, x if gx else None, weight if gw else None, bias if gb else None)
     return y

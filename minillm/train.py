@@ -106,6 +106,10 @@ class TrainConfig:
     beta2: float = _f(0.95, "AdamW beta2")
     eps: float = _f(1e-8, "AdamW eps")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
+    # bf16 mixed precision (minillm/amp.py): weight products on bf16-rounded inputs with float32
+    # sums; master weights, optimizer state, LayerNorm, softmax, attention and the loss stay float32
+    dtype: str = _f("float32", "precision of the weight products: float32, or bf16 (bfloat16 inputs, "
+                               "float32 sums and master weights)")
     seed: int = _f(1337, "seed of the weights, dropout and batches")
     # evaluation, logging, checkpoints
     eval_interval: int = _f(250, "evaluate on the validation split every N steps (0: only at the end)")
@@ -722,7 +726,8 @@ class Trainer:
             if world.size > 1:          # every rank draws the global batch and keeps its shard
                 lo, hi = world.shard(cfg.batch_size)
                 x, y = x[lo:hi], y[lo:hi]
-            _, loss = self.model(x, y)
+            with minillm.autocast(dtype=cfg.dtype):     # bf16 products when cfg.dtype is bf16
+                _, loss = self.model(x, y)
             total += float(loss.item())
             (loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)).backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -1,5 +1,5 @@
 # Declarations of csrc/minillm.h, section by section, exactly as the header has them.
-from libc.stdint cimport int64_t, uint64_t, uint32_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t
 
 cdef extern from "minillm.h" nogil:
     # runtime.c
@@ -105,6 +105,13 @@ cdef extern from "minillm.h" nogil:
                            const float *A, int64_t lda, int64_t strideA, const float *B, int64_t ldb,
                            int64_t strideB, float beta, float *C, int64_t ldc, int64_t strideC,
                            int64_t batch)
+
+    # gemm_bf16.c
+    int mll_gemm_bf16(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha, const void *A,
+                      int a_dtype, int64_t lda, const void *B, int b_dtype, int64_t ldb, float beta, float *C,
+                      int64_t ldc)
+    int mll_gemm_bf16_native()
+    void mll_round_bf16(const float *x, uint16_t *out, int64_t n)
 
     # rng.c
     void mll_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)

@@ -1,0 +1,82 @@
+"""Mixed precision: bfloat16 products with float32 sums (``minillm.autocast``).
+
+Inside ``with minillm.autocast(dtype="bfloat16"):`` the weight products, F.linear (every
+nn.Linear, the LM head included) and F.matmul, multiply bf16-rounded inputs and sum in float32,
+in the forward and in both backward products (the backward of a product recorded under
+autocast uses the same GEMM, wherever backward() is called). Everything else stays float32:
+parameters (the master weights) and their gradients, optimizer state, LayerNorm, softmax,
+attention and the loss. Inputs are rounded while the GEMM packs them (csrc/gemm_bf16.c), so no
+bf16 copy of an activation or weight is ever stored.
+
+The switch is per thread, like PyTorch's ``torch.autocast(device_type="cpu", dtype=torch.bfloat16)``:
+
+    model, opt = ..., ...
+    for step in range(steps):
+        with minillm.autocast(dtype="bfloat16"):
+            logits, loss = model(x, y)
+        loss.backward()
+        opt.step()
+"""
+import threading
+
+from minillm import _C
+
+__all__ = ["autocast", "is_autocast_enabled", "autocast_dtype", "gemm", "resolve_dtype"]
+
+_state = threading.local()
+
+_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
+
+
+def resolve_dtype(dtype):
+    """'bf16'/'bfloat16' -> 'bfloat16', 'fp32'/'float32'/None -> 'float32'; ValueError otherwise."""
+    if dtype is None:
+        return "float32"
+    name = _ALIASES.get(str(dtype).lower())
+    if name is None:
+        raise ValueError(f"unsupported autocast dtype {dtype!r}: expected 'bfloat16' (or 'bf16') or 'float32'")
+    return name
+
+
+def autocast_dtype():
+    """The product dtype in force on this thread: 'bfloat16' or 'float32'."""
+    return getattr(_state, "dtype", "float32")
+
+
+def is_autocast_enabled():
+    """True inside an enabled ``autocast(dtype="bfloat16")`` block on this thread."""
+    return autocast_dtype() == "bfloat16"
+
+
+def gemm():
+    """The raw product F.linear / F.matmul use now: _C.matmul_bf16 under bf16 autocast, else
+    _C.matmul (both take (a, b, transpose_a, transpose_b, out, alpha, beta))."""
+    return _C.matmul_bf16 if autocast_dtype() == "bfloat16" else _C.matmul
+
+
+class autocast:
+    """Context manager (and decorator) switching weight products to bf16 inputs with float32
+    sums: ``with autocast(dtype="bfloat16"):`` (``enabled=False`` or ``dtype="float32"`` turns
+    it off inside an outer block). Nests; restores the previous mode on exit."""
+
+    def __init__(self, dtype="bfloat16", enabled=True):
+        self.dtype = resolve_dtype(dtype) if enabled else "float32"
+        self._saved = []
+
+    def __enter__(self):
+        self._saved.append(autocast_dtype())
+        _state.dtype = self.dtype
+        return self
+
+    def __exit__(self, *exc):
+        _state.dtype = self._saved.pop()
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with autocast(self.dtype):
+                return fn(*args, **kwargs)
+        return wrapped
