@@ -18,6 +18,6 @@ from . import autograd, functional, nn, optim, data  # noqa: F401
 from .autograd import (  # noqa: F401
     no_grad, enable_grad, set_grad_enabled, set_anomaly_detection, is_anomaly_enabled,
 )
+from .amp import autocast, is_autocast_enabled  # noqa: F401  (bf16 mixed precision)
 
 __version__ = "0.1.0"
-from .amp import autocast, is_autocast_enabled  # noqa: F401,E402  (bf16 mixed precision)

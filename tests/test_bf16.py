@@ -256,3 +256,23 @@ def test_bf16_training_tracks_float32_loss(threads):
     bf16, _ = _train("bfloat16")
     assert f32 < 0.75 * first                    # it did learn
     assert abs(bf16 - f32) <= 0.02 * f32, f"bf16 final loss {bf16:.4f} vs float32 {f32:.4f}"
+
+
+def test_trainer_dtype_bf16_trains_close_to_float32():
+    """`minillm train --dtype bf16`: the Trainer's forward runs under autocast and ends near
+    the float32 run; float32 master weights stay float32."""
+    from minillm.train import TrainConfig, Trainer
+    tokens = np.random.default_rng(0).integers(0, 64, size=3000).astype(np.uint16)
+    losses = {}
+    for dtype in ("float32", "bf16"):
+        import tempfile
+        cfg = TrainConfig(out_dir=tempfile.mkdtemp(), model="gpt-tiny", block_size=32, batch_size=8,
+                          max_steps=30, lr=3e-3, warmup_steps=5, eval_interval=0,
+                          checkpoint_interval=0, progress="none", dropout=0.0, dtype=dtype)
+        trainer = Trainer(cfg, train_tokens=tokens, val_tokens=None)
+        trainer.train()
+        losses[dtype] = np.mean([loss for _, loss in trainer.history[-5:]])
+        assert all(p.dtype == "float32" for p in trainer.model.parameters())
+    assert losses["float32"] < np.log(64) - 0.05          # it learned something
+    assert abs(losses["bf16"] - losses["float32"]) / losses["float32"] < 0.02
+    assert losses["bf16"] != losses["float32"]            # the bf16 products really ran
