@@ -112,8 +112,8 @@ def _header_bytes(entries, metadata):
     return text + b" " * (-len(text) % 8)
 
 
-def _fsync_dir(folder):
-    # makes the rename itself durable; not every platform can open a directory
+def fsync_dir(folder):
+    """fsync a folder so a rename inside it is durable (a no-op where a folder cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -160,7 +160,7 @@ def save(tensors, path, metadata=None):
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _fail(path, problem):

@@ -51,6 +51,7 @@ from minillm import distributed
 from minillm import io as mio
 from minillm import optim
 from minillm import random as mrandom
+from minillm.serialization import fsync_dir as _fsync_dir
 from minillm.autograd import no_grad
 from minillm.generate import generate
 
@@ -207,19 +208,6 @@ def _write_json(path, obj):
         json.dump(obj, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _optimizer_tensors(optimizer):
