@@ -180,6 +180,20 @@ def _accumulate_leaf(t, g, claimed):
         t.grad = _C.add(t.grad, g)
 
 
+def _run_in_grad_mode(fn, mode):
+    """fn wrapped so that each call runs with grad mode `mode` (the decorator form of
+    set_grad_enabled, no_grad and enable_grad)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        prev = is_grad_enabled()
+        _set_grad_flag(mode)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _set_grad_flag(prev)
+    return wrapper
+
+
 class set_grad_enabled:
     """Turn gradient recording on or off: as a function call (takes effect at once), a
     context manager (restores the previous mode on exit) or a decorator."""
@@ -201,17 +215,7 @@ class set_grad_enabled:
     def __call__(self, fn):
         # used as a decorator: undo the immediate switch, apply the mode per call
         _set_grad_flag(self.prev)
-        mode = self.mode
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            prev = is_grad_enabled()
-            _set_grad_flag(mode)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _set_grad_flag(prev)
-        return wrapper
+        return _run_in_grad_mode(fn, self.mode)
 
 
 class _GradMode:
@@ -235,17 +239,7 @@ class _GradMode:
         return False
 
     def __call__(self, fn):
-        mode = self.mode
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            prev = is_grad_enabled()
-            _set_grad_flag(mode)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _set_grad_flag(prev)
-        return wrapper
+        return _run_in_grad_mode(fn, self.mode)
 
 
 class no_grad(_GradMode):

@@ -236,10 +236,9 @@ def _shape_arg(shape):
     return tuple(shape)
 
 
-def reshape(x, *shape):
-    """x with a new shape (one -1 allowed): a view when the strides allow, else a copy."""
-    shape = _shape_arg(shape)
-    out = _C.reshape(x, shape)
+def _record_reshape(out, x):
+    """Record `out`, which holds x's elements in another shape, with the backward that
+    reshapes the gradient back to x's shape. Returns out."""
     if _grad_on() and x.requires_grad:
         x_shape = x.shape
 
@@ -247,6 +246,13 @@ def reshape(x, *shape):
             return (_C.reshape(dy, x_shape),)
         _record(out, backward, x)
     return out
+
+
+def reshape(x, *shape):
+    """x with a new shape (one -1 allowed): a view when the strides allow, else a copy."""
+    shape = _shape_arg(shape)
+    out = _C.reshape(x, shape)
+    return _record_reshape(out, x)
 
 
 view = reshape
@@ -303,25 +309,13 @@ def expand(x, *shape):
 def squeeze(x, dim=None):
     """View of x without size-1 axes (only axis `dim` when given)."""
     out = _C.squeeze(x, dim)
-    if _grad_on() and x.requires_grad:
-        x_shape = x.shape
-
-        def backward(dy):
-            return (_C.reshape(dy, x_shape),)
-        _record(out, backward, x)
-    return out
+    return _record_reshape(out, x)
 
 
 def unsqueeze(x, dim):
     """View of x with a new size-1 axis at `dim`."""
     out = _C.unsqueeze(x, dim)
-    if _grad_on() and x.requires_grad:
-        x_shape = x.shape
-
-        def backward(dy):
-            return (_C.reshape(dy, x_shape),)
-        _record(out, backward, x)
-    return out
+    return _record_reshape(out, x)
 
 
 def getitem(x, key):
