@@ -29,18 +29,7 @@ static void axpy_generic(float a, const float *x, float *y, int64_t n) {
 }
 
 /* one block of the dot product, accumulated in double */
-static double dot_generic(const float *x, const float *y, int64_t n) {
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += (double)x[i] * y[i];
-        s1 += (double)x[i + 1] * y[i + 1];
-        s2 += (double)x[i + 2] * y[i + 2];
-        s3 += (double)x[i + 3] * y[i + 3];
-    }
-    for (; i < n; i++) s0 += (double)x[i] * y[i];
-    return (s0 + s1) + (s2 + s3);
-}
+static double dot_generic(const float *x, const float *y, int64_t n) { return mll_dot_f64(x, y, n); }
 
 /* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
 #ifdef MLL_X86

@@ -2,6 +2,9 @@
  *
  * Forward (per row, n = cols):   mean = sum(x) / n,  var = sum((x - mean)^2) / n (biased),
  *   rstd = 1 / sqrt(var + eps),  y = (x - mean) * rstd * gamma + beta   (as PyTorch).
+ * Fused residual form (a pre-LayerNorm block): s = x + r, then y = layernorm(s), one row at a
+ * time so that the row is still in L1 when it is normalized; its backward is the plain
+ * backward on s (the add passes its gradient through).
  * Backward, with xhat = (x - mean) * rstd and g = dy * gamma:
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
  *   dgamma = sum over rows of dy * xhat,  dbeta = sum over rows of dy.
@@ -96,6 +99,20 @@ void mll_layernorm_forward(const float *x, const float *gamma, const float *beta
     ln_fn f = pick_layernorm();
     MLL_PARALLEL_ROWS(rows, cols, r,
                       f(x + r * cols, gamma, beta, y + r * cols, mean + r, rstd + r, cols, eps));
+}
+
+/* x, r, s, y: (rows, cols); gamma, beta: (cols) or NULL; mean, rstd: (rows).
+ * s = x + r (float32, as mll_add), then y = layernorm(s) exactly as mll_layernorm_forward. */
+void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
+                               float *s, float *y, float *mean, float *rstd, int64_t rows,
+                               int64_t cols, float eps) {
+    ln_fn f = pick_layernorm();
+    MLL_PARALLEL_ROWS(rows, cols, i, {
+        const float *xi = x + i * cols, *ri = r + i * cols;
+        float *si = s + i * cols;
+        for (int64_t c = 0; c < cols; c++) si[c] = xi[c] + ri[c];
+        f(si, gamma, beta, y + i * cols, mean + i, rstd + i, cols, eps);
+    });
 }
 
 /* x, dy, dx: (rows, cols); gamma: (cols) or NULL; mean, rstd: (rows);

@@ -277,8 +277,7 @@ void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t r
  * ignore_index). Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
 int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
                     int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
-/* -------------------------------------------------- attention.c, bias_gelu.c (fused) */
-/* ------------------------------- attention.c, bias_gelu.c, add_layernorm.c (fused) */
+/* ------------------------------- attention.c, bias_gelu.c (fused); layernorm.c's fused add */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),
  *   out (B, nh, Tq, hs), lse (B, nh, Tq) contiguous = log-sum-exp of each score row.

@@ -19,18 +19,7 @@ static double sum_generic(const float *x, int64_t n) {
     return (s0 + s1) + (s2 + s3);
 }
 
-static double sumsq_generic(const float *x, int64_t n) {
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += (double)x[i] * x[i];
-        s1 += (double)x[i + 1] * x[i + 1];
-        s2 += (double)x[i + 2] * x[i + 2];
-        s3 += (double)x[i + 3] * x[i + 3];
-    }
-    for (; i < n; i++) s0 += (double)x[i] * x[i];
-    return (s0 + s1) + (s2 + s3);
-}
+static double sumsq_generic(const float *x, int64_t n) { return mll_dot_f64(x, x, n); }
 
 /* max of a run (n >= 1); NaN wins, as in NumPy */
 static float max_generic(const float *x, int64_t n) {

@@ -50,6 +50,21 @@ static inline int mll_threads_for(int64_t work) {
 
 static inline int64_t mll_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* Portable dot product of n floats, accumulated in double over four lanes (the generic
+ * path of blas1.c's dot and of reduce.c's sum of squares, x == y). */
+static inline double mll_dot_f64(const float *x, const float *y, int64_t n) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * y[i];
+        s1 += (double)x[i + 1] * y[i + 1];
+        s2 += (double)x[i + 2] * y[i + 2];
+        s3 += (double)x[i + 3] * y[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)x[i] * y[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
 /* Runs the statement for consecutive pieces [i0, i0 + len) of [0, n), in parallel when n is big.
  * Pieces are fixed-size chunks, so the result never depends on the thread count. */
 #define MLL_PARALLEL_CHUNKS(n, i0, len, ...)                                                       \

@@ -1,4 +1,4 @@
-# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c, add_layernorm.c) for
+# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c, layernorm.c: the fused residual add) for
 # minillm.functional.
 # No autograd here: these take and return plain Tensors.
 

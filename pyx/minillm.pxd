@@ -145,8 +145,7 @@ cdef extern from "minillm.h" nogil:
     # lm_xent.c
     int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
                         int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
-    # attention.c, bias_gelu.c (fused)
-    # attention.c, bias_gelu.c, add_layernorm.c (fused)
+    # attention.c, bias_gelu.c (fused); layernorm.c: the fused residual add
     int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
                               const float *v, const int64_t *vs, float *out, const int64_t *os,
                               float *lse, int64_t B, int64_t nh, int64_t Tq, int64_t Tk, int64_t hs,
