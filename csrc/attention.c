@@ -10,7 +10,7 @@
  * the output accumulator by exp(m_old - m_new), so no more than a BR x BC block of scores
  * exists at a time. Forward saves O and lse = m + log(l) per row. Backward recomputes
  * P = exp(scale S - lse) tile by tile, with D = rowsum(dO * O):
- *   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - D),  dQ += scale dS K,  dK += scale dS^T Q.
+ *   dV += P^T dO,  dP = dO V^T,  dS = scale P * (dP - D),  dQ += dS K,  dK += dS^T Q.
  *
  * Every product is a small GEMM  C (M, N) (+)= A (M, K) B (K, N)  with B row-major: per head
  * we keep K^T and V^T (and, in backward, Q^T and dO^T) transposed in scratch so that
@@ -82,10 +82,15 @@ static void prob_row_generic(float *s, int64_t n, int64_t nv, float scale, float
     for (; c < n; c++) s[c] = 0.0f;
 }
 
-/* dp (n) <- p (dp - D): the score gradient dS of one row */
-static void dscore_row_generic(const float *p, float *dp, int64_t n, float D) {
-    for (int64_t c = 0; c < n; c++) dp[c] = p[c] * (dp[c] - D);
+/* dp (n) <- scale p (dp - D): the score gradient dS of one row, times the score scale that
+ * dQ = dS K scale and dK = dS^T Q scale both need */
+static void dscore_row_generic(const float *p, float *dp, int64_t n, float D, float scale) {
+    for (int64_t c = 0; c < n; c++) dp[c] = scale * (p[c] * (dp[c] - D));
 }
+
+/* sum of a[d] b[d] over n, in double (D = rowsum(dO * O): dS rows then sum to ~0 as softmax's
+ * own backward makes them) */
+static double rowdot_generic(const float *a, const float *b, int64_t n) { return mll_dot_f64(a, b, n); }
 
 /* b (cols, rows), row stride ldb  <-  a (rows, cols)^T, row stride lda; in blocks of 16 rows so
  * the writes of a block share cache lines */
@@ -115,22 +120,25 @@ typedef struct {
                  float *, int64_t, int);
     float (*online_row)(float *, int64_t, int64_t, float, float *, float *);
     void (*prob_row)(float *, int64_t, int64_t, float, float);
-    void (*dscore_row)(const float *, float *, int64_t, float);
+    void (*dscore_row)(const float *, float *, int64_t, float, float);
+    double (*rowdot)(const float *, const float *, int64_t);
     void (*transpose)(const float *, int64_t, int64_t, int64_t, float *, int64_t);
 } attn_kernels;
 
 static attn_kernels pick_kernels(void) {
     attn_kernels k = {gemm_tile_generic, online_row_generic, prob_row_generic, dscore_row_generic,
-                      transpose_generic};
+                      rowdot_generic, transpose_generic};
 #ifdef MLL_X86
     switch (mll_get_isa()) {
     case MLL_ISA_AVX512:
         k.gemm = gemm_tile_avx512, k.online_row = online_row_avx512;
         k.prob_row = prob_row_avx512, k.dscore_row = dscore_row_avx512, k.transpose = transpose_avx512;
+        k.rowdot = rowdot_avx512;
         break;
     case MLL_ISA_AVX2:
         k.gemm = gemm_tile_avx2, k.online_row = online_row_avx2;
         k.prob_row = prob_row_avx2, k.dscore_row = dscore_row_avx2, k.transpose = transpose_avx2;
+        k.rowdot = rowdot_avx2;
         break;
     default: break;
     }
@@ -231,10 +239,7 @@ static void attention_backward_head(const attn_kernels *kf, const float *q, int6
     /* D = rowsum(dO * O), kept in lse's stead below; dQ starts at 0 */
     float *D = dp + BR * BC;      /* (Tq) */
     for (int64_t i = 0; i < Tq; i++) {
-        const float *a = dout + i * dost, *b = o + i * ost;
-        double sum = 0.0;  /* in double: dS rows then sum to ~0 as softmax's own backward makes them */
-        for (int64_t d = 0; d < hs; d++) sum += (double)a[d] * b[d];
-        D[i] = (float)sum;
+        D[i] = (float)kf->rowdot(dout + i * dost, o + i * ost, hs);
         memset(dq + i * dqst, 0, (size_t)hs * sizeof(float));
     }
     for (int64_t j0 = 0; j0 < Tk; j0 += BC) {
@@ -257,19 +262,11 @@ static void attention_backward_head(const attn_kernels *kf, const float *q, int6
                     kf->prob_row(pp + r * BC, nc, off + i + r - j0 + 1, scale, lse[i + r]);
                 kf->gemm(nc, hs, rn, pp, 1, BC, dout + i * dost, dost, dvj, dvst, 1);        /* dV += P^T dO */
                 kf->gemm(rn, nc, hs, dout + i * dost, dost, 1, vt + j0, ldk, dpp, BC, 0);    /* dP = dO V^T */
-                for (int64_t r = 0; r < rn; r++) kf->dscore_row(pp + r * BC, dpp + r * BC, nc, D[i + r]);
+                for (int64_t r = 0; r < rn; r++) kf->dscore_row(pp + r * BC, dpp + r * BC, nc, D[i + r], scale);
                 kf->gemm(rn, hs, nc, dpp, BC, 1, k + j0 * kst, kst, dq + i * dqst, dqst, 1); /* dQ += dS K */
                 kf->gemm(nc, hs, rn, dpp, 1, BC, q + i * qst, qst, dkj, dkst, 1);            /* dK += dS^T Q */
             }
         }
-        for (int64_t c = 0; c < bc; c++) {
-            float *r = dkj + c * dkst;
-            for (int64_t d = 0; d < hs; d++) r[d] *= scale;
-        }
-    }
-    for (int64_t i = 0; i < Tq; i++) {
-        float *r = dq + i * dqst;
-        for (int64_t d = 0; d < hs; d++) r[d] *= scale;
     }
 }
 
@@ -396,6 +393,45 @@ static MLL_TARGET void FN(gemm_tile)(int64_t M, int64_t N, int64_t K, const floa
                 v_store(cr + u * VL, acc ? v_add(v_load(cr + u * VL), c[u]) : c[u]);
         }
     }
+#if MLL_VEC == 512
+    /* two vectors of columns (all of a head of 32): 8 rows x 2 vectors, 16 accumulators, so the
+     * FMA pipes have independent chains to overlap (4 x 1 would leave them half idle) */
+    for (; j + 2 * VL <= N; j += 2 * VL) {
+        int64_t i = 0;
+        for (; i + 8 <= M; i += 8) {
+            V c[8][2];
+            for (int r = 0; r < 8; r++) c[r][0] = c[r][1] = v_zero();
+            const float *a = A + i * lda;
+            for (int64_t p = 0; p < K; p++) {
+                const float *b = B + p * ldb + j;
+                V b0 = v_load(b), b1 = v_load(b + VL);
+                for (int r = 0; r < 8; r++) {
+                    V x = v_set1(a[r * lda + p * acs]);
+                    c[r][0] = v_fmadd(x, b0, c[r][0]);
+                    c[r][1] = v_fmadd(x, b1, c[r][1]);
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                float *cr = C + (i + r) * ldc + j;
+                v_store(cr, acc ? v_add(v_load(cr), c[r][0]) : c[r][0]);
+                v_store(cr + VL, acc ? v_add(v_load(cr + VL), c[r][1]) : c[r][1]);
+            }
+        }
+        for (; i < M; i++) {
+            V c0 = v_zero(), c1 = v_zero();
+            const float *a = A + i * lda;
+            for (int64_t p = 0; p < K; p++) {
+                const float *b = B + p * ldb + j;
+                V x = v_set1(a[p * acs]);
+                c0 = v_fmadd(x, v_load(b), c0);
+                c1 = v_fmadd(x, v_load(b + VL), c1);
+            }
+            float *cr = C + i * ldc + j;
+            v_store(cr, acc ? v_add(v_load(cr), c0) : c0);
+            v_store(cr + VL, acc ? v_add(v_load(cr + VL), c1) : c1);
+        }
+    }
+#endif
     /* the remaining columns one vector at a time, the last one masked */
     for (; j < N; j += VL) {
         int64_t n = mll_min64(VL, N - j);
@@ -476,9 +512,18 @@ static MLL_TARGET void FN(prob_row)(float *s, int64_t n, int64_t nv, float scale
 }
 
 /* as dscore_row_generic */
-static MLL_TARGET void FN(dscore_row)(const float *p, float *dp, int64_t n, float D) {
-    V vd = v_set1(D);
-    VLOOP2(p, dp, dp, v_mul(va, v_sub(vb, vd)));
+static MLL_TARGET void FN(dscore_row)(const float *p, float *dp, int64_t n, float D, float scale) {
+    V vd = v_set1(D), vs = v_set1(scale);
+    VLOOP2(p, dp, dp, v_mul(vs, v_mul(va, v_sub(vb, vd))));
+}
+
+/* as rowdot_generic */
+static MLL_TARGET double FN(rowdot)(const float *a, const float *b, int64_t n) {
+    VD acc = vd_zero();
+    int64_t d = 0;
+    for (; d + VL <= n; d += VL) acc = vd_fmadd(acc, v_load(a + d), v_load(b + d));
+    if (d < n) acc = vd_fmadd(acc, v_loadn(a + d, n - d), v_loadn(b + d, n - d));
+    return vd_hsum(acc);
 }
 
 /* b (8, 8), row stride ldb  <-  a (8, 8)^T, row stride lda: unpack pairs of rows, then
