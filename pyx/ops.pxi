@@ -518,6 +518,15 @@ def add_(Tensor dst, Tensor src):
         with nogil:
             C.mll_axpy(1.0, fptr(src), fptr(dst), numel(dst))
         return dst
+    cdef int64_t rows, cols
+    if is_contig(dst) and is_contig(src) and dst.dtype_ == C.MLL_F32 and src.dtype_ == C.MLL_F32 and \
+            0 < src.ndim <= dst.ndim and dst.shape[dst.ndim - src.ndim:] == src.shape and numel(src) > 0:
+        # a bias-like src repeated over the leading axes: added in place, one pass
+        cols = numel(src)
+        rows = numel(dst) // cols
+        with nogil:
+            C.mll_binary_row(C.MLL_ADD, fptr(dst), fptr(src), fptr(dst), rows, cols)
+        return dst
     copy_(dst, binary_op(C.MLL_ADD, dst, src))
     return dst
 

@@ -396,3 +396,15 @@ def test_operators_record_autograd_from_a_fresh_import():
             "(x * 2).sum().backward(); print(x.grad.item())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2.0"
+
+
+@pytest.mark.parametrize("src_shape", [(7,), (5, 7), (1, 7), (3, 5, 7), (5, 1)])
+def test_add_in_place_broadcasts_src_like_numpy(src_shape):
+    # the bias-like case (trailing shape equal) takes a one-pass path; (1, 7) and (5, 1) do not
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 5, 7), dtype=np.float32)
+    b = rng.standard_normal(src_shape, dtype=np.float32)
+    dst = minillm.tensor(a)
+    out = _C.add_(dst, minillm.tensor(b))
+    assert out is dst
+    np.testing.assert_array_equal(dst.numpy(), a + b)
