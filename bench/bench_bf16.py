@@ -9,7 +9,8 @@ GEMM: C = op(A) @ op(B) with float32 operands, by mll_sgemm (`_C.matmul`) and by
 dY @ W and dY^T @ X). The two are timed alternately so machine load hits both alike; the figure
 is the median, GFLOPS = 2 M N K / time, and the ratio bf16 / float32 is the result (target >= 1.6).
 
-Training: one gpt-mini step (B 16, T 128: forward, loss, backward, AdamW) in float32 and under
+Training: one step (forward, loss, backward, AdamW) of gpt-mini (B 16, T 128) and, with
+--train gpt-mini,gpt2-small, of GPT-2 small (B 4, T 256), in float32 and under
 minillm.autocast(dtype="bfloat16"), alternating steps, median ms/step (target ratio >= 1.3).
 
 --clock cpu times with the process's CPU time instead of the wall clock: on a machine shared
@@ -78,6 +79,10 @@ def bench_gemm(repeats):
     return rows
 
 
+# preset -> (batch, tokens) of the training-step comparison
+TRAIN_SHAPES = {"gpt-mini": (16, 128), "gpt2-small": (4, 256)}
+
+
 def bench_train(steps, preset="gpt-mini", B=16, T=128):
     model = build_model(preset, generator=minillm.Generator(0))
     opt = model.configure_optimizers(weight_decay=0.1, learning_rate=6e-4)
@@ -107,6 +112,9 @@ def main():
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall clock, or this process's CPU time (meaningful with one thread)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--train", default="gpt-mini",
+                    help=f"comma-separated presets for the training step, of {sorted(TRAIN_SHAPES)} ('' for none)")
+    ap.add_argument("--no-gemm", action="store_true", help="skip the GEMM table")
     args = ap.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -114,11 +122,16 @@ def main():
     print(f"CPU {info['cpu']}, isa {info['isa']}, avx512_bf16 {info['avx512_bf16']}, "
           f"bf16 GEMM native {_C.gemm_bf16_native()}, threads {minillm.get_num_threads()}, "
           f"clock {args.clock}", flush=True)
-    gemm = bench_gemm(args.repeats)
-    train = bench_train(args.steps)
-    ratios = [r["ratio"] for r in gemm]
-    print(f"GEMM bf16/f32: geometric mean x{float(np.exp(np.mean(np.log(ratios)))):.2f}, "
-          f"min x{min(ratios):.2f}, max x{max(ratios):.2f}")
+    presets = [p for p in args.train.split(",") if p]
+    for p in presets:
+        if p not in TRAIN_SHAPES:
+            ap.error(f"--train: unknown preset {p!r}; choose from {sorted(TRAIN_SHAPES)}")
+    gemm = [] if args.no_gemm else bench_gemm(args.repeats)
+    train = [bench_train(args.steps, p, *TRAIN_SHAPES[p]) for p in presets]
+    if gemm:
+        ratios = [r["ratio"] for r in gemm]
+        print(f"GEMM bf16/f32: geometric mean x{float(np.exp(np.mean(np.log(ratios)))):.2f}, "
+              f"min x{min(ratios):.2f}, max x{max(ratios):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(cpu=info, clock=args.clock, gemm=gemm, train=train), f, indent=1)
