@@ -768,7 +768,7 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-100, chunk
     t1 = _C.reshape(targets, (-1,))
     N = x2.shape[0]
     chunk = chunk_size or builtins.max(16, _LCE_CHUNK_FLOATS // V)
-    count = _C.count_targets(t1, ignore_index)
+    count = _C.count_targets(t1, ignore_index, V)     # IndexError names a bad target's row
     gx, gw, gb = (_rg(x), _rg(weight), _rg(bias)) if _grad_on() else (False, False, False)
 
     def sweep(grad_scale, gx, gw, gb):

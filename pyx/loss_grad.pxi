@@ -1,15 +1,21 @@
 # loss_grad.pxi: bindings of loss.c's gradient-in-forward cross-entropy, for
 # minillm.functional.cross_entropy and linear_cross_entropy. No autograd here.
 
-def count_targets(targets, int64_t ignore_index):
-    """The number of entries of targets (int64/int32, any shape) that are not ignore_index."""
+def count_targets(targets, int64_t ignore_index, int64_t num_classes=-1):
+    """The number of entries of targets (int64/int32, any shape) that are not ignore_index.
+    With num_classes >= 0, IndexError names the first other entry outside [0, num_classes)."""
     cdef Tensor t = _nn_index64(targets, "count_targets")
     cdef const int64_t *tp = <const int64_t *>t.ptr
-    cdef int64_t i, n = numel(t), count = 0
+    cdef int64_t i, n = numel(t), count = 0, bad = -1
     with nogil:
         for i in range(n):
             if tp[i] != ignore_index:
                 count += 1
+                if num_classes >= 0 and bad < 0 and (tp[i] < 0 or tp[i] >= num_classes):
+                    bad = i
+    if bad >= 0:
+        raise IndexError(f"cross_entropy: target {tp[bad]} at row {bad} is outside [0, {num_classes}) "
+                         f"(and is not ignore_index={ignore_index})")
     return count
 
 

@@ -318,6 +318,25 @@ def test_activation_checkpointing_gives_the_same_gradients():
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_checkpointed_training_fuses_the_lm_head_and_returns_no_logits():
+    # training + checkpoint_activations + targets: F.linear_cross_entropy, logits None, the
+    # same loss; eval mode (or no targets) still gives the logits
+    rng = np.random.default_rng(18)
+    idx, targets = random_batch(rng, 2, 8, 32), random_batch(rng, 2, 8, 32)
+    minillm.manual_seed(19)
+    plain = model_from_config(TINY_GPT)
+    minillm.manual_seed(19)
+    ckpt = model_from_config(dict(TINY_GPT, checkpoint_activations=True))
+    logits, loss = plain(idx, targets)
+    none, fused_loss = ckpt(idx, targets)
+    assert none is None
+    assert abs(float(fused_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+    ckpt.eval()
+    eval_logits, eval_loss = ckpt(idx, targets)
+    np.testing.assert_allclose(eval_logits.numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert abs(float(eval_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+
+
 def test_dropout_is_active_in_training_and_off_in_eval():
     minillm.manual_seed(16)
     model = model_from_config(dict(TINY_GPT, dropout=0.2))
