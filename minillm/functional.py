@@ -739,7 +739,9 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-100, chunk
     backward, which only scales them by the incoming gradient. Memory: one chunk of logits,
     plus dx (N, C), dW (V, C), db (V,) when wanted. Chunks run in order and no GEMM splits
     its inner dimension across threads, so the result is the same for any thread count
-    (and does not depend on chunk_size for the loss; dW sums the chunks in order)."""
+    (and does not depend on chunk_size for the loss; dW sums the chunks in order). Under
+    minillm.autocast(dtype="bfloat16") the three products take bf16-rounded inputs, as
+    F.linear's do."""
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor):
         raise TypeError(f"linear_cross_entropy: x and weight must be minillm Tensors, got "
                         f"{type(x).__name__} and {type(weight).__name__}")
@@ -771,10 +773,12 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-100, chunk
     count = _C.count_targets(t1, ignore_index, V)     # IndexError names a bad target's row
     gx, gw, gb = (_rg(x), _rg(weight), _rg(bias)) if _grad_on() else (False, False, False)
 
+    gemm = _amp.gemm()
+
     def sweep(grad_scale, gx, gw, gb):
         """(sum of row losses, dx, dW, db): the gradients of grad_scale * loss, where wanted."""
         dx = _C.empty((N, C)) if gx else None
-        dw = _C.empty((V, C)) if gw else None
+        dw = (_C.empty((V, C)) if N else _C.zeros((V, C))) if gw else None
         db = _C.zeros((V,)) if gb else None
         want = gx or gw or gb
         buf = _C.empty((builtins.min(chunk, N), V)) if N else None
@@ -783,23 +787,21 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-100, chunk
             r1 = builtins.min(N, r0 + chunk)
             xc, tc = x2[r0:r1], t1[r0:r1]
             logits = buf if r1 - r0 == buf.shape[0] else buf[0:r1 - r0]
-            _C.matmul(xc, w, transpose_b=True, out=logits)                    # (n, V)
+            gemm(xc, w, transpose_b=True, out=logits)                         # (n, V)
             if b is not None:
                 _C.add_(logits, b)
             if want:
                 loss, _, _ = _C.cross_entropy_grad(logits, tc, ignore_index, 0.0, "sum", grad_scale,
                                                    logits)                   # logits -> dlogits
                 if gx:
-                    _C.matmul(logits, w, out=dx[r0:r1])                       # (n, C)
+                    gemm(logits, w, out=dx[r0:r1])                            # (n, C)
                 if gw:
-                    _C.matmul(logits, xc, transpose_a=True, out=dw, beta=0.0 if r0 == 0 else 1.0)
+                    gemm(logits, xc, transpose_a=True, out=dw, beta=0.0 if r0 == 0 else 1.0)
                 if gb:
                     _C.add_(db, _C.sum(logits, 0))
             else:
                 loss, _, _ = _C.cross_entropy(logits, tc, ignore_index, 0.0, "sum")
             total += float(loss)
-        if gw and N == 0:
-            _C.scale_(dw, 0.0)
         return total, dx, dw, db
 
     scale = 1.0 / count if count else 0.0

@@ -172,3 +172,27 @@ def test_bad_shapes_and_targets_raise_clear_errors():
         F.linear_cross_entropy(x, w, minillm.zeros((4,)))
     with pytest.raises(IndexError, match=r"target 5 at row 2 is outside \[0, 5\)"):
         F.linear_cross_entropy(x, w, minillm.tensor([0, 1, 5, 3]), chunk_size=2)   # row of all N
+
+
+def test_bf16_autocast_matches_linear_then_cross_entropy_under_autocast():
+    # both sides round the products' inputs to bf16 with float32 sums: the same numbers up
+    # to summation order
+    if "avx512" not in minillm.supported_isas():
+        pytest.skip("bf16 products need the AVX-512 path")
+    x, w, b, t = make(40, 32, 70, seed=7, ignore=(3,))
+    with minillm.autocast(dtype="bfloat16"):
+        ref = run(composed(), x, w, None, t)
+        got = run(fused(16), x, w, None, t)
+    exact = run(fused(16), x, w, None, t)
+    assert abs(got[0] - ref[0]) <= 1e-5 * abs(ref[0])
+    assert got[0] != exact[0]                  # the autocast products were taken
+    for g, r in zip(got[1:3], ref[1:3]):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
+
+
+def test_no_rows_gives_nan_loss_and_zero_weight_gradient():
+    wt = minillm.tensor(np.ones((5, 3), np.float32), requires_grad=True)
+    loss = F.linear_cross_entropy(minillm.zeros((0, 3)), wt, minillm.tensor(np.zeros(0, np.int64)))
+    assert np.isnan(float(loss))
+    loss.backward()
+    assert wt.grad.shape == (5, 3) and not wt.grad.numpy().any()
