@@ -24,7 +24,8 @@ class GPTConfig:
     """Hyperparameters of a GPT. bias: biases in the Linears and LayerNorms (GPT-2 has
     them); tie_weights: lm_head shares the token embedding (GPT-2 does);
     checkpoint_activations: recompute each block in backward instead of keeping its
-    activations (less memory, about one more forward of time)."""
+    activations (less memory, about one more forward of time); training forwards with
+    targets then also fuse the LM head with the loss and return logits None."""
     model_type: str = "gpt"
     vocab_size: int = 50257
     block_size: int = 1024
@@ -173,8 +174,8 @@ class GPT(LanguageModel):
         V times cheaper), loss None. Training with checkpoint_activations and targets
         returns logits None: the LM head and the loss are then one fused op
         (F.linear_cross_entropy) that never builds the (B, T, V) logits, which for GPT-2's
-        vocabulary would be the largest tensor of the step. kv_cache (generation, under no_grad): positions
-        start at kv_cache.pos; each block appends its k, v to kv_cache.layers[i]; the
+        vocabulary would be the largest tensor of the step. kv_cache (generation, under
+        no_grad): positions start at kv_cache.pos; each block appends its k, v to kv_cache.layers[i]; the
         cache advances by T at the end."""
         B, T = check_idx(idx, "GPT")
         pos0 = 0 if kv_cache is None else kv_cache.pos
