@@ -175,8 +175,8 @@ class GPT(LanguageModel):
         returns logits None: the LM head and the loss are then one fused op
         (F.linear_cross_entropy) that never builds the (B, T, V) logits, which for GPT-2's
         vocabulary would be the largest tensor of the step. kv_cache (generation, under
-        no_grad): positions start at kv_cache.pos; each block appends its k, v to kv_cache.layers[i]; the
-        cache advances by T at the end."""
+        no_grad): positions start at kv_cache.pos; each block appends its k, v to
+        kv_cache.layers[i]; the cache advances by T at the end."""
         B, T = check_idx(idx, "GPT")
         pos0 = 0 if kv_cache is None else kv_cache.pos
         if pos0 + T > self.config.block_size:
