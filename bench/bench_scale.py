@@ -4,8 +4,12 @@
 Each configuration runs in its own process so its peak RSS (VmHWM) is its own:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/bench_scale.py [--quick]
+        [--threads N] [--steps N] [--no-ddp]
 
---quick measures fewer steps and skips the 4 x 512 memory comparison.
+--quick measures fewer steps and skips the 4 x 512 memory comparison; --threads sets the
+thread count of the GPT-2 rows (default 2; use 1 on a busy machine); --no-ddp skips the
+data-parallel rows. With checkpointing the training forward fuses the LM head with the
+loss (F.linear_cross_entropy), so the (B*T, V) logits and their gradient never exist.
 """
 import argparse
 import json
@@ -32,20 +36,22 @@ opt = model.configure_optimizers(0.1, 3e-4)
 rng = np.random.default_rng(0)
 x = minillm.tensor(rng.integers(0, 50304, (B, T)))
 y = minillm.tensor(rng.integers(0, 50304, (B, T)))
-times = []
+times, cpu_times = [], []
 for i in range(steps + 1):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     _, loss = model(x, y)
     loss.backward()
     opt.step()
     opt.zero_grad()
     times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
 hwm = 0
 with open("/proc/self/status") as f:
     for line in f:
         if line.startswith("VmHWM"):
             hwm = int(line.split()[1]) * 1024
-print(json.dumps({"ms": 1000 * float(np.median(times[1:])), "rss": hwm,
+print(json.dumps({"ms": 1000 * float(np.median(times[1:])), "cpu_ms": 1000 * float(np.median(cpu_times[1:])),
+                  "rss": hwm,
                   "params": model.num_params()}))
 """
 
@@ -90,23 +96,30 @@ def ddp_throughput(steps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the GPT-2 rows (default 2)")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps per row (default 4, 2 with --quick)")
+    ap.add_argument("--no-ddp", action="store_true", help="skip the data-parallel throughput rows")
     args = ap.parse_args()
-    steps = 2 if args.quick else 4
+    steps = args.steps or (2 if args.quick else 4)
     import minillm
-    print(f"CPU: {minillm.cpu_info()['cpu']}, 2 threads")
+    print(f"CPU: {minillm.cpu_info()['cpu']}, {args.threads} thread(s)")
     print("\nGPT-2 small training step (forward, loss, backward, AdamW), float32")
-    print(f"{'batch x tokens':>15} {'checkpointing':>14} {'ms/step':>10} {'peak RSS MB':>12}")
+    # process CPU time: steadier than wall time on a busy machine (only meaningful at 1 thread)
+    print(f"{'batch x tokens':>15} {'checkpointing':>14} {'ms/step':>10} {'CPU ms/step':>12} {'peak RSS MB':>12}")
     shapes = [(4, 256)] + ([] if args.quick else [(4, 512)])
     rows = {}
     for B, T in shapes:
         for ckpt in (False, True):
-            r = run_step("gpt2-small", B, T, ckpt, steps, 2)
+            r = run_step("gpt2-small", B, T, ckpt, steps, args.threads)
             rows[(B, T, ckpt)] = r
-            print(f"{B:>6} x {T:<6} {str(ckpt):>14} {r['ms']:>10.0f} {r['rss'] / 2**20:>12.0f}")
+            print(f"{B:>6} x {T:<6} {str(ckpt):>14} {r['ms']:>10.0f} {r['cpu_ms']:>12.0f} "
+                  f"{r['rss'] / 2**20:>12.0f}", flush=True)
     for B, T in shapes:
         off, on = rows[(B, T, False)], rows[(B, T, True)]
         print(f"checkpointing at {B} x {T}: peak RSS {100 * (1 - on['rss'] / off['rss']):.0f}% less, "
-              f"step {on['ms'] / off['ms']:.2f}x the time")
+              f"step {on['ms'] / off['ms']:.2f}x the time ({on['cpu_ms'] / off['cpu_ms']:.2f}x the CPU time)")
+    if args.no_ddp:
+        return
     print("\nData-parallel throughput, gpt-mini, 16 x 128 tokens per step")
     for name, tps in ddp_throughput(steps * 3).items():
         print(f"  {name:>20}: " + ("mpirun not found" if tps is None else f"{tps:,.0f} tokens/s"))

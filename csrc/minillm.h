@@ -253,6 +253,14 @@ int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t
 void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
                                 const float *lse, const float *dloss, float scale, float *dlogits,
                                 int64_t N, int64_t V, int64_t ignore_index, float label_smoothing);
+/* Forward with the gradient in the same pass (a scalar loss back-propagated right away):
+ * as mll_cross_entropy_forward, and dlogits (N, V), row stride ldd, gets
+ * scale (softmax(x_i) - smoothed one-hot(t_i)) (0 on ignored rows). dlogits may be logits
+ * itself (ldd == ld). Returns -1, or the first row with a bad target (nothing written). */
+int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const int64_t *targets,
+                                       float *losses, float *lse, float *dlogits, int64_t ldd,
+                                       float scale, int64_t N, int64_t V, int64_t ignore_index,
+                                       float label_smoothing);
 
 /* --------------------------------------------------------------- optim.c */
 /* Fused SGD step (PyTorch semantics), in place on p (n) and buf (n; NULL if momentum == 0). */
@@ -270,13 +278,6 @@ void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
 /* out (rows, cols) = 0 except out[r, idx[r]] = val[r] (idx in [0, cols)). */
 void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols);
 
-/* ------------------------------------------------------------- lm_xent.c */
-/* The LM loss: cross-entropy per row of logits (N, V) (row stride ld) against targets (N)
- * int64, losses (N) written; when dlogits (N, V) contiguous is not NULL it gets the gradient
- * grad_scale (softmax(x_i) - onehot(t_i)) in the same pass (0 on rows whose target is
- * ignore_index). Returns -1, or the first row whose target is neither ignore_index nor in [0, V). */
-int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
-                    int64_t ignore_index, float grad_scale, float *losses, float *dlogits);
 /* ------------------------------- attention.c, bias_gelu.c (fused); layernorm.c's fused add */
 /* Causal attention, flash-style (never a full T x T matrix), per (batch, head):
  *   out = softmax(q k^T * scale + mask) v,   q (B, nh, Tq, hs), k, v (B, nh, Tk, hs),

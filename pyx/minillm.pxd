@@ -130,6 +130,10 @@ cdef extern from "minillm.h" nogil:
     void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
                                     const float *lse, const float *dloss, float scale, float *dlogits,
                                     int64_t N, int64_t V, int64_t ignore_index, float label_smoothing)
+    int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const int64_t *targets,
+                                           float *losses, float *lse, float *dlogits, int64_t ldd,
+                                           float scale, int64_t N, int64_t V, int64_t ignore_index,
+                                           float label_smoothing)
 
     # optim.c
     void mll_sgd_step(float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
@@ -142,9 +146,6 @@ cdef extern from "minillm.h" nogil:
     void mll_causal_fill(float *x, int64_t batch, int64_t T, int64_t S, float value)
     void mll_onehot_rows(const int64_t *idx, const float *val, float *out, int64_t rows, int64_t cols)
 
-    # lm_xent.c
-    int64_t mll_lm_xent(const float *logits, int64_t ld, const int64_t *targets, int64_t N, int64_t V,
-                        int64_t ignore_index, float grad_scale, float *losses, float *dlogits)
     # attention.c, bias_gelu.c (fused); layernorm.c: the fused residual add
     int mll_attention_forward(const float *q, const int64_t *qs, const float *k, const int64_t *ks,
                               const float *v, const int64_t *vs, float *out, const int64_t *os,

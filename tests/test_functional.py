@@ -330,6 +330,78 @@ def test_cross_entropy_bad_target_raises_naming_it():
         F.cross_entropy(x, minillm.tensor([0, 1, 2]))
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("N, V", [(5, 3), (33, 37), (64, 50257)])
+def test_cross_entropy_gradient_in_forward_matches_float64_reference(isa, N, V):
+    # 'mean' with a gradient wanted: the loss kernel writes d loss / d logits in the forward
+    # and backward only scales it; the way the language models call it (ignore_index=-1)
+    if isa not in minillm.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    rng = np.random.default_rng(N + V)
+    x = rng.normal(0, 4, (N, V)).astype(np.float32)
+    t = rng.integers(0, V, N)
+    t[1] = -1                                         # ignored row
+    prev = minillm.get_isa()
+    minillm.set_isa(isa)
+    try:
+        xt = minillm.tensor(x, requires_grad=True)
+        loss = F.cross_entropy(F.mul(xt, 1.0), minillm.tensor(t), ignore_index=-1)  # a non-leaf input
+        F.mul(loss, 3.0).backward()                                               # upstream grad != 1
+    finally:
+        minillm.set_isa(prev)
+    x64 = x.astype(np.float64)
+    ref = np_cross_entropy(x64, t, ignore_index=-1)
+    g = np_softmax(x64)
+    valid = t != -1
+    g[np.arange(N)[valid], t[valid]] -= 1
+    g[~valid] = 0
+    g *= 3.0 / valid.sum()
+    assert abs(float(loss) - ref) < 2e-6 * max(1.0, abs(ref))
+    np.testing.assert_allclose(xt.grad.numpy(), g, rtol=0, atol=2e-6 * np.abs(g).max())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_gradient_in_forward_equals_the_recomputing_backward(reduction):
+    # same inputs through both kernels: the kept gradient (grad on in the forward) and the
+    # softmax-recompute backward (reduction 'none' summed), with label smoothing
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 3, (17, 300)).astype(np.float32)
+    t = rng.integers(0, 300, 17)
+    t[4] = -100
+    grads = []
+    for red in (reduction, "none"):
+        xt = minillm.tensor(x, requires_grad=True)
+        loss = F.cross_entropy(xt, minillm.tensor(t), reduction=red, label_smoothing=0.1)
+        if red == "none":
+            loss = F.sum(loss)
+            if reduction == "mean":
+                loss = F.mul(loss, 1.0 / 16)
+        F.mul(loss, 0.5).backward()
+        grads.append(xt.grad.numpy().copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=2e-6, atol=1e-7)
+
+
+def test_cross_entropy_kept_gradient_survives_a_second_backward():
+    # retain_graph: the first backward hands its kept buffer out (here it becomes x.grad);
+    # the second must still give the right gradient, and the first x.grad must not change
+    x = minillm.tensor(np.random.default_rng(4).normal(0, 2, (6, 9)).astype(np.float32),
+                       requires_grad=True)
+    t = minillm.tensor([1, 2, 3, 4, 5, -100])
+    loss = F.cross_entropy(x, t)
+    loss.backward(retain_graph=True)
+    first = x.grad
+    first_values = first.numpy().copy()
+    loss.backward()
+    np.testing.assert_array_equal(first.numpy(), first_values)
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first_values, rtol=1e-6, atol=1e-8)
+
+
+def test_cross_entropy_with_grad_names_a_bad_target():
+    x = minillm.zeros((3, 4), requires_grad=True)
+    with pytest.raises(IndexError, match="target 9 at row 2 is outside \\[0, 4\\)"):
+        F.cross_entropy(x, minillm.tensor([0, 1, 9]), ignore_index=-1)
+
+
 def test_mse_loss_gradients():
     a, b = randn(3, 4), randn(3, 4, seed=1)
     torch = pytest.importorskip("torch")

@@ -318,6 +318,25 @@ def test_activation_checkpointing_gives_the_same_gradients():
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_checkpointed_training_fuses_the_lm_head_and_returns_no_logits():
+    # training + checkpoint_activations + targets: F.linear_cross_entropy, logits None, the
+    # same loss; eval mode (or no targets) still gives the logits
+    rng = np.random.default_rng(18)
+    idx, targets = random_batch(rng, 2, 8, 32), random_batch(rng, 2, 8, 32)
+    minillm.manual_seed(19)
+    plain = model_from_config(TINY_GPT)
+    minillm.manual_seed(19)
+    ckpt = model_from_config(dict(TINY_GPT, checkpoint_activations=True))
+    logits, loss = plain(idx, targets)
+    none, fused_loss = ckpt(idx, targets)
+    assert none is None
+    assert abs(float(fused_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+    ckpt.eval()
+    eval_logits, eval_loss = ckpt(idx, targets)
+    np.testing.assert_allclose(eval_logits.numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert abs(float(eval_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+
+
 def test_dropout_is_active_in_training_and_off_in_eval():
     minillm.manual_seed(16)
     model = model_from_config(dict(TINY_GPT, dropout=0.2))
@@ -345,48 +364,6 @@ def test_generate_delegates_to_minillm_generate(monkeypatch):
     assert model.generate(idx, 5, temperature=0.5, top_k=3) == "out"
     (m, i, n, kw), = calls
     assert m is model and i is idx and n == 5 and kw["temperature"] == 0.5 and kw["top_k"] == 3
-
-
-# ---------------------------------------------------------------- the fused LM loss
-@pytest.mark.parametrize("isa", ["generic", "avx512"])
-@pytest.mark.parametrize("N, V", [(5, 3), (33, 37), (64, 50257)])
-def test_lm_cross_entropy_matches_float64_reference_in_value_and_gradient(isa, N, V):
-    from minillm.models._ops import lm_cross_entropy
-    if isa not in minillm.supported_isas():
-        pytest.skip(f"this CPU cannot run the {isa} path")
-    rng = np.random.default_rng(N + V)
-    x = rng.normal(0, 4, (N, V)).astype(np.float32)
-    t = rng.integers(0, V, N)
-    t[1] = -1                                         # ignored row
-    prev = minillm.get_isa()
-    minillm.set_isa(isa)
-    try:
-        xt = minillm.from_numpy(x.copy())
-        xt.requires_grad = True
-        loss = lm_cross_entropy(F.mul(xt, 1.0), ids(t))   # a non-leaf input, as in a model
-        F.mul(loss, 3.0).backward()                         # an upstream gradient != 1
-    finally:
-        minillm.set_isa(prev)
-    x64 = x.astype(np.float64)
-    m = x64.max(1, keepdims=True)
-    e = np.exp(x64 - m)
-    p = e / e.sum(1, keepdims=True)
-    valid = t != -1
-    lse = (m + np.log(e.sum(1, keepdims=True)))[:, 0]
-    ref = (lse - x64[np.arange(N), np.where(valid, t, 0)])[valid].mean()
-    g = p.copy()
-    g[np.arange(N)[valid], t[valid]] -= 1
-    g[~valid] = 0
-    g *= 3.0 / valid.sum()
-    assert abs(float(loss) - ref) < 2e-6 * max(1.0, abs(ref))
-    np.testing.assert_allclose(xt.grad.numpy(), g, rtol=0, atol=2e-6 * np.abs(g).max())
-
-
-def test_lm_cross_entropy_names_a_bad_target():
-    from minillm.models._ops import lm_cross_entropy
-    with pytest.raises(IndexError, match="target 9 at row 2 is outside \\[0, 4\\)"):
-        lm_cross_entropy(minillm.zeros((3, 4)), ids([0, 1, 9]))
-
 
 
 def test_training_attention_path_matches_the_generic_path_in_value_and_gradient():

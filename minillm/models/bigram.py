@@ -7,7 +7,6 @@ from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
 from minillm.models._common import LanguageModel, check_idx, known_fields
-from minillm.models._ops import lm_cross_entropy
 
 
 @dataclass
@@ -63,4 +62,4 @@ class Bigram(LanguageModel):
             return logits, None
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"Bigram: expected (B, T) = ({B}, {T}) target ids, got {tuple(targets.shape)}")
-        return logits, lm_cross_entropy(logits, targets)
+        return logits, F.cross_entropy(logits, targets, ignore_index=-1)

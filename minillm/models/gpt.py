@@ -17,7 +17,6 @@ from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
 from minillm.models._common import LanguageModel, check_idx, known_fields
-from minillm.models._ops import lm_cross_entropy
 
 
 @dataclass
@@ -25,7 +24,8 @@ class GPTConfig:
     """Hyperparameters of a GPT. bias: biases in the Linears and LayerNorms (GPT-2 has
     them); tie_weights: lm_head shares the token embedding (GPT-2 does);
     checkpoint_activations: recompute each block in backward instead of keeping its
-    activations (less memory, about one more forward of time)."""
+    activations (less memory, about one more forward of time); training forwards with
+    targets then also fuse the LM head with the loss and return logits None."""
     model_type: str = "gpt"
     vocab_size: int = 50257
     block_size: int = 1024
@@ -171,9 +171,12 @@ class GPT(LanguageModel):
         targets (B, T) int64 or None (-1 = ignore). Returns (logits, loss):
         with targets, logits (B, T, V) float32 and loss the mean cross-entropy (0-d);
         without, logits (B, 1, V) for the last position only (all a sampler needs, and
-        V times cheaper), loss None. kv_cache (generation, under no_grad): positions
-        start at kv_cache.pos; each block appends its k, v to kv_cache.layers[i]; the
-        cache advances by T at the end."""
+        V times cheaper), loss None. Training with checkpoint_activations and targets
+        returns logits None: the LM head and the loss are then one fused op
+        (F.linear_cross_entropy) that never builds the (B, T, V) logits, which for GPT-2's
+        vocabulary would be the largest tensor of the step. kv_cache (generation, under
+        no_grad): positions start at kv_cache.pos; each block appends its k, v to
+        kv_cache.layers[i]; the cache advances by T at the end."""
         B, T = check_idx(idx, "GPT")
         pos0 = 0 if kv_cache is None else kv_cache.pos
         if pos0 + T > self.config.block_size:
@@ -195,9 +198,13 @@ class GPT(LanguageModel):
         if targets is None:
             logits = self.lm_head(F.getitem(x, (slice(None), slice(T - 1, T))))   # (B, 1, V)
             return logits, None
+        targets = _check_targets(targets, B, T)
+        if self.config.checkpoint_activations and self.training:
+            loss = F.linear_cross_entropy(x, self.lm_head.weight, targets, bias=self.lm_head.bias,
+                                          ignore_index=-1)
+            return None, loss
         logits = self.lm_head(x)                                       # (B, T, V)
-        loss = lm_cross_entropy(logits, _check_targets(targets, B, T))
-        return logits, loss
+        return logits, F.cross_entropy(logits, targets, ignore_index=-1)
 
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (keeps the first block_size position embeddings),

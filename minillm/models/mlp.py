@@ -14,7 +14,6 @@ from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
 from minillm.models._common import LanguageModel, check_idx, known_fields
-from minillm.models._ops import lm_cross_entropy
 
 
 @dataclass
@@ -97,4 +96,4 @@ class MLPLM(LanguageModel):
             return logits, None
         if tuple(targets.shape) != (B, T):
             raise ValueError(f"MLPLM: expected (B, T) = ({B}, {T}) target ids, got {tuple(targets.shape)}")
-        return logits, lm_cross_entropy(logits, targets)
+        return logits, F.cross_entropy(logits, targets, ignore_index=-1)
