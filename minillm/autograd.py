@@ -14,6 +14,7 @@ or None when the input needs none). They must not modify their argument in place
 same gradient object may be handed to several inputs (``a + b`` passes ``dy`` to both).
 """
 import functools
+import sys
 
 import numpy as np
 
@@ -151,8 +152,8 @@ def _run(root, gradient, retain_graph, claimed):
                     _accumulate_leaf(t, gi, claimed)
                 continue
             if gi is not None:
-                prev = grads.get(fn)
-                grads[fn] = gi if prev is None else _C.add(prev, gi)
+                prev = grads.pop(fn, None)
+                grads[fn] = gi if prev is None else _summed(prev, gi)
             left = pending[fn] - 1
             pending[fn] = left
             if left == 0:
@@ -176,8 +177,21 @@ def _accumulate_leaf(t, g, claimed):
         t.grad = g
         claimed.add(g.data_ptr())
     else:
-        # out of place: the old .grad may be a buffer another leaf also holds
-        t.grad = _C.add(t.grad, g)
+        prev, t.grad = t.grad, None
+        t.grad = _summed(prev, g)
+
+
+def _summed(prev, g):
+    """prev + g, written into prev when no other object can see prev's buffer: prev owns its
+    storage and the only references left are the caller's (a .grad slot or the pending
+    gradients dict, emptied before the call) and this frame's. Saves a temporary the size of
+    the gradient (154 MB for GPT-2's tied embedding) and a pass over memory. Otherwise out of
+    place: prev may be a gradient another input, leaf or user also holds."""
+    # references to prev: the caller's local, this argument and getrefcount's own
+    if (sys.getrefcount(prev) <= 3 and _C.owns_storage(prev) and prev.dtype == "float32"
+            and g.dtype == "float32" and prev.shape == g.shape):
+        return _C.add_(prev, g)
+    return _C.add(prev, g)
 
 
 def _run_in_grad_mode(fn, mode):

@@ -746,6 +746,12 @@ cdef Tensor as_f32(object x, str what):
 
 
 # ----------------------------------------------------------------- factories
+def owns_storage(Tensor t):
+    """True when t holds its own storage (made by minillm, not a view of another tensor or of a
+    NumPy array): only then can t's buffer be changed without touching another object's data."""
+    return t.owned != NULL and t.base is None
+
+
 def empty(*shape, dtype="float32", requires_grad=False):
     """Uninitialised tensor of the given shape."""
     if len(shape) == 1 and not isinstance(shape[0], int):

@@ -201,3 +201,33 @@ def test_training_loop_memory_is_flat_after_warmup():
             stats.append(minillm.alloc_stats())
     assert stats[0]["in_use"] == stats[1]["in_use"]
     assert stats[0]["os_allocs"] == stats[1]["os_allocs"]
+
+
+def test_second_backward_accumulates_into_the_grad_buffer_in_place():
+    w = minillm.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    (w * 2.0).sum().backward()
+    ptr = w.grad.data_ptr()
+    (w * 3.0).sum().backward()
+    assert w.grad.data_ptr() == ptr          # no new buffer when nothing else holds the old one
+    np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 3), 5.0, np.float32))
+
+
+def test_accumulation_leaves_a_grad_the_user_kept_untouched():
+    w = minillm.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    (w * 2.0).sum().backward()
+    kept = w.grad
+    (w * 3.0).sum().backward()
+    np.testing.assert_array_equal(kept.numpy(), np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 3), 5.0, np.float32))
+
+
+def test_accumulation_never_writes_into_a_gradient_shared_with_another_input():
+    # a + b hands one dy to both; a is used twice, so its second gradient must not be added
+    # into the buffer b (or the pending sum for h) still holds
+    a = minillm.tensor(np.ones(4, np.float32), requires_grad=True)
+    b = minillm.tensor(np.ones(4, np.float32), requires_grad=True)
+    h = a * 1.0
+    y = (a + b) * 2.0 + h * 3.0 + a * 5.0
+    y.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), np.full(4, 10.0, np.float32))
+    np.testing.assert_array_equal(b.grad.numpy(), np.full(4, 2.0, np.float32))
