@@ -93,6 +93,23 @@ def linear_rows(x, weight, bias=None, add=None, bint gelu=False):
     return y
 
 
+def advise_hugepages(t):
+    """Asks Linux for 2 MiB pages under the memory of t (a Tensor the decoding step streams
+    every token, e.g. a weight), in place: only whole 2 MiB pages inside t's bytes change.
+    Returns the bytes now on huge pages (0 when t holds no whole 2 MiB page) or -1 when the
+    system refuses (not Linux, THP disabled, kernel before 6.1). The values do not change."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"advise_hugepages: expected a Tensor, got {type(t).__name__}")
+    cdef Tensor x = <Tensor> t
+    if not is_contig(x):
+        raise ValueError(f"advise_hugepages: the tensor of shape {t.shape} must be contiguous")
+    cdef size_t nbytes = <size_t> (numel(x) * itemsize_of(x.dtype_))
+    cdef int64_t r
+    with nogil:
+        r = C.mll_advise_hugepages(x.ptr, nbytes)
+    return r
+
+
 def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
     """One decoding step of attention over a position-major KV cache.
     qkv (B, 3C) float32 = [q | k | v] of the new position; kcache, vcache (S, B, nh, hs)
@@ -161,6 +178,10 @@ cdef class GPTBlockWeights:
             raise ValueError("GPTBlockWeights: the four Linear weights are required")
         self.w.eps1, self.w.eps2 = eps1, eps2
         self.w.scale = <float>(1.0 / c_sqrt(<double>(Cn // n_head)))
+
+    def linear_weights(self):
+        """The four Linear weights (c_attn, attn.c_proj, c_fc, mlp.c_proj): what a step streams."""
+        return (self.keep[2], self.keep[4], self.keep[8], self.keep[10])
 
 
 def gpt_block_step(x, GPTBlockWeights weights, kcache, vcache, int64_t pos):
