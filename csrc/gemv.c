@@ -284,6 +284,68 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, const fl
     mll_decode_parallel((groups + per_chunk - 1) / per_chunk, nt, linear_chunk, &job);
 }
 
+/* ------------------------------------------------------------------ the roof
+ * A plain sum over the same bytes, on the same threads and pool: the fastest any kernel can
+ * read them, to hold the GEMV against (bench/bench_generate.py). Fixed chunks, partial sums
+ * added in chunk order: the same result for any thread count. */
+#define SUM_CHUNK ((int64_t)1 << 16)     /* floats: 256 KiB, about one chunk of linear_rows */
+
+static float sum_generic(const float *x, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+#if defined(MLL_X86)
+MLL_AVX512 static float sum_avx512(const float *x, int64_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(x + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(x + i + 48));
+    }
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+#endif
+
+typedef struct {
+    float (*sum)(const float *, int64_t);
+    const float *x;
+    int64_t n;
+    float *parts;
+} sum_job;
+
+static void sum_chunk(void *ctx, int64_t c) {
+    const sum_job *j = ctx;
+    int64_t i0 = c * SUM_CHUNK;
+    j->parts[c] = j->sum(j->x + i0, mll_min64(SUM_CHUNK, j->n - i0));
+}
+
+float mll_stream_sum(const float *x, int64_t n) {
+    if (n <= 0) return 0.0f;
+    int64_t nchunks = (n + SUM_CHUNK - 1) / SUM_CHUNK;
+    float *parts = mll_alloc((size_t)nchunks * sizeof(float));
+    if (!parts) return NAN;
+    sum_job job = {sum_generic, x, n, parts};
+#if defined(MLL_X86)
+    if (mll_get_isa() == MLL_ISA_AVX512) job.sum = sum_avx512;
+#endif
+    mll_decode_parallel(nchunks, n >= GEMV_PAR_MIN ? mll_get_num_threads() : 1, sum_chunk, &job);
+    float s = 0.0f;
+    for (int64_t c = 0; c < nchunks; c++) s += parts[c];
+    mll_free(parts, (size_t)nchunks * sizeof(float));
+    return s;
+}
+
 /* ------------------------------------------------------------------ huge pages
  * Decoding streams every weight once per token. With 4 KiB pages that is a TLB miss (a page
  * walk, two-dimensional under a hypervisor) every 4 KiB, and the hardware prefetchers stop at

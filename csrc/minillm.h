@@ -330,6 +330,9 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
  * memory, e.g. weights that every decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE.
  * Returns the bytes now covered (0 if the buffer holds no whole huge page), -1 if refused. */
 int64_t mll_advise_hugepages(void *p, size_t nbytes);
+/* Sum of x (n) in float over the same pool, chunk partial sums added in order (NaN if out of
+ * memory): the read roof a GEMV over the same bytes is measured against. */
+float mll_stream_sum(const float *x, int64_t n);
 
 /* --------------------------------------------------------- kv_attention.c */
 /* One decoding step of causal attention over a KV cache. qkv (B, 3C) = [q | k | v] of the new

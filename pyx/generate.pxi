@@ -110,6 +110,20 @@ def advise_hugepages(t):
     return r
 
 
+def stream_sum(t):
+    """The float32 sum of every element of t (contiguous float32), read once front to back on
+    the decoding thread pool: the read-bandwidth roof for the linear layers of a decoding step
+    (bench/bench_generate.py times both over the same weights). Returns a Python float."""
+    cdef Tensor x = as_f32(t, "stream_sum")
+    if not is_contig(x):
+        raise ValueError(f"stream_sum: the tensor of shape {t.shape} must be contiguous")
+    cdef int64_t n = numel(x)
+    cdef float s
+    with nogil:
+        s = C.mll_stream_sum(fptr(x), n)
+    return s
+
+
 def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
     """One decoding step of attention over a position-major KV cache.
     qkv (B, 3C) float32 = [q | k | v] of the new position; kcache, vcache (S, B, nh, hs)

@@ -171,6 +171,7 @@ cdef extern from "minillm.h" nogil:
     ctypedef void (*mll_chunk_fn)(void *ctx, int64_t chunk) noexcept nogil
     void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
+    float mll_stream_sum(const float *x, int64_t n)
 
     # kv_attention.c
     int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
