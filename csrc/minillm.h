@@ -326,9 +326,10 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, const fl
  * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
 typedef void (*mll_chunk_fn)(void *ctx, int64_t chunk);
 void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx);
-/* Asks Linux for 2 MiB pages under the whole 2 MiB pages inside [p, p + nbytes) (anonymous
- * memory, e.g. weights that every decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE.
- * Returns the bytes now covered (0 if the buffer holds no whole huge page), -1 if refused. */
+/* Asks Linux for 2 MiB pages under [p, p + nbytes) (anonymous memory, e.g. weights that every
+ * decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE, per 2 MiB page, the two partial
+ * ones at the ends included (their other bytes keep their values). Returns the bytes of the
+ * buffer now on huge pages, or -1 if every page was refused (not Linux, THP off, old kernel). */
 int64_t mll_advise_hugepages(void *p, size_t nbytes);
 /* Sum of x (n) in float over the same pool, chunk partial sums added in order (NaN if out of
  * memory): the read roof a GEMV over the same bytes is measured against. */

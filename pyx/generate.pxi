@@ -95,9 +95,9 @@ def linear_rows(x, weight, bias=None, add=None, bint gelu=False):
 
 def advise_hugepages(t):
     """Asks Linux for 2 MiB pages under the memory of t (a Tensor the decoding step streams
-    every token, e.g. a weight), in place: only whole 2 MiB pages inside t's bytes change.
-    Returns the bytes now on huge pages (0 when t holds no whole 2 MiB page) or -1 when the
-    system refuses (not Linux, THP disabled, kernel before 6.1). The values do not change."""
+    every token, e.g. a weight), in place; the 2 MiB pages at its two ends, shared with
+    neighbouring memory, too (no value anywhere changes). Returns the bytes of t now on huge
+    pages, or -1 when the system refuses (not Linux, THP disabled, kernel before 6.1)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"advise_hugepages: expected a Tensor, got {type(t).__name__}")
     cdef Tensor x = <Tensor> t
