@@ -12,7 +12,9 @@
  * same order, so the result does not depend on the thread count.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <time.h>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -149,6 +151,16 @@ static void linear_groups(dots_fn dots, const float *x, const float *W, const fl
 #define MAX_HELPERS 15
 #define HELPER_SPINS 20000       /* about 0.2 ms of polling before a helper sleeps */
 #define CHUNK_BITS 20
+/* The caller waits for a chunk only while a helper runs it, but a helper the OS takes off
+ * its core (other processes want it) can hold a chunk for a whole time slice. On a 2-core
+ * machine shared with a build, two threads then decoded GPT-2 small at half the speed of one.
+ * So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
+ * chunk's time) makes the next BACKOFF_JOBS jobs run on the caller alone, after which the
+ * helpers are tried again. A quiet machine never stalls that long; the thread count never
+ * changes a result. */
+#define WAIT_SPINS 2000
+#define STALL_NS 1000000
+#define BACKOFF_JOBS 256
 
 static mll_chunk_fn job_fn;
 static void *job_ctx;
@@ -161,6 +173,13 @@ static pthread_mutex_t sleep_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t sleep_cv = PTHREAD_COND_INITIALIZER;
 static int sleepers;                   /* helpers waiting on sleep_cv (under sleep_mu) */
 static int helpers_started;            /* under job_owner */
+static int64_t backoff;                /* jobs left to run alone after a stall (under job_owner) */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 
 static inline void cpu_relax(void) {
 #if defined(MLL_X86)
@@ -228,6 +247,11 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
     if (nthreads > nchunks) nthreads = (int)nchunks;
     /* another caller owns the helpers (Python threads without the GIL): do it alone */
     int alone = nthreads <= 1 || nchunks >= (1 << CHUNK_BITS) || pthread_mutex_trylock(&job_owner) != 0;
+    if (!alone && backoff > 0) {
+        backoff--;
+        pthread_mutex_unlock(&job_owner);
+        alone = 1;
+    }
     int helpers = alone ? 0 : ensure_helpers(nthreads - 1);
     if (helpers == 0) {
         if (!alone) pthread_mutex_unlock(&job_owner);
@@ -248,7 +272,14 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
     pthread_mutex_unlock(&sleep_mu);
     run_chunks(gen);
     /* only chunks a helper has claimed can still be running */
-    while (atomic_load_explicit(&job_done, memory_order_acquire) < nchunks) cpu_relax();
+    if (atomic_load_explicit(&job_done, memory_order_acquire) < nchunks) {
+        int64_t t0 = now_ns();
+        for (int spins = 0; atomic_load_explicit(&job_done, memory_order_acquire) < nchunks; spins++) {
+            if (spins < WAIT_SPINS) cpu_relax();
+            else sched_yield();
+        }
+        if (now_ns() - t0 > STALL_NS) backoff = BACKOFF_JOBS;
+    }
     pthread_mutex_unlock(&job_owner);
 }
 
