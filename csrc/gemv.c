@@ -74,19 +74,39 @@ MLL_AVX2 static void dots_avx2(const float *x, const float *w, int64_t K, int n,
 }
 
 /* ------------------------------------------------------------------ AVX-512 */
-/* Row after row, each read front to back with 4 accumulators: the weights are then one
- * sequential stream in address order, which the hardware prefetchers follow best (about 10%
- * faster from DRAM than 4 rows interleaved). */
+/* The four 16-lane sums a, b, c, d reduced together: (sum a, sum b, sum c, sum d). One
+ * shuffle-and-add tree for four rows instead of one per row. */
+MLL_AVX512 static inline __m128 hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+/* Row after row, each read front to back: the weights are then one sequential stream in
+ * address order, which the hardware prefetchers follow best (4 rows interleaved read ~35%
+ * slower from DRAM). 8 accumulators per row and one reduction tree per 4 rows: against a
+ * plain sum over the same bytes (2 MiB pages, one core of the AMD EPYC Zen 4) this reads at
+ * ~95%, where 4 accumulators and a reduction per row read at ~80%. */
 MLL_AVX512 static void dots_avx512(const float *x, const float *w, int64_t K, int n, float *out) {
-    for (int r = 0; r < n; r++) {
+    __m512 s[4];
+    for (int r = 0; r < 4; r++) {
+        s[r] = _mm512_setzero_ps();
+        if (r >= n) continue;
         const float *wr = w + r * K;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
         int64_t k = 0;
-        for (; k + 64 <= K; k += 64) {
+        for (; k + 128 <= K; k += 128) {
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(x + k), a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(x + k + 16), a1);
             a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 32), _mm512_loadu_ps(x + k + 32), a2);
             a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+            a4 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 64), _mm512_loadu_ps(x + k + 64), a4);
+            a5 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 80), _mm512_loadu_ps(x + k + 80), a5);
+            a6 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 96), _mm512_loadu_ps(x + k + 96), a6);
+            a7 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 112), _mm512_loadu_ps(x + k + 112), a7);
         }
         for (; k + 16 <= K; k += 16)
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(x + k), a0);
@@ -94,7 +114,16 @@ MLL_AVX512 static void dots_avx512(const float *x, const float *w, int64_t K, in
             __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
             a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, wr + k), _mm512_maskz_loadu_ps(m, x + k), a0);
         }
-        out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        s[r] = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    }
+    __m128 sums = hsum4_avx512(s[0], s[1], s[2], s[3]);
+    if (n == 4) {
+        _mm_storeu_ps(out, sums);
+    } else {
+        float t[4];
+        _mm_storeu_ps(t, sums);
+        for (int r = 0; r < n; r++) out[r] = t[r];
     }
 }
 #endif
