@@ -13,8 +13,8 @@
  * thread count.
  *
  * Also here: the read roof (a plain sum over the same bytes, mll_stream_sum) and the huge-page
- * advice for the weights (mll_advise_hugepages), which is worth more than any change to the
- * dot products: from 2 MiB pages one core streams ~1.3-2x faster (see "huge pages").
+ * advice for the weights (mll_advise_hugepages), worth more than any change to the dot
+ * products: from 2 MiB pages one core streams 1.3-2x faster (see "huge pages").
  */
 #include <pthread.h>
 #include <sched.h>
@@ -437,8 +437,8 @@ float mll_stream_sum(const float *x, int64_t n) {
 /* ------------------------------------------------------------------ huge pages
  * Decoding streams every weight once per token. With 4 KiB pages that is a TLB miss (a page
  * walk, two-dimensional under a hypervisor) every 4 KiB, and the hardware prefetchers stop at
- * each page edge: on the AMD EPYC Zen 4 VM one core read 14 GB/s from 4 KiB pages against
- * 31 GB/s from 2 MiB pages (a plain AVX-512 sum over 512 MB). MADV_HUGEPAGE marks the range,
+ * each page edge: on the AMD EPYC Zen 4 VM one core read 14-22 GB/s from 4 KiB pages against
+ * 26-31 GB/s from 2 MiB pages (a plain AVX-512 sum over 512 MB, same runs, a shared machine). MADV_HUGEPAGE marks the range,
  * MADV_COLLAPSE (Linux 6.1) turns its pages, already written, into 2 MiB pages now instead
  * of whenever khugepaged gets to them.
  *
