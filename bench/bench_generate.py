@@ -1,16 +1,19 @@
 """Decoding speed: tokens/s for batch 1, a 16-token prompt and 128 new tokens (greedy), minillm
-vs a PyTorch eager GPT with a KV cache (written below), same weights, same run, 2 threads.
+vs a PyTorch eager GPT with a KV cache (written below), same weights, same run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
-        python bench/bench_generate.py [--models gpt2-small,gpt-mini] [--repeats 3]
+        python bench/bench_generate.py [--models gpt2-small,gpt-mini] [--threads 2,1] [--repeats 3]
     ... python -m pytest bench/bench_generate.py      (the same runs under pytest-benchmark)
 
 Decoding one token reads every weight once (GPT-2 small: 124M float32 = 498 MB), so its
-ceiling is read bandwidth / weight bytes. The script measures read bandwidth in the same run
-(torch.sum over 1 GiB, 2 threads, the best of 5) and reports each framework's tokens/s as a
-fraction of that ceiling. Small models (gpt-mini) are bound by per-token overhead instead.
+ceiling is read bandwidth / weight bytes. Two read roofs are measured in the same run:
+  torch.sum    over 1 GiB of fresh float32 (4 KiB pages, as any tensor gets), the best of 5;
+  stream sum   minillm's plain sum (_C.stream_sum) over the very weights a step reads, after
+               GPTDecoder asked for 2 MiB pages under them (what the GEMV could reach).
+Each framework's tokens/s is reported as a fraction of both. --kernels adds, per linear layer
+kind, the GEMV's read bandwidth against the stream sum over the same matrices.
 Timings interleave the two frameworks and keep the best of `repeats` runs, as the machine is
-shared.
+shared; every thread count in --threads gets its own table (ms/token too).
 """
 import argparse
 import math
@@ -23,7 +26,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
-from minillm.generate import generate  # noqa: E402
+from minillm import _C  # noqa: E402
+from minillm.generate import GPTDecoder, generate  # noqa: E402
 from minillm.models import build_model  # noqa: E402
 
 PROMPT, NEW_TOKENS = 16, 128
@@ -130,36 +134,87 @@ def time_torch(dec, prompt):
     return time.perf_counter() - t, out.numpy()
 
 
-def run(names, repeats):
-    import torch
-    threads = int(os.environ.get("MINILLM_NUM_THREADS", "2"))
-    minillm.set_num_threads(threads)
-    torch.set_num_threads(threads)
-    bw = read_bandwidth()
-    print(f"CPU: {minillm.cpu_info() if hasattr(minillm, 'cpu_info') else ''}")
-    print(f"threads {threads}; torch {torch.__version__}; read bandwidth (torch.sum, 1 GiB) {bw / 1e9:.1f} GB/s")
-    print(f"batch 1, prompt {PROMPT}, {NEW_TOKENS} new tokens, greedy; best of {repeats}\n")
+def streamed_weights(model):
+    """{kind: [weights]} that a decoding step streams: c_attn, attn c_proj, c_fc, mlp c_proj
+    of every block, and the head (GPTDecoder's, after its huge-page advice)."""
+    dec = GPTDecoder(model)
+    kinds = {"qkv": [], "attn proj": [], "fc": [], "mlp proj": []}
+    for b in dec.blocks:
+        for kind, w in zip(kinds, b.linear_weights()):
+            kinds[kind].append(w)
+    kinds["head"] = [dec.head]
+    return kinds
+
+
+def best_of(fn, repeats):
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def stream_roof(weights, repeats=5):
+    """Bytes/s of _C.stream_sum over every streamed weight in step order (the best of repeats)."""
+    flat = [w for ws in weights.values() for w in ws]
+    return sum(w.nbytes for w in flat) / best_of(lambda: [_C.stream_sum(w) for w in flat], repeats)
+
+
+def kernel_table(weights, repeats=5):
+    """Per kind: (GB/s of linear_rows on one row, GB/s of stream_sum), over the same matrices,
+    interleaved."""
     rows = []
-    for name in names:
-        model = make_model(name)
-        dec = torch_decoder(model)
-        prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, PROMPT))
-        time_minillm(model, prompt)          # warm up both (allocator, caches)
-        time_torch(dec, prompt)
-        best_m = best_t = math.inf
+    for kind, ws in weights.items():
+        x = minillm.randn(1, ws[0].shape[1])
+        gemv = stream = math.inf
         for _ in range(repeats):
-            tm, out_m = time_minillm(model, prompt)
-            tt, out_t = time_torch(dec, prompt)
-            best_m, best_t = min(best_m, tm), min(best_t, tt)
-        same = int((out_m[0, PROMPT:] == out_t[0, PROMPT:]).cumprod().sum())
-        wb = weight_bytes(model)
-        limit = bw / wb
-        rows.append((name, NEW_TOKENS / best_m, NEW_TOKENS / best_t, wb, limit, same))
-    print(f"{'model':<12} {'minillm tok/s':>13} {'torch tok/s':>11} {'ratio':>6} {'MB/token':>9} "
-          f"{'limit tok/s':>11} {'minillm %lim':>12} {'torch %lim':>10} {'same tokens':>11}")
-    for name, m, t, wb, limit, same in rows:
-        print(f"{name:<12} {m:>13.1f} {t:>11.1f} {m / t:>6.2f} {wb / 1e6:>9.1f} {limit:>11.1f} "
-              f"{100 * m / limit:>11.0f}% {100 * t / limit:>9.0f}% {same:>7}/{NEW_TOKENS}")
+            gemv = min(gemv, best_of(lambda: [_C.linear_rows(x, w) for w in ws], 1))
+            stream = min(stream, best_of(lambda: [_C.stream_sum(w) for w in ws], 1))
+        nbytes = sum(w.nbytes for w in ws)
+        rows.append((kind, nbytes, nbytes / gemv, nbytes / stream))
+    return rows
+
+
+def run(names, repeats, threads=(2,), kernels=False):
+    import torch
+    print(f"CPU: {minillm.cpu_info() if hasattr(minillm, 'cpu_info') else ''}")
+    print(f"torch {torch.__version__}; batch 1, prompt {PROMPT}, {NEW_TOKENS} new tokens, greedy; best of {repeats}")
+    models = {name: make_model(name) for name in names}
+    rows = []
+    for nt in threads:
+        minillm.set_num_threads(nt)
+        torch.set_num_threads(nt)
+        bw = read_bandwidth()
+        print(f"\nthreads {nt}: read roof torch.sum (1 GiB, 4 KiB pages) {bw / 1e9:.1f} GB/s")
+        for name, model in models.items():
+            dec = torch_decoder(model)
+            weights = streamed_weights(model)
+            prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, (1, PROMPT))
+            time_minillm(model, prompt)          # warm up both (allocator, caches, huge pages)
+            time_torch(dec, prompt)
+            best_m = best_t = math.inf
+            for _ in range(repeats):
+                tm, out_m = time_minillm(model, prompt)
+                tt, out_t = time_torch(dec, prompt)
+                best_m, best_t = min(best_m, tm), min(best_t, tt)
+            roof = stream_roof(weights)
+            same = int((out_m[0, PROMPT:] == out_t[0, PROMPT:]).cumprod().sum())
+            wb = weight_bytes(model)
+            rows.append((nt, name, NEW_TOKENS / best_m, NEW_TOKENS / best_t, wb, bw / wb, roof / wb, same))
+            if kernels:
+                print(f"  {name}: GEMV (linear_rows, 1 row) vs stream sum over the same weights")
+                for kind, nbytes, g, r in kernel_table(weights):
+                    print(f"    {kind:<10} {nbytes / 1e6:7.1f} MB  gemv {g / 1e9:5.1f} GB/s  stream {r / 1e9:5.1f} GB/s"
+                          f"  {100 * g / r:4.0f}%")
+            del dec
+    print(f"\n{'thr':>3} {'model':<11} {'minillm tok/s':>13} {'torch tok/s':>11} {'ratio':>6} {'ms/tok':>7} "
+          f"{'torch ms':>8} {'MB/token':>8} {'limit(sum)':>10} {'limit(roof)':>11} {'%sum':>5} {'%roof':>5} "
+          f"{'torch %sum':>10} {'same tokens':>11}")
+    for nt, name, m, t, wb, lim_sum, lim_roof, same in rows:
+        print(f"{nt:>3} {name:<11} {m:>13.1f} {t:>11.1f} {m / t:>6.2f} {1e3 / m:>7.2f} {1e3 / t:>8.2f} "
+              f"{wb / 1e6:>8.1f} {lim_sum:>10.1f} {lim_roof:>11.1f} {100 * m / lim_sum:>4.0f}% "
+              f"{100 * m / lim_roof:>4.0f}% {100 * t / lim_sum:>9.0f}% {same:>7}/{NEW_TOKENS}")
     return rows
 
 
@@ -194,9 +249,13 @@ if pytest is not None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated presets")
+    ap.add_argument("--threads", default=os.environ.get("MINILLM_NUM_THREADS", "2") + ",1",
+                    help="comma-separated thread counts, one table each (default: MINILLM_NUM_THREADS, then 1)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per framework (best kept)")
+    ap.add_argument("--kernels", action="store_true", help="also GEMV vs stream-sum bandwidth per layer kind")
     args = ap.parse_args(argv)
-    run([m for m in args.models.split(",") if m], args.repeats)
+    threads = list(dict.fromkeys(int(t) for t in args.threads.split(",") if t))
+    run([m for m in args.models.split(",") if m], args.repeats, threads, args.kernels)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,19 @@ void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows,
  * rows of W split over threads in fixed groups of 4. y may be add (in place). */
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act);
+/* Runs fn(ctx, c) for every c in [0, nchunks) on the caller and up to nthreads - 1 helper
+ * threads (the decoding kernels' own pool: no OpenMP team, whose idle threads would spin
+ * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
+typedef void (*mll_chunk_fn)(void *ctx, int64_t chunk);
+void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx);
+/* Asks Linux for 2 MiB pages under [p, p + nbytes) (anonymous memory, e.g. weights that every
+ * decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE, per 2 MiB page, the two partial
+ * ones at the ends included (their other bytes keep their values). Returns the bytes of the
+ * buffer now on huge pages, or -1 if every page was refused (not Linux, THP off, old kernel). */
+int64_t mll_advise_hugepages(void *p, size_t nbytes);
+/* Sum of x (n) in float over the same pool, chunk partial sums added in order (NaN if out of
+ * memory): the read roof a GEMV over the same bytes is measured against. */
+float mll_stream_sum(const float *x, int64_t n);
 
 /* --------------------------------------------------------- kv_attention.c */
 /* One decoding step of causal attention over a KV cache. qkv (B, 3C) = [q | k | v] of the new

@@ -93,6 +93,37 @@ def linear_rows(x, weight, bias=None, add=None, bint gelu=False):
     return y
 
 
+def advise_hugepages(t):
+    """Asks Linux for 2 MiB pages under the memory of t (a Tensor the decoding step streams
+    every token, e.g. a weight), in place; the 2 MiB pages at its two ends, shared with
+    neighbouring memory, too (no value anywhere changes). Returns the bytes of t now on huge
+    pages, or -1 when the system refuses (not Linux, THP disabled, kernel before 6.1)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"advise_hugepages: expected a Tensor, got {type(t).__name__}")
+    cdef Tensor x = <Tensor> t
+    if not is_contig(x):
+        raise ValueError(f"advise_hugepages: the tensor of shape {t.shape} must be contiguous")
+    cdef size_t nbytes = <size_t> (numel(x) * itemsize_of(x.dtype_))
+    cdef int64_t r
+    with nogil:
+        r = C.mll_advise_hugepages(x.ptr, nbytes)
+    return r
+
+
+def stream_sum(t):
+    """The float32 sum of every element of t (contiguous float32), read once front to back on
+    the decoding thread pool: the read-bandwidth roof for the linear layers of a decoding step
+    (bench/bench_generate.py times both over the same weights). Returns a Python float."""
+    cdef Tensor x = as_f32(t, "stream_sum")
+    if not is_contig(x):
+        raise ValueError(f"stream_sum: the tensor of shape {t.shape} must be contiguous")
+    cdef int64_t n = numel(x)
+    cdef float s
+    with nogil:
+        s = C.mll_stream_sum(fptr(x), n)
+    return s
+
+
 def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
     """One decoding step of attention over a position-major KV cache.
     qkv (B, 3C) float32 = [q | k | v] of the new position; kcache, vcache (S, B, nh, hs)
@@ -161,6 +192,10 @@ cdef class GPTBlockWeights:
             raise ValueError("GPTBlockWeights: the four Linear weights are required")
         self.w.eps1, self.w.eps2 = eps1, eps2
         self.w.scale = <float>(1.0 / c_sqrt(<double>(Cn // n_head)))
+
+    def linear_weights(self):
+        """The four Linear weights (c_attn, attn.c_proj, c_fc, mlp.c_proj): what a step streams."""
+        return (self.keep[2], self.keep[4], self.keep[8], self.keep[10])
 
 
 def gpt_block_step(x, GPTBlockWeights weights, kcache, vcache, int64_t pos):
