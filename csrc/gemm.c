@@ -31,6 +31,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define MAX_THREADS 64
 
@@ -64,6 +67,7 @@ static const mll_gemm_isa *isa_params(void) {
      * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
     static int tuned_state = 0;                /* 0: not read yet, 1: in use, -1: unset or invalid */
+    if (getenv("MLL_DEV")) tuned_state = 0;
     if (tuned_state == 0) {
         const char *e = getenv("MINILLM_GEMM_BLOCKS");
         int kc, mc, nc, state = -1;
@@ -155,11 +159,27 @@ typedef struct {
 
 static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
 
+/* Packed blocks of 2 MiB and more are asked to live on 2 MiB pages (transparent huge pages
+ * in "madvise" mode): the micro-kernels walk a 6 MiB B block once per A block, 1536 small
+ * pages, more than the 2nd-level TLB holds beside A and C. Only the whole 2 MiB pages inside
+ * the block are advised; a kernel without THP ignores the hint. */
+static void advise_huge(void *ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)ptr + huge - 1) & ~(huge - 1), hi = ((uintptr_t)ptr + bytes) & ~(huge - 1);
+    if (getenv("MLL_NOHUGE")) return;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)ptr, (void)bytes;
+#endif
+}
+
 static float *grow(buffer *b, size_t bytes) {
     if (b->bytes < bytes) {
         mll_free(b->ptr, b->bytes);
         b->ptr = mll_alloc(bytes);
         b->bytes = b->ptr ? bytes : 0;
+        if (b->ptr) advise_huge(b->ptr, bytes);
     }
     return b->ptr;
 }
@@ -332,6 +352,59 @@ static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, 
     }
 }
 
+/* The blocked product for a team of nt > 1 threads, thread t, with a fixed split (the
+ * scheme of the classic threaded BLAS): thread t owns a band of whole MR-row tiles, rows
+ * balanced between threads, and packs it in blocks of at most MC rows into its own A buffer,
+ * which stays in its L2 while every B micro-panel of the block passes over it (12 and more
+ * tiles per B micro-panel fetched from L3). The B block is packed by all threads together
+ * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
+ * block: the barrier after packing block s also tells that every thread is done with block
+ * s - 1, whose buffer block s + 1 reuses. */
+static void gemm_team_static(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
+                             float *abuf) {
+    const int MR = p->mr, NR = p->nr;
+    const size_t bstride = bblock_floats(p, g->N);
+    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
+    const int64_t mtiles = (M + MR - 1) / MR, t0 = mtiles * t / nt, t1 = mtiles * (t + 1) / nt;
+    /* this thread's tiles in the fewest even blocks of at most MC rows */
+    const int64_t mctiles = p->mc / MR, nmblocks = (t1 - t0 + mctiles - 1) / mctiles;
+    int64_t kblock = 0;
+    for (int64_t jc = 0; jc < N; jc += p->nc) {
+        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+        int64_t npanels = (nc + NR - 1) / NR;
+        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep;
+            float beta = pc == 0 ? g->beta : 1.0f;
+            float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
+            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
+            if (g->transb && p->pack_b_cols)
+                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else if (!g->transb && p->pack_b_rows)
+                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
+            else
+                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
+#pragma omp barrier
+            for (int64_t mb = 0; mb < nmblocks; mb++) {
+                int64_t b0 = t0 + (t1 - t0) * mb / nmblocks, b1 = t0 + (t1 - t0) * (mb + 1) / nmblocks;
+                int64_t ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
+                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+                pack_a_block(p, g, Ablk, mc, kc, abuf);
+                for (int64_t q = 0; q < npanels; q++) {
+                    int64_t j = q * NR;
+                    int nr = nc - j < NR ? (int)(nc - j) : NR;
+                    const float *bp = bbuf + q * NR * p->kc;
+                    for (int64_t i = 0; i < mc; i += MR) {
+                        int mr = mc - i < MR ? (int)(mc - i) : MR;
+                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
+                                  beta, mr, nr);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
 static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
     int64_t rows = M < p->mc ? (M + p->mr - 1) / p->mr * p->mr : p->mc;
@@ -413,6 +486,24 @@ static void gemm_one(const gemm_args *g, int nt) {
     float *bbuf = tl_bbuf[0].ptr;
     if (nt == 1) {
         gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
+        return;
+    }
+    static int use_static = -1;
+    use_static = getenv("MLL_DYN") == NULL;
+    if (use_static) {
+        if (!ensure_buffers(p, g->M, g->N, nt, 1)) {
+            gemm_unpacked_args(g);
+            return;
+        }
+        buffer *abufs_t = tl_abuf;
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num(), team = omp_get_num_threads();
+            if (team == 1)
+                gemm_serial(p, g, bbuf, abufs_t[0].ptr);
+            else
+                gemm_team_static(p, g, t, team, bbuf, abufs_t[t].ptr);
+        }
         return;
     }
     /* the team shares two A blocks of TEAM_MC rows (tl_abuf[0]) and two B blocks */
