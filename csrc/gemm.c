@@ -352,11 +352,24 @@ static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, 
     }
 }
 
-/* The blocked product for a team of nt > 1 threads, thread t, with a fixed split (the
- * scheme of the classic threaded BLAS): thread t owns a band of whole MR-row tiles, rows
- * balanced between threads, and packs it in blocks of at most MC rows into its own A buffer,
- * which stays in its L2 while every B micro-panel of the block passes over it (12 and more
- * tiles per B micro-panel fetched from L3). The B block is packed by all threads together
+/* First tile of thread t of nt in an (mtiles x npanels) grid of tiles taken row by row, the
+ * grid cut into nt runs of equal work: a tile counts its rows (the last tile row may be short),
+ * so each thread gets the same number of C rows x micro-panels, to within one tile. */
+static int64_t split_tile(int64_t M, int MR, int64_t mtiles, int64_t npanels, int t, int nt) {
+    int64_t target = M * npanels * t / nt;                 /* row-panels before thread t's run */
+    int64_t r = target / (MR * npanels);
+    if (r > mtiles - 1) r = mtiles - 1;
+    int64_t rows = M - r * MR < MR ? M - r * MR : MR, rem = target - r * MR * npanels;
+    int64_t q = (rem + rows / 2) / rows;
+    return r * npanels + (q < npanels ? q : npanels);
+}
+
+/* The blocked product for a team of nt > 1 threads, thread t, with a fixed split (close to
+ * the classic threaded BLAS): in each B block, the grid of MR x NR tiles of C, taken row by
+ * row, is cut into nt runs of equal work (split_tile), so a thread owns a band of tile rows,
+ * sharing at most one row with its neighbours. It packs its band in blocks of at most MC rows
+ * into its own A buffer, which stays in its L2 while every B micro-panel passes over it (9 and
+ * more tiles per B micro-panel fetched from L3). The B block is packed by all threads together
  * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
  * block: the barrier after packing block s also tells that every thread is done with block
  * s - 1, whose buffer block s + 1 reuses. */
@@ -365,13 +378,15 @@ static void gemm_team_static(const mll_gemm_isa *p, const gemm_args *g, int t, i
     const int MR = p->mr, NR = p->nr;
     const size_t bstride = bblock_floats(p, g->N);
     const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    const int64_t mtiles = (M + MR - 1) / MR, t0 = mtiles * t / nt, t1 = mtiles * (t + 1) / nt;
-    /* this thread's tiles in the fewest even blocks of at most MC rows */
-    const int64_t mctiles = p->mc / MR, nmblocks = (t1 - t0 + mctiles - 1) / mctiles;
+    const int64_t mtiles = (M + MR - 1) / MR, mctiles = p->mc / MR;
     int64_t kblock = 0;
     for (int64_t jc = 0; jc < N; jc += p->nc) {
         int64_t nc = N - jc < p->nc ? N - jc : p->nc;
         int64_t npanels = (nc + NR - 1) / NR;
+        int64_t w0 = split_tile(M, MR, mtiles, npanels, t, nt), w1 = split_tile(M, MR, mtiles, npanels, t + 1, nt);
+        /* tile rows ra..rb-1 hold the run, in the fewest even blocks of at most MC rows */
+        int64_t ra = w0 / npanels, rb = w1 > w0 ? (w1 - 1) / npanels + 1 : ra;
+        int64_t nmblocks = (rb - ra + mctiles - 1) / mctiles;
         for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
             int64_t kc = K - pc < kstep ? K - pc : kstep;
             float beta = pc == 0 ? g->beta : 1.0f;
@@ -386,7 +401,7 @@ static void gemm_team_static(const mll_gemm_isa *p, const gemm_args *g, int t, i
                 pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
 #pragma omp barrier
             for (int64_t mb = 0; mb < nmblocks; mb++) {
-                int64_t b0 = t0 + (t1 - t0) * mb / nmblocks, b1 = t0 + (t1 - t0) * (mb + 1) / nmblocks;
+                int64_t b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
                 int64_t ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
                 const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
                 pack_a_block(p, g, Ablk, mc, kc, abuf);
@@ -394,7 +409,10 @@ static void gemm_team_static(const mll_gemm_isa *p, const gemm_args *g, int t, i
                     int64_t j = q * NR;
                     int nr = nc - j < NR ? (int)(nc - j) : NR;
                     const float *bp = bbuf + q * NR * p->kc;
-                    for (int64_t i = 0; i < mc; i += MR) {
+                    for (int64_t r = b0; r < b1; r++) {
+                        int64_t tile = r * npanels + q;
+                        if (tile < w0 || tile >= w1) continue;
+                        int64_t i = (r - b0) * MR;
                         int mr = mc - i < MR ? (int)(mc - i) : MR;
                         p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
                                   beta, mr, nr);
