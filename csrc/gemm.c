@@ -11,8 +11,9 @@
  *         for jr in nc, step NR:        B micro-panel kc x NR    -> reused over ir
  *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
  *
- * A team of threads (gemm_team_dynamic) packs a B block and an A block of TEAM_MC rows
- * together into shared buffers, then takes small items of tiles from a shared counter.
+ * A team of threads (gemm_team) packs each B block together into a shared buffer; each
+ * thread then runs the two inner loops over its own run of C's tiles (a fixed split of
+ * equal work), packing the rows of A it needs into its own buffer.
  *
  * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
  * with the right strides), so backward products never copy a transpose.
@@ -50,7 +51,7 @@
  * MC = 168 (12 tiles): one thread's A block, 168 x 512 x 4 B = 336 KiB, stays in L2 while
  *     all B micro-panels of the block pass over it.
  * NC = 3072: the B block, 512 x 3072 x 4 B = 6 MiB (twice: double-buffered), shared by the
- *     threads in L3 with the team's A blocks (TEAM_MC below, 2 x 2 MiB).
+ *     threads in L3.
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
@@ -67,7 +68,6 @@ static const mll_gemm_isa *isa_params(void) {
      * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
     static int tuned_state = 0;                /* 0: not read yet, 1: in use, -1: unset or invalid */
-    if (getenv("MLL_DEV")) tuned_state = 0;
     if (tuned_state == 0) {
         const char *e = getenv("MINILLM_GEMM_BLOCKS");
         int kc, mc, nc, state = -1;
@@ -167,7 +167,6 @@ static void advise_huge(void *ptr, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const uintptr_t huge = (uintptr_t)2 << 20;
     uintptr_t lo = ((uintptr_t)ptr + huge - 1) & ~(huge - 1), hi = ((uintptr_t)ptr + bytes) & ~(huge - 1);
-    if (getenv("MLL_NOHUGE")) return;
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
 #else
     (void)ptr, (void)bytes;
@@ -239,7 +238,7 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
 }
 
 /* The blocked product on one thread, with B packed into bbufs (two blocks' room: the
- * layout is the team's, gemm_team_dynamic) and A into abuf. */
+ * layout is the team's, gemm_team) and A into abuf. */
 static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs, float *abuf) {
     const int MR = p->mr, NR = p->nr;
     const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
@@ -275,83 +274,6 @@ static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs,
     }
 }
 
-/* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
- * AVX-512, 1008 x 512 x 4 B = 2 MiB (twice, double-buffered) in L3 next to the B blocks. */
-#define TEAM_MC (14 * 6 * 12)
-/* A work item of the team: 2 MR-row tiles by 4 NR-column panels, 8 kernel calls (about
- * 25 us with AVX-512), so the threads finish a block within one small item of each other.
- * Each B micro-panel then serves 2 tiles and comes from L3 more often, which the B prefetch
- * distance in the AVX-512 kernel covers (112 GFLOPS a core with no reuse at all). */
-#define ITEM_TILE_ROWS 2
-#define ITEM_PANELS 4
-
-/* The blocked product for a team of nt > 1 threads, thread t, with work handed out as it
- * frees up: the A block (TEAM_MC rows) and the B block are packed by all threads together
- * (a fixed split) into shared, double-buffered space, then the threads take items of
- * ITEM_TILE_ROWS x ITEM_PANELS tiles from a shared counter. On a machine where another
- * process holds part of a core, the thread that runs faster takes more items instead of
- * waiting at the next barrier. Which thread runs a tile never changes its arithmetic, so
- * results stay bitwise those of one thread. One barrier per block: the barrier after
- * packing block s also tells that every thread is done with block s - 1, whose buffers
- * block s + 1 reuses. */
-static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
-                              float *abufs, int64_t *counters) {
-    const int MR = p->mr, NR = p->nr;
-    const size_t bstride = bblock_floats(p, g->N), astride = (size_t)TEAM_MC * p->kc;
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    int64_t step = 0, kblock = 0;
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
-        int64_t npanels = (nc + NR - 1) / NR, pgroups = (npanels + ITEM_PANELS - 1) / ITEM_PANELS;
-        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
-            for (int64_t ic = 0; ic < M; ic += TEAM_MC, step++) {
-                int64_t mc = M - ic < TEAM_MC ? M - ic : TEAM_MC;
-                int64_t mtiles = (mc + MR - 1) / MR, rgroups = (mtiles + ITEM_TILE_ROWS - 1) / ITEM_TILE_ROWS;
-                float *abuf = abufs + (size_t)(step & 1) * astride;
-                int64_t r0 = mtiles * t / nt, r1 = mtiles * (t + 1) / nt;
-                if (r0 < r1) {
-                    int64_t rows = (r1 * MR < mc ? r1 * MR : mc) - r0 * MR;
-                    const float *Ablk = g->transa ? g->A + pc * g->lda + ic + r0 * MR
-                                                  : g->A + (ic + r0 * MR) * g->lda + pc;
-                    pack_a_block(p, g, Ablk, rows, kc, abuf + r0 * MR * kc);
-                }
-#pragma omp barrier
-                if (t == 0) counters[(step + 1) & 1] = 0;      /* block s - 1's counter, done with */
-                int64_t nitems = rgroups * pgroups;
-                for (;;) {
-                    int64_t item = __atomic_fetch_add(&counters[step & 1], 1, __ATOMIC_RELAXED);
-                    if (item >= nitems) break;
-                    int64_t rg = item / pgroups, pg = item % pgroups;
-                    int64_t qend = (pg + 1) * ITEM_PANELS < npanels ? (pg + 1) * ITEM_PANELS : npanels;
-                    int64_t rend = (rg + 1) * ITEM_TILE_ROWS < mtiles ? (rg + 1) * ITEM_TILE_ROWS : mtiles;
-                    for (int64_t q = pg * ITEM_PANELS; q < qend; q++) {
-                        int64_t j = q * NR;
-                        int nr = nc - j < NR ? (int)(nc - j) : NR;
-                        const float *bp = bbuf + q * NR * p->kc;
-                        for (int64_t r = rg * ITEM_TILE_ROWS; r < rend; r++) {
-                            int64_t i = r * MR;
-                            int mr = mc - i < MR ? (int)(mc - i) : MR;
-                            p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc,
-                                      g->alpha, beta, mr, nr);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /* First tile of thread t of nt in an (mtiles x npanels) grid of tiles taken row by row, the
  * grid cut into nt runs of equal work: a tile counts its rows (the last tile row may be short),
  * so each thread gets the same number of C rows x micro-panels, to within one tile. */
@@ -373,7 +295,7 @@ static int64_t split_tile(int64_t M, int MR, int64_t mtiles, int64_t npanels, in
  * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
  * block: the barrier after packing block s also tells that every thread is done with block
  * s - 1, whose buffer block s + 1 reuses. */
-static void gemm_team_static(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
+static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
                              float *abuf) {
     const int MR = p->mr, NR = p->nr;
     const size_t bstride = bblock_floats(p, g->N);
@@ -506,39 +428,19 @@ static void gemm_one(const gemm_args *g, int nt) {
         gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
         return;
     }
-    static int use_static = -1;
-    use_static = getenv("MLL_DYN") == NULL;
-    if (use_static) {
-        if (!ensure_buffers(p, g->M, g->N, nt, 1)) {
-            gemm_unpacked_args(g);
-            return;
-        }
-        buffer *abufs_t = tl_abuf;
-#pragma omp parallel num_threads(nt)
-        {
-            int t = omp_get_thread_num(), team = omp_get_num_threads();
-            if (team == 1)
-                gemm_serial(p, g, bbuf, abufs_t[0].ptr);
-            else
-                gemm_team_static(p, g, t, team, bbuf, abufs_t[t].ptr);
-        }
-        return;
-    }
-    /* the team shares two A blocks of TEAM_MC rows (tl_abuf[0]) and two B blocks */
-    size_t abytes = 2 * (size_t)TEAM_MC * p->kc * sizeof(float);
-    if (!grow(&tl_abuf[0], abytes)) {
+    /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
+    if (!ensure_buffers(p, g->M, g->N, nt, 1)) {
         gemm_unpacked_args(g);
         return;
     }
-    float *abufs = tl_abuf[0].ptr;
-    int64_t counters[2] = {0, 0};
+    buffer *abufs = tl_abuf;
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
         if (team == 1)
-            gemm_serial(p, g, bbuf, abufs);
+            gemm_serial(p, g, bbuf, abufs[0].ptr);
         else
-            gemm_team_dynamic(p, g, t, team, bbuf, abufs, counters);
+            gemm_team(p, g, t, team, bbuf, abufs[t].ptr);
     }
 }
 
