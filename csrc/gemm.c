@@ -1,7 +1,7 @@
 /* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
  *
  * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
- * van de Geijn, ACM TOMS 2015), on one thread (gemm_serial):
+ * van de Geijn, ACM TOMS 2015), on one thread (mll_gemm_drive with nt = 1):
  *
  *   for jc in N, step NC:               B block kc x nc          -> packed, in L3
  *     for pc in K, step KC:
@@ -11,7 +11,7 @@
  *         for jr in nc, step NR:        B micro-panel kc x NR    -> reused over ir
  *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
  *
- * A team of threads (gemm_team) packs each B block together into a shared buffer; each
+ * A team of threads (mll_gemm_drive) packs each B block together into a shared buffer; each
  * thread then runs the two inner loops over its own run of C's tiles (a fixed split of
  * equal work), packing the rows of A it needs into its own buffer.
  *
@@ -213,22 +213,19 @@ typedef struct {
     float *C;
 } gemm_args;
 
-/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
- * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two). */
-static int64_t k_step(const mll_gemm_isa *p, int64_t K) {
-    int64_t nblocks = (K + p->kc - 1) / p->kc;
-    return (K + nblocks - 1) / nblocks;
-}
+/* ---------------------------------------------------- float32 callbacks of the driver */
 
-/* Floats in one packed B block of a product with N columns. */
-static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
-    int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
-    return (size_t)cols * p->kc;
-}
+typedef struct {
+    const mll_gemm_isa *p;
+    const gemm_args *g;
+} f32_ctx;
 
-/* Packs rows [0, mc) of the A block at Ablk (k depth kc) into ap, MR-row micro-panels. */
-static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float *Ablk, int64_t mc, int64_t kc,
-                         float *ap) {
+/* ap <- op(A)[ic:ic+mc, pc:pc+kc], MR-row micro-panels */
+static void f32_pack_a(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc, uint32_t *ap_) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+    float *ap = (float *)ap_;
     if (!g->transa && p->pack_a_rows)
         p->pack_a_rows(Ablk, g->lda, mc, kc, ap);
     else if (g->transa && p->pack_a_cols)
@@ -237,41 +234,55 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
         pack_a(g->transa, Ablk, g->lda, mc, kc, p->mr, ap);
 }
 
-/* The blocked product on one thread, with B packed into bbufs (two blocks' room: the
- * layout is the team's, gemm_team) and A into abuf. */
-static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs, float *abuf) {
-    const int MR = p->mr, NR = p->nr;
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
-        int64_t npanels = (nc + NR - 1) / NR;
-        for (int64_t pc = 0; pc < K; pc += kstep) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, 0, npanels, bbufs);
-            for (int64_t ic = 0; ic < M; ic += p->mc) {
-                int64_t mc = M - ic < p->mc ? M - ic : p->mc;
-                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                pack_a_block(p, g, Ablk, mc, kc, abuf);
-                for (int64_t q = 0; q < npanels; q++) {
-                    int64_t j = q * NR;
-                    int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const float *bp = bbufs + q * NR * p->kc;
-                    for (int64_t i = 0; i < mc; i += MR) {
-                        int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
-                                  beta, mr, nr);
-                    }
-                }
-            }
-        }
-    }
+/* micro-panels p0..p1-1 of op(B)[pc:pc+kc, jc:jc+nc] */
+static void f32_pack_b(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0, int64_t p1,
+                       uint32_t *bp_) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+    float *bp = (float *)bp_;
+    if (g->transb && p->pack_b_cols)
+        p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, p0, p1, bp);
+    else if (!g->transb && p->pack_b_rows)
+        p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, p0, p1, bp);
+    else
+        pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, p->nr, p0, p1, bp);
+}
+
+static void f32_kernel(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp, int64_t i, int64_t j,
+                       int first, int mr, int nr) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    p->kernel(kc, (const float *)ap, (const float *)bp, g->C + i * g->ldc + j, g->ldc, g->alpha,
+              first ? g->beta : 1.0f, mr, nr);
+}
+
+/* The driver for a float32 product with this ISA's kernel and packing (ctx must outlive it). */
+static mll_gemm_driver f32_driver(const f32_ctx *ctx) {
+    const mll_gemm_isa *p = ctx->p;
+    mll_gemm_driver d = {p->mr, p->nr, p->kc, p->mc, p->nc, 1, 2, ctx, f32_pack_a, f32_pack_b, f32_kernel};
+    return d;
+}
+
+/* Packed 32-bit units in a row of kc k (a float each, or a bf16 pair each). */
+static int64_t units(const mll_gemm_driver *d, int64_t kc) { return (kc * d->units_per_k2 + 1) / 2; }
+
+/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
+ * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two),
+ * rounded up to a multiple of kalign. */
+static int64_t k_step(const mll_gemm_driver *d, int64_t K) {
+    int64_t nblocks = (K + d->kc - 1) / d->kc, step = (K + nblocks - 1) / nblocks;
+    return (step + d->kalign - 1) / d->kalign * d->kalign;
+}
+
+size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N) {
+    int64_t cols = N < d->nc ? (N + d->nr - 1) / d->nr * d->nr : d->nc;
+    return (size_t)cols * units(d, d->kc);
+}
+
+size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M) {
+    int64_t rows = M < d->mc ? (M + d->mr - 1) / d->mr * d->mr : d->mc;
+    return (size_t)rows * units(d, d->kc);
 }
 
 /* First tile of thread t of nt in an (mtiles x npanels) grid of tiles taken row by row, the
@@ -286,58 +297,49 @@ static int64_t split_tile(int64_t M, int MR, int64_t mtiles, int64_t npanels, in
     return r * npanels + (q < npanels ? q : npanels);
 }
 
-/* The blocked product for a team of nt > 1 threads, thread t, with a fixed split (close to
- * the classic threaded BLAS): in each B block, the grid of MR x NR tiles of C, taken row by
- * row, is cut into nt runs of equal work (split_tile), so a thread owns a band of tile rows,
- * sharing at most one row with its neighbours. It packs its band in blocks of at most MC rows
- * into its own A buffer, which stays in its L2 while every B micro-panel passes over it (9 and
- * more tiles per B micro-panel fetched from L3). The B block is packed by all threads together
+/* The blocked product, thread t of a team of nt, with a fixed split (close to the classic
+ * threaded BLAS): in each B block, the grid of MR x NR tiles of C, taken row by row, is cut
+ * into nt runs of equal work (split_tile), so a thread owns a band of tile rows, sharing at
+ * most one row with its neighbours. It packs its band in blocks of at most MC rows into its
+ * own A buffer, which stays in its L2 while every B micro-panel passes over it (9 and more
+ * tiles per B micro-panel fetched from L3). The B block is packed by all threads together
  * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
  * block: the barrier after packing block s also tells that every thread is done with block
- * s - 1, whose buffer block s + 1 reuses. */
-static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
-                             float *abuf) {
-    const int MR = p->mr, NR = p->nr;
-    const size_t bstride = bblock_floats(p, g->N);
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    const int64_t mtiles = (M + MR - 1) / MR, mctiles = p->mc / MR;
+ * s - 1, whose buffer block s + 1 reuses. With nt == 1 this is the plain five-loop product. */
+void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
+                    uint32_t *abuf) {
+    const int MR = d->mr, NR = d->nr;
+    const size_t bstride = mll_gemm_bblock_units(d, N), pstride = (size_t)NR * units(d, d->kc);
+    const int64_t kstep = k_step(d, K), mtiles = (M + MR - 1) / MR, mctiles = d->mc / MR;
     int64_t kblock = 0;
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+    for (int64_t jc = 0; jc < N; jc += d->nc) {
+        int64_t nc = N - jc < d->nc ? N - jc : d->nc;
         int64_t npanels = (nc + NR - 1) / NR;
         int64_t w0 = split_tile(M, MR, mtiles, npanels, t, nt), w1 = split_tile(M, MR, mtiles, npanels, t + 1, nt);
         /* tile rows ra..rb-1 hold the run, in the fewest even blocks of at most MC rows */
         int64_t ra = w0 / npanels, rb = w1 > w0 ? (w1 - 1) / npanels + 1 : ra;
         int64_t nmblocks = (rb - ra + mctiles - 1) / mctiles;
         for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
+            int64_t kc = K - pc < kstep ? K - pc : kstep, arow = units(d, kc);
+            uint32_t *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
+            d->pack_b(d->ctx, jc, pc, nc, kc, npanels * t / nt, npanels * (t + 1) / nt, bbuf);
+            if (nt > 1) {
 #pragma omp barrier
+            }
             for (int64_t mb = 0; mb < nmblocks; mb++) {
                 int64_t b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
                 int64_t ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
-                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                pack_a_block(p, g, Ablk, mc, kc, abuf);
+                d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
                 for (int64_t q = 0; q < npanels; q++) {
                     int64_t j = q * NR;
                     int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const float *bp = bbuf + q * NR * p->kc;
                     for (int64_t r = b0; r < b1; r++) {
                         int64_t tile = r * npanels + q;
                         if (tile < w0 || tile >= w1) continue;
                         int64_t i = (r - b0) * MR;
                         int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
-                                  beta, mr, nr);
+                        d->kernel(d->ctx, kc, abuf + i * arow, bbuf + q * pstride, ic + i, jc + j,
+                                  pc == 0, mr, nr);
                     }
                 }
             }
@@ -347,10 +349,15 @@ static void gemm_team(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, 
 
 /* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
 static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
-    int64_t rows = M < p->mc ? (M + p->mr - 1) / p->mr * p->mr : p->mc;
-    return (size_t)rows * p->kc * sizeof(float);
+    f32_ctx ctx = {p, NULL};
+    mll_gemm_driver d = f32_driver(&ctx);
+    return mll_gemm_ablock_units(&d, M) * sizeof(float);
 }
-static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
+static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) {
+    f32_ctx ctx = {p, NULL};
+    mll_gemm_driver d = f32_driver(&ctx);
+    return 2 * mll_gemm_bblock_units(&d, N) * sizeof(float);
+}
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
 #define PARALLEL_MIN_FMAS (80 * 80 * 80)
@@ -423,9 +430,11 @@ static void gemm_one(const gemm_args *g, int nt) {
         gemm_unpacked_args(g);
         return;
     }
-    float *bbuf = tl_bbuf[0].ptr;
+    f32_ctx ctx = {p, g};
+    mll_gemm_driver d = f32_driver(&ctx);
+    uint32_t *bbuf = (uint32_t *)tl_bbuf[0].ptr;
     if (nt == 1) {
-        gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
+        mll_gemm_drive(&d, g->M, g->N, g->K, 0, 1, bbuf, (uint32_t *)tl_abuf[0].ptr);
         return;
     }
     /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
@@ -437,10 +446,7 @@ static void gemm_one(const gemm_args *g, int nt) {
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        if (team == 1)
-            gemm_serial(p, g, bbuf, abufs[0].ptr);
-        else
-            gemm_team(p, g, t, team, bbuf, abufs[t].ptr);
+        mll_gemm_drive(&d, g->M, g->N, g->K, t, team, bbuf, (uint32_t *)abufs[t].ptr);
     }
 }
 
@@ -488,6 +494,8 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
         int t = omp_get_thread_num();
         gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
-        gemm_serial(p, &g, bbufs[t].ptr, abufs[t].ptr);
+        f32_ctx ctx = {p, &g};
+        mll_gemm_driver d = f32_driver(&ctx);
+        mll_gemm_drive(&d, M, N, K, 0, 1, (uint32_t *)bbufs[t].ptr, (uint32_t *)abufs[t].ptr);
     }
 }
