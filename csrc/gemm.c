@@ -1,7 +1,7 @@
 /* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
  *
  * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
- * van de Geijn, ACM TOMS 2015), on one thread (gemm_serial):
+ * van de Geijn, ACM TOMS 2015), on one thread (mll_gemm_drive with nt = 1):
  *
  *   for jc in N, step NC:               B block kc x nc          -> packed, in L3
  *     for pc in K, step KC:
@@ -11,8 +11,9 @@
  *         for jr in nc, step NR:        B micro-panel kc x NR    -> reused over ir
  *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
  *
- * A team of threads (gemm_team_dynamic) packs a B block and an A block of TEAM_MC rows
- * together into shared buffers, then takes small items of tiles from a shared counter.
+ * A team of threads (mll_gemm_drive) packs each B block together into a shared buffer; each
+ * thread then runs the two inner loops over its own run of C's tiles (a fixed split of
+ * equal work), packing the rows of A it needs into its own buffer.
  *
  * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
  * with the right strides), so backward products never copy a transpose.
@@ -31,6 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define MAX_THREADS 64
 
@@ -47,7 +51,7 @@
  * MC = 168 (12 tiles): one thread's A block, 168 x 512 x 4 B = 336 KiB, stays in L2 while
  *     all B micro-panels of the block pass over it.
  * NC = 3072: the B block, 512 x 3072 x 4 B = 6 MiB (twice: double-buffered), shared by the
- *     threads in L3 with the team's A blocks (TEAM_MC below, 2 x 2 MiB).
+ *     threads in L3.
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
@@ -155,11 +159,27 @@ typedef struct {
 
 static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
 
+/* Packed blocks of 2 MiB and more are asked to live on 2 MiB pages (transparent huge pages
+ * in "madvise" mode, as numpy asks for its large arrays): the two 6 MiB B blocks are 3072
+ * small pages, the whole 2nd-level TLB of a Zen 4 core, to share with A and C. (LM head
+ * forward, one thread: 96-98 against 93-96 GFLOPS without, on a busy machine.) Only the whole
+ * 2 MiB pages inside the block are advised; a kernel without THP ignores the hint. */
+static void advise_huge(void *ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)ptr + huge - 1) & ~(huge - 1), hi = ((uintptr_t)ptr + bytes) & ~(huge - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)ptr, (void)bytes;
+#endif
+}
+
 static float *grow(buffer *b, size_t bytes) {
     if (b->bytes < bytes) {
         mll_free(b->ptr, b->bytes);
         b->ptr = mll_alloc(bytes);
         b->bytes = b->ptr ? bytes : 0;
+        if (b->ptr) advise_huge(b->ptr, bytes);
     }
     return b->ptr;
 }
@@ -194,22 +214,19 @@ typedef struct {
     float *C;
 } gemm_args;
 
-/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
- * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two). */
-static int64_t k_step(const mll_gemm_isa *p, int64_t K) {
-    int64_t nblocks = (K + p->kc - 1) / p->kc;
-    return (K + nblocks - 1) / nblocks;
-}
+/* ---------------------------------------------------- float32 callbacks of the driver */
 
-/* Floats in one packed B block of a product with N columns. */
-static size_t bblock_floats(const mll_gemm_isa *p, int64_t N) {
-    int64_t cols = N < p->nc ? (N + p->nr - 1) / p->nr * p->nr : p->nc;
-    return (size_t)cols * p->kc;
-}
+typedef struct {
+    const mll_gemm_isa *p;
+    const gemm_args *g;
+} f32_ctx;
 
-/* Packs rows [0, mc) of the A block at Ablk (k depth kc) into ap, MR-row micro-panels. */
-static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float *Ablk, int64_t mc, int64_t kc,
-                         float *ap) {
+/* ap <- op(A)[ic:ic+mc, pc:pc+kc], MR-row micro-panels */
+static void f32_pack_a(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc, uint32_t *ap_) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
+    float *ap = (float *)ap_;
     if (!g->transa && p->pack_a_rows)
         p->pack_a_rows(Ablk, g->lda, mc, kc, ap);
     else if (g->transa && p->pack_a_cols)
@@ -218,113 +235,112 @@ static void pack_a_block(const mll_gemm_isa *p, const gemm_args *g, const float 
         pack_a(g->transa, Ablk, g->lda, mc, kc, p->mr, ap);
 }
 
-/* The blocked product on one thread, with B packed into bbufs (two blocks' room: the
- * layout is the team's, gemm_team_dynamic) and A into abuf. */
-static void gemm_serial(const mll_gemm_isa *p, const gemm_args *g, float *bbufs, float *abuf) {
-    const int MR = p->mr, NR = p->nr;
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
+/* micro-panels p0..p1-1 of op(B)[pc:pc+kc, jc:jc+nc] */
+static void f32_pack_b(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0, int64_t p1,
+                       uint32_t *bp_) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
+    float *bp = (float *)bp_;
+    if (g->transb && p->pack_b_cols)
+        p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, p0, p1, bp);
+    else if (!g->transb && p->pack_b_rows)
+        p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, p0, p1, bp);
+    else
+        pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, p->nr, p0, p1, bp);
+}
+
+static void f32_kernel(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp, int64_t i, int64_t j,
+                       int first, int mr, int nr) {
+    const mll_gemm_isa *p = ((const f32_ctx *)ctx)->p;
+    const gemm_args *g = ((const f32_ctx *)ctx)->g;
+    p->kernel(kc, (const float *)ap, (const float *)bp, g->C + i * g->ldc + j, g->ldc, g->alpha,
+              first ? g->beta : 1.0f, mr, nr);
+}
+
+/* The driver for a float32 product with this ISA's kernel and packing (ctx must outlive it). */
+static mll_gemm_driver f32_driver(const f32_ctx *ctx) {
+    const mll_gemm_isa *p = ctx->p;
+    mll_gemm_driver d = {p->mr, p->nr, p->kc, p->mc, p->nc, 1, 2, ctx, f32_pack_a, f32_pack_b, f32_kernel};
+    return d;
+}
+
+/* Packed 32-bit units in a row of kc k (a float each, or a bf16 pair each). */
+static int64_t units(const mll_gemm_driver *d, int64_t kc) { return (kc * d->units_per_k2 + 1) / 2; }
+
+/* Depth of the k blocks for a product of depth K: the fewest blocks of at most KC, made
+ * even (K = 512 is one block, not 384 + 128: C makes one trip through memory, not two),
+ * rounded up to a multiple of kalign. */
+static int64_t k_step(const mll_gemm_driver *d, int64_t K) {
+    int64_t nblocks = (K + d->kc - 1) / d->kc, step = (K + nblocks - 1) / nblocks;
+    return (step + d->kalign - 1) / d->kalign * d->kalign;
+}
+
+size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N) {
+    int64_t cols = N < d->nc ? (N + d->nr - 1) / d->nr * d->nr : d->nc;
+    return (size_t)cols * units(d, d->kc);
+}
+
+size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M) {
+    int64_t rows = M < d->mc ? (M + d->mr - 1) / d->mr * d->mr : d->mc;
+    return (size_t)rows * units(d, d->kc);
+}
+
+/* First tile of thread t of nt in an (mtiles x npanels) grid of tiles taken row by row, the
+ * grid cut into nt runs of equal work: a tile counts its rows (the last tile row may be short),
+ * so each thread gets the same number of C rows x micro-panels, to within one tile. */
+static int64_t split_tile(int64_t M, int MR, int64_t mtiles, int64_t npanels, int t, int nt) {
+    int64_t target = M * npanels * t / nt;                 /* row-panels before thread t's run */
+    int64_t r = target / (MR * npanels);
+    if (r > mtiles - 1) r = mtiles - 1;
+    int64_t rows = M - r * MR < MR ? M - r * MR : MR, rem = target - r * MR * npanels;
+    int64_t q = (rem + rows / 2) / rows;
+    return r * npanels + (q < npanels ? q : npanels);
+}
+
+/* The blocked product, thread t of a team of nt, with a fixed split (close to the classic
+ * threaded BLAS): in each B block, the grid of MR x NR tiles of C, taken row by row, is cut
+ * into nt runs of equal work (split_tile), so a thread owns a band of tile rows, sharing at
+ * most one row with its neighbours. It packs its band in blocks of at most MC rows into its
+ * own A buffer, which stays in its L2 while every B micro-panel passes over it (9 and more
+ * tiles per B micro-panel fetched from L3). The B block is packed by all threads together
+ * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
+ * block: the barrier after packing block s also tells that every thread is done with block
+ * s - 1, whose buffer block s + 1 reuses. With nt == 1 this is the plain five-loop product. */
+void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
+                    uint32_t *abuf) {
+    const int MR = d->mr, NR = d->nr;
+    const size_t bstride = mll_gemm_bblock_units(d, N), pstride = (size_t)NR * units(d, d->kc);
+    const int64_t kstep = k_step(d, K), mtiles = (M + MR - 1) / MR, mctiles = d->mc / MR;
+    int64_t kblock = 0;
+    for (int64_t jc = 0; jc < N; jc += d->nc) {
+        int64_t nc = N - jc < d->nc ? N - jc : d->nc;
         int64_t npanels = (nc + NR - 1) / NR;
-        for (int64_t pc = 0; pc < K; pc += kstep) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, 0, npanels, bbufs);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, 0, npanels, bbufs);
-            for (int64_t ic = 0; ic < M; ic += p->mc) {
-                int64_t mc = M - ic < p->mc ? M - ic : p->mc;
-                const float *Ablk = g->transa ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc;
-                pack_a_block(p, g, Ablk, mc, kc, abuf);
+        int64_t w0 = split_tile(M, MR, mtiles, npanels, t, nt), w1 = split_tile(M, MR, mtiles, npanels, t + 1, nt);
+        /* tile rows ra..rb-1 hold the run, in the fewest even blocks of at most MC rows */
+        int64_t ra = w0 / npanels, rb = w1 > w0 ? (w1 - 1) / npanels + 1 : ra;
+        int64_t nmblocks = (rb - ra + mctiles - 1) / mctiles;
+        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
+            int64_t kc = K - pc < kstep ? K - pc : kstep, arow = units(d, kc);
+            uint32_t *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
+            d->pack_b(d->ctx, jc, pc, nc, kc, npanels * t / nt, npanels * (t + 1) / nt, bbuf);
+            if (nt > 1) {
+#pragma omp barrier
+            }
+            for (int64_t mb = 0; mb < nmblocks; mb++) {
+                int64_t b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
+                int64_t ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
+                d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
                 for (int64_t q = 0; q < npanels; q++) {
                     int64_t j = q * NR;
                     int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const float *bp = bbufs + q * NR * p->kc;
-                    for (int64_t i = 0; i < mc; i += MR) {
+                    for (int64_t r = b0; r < b1; r++) {
+                        int64_t tile = r * npanels + q;
+                        if (tile < w0 || tile >= w1) continue;
+                        int64_t i = (r - b0) * MR;
                         int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc, g->alpha,
-                                  beta, mr, nr);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/* Rows of A packed at once by a team, shared by its threads: a multiple of every MR; with
- * AVX-512, 1008 x 512 x 4 B = 2 MiB (twice, double-buffered) in L3 next to the B blocks. */
-#define TEAM_MC (14 * 6 * 12)
-/* A work item of the team: 2 MR-row tiles by 4 NR-column panels, 8 kernel calls (about
- * 25 us with AVX-512), so the threads finish a block within one small item of each other.
- * Each B micro-panel then serves 2 tiles and comes from L3 more often, which the B prefetch
- * distance in the AVX-512 kernel covers (112 GFLOPS a core with no reuse at all). */
-#define ITEM_TILE_ROWS 2
-#define ITEM_PANELS 4
-
-/* The blocked product for a team of nt > 1 threads, thread t, with work handed out as it
- * frees up: the A block (TEAM_MC rows) and the B block are packed by all threads together
- * (a fixed split) into shared, double-buffered space, then the threads take items of
- * ITEM_TILE_ROWS x ITEM_PANELS tiles from a shared counter. On a machine where another
- * process holds part of a core, the thread that runs faster takes more items instead of
- * waiting at the next barrier. Which thread runs a tile never changes its arithmetic, so
- * results stay bitwise those of one thread. One barrier per block: the barrier after
- * packing block s also tells that every thread is done with block s - 1, whose buffers
- * block s + 1 reuses. */
-static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, int nt, float *bbufs,
-                              float *abufs, int64_t *counters) {
-    const int MR = p->mr, NR = p->nr;
-    const size_t bstride = bblock_floats(p, g->N), astride = (size_t)TEAM_MC * p->kc;
-    const int64_t M = g->M, N = g->N, K = g->K, kstep = k_step(p, K);
-    int64_t step = 0, kblock = 0;
-    for (int64_t jc = 0; jc < N; jc += p->nc) {
-        int64_t nc = N - jc < p->nc ? N - jc : p->nc;
-        int64_t npanels = (nc + NR - 1) / NR, pgroups = (npanels + ITEM_PANELS - 1) / ITEM_PANELS;
-        for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            float *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
-            const float *Bblk = g->transb ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc;
-            int64_t s0 = npanels * t / nt, s1 = npanels * (t + 1) / nt;
-            if (g->transb && p->pack_b_cols)
-                p->pack_b_cols(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else if (!g->transb && p->pack_b_rows)
-                p->pack_b_rows(Bblk, g->ldb, nc, kc, p->kc, s0, s1, bbuf);
-            else
-                pack_b(g->transb, Bblk, g->ldb, nc, kc, p->kc, NR, s0, s1, bbuf);
-            for (int64_t ic = 0; ic < M; ic += TEAM_MC, step++) {
-                int64_t mc = M - ic < TEAM_MC ? M - ic : TEAM_MC;
-                int64_t mtiles = (mc + MR - 1) / MR, rgroups = (mtiles + ITEM_TILE_ROWS - 1) / ITEM_TILE_ROWS;
-                float *abuf = abufs + (size_t)(step & 1) * astride;
-                int64_t r0 = mtiles * t / nt, r1 = mtiles * (t + 1) / nt;
-                if (r0 < r1) {
-                    int64_t rows = (r1 * MR < mc ? r1 * MR : mc) - r0 * MR;
-                    const float *Ablk = g->transa ? g->A + pc * g->lda + ic + r0 * MR
-                                                  : g->A + (ic + r0 * MR) * g->lda + pc;
-                    pack_a_block(p, g, Ablk, rows, kc, abuf + r0 * MR * kc);
-                }
-#pragma omp barrier
-                if (t == 0) counters[(step + 1) & 1] = 0;      /* block s - 1's counter, done with */
-                int64_t nitems = rgroups * pgroups;
-                for (;;) {
-                    int64_t item = __atomic_fetch_add(&counters[step & 1], 1, __ATOMIC_RELAXED);
-                    if (item >= nitems) break;
-                    int64_t rg = item / pgroups, pg = item % pgroups;
-                    int64_t qend = (pg + 1) * ITEM_PANELS < npanels ? (pg + 1) * ITEM_PANELS : npanels;
-                    int64_t rend = (rg + 1) * ITEM_TILE_ROWS < mtiles ? (rg + 1) * ITEM_TILE_ROWS : mtiles;
-                    for (int64_t q = pg * ITEM_PANELS; q < qend; q++) {
-                        int64_t j = q * NR;
-                        int nr = nc - j < NR ? (int)(nc - j) : NR;
-                        const float *bp = bbuf + q * NR * p->kc;
-                        for (int64_t r = rg * ITEM_TILE_ROWS; r < rend; r++) {
-                            int64_t i = r * MR;
-                            int mr = mc - i < MR ? (int)(mc - i) : MR;
-                            p->kernel(kc, abuf + i * kc, bp, g->C + (ic + i) * g->ldc + jc + j, g->ldc,
-                                      g->alpha, beta, mr, nr);
-                        }
+                        d->kernel(d->ctx, kc, abuf + i * arow, bbuf + q * pstride, ic + i, jc + j,
+                                  pc == 0, mr, nr);
                     }
                 }
             }
@@ -334,10 +350,15 @@ static void gemm_team_dynamic(const mll_gemm_isa *p, const gemm_args *g, int t, 
 
 /* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
 static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
-    int64_t rows = M < p->mc ? (M + p->mr - 1) / p->mr * p->mr : p->mc;
-    return (size_t)rows * p->kc * sizeof(float);
+    f32_ctx ctx = {p, NULL};
+    mll_gemm_driver d = f32_driver(&ctx);
+    return mll_gemm_ablock_units(&d, M) * sizeof(float);
 }
-static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) { return 2 * bblock_floats(p, N) * sizeof(float); }
+static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) {
+    f32_ctx ctx = {p, NULL};
+    mll_gemm_driver d = f32_driver(&ctx);
+    return 2 * mll_gemm_bblock_units(&d, N) * sizeof(float);
+}
 
 /* Products below this many multiply-adds run on one thread: forking costs more. */
 #define PARALLEL_MIN_FMAS (80 * 80 * 80)
@@ -410,26 +431,23 @@ static void gemm_one(const gemm_args *g, int nt) {
         gemm_unpacked_args(g);
         return;
     }
-    float *bbuf = tl_bbuf[0].ptr;
+    f32_ctx ctx = {p, g};
+    mll_gemm_driver d = f32_driver(&ctx);
+    uint32_t *bbuf = (uint32_t *)tl_bbuf[0].ptr;
     if (nt == 1) {
-        gemm_serial(p, g, bbuf, tl_abuf[0].ptr);
+        mll_gemm_drive(&d, g->M, g->N, g->K, 0, 1, bbuf, (uint32_t *)tl_abuf[0].ptr);
         return;
     }
-    /* the team shares two A blocks of TEAM_MC rows (tl_abuf[0]) and two B blocks */
-    size_t abytes = 2 * (size_t)TEAM_MC * p->kc * sizeof(float);
-    if (!grow(&tl_abuf[0], abytes)) {
+    /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
+    if (!ensure_buffers(p, g->M, g->N, nt, 1)) {
         gemm_unpacked_args(g);
         return;
     }
-    float *abufs = tl_abuf[0].ptr;
-    int64_t counters[2] = {0, 0};
+    buffer *abufs = tl_abuf;
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        if (team == 1)
-            gemm_serial(p, g, bbuf, abufs);
-        else
-            gemm_team_dynamic(p, g, t, team, bbuf, abufs, counters);
+        mll_gemm_drive(&d, g->M, g->N, g->K, t, team, bbuf, (uint32_t *)abufs[t].ptr);
     }
 }
 
@@ -477,6 +495,8 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
         int t = omp_get_thread_num();
         gemm_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A + b * strideA,
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
-        gemm_serial(p, &g, bbufs[t].ptr, abufs[t].ptr);
+        f32_ctx ctx = {p, &g};
+        mll_gemm_driver d = f32_driver(&ctx);
+        mll_gemm_drive(&d, M, N, K, 0, 1, (uint32_t *)bbufs[t].ptr, (uint32_t *)abufs[t].ptr);
     }
 }

@@ -50,9 +50,25 @@ AVX512 static inline __attribute__((always_inline)) void tile(const int R, const
         ap += MR;
         bp += NR;
     }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    if (H == 2 && nr == NR) {
+        /* full width: plain loads and stores (masked stores are slow on Zen 4) */
+#pragma GCC unroll 14
+        for (int i = 0; i < R; i++) {
+            if (i >= mr) break;
+            float *crow = c + i * ldc;
+            __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+            if (beta != 0.0f) {
+                r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_loadu_ps(crow)));
+                r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_loadu_ps(crow + 16)));
+            }
+            _mm512_storeu_ps(crow, r0);
+            _mm512_storeu_ps(crow + 16, r1);
+        }
+        return;
+    }
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 14
     for (int i = 0; i < R; i++) {
         if (i >= mr) break;

@@ -12,17 +12,17 @@
  * per row and multiplies it with two vectors of 16 B words: 28 VDPBF16PS per k pair, i.e. twice the
  * multiply-adds of the float32 kernel per instruction.
  *
- * Blocking, threading and determinism follow gemm.c: B blocks packed once per (jc, pc) and shared
- * by the team (threads split its micro-panels), each thread takes an even, contiguous run of the
- * MR x NR tiles and packs only the A rows it touches; every element of C is summed by one
- * micro-kernel in k order, so results are bitwise identical for any thread count.
- * (This is a separate driver from gemm.c's only because the packed element is a 32-bit pair of
- * bf16 rather than a float and the source may be float32 or bf16; see the notes at the end.)
+ * Blocking, threading and determinism are gemm.c's driver (mll_gemm_drive, gemm_internal.h), fed
+ * with this file's packing and micro-kernel: B blocks packed once per (jc, pc) and shared by the
+ * team, each thread takes an equal run of the MR x NR tiles and packs only the A rows it touches;
+ * every element of C is summed by one micro-kernel in k order, so results are bitwise identical
+ * for any thread count.
  *
  * Elsewhere (no AVX-512 BF16, or another ISA forced): the operands are rounded to bf16 into float32
  * copies and multiplied by mll_sgemm, so every path computes products of the same bf16 values.
  */
 #include "minillm.h"
+#include "gemm_internal.h"
 
 #include <string.h>
 #include <omp.h>
@@ -294,81 +294,50 @@ static uint32_t *grow(buffer *b, size_t bytes) {
     return b->ptr;
 }
 
-/* words in one packed B block of a product with N columns */
-static size_t bblock_words(int64_t N) {
-    int64_t cols = N < NC ? (N + NR - 1) / NR * NR : NC;
-    return (size_t)cols * (KC / 2);
+/* ------------------------------------------------- callbacks of gemm.c's driver */
+
+/* ap <- op(A)[ic:ic+mc, pc:pc+kc] as MR-row micro-panels of bf16 pairs */
+AVX512 static void bf16_pack_a(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc, uint32_t *ap) {
+    const bf16_args *g = ctx;
+    pack_a(g->transa, offset(g->A, g->adt, g->transa ? pc * g->lda + ic : ic * g->lda + pc), g->adt, g->lda, mc,
+           kc, ap);
 }
 
-/* Thread t of nt: the blocked product, tiles [t0, t1) of each B block (row-major over
- * mtiles x npanels) as gemm.c's gemm_team; bbufs: two B blocks shared by the team. */
-AVX512BF16 static void team_bf16(const bf16_args *g, int t, int nt, uint32_t *bbufs, uint32_t *abuf) {
-    const size_t bstride = bblock_words(g->N);
-    int64_t nblock = 0;
-    const int64_t M = g->M, N = g->N, K = g->K;
-    const int64_t mtiles = (M + MR - 1) / MR;
-    /* K in equal blocks (even, <= KC): K = 1024 runs as 2 x 512, not 768 + 256, so no block is
-     * short on work for the C tile it reads and writes */
-    const int64_t nkblocks = (K + KC - 1) / KC, kstep = ((K + nkblocks - 1) / nkblocks + 1) / 2 * 2;
-    for (int64_t jc = 0; jc < N; jc += NC) {
-        int64_t nc = N - jc < NC ? N - jc : NC;
-        int64_t npanels = (nc + NR - 1) / NR;
-        int64_t ntiles = mtiles * npanels;
-        int64_t t0 = ntiles * t / nt, t1 = ntiles * (t + 1) / nt;
-        if (t0 >= t1) t0 = t1 = 0;           /* no tiles, but the barriers must still be met */
-        int64_t m0 = t0 / npanels * MR, m1 = t1 ? ((t1 - 1) / npanels + 1) * MR : 0;
-        if (m1 > M) m1 = M;
-        for (int64_t pc = 0; pc < K; pc += kstep) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep, kc2 = (kc + 1) / 2;
-            float beta = pc == 0 ? g->beta : 1.0f;
-            const void *Bblk = offset(g->B, g->bdt, g->transb ? jc * g->ldb + pc : pc * g->ldb + jc);
-            /* two buffers in turn: the barrier after packing block n also says block n - 1 is done */
-            uint32_t *bbuf = bbufs + (size_t)(nblock++ & 1) * bstride;
-            pack_b(g->transb, Bblk, g->bdt, g->ldb, nc, kc, npanels * t / nt, npanels * (t + 1) / nt, bbuf);
-            if (nt > 1) {
-#pragma omp barrier
-            }
-            for (int64_t ic = m0; ic < m1; ic += MC) {
-                int64_t mc = m1 - ic < MC ? m1 - ic : MC;
-                const void *Ablk = offset(g->A, g->adt, g->transa ? pc * g->lda + ic : ic * g->lda + pc);
-                pack_a(g->transa, Ablk, g->adt, g->lda, mc, kc, abuf);
-                int64_t row0 = ic / MR;
-                for (int64_t q = 0; q < npanels; q++) {
-                    int64_t j = q * NR;
-                    int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    const uint32_t *bp = bbuf + q * NR * (KC / 2);
-                    for (int64_t i = 0; i < mc; i += MR) {
-                        int64_t tile_id = (row0 + i / MR) * npanels + q;
-                        if (tile_id < t0 || tile_id >= t1) continue;
-                        int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        kernel_bf16(kc2, abuf + (i / MR) * MR * kc2, bp, g->C + (ic + i) * g->ldc + jc + j,
-                                    g->ldc, g->alpha, beta, mr, nr);
-                    }
-                }
-            }
-        }
-    }
+/* micro-panels p0..p1-1 of op(B)[pc:pc+kc, jc:jc+nc] */
+AVX512 static void bf16_pack_b(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0,
+                               int64_t p1, uint32_t *bp) {
+    const bf16_args *g = ctx;
+    pack_b(g->transb, offset(g->B, g->bdt, g->transb ? jc * g->ldb + pc : pc * g->ldb + jc), g->bdt, g->ldb, nc,
+           kc, p0, p1, bp);
+}
+
+AVX512BF16 static void bf16_kernel(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp, int64_t i,
+                                   int64_t j, int first, int mr, int nr) {
+    const bf16_args *g = ctx;
+    kernel_bf16((kc + 1) / 2, ap, bp, g->C + i * g->ldc + j, g->ldc, g->alpha, first ? g->beta : 1.0f, mr, nr);
 }
 
 /* products below this many multiply-adds run on one thread (as gemm.c) */
 #define PARALLEL_MIN_FMAS (80 * 80 * 80)
 
-/* 0, or -1 if a packing buffer could not be had */
+/* 0, or -1 if a packing buffer could not be had. The blocking, the split between threads and
+ * the k order are gemm.c's (mll_gemm_drive), with k blocks even so that pairs never straddle
+ * two blocks (K = 1024 runs as 2 x 512). */
 static int gemm_bf16_avx512(const bf16_args *g, int nt) {
-    size_t arows = g->M < MC ? (size_t)((g->M + MR - 1) / MR * MR) : MC;
+    mll_gemm_driver d = {MR, NR, KC, MC, NC, 2, 1, g, bf16_pack_a, bf16_pack_b, bf16_kernel};
     for (int t = 0; t < nt; t++)
-        if (!grow(&tl_abuf[t], arows * (KC / 2) * 4)) return -1;
-    if (!grow(&tl_bbuf, 2 * bblock_words(g->N) * 4)) return -1;
+        if (!grow(&tl_abuf[t], mll_gemm_ablock_units(&d, g->M) * 4)) return -1;
+    if (!grow(&tl_bbuf, 2 * mll_gemm_bblock_units(&d, g->N) * 4)) return -1;
     uint32_t *bbuf = tl_bbuf.ptr;
     if (nt == 1) {
-        team_bf16(g, 0, 1, bbuf, tl_abuf[0].ptr);
+        mll_gemm_drive(&d, g->M, g->N, g->K, 0, 1, bbuf, tl_abuf[0].ptr);
         return 0;
     }
     buffer *abufs = tl_abuf;
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        team_bf16(g, t, team, bbuf, abufs[t].ptr);
+        mll_gemm_drive(&d, g->M, g->N, g->K, t, team, bbuf, abufs[t].ptr);
     }
     return 0;
 }

@@ -10,6 +10,7 @@
 #ifndef MLL_GEMM_INTERNAL_H
 #define MLL_GEMM_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* c (mr, nr), row stride ldc  =  alpha * ap (mr, kc) @ bp (kc, nr)  +  beta * c.
@@ -39,6 +40,37 @@ typedef struct {
     void (*gemv_cols)(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
                       int64_t ldb, float beta, float *y, int64_t incy);
 } mll_gemm_isa;
+
+/* The blocked, threaded product of gemm.c (mll_gemm_drive), for any packed element: float32
+ * (gemm.c) or pairs of bf16 in 32-bit words (gemm_bf16.c). Sizes are in k; a packed row of kc
+ * k takes units(kc) 32-bit units (kc for floats, ceil(kc / 2) for bf16 pairs), so
+ *   A micro-panel r of a packed A block: at abuf + r * mr * units(kc)
+ *   B micro-panel q of a packed B block: at bbuf + q * nr * units(kc_max)
+ * The callbacks get ctx (the operands) and block origins in C / k coordinates. */
+typedef struct {
+    int mr, nr;                    /* register tile */
+    int64_t kc, mc, nc;            /* block sizes, as mll_gemm_isa */
+    int kalign;                    /* k blocks are multiples of kalign (but the last) */
+    int units_per_k2;              /* units per 2 k of a packed row: 2 (floats) or 1 (bf16 pairs) */
+    const void *ctx;
+    /* ap <- op(A)[ic:ic+mc, pc:pc+kc] as MR-row micro-panels */
+    void (*pack_a)(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc, uint32_t *ap);
+    /* micro-panels p0..p1-1 of op(B)[pc:pc+kc, jc:jc+nc], panel p at bp + p * nr * units(kc_max) */
+    void (*pack_b)(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0, int64_t p1,
+                   uint32_t *bp);
+    /* C[i:i+mr, j:j+nr] = alpha * ap @ bp + beta * C, with alpha and beta from ctx in the first k
+     * block (first != 0) and beta = 1 in the later ones */
+    void (*kernel)(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp, int64_t i, int64_t j,
+                   int first, int mr, int nr);
+} mll_gemm_driver;
+
+/* Thread t of a team of nt (nt == 1: alone, no barrier) computes its share of C (M, N) from
+ * op(A) (M, K) and op(B) (K, N); bbufs: two B blocks shared by the team
+ * (mll_gemm_bblock_units each), abuf: this thread's A block (MC rows). */
+void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
+                    uint32_t *abuf);
+size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N);
+size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M);
 
 void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                              float alpha, float beta, int mr, int nr);
