@@ -3,6 +3,17 @@
 C kernels (csrc/) do the arithmetic, Cython (pyx/) gives the Tensor type, and this package
 adds autograd, layers, tokenizers, models, training and generation on top.
 """
+import os as _os
+
+# OpenMP (libgomp) reads its settings once, when _C loads it. Its default keeps an idle worker
+# spinning for ~300,000 rounds after every kernel: harmless on an idle machine, but where other
+# jobs share the cores the spinning threads take time from the ones doing work (2 threads ran
+# a gpt-tiny step 5-15x slower at load 4-8). 10,000 rounds still cover the gap between two
+# kernels of a training step (same speed on an idle machine, measured), then the worker sleeps.
+# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 from ._C import (  # noqa: F401
     Tensor, Vector, Matrix, GrowableTensor,
     tensor, as_tensor, from_numpy, empty, zeros, ones, full, arange, rand, randn, randint,
