@@ -207,31 +207,60 @@ AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t co
     }
 }
 
+/* t[q] lane i = r[i] lane q: a 16 x 16 transpose of 32-bit words (within 128-bit lanes by
+ * 32- then 64-bit unpacks, then the 4 x 4 grid of 128-bit lanes by two rounds of shuffles) */
+AVX512 static inline void transpose16x16_epi32(__m512i r[16], __m512i t[16]) {
+    __m512i a[16], b[16];
+    for (int i = 0; i < 8; i++) {
+        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; j++) {    /* b[4j + m], 128-bit lane L: word 4L + m of rows 4j..4j+3 */
+        b[4 * j + 0] = _mm512_unpacklo_epi64(a[4 * j], a[4 * j + 2]);
+        b[4 * j + 1] = _mm512_unpackhi_epi64(a[4 * j], a[4 * j + 2]);
+        b[4 * j + 2] = _mm512_unpacklo_epi64(a[4 * j + 1], a[4 * j + 3]);
+        b[4 * j + 3] = _mm512_unpackhi_epi64(a[4 * j + 1], a[4 * j + 3]);
+    }
+    for (int m = 0; m < 4; m++) {
+        __m512i c0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x88), c1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xdd);
+        __m512i c2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x88);
+        __m512i c3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xdd);
+        t[m] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+        t[8 + m] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
+        t[4 + m] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+        t[12 + m] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
+    }
+}
+
 /* Pairs along rows: dst[kp * width + i] = (X[i, 2kp], X[i, 2kp+1]) for i < rows (zero for
  * rows <= i < width), kp < ceil(kc/2). Used for op(A) = A and op(B) = B^T (X rows are the MR
- * rows / NR columns). Converts 32 k of one row into 16 words, then scatters them down the panel. */
+ * rows / NR columns). Up to 16 rows at a time: 32 k of each row become 16 pair words in one
+ * register, and a 16 x 16 transpose turns them into one (masked) store per k pair. */
 AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, int width, int64_t kc,
                                    uint32_t *dst) {
-    int64_t kc2 = (kc + 1) / 2;
-    for (int i = 0; i < width; i++) {
-        if (i >= rows) {
-            for (int64_t kp = 0; kp < kc2; kp++) dst[kp * width + i] = 0;
-            continue;
-        }
-        const void *row = offset(X, dt, i * ld);
+    for (int i0 = 0; i0 < width; i0 += 16) {
+        int h = width - i0 < 16 ? width - i0 : 16;            /* panel lanes of this group */
+        __mmask16 mh = (__mmask16)((1u << h) - 1);
         for (int64_t k = 0; k < kc; k += 32) {
             int n = kc - k < 32 ? (int)(kc - k) : 32;
             __mmask16 m0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
             __mmask16 m1 = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
-            /* 32 k as bf16 in 32-bit lanes -> 32 uint16 in k order = 16 pair words */
-            __m256i w0 = _mm512_cvtepi32_epi16(load16_bf16(offset(row, dt, k), dt, m0));
-            __m256i w1 = _mm512_cvtepi32_epi16(load16_bf16(offset(row, dt, k + 16), dt, m1));
-            uint32_t words[16];
-            _mm256_storeu_si256((__m256i *)words, w0);
-            _mm256_storeu_si256((__m256i *)(words + 8), w1);
+            __m512i r[16], t[16];
+            for (int i = 0; i < 16; i++) {
+                if (i0 + i >= rows || i >= h) {
+                    r[i] = _mm512_setzero_si512();
+                    continue;
+                }
+                const void *row = offset(X, dt, (int64_t)(i0 + i) * ld + k);
+                /* 32 k as bf16 in 32-bit lanes -> 32 uint16 in k order = 16 pair words */
+                __m256i w0 = _mm512_cvtepi32_epi16(load16_bf16(row, dt, m0));
+                __m256i w1 = _mm512_cvtepi32_epi16(load16_bf16(offset(row, dt, 16), dt, m1));
+                r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+            }
+            transpose16x16_epi32(r, t);
             int np = (n + 1) / 2;
-            uint32_t *d = dst + (k / 2) * width + i;
-            for (int q = 0; q < np; q++) d[q * width] = words[q];
+            uint32_t *d = dst + (k / 2) * width + i0;
+            for (int q = 0; q < np; q++) _mm512_mask_storeu_epi32(d + q * width, mh, t[q]);
         }
     }
 }
