@@ -53,9 +53,12 @@ static inline __attribute__((always_inline)) float ce_exp(float x) {
  * across blocks: a 50k-word row keeps ~1e-7 relative error instead of ~1e-5. */
 #define CE_BLOCK 512
 
-/* x (V): lse of the row; *sum_x gets sum_j x_j (for label smoothing). */
-static inline __attribute__((always_inline)) float row_lse(const float *restrict x, int64_t V,
-                                                          float *sum_x) {
+/* x (V): returns sum_j exp(x_j - max), *mx = max_j x_j, *sum_x = sum_j x_j (for label
+ * smoothing); when park is not NULL, exp(x_j - max) is also stored in park[j] (park may be x:
+ * each element is read before it is written). Inlined with park a constant, so the store is
+ * there or not at compile time. */
+static inline __attribute__((always_inline)) double row_expsum(const float *x, float *park, int64_t V,
+                                                              float *mx_out, float *sum_x) {
     float mx = x[0];
 #pragma omp simd reduction(max : mx)
     for (int64_t j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
@@ -65,13 +68,25 @@ static inline __attribute__((always_inline)) float row_lse(const float *restrict
         float a = 0.0f, s = 0.0f;
 #pragma omp simd reduction(+ : a, s)
         for (int64_t j = j0; j < j1; j++) {
-            a += ce_exp(x[j] - mx);
-            s += x[j];
+            const float xj = x[j];
+            const float e = ce_exp(xj - mx);
+            if (park) park[j] = e;
+            a += e;
+            s += xj;
         }
         acc += a;
         sx += s;
     }
+    *mx_out = mx;
     *sum_x = (float)sx;
+    return acc;
+}
+
+/* x (V): lse of the row; *sum_x gets sum_j x_j (for label smoothing). */
+static inline __attribute__((always_inline)) float row_lse(const float *restrict x, int64_t V,
+                                                          float *sum_x) {
+    float mx;
+    double acc = row_expsum(x, NULL, V, &mx, sum_x);
     return mx + (float)log(acc);
 }
 
@@ -87,25 +102,8 @@ static inline __attribute__((always_inline)) void row_grad(const float *x, float
  * scale) with one exp per element: exp(x - max) is parked in dx and scaled by g / sum. */
 static inline __attribute__((always_inline)) float row_lse_grad(const float *x, float *dx, int64_t V,
                                                                float g, float off, float *sum_x) {
-    float mx = x[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-    double acc = 0.0, sx = 0.0;
-    for (int64_t j0 = 0; j0 < V; j0 += CE_BLOCK) {
-        const int64_t j1 = j0 + CE_BLOCK < V ? j0 + CE_BLOCK : V;
-        float a = 0.0f, s = 0.0f;
-#pragma omp simd reduction(+ : a, s)
-        for (int64_t j = j0; j < j1; j++) {
-            const float xj = x[j];
-            const float e = ce_exp(xj - mx);
-            dx[j] = e;
-            a += e;
-            s += xj;
-        }
-        acc += a;
-        sx += s;
-    }
-    *sum_x = (float)sx;
+    float mx;
+    double acc = row_expsum(x, dx, V, &mx, sum_x);
     const float a = (float)(g / acc), b = g * off;
 #pragma omp simd
     for (int64_t j = 0; j < V; j++) dx[j] = dx[j] * a - b;
