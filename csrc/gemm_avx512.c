@@ -108,33 +108,6 @@ AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp,
 #endif
 
 #if defined(__x86_64__)
-/* r[0..15] (16 x 16, row i in r[i])  ->  its transpose in place: 4 rounds of 16 shuffles
- * (within-lane unpacks of singles and pairs, then 128-bit lane shuffles twice). */
-AVX512 static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    /* u[4g + c], lane l = column 4l + c of rows 4g..4g+3 */
-    for (int g = 0; g < 4; g++) {
-        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
-        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
-        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
-        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_f32x4(v, v2, 0x88);
-        r[8 + c] = _mm512_shuffle_f32x4(v, v2, 0xdd);
-        r[4 + c] = _mm512_shuffle_f32x4(w, w2, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(w, w2, 0xdd);
-    }
-}
 
 /* dst[k*dst_stride + i] = src[i*lds + k] for i < rows (zeros for rows <= i < width), k < kc:
  * `width` (<= 16) rows of a row-major matrix turned into k-major columns, 16 k at a time. */
@@ -148,7 +121,7 @@ AVX512 static void pack_transposed16(const float *src, int64_t lds, int rows, in
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
             r[i] = i < rows ? _mm512_maskz_loadu_ps(load_mask, src + i * lds + k0) : _mm512_setzero_ps();
-        transpose16(r);
+        mll_gemm_transpose16(r);
         /* with width < 16, a full store spills into the slot of k + 1, written next (masked
          * stores are slow on Zen 4); the last k of the block takes the mask */
         int kfull = width == 16 || k0 + kn < kc ? kn : kn - 1;

@@ -207,31 +207,6 @@ AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t co
     }
 }
 
-/* t[q] lane i = r[i] lane q: a 16 x 16 transpose of 32-bit words (within 128-bit lanes by
- * 32- then 64-bit unpacks, then the 4 x 4 grid of 128-bit lanes by two rounds of shuffles) */
-AVX512 static inline void transpose16x16_epi32(__m512i r[16], __m512i t[16]) {
-    __m512i a[16], b[16];
-    for (int i = 0; i < 8; i++) {
-        a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int j = 0; j < 4; j++) {    /* b[4j + m], 128-bit lane L: word 4L + m of rows 4j..4j+3 */
-        b[4 * j + 0] = _mm512_unpacklo_epi64(a[4 * j], a[4 * j + 2]);
-        b[4 * j + 1] = _mm512_unpackhi_epi64(a[4 * j], a[4 * j + 2]);
-        b[4 * j + 2] = _mm512_unpacklo_epi64(a[4 * j + 1], a[4 * j + 3]);
-        b[4 * j + 3] = _mm512_unpackhi_epi64(a[4 * j + 1], a[4 * j + 3]);
-    }
-    for (int m = 0; m < 4; m++) {
-        __m512i c0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x88), c1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xdd);
-        __m512i c2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x88);
-        __m512i c3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xdd);
-        t[m] = _mm512_shuffle_i32x4(c0, c2, 0x88);
-        t[8 + m] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
-        t[4 + m] = _mm512_shuffle_i32x4(c1, c3, 0x88);
-        t[12 + m] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
-    }
-}
-
 /* Pairs along rows: dst[kp * width + i] = (X[i, 2kp], X[i, 2kp+1]) for i < rows (zero for
  * rows <= i < width), kp < ceil(kc/2). Used for op(A) = A and op(B) = B^T (X rows are the MR
  * rows / NR columns). Up to 16 rows at a time: 32 k of each row become 16 pair words in one
@@ -245,22 +220,22 @@ AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, 
             int n = kc - k < 32 ? (int)(kc - k) : 32;
             __mmask16 m0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
             __mmask16 m1 = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
-            __m512i r[16], t[16];
+            __m512 r[16];   /* pair words, moved as floats through the shared transpose */
             for (int i = 0; i < 16; i++) {
                 if (i0 + i >= rows || i >= h) {
-                    r[i] = _mm512_setzero_si512();
+                    r[i] = _mm512_setzero_ps();
                     continue;
                 }
                 const void *row = offset(X, dt, (int64_t)(i0 + i) * ld + k);
                 /* 32 k as bf16 in 32-bit lanes -> 32 uint16 in k order = 16 pair words */
                 __m256i w0 = _mm512_cvtepi32_epi16(load16_bf16(row, dt, m0));
                 __m256i w1 = _mm512_cvtepi32_epi16(load16_bf16(offset(row, dt, 16), dt, m1));
-                r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+                r[i] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1));
             }
-            transpose16x16_epi32(r, t);
+            mll_gemm_transpose16(r);
             int np = (n + 1) / 2;
             uint32_t *d = dst + (k / 2) * width + i0;
-            for (int q = 0; q < np; q++) _mm512_mask_storeu_epi32(d + q * width, mh, t[q]);
+            for (int q = 0; q < np; q++) _mm512_mask_storeu_ps((float *)(d + q * width), mh, r[q]);
         }
     }
 }

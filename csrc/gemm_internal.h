@@ -98,4 +98,36 @@ void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_
 #define MLL_GEMM_AVX512_MR 14
 #define MLL_GEMM_AVX512_NR 32
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* shared by the float32 and bf16 packings (gemm_avx512.c, gemm_bf16.c) */
+/* r[0..15] (16 x 16, row i in r[i])  ->  its transpose in place: 4 rounds of 16 shuffles
+ * (within-lane unpacks of singles and pairs, then 128-bit lane shuffles twice). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline void mll_gemm_transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], lane l = column 4l + c of rows 4g..4g+3 */
+    for (int g = 0; g < 4; g++) {
+        __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+        u[4 * g + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 v = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), w = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_f32x4(v, v2, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v, v2, 0xdd);
+        r[4 + c] = _mm512_shuffle_f32x4(w, w2, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(w, w2, 0xdd);
+    }
+}
+#endif
+
 #endif
