@@ -517,14 +517,8 @@ static MLL_TARGET void FN(dscore_row)(const float *p, float *dp, int64_t n, floa
     VLOOP2(p, dp, dp, v_mul(vs, v_mul(va, v_sub(vb, vd))));
 }
 
-/* as rowdot_generic */
-static MLL_TARGET double FN(rowdot)(const float *a, const float *b, int64_t n) {
-    VD acc = vd_zero();
-    int64_t d = 0;
-    for (; d + VL <= n; d += VL) acc = vd_fmadd(acc, v_load(a + d), v_load(b + d));
-    if (d < n) acc = vd_fmadd(acc, v_loadn(a + d, n - d), v_loadn(b + d, n - d));
-    return vd_hsum(acc);
-}
+/* as rowdot_generic (simd.h's dot, blas1's too) */
+static MLL_TARGET double FN(rowdot)(const float *a, const float *b, int64_t n) { return v_dot_f64(a, b, n); }
 
 /* b (8, 8), row stride ldb  <-  a (8, 8)^T, row stride lda: unpack pairs of rows, then
  * shuffle pairs of pairs, then swap 128-bit halves (AVX2 instructions on both paths) */

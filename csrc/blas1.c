@@ -388,21 +388,8 @@ static MLL_TARGET void FN(axpy_vec)(float a, const float *x, float *y, int64_t n
     VLOOP2(x, y, y, v_fmadd(vs, va, vb));
 }
 
-/* one block of the dot product: products exact in double, two interleaved accumulators */
-static MLL_TARGET double FN(dot_vec)(const float *x, const float *y, int64_t n) {
-    VD s0 = vd_zero(), s1 = vd_zero();
-    int64_t i = 0;
-    for (; i + 2 * VL <= n; i += 2 * VL) {
-        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
-        s1 = vd_fmadd(s1, v_load(x + i + VL), v_load(y + i + VL));
-    }
-    if (i + VL <= n) {
-        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
-        i += VL;
-    }
-    if (i < n) s1 = vd_fmadd(s1, v_loadn(x + i, n - i), v_loadn(y + i, n - i));
-    return vd_hsum(vd_merge(s0, s1));
-}
+/* one block of the dot product (simd.h) */
+static MLL_TARGET double FN(dot_vec)(const float *x, const float *y, int64_t n) { return v_dot_f64(x, y, n); }
 
 /* y (n) bf16 = x (n) f32 rounded to nearest even: the f32_to_bf16 bit recipe on VL lanes */
 static MLL_TARGET void FN(to_bf16_vec)(const float *x, uint16_t *y, int64_t n) {

@@ -427,6 +427,24 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) {
 #define v_gelu_grad FN(vec_gelu_grad)
 #define v_abs FN(vec_abs)
 
+/* dot product of n floats, products exact in double, two interleaved accumulators (blas1.c's
+ * dot blocks, attention.c's rowsum(dO * O)) */
+static inline MLL_TARGET double FN(vec_dot_f64)(const float *x, const float *y, int64_t n) {
+    VD s0 = vd_zero(), s1 = vd_zero();
+    int64_t i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
+        s1 = vd_fmadd(s1, v_load(x + i + VL), v_load(y + i + VL));
+    }
+    if (i + VL <= n) {
+        s0 = vd_fmadd(s0, v_load(x + i), v_load(y + i));
+        i += VL;
+    }
+    if (i < n) s1 = vd_fmadd(s1, v_loadn(x + i, n - i), v_loadn(y + i, n - i));
+    return vd_hsum(vd_merge(s0, s1));
+}
+#define v_dot_f64 FN(vec_dot_f64)
+
 #ifndef VLOOP1
 /* For i over [0, n) in vector steps: out[i..] = EXPR over the vector(s) loaded from the inputs; the last partial vector is
  * loaded and stored with masks, so element i's result never depends on where it sits */
