@@ -50,60 +50,16 @@ AVX512 static inline __attribute__((always_inline)) void tile(const int R, const
         ap += MR;
         bp += NR;
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    if (H == 2 && nr == NR) {
-        /* full width: plain loads and stores (masked stores are slow on Zen 4) */
-#pragma GCC unroll 14
-        for (int i = 0; i < R; i++) {
-            if (i >= mr) break;
-            float *crow = c + i * ldc;
-            __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
-            if (beta != 0.0f) {
-                r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_loadu_ps(crow)));
-                r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_loadu_ps(crow + 16)));
-            }
-            _mm512_storeu_ps(crow, r0);
-            _mm512_storeu_ps(crow + 16, r1);
-        }
-        return;
-    }
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-#pragma GCC unroll 14
-    for (int i = 0; i < R; i++) {
-        if (i >= mr) break;
-        float *crow = c + i * ldc;
-        if (beta != 0.0f) {
-            __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, crow)));
-            _mm512_mask_storeu_ps(crow, m0, r0);
-            if (H == 2) {
-                __m512 r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, crow + 16)));
-                _mm512_mask_storeu_ps(crow + 16, m1, r1);
-            }
-        } else {
-            _mm512_mask_storeu_ps(crow, m0, _mm512_mul_ps(va, acc[i][0]));
-            if (H == 2) _mm512_mask_storeu_ps(crow + 16, m1, _mm512_mul_ps(va, acc[i][1]));
-        }
-    }
+    mll_gemm_store_tile(R, H, acc, c, ldc, alpha, beta, mr, nr);
 }
 
 /* c (mr, nr) = alpha * ap (14, kc) @ bp (kc, 32) + beta * c; ap, bp packed (gemm_internal.h).
  * Partial tiles run a body sized to them and are clipped with masked loads/stores. */
 AVX512 void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                                    float alpha, float beta, int mr, int nr) {
-#define TILE(R)                                                                                    \
-    case R:                                                                                        \
-        if (nr > 16)                                                                               \
-            tile(R, 2, kc, ap, bp, c, ldc, alpha, beta, mr, nr);                                   \
-        else                                                                                       \
-            tile(R, 1, kc, ap, bp, c, ldc, alpha, beta, mr, nr);                                   \
-        break;
-    switch (mr) {
-        TILE(14) TILE(13) TILE(12) TILE(11) TILE(10) TILE(9) TILE(8)
-        TILE(7) TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) TILE(1)
-    default: break;
-    }
-#undef TILE
+#define CALL(R, H) tile(R, H, kc, ap, bp, c, ldc, alpha, beta, mr, nr)
+    MLL_GEMM_DISPATCH_TILES(CALL)
+#undef CALL
 }
 #endif
 

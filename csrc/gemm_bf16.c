@@ -127,43 +127,15 @@ AVX512BF16 static inline __attribute__((always_inline)) void tile(const int R, c
         ap += MR;
         bp += NR;
     }
-    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 14
-    for (int i = 0; i < R; i++) {
-        if (i >= mr) break;
-        float *crow = c + i * ldc;
-        if (beta != 0.0f) {
-            __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, crow)));
-            _mm512_mask_storeu_ps(crow, m0, r0);
-            if (H == 2) {
-                __m512 r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, crow + 16)));
-                _mm512_mask_storeu_ps(crow + 16, m1, r1);
-            }
-        } else {
-            _mm512_mask_storeu_ps(crow, m0, _mm512_mul_ps(va, acc[i][0]));
-            if (H == 2) _mm512_mask_storeu_ps(crow + 16, m1, _mm512_mul_ps(va, acc[i][1]));
-        }
-    }
+    mll_gemm_store_tile(R, H, acc, c, ldc, alpha, beta, mr, nr);
 }
 
 /* c (mr, nr) = alpha * ap (14, 2 kc2) @ bp (2 kc2, 32) + beta * c, clipped to mr <= 14, nr <= 32 */
 AVX512BF16 static void kernel_bf16(int64_t kc2, const uint32_t *ap, const uint32_t *bp, float *c, int64_t ldc,
                                    float alpha, float beta, int mr, int nr) {
-#define TILE(R)                                                                                    \
-    case R:                                                                                        \
-        if (nr > 16)                                                                               \
-            tile(R, 2, kc2, ap, bp, c, ldc, alpha, beta, mr, nr);                                  \
-        else                                                                                       \
-            tile(R, 1, kc2, ap, bp, c, ldc, alpha, beta, mr, nr);                                  \
-        break;
-    switch (mr) {
-        TILE(14) TILE(13) TILE(12) TILE(11) TILE(10) TILE(9) TILE(8)
-        TILE(7) TILE(6) TILE(5) TILE(4) TILE(3) TILE(2) TILE(1)
-    default: break;
-    }
-#undef TILE
+#define CALL(R, H) tile(R, H, kc2, ap, bp, c, ldc, alpha, beta, mr, nr)
+    MLL_GEMM_DISPATCH_TILES(CALL)
+#undef CALL
 }
 
 /* ------------------------------------------------------------------ packing */

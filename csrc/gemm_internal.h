@@ -100,6 +100,68 @@ void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+/* Shared by the float32 and bf16 AVX-512 micro-kernels (gemm_avx512.c, gemm_bf16.c): rows
+ * i < mr of a tile, c = alpha acc + beta c over nr <= 32 columns (H = 1 or 2 vectors of 16).
+ * R and H are compile-time constants once inlined. Full-width tiles use plain loads and stores
+ * (masked stores are slow on Zen 4). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline __attribute__((always_inline)) void
+mll_gemm_store_tile(const int R, const int H, __m512 acc[][2], float *c, int64_t ldc, float alpha, float beta,
+                    int mr, int nr) {
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    if (H == 2 && nr == MLL_GEMM_AVX512_NR) {
+#pragma GCC unroll 14
+        for (int i = 0; i < R; i++) {
+            if (i >= mr) break;
+            float *crow = c + i * ldc;
+            __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+            if (beta != 0.0f) {
+                r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_loadu_ps(crow)));
+                r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_loadu_ps(crow + 16)));
+            }
+            _mm512_storeu_ps(crow, r0);
+            _mm512_storeu_ps(crow + 16, r1);
+        }
+        return;
+    }
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+#pragma GCC unroll 14
+    for (int i = 0; i < R; i++) {
+        if (i >= mr) break;
+        float *crow = c + i * ldc;
+        if (beta != 0.0f) {
+            __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m0, crow)));
+            _mm512_mask_storeu_ps(crow, m0, r0);
+            if (H == 2) {
+                __m512 r1 = _mm512_fmadd_ps(va, acc[i][1], _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m1, crow + 16)));
+                _mm512_mask_storeu_ps(crow + 16, m1, r1);
+            }
+        } else {
+            _mm512_mask_storeu_ps(crow, m0, _mm512_mul_ps(va, acc[i][0]));
+            if (H == 2) _mm512_mask_storeu_ps(crow + 16, m1, _mm512_mul_ps(va, acc[i][1]));
+        }
+    }
+}
+
+/* switch (mr) over 14..1 with CALL(R, H): H = 2 vectors of columns when nr > 16, else 1, so
+ * that each tile shape gets a body sized to it (R and H constants) */
+#define MLL_GEMM_TILE_CASE_(R, CALL)                                                               \
+    case R:                                                                                        \
+        if (nr > 16)                                                                               \
+            CALL(R, 2);                                                                            \
+        else                                                                                       \
+            CALL(R, 1);                                                                            \
+        break;
+#define MLL_GEMM_DISPATCH_TILES(CALL)                                                              \
+    switch (mr) {                                                                                  \
+        MLL_GEMM_TILE_CASE_(14, CALL) MLL_GEMM_TILE_CASE_(13, CALL) MLL_GEMM_TILE_CASE_(12, CALL)  \
+        MLL_GEMM_TILE_CASE_(11, CALL) MLL_GEMM_TILE_CASE_(10, CALL) MLL_GEMM_TILE_CASE_(9, CALL)   \
+        MLL_GEMM_TILE_CASE_(8, CALL) MLL_GEMM_TILE_CASE_(7, CALL) MLL_GEMM_TILE_CASE_(6, CALL)     \
+        MLL_GEMM_TILE_CASE_(5, CALL) MLL_GEMM_TILE_CASE_(4, CALL) MLL_GEMM_TILE_CASE_(3, CALL)     \
+        MLL_GEMM_TILE_CASE_(2, CALL) MLL_GEMM_TILE_CASE_(1, CALL)                                 \
+    default: break;                                                                                \
+    }
+
 /* shared by the float32 and bf16 packings (gemm_avx512.c, gemm_bf16.c) */
 /* r[0..15] (16 x 16, row i in r[i])  ->  its transpose in place: 4 rounds of 16 shuffles
  * (within-lane unpacks of singles and pairs, then 128-bit lane shuffles twice). */
