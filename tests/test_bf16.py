@@ -17,7 +17,6 @@ import minillm.functional as F
 from minillm.models import build_model
 
 U = 2.0 ** -24
-ISAS = _C.supported_isas()
 
 
 def ref_round_bits(x):
@@ -35,21 +34,6 @@ def bits_to_f32(bits):
 
 def rounded(x):
     return bits_to_f32(ref_round_bits(x)).reshape(np.shape(x))
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _C.get_isa()
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(before)
-
-
-@pytest.fixture
-def threads():
-    before = _C.get_num_threads()
-    yield _C.set_num_threads
-    _C.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ rounding

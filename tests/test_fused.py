@@ -12,16 +12,9 @@ import minillm
 import minillm.functional as F
 from minillm import _C
 
-ISAS = _C.supported_isas()
+# every test runs once per instruction-set path (the isa fixture, tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isa")
 ATOL = 2e-5
-
-
-@pytest.fixture(autouse=True, params=ISAS)
-def isa(request):
-    old = _C.get_isa()
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(old)
 
 
 @pytest.fixture

@@ -11,22 +11,6 @@ import pytest
 from minillm import _C
 
 U = 2.0 ** -24
-ISAS = _C.supported_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _C.get_isa()
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(before)
-
-
-@pytest.fixture
-def threads():
-    before = _C.get_num_threads()
-    yield _C.set_num_threads
-    _C.set_num_threads(before)
 
 
 def op(x, trans):

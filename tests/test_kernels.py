@@ -14,18 +14,12 @@ from minillm import _C
 SIZES = [1, 3, 7, 17, 33, 1000, 4097, 100003]
 SHAPES = [(1, 1), (1, 7), (3, 17), (7, 33), (17, 1000), (33, 4097), (4097, 3), (1000, 17), (130, 1000)]
 ISAS = _C.supported_isas()
+# every test runs once per instruction-set path (the isa fixture, tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("isa")
 
 # max relative error allowed on the vector math (exp, log, tanh, sigmoid, gelu) against
 # float64: a few float32 ulps (1 ulp = 6e-8 relative); measured worst cases are ~3.6 ulp
 MATH_RTOL = 1e-6
-
-
-@pytest.fixture(autouse=True, params=ISAS)
-def isa(request):
-    old = _C.get_isa()
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(old)
 
 
 def _bits(v):
