@@ -1,7 +1,7 @@
 /* gemm.c: single-precision GEMM, C = alpha * op(A) @ op(B) + beta * C, and its strided batch.
  *
  * Structure (Goto & van de Geijn, ACM TOMS 2008; the BLIS five-loop form, Van Zee &
- * van de Geijn, ACM TOMS 2015), on one thread (mll_gemm_drive with nt = 1):
+ * van de Geijn, ACM TOMS 2015), on one thread (mll_gemm_run with nt = 1):
  *
  *   for jc in N, step NC:               B block kc x nc          -> packed, in L3
  *     for pc in K, step KC:
@@ -11,9 +11,10 @@
  *         for jr in nc, step NR:        B micro-panel kc x NR    -> reused over ir
  *           for ir in mc, step MR:      micro-kernel: MR x NR tile of C in registers
  *
- * A team of threads (mll_gemm_drive) packs each B block together into a shared buffer; each
- * thread then runs the two inner loops over its own run of C's tiles (a fixed split of
- * equal work), packing the rows of A it needs into its own buffer.
+ * A team of threads (mll_gemm_run) packs each B block together into a shared buffer, a chunk
+ * of micro-panels at a time, each thread running its own run of C's tiles (a fixed split of
+ * equal work) on each chunk as soon as it is packed, with the rows of A it needs packed into
+ * its own buffer.
  *
  * op(X) = X^T is handled entirely by the packing routines (they read the stored matrix
  * with the right strides), so backward products never copy a transpose.
@@ -32,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <omp.h>
+#include <sched.h>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -39,18 +41,19 @@
 #define MAX_THREADS 64
 
 /* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
- * per core, 32 MiB L3 shared), chosen by timing kc in 128..512 and mc in 84..336 on the
- * square and GPT shapes (one thread, CPU time: kc >= 384 beat 128-256 by 5-10%; mc mattered
- * less than the noise):
- * KC = 512, at most: the depth of one packed block; K is cut into the fewest even blocks
- *     (k_step). Deep blocks mean fewer trips of C through the caches (C is read and written
- *     once per k block; for the LM head's C of 150 MiB that is a trip to DRAM). The B
- *     micro-panel (512 x 32 x 4 B = 64 KiB) streams from L2/L3 into L1 at 128 B per 28 FMAs,
- *     prefetched (the kernel runs at 97% of peak that way), beside the A micro-panel
- *     (14 x 512 x 4 B = 28 KiB).
- * MC = 168 (12 tiles): one thread's A block, 168 x 512 x 4 B = 336 KiB, stays in L2 while
- *     all B micro-panels of the block pass over it.
- * NC = 3072: the B block, 512 x 3072 x 4 B = 6 MiB (twice: double-buffered), shared by the
+ * per core, 32 MiB L3 shared), chosen by timing kc in 128..1024, mc in 84..336 and nc in
+ * 1536..6144 on the square and GPT shapes, 1 and 2 threads (kc = 1024 beat 512 by 1-2% on one
+ * thread and 2-4% on two; kc <= 256 lost 5-10%; mc and nc mattered less than the noise):
+ * KC = 1024, at most: the depth of one packed block; K is cut into the fewest even blocks
+ *     (k_step), so GPT's K = 768 is one block and 3072 three. Deep blocks mean fewer trips of
+ *     C through the caches (C is read and written once per k block; for the LM head's C of
+ *     150 MiB that is a trip to DRAM). The B micro-panel (1024 x 32 x 4 B = 128 KiB) streams
+ *     from L2 into L1 at 128 B per 28 FMAs, prefetched (the kernel runs at 97% of peak that
+ *     way), beside the A micro-panel (14 x 1024 x 4 B = 56 KiB).
+ * MC = 84 (6 tiles): one thread's A block, 84 x 1024 x 4 B = 336 KiB, stays in L2 while all
+ *     B micro-panels of the block pass over it, beside the chunk of B just packed (256 KiB,
+ *     chunk_panels).
+ * NC = 1536: the B block, 1024 x 1536 x 4 B = 6 MiB (twice: double-buffered), shared by the
  *     threads in L3.
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
 static const mll_gemm_isa *isa_params(void) {
@@ -60,7 +63,7 @@ static const mll_gemm_isa *isa_params(void) {
     static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
                                       256, 144, 4096};
     static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        512, 168, 3072, mll_gemm_avx512_pack_a_rows,
+                                        1024, 84, 1536, mll_gemm_avx512_pack_a_rows,
                                         mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
                                         mll_gemm_avx512_pack_b_cols, mll_gemm_avx512_gemv_rows,
                                         mll_gemm_avx512_gemv_cols};
@@ -298,19 +301,77 @@ static int64_t split_tile(int64_t M, int MR, int64_t mtiles, int64_t npanels, in
     return r * npanels + (q < npanels ? q : npanels);
 }
 
+/* Progress of one thread's share of the B block, on a cache line of its own: (k block << 32)
+ * | micro-panels packed so far in that block; only ever grows during a product. */
+typedef struct {
+    int64_t v;
+    char pad[64 - sizeof(int64_t)];
+} __attribute__((aligned(64))) team_flag;
+
+static void publish(team_flag *flags, int t, int64_t v) { __atomic_store_n(&flags[t].v, v, __ATOMIC_RELEASE); }
+
+/* Waits until thread u has published at least v: a short spin (the other core is packing a
+ * chunk, a few microseconds), then yielding the core in case the partner is not running. */
+static void await(team_flag *flags, int u, int64_t v) {
+    for (int spins = 0; __atomic_load_n(&flags[u].v, __ATOMIC_ACQUIRE) < v; spins++) {
+        if (spins < 4096) {
+#if defined(__x86_64__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+/* Micro-panels per chunk of B packed at a time: about 256 KiB of packed B, which stays in
+ * L2 beside the A block while the thread's tiles of the chunk are computed. */
+static int64_t chunk_panels(const mll_gemm_driver *d, int64_t kc) {
+    int64_t n = ((int64_t)64 << 10) / (d->nr * units(d, kc));
+    return n > 1 ? n : 1;
+}
+
+/* C's tiles (r, q) of thread t's run [w0, w1) for tile rows b0..b1-1 (the packed A block at
+ * abuf, from row ic, mc rows) and micro-panels q0..q1-1 (of the B block at bbuf, from column jc). */
+static void run_tiles(const mll_gemm_driver *d, int64_t kc, const uint32_t *abuf, const uint32_t *bbuf,
+                      int64_t ic, int64_t mc, int64_t b0, int64_t b1, int64_t jc, int64_t nc, int64_t npanels,
+                      int64_t q0, int64_t q1, int64_t w0, int64_t w1, int first) {
+    const int MR = d->mr, NR = d->nr;
+    const size_t arow = (size_t)units(d, kc), pstride = (size_t)NR * units(d, d->kc);
+    for (int64_t q = q0; q < q1; q++) {
+        int64_t j = q * NR;
+        int nr = nc - j < NR ? (int)(nc - j) : NR;
+        for (int64_t r = b0; r < b1; r++) {
+            int64_t tile = r * npanels + q;
+            if (tile < w0 || tile >= w1) continue;
+            int64_t i = (r - b0) * MR;
+            int mr = mc - i < MR ? (int)(mc - i) : MR;
+            d->kernel(d->ctx, kc, abuf + i * arow, bbuf + q * pstride, ic + i, jc + j, first, mr, nr);
+        }
+    }
+}
+
 /* The blocked product, thread t of a team of nt, with a fixed split (close to the classic
  * threaded BLAS): in each B block, the grid of MR x NR tiles of C, taken row by row, is cut
  * into nt runs of equal work (split_tile), so a thread owns a band of tile rows, sharing at
  * most one row with its neighbours. It packs its band in blocks of at most MC rows into its
- * own A buffer, which stays in its L2 while every B micro-panel passes over it (9 and more
- * tiles per B micro-panel fetched from L3). The B block is packed by all threads together
- * (each its share of micro-panels) into shared, double-buffered space; one barrier per k
- * block: the barrier after packing block s also tells that every thread is done with block
- * s - 1, whose buffer block s + 1 reuses. With nt == 1 this is the plain five-loop product. */
-void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
-                    uint32_t *abuf) {
+ * own A buffer, which stays in its L2 while every B micro-panel passes over it (each B
+ * micro-panel fetched from L3 serves the 6 tile rows of an A block).
+ *
+ * The B block is packed by all threads together (thread t its nt-th of the micro-panels) into
+ * shared, double-buffered space, and packing overlaps computing: with its first A block
+ * packed, a thread packs its own micro-panels a chunk at a time and runs its tiles on each
+ * chunk while it is still in L2, then runs the other threads' chunks as their flags say they
+ * are packed: a thread never waits for the whole block, only for the chunk it needs next.
+ * No barrier: thread t reads panels of block s only after their packer said so, and writes
+ * block s + 1 into the buffer of block s - 1 only after every thread has started block s,
+ * hence finished s - 1. With nt == 1 this is the five-loop product with B packed chunk by
+ * chunk for the first A block. (On Zen 4 this measured the same as packing the whole block
+ * behind a barrier, within the noise; it is kept for the barrier it saves per k block.) */
+static void drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
+                  uint32_t *abuf, team_flag *flags) {
     const int MR = d->mr, NR = d->nr;
-    const size_t bstride = mll_gemm_bblock_units(d, N), pstride = (size_t)NR * units(d, d->kc);
+    const size_t bstride = mll_gemm_bblock_units(d, N);
     const int64_t kstep = k_step(d, K), mtiles = (M + MR - 1) / MR, mctiles = d->mc / MR;
     int64_t kblock = 0;
     for (int64_t jc = 0; jc < N; jc += d->nc) {
@@ -321,30 +382,58 @@ void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, i
         int64_t ra = w0 / npanels, rb = w1 > w0 ? (w1 - 1) / npanels + 1 : ra;
         int64_t nmblocks = (rb - ra + mctiles - 1) / mctiles;
         for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
-            int64_t kc = K - pc < kstep ? K - pc : kstep, arow = units(d, kc);
+            int64_t kc = K - pc < kstep ? K - pc : kstep, chunk = chunk_panels(d, kc), tag = kblock << 32;
             uint32_t *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
-            d->pack_b(d->ctx, jc, pc, nc, kc, npanels * t / nt, npanels * (t + 1) / nt, bbuf);
             if (nt > 1) {
-#pragma omp barrier
+                for (int u = 0; u < nt; u++)
+                    if (u != t && kblock > 0) await(flags, u, (kblock - 1) << 32);
+                publish(flags, t, tag);
             }
-            for (int64_t mb = 0; mb < nmblocks; mb++) {
-                int64_t b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
-                int64_t ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
-                d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
-                for (int64_t q = 0; q < npanels; q++) {
-                    int64_t j = q * NR;
-                    int nr = nc - j < NR ? (int)(nc - j) : NR;
-                    for (int64_t r = b0; r < b1; r++) {
-                        int64_t tile = r * npanels + q;
-                        if (tile < w0 || tile >= w1) continue;
-                        int64_t i = (r - b0) * MR;
-                        int mr = mc - i < MR ? (int)(mc - i) : MR;
-                        d->kernel(d->ctx, kc, abuf + i * arow, bbuf + q * pstride, ic + i, jc + j,
-                                  pc == 0, mr, nr);
+            /* a thread without tiles in this block still packs its share of B */
+            for (int64_t mb = 0; mb < (nmblocks > 0 ? nmblocks : 1); mb++) {
+                int64_t b0 = ra, b1 = ra, ic = 0, mc = 0;
+                if (nmblocks > 0) {
+                    b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
+                    ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
+                    d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
+                }
+                if (mb > 0) {
+                    run_tiles(d, kc, abuf, bbuf, ic, mc, b0, b1, jc, nc, npanels, 0, npanels, w0, w1, pc == 0);
+                    continue;
+                }
+                /* the first A block meets the B block chunk by chunk: own chunks first */
+                for (int s = 0; s < nt; s++) {
+                    int u = (t + s) % nt;
+                    int64_t u0 = npanels * u / nt, u1 = npanels * (u + 1) / nt;
+                    for (int64_t q0 = u0; q0 < u1; q0 += chunk) {
+                        int64_t q1 = u1 - q0 < chunk ? u1 : q0 + chunk;
+                        if (u == t) {
+                            d->pack_b(d->ctx, jc, pc, nc, kc, q0, q1, bbuf);
+                            if (nt > 1) publish(flags, t, tag | (q1 - u0));
+                        } else if (nmblocks > 0) {
+                            await(flags, u, tag | (q1 - u0));
+                        }
+                        if (nmblocks > 0)
+                            run_tiles(d, kc, abuf, bbuf, ic, mc, b0, b1, jc, nc, npanels, q0, q1, w0, w1, pc == 0);
                     }
                 }
             }
         }
+    }
+}
+
+void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt, uint32_t *bbufs,
+                  uint32_t *const *abufs) {
+    if (nt <= 1) {
+        drive(d, M, N, K, 0, 1, bbufs, abufs[0], NULL);
+        return;
+    }
+    team_flag flags[MAX_THREADS];
+    for (int t = 0; t < nt; t++) flags[t].v = 0;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        drive(d, M, N, K, t, team, bbufs, abufs[t], flags);
     }
 }
 
@@ -433,22 +522,14 @@ static void gemm_one(const gemm_args *g, int nt) {
     }
     f32_ctx ctx = {p, g};
     mll_gemm_driver d = f32_driver(&ctx);
-    uint32_t *bbuf = (uint32_t *)tl_bbuf[0].ptr;
-    if (nt == 1) {
-        mll_gemm_drive(&d, g->M, g->N, g->K, 0, 1, bbuf, (uint32_t *)tl_abuf[0].ptr);
-        return;
-    }
     /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
-    if (!ensure_buffers(p, g->M, g->N, nt, 1)) {
+    if (nt > 1 && !ensure_buffers(p, g->M, g->N, nt, 1)) {
         gemm_unpacked_args(g);
         return;
     }
-    buffer *abufs = tl_abuf;
-#pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), team = omp_get_num_threads();
-        mll_gemm_drive(&d, g->M, g->N, g->K, t, team, bbuf, (uint32_t *)abufs[t].ptr);
-    }
+    uint32_t *abufs[MAX_THREADS];
+    for (int t = 0; t < nt; t++) abufs[t] = (uint32_t *)tl_abuf[t].ptr;
+    mll_gemm_run(&d, g->M, g->N, g->K, nt, (uint32_t *)tl_bbuf[0].ptr, abufs);
 }
 
 /* C = alpha A' B' + beta C when there is nothing to multiply (K == 0 or alpha == 0). */
@@ -497,6 +578,7 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
         f32_ctx ctx = {p, &g};
         mll_gemm_driver d = f32_driver(&ctx);
-        mll_gemm_drive(&d, M, N, K, 0, 1, (uint32_t *)bbufs[t].ptr, (uint32_t *)abufs[t].ptr);
+        uint32_t *abuf = (uint32_t *)abufs[t].ptr;
+        mll_gemm_run(&d, M, N, K, 1, (uint32_t *)bbufs[t].ptr, &abuf);
     }
 }

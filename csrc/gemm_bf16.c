@@ -12,7 +12,7 @@
  * per row and multiplies it with two vectors of 16 B words: 28 VDPBF16PS per k pair, i.e. twice the
  * multiply-adds of the float32 kernel per instruction.
  *
- * Blocking, threading and determinism are gemm.c's driver (mll_gemm_drive, gemm_internal.h), fed
+ * Blocking, threading and determinism are gemm.c's driver (mll_gemm_run, gemm_internal.h), fed
  * with this file's packing and micro-kernel: B blocks packed once per (jc, pc) and shared by the
  * team, each thread takes an equal run of the MR x NR tiles and packs only the A rows it touches;
  * every element of C is summed by one micro-kernel in k order, so results are bitwise identical
@@ -25,7 +25,6 @@
 #include "gemm_internal.h"
 
 #include <string.h>
-#include <omp.h>
 
 /* ------------------------------------------------------------------ rounding */
 
@@ -297,24 +296,16 @@ AVX512BF16 static void bf16_kernel(const void *ctx, int64_t kc, const uint32_t *
 #define PARALLEL_MIN_FMAS (80 * 80 * 80)
 
 /* 0, or -1 if a packing buffer could not be had. The blocking, the split between threads and
- * the k order are gemm.c's (mll_gemm_drive), with k blocks even so that pairs never straddle
+ * the k order are gemm.c's (mll_gemm_run), with k blocks even so that pairs never straddle
  * two blocks (K = 1024 runs as 2 x 512). */
 static int gemm_bf16_avx512(const bf16_args *g, int nt) {
     mll_gemm_driver d = {MR, NR, KC, MC, NC, 2, 1, g, bf16_pack_a, bf16_pack_b, bf16_kernel};
     for (int t = 0; t < nt; t++)
         if (!grow(&tl_abuf[t], mll_gemm_ablock_units(&d, g->M) * 4)) return -1;
     if (!grow(&tl_bbuf, 2 * mll_gemm_bblock_units(&d, g->N) * 4)) return -1;
-    uint32_t *bbuf = tl_bbuf.ptr;
-    if (nt == 1) {
-        mll_gemm_drive(&d, g->M, g->N, g->K, 0, 1, bbuf, tl_abuf[0].ptr);
-        return 0;
-    }
-    buffer *abufs = tl_abuf;
-#pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), team = omp_get_num_threads();
-        mll_gemm_drive(&d, g->M, g->N, g->K, t, team, bbuf, abufs[t].ptr);
-    }
+    uint32_t *abufs[MAX_THREADS];
+    for (int t = 0; t < nt; t++) abufs[t] = tl_abuf[t].ptr;
+    mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf.ptr, abufs);
     return 0;
 }
 #endif /* __x86_64__ */

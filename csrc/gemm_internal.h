@@ -41,7 +41,7 @@ typedef struct {
                       int64_t ldb, float beta, float *y, int64_t incy);
 } mll_gemm_isa;
 
-/* The blocked, threaded product of gemm.c (mll_gemm_drive), for any packed element: float32
+/* The blocked, threaded product of gemm.c (mll_gemm_run), for any packed element: float32
  * (gemm.c) or pairs of bf16 in 32-bit words (gemm_bf16.c). Sizes are in k; a packed row of kc
  * k takes units(kc) 32-bit units (kc for floats, ceil(kc / 2) for bf16 pairs), so
  *   A micro-panel r of a packed A block: at abuf + r * mr * units(kc)
@@ -64,11 +64,11 @@ typedef struct {
                    int first, int mr, int nr);
 } mll_gemm_driver;
 
-/* Thread t of a team of nt (nt == 1: alone, no barrier) computes its share of C (M, N) from
- * op(A) (M, K) and op(B) (K, N); bbufs: two B blocks shared by the team
- * (mll_gemm_bblock_units each), abuf: this thread's A block (MC rows). */
-void mll_gemm_drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
-                    uint32_t *abuf);
+/* C (M, N) from op(A) (M, K) and op(B) (K, N) on a team of nt threads (nt == 1: the caller
+ * alone, no parallel region); bbufs: two B blocks shared by the team (mll_gemm_bblock_units
+ * each), abufs[t]: thread t's A block (mll_gemm_ablock_units). */
+void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt, uint32_t *bbufs,
+                  uint32_t *const *abufs);
 size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N);
 size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M);
 
