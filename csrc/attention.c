@@ -520,41 +520,12 @@ static MLL_TARGET void FN(dscore_row)(const float *p, float *dp, int64_t n, floa
 /* as rowdot_generic (simd.h's dot, blas1's too) */
 static MLL_TARGET double FN(rowdot)(const float *a, const float *b, int64_t n) { return v_dot_f64(a, b, n); }
 
-/* b (8, 8), row stride ldb  <-  a (8, 8)^T, row stride lda: unpack pairs of rows, then
- * shuffle pairs of pairs, then swap 128-bit halves (AVX2 instructions on both paths) */
-static MLL_TARGET void FN(transpose8x8)(const float *a, int64_t lda, float *b, int64_t ldb) {
-    __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + lda), r2 = _mm256_loadu_ps(a + 2 * lda);
-    __m256 r3 = _mm256_loadu_ps(a + 3 * lda), r4 = _mm256_loadu_ps(a + 4 * lda);
-    __m256 r5 = _mm256_loadu_ps(a + 5 * lda), r6 = _mm256_loadu_ps(a + 6 * lda);
-    __m256 r7 = _mm256_loadu_ps(a + 7 * lda);
-    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm256_storeu_ps(b, _mm256_permute2f128_ps(s0, s4, 0x20));
-    _mm256_storeu_ps(b + ldb, _mm256_permute2f128_ps(s1, s5, 0x20));
-    _mm256_storeu_ps(b + 2 * ldb, _mm256_permute2f128_ps(s2, s6, 0x20));
-    _mm256_storeu_ps(b + 3 * ldb, _mm256_permute2f128_ps(s3, s7, 0x20));
-    _mm256_storeu_ps(b + 4 * ldb, _mm256_permute2f128_ps(s0, s4, 0x31));
-    _mm256_storeu_ps(b + 5 * ldb, _mm256_permute2f128_ps(s1, s5, 0x31));
-    _mm256_storeu_ps(b + 6 * ldb, _mm256_permute2f128_ps(s2, s6, 0x31));
-    _mm256_storeu_ps(b + 7 * ldb, _mm256_permute2f128_ps(s3, s7, 0x31));
-}
-
-/* as transpose_generic, in 8 x 8 blocks; the edges element by element */
+/* as transpose_generic, in 8 x 8 blocks (simd.h); the edges element by element */
 static MLL_TARGET void FN(transpose)(const float *a, int64_t rows, int64_t cols, int64_t lda, float *b,
                                      int64_t ldb) {
     int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
     for (int64_t r = 0; r < r8; r += 8)
-        for (int64_t c = 0; c < c8; c += 8) FN(transpose8x8)(a + r * lda + c, lda, b + c * ldb + r, ldb);
+        for (int64_t c = 0; c < c8; c += 8) mll_transpose8x8(a + r * lda + c, lda, b + c * ldb + r, ldb);
     for (int64_t c = c8; c < cols; c++)
         for (int64_t r = 0; r < r8; r++) b[c * ldb + r] = a[r * lda + c];
     for (int64_t r = r8; r < rows; r++)

@@ -188,39 +188,13 @@ static void transpose_tile_generic(const float *a, float *b, int64_t i0, int64_t
 }
 
 #ifdef MLL_X86
-/* 8x8 blocks transposed in registers (AVX2; the AVX-512 path uses it too): unpack pairs of
- * rows, shuffle pairs of pairs, then swap 128-bit halves. Partial edges go element-wise. */
+/* 8x8 blocks transposed in registers (simd.h; AVX2, the AVX-512 path uses it too). Partial
+ * edges go element-wise. */
 static MLL_AVX2 void transpose_tile_avx2(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0,
                                          int64_t j1, int64_t lda, int64_t ldb) {
     int64_t i8 = i0 + ((i1 - i0) & ~(int64_t)7), j8 = j0 + ((j1 - j0) & ~(int64_t)7);
-    for (int64_t i = i0; i < i8; i += 8) {
-        for (int64_t j = j0; j < j8; j += 8) {
-            const float *p = a + i * lda + j;
-            __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + lda);
-            __m256 r2 = _mm256_loadu_ps(p + 2 * lda), r3 = _mm256_loadu_ps(p + 3 * lda);
-            __m256 r4 = _mm256_loadu_ps(p + 4 * lda), r5 = _mm256_loadu_ps(p + 5 * lda);
-            __m256 r6 = _mm256_loadu_ps(p + 6 * lda), r7 = _mm256_loadu_ps(p + 7 * lda);
-            /* t0 = r0[0] r1[0] r0[1] r1[1] | r0[4] r1[4] r0[5] r1[5], and so on */
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            /* u0 = column 0 of rows 0-3 | column 4 of rows 0-3, and so on */
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-            float *q = b + j * ldb + i;
-            _mm256_storeu_ps(q, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(q + ldb, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(q + 2 * ldb, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(q + 3 * ldb, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(q + 4 * ldb, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(q + 5 * ldb, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(q + 6 * ldb, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(q + 7 * ldb, _mm256_permute2f128_ps(u3, u7, 0x31));
-        }
-    }
+    for (int64_t i = i0; i < i8; i += 8)
+        for (int64_t j = j0; j < j8; j += 8) mll_transpose8x8(a + i * lda + j, lda, b + j * ldb + i, ldb);
     transpose_tile_generic(a, b, i0, i1, j8, j1, lda, ldb);  /* right edge */
     transpose_tile_generic(a, b, i8, i1, j0, j8, lda, ldb);  /* bottom edge */
 }
