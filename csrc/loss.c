@@ -114,30 +114,34 @@ typedef float (*row_lse_fn)(const float *, int64_t, float *);
 typedef void (*row_grad_fn)(const float *, float *, int64_t, float, float, float);
 typedef float (*row_lse_grad_fn)(const float *, float *, int64_t, float, float, float *);
 
-static float row_lse_generic(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
-static void row_grad_generic(const float *x, float *dx, int64_t V, float l, float g, float off) {
-    row_grad(x, dx, V, l, g, off);
-}
-static float row_lse_grad_generic(const float *x, float *dx, int64_t V, float g, float off, float *sx) {
-    return row_lse_grad(x, dx, V, g, off, sx);
-}
+/* The three row kernels compiled for one ISA (TARGET: its attribute, empty for generic). */
+#define ROW_KERNELS(SUFFIX, TARGET)                                                                \
+    TARGET static float row_lse_##SUFFIX(const float *x, int64_t V, float *sx) {                   \
+        return row_lse(x, V, sx);                                                                  \
+    }                                                                                              \
+    TARGET static void row_grad_##SUFFIX(const float *x, float *dx, int64_t V, float l, float g,   \
+                                         float off) {                                              \
+        row_grad(x, dx, V, l, g, off);                                                             \
+    }                                                                                              \
+    TARGET static float row_lse_grad_##SUFFIX(const float *x, float *dx, int64_t V, float g,       \
+                                              float off, float *sx) {                              \
+        return row_lse_grad(x, dx, V, g, off, sx);                                                 \
+    }
+ROW_KERNELS(generic, )
 #if defined(MLL_X86)
-MLL_AVX2 static float row_lse_avx2(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
-MLL_AVX2 static void row_grad_avx2(const float *x, float *dx, int64_t V, float l, float g, float off) {
-    row_grad(x, dx, V, l, g, off);
-}
-MLL_AVX2 static float row_lse_grad_avx2(const float *x, float *dx, int64_t V, float g, float off, float *sx) {
-    return row_lse_grad(x, dx, V, g, off, sx);
-}
-MLL_AVX512 static float row_lse_avx512(const float *x, int64_t V, float *sx) { return row_lse(x, V, sx); }
-MLL_AVX512 static void row_grad_avx512(const float *x, float *dx, int64_t V, float l, float g, float off) {
-    row_grad(x, dx, V, l, g, off);
-}
-MLL_AVX512 static float row_lse_grad_avx512(const float *x, float *dx, int64_t V, float g, float off,
-                                            float *sx) {
-    return row_lse_grad(x, dx, V, g, off, sx);
-}
+ROW_KERNELS(avx2, MLL_AVX2)
+ROW_KERNELS(avx512, MLL_AVX512)
 #endif
+
+static row_lse_fn pick_row_lse(void) {
+    switch (mll_get_isa()) { MLL_PICK(row_lse) default: return row_lse_generic; }
+}
+static row_grad_fn pick_row_grad(void) {
+    switch (mll_get_isa()) { MLL_PICK(row_grad) default: return row_grad_generic; }
+}
+static row_lse_grad_fn pick_row_lse_grad(void) {
+    switch (mll_get_isa()) { MLL_PICK(row_lse_grad) default: return row_lse_grad_generic; }
+}
 
 /* The row loss from lse, the target logit and the row sum (label smoothing s). */
 static inline float row_loss(float l, float x_t, float sum_x, int64_t V, float label_smoothing) {
@@ -161,11 +165,7 @@ int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t
                                   int64_t ignore_index, float label_smoothing) {
     int64_t bad = first_bad_target(targets, N, V, ignore_index);
     if (bad >= 0) return bad;
-    row_lse_fn f = row_lse_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) f = row_lse_avx512;
-    else if (mll_get_isa() == MLL_ISA_AVX2) f = row_lse_avx2;
-#endif
+    row_lse_fn f = pick_row_lse();
     MLL_PARALLEL_ROWS(N, V, i, {
         const float *x = logits + i * ld;
         float sum_x;
@@ -186,11 +186,7 @@ int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const in
                                        float label_smoothing) {
     int64_t bad = first_bad_target(targets, N, V, ignore_index);
     if (bad >= 0) return bad;
-    row_lse_grad_fn f = row_lse_grad_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) f = row_lse_grad_avx512;
-    else if (mll_get_isa() == MLL_ISA_AVX2) f = row_lse_grad_avx2;
-#endif
+    row_lse_grad_fn f = pick_row_lse_grad();
     const float s = label_smoothing;
     const float off = s / (float)V;
     MLL_PARALLEL_ROWS(N, V, i, {
@@ -219,11 +215,7 @@ int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const in
 void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
                                 const float *lse, const float *dloss, float scale, float *dlogits,
                                 int64_t N, int64_t V, int64_t ignore_index, float label_smoothing) {
-    row_grad_fn f = row_grad_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) f = row_grad_avx512;
-    else if (mll_get_isa() == MLL_ISA_AVX2) f = row_grad_avx2;
-#endif
+    row_grad_fn f = pick_row_grad();
     const float s = label_smoothing;
     const float off = s / (float)V;
     MLL_PARALLEL_ROWS(N, V, i, {
