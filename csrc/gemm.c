@@ -284,9 +284,30 @@ size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N) {
     return (size_t)cols * units(d, d->kc);
 }
 
-size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M) {
+/* A thread's packed A blocks are kept for the next column block of B when they fit in this
+ * many units (8 MiB): the LM head's x (512 x 768) is then packed once, not once per block. */
+#define KEEP_A_MAX_UNITS ((size_t)2 << 20)
+
+/* Units in one packed A block (MC rows, or M's rows rounded up to MR, x units(kstep)). */
+static size_t ablock_units(const mll_gemm_driver *d, int64_t M, int64_t kstep) {
     int64_t rows = M < d->mc ? (M + d->mr - 1) / d->mr * d->mr : d->mc;
-    return (size_t)rows * units(d, d->kc);
+    return (size_t)rows * units(d, kstep);
+}
+
+/* Blocks of MC rows in the band of tile rows ra..rb-1. */
+static int64_t mblocks(const mll_gemm_driver *d, int64_t ra, int64_t rb) {
+    int64_t mctiles = d->mc / d->mr;
+    return (rb - ra + mctiles - 1) / mctiles;
+}
+
+size_t mll_gemm_abuf_units(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt) {
+    size_t one = ablock_units(d, M, d->kc);
+    if (N <= d->nc) return one;                    /* one column block: A is packed once anyway */
+    int64_t kstep = k_step(d, K), nkb = (K + kstep - 1) / kstep, mtiles = (M + d->mr - 1) / d->mr;
+    int64_t band = (mtiles + nt - 1) / nt + 1;     /* tile rows of a thread's band, at most */
+    if (band > mtiles) band = mtiles;
+    size_t all = (size_t)nkb * mblocks(d, 0, band) * ablock_units(d, M, kstep);
+    return all > one && all <= KEEP_A_MAX_UNITS ? all : one;
 }
 
 /* First tile of thread t of nt in an (mtiles x npanels) grid of tiles taken row by row, the
@@ -369,18 +390,25 @@ static void run_tiles(const mll_gemm_driver *d, int64_t kc, const uint32_t *abuf
  * chunk for the first A block. (On Zen 4 this measured the same as packing the whole block
  * behind a barrier, within the noise; it is kept for the barrier it saves per k block.) */
 static void drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
-                  uint32_t *abuf, team_flag *flags) {
+                  uint32_t *abufs, size_t abuf_units, team_flag *flags) {
     const int MR = d->mr, NR = d->nr;
     const size_t bstride = mll_gemm_bblock_units(d, N);
-    const int64_t kstep = k_step(d, K), mtiles = (M + MR - 1) / MR, mctiles = d->mc / MR;
-    int64_t kblock = 0;
+    const int64_t kstep = k_step(d, K), mtiles = (M + MR - 1) / MR;
+    const size_t astride = ablock_units(d, M, kstep);
+    int64_t kblock = 0, kept_ra = -1, kept_rb = -1;
     for (int64_t jc = 0; jc < N; jc += d->nc) {
         int64_t nc = N - jc < d->nc ? N - jc : d->nc;
         int64_t npanels = (nc + NR - 1) / NR;
         int64_t w0 = split_tile(M, MR, mtiles, npanels, t, nt), w1 = split_tile(M, MR, mtiles, npanels, t + 1, nt);
         /* tile rows ra..rb-1 hold the run, in the fewest even blocks of at most MC rows */
         int64_t ra = w0 / npanels, rb = w1 > w0 ? (w1 - 1) / npanels + 1 : ra;
-        int64_t nmblocks = (rb - ra + mctiles - 1) / mctiles;
+        int64_t nmblocks = mblocks(d, ra, rb);
+        /* all A blocks of the band kept side by side (block (kb, mb) at abufs + (kb * nmblocks
+         * + mb) * astride) when they fit: the next column block of B with the same band reuses
+         * them unpacked */
+        int keep = (size_t)((K + kstep - 1) / kstep * nmblocks) * astride <= abuf_units && N > d->nc;
+        int reuse = keep && ra == kept_ra && rb == kept_rb;
+        kept_ra = keep ? ra : -1, kept_rb = keep ? rb : -1;
         for (int64_t pc = 0; pc < K; pc += kstep, kblock++) {
             int64_t kc = K - pc < kstep ? K - pc : kstep, chunk = chunk_panels(d, kc), tag = kblock << 32;
             uint32_t *bbuf = bbufs + (size_t)(kblock & 1) * bstride;
@@ -392,10 +420,11 @@ static void drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int
             /* a thread without tiles in this block still packs its share of B */
             for (int64_t mb = 0; mb < (nmblocks > 0 ? nmblocks : 1); mb++) {
                 int64_t b0 = ra, b1 = ra, ic = 0, mc = 0;
+                uint32_t *abuf = keep ? abufs + (size_t)(pc / kstep * nmblocks + mb) * astride : abufs;
                 if (nmblocks > 0) {
                     b0 = ra + (rb - ra) * mb / nmblocks, b1 = ra + (rb - ra) * (mb + 1) / nmblocks;
                     ic = b0 * MR, mc = (b1 * MR < M ? b1 * MR : M) - ic;
-                    d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
+                    if (!reuse) d->pack_a(d->ctx, ic, pc, mc, kc, abuf);
                 }
                 if (mb > 0) {
                     run_tiles(d, kc, abuf, bbuf, ic, mc, b0, b1, jc, nc, npanels, 0, npanels, w0, w1, pc == 0);
@@ -423,9 +452,9 @@ static void drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int
 }
 
 void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt, uint32_t *bbufs,
-                  uint32_t *const *abufs) {
+                  uint32_t *const *abufs, size_t abuf_units) {
     if (nt <= 1) {
-        drive(d, M, N, K, 0, 1, bbufs, abufs[0], NULL);
+        drive(d, M, N, K, 0, 1, bbufs, abufs[0], abuf_units, NULL);
         return;
     }
     team_flag flags[MAX_THREADS];
@@ -433,15 +462,16 @@ void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), team = omp_get_num_threads();
-        drive(d, M, N, K, t, team, bbufs, abufs[t], flags);
+        drive(d, M, N, K, t, team, bbufs, abufs[t], abuf_units, flags);
     }
 }
 
-/* Buffer sizes for an (M, N) product: the A block and two B blocks, no larger than needed. */
-static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M) {
+/* Buffer sizes for an (M, N, K) product on a team of nt: a thread's A blocks and two B blocks,
+ * no larger than needed. */
+static size_t abuf_bytes(const mll_gemm_isa *p, int64_t M, int64_t N, int64_t K, int nt) {
     f32_ctx ctx = {p, NULL};
     mll_gemm_driver d = f32_driver(&ctx);
-    return mll_gemm_ablock_units(&d, M) * sizeof(float);
+    return mll_gemm_abuf_units(&d, M, N, K, nt) * sizeof(float);
 }
 static size_t bbuf_bytes(const mll_gemm_isa *p, int64_t N) {
     f32_ctx ctx = {p, NULL};
@@ -462,11 +492,11 @@ static int max_threads(void) {
     return nt > MAX_THREADS ? MAX_THREADS : nt;
 }
 
-/* Makes sure threads 0..nt-1 of the calling thread have A buffers and threads 0..nb-1 have
- * B buffers big enough for an (M, N) product; 0 if memory ran out. */
-static int ensure_buffers(const mll_gemm_isa *p, int64_t M, int64_t N, int nt, int nb) {
+/* Makes sure threads 0..na-1 of the calling thread have A buffers and threads 0..nb-1 have
+ * B buffers big enough for an (M, N, K) product on a team of `team`; 0 if memory ran out. */
+static int ensure_buffers(const mll_gemm_isa *p, int64_t M, int64_t N, int64_t K, int na, int nb, int team) {
     int ok = 1;
-    for (int t = 0; t < nt; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p, M)) != NULL;
+    for (int t = 0; t < na; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p, M, N, K, team)) != NULL;
     for (int t = 0; t < nb; t++) ok = ok && grow(&tl_bbuf[t], bbuf_bytes(p, N)) != NULL;
     return ok;
 }
@@ -516,20 +546,24 @@ static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
     if ((g->M == 1 || g->N == 1) && gemm_thin(p, g, nt)) return;
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, 1, 1)) {
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, g->K, 1, 1, nt)) {
         gemm_unpacked_args(g);
         return;
     }
     f32_ctx ctx = {p, g};
     mll_gemm_driver d = f32_driver(&ctx);
     /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
-    if (nt > 1 && !ensure_buffers(p, g->M, g->N, nt, 1)) {
+    if (nt > 1 && !ensure_buffers(p, g->M, g->N, g->K, nt, 1, nt)) {
         gemm_unpacked_args(g);
         return;
     }
     uint32_t *abufs[MAX_THREADS];
-    for (int t = 0; t < nt; t++) abufs[t] = (uint32_t *)tl_abuf[t].ptr;
-    mll_gemm_run(&d, g->M, g->N, g->K, nt, (uint32_t *)tl_bbuf[0].ptr, abufs);
+    size_t abuf_units = tl_abuf[0].bytes / sizeof(float);
+    for (int t = 0; t < nt; t++) {
+        abufs[t] = (uint32_t *)tl_abuf[t].ptr;
+        if (tl_abuf[t].bytes / sizeof(float) < abuf_units) abuf_units = tl_abuf[t].bytes / sizeof(float);
+    }
+    mll_gemm_run(&d, g->M, g->N, g->K, nt, (uint32_t *)tl_bbuf[0].ptr, abufs, abuf_units);
 }
 
 /* C = alpha A' B' + beta C when there is nothing to multiply (K == 0 or alpha == 0). */
@@ -562,7 +596,7 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
     int nt = max_threads();
     const mll_gemm_isa *p = isa_params();
     if (K <= 0 || alpha == 0.0f || nt == 1 || batch < nt || fmas >= BATCH_SPLIT_MAX_FMAS ||
-        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, M, N, nt, nt)) {
+        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, M, N, K, nt, nt, 1)) {
         for (int64_t b = 0; b < batch; b++)
             mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
                       C + b * strideC, ldc);
@@ -579,6 +613,6 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
         f32_ctx ctx = {p, &g};
         mll_gemm_driver d = f32_driver(&ctx);
         uint32_t *abuf = (uint32_t *)abufs[t].ptr;
-        mll_gemm_run(&d, M, N, K, 1, (uint32_t *)bbufs[t].ptr, &abuf);
+        mll_gemm_run(&d, M, N, K, 1, (uint32_t *)bbufs[t].ptr, &abuf, abufs[t].bytes / sizeof(float));
     }
 }

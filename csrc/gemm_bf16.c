@@ -300,12 +300,13 @@ AVX512BF16 static void bf16_kernel(const void *ctx, int64_t kc, const uint32_t *
  * two blocks (K = 1024 runs as 2 x 512). */
 static int gemm_bf16_avx512(const bf16_args *g, int nt) {
     mll_gemm_driver d = {MR, NR, KC, MC, NC, 2, 1, g, bf16_pack_a, bf16_pack_b, bf16_kernel};
+    size_t abuf_units = mll_gemm_abuf_units(&d, g->M, g->N, g->K, nt);
     for (int t = 0; t < nt; t++)
-        if (!grow(&tl_abuf[t], mll_gemm_ablock_units(&d, g->M) * 4)) return -1;
+        if (!grow(&tl_abuf[t], abuf_units * 4)) return -1;
     if (!grow(&tl_bbuf, 2 * mll_gemm_bblock_units(&d, g->N) * 4)) return -1;
     uint32_t *abufs[MAX_THREADS];
     for (int t = 0; t < nt; t++) abufs[t] = tl_abuf[t].ptr;
-    mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf.ptr, abufs);
+    mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf.ptr, abufs, abuf_units);
     return 0;
 }
 #endif /* __x86_64__ */

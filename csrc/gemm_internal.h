@@ -66,11 +66,12 @@ typedef struct {
 
 /* C (M, N) from op(A) (M, K) and op(B) (K, N) on a team of nt threads (nt == 1: the caller
  * alone, no parallel region); bbufs: two B blocks shared by the team (mll_gemm_bblock_units
- * each), abufs[t]: thread t's A block (mll_gemm_ablock_units). */
+ * each), abufs[t]: thread t's A buffer of abuf_units units (at least one A block; with
+ * mll_gemm_abuf_units(d, M, N, K, nt), all of its A blocks, packed once for all of B). */
 void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt, uint32_t *bbufs,
-                  uint32_t *const *abufs);
+                  uint32_t *const *abufs, size_t abuf_units);
 size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N);
-size_t mll_gemm_ablock_units(const mll_gemm_driver *d, int64_t M);
+size_t mll_gemm_abuf_units(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt);
 
 void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                              float alpha, float beta, int mr, int nr);
