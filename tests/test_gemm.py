@@ -64,12 +64,14 @@ def test_every_small_size_matches_numpy(isa, transa, transb):
 @pytest.mark.parametrize("transa,transb", [(0, 0), (0, 1), (1, 0), (1, 1)])
 @pytest.mark.parametrize("M,N,K", [(257, 1001, 769), (97, 131, 211), (1, 500, 300), (500, 1, 300),
                                    (300, 500, 1), (1, 1, 1000), (60, 4200, 17), (1, 3001, 1000),
-                                   (3001, 1, 1000), (14, 32, 2000), (200, 6500, 1100)])
+                                   (3001, 1, 1000), (14, 32, 2000), (200, 6500, 1100), (42, 1560, 300)])
 def test_large_and_odd_sizes_match_numpy(isa, M, N, K, transa, transb):
     # K = 769 spans several k blocks (AVX2, generic; one block of the AVX-512 path's 1024),
     # N = 4200 more than one column block (all paths); 14 x 32 is one tile
     # (on two threads one has no tile but packs the B panel the other waits for); 200 x 6500 x
-    # 1100 crosses both blocks several times with both threads packing and reading B chunks
+    # 1100 crosses both blocks several times with both threads packing and reading B chunks;
+    # 42 x 1560 ends in a column block of one micro-panel, where the threads' bands of tile
+    # rows change (the A blocks kept from the first column block must not be reused)
     rng = np.random.default_rng(M * 7 + N * 3 + K)
     a, b = operands(rng, M, N, K, transa, transb)
     c = rng.standard_normal((M, N)).astype(np.float32)
@@ -165,7 +167,7 @@ def test_batched_many_small_and_few_large(isa):
 # shapes that cross the k blocks, the column blocks (N > NC) and split either way between threads
 @pytest.mark.parametrize("M,N,K", [(33, 4200, 100), (300, 40, 270), (130, 130, 1530), (70, 70, 70),
                                    (2, 3000, 200), (1, 5000, 300), (5000, 1, 300), (14, 32, 2000),
-                                   (200, 6500, 1100)])
+                                   (200, 6500, 1100), (42, 1560, 300)])
 def test_one_and_two_threads_give_bitwise_identical_results(isa, threads, M, N, K):
     rng = np.random.default_rng(8)
     for transa in (0, 1):
