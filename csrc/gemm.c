@@ -155,12 +155,7 @@ static void pack_b(int transb, const float *B, int64_t ldb, int64_t nc, int64_t 
 /* Buffers belong to the calling (master) thread and are indexed by OpenMP thread number,
  * so concurrent callers from different threads never share them. Grown on demand, never
  * shrunk: after the first call of a given size a GEMM allocates nothing. */
-typedef struct {
-    float *ptr;
-    size_t bytes;
-} buffer;
-
-static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
+static __thread mll_gemm_buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_xbuf;
 
 /* Packed blocks of 2 MiB and more are asked to live on 2 MiB pages (transparent huge pages
  * in "madvise" mode, as numpy asks for its large arrays): the two 6 MiB B blocks are 3072
@@ -177,7 +172,7 @@ static void advise_huge(void *ptr, size_t bytes) {
 #endif
 }
 
-static float *grow(buffer *b, size_t bytes) {
+void *mll_gemm_grow(mll_gemm_buffer *b, size_t bytes) {
     if (b->bytes < bytes) {
         mll_free(b->ptr, b->bytes);
         b->ptr = mll_alloc(bytes);
@@ -492,12 +487,12 @@ static int max_threads(void) {
     return nt > MAX_THREADS ? MAX_THREADS : nt;
 }
 
-/* Makes sure threads 0..na-1 of the calling thread have A buffers and threads 0..nb-1 have
- * B buffers big enough for an (M, N, K) product on a team of `team`; 0 if memory ran out. */
-static int ensure_buffers(const mll_gemm_isa *p, int64_t M, int64_t N, int64_t K, int na, int nb, int team) {
+/* Makes sure threads 0..na-1 of the calling thread have A buffers of abytes and threads
+ * 0..nb-1 have B buffers big enough for a product with N columns; 0 if memory ran out. */
+static int ensure_buffers(const mll_gemm_isa *p, size_t abytes, int64_t N, int na, int nb) {
     int ok = 1;
-    for (int t = 0; t < na; t++) ok = ok && grow(&tl_abuf[t], abuf_bytes(p, M, N, K, team)) != NULL;
-    for (int t = 0; t < nb; t++) ok = ok && grow(&tl_bbuf[t], bbuf_bytes(p, N)) != NULL;
+    for (int t = 0; t < na; t++) ok = ok && mll_gemm_grow(&tl_abuf[t], abytes) != NULL;
+    for (int t = 0; t < nb; t++) ok = ok && mll_gemm_grow(&tl_bbuf[t], bbuf_bytes(p, N)) != NULL;
     return ok;
 }
 
@@ -525,7 +520,7 @@ static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
     if (!gemv) return 0;
     const float *x = xsrc;
     if (incx != 1) {
-        float *buf = grow(&tl_xbuf, (size_t)k * sizeof(float));
+        float *buf = mll_gemm_grow(&tl_xbuf, (size_t)k * sizeof(float));
         if (!buf) return 0;
         for (int64_t i = 0; i < k; i++) buf[i] = xsrc[i * incx];
         x = buf;
@@ -546,24 +541,21 @@ static int gemm_thin(const mll_gemm_isa *p, const gemm_args *g, int nt) {
 static void gemm_one(const gemm_args *g, int nt) {
     const mll_gemm_isa *p = isa_params();
     if ((g->M == 1 || g->N == 1) && gemm_thin(p, g, nt)) return;
-    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS || !ensure_buffers(p, g->M, g->N, g->K, 1, 1, nt)) {
+    if (g->M * g->N * g->K <= UNPACKED_MAX_FMAS) {
+        gemm_unpacked_args(g);
+        return;
+    }
+    /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
+    size_t abytes = abuf_bytes(p, g->M, g->N, g->K, nt);
+    if (!ensure_buffers(p, abytes, g->N, nt, 1)) {
         gemm_unpacked_args(g);
         return;
     }
     f32_ctx ctx = {p, g};
     mll_gemm_driver d = f32_driver(&ctx);
-    /* each thread packs its rows of A into its own buffer; the team shares two B blocks */
-    if (nt > 1 && !ensure_buffers(p, g->M, g->N, g->K, nt, 1, nt)) {
-        gemm_unpacked_args(g);
-        return;
-    }
     uint32_t *abufs[MAX_THREADS];
-    size_t abuf_units = tl_abuf[0].bytes / sizeof(float);
-    for (int t = 0; t < nt; t++) {
-        abufs[t] = (uint32_t *)tl_abuf[t].ptr;
-        if (tl_abuf[t].bytes / sizeof(float) < abuf_units) abuf_units = tl_abuf[t].bytes / sizeof(float);
-    }
-    mll_gemm_run(&d, g->M, g->N, g->K, nt, (uint32_t *)tl_bbuf[0].ptr, abufs, abuf_units);
+    for (int t = 0; t < nt; t++) abufs[t] = tl_abuf[t].ptr;
+    mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf[0].ptr, abufs, abytes / sizeof(float));
 }
 
 /* C = alpha A' B' + beta C when there is nothing to multiply (K == 0 or alpha == 0). */
@@ -595,8 +587,9 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
     double fmas = (double)M * N * K;
     int nt = max_threads();
     const mll_gemm_isa *p = isa_params();
+    size_t abytes = abuf_bytes(p, M, N, K, 1);       /* each product runs on one thread */
     if (K <= 0 || alpha == 0.0f || nt == 1 || batch < nt || fmas >= BATCH_SPLIT_MAX_FMAS ||
-        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, M, N, K, nt, nt, 1)) {
+        fmas <= UNPACKED_MAX_FMAS || !ensure_buffers(p, abytes, N, nt, nt)) {
         for (int64_t b = 0; b < batch; b++)
             mll_sgemm(transa, transb, M, N, K, alpha, A + b * strideA, lda, B + b * strideB, ldb, beta,
                       C + b * strideC, ldc);
@@ -604,7 +597,7 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
     }
     /* whole products per thread: each is computed exactly as on one thread (same tiles, same
      * k order), so the result does not depend on which thread ran it */
-    buffer *abufs = tl_abuf, *bbufs = tl_bbuf;
+    mll_gemm_buffer *abufs = tl_abuf, *bbufs = tl_bbuf;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t b = 0; b < batch; b++) {
         int t = omp_get_thread_num();
@@ -612,7 +605,7 @@ void mll_sgemm_batched(int transa, int transb, int64_t M, int64_t N, int64_t K, 
                        B + b * strideB, lda, ldb, ldc, C + b * strideC};
         f32_ctx ctx = {p, &g};
         mll_gemm_driver d = f32_driver(&ctx);
-        uint32_t *abuf = (uint32_t *)abufs[t].ptr;
-        mll_gemm_run(&d, M, N, K, 1, (uint32_t *)bbufs[t].ptr, &abuf, abufs[t].bytes / sizeof(float));
+        uint32_t *abuf = abufs[t].ptr;
+        mll_gemm_run(&d, M, N, K, 1, bbufs[t].ptr, &abuf, abytes / sizeof(float));
     }
 }

@@ -253,21 +253,7 @@ typedef struct {
     float *C;
 } bf16_args;
 
-typedef struct {
-    uint32_t *ptr;
-    size_t bytes;
-} buffer;
-
-static __thread buffer tl_abuf[MAX_THREADS], tl_bbuf;
-
-static uint32_t *grow(buffer *b, size_t bytes) {
-    if (b->bytes < bytes) {
-        mll_free(b->ptr, b->bytes);
-        b->ptr = mll_alloc(bytes);
-        b->bytes = b->ptr ? bytes : 0;
-    }
-    return b->ptr;
-}
+static __thread mll_gemm_buffer tl_abuf[MAX_THREADS], tl_bbuf;
 
 /* ------------------------------------------------- callbacks of gemm.c's driver */
 
@@ -302,8 +288,8 @@ static int gemm_bf16_avx512(const bf16_args *g, int nt) {
     mll_gemm_driver d = {MR, NR, KC, MC, NC, 2, 1, g, bf16_pack_a, bf16_pack_b, bf16_kernel};
     size_t abuf_units = mll_gemm_abuf_units(&d, g->M, g->N, g->K, nt);
     for (int t = 0; t < nt; t++)
-        if (!grow(&tl_abuf[t], abuf_units * 4)) return -1;
-    if (!grow(&tl_bbuf, 2 * mll_gemm_bblock_units(&d, g->N) * 4)) return -1;
+        if (!mll_gemm_grow(&tl_abuf[t], abuf_units * 4)) return -1;
+    if (!mll_gemm_grow(&tl_bbuf, 2 * mll_gemm_bblock_units(&d, g->N) * 4)) return -1;
     uint32_t *abufs[MAX_THREADS];
     for (int t = 0; t < nt; t++) abufs[t] = tl_abuf[t].ptr;
     mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf.ptr, abufs, abuf_units);

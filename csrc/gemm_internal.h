@@ -71,6 +71,14 @@ typedef struct {
 void mll_gemm_run(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt, uint32_t *bbufs,
                   uint32_t *const *abufs, size_t abuf_units);
 size_t mll_gemm_bblock_units(const mll_gemm_driver *d, int64_t N);
+
+/* A packing buffer of the calling thread (float32 and bf16 keep their own): grown on demand,
+ * never shrunk; blocks of 2 MiB and more are advised onto 2 MiB pages. NULL if memory ran out. */
+typedef struct {
+    void *ptr;
+    size_t bytes;
+} mll_gemm_buffer;
+void *mll_gemm_grow(mll_gemm_buffer *b, size_t bytes);
 size_t mll_gemm_abuf_units(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt);
 
 void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
