@@ -168,8 +168,6 @@ cdef extern from "minillm.h" nogil:
     # gemv.c
     void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                          int64_t M, int64_t N, int64_t K, int act)
-    ctypedef void (*mll_chunk_fn)(void *ctx, int64_t chunk) noexcept nogil
-    void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
     float mll_stream_sum(const float *x, int64_t n)
 
