@@ -88,7 +88,7 @@ def add_data_prepare_parser(sub):
 
 # ---------------------------------------------------------------------- tokenizer
 def _read_input(path):
-    from .tokenizers.base import read_text
+    from .utils import read_text
     if path in (None, "-"):
         return sys.stdin.read()
     return read_text(path)
@@ -364,9 +364,9 @@ def load_checkpoint_model(folder):
     from . import load
     from .models import model_from_config
     from .tokenizers import load_tokenizer
-    from .tokenizers.base import read_json
+    from .utils import read_json
     folder = _latest_checkpoint(folder)
-    cfg, _ = read_json(os.path.join(folder, "config.json"))
+    cfg = read_json(os.path.join(folder, "config.json"))
     model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else None
     if not isinstance(model_cfg, dict):
         raise ValueError(f"{os.path.join(folder, 'config.json')}: expected a model config object")

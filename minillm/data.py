@@ -6,6 +6,7 @@ import numpy as np
 
 from minillm import _C
 from minillm.random import Generator
+from minillm.utils import default_num_threads, read_json, write_json
 
 Tensor = _C.Tensor
 
@@ -125,7 +126,6 @@ class Batches:
 #   tokenizer.json  the tokenizer that made them
 # Ids are uint16 when the vocabulary fits (as nanoGPT's train.bin), else uint32. The .bin files
 # are read through a memory map, so a corpus larger than RAM trains fine.
-import json as _json
 import os as _os
 import shutil as _shutil
 import sys as _sys
@@ -245,7 +245,6 @@ class _Encoder:
     decode + tokenizer.encode."""
 
     def __init__(self, tokenizer, num_threads):
-        from .tokenizers.base import default_num_threads
         self.tok = tokenizer
         self.native = getattr(tokenizer, "_encoder", None)
         self.threads = num_threads or default_num_threads()
@@ -382,8 +381,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
                 "inputs": [_os.path.abspath(p) for p in train_files],
                 "val_inputs": [_os.path.abspath(p) for p in val_files],
                 "val_fraction": None if val_files else val_fraction, "splits": stats}
-        with open(_os.path.join(tmp, "meta.json"), "w") as f:
-            _json.dump(meta, f, indent=1)
+        write_json(_os.path.join(tmp, "meta.json"), meta)
         if _os.path.isdir(out_dir):
             _shutil.rmtree(out_dir)
         _os.replace(tmp, out_dir)
@@ -406,11 +404,7 @@ class TokenData:
         if not _os.path.isfile(meta_path):
             raise ValueError(f"{self.path}: not a token folder (no meta.json); make one with "
                              f"`minillm data prepare`")
-        try:
-            with open(meta_path) as f:
-                self.meta = _json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{meta_path}: bad JSON ({e})") from None
+        self.meta = read_json(meta_path)
         if self.meta.get("format") != TOKENS_FORMAT:
             raise ValueError(f"{meta_path}: format is {self.meta.get('format')!r}, "
                              f"expected {TOKENS_FORMAT!r}")

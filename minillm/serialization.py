@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .utils import fsync_dir, parse_json
+
 __all__ = ["FormatError", "save", "load", "load_metadata", "BF16_BITS", "as_bf16_bits"]
 
 # A header larger than this is refused as corrupt (the safetensors package has the same cap).
@@ -112,20 +114,6 @@ def _header_bytes(entries, metadata):
     return text + b" " * (-len(text) % 8)
 
 
-def fsync_dir(folder):
-    """fsync a folder so a rename inside it is durable (a no-op where a folder cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(tensors, path, metadata=None):
     """Write `tensors` (dict name -> array-like) to `path` in the safetensors layout.
 
@@ -167,15 +155,6 @@ def _fail(path, problem):
     raise FormatError(f"{path}: {problem}")
 
 
-def _no_duplicates(pairs):
-    obj = {}
-    for k, v in pairs:
-        if k in obj:
-            raise ValueError(f"duplicate key {k!r} in the JSON header")
-        obj[k] = v
-    return obj
-
-
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -194,11 +173,13 @@ def _read_header(f, path, file_size):
     if len(raw) != n:
         _fail(path, f"could read only {len(raw)} of the {n} header bytes")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         _fail(path, f"header is not valid UTF-8 ({e.reason} at byte {e.start})")
-    except (ValueError, RecursionError) as e:
-        _fail(path, f"header is not valid JSON ({e})")
+    try:
+        header = parse_json(text, "JSON header")
+    except ValueError as e:
+        _fail(path, str(e))
     if not isinstance(header, dict):
         _fail(path, f"header must be a JSON object, got {type(header).__name__}")
 

@@ -148,8 +148,8 @@ class TrainConfig:
     def from_json(cls, path):
         """Read a JSON file holding a dict of options (or {"train": {...}} as in a checkpoint's
         config.json)."""
-        from minillm.tokenizers.base import read_json
-        d, _ = read_json(path)
+        from minillm.utils import read_json
+        d = read_json(path)
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object of training options")
         if "train" in d and isinstance(d["train"], dict):

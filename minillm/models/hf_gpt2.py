@@ -22,6 +22,7 @@ import os
 
 from minillm import io
 from minillm.autograd import no_grad
+from minillm.utils import read_json
 
 __all__ = ["load_pretrained", "save_pretrained", "config_from_hf", "config_to_hf", "hf_tensor_names"]
 
@@ -139,11 +140,7 @@ def load_pretrained(folder):
     for path in (cfg_path, st_path):
         if not os.path.exists(path):
             raise ValueError(f"{path}: missing (a GPT-2 checkpoint folder holds config.json and model.safetensors)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            hf = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    hf = read_json(cfg_path)
     config, eps = config_from_hf(hf, cfg_path)
     raw = {_strip(k): v for k, v in io.load(st_path, mmap=True).items()
            if not k.endswith(IGNORED_SUFFIXES)}

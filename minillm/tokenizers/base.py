@@ -1,12 +1,9 @@
-"""The tokenizer interface and the file helpers both tokenizers share.
+"""The tokenizer interface and the byte-level spelling helpers both tokenizers share.
 
 A tokenizer maps text (str) to token ids (list[int]) and back. Every tokenizer here has
 `train`, `encode`, `decode`, `save`, `load` and `vocab_size`, in the manner of minbpe's base
 class, so training scripts can switch between them.
 """
-import json
-import os
-import re
 
 
 class Tokenizer:
@@ -91,79 +88,6 @@ def utf8(text):
             f"text.encode('utf-8', 'replace').decode()") from None
 
 
-def read_text(path):
-    """Contents of a UTF-8 text file; a clear ValueError names the file on bad bytes."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path} line {line}: not valid UTF-8 ({e.reason})") from None
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key):
-        self.key = key
-
-
-def _no_duplicate_keys(pairs):
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _DuplicateKey(key)
-        seen[key] = value
-    return seen
-
-
-def line_of(text, pattern, start=0):
-    """1-based line of the first match of regex `pattern` in `text` at or after `start`, or None."""
-    m = re.compile(pattern).search(text, start)
-    return text.count("\n", 0, m.start()) + 1 if m else None
-
-
-def json_key_pattern(key):
-    """Regex matching `key` as a JSON string however it was escaped (raw or \\uXXXX)."""
-    forms = {json.dumps(key), json.dumps(key, ensure_ascii=False)}
-    return "(?:" + "|".join(re.escape(f) for f in forms) + ")"
-
-
-def read_json(path):
-    """(parsed JSON, raw text) of `path`; bad JSON or a repeated key raises ValueError with the
-    file and line."""
-    text = read_text(path)
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys), text
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {e.lineno}: bad JSON ({e.msg})") from None
-    except _DuplicateKey as e:
-        line = line_of(text, json_key_pattern(e.key) + r"\s*:", 0)
-        lines = [m.start() for m in re.finditer(json_key_pattern(e.key) + r"\s*:", text)]
-        if len(lines) > 1:
-            line = text.count("\n", 0, lines[1]) + 1
-        raise ValueError(f"{path} line {line}: key {e.key!r} appears twice") from None
-
-
 def where(path, line):
     """'path line N' or just 'path' when the line is unknown."""
     return f"{path} line {line}" if line else f"{path}"
-
-
-def default_num_threads():
-    """Threads for encode/train: MINILLM_NUM_THREADS, else the cores this process may use."""
-    env = os.environ.get("MINILLM_NUM_THREADS")
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"MINILLM_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"MINILLM_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

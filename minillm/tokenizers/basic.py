@@ -12,7 +12,8 @@ import os
 import re
 from collections import Counter
 
-from .base import Tokenizer, read_json
+from ..utils import read_json
+from .base import Tokenizer
 
 UNK = "<unk>"
 WORD_RE = re.compile(r"\w+|[^\w\s]")
@@ -113,7 +114,7 @@ class BasicTokenizer(Tokenizer):
         """Read basic.json (or the folder holding it)."""
         if os.path.isdir(path):
             path = os.path.join(path, "basic.json")
-        doc, _ = read_json(path)
+        doc = read_json(path)
         if not isinstance(doc, dict) or doc.get("type") != "basic" or \
                 not isinstance(doc.get("vocab"), list) or \
                 not all(isinstance(s, str) for s in doc["vocab"]):

@@ -21,8 +21,8 @@ import sys
 
 import numpy as np
 
-from .base import (BYTE_TO_CHAR, Tokenizer, default_num_threads, json_key_pattern, line_of,
-                   read_json, read_text, str_to_token, token_to_str, utf8, where)
+from ..utils import default_num_threads, json_key_pattern, line_of, parse_json, read_text
+from .base import BYTE_TO_CHAR, Tokenizer, str_to_token, token_to_str, utf8, where
 
 ENDOFTEXT = "<|endoftext|>"
 MERGES_HEADER = "#version: 0.2"
@@ -322,7 +322,8 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_vocab_merges(cls, vocab_path, merges_path):
         """GPT-2's files: vocab.json {token str: id} and merges.txt ("left right" per line)."""
-        vocab_json, raw = read_json(vocab_path)
+        raw = read_text(vocab_path)
+        vocab_json = parse_json(raw, vocab_path)
         if not isinstance(vocab_json, dict):
             raise ValueError(f"{vocab_path} line 1: expected a JSON object {{token: id}}, "
                              f"got {type(vocab_json).__name__}")
@@ -342,7 +343,8 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_tokenizer_json(cls, path):
         """HF `tokenizers` file with a BPE model and a ByteLevel pre-tokenizer."""
-        doc, raw = read_json(path)
+        raw = read_text(path)
+        doc = parse_json(raw, path)
         model = doc.get("model") if isinstance(doc, dict) else None
         if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or "vocab" not in model:
             raise ValueError(f"{path}: expected a tokenizers file with a BPE model "
