@@ -18,6 +18,20 @@ import argparse
 import sys
 
 
+def add_progress_flags(p):
+    """--progress MODE and --quiet (= --progress none): the same on every long-running command."""
+    from .progress import MODES
+    p.add_argument("--progress", choices=MODES, default=argparse.SUPPRESS,
+                   help="progress display: auto (a tqdm bar on a terminal, else lines), bar, log, "
+                        "none (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress report (same as --progress none)")
+
+
+def progress_of(args, default="auto"):
+    """The progress mode the flags of add_progress_flags ask for."""
+    return "none" if args.quiet else getattr(args, "progress", default)
+
+
 # ---------------------------------------------------------------------- data
 def cmd_data_shakespeare(args):
     from .corpus import prepare_shakespeare
@@ -51,7 +65,7 @@ def cmd_data_prepare(args):
     meta = prepare_tokens(args.input, args.tokenizer, args.out, val_inputs=args.val_input,
                           val_fraction=args.val_fraction, pattern=args.pattern,
                           add_eot=not args.no_eot, chunk_bytes=int(args.chunk_mb * (1 << 20)),
-                          num_threads=args.threads, progress=not args.quiet)
+                          num_threads=args.threads, progress=progress_of(args))
     seconds = time.perf_counter() - t0
     for name, st in meta["splits"].items():
         print(f"{name}: {st['tokens']:,} tokens ({meta['dtype']}) from {st['bytes']:,} bytes "
@@ -82,7 +96,7 @@ def add_data_prepare_parser(sub):
                    help="megabytes of text encoded at once (default 16)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads (default $MINILLM_NUM_THREADS or all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress report")
+    add_progress_flags(p)
     p.set_defaults(func=cmd_data_prepare)
 
 
@@ -112,7 +126,7 @@ def cmd_tokenizer_train(args):
     else:
         specials = [s for s in args.special_tokens.split(",") if s] if args.special_tokens else []
         tok = BPETokenizer().train(text, args.vocab_size, special_tokens=specials,
-                                   progress=not args.quiet, num_threads=args.threads)
+                                   progress=progress_of(args), num_threads=args.threads)
     seconds = time.perf_counter() - t0
     path = tok.save(args.out)
     print(f"trained a {args.type} tokenizer with {tok.vocab_size} ids on {len(text):,} characters "
@@ -161,7 +175,7 @@ def add_tokenizer_parser(subparsers):
     t.add_argument("--min-frequency", type=int, default=1, help="basic: least count of a word")
     t.add_argument("--threads", type=int, default=None,
                    help="threads (default $MINILLM_NUM_THREADS or all cores)")
-    t.add_argument("--quiet", action="store_true", help="no progress report")
+    add_progress_flags(t)
     t.set_defaults(func=cmd_tokenizer_train)
 
     e = sub.add_parser("encode", help="text -> ids (space-separated)")
@@ -182,39 +196,11 @@ def add_tokenizer_parser(subparsers):
 
 
 # ---------------------------------------------------------------------- train
-def _train_option_type(f):
-    """argparse type of a TrainConfig field: its annotation, 'none' for an optional one,
-    JSON for a dict."""
-    import json
-    import typing
-    tp = f.type if not isinstance(f.type, str) else eval(f.type, vars(typing))  # noqa: S307
-    optional = typing.get_origin(tp) is typing.Union and type(None) in typing.get_args(tp)
-    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
-
-    def convert(text):
-        if optional and text.lower() == "none":
-            return None
-        if base is dict:
-            try:
-                value = json.loads(text)
-            except ValueError as e:
-                raise argparse.ArgumentTypeError(f"expected a JSON object: {e}") from None
-            if not isinstance(value, dict):
-                raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-            return value
-        try:
-            return base(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
-    convert.__name__ = base.__name__
-    return convert
-
-
 def cmd_train(args):
-    import dataclasses
-    from .train import TrainConfig, Trainer, sample_text
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    overrides = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    from .generate import sample_text
+    from .train import TrainConfig, Trainer
+    from .train_config import options_from_args
+    overrides = options_from_args(args)
     if args.resume:
         if args.config:
             raise ValueError("--resume takes the options of the checkpoint; give changes as flags, "
@@ -244,8 +230,7 @@ def cmd_train(args):
 
 
 def add_train_parser(subparsers):
-    import dataclasses
-    from .train import TrainConfig
+    from .train_config import add_arguments
     p = subparsers.add_parser(
         "train", help="train a model on prepared token files",
         description="Train a model on a folder made by `minillm data prepare`. Options come from "
@@ -256,23 +241,13 @@ def add_train_parser(subparsers):
     p.add_argument("--config", default=None, help="JSON file of training options")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from a checkpoint folder or a run folder's latest checkpoint")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.type in (bool, "bool"):      # --ddp / --no-ddp
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS,
-                           help=f"{f.metadata.get('help', '')} (default: {default!r})")
-            continue
-        p.add_argument(flag, dest=f.name, type=_train_option_type(f), default=argparse.SUPPRESS,
-                       metavar=f.name.upper(),
-                       help=f"{f.metadata.get('help', '')} (default: {default!r})")
+    add_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
 # ---------------------------------------------------------------------- plot
 def cmd_plot(args):
-    from .train import plot_metrics
+    from .metrics import plot_metrics
     print(plot_metrics(args.run, args.out))
     return 0
 
@@ -340,49 +315,6 @@ def add_bench_parser(subparsers):
 
 
 # ---------------------------------------------------------------------- sample
-def _latest_checkpoint(folder):
-    """folder itself if it holds config.json, else its newest checkpoints/step_<n>/ (a run folder)."""
-    import os
-    import re
-    if os.path.exists(os.path.join(folder, "config.json")):
-        return folder
-    root = os.path.join(folder, "checkpoints")
-    steps = []
-    if os.path.isdir(root):
-        steps = sorted((int(m.group(1)), name) for name in os.listdir(root)
-                       if (m := re.fullmatch(r"step_(\d+)", name)))
-    if not steps:
-        raise ValueError(f"{folder}: no config.json, and no checkpoints/step_<n>/ folder in it")
-    return os.path.join(root, steps[-1][1])
-
-
-def load_checkpoint_model(folder):
-    """(model, tokenizer or None) of a trainer checkpoint folder (config.json with the model
-    config, or {"model": ...}; model.safetensors; tokenizer.json) or of a run folder (its latest
-    checkpoint)."""
-    import os
-    from . import load
-    from .models import model_from_config
-    from .tokenizers import load_tokenizer
-    from .utils import read_json
-    folder = _latest_checkpoint(folder)
-    cfg = read_json(os.path.join(folder, "config.json"))
-    model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else None
-    if not isinstance(model_cfg, dict):
-        raise ValueError(f"{os.path.join(folder, 'config.json')}: expected a model config object")
-    model = model_from_config(model_cfg)
-    weights = os.path.join(folder, "model.safetensors")
-    if not os.path.exists(weights):
-        raise ValueError(f"{weights}: missing")
-    try:
-        model.load_state_dict(load(weights))
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"{weights}: does not fit the model of config.json: {e.args[0] if e.args else e}") from None
-    tok_path = os.path.join(folder, "tokenizer.json")
-    tokenizer = load_tokenizer(tok_path) if os.path.exists(tok_path) else None
-    return model, tokenizer
-
-
 class _TextStream:
     """Prints tokens as they come: bytes of each token go through an incremental UTF-8 decoder,
     so a character split over two byte-level tokens is printed once it is whole."""
@@ -446,7 +378,9 @@ def cmd_sample(args):
         tokenizer = model.tokenizer
         source = args.hf_dir
     else:
-        model, tokenizer = load_checkpoint_model(args.ckpt)
+        from .checkpoint import load_model
+        model = load_model(args.ckpt)
+        tokenizer = model.tokenizer
         source = args.ckpt
     if tokenizer is None:
         raise ValueError(f"{source}: no tokenizer (tokenizer.json, or vocab.json + merges.txt) to turn text into ids")

@@ -5,6 +5,7 @@ Batches: mini-batches over in-memory arrays, shuffled per epoch from a seed, res
 import numpy as np
 
 from minillm import _C
+from minillm.progress import Progress
 from minillm.random import Generator
 from minillm.utils import default_num_threads, read_json, write_json
 
@@ -128,8 +129,6 @@ class Batches:
 # are read through a memory map, so a corpus larger than RAM trains fine.
 import os as _os
 import shutil as _shutil
-import sys as _sys
-import time as _time
 
 TOKENS_FORMAT = "minillm-tokens"
 TOKENS_VERSION = 1
@@ -259,35 +258,6 @@ class _Encoder:
         return np.asarray(self.tok.encode(text), dtype=np.uint32)
 
 
-class _ByteProgress:
-    """tqdm over bytes when installed and stderr is a terminal, else a line every ~10%."""
-
-    def __init__(self, total, enabled):
-        self.total, self.done, self.next_report, self.bar = total, 0, total / 10, None
-        self.enabled, self.t0 = enabled, _time.perf_counter()
-        if enabled and _sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing")
-            except ImportError:
-                pass
-
-    def update(self, n):
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and self.done >= self.next_report:
-            step = max(self.total / 10, 1)
-            self.next_report = (self.done // step + 1) * step
-            rate = self.done / max(_time.perf_counter() - self.t0, 1e-9) / 1e6
-            print(f"tokenizing: {self.done / 1e6:,.1f} / {self.total / 1e6:,.1f} MB "
-                  f"({rate:.1f} MB/s)", file=_sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1,
                    pattern="*", add_eot=True, chunk_bytes=PREPARE_CHUNK_BYTES,
                    num_threads=None, progress=False):
@@ -302,7 +272,8 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
     chunks cut where no pre-token crosses, so the ids equal those of encoding each file whole;
     each chunk is encoded by the C encoder on num_threads threads (default: all cores).
     The folder is written under a temporary name and renamed into place. Returns the meta
-    dict (also in out_dir/meta.json).
+    dict (also in out_dir/meta.json). progress: a minillm.progress mode (auto, bar, log, none;
+    True is auto, False none) for a report over the input bytes on stderr.
     """
     from .tokenizers import load_tokenizer
     if isinstance(tokenizer, (str, _os.PathLike)):
@@ -330,7 +301,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
     split_at = None if val_files else int(sum(sizes[p] for p in train_files) * (1.0 - val_fraction))
     stats = {"train": {"file": "train.bin", "tokens": 0, "bytes": 0, "files": len(train_files)},
              "val": {"file": "val.bin", "tokens": 0, "bytes": 0, "files": len(val_files)}}
-    report = _ByteProgress(total, progress)
+    report = Progress(total, "tokenizing", unit="B", unit_scale=True, mode=progress)
     try:
         with open(_os.path.join(tmp, "train.bin"), "wb") as ftrain, \
                 open(_os.path.join(tmp, "val.bin"), "wb") as fval:

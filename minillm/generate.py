@@ -27,7 +27,7 @@ import math
 
 from minillm import _C
 from minillm.autograd import no_grad
-from minillm.random import default_generator
+from minillm.random import Generator, default_generator
 
 __all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature",
            "top_k_filter", "top_p_filter", "draw", "check_sampling_args"]
@@ -344,3 +344,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     finally:
         model.train(was_training)
     return out[:, :n].contiguous()
+
+
+def sample_text(model, tokenizer, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=0):
+    """Text sampled from `model` after `prompt` (str): the prompt and max_new_tokens sampled
+    tokens, decoded by `tokenizer`; draws from Generator(seed). An empty prompt starts from
+    the tokenizer's <|endoftext|> (or id 0)."""
+    ids = tokenizer.encode(prompt) or [getattr(tokenizer, "eot_token", None) or 0]
+    out = generate(model, [ids], max_new_tokens, temperature=temperature, top_k=top_k,
+                   generator=Generator(seed))
+    return tokenizer.decode(out.tolist()[0])

@@ -10,539 +10,39 @@ tokens (minillm.data.TokenBatches), the mean loss's gradients summed over them, 
 gradient norm clipped to `grad_clip`, an AdamW step (2-D weights decay, biases and LayerNorm
 gains do not) at the learning rate of linear warmup + cosine decay (minillm.optim).
 
-Evaluation every `eval_interval` steps runs over fixed windows of the validation tokens and
-reports the loss (nats per token), the perplexity exp(loss) and bits per byte = total nats /
-(ln 2 * bytes of the text the targets decode to): a measure that does not depend on the
-tokenizer, so runs with different vocabularies compare.
-
-A checkpoint is a folder checkpoints/step_<step>/ under out_dir:
-    config.json            {"model": model config, "train": TrainConfig}
-    model.safetensors      the model's state_dict
-    optimizer.safetensors  AdamW moments, "state.<i>.exp_avg" / "state.<i>.exp_avg_sq", with the
-                           param groups and per-parameter step counts in the metadata
-    trainer_state.json     step, tokens seen, elapsed seconds, RNG states (minillm's default
-                           generator and the batch sampler: the data position)
-    tokenizer.json         the tokenizer of the training data
-    manifest.json          bytes and sha256 of every other file, written last
-It is written to a hidden temporary folder and renamed into place, so an interrupted save never
-leaves a half checkpoint; loading checks every file against the manifest and names a missing,
-truncated or altered one. Restoring all of the above makes a resumed run bitwise identical to
-an uninterrupted one (same thread count).
+Around the loop: the options are minillm/train_config.py, the checkpoint folder
+minillm/checkpoint.py (restoring it makes a resumed run bitwise identical to an uninterrupted
+one, same thread count), evaluation and metrics.jsonl minillm/metrics.py, the progress display
+minillm/progress.py.
 """
-import dataclasses
-import hashlib
-import json
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Optional
-
-import numpy as np
 
 import minillm
-from minillm import _C, nn
 from minillm import data as mdata
-from minillm import distributed
-from minillm import io as mio
-from minillm import optim
+from minillm import distributed, nn, optim
 from minillm import random as mrandom
-from minillm.serialization import fsync_dir as _fsync_dir
-from minillm.autograd import no_grad
-from minillm.generate import generate
+from minillm.checkpoint import (CHECKPOINTS_DIR, CheckpointError, checkpoint_folder, find_checkpoint,  # noqa: F401
+                                list_checkpoints, load_checkpoint, load_model, load_model_state,
+                                prune_checkpoints, save_checkpoint)
+from minillm.generate import sample_text  # noqa: F401  (a public name of this module before)
+from minillm.metrics import (METRICS_FILE, append_metrics, evaluate, plot_metrics,  # noqa: F401
+                             read_metrics, truncate_metrics)
+from minillm.progress import Progress
+from minillm.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "list_checkpoints", "load_model", "read_metrics", "plot_metrics",
            "evaluate", "sample_text"]
-
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
-                    "trainer_state.json", "tokenizer.json")
-MANIFEST = "manifest.json"
-CHECKPOINTS_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
 
 
 def _calibration_steps(cfg):
     """Steps timed to turn time_budget into max_steps: up to 30, within the warmup when it is
     long enough, so that the learning rates of the timed steps do not depend on max_steps."""
     return max(5, min(cfg.warmup_steps, 30))
-
-
-# ====================================================================== configuration
-def _f(default, help, **kw):
-    if callable(default):
-        return field(default_factory=default, metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs, loadable from JSON (`TrainConfig.from_json(path)`) and
-    overridable field by field (`cfg.replace(lr=3e-4)`, or `--lr 3e-4` on the command line)."""
-    # data and output
-    data: str = _f("", "prepared token folder (from `minillm data prepare`)")
-    out_dir: str = _f("runs/run", "folder for metrics.jsonl and checkpoints/")
-    # model: a preset, then overrides of its fields (None keeps the preset's value)
-    model: str = _f("gpt-mini", "model preset (bigram, mlp, gpt-tiny, gpt-mini, gpt2-small)")
-    n_layer: Optional[int] = _f(None, "transformer blocks")
-    n_head: Optional[int] = _f(None, "attention heads")
-    n_embd: Optional[int] = _f(None, "model width")
-    block_size: Optional[int] = _f(None, "context length in tokens (training windows)")
-    dropout: Optional[float] = _f(None, "dropout probability")
-    model_args: dict = _f(dict, "other model fields, e.g. {\"context\": 8} (JSON)")
-    # optimisation
-    batch_size: int = _f(16, "windows per micro-batch")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    max_steps: int = _f(1000, "optimizer steps in total")
-    lr: float = _f(1e-3, "peak learning rate")
-    min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
-    warmup_steps: int = _f(100, "steps of linear warmup")
-    lr_decay_steps: Optional[int] = _f(None, "step where the cosine reaches min_lr (default max_steps)")
-    weight_decay: float = _f(0.1, "AdamW weight decay of 2-D weights")
-    beta1: float = _f(0.9, "AdamW beta1")
-    beta2: float = _f(0.95, "AdamW beta2")
-    eps: float = _f(1e-8, "AdamW eps")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
-    # bf16 mixed precision (minillm/amp.py): weight products on bf16-rounded inputs with float32
-    # sums; master weights, optimizer state, LayerNorm, softmax, attention and the loss stay float32
-    dtype: str = _f("float32", "precision of the weight products: float32, or bf16 (bfloat16 inputs, "
-                               "float32 sums and master weights)")
-    seed: int = _f(1337, "seed of the weights, dropout and batches")
-    # evaluation, logging, checkpoints
-    eval_interval: int = _f(250, "evaluate on the validation split every N steps (0: only at the end)")
-    eval_batches: int = _f(20, "validation batches per evaluation (0: the whole split)")
-    final_eval_batches: int = _f(200, "validation batches of the evaluation at the end (0: the whole split)")
-    log_interval: int = _f(10, "write a metrics line every N steps")
-    checkpoint_interval: int = _f(500, "save a checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = _f(2, "keep the last K checkpoints")
-    time_budget: float = _f(0.0, "train for about this many seconds: max_steps is set from the "
-                                 "speed of the first steps (0: use max_steps)")
-    max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
-    num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
-    ddp: bool = _f(False, "data-parallel over the ranks of `mpirun -n N`: each rank takes "
-                          "batch_size / N windows of every batch (batch_size is the global batch)")
-    progress: str = _f("auto", "progress display: auto (a tqdm bar on a terminal), bar, log, none")
-    sample_tokens: int = _f(0, "tokens of text to sample at the end (0: none)")
-    sample_prompt: str = _f("\n", "prompt of the final sample")
-    temperature: float = _f(0.8, "sampling temperature of the final sample")
-    top_k: Optional[int] = _f(200, "sample only from the top k tokens (final sample)")
-
-    # ------------------------------------------------------------------ conversions
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d, source="config"):
-        """A TrainConfig from a dict; unknown keys raise ValueError naming them and `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown training options {unknown}; known: {sorted(names)}")
-        return cls(**d).checked()
-
-    @classmethod
-    def from_json(cls, path):
-        """Read a JSON file holding a dict of options (or {"train": {...}} as in a checkpoint's
-        config.json)."""
-        from minillm.utils import read_json
-        d = read_json(path)
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object of training options")
-        if "train" in d and isinstance(d["train"], dict):
-            d = d["train"]
-        return cls.from_dict(d, source=path)
-
-    def replace(self, **overrides):
-        """A copy with some fields replaced (checked)."""
-        return TrainConfig.from_dict({**self.to_dict(), **overrides})
-
-    def checked(self):
-        """self, or ValueError naming the first bad option."""
-        positive = ("batch_size", "grad_accum", "log_interval", "keep_checkpoints")
-        for name in positive:
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("max_steps", "warmup_steps", "eval_interval", "eval_batches", "final_eval_batches",
-                     "checkpoint_interval", "num_threads", "sample_tokens"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.progress not in ("auto", "bar", "log", "none"):
-            raise ValueError(f"progress must be auto, bar, log or none, got {self.progress!r}")
-        if not isinstance(self.model_args, dict):
-            raise ValueError(f"model_args must be a dict, got {self.model_args!r}")
-        return self
-
-    def model_overrides(self):
-        """The model fields this config sets (preset values for the others)."""
-        out = {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-               if getattr(self, k) is not None}
-        out.update(self.model_args)
-        return out
-
-
-# ====================================================================== checkpoints
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be used: the message names the folder and the file."""
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _optimizer_tensors(optimizer):
-    """(tensors, metadata) of an optimizer's state_dict, flat for safetensors."""
-    sd = optimizer.state_dict()
-    tensors, steps = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if k == "step":
-                steps[str(i)] = int(v)
-            else:
-                tensors[f"state.{i}.{k}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-              for g in sd["param_groups"]]
-    meta = {"param_groups": json.dumps(groups), "steps": json.dumps(steps),
-            "optimizer": type(optimizer).__name__}
-    return tensors, meta
-
-
-def _optimizer_state(tensors, meta, path):
-    """Inverse of _optimizer_tensors: an optimizer state_dict."""
-    try:
-        groups = json.loads(meta["param_groups"])
-        steps = json.loads(meta["steps"])
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: metadata lacks the optimizer's param groups or steps ({e})") from None
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    state = {}
-    for name, t in tensors.items():
-        m = re.fullmatch(r"state\.(\d+)\.(\w+)", name)
-        if not m:
-            raise CheckpointError(f"{path}: unexpected tensor {name!r}")
-        state.setdefault(int(m.group(1)), {})[m.group(2)] = t
-    for i, s in steps.items():
-        state.setdefault(int(i), {})["step"] = int(s)
-    return {"state": state, "param_groups": groups}
-
-
-def save_checkpoint(folder, model, optimizer, trainer_state, config, tokenizer_file=None):
-    """Write a checkpoint folder (layout in the module docstring) atomically: into a hidden
-    temporary folder next to `folder`, fsynced, then renamed to `folder` (replacing an older
-    folder of that name only once the new one is complete). Returns `folder`.
-
-    model: nn.Module; optimizer: an minillm.optim optimizer; trainer_state: JSON-safe dict;
-    config: JSON-safe dict ({"model": ..., "train": ...}); tokenizer_file: a tokenizer.json
-    to copy (or None)."""
-    folder = os.path.abspath(os.fspath(folder))
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{os.path.basename(folder)}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        _write_json(os.path.join(tmp, "config.json"), config)
-        mio.save(dict(model.state_dict()), os.path.join(tmp, "model.safetensors"),
-                 metadata={"format": "pt"})
-        tensors, meta = _optimizer_tensors(optimizer)
-        mio.save(tensors, os.path.join(tmp, "optimizer.safetensors"), metadata=meta)
-        _write_json(os.path.join(tmp, "trainer_state.json"), trainer_state)
-        if tokenizer_file is not None:
-            shutil.copyfile(tokenizer_file, os.path.join(tmp, "tokenizer.json"))
-        files = [f for f in CHECKPOINT_FILES if os.path.exists(os.path.join(tmp, f))]
-        manifest = {f: {"bytes": os.path.getsize(os.path.join(tmp, f)),
-                        "sha256": _sha256(os.path.join(tmp, f))} for f in files}
-        _write_json(os.path.join(tmp, MANIFEST), {"files": manifest})
-        _fsync_dir(tmp)
-        old = None
-        if os.path.exists(folder):
-            old = os.path.join(parent, f".old-{os.path.basename(folder)}-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-        _fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def verify_checkpoint(folder):
-    """Check every file of a checkpoint folder against its manifest; CheckpointError names
-    the folder and the file that is missing, truncated or altered."""
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    mpath = os.path.join(folder, MANIFEST)
-    if not os.path.exists(mpath):
-        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is missing (an incomplete or "
-                              f"damaged checkpoint)")
-    try:
-        with open(mpath) as f:
-            files = json.load(f)["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is unreadable ({e})") from None
-    for name in CHECKPOINT_FILES[:4]:
-        if name not in files:
-            raise CheckpointError(f"checkpoint {folder}: {MANIFEST} does not list {name}")
-    for name, info in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            raise CheckpointError(f"checkpoint {folder}: {name} is missing")
-        size = os.path.getsize(path)
-        if size != info["bytes"]:
-            what = "truncated" if size < info["bytes"] else "longer than written"
-            raise CheckpointError(f"checkpoint {folder}: {name} is {what}: {size} bytes, the "
-                                  f"manifest says {info['bytes']}")
-        if _sha256(path) != info["sha256"]:
-            raise CheckpointError(f"checkpoint {folder}: {name} does not match its sha256 in the "
-                                  f"manifest (altered or corrupt)")
-
-
-def load_checkpoint(folder):
-    """Read a verified checkpoint folder: dict with 'path', 'config' (dict), 'model' (name ->
-    Tensor), 'optimizer' (an optimizer state_dict), 'trainer_state' (dict), 'tokenizer' (path
-    of tokenizer.json or None). CheckpointError names a bad file."""
-    verify_checkpoint(folder)
-    folder = os.fspath(folder)
-
-    def read_json(name):
-        try:
-            with open(os.path.join(folder, name)) as f:
-                return json.load(f)
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint {folder}: {name} is not valid JSON ({e})") from None
-
-    def read_tensors(name):
-        path = os.path.join(folder, name)
-        try:
-            return mio.load(path, mmap=False), mio.load_metadata(path)
-        except mio.FormatError as e:
-            raise CheckpointError(f"checkpoint {folder}: {e}") from None
-
-    model_state, _ = read_tensors("model.safetensors")
-    opt_tensors, opt_meta = read_tensors("optimizer.safetensors")
-    tok = os.path.join(folder, "tokenizer.json")
-    return {"path": folder, "config": read_json("config.json"), "model": model_state,
-            "optimizer": _optimizer_state(opt_tensors, opt_meta,
-                                          os.path.join(folder, "optimizer.safetensors")),
-            "trainer_state": read_json("trainer_state.json"),
-            "tokenizer": tok if os.path.exists(tok) else None}
-
-
-def load_model_state(model, state, source):
-    """Copy a checkpoint's weights into `model`; ValueError naming `source` and, for a model
-    of another config, the mismatching tensor and both shapes."""
-    try:
-        model.load_state_dict(state)
-    except (ValueError, KeyError) as e:
-        msg = e.args[0] if e.args else str(e)
-        raise ValueError(f"{source}: does not fit this model: {msg}") from None
-
-
-def load_model(path):
-    """The model of a checkpoint folder (or of a run folder's latest checkpoint), in eval mode."""
-    from minillm.models import model_from_config
-    ckpt = load_checkpoint(find_checkpoint(path))
-    model = model_from_config(ckpt["config"]["model"])
-    load_model_state(model, ckpt["model"], os.path.join(ckpt["path"], "model.safetensors"))
-    model.eval()
-    return model
-
-
-_STEP_DIR = re.compile(r"step_(\d+)")
-
-
-def list_checkpoints(run_dir):
-    """[(step, path)] of the checkpoint folders of a run folder, oldest first."""
-    root = os.path.join(os.fspath(run_dir), CHECKPOINTS_DIR)
-    if not os.path.isdir(root):
-        return []
-    out = []
-    for name in os.listdir(root):
-        m = _STEP_DIR.fullmatch(name)
-        if m and os.path.isdir(os.path.join(root, name)):
-            out.append((int(m.group(1)), os.path.join(root, name)))
-    return sorted(out)
-
-
-def find_checkpoint(path):
-    """`path` itself when it is a checkpoint folder, else the latest checkpoint of the run
-    folder `path`; ValueError when there is none."""
-    path = os.fspath(path)
-    if os.path.exists(os.path.join(path, MANIFEST)) or os.path.exists(os.path.join(path, "config.json")):
-        return path
-    found = list_checkpoints(path)
-    if not found:
-        raise ValueError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints")
-    return found[-1][1]
-
-
-# ====================================================================== metrics
-def read_metrics(run_dir):
-    """The records of run_dir/metrics.jsonl: list of dicts (a torn last line is skipped)."""
-    path = os.path.join(os.fspath(run_dir), METRICS_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: no such file (is {run_dir} a training run folder?)")
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def _truncate_metrics(path, step):
-    """Drop records after `step` (a resumed run rewrites the steps after its checkpoint)."""
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-            except ValueError:
-                continue
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
-
-
-def plot_metrics(run_dir, out=None):
-    """Write a PNG of the training loss and validation loss against the step (matplotlib);
-    returns its path (default run_dir/loss.png). RuntimeError with the install command when
-    matplotlib is absent."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("`minillm plot` needs matplotlib, which is not installed: "
-                           "pip install matplotlib") from None
-    records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-    if not train and not val:
-        raise ValueError(f"{run_dir}: metrics.jsonl holds no loss yet")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss", linewidth=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats / token)")
-    ax.set_title(os.path.basename(os.path.abspath(run_dir)))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    out = out or os.path.join(os.fspath(run_dir), "loss.png")
-    fig.savefig(out, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
-
-
-# ====================================================================== evaluation, sampling
-@no_grad()
-def evaluate(model, tokens, batch_size, block_size, byte_lengths, max_batches=None):
-    """Loss over deterministic windows of `tokens` (minillm.data.eval_windows):
-    {'loss': mean nats per token, 'ppl': exp(loss), 'bpb': bits per byte, 'tokens': n}.
-    byte_lengths: (V,) int64 bytes per id (minillm.data.token_byte_lengths) or None (no bpb).
-    The model is put in eval mode and back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    nats, count, nbytes = 0.0, 0, 0
-    try:
-        for x, y in mdata.eval_windows(tokens, batch_size, block_size, max_batches):
-            _, loss = model(x, y)
-            n = y.numel()
-            nats += float(loss.item()) * n
-            count += n
-            if byte_lengths is not None:
-                nbytes += int(byte_lengths[np.asarray(y)].sum())
-    finally:
-        model.train(was_training)
-    mean = nats / count
-    out = {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": count}
-    if byte_lengths is not None and nbytes:
-        out["bpb"] = nats / (math.log(2.0) * nbytes)
-    return out
-
-
-def sample_text(model, tokenizer, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200,
-                seed=0):
-    """Text sampled from `model` after `prompt` (str) with minillm.generate (the sampling code of
-    `minillm sample`): prompt + max_new_tokens tokens, decoded."""
-    ids = tokenizer.encode(prompt) or [getattr(tokenizer, "eot_token", None) or 0]
-    idx = _C.from_numpy(np.array([ids], dtype=np.int64))
-    gen = mrandom.Generator(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        out = np.asarray(generate(model, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                  generator=gen))
-    finally:
-        model.train(was_training)
-    return tokenizer.decode([int(i) for i in out[0]])
-
-
-# ====================================================================== the trainer
-class _Progress:
-    """A tqdm bar (when wanted and possible) or log lines on stdout."""
-
-    def __init__(self, mode, total, initial):
-        self.bar = None
-        if mode == "bar" or (mode == "auto" and sys.stdout.isatty()):
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-            except ImportError:
-                pass
-        self.quiet = mode == "none"
-
-    def step(self, text):
-        if self.bar is not None:
-            self.bar.update(1)
-            if text:
-                self.bar.set_postfix_str(text, refresh=False)
-
-    def log(self, text):
-        if self.quiet:
-            return
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 class Trainer:
@@ -670,7 +170,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {folder}: trainer_state.json: bad or missing "
                                   f"field ({e})") from None
-        _truncate_metrics(os.path.join(self.config.out_dir, METRICS_FILE), self.step)
+        truncate_metrics(os.path.join(self.config.out_dir, METRICS_FILE), self.step)
 
     # ------------------------------------------------------------------ saving
     def trainer_state(self):
@@ -685,13 +185,12 @@ class Trainer:
         if not self.world.is_main:
             return None
         cfg = self.config
-        folder = os.path.join(cfg.out_dir, CHECKPOINTS_DIR, f"step_{self.step:07d}")
+        folder = checkpoint_folder(cfg.out_dir, self.step)
         config = {"model": self.model.config.to_dict(), "train": cfg.to_dict(),
                   "minillm_version": minillm.__version__}
         save_checkpoint(folder, self.model, self.optimizer, self.trainer_state(), config,
                         self.tokenizer_file)
-        for _, old in list_checkpoints(cfg.out_dir)[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
         return folder
 
     # ------------------------------------------------------------------ the loop
@@ -738,10 +237,8 @@ class Trainer:
                         self.byte_lengths, max_batches)
 
     def _log(self, record):
-        if not self.world.is_main:
-            return
-        with open(os.path.join(self.config.out_dir, METRICS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.world.is_main:
+            append_metrics(self.config.out_dir, record)
 
     def _on_sigint(self, signum, frame):
         if self._stop:          # a second Ctrl-C: stop now, without a checkpoint
@@ -754,8 +251,10 @@ class Trainer:
         if self.step == 0:
             self._check_fresh_out_dir()
         self.model.train()
-        progress = _Progress(self.config.progress if self.world.is_main else "none",
-                             self.config.max_steps, self.step)
+        # lines=0: without a bar, _log_step prints the step lines itself
+        progress = Progress(self.config.max_steps, "training", unit="step", initial=self.step,
+                            mode=self.config.progress if self.world.is_main else "none",
+                            stream=sys.stdout, lines=0)
         use_signal = _in_main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
         self._stop, self.interrupted = False, False
@@ -770,7 +269,7 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"step {self.step}: the loss is {loss}; lower lr "
                                              f"(now {self.config.lr}) or check the data")
-                progress.step(f"loss {loss:.4f}")
+                progress.update(1, postfix=f"loss {loss:.4f}")
                 self._log_step(loss, norm, lr, clock, progress)
                 if (self.config.time_budget and clock.t_cal
                         and self.step == _calibration_steps(self.config) + 1):
@@ -835,9 +334,7 @@ class Trainer:
         self.config = cfg.replace(max_steps=steps, lr_decay_steps=None, time_budget=0.0)
         progress.log(f"{per_step * 1000:.0f} ms per step: {steps} steps fit in the time budget "
                      f"of {cfg.time_budget:g} s")
-        if progress.bar is not None:
-            progress.bar.total = steps
-            progress.bar.refresh()
+        progress.set_total(steps)
 
     def _run_eval(self, progress, final=False):
         t0 = time.perf_counter()

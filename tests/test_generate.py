@@ -398,17 +398,18 @@ def test_kv_attention_step_matches_numpy():
 
 # ------------------------------------------------------------------ CLI
 def make_checkpoint(folder):
-    """A trainer-style checkpoint: config.json {"model": ...}, model.safetensors, tokenizer.json."""
-    import json
+    """A trainer checkpoint folder (minillm.checkpoint.save_checkpoint) of a tiny GPT."""
     import os
+    import tempfile
+    from minillm.checkpoint import save_checkpoint
     from minillm.tokenizers import BPETokenizer
     tok = BPETokenizer().train("the king and the queen and the castle " * 20, vocab_size=280)
     model = tiny_gpt(vocab_size=tok.vocab_size)
-    os.makedirs(folder)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump({"model": model.config.to_dict(), "train": {}}, f)
-    minillm.save(dict(model.state_dict()), os.path.join(folder, "model.safetensors"))
-    tok.save(folder)
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tok.save(tok_dir)
+        save_checkpoint(folder, model, model.configure_optimizers(0.0, 1e-3), {"step": 0},
+                        {"model": model.config.to_dict(), "train": {}},
+                        tokenizer_file=os.path.join(tok_dir, "tokenizer.json"))
     return model, tok
 
 

@@ -10,11 +10,12 @@ import signal
 import numpy as np
 import pytest
 
-from minillm import data, train
+from minillm import checkpoint, data, metrics
 from minillm.cli import build_parser, main
 from minillm.models import build_model
 from minillm.tokenizers import BPETokenizer
-from minillm.train import CheckpointError, TrainConfig, Trainer
+from minillm.checkpoint import CheckpointError
+from minillm.train import TrainConfig, Trainer
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "data", "sample.txt")
 TINY = dict(model="gpt-tiny", n_layer=1, n_head=2, n_embd=32, block_size=16)
@@ -74,7 +75,7 @@ def test_resume_after_ctrl_c_is_bitwise_exact(tokens_dir, tmp_path):
     _interrupt_at(cut, 2)
     cut.train()                        # Ctrl-C: saves a checkpoint at step 2 and returns
     assert cut.interrupted and cut.step == 2
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "cut")] == [2]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "cut")] == [2]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     resumed = Trainer.resume(str(tmp_path / "cut"))
@@ -90,17 +91,17 @@ def test_resume_after_ctrl_c_is_bitwise_exact(tokens_dir, tmp_path):
         assert sa[i]["step"] == sb[i]["step"] == 6
         assert np.array_equal(np.asarray(sa[i]["exp_avg_sq"]), np.asarray(sb[i]["exp_avg_sq"]))
     # the resumed run's metrics continue the interrupted ones, step by step
-    steps = [r["step"] for r in train.read_metrics(tmp_path / "cut") if "loss" in r]
+    steps = [r["step"] for r in metrics.read_metrics(tmp_path / "cut") if "loss" in r]
     assert steps == list(range(1, 7))
 
 
 def test_resume_from_a_mid_run_checkpoint_drops_later_metrics(tokens_dir, tmp_path):
     t = Trainer(_config(tokens_dir, tmp_path / "run"))
     t.train()
-    assert max(rec["step"] for rec in train.read_metrics(tmp_path / "run")) == 6
+    assert max(rec["step"] for rec in metrics.read_metrics(tmp_path / "run")) == 6
     r = Trainer.resume(str(tmp_path / "run" / "checkpoints" / "step_0000003"))
     assert r.step == 3
-    assert max(rec["step"] for rec in train.read_metrics(tmp_path / "run")) == 3
+    assert max(rec["step"] for rec in metrics.read_metrics(tmp_path / "run")) == 3
     r.train()
     assert r.history == t.history[3:]
 
@@ -108,8 +109,8 @@ def test_resume_from_a_mid_run_checkpoint_drops_later_metrics(tokens_dir, tmp_pa
 def test_checkpoint_folder_holds_the_documented_files(tokens_dir, tmp_path):
     t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=3))
     t.train()
-    folder = train.find_checkpoint(tmp_path / "run")
-    assert sorted(os.listdir(folder)) == sorted(train.CHECKPOINT_FILES + (train.MANIFEST,))
+    folder = checkpoint.find_checkpoint(tmp_path / "run")
+    assert sorted(os.listdir(folder)) == sorted(checkpoint.CHECKPOINT_FILES + (checkpoint.MANIFEST,))
     cfg = json.load(open(os.path.join(folder, "config.json")))
     assert cfg["model"]["n_embd"] == 32 and cfg["train"]["max_steps"] == 3
     state = json.load(open(os.path.join(folder, "trainer_state.json")))
@@ -117,7 +118,7 @@ def test_checkpoint_folder_holds_the_documented_files(tokens_dir, tmp_path):
     assert set(state["rng"]["default"]) == {"seed", "offset"}
     tok = BPETokenizer.load(os.path.join(folder, "tokenizer.json"))
     assert tok.vocab_size == 320
-    model = train.load_model(tmp_path / "run")
+    model = checkpoint.load_model(tmp_path / "run")
     for k, v in _weights(model).items():
         assert np.array_equal(v, np.asarray(t.model.state_dict()[k]))
 
@@ -136,7 +137,7 @@ def finished_run(tokens_dir, tmp_path_factory):
 def test_damaged_checkpoint_is_refused_naming_the_file(finished_run, tmp_path, damage, victim):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    (s1, older), (s2, latest) = train.list_checkpoints(run)
+    (s1, older), (s2, latest) = checkpoint.list_checkpoints(run)
     assert (s1, s2) == (3, 6)
     before = _tree_hashes(older)
     path = os.path.join(latest, victim)
@@ -155,7 +156,7 @@ def test_damaged_checkpoint_is_refused_naming_the_file(finished_run, tmp_path, d
     with pytest.raises(CheckpointError, match=f"{victim}.*{expected}"):
         Trainer.resume(str(run))
     with pytest.raises(CheckpointError, match=victim):
-        train.load_model(latest)
+        checkpoint.load_model(latest)
     assert _tree_hashes(older) == before          # the previous checkpoint is untouched
     resumed = Trainer.resume(older)               # and still good, in the copied run folder
     assert resumed.step == 3 and resumed.config.out_dir == str(run)
@@ -164,28 +165,28 @@ def test_damaged_checkpoint_is_refused_naming_the_file(finished_run, tmp_path, d
 def test_missing_manifest_is_refused(tokens_dir, tmp_path):
     t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=3))
     t.train()
-    folder = train.find_checkpoint(tmp_path / "run")
+    folder = checkpoint.find_checkpoint(tmp_path / "run")
     os.remove(os.path.join(folder, "manifest.json"))
     with pytest.raises(CheckpointError, match="manifest.json is missing"):
-        train.load_checkpoint(folder)
+        checkpoint.load_checkpoint(folder)
 
 
 def test_failed_save_leaves_the_previous_checkpoint_alone(tokens_dir, tmp_path, monkeypatch):
     t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=3, checkpoint_interval=3))
     t.train()
-    [(_, first)] = train.list_checkpoints(tmp_path / "run")
+    [(_, first)] = checkpoint.list_checkpoints(tmp_path / "run")
     before = _tree_hashes(first)
-    real_save = train.mio.save
+    real_save = checkpoint.mio.save
 
     def failing_save(tensors, path, metadata=None):
         if path.endswith("optimizer.safetensors"):
             raise OSError(28, "No space left on device")
         real_save(tensors, path, metadata)
-    monkeypatch.setattr(train.mio, "save", failing_save)
+    monkeypatch.setattr(checkpoint.mio, "save", failing_save)
     t.config = t.config.replace(max_steps=6)
     with pytest.raises(OSError, match="No space"):
         t.train()
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [3]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [3]
     assert _tree_hashes(first) == before
     leftovers = [n for n in os.listdir(tmp_path / "run" / "checkpoints") if n.startswith(".")]
     assert leftovers == []
@@ -196,23 +197,23 @@ def test_failed_save_leaves_the_previous_checkpoint_alone(tokens_dir, tmp_path, 
 def test_loading_into_another_config_names_tensor_and_shapes(tokens_dir, tmp_path):
     t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=1))
     t.train()
-    ckpt = train.load_checkpoint(train.find_checkpoint(tmp_path / "run"))
+    ckpt = checkpoint.load_checkpoint(checkpoint.find_checkpoint(tmp_path / "run"))
     wider = build_model("gpt-tiny", vocab_size=320, n_layer=1, n_head=2, n_embd=48, block_size=16)
     with pytest.raises(ValueError) as e:
-        train.load_model_state(wider, ckpt["model"], "model.safetensors")
+        checkpoint.load_model_state(wider, ckpt["model"], "model.safetensors")
     msg = str(e.value)
     assert "model.safetensors" in msg and "transformer.wte.weight" in msg
     assert "(320, 32)" in msg and "(320, 48)" in msg
     deeper = build_model("gpt-tiny", vocab_size=320, n_layer=2, n_head=2, n_embd=32, block_size=16)
     with pytest.raises(ValueError, match=r"transformer\.h\.1\."):
-        train.load_model_state(deeper, ckpt["model"], "model.safetensors")
+        checkpoint.load_model_state(deeper, ckpt["model"], "model.safetensors")
 
 
 def test_keeps_only_the_last_k_checkpoints(tokens_dir, tmp_path):
     t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=8, checkpoint_interval=2,
                         keep_checkpoints=2, eval_interval=0))
     t.train()
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [6, 8]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [6, 8]
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine(tokens_dir, tmp_path):
@@ -312,7 +313,7 @@ def test_training_lowers_the_validation_loss_and_logs_metrics(tokens_dir, tmp_pa
     start = t.evaluate(max_batches=2)["loss"]
     end = t.train()["loss"]
     assert end < start - 0.5
-    recs = train.read_metrics(tmp_path / "run")
+    recs = metrics.read_metrics(tmp_path / "run")
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
     for r in steps:
@@ -352,7 +353,7 @@ def test_cli_train_then_resume(tokens_dir, tmp_path, capsys):
     assert "bits per byte" in out and "sample" in out
     assert main(["train", "--resume", str(tmp_path / "run"), "--max-steps", "4"]) == 0
     assert "resuming" in capsys.readouterr().out
-    assert [s for s, _ in train.list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert [s for s, _ in checkpoint.list_checkpoints(tmp_path / "run")] == [2, 4]
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 1
 
 
@@ -376,7 +377,7 @@ def test_time_budget_sets_max_steps_from_the_measured_speed(tokens_dir, tmp_path
     t.train()
     # a budget already spent still trains one step past the calibration, then stops
     assert t.step == 7 and t.config.max_steps == 7 and t.config.time_budget == 0.0
-    saved = json.load(open(os.path.join(train.find_checkpoint(tmp_path / "run"), "config.json")))
+    saved = json.load(open(os.path.join(checkpoint.find_checkpoint(tmp_path / "run"), "config.json")))
     assert saved["train"]["max_steps"] == 7
 
 
@@ -385,4 +386,4 @@ def test_a_new_run_refuses_a_folder_with_checkpoints(finished_run, tokens_dir, t
     shutil.copytree(finished_run, run)
     with pytest.raises(ValueError, match="--resume"):
         Trainer(_config(tokens_dir, run)).train()
-    assert [s for s, _ in train.list_checkpoints(run)] == [3, 6]
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [3, 6]

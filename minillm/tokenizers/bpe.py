@@ -17,10 +17,10 @@ import gc
 import json
 import os
 import re
-import sys
 
 import numpy as np
 
+from ..progress import Progress
 from ..utils import default_num_threads, json_key_pattern, line_of, parse_json, read_text
 from .base import BYTE_TO_CHAR, Tokenizer, str_to_token, token_to_str, utf8, where
 
@@ -34,37 +34,6 @@ def _native():
     except ImportError as e:
         raise ImportError("minillm._bpe is not built; run `make build` (or `pip install .`)") from e
     return _bpe
-
-
-class _Progress:
-    """progress=None: silent; True: tqdm when installed, else a line on stderr every ~10%;
-    a callable: called as progress(done, total)."""
-
-    def __init__(self, progress, total):
-        self.fn, self.bar, self.total, self.last = None, None, total, 0
-        if callable(progress):
-            self.fn = progress
-        elif progress:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, desc="bpe merges", unit="merge")
-            except ImportError:
-                self.fn = self._print
-
-    def _print(self, done, total):
-        if done == total or done - self.last >= max(total // 10, 1):
-            self.last = done
-            print(f"bpe: {done}/{total} merges", file=sys.stderr, flush=True)
-
-    def update(self, done):
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        elif self.fn is not None:
-            self.fn(done, self.total)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 class BPETokenizer(Tokenizer):
@@ -125,7 +94,8 @@ class BPETokenizer(Tokenizer):
         """Learn merges from `text` (a str, or an iterable of str whose items are pre-tokenized
         separately) until the vocabulary has `vocab_size` ids: 256 bytes, vocab_size - 256 -
         len(special_tokens) merges (fewer if the corpus runs out of pairs), then the special
-        tokens. `progress`: None, True (tqdm or stderr) or a callable(done, total).
+        tokens. `progress`: a minillm.progress mode (auto, bar, log, none; True is auto, None or
+        False none) or a callable(done, total).
         Replaces this tokenizer's vocabulary; returns self.
         """
         special_tokens = list(special_tokens or ())
@@ -141,17 +111,21 @@ class BPETokenizer(Tokenizer):
         for piece in ([text] if isinstance(text, str) else text):
             counter.add(utf8(piece), nthreads)
         trainer = bpe.Trainer(counter, 256)
-        report = _Progress(progress, n_merges)
+        report = None if callable(progress) else Progress(n_merges, "bpe", unit="merges", mode=progress)
         pairs = []
         try:
             while len(pairs) < n_merges:
                 got, _ = trainer.step(min(256, n_merges - len(pairs)))
                 pairs.extend(got.tolist())
-                report.update(len(pairs))
+                if report is None:
+                    progress(len(pairs), n_merges)
+                else:
+                    report.set(len(pairs))
                 if len(got) == 0:
                     break
         finally:
-            report.close()
+            if report is not None:
+                report.close()
         self.merges = [(a, b, 256 + k) for k, (a, b) in enumerate(pairs)]
         self.vocab = {b: bytes([b]) for b in range(256)}
         for a, b, m in self.merges:
