@@ -349,14 +349,16 @@ def _sample_once(model, tokenizer, prompt, args, generator):
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:
         ids = [eot] if eot is not None else tokenizer.encode("\n")
-    stops = () if args.no_stop or eot is None else (eot,)
+    defaults = model.generation_defaults()
+    option = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    stops = () if args.no_stop else tuple(defaults["stop_tokens"])
     stream = _TextStream(tokenizer, sys.stdout, stops)
     sys.stdout.write(prompt)
     sys.stdout.flush()
     t0 = time.perf_counter()
     try:
-        generate(model, [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                 top_p=args.top_p, greedy=args.greedy, stop_tokens=stops, generator=generator,
+        generate(model, [ids], args.max_new_tokens, temperature=option("temperature"), top_k=option("top_k"),
+                 top_p=option("top_p"), greedy=args.greedy, stop_tokens=stops, generator=generator,
                  stream=stream)
     except KeyboardInterrupt:
         sys.stdout.write(" [interrupted]")
@@ -373,7 +375,7 @@ def cmd_sample(args):
     if args.threads:
         set_num_threads(args.threads)
     if args.hf_dir:
-        from .models.hf_gpt2 import load_pretrained
+        from .models import load_pretrained
         model = load_pretrained(args.hf_dir)
         tokenizer = model.tokenizer
         source = args.hf_dir
@@ -415,11 +417,13 @@ def add_sample_parser(subparsers):
     src.add_argument("--hf-dir", metavar="DIR", help="GPT-2 checkpoint folder in HuggingFace's layout")
     p.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="softmax temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature; 0 = greedy (default: the model's, 0.8 unless it says)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens (default: the model's, none unless it says)")
     p.add_argument("--top-p", type=float, default=None,
-                   help="sample among the fewest tokens whose probability adds up to p, in (0, 1]")
+                   help="sample among the fewest tokens whose probability adds up to p, in (0, 1] "
+                        "(default: the model's, none unless it says)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")

@@ -1,21 +1,14 @@
-"""Text generation: a KV cache, next-token sampling and the decoding loop.
+"""Text generation: the decoding loop over any LanguageModel, and its KV cache.
 
     out = generate(model, idx, 100, temperature=0.8, top_k=50, generator=Generator(1))
 
-`generate` runs the prompt through the model once (prefill), then feeds one token per step.
-Models with `supports_kv_cache` (the GPT) keep every layer's keys and values in a `KVCache`,
-so a step costs one token's forward; other models (bigram, mlp) recompute on their context.
-
-Sampling options, applied in this order to the last position's logits (B, V):
-  temperature  logits / temperature. 0 means greedy (the limit T -> 0: always the most
-               likely token); negative or non-finite values raise ValueError.
-  top_k        keep the k most likely tokens (ties go to the smaller id). None: no limit;
-               k >= V: no limit; k < 1 (0 included) raises ValueError.
-  top_p        nucleus: keep the fewest tokens, most likely first, whose probability adds
-               up to at least p. None or 1: no limit; p outside (0, 1] raises ValueError.
-  greedy       argmax, ignoring the three above (the first maximum on ties).
-Draws come from `generator` (a minillm.Generator; default: minillm's default generator), so a
-seeded generator gives the same tokens run after run, on any thread count.
+`generate` talks to the model only through the LanguageModel interface (minillm/models/base.py).
+It runs the prompt through the model once (prefill), then feeds one token per step. Models
+whose `kv_cache_shape()` is not None (the GPT) keep every layer's keys and values in a
+`KVCache`, so a step costs one token's forward, or one call of the model's fast decode step
+(`model.decoder()`) when it has one; other models (bigram, mlp) recompute on their context.
+Each step's token comes from minillm.sampling.sample_next (temperature, top-k, top-p, greedy:
+see minillm/sampling.py).
 
 Context longer than block_size: the model sees only the last block_size tokens, as nanoGPT
 crops `idx[:, -block_size:]`. With a KV cache, positions are absolute (learned position
@@ -23,14 +16,14 @@ embeddings), so once the sequence outgrows block_size the cache is rebuilt from 
 block_size tokens at every step: the logits stay exactly those of the cropped recomputation,
 at the cost of a block_size-token forward per step from then on.
 """
-import math
-
 from minillm import _C
 from minillm.autograd import no_grad
-from minillm.random import Generator, default_generator
+from minillm.random import Generator
+# the sampling functions were defined here before minillm/sampling.py; their names stay importable
+from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next,  # noqa: F401
+                              top_k_filter, top_p_filter)
 
-__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_next", "apply_temperature",
-           "top_k_filter", "top_p_filter", "draw", "check_sampling_args"]
+__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_text"]
 
 
 # ------------------------------------------------------------------------ KV cache
@@ -84,11 +77,15 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch, capacity=None):
-        """A cache sized for `model` (a GPT: config n_layer, n_head, n_embd) and B = batch;
-        capacity (positions reserved up front) defaults to the model's block_size."""
-        cfg = model.config
-        capacity = cfg.block_size if capacity is None else capacity
-        return cls(cfg.n_layer, batch, cfg.n_head, cfg.n_embd // cfg.n_head, capacity)
+        """A cache for `model` (a LanguageModel whose kv_cache_shape() is (n_layer, n_kv_head,
+        head_size)) and B = batch; capacity (positions reserved up front) defaults to the
+        model's block_size."""
+        shape = model.kv_cache_shape()
+        if shape is None:
+            raise ValueError(f"{type(model).__name__} has no KV cache (kv_cache_shape() is None)")
+        n_layer, n_kv_head, head_size = shape
+        capacity = model.config.block_size if capacity is None else capacity
+        return cls(n_layer, batch, n_kv_head, head_size, capacity)
 
     def advance(self, n):
         """Record that n positions were added to every layer (called by the model)."""
@@ -180,85 +177,16 @@ def _w(t):
     return None if t is None else t.detach().contiguous()
 
 
-# ------------------------------------------------------------------------ sampling
-def check_sampling_args(temperature=1.0, top_k=None, top_p=None):
-    """ValueError unless temperature >= 0 (finite), top_k None or an int >= 1, top_p None or
-    in (0, 1]. See the module docstring for their meaning."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None (no limit) or an int >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be None (no limit) or in (0, 1], got {top_p!r}")
-
-
-def _rows(logits, what):
-    """logits as a (B, V) float32 Tensor ((V,) is one row)."""
-    if not isinstance(logits, _C.Tensor):
-        raise TypeError(f"{what}: expected a float32 Tensor of logits, got {type(logits).__name__}")
-    if logits.dtype != "float32":
-        raise TypeError(f"{what}: expected float32 logits, got {logits.dtype}")
-    if logits.ndim == 1:
-        return _C.reshape(logits, (1, logits.shape[0]))
-    if logits.ndim != 2:
-        raise ValueError(f"{what}: expected logits of shape (B, V) or (V,), got {tuple(logits.shape)}")
-    return logits
-
-
-def apply_temperature(logits, temperature):
-    """logits / temperature, a new tensor: logits (B, V) float32, temperature > 0."""
-    if not temperature > 0:
-        raise ValueError(f"apply_temperature: temperature must be > 0 (use greedy for 0), got {temperature!r}")
-    return _C.div(_rows(logits, "apply_temperature"), float(temperature))
-
-
-def top_k_filter(logits, k):
-    """A copy of logits (B, V) float32 with every entry outside each row's k largest set to
-    -inf (ties go to the smaller id, so exactly min(k, V) stay finite). k >= 1."""
-    check_sampling_args(top_k=k)
-    out = _rows(logits, "top_k_filter").copy()
-    return _C.top_k_mask_(out, k)
-
-
-def top_p_filter(logits, p):
-    """A copy of logits (B, V) float32 keeping, per row, the fewest tokens (most likely first,
-    ties to the smaller id) whose softmax probability sums to >= p; the rest -inf. p in (0, 1]."""
-    check_sampling_args(top_p=p)
-    out = _rows(logits, "top_p_filter").copy()
-    return _C.top_p_mask_(out, p)
-
-
-def draw(logits, generator=None):
-    """One token per row from softmax(logits): logits (B, V) float32 -> (B,) int64. Uses B
-    uniforms from `generator` (default: minillm's default generator)."""
-    logits = _rows(logits, "draw")
-    u = _C.empty((logits.shape[0],))
-    (generator or default_generator()).uniform_(u)
-    return _C.sample_rows(logits, u)
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, generator=None):
-    """The next token of each row: logits (B, V) (or (V,)) float32 -> (B,) int64.
-    Greedy (or temperature 0) takes the argmax; otherwise temperature, top-k and top-p are
-    applied in that order and one token is drawn per row (see the module docstring)."""
-    check_sampling_args(temperature, top_k, top_p)
-    logits = _rows(logits, "sample_next")
-    if greedy or temperature == 0:
-        return _C.argmax(logits, -1)
-    if temperature != 1.0:
-        logits = _C.div(logits, float(temperature))
-    else:
-        logits = logits.copy()
-    if top_k is not None and top_k < logits.shape[1]:
-        _C.top_k_mask_(logits, top_k)
-    if top_p is not None and top_p < 1.0:
-        _C.top_p_mask_(logits, top_p)
-    return draw(logits, generator)
-
-
 # ------------------------------------------------------------------------ decoding loop
+def _decode_step(model):
+    """The model's fast decode step (model.decoder()), or None to decode through its forward.
+    Until GPT's decode plan lives in models/ (GPT.decoder), a GPT gets the GPTDecoder above."""
+    decoder = model.decoder()
+    if decoder is None and GPTDecoder.supports(model):
+        decoder = GPTDecoder(model)
+    return decoder
+
+
 def _as_idx(idx):
     """idx as a (B, T) int64 Tensor: a Tensor (int64/int32), or a list of equal-length lists."""
     if not isinstance(idx, _C.Tensor):
@@ -292,10 +220,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     stop_tokens: ids that end a row; the stop token is kept, later positions of that row repeat
     it, and the loop ends early (n < max_new_tokens) once every row has stopped.
     stream: called after every step with a list of the B new ids (for printing as you go).
-    fast: decode GPT models one token at a time with GPTDecoder (False: through model.forward
-    with the KV cache; same logits to float32 rounding).
-    Sampling options and context cropping: see the module docstring. The model runs in eval
-    mode under no_grad (its training flag is restored afterwards)."""
+    fast: decode one token at a time with the model's decode step (model.decoder()) when it
+    has one (False: through model.forward with the KV cache; same logits to float32 rounding).
+    Sampling options: minillm/sampling.py; context cropping: the module docstring. The model
+    runs in eval mode under no_grad (its training flag is restored afterwards)."""
     check_sampling_args(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -306,9 +234,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out = _C.empty((B, T + max_new_tokens), dtype="int64")
     out[:, :T] = idx
     n = T
-    use_cache = bool(getattr(model, "supports_kv_cache", False))
+    use_cache = model.kv_cache_shape() is not None
     cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
-    decoder = GPTDecoder(model) if use_cache and fast and GPTDecoder.supports(model) else None
+    decoder = _decode_step(model) if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
     was_training = model.training
     model.eval()

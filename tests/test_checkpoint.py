@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from minillm import checkpoint, data, io, optim
+from minillm import checkpoint, data, io
 from minillm.cli import main
 from minillm.tokenizers import BPETokenizer
 from minillm.train import TrainConfig, Trainer

@@ -9,8 +9,9 @@ import pytest
 import minillm
 from minillm import _C
 from minillm.autograd import no_grad
-from minillm.generate import (GPTDecoder, KVCache, apply_temperature, check_sampling_args, draw, generate,
-                              sample_next, top_k_filter, top_p_filter)
+from minillm.generate import GPTDecoder, KVCache, generate
+from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next, top_k_filter,
+                              top_p_filter)
 from minillm.models import build_model
 
 

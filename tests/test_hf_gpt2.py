@@ -13,7 +13,7 @@ import minillm
 from minillm.autograd import no_grad
 from minillm.generate import generate
 from minillm.models import GPT, build_model
-from minillm.models.hf_gpt2 import load_pretrained, save_pretrained
+from minillm.models.gpt import load_pretrained, save_pretrained
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "gpt2_tiny")

@@ -351,19 +351,18 @@ def test_dropout_is_active_in_training_and_off_in_eval():
     np.testing.assert_array_equal(c, d)
 
 
-def test_generate_delegates_to_minillm_generate(monkeypatch):
-    import sys
-    import types
-    calls = []
-    fake = types.ModuleType("minillm.generate")
-    fake.generate = lambda model, idx, n, **kw: calls.append((model, idx, n, kw)) or "out"
-    monkeypatch.setitem(sys.modules, "minillm.generate", fake)
-    monkeypatch.setattr(minillm, "generate", fake, raising=False)
-    model = model_from_config(TINY_GPT)
-    idx = ids(np.zeros((1, 2)))
-    assert model.generate(idx, 5, temperature=0.5, top_k=3) == "out"
-    (m, i, n, kw), = calls
-    assert m is model and i is idx and n == 5 and kw["temperature"] == 0.5 and kw["top_k"] == 3
+def test_language_model_interface_defaults_and_gpt_cache_shape():
+    from minillm.models import LanguageModel
+    from minillm.tokenizers import BPETokenizer
+    gpt = model_from_config(TINY_GPT)
+    bigram = Bigram(dict(model_type="bigram"))
+    assert isinstance(gpt, LanguageModel) and isinstance(bigram, LanguageModel)
+    c = gpt.config
+    assert gpt.kv_cache_shape() == (c.n_layer, c.n_head, c.n_embd // c.n_head)
+    assert bigram.kv_cache_shape() is None and bigram.decoder() is None and bigram.tokenizer is None
+    assert bigram.generation_defaults()["stop_tokens"] == ()
+    bigram.tokenizer = BPETokenizer().train("ab ab ab", 258)      # 256 bytes, 1 merge, <|endoftext|>
+    assert bigram.generation_defaults()["stop_tokens"] == (257,)
 
 
 def test_training_attention_path_matches_the_generic_path_in_value_and_gradient():

@@ -5,21 +5,33 @@
 
 A config dict carries "model_type" ("bigram" | "mlp" | "gpt") and that model's fields;
 `model.config.to_dict()` writes one and `model_from_config` reads it back.
+`load_pretrained(folder)` reads a HuggingFace-layout folder into the family its config.json
+names. Every model is a `LanguageModel` (models/base.py), the interface the decoding loop, the
+trainer and the CLI use.
 """
 import copy
+import os
 
+from minillm.models.base import LanguageModel
 from minillm.models.bigram import Bigram, BigramConfig
 from minillm.models.gpt import GPT, GPTConfig
 from minillm.models.mlp import MLPConfig, MLPLM
+from minillm.utils import read_json
 
-__all__ = ["PRESETS", "MODEL_TYPES", "build_model", "model_from_config", "config_from_dict",
-           "Bigram", "BigramConfig", "MLPLM", "MLPConfig", "GPT", "GPTConfig"]
+__all__ = ["PRESETS", "MODEL_TYPES", "HF_MODEL_TYPES", "build_model", "model_from_config",
+           "config_from_dict", "load_pretrained", "LanguageModel", "Bigram", "BigramConfig", "MLPLM",
+           "MLPConfig", "GPT", "GPTConfig"]
 
 # model_type -> (config class, model class)
 MODEL_TYPES = {
     "bigram": (BigramConfig, Bigram),
     "mlp": (MLPConfig, MLPLM),
     "gpt": (GPTConfig, GPT),
+}
+
+# HF config.json "model_type" -> the family that loads such a folder (its from_pretrained)
+HF_MODEL_TYPES = {
+    "gpt2": GPT,
 }
 
 PRESETS = {
@@ -79,3 +91,19 @@ def build_model(preset_or_config, generator=None, **overrides):
                          f"{overrides['model_type']!r} with an override")
     d.update(overrides)
     return model_from_config(d, generator=generator)
+
+
+def load_pretrained(folder):
+    """The model of a HuggingFace-layout folder (config.json, model.safetensors, tokenizer
+    files), loaded by the family its config.json's model_type names (HF_MODEL_TYPES);
+    `model.tokenizer` is its tokenizer or None."""
+    cfg_path = os.path.join(os.fspath(folder), "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ValueError(f"{cfg_path}: missing (a HuggingFace model folder holds config.json and "
+                         f"model.safetensors)")
+    hf = read_json(cfg_path)
+    model_type = hf.get("model_type", "gpt2") if isinstance(hf, dict) else None
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported; supported: "
+                         f"{sorted(HF_MODEL_TYPES)}")
+    return HF_MODEL_TYPES[model_type].from_pretrained(folder)

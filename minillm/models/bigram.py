@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models._common import LanguageModel, check_idx, known_fields
+from minillm.models.base import LanguageModel, check_idx, known_fields
 
 
 @dataclass

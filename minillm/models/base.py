@@ -1,0 +1,103 @@
+"""The LanguageModel interface: all the decoding loop (minillm.generate), the trainer and the
+CLI know of a model. Each family in models/ subclasses it; nothing here knows a family.
+
+    logits, loss = model(idx, targets)         # training and evaluation
+    shape = model.kv_cache_shape()             # (n_layer, n_kv_head, head_size) or None
+    logits, _ = model(idx, kv_cache=cache)     # when kv_cache_shape() is not None
+    step = model.decoder()                     # a fast one-token decode step, or None
+    model.tokenizer, model.generation_defaults()
+
+Also the small helpers the families' configs and forwards share (known_fields, check_idx).
+"""
+import dataclasses
+
+from minillm import _C
+from minillm import nn, optim
+
+__all__ = ["LanguageModel", "check_idx", "known_fields"]
+
+
+def known_fields(cls, d):
+    """d as keyword arguments for the config dataclass cls; ValueError names unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {unknown} (known: {sorted(names)})")
+    return dict(d)
+
+
+def check_idx(idx, model_name):
+    """(B, T) of a batch of token ids, or a clear error. idx: (B, T) int64 (or int32) Tensor."""
+    if not isinstance(idx, _C.Tensor):
+        raise TypeError(f"{model_name}: expected a (B, T) int64 Tensor of token ids, got {type(idx).__name__}")
+    if idx.ndim != 2:
+        raise ValueError(f"{model_name}: expected (B, T) token ids, got shape {tuple(idx.shape)}")
+    if idx.dtype not in ("int64", "int32"):
+        raise TypeError(f"{model_name}: expected int64 token ids, got {idx.dtype}")
+    B, T = idx.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"{model_name}: empty batch of token ids, shape {tuple(idx.shape)}")
+    return B, T
+
+
+class LanguageModel(nn.Module):
+    """Base of every model family. A subclass sets ``self.config`` (a dataclass with at least
+    vocab_size, block_size and to_dict()) and defines ``forward``; it overrides
+    ``kv_cache_shape`` when its forward takes ``kv_cache=`` and ``decoder`` when it has a fast
+    one-token decode step.
+
+    tokenizer: the tokenizer the model was trained or shipped with (set by loaders such as
+    from_pretrained or minillm.checkpoint.load_model), or None."""
+
+    tokenizer = None
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) int64 token ids; targets (B, T) int64 or None (-1 = ignore) ->
+        (logits (B, T, V) or (B, 1, V) float32, loss 0-d or None)."""
+        raise NotImplementedError
+
+    def kv_cache_shape(self):
+        """(n_layer, n_kv_head, head_size) of the KV cache the forward's `kv_cache=` argument
+        takes (minillm.generate.KVCache), or None when the model recomputes its context."""
+        return None
+
+    @property
+    def supports_kv_cache(self):
+        """True when the forward takes a KV cache (kv_cache_shape() is not None)."""
+        return self.kv_cache_shape() is not None
+
+    def decoder(self):
+        """A fast decode step over this model's weights: an object with
+        ``step(tokens (B,) int64, cache) -> logits (B, V)`` that appends one position to the
+        KV cache, or None (the decoding loop then calls forward with the cache)."""
+        return None
+
+    def generation_defaults(self):
+        """Sampling options a command line or server uses where the user gives none:
+        temperature, top_k, top_p, and stop_tokens (the tokenizer's <|endoftext|>, if any)."""
+        eot = getattr(self.tokenizer, "eot_token", None)
+        return {"temperature": 0.8, "top_k": None, "top_p": None,
+                "stop_tokens": () if eot is None else (eot,)}
+
+    def num_params(self, non_embedding=False):
+        """Number of parameters (a tied weight counted once). non_embedding=True leaves out
+        the position embedding table (`transformer.wpe`), as nanoGPT reports it."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            for name, p in self.named_parameters():
+                if name.endswith("wpe.weight"):
+                    n -= p.numel()
+        return n
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas=(0.9, 0.95), eps=1e-8):
+        """AdamW over two parameter groups: every 2-D tensor (the Linear weights and the
+        embedding tables, tied lm_head included once) decays by `weight_decay`; biases and
+        LayerNorm gains (1-D) do not, as in nanoGPT and GPT-3."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
