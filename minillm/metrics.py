@@ -16,6 +16,7 @@ import numpy as np
 
 from minillm import data as mdata
 from minillm.autograd import no_grad
+from minillm.utils import parse_json
 
 __all__ = ["METRICS_FILE", "evaluate", "append_metrics", "read_metrics", "truncate_metrics", "plot_metrics"]
 
@@ -63,7 +64,7 @@ def read_metrics(run_dir):
     with open(path) as f:
         for line in f:
             try:
-                out.append(json.loads(line))
+                out.append(parse_json(line, path))
             except ValueError:
                 continue
     return out
@@ -77,7 +78,7 @@ def truncate_metrics(path, step):
     with open(path) as f:
         for line in f:
             try:
-                if json.loads(line).get("step", 0) <= step:
+                if parse_json(line, path).get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
             except ValueError:
                 continue

@@ -11,14 +11,13 @@ Optional field also takes "none", a dict field takes JSON).
 """
 import argparse
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 from minillm.progress import MODES
-from minillm.utils import read_json
+from minillm.utils import parse_json, read_json
 
 __all__ = ["TrainConfig", "add_arguments", "options_from_args"]
 
@@ -152,7 +151,7 @@ def _option_type(f):
             return None
         if base is dict:
             try:
-                value = json.loads(text)
+                value = parse_json(text, f"--{f.name.replace('_', '-')}")
             except ValueError as e:
                 raise argparse.ArgumentTypeError(f"expected a JSON object: {e}") from None
             if not isinstance(value, dict):

@@ -14,7 +14,7 @@ import dataclasses
 from minillm import _C
 from minillm import nn, optim
 
-__all__ = ["LanguageModel", "check_idx", "known_fields"]
+__all__ = ["LanguageModel", "ModelConfig", "check_idx", "known_fields"]
 
 
 def known_fields(cls, d):
@@ -24,6 +24,31 @@ def known_fields(cls, d):
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown config keys {unknown} (known: {sorted(names)})")
     return dict(d)
+
+
+class ModelConfig:
+    """Base of the families' config dataclasses (which set `model_type` and their fields):
+    a JSON-ready dict and back, and the checks every family makes."""
+
+    def to_dict(self):
+        """A JSON-ready dict (includes model_type)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The config of a dict written by to_dict(); unknown keys raise ValueError."""
+        return cls(**known_fields(cls, d))
+
+    def check(self, model_type, positive_ints):
+        """ValueError unless model_type is `model_type` and the fields named in
+        `positive_ints` are ints > 0."""
+        name = type(self).__name__
+        if self.model_type != model_type:
+            raise ValueError(f"{name}: model_type must be {model_type!r}, got {self.model_type!r}")
+        for field in positive_ints:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: {field} must be a positive int, got {value!r}")
 
 
 def check_idx(idx, model_name):

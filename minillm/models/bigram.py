@@ -1,16 +1,15 @@
 """Bigram language model: the next token's logits are a row of a V x V table picked by
 the current token (no context beyond one token)."""
-import dataclasses
 from dataclasses import dataclass
 
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models.base import LanguageModel, check_idx, known_fields
+from minillm.models.base import LanguageModel, ModelConfig, check_idx
 
 
 @dataclass
-class BigramConfig:
+class BigramConfig(ModelConfig):
     """vocab_size V; block_size is only the length of training windows and of the
     context a sampler keeps (the model itself looks at one token)."""
     model_type: str = "bigram"
@@ -18,21 +17,7 @@ class BigramConfig:
     block_size: int = 64
 
     def __post_init__(self):
-        if self.model_type != "bigram":
-            raise ValueError(f"BigramConfig: model_type must be 'bigram', got {self.model_type!r}")
-        for name in ("vocab_size", "block_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"BigramConfig: {name} must be a positive int, got {value!r}")
-
-    def to_dict(self):
-        """A JSON-ready dict (includes model_type)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The config of a dict written by to_dict(); unknown keys raise ValueError."""
-        return cls(**known_fields(cls, d))
+        self.check("bigram", ("vocab_size", "block_size"))
 
 
 class Bigram(LanguageModel):

@@ -9,7 +9,6 @@ token + position embeddings -> n_layer pre-LayerNorm blocks of
 
 Shapes: B batch, T sequence, C = n_embd, nh = n_head, hs = C / nh, V = vocab_size.
 """
-import dataclasses
 import json
 import math
 import os
@@ -19,13 +18,13 @@ from minillm import _C
 from minillm import functional as F
 from minillm import io, nn
 from minillm.autograd import no_grad
-from minillm.models.base import LanguageModel, check_idx, known_fields
+from minillm.models.base import LanguageModel, ModelConfig, check_idx
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ModelConfig):
     """Hyperparameters of a GPT. bias: biases in the Linears and LayerNorms (GPT-2 has
     them); tie_weights: lm_head shares the token embedding (GPT-2 does);
     checkpoint_activations: recompute each block in backward instead of keeping its
@@ -43,25 +42,11 @@ class GPTConfig:
     checkpoint_activations: bool = False
 
     def __post_init__(self):
-        if self.model_type != "gpt":
-            raise ValueError(f"GPTConfig: model_type must be 'gpt', got {self.model_type!r}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig: {name} must be a positive int, got {value!r}")
+        self.check("gpt", ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self):
-        """A JSON-ready dict (includes model_type)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The config of a dict written by to_dict(); unknown keys raise ValueError."""
-        return cls(**known_fields(cls, d))
 
 
 class CausalSelfAttention(nn.Module):

@@ -6,18 +6,17 @@ Every position of a (B, T) batch is predicted from its own window of `context` t
 (positions before the start of the sequence are a learned "blank" token, id V), so the
 model trains on the same (B, T) windows as the GPT.
 """
-import dataclasses
 from dataclasses import dataclass
 
 from minillm import _C
 from minillm import functional as F
 from minillm import nn
 from minillm.autograd import no_grad
-from minillm.models.base import LanguageModel, check_idx, known_fields
+from minillm.models.base import LanguageModel, ModelConfig, check_idx
 
 
 @dataclass
-class MLPConfig:
+class MLPConfig(ModelConfig):
     """context: tokens the model sees per prediction; n_embd: size of each token's
     embedding; n_hidden: width of each of the n_layer tanh layers; block_size: length of
     training windows and of the context a sampler keeps."""
@@ -30,21 +29,7 @@ class MLPConfig:
     n_layer: int = 1
 
     def __post_init__(self):
-        if self.model_type != "mlp":
-            raise ValueError(f"MLPConfig: model_type must be 'mlp', got {self.model_type!r}")
-        for name in ("vocab_size", "block_size", "context", "n_embd", "n_hidden", "n_layer"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MLPConfig: {name} must be a positive int, got {value!r}")
-
-    def to_dict(self):
-        """A JSON-ready dict (includes model_type)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The config of a dict written by to_dict(); unknown keys raise ValueError."""
-        return cls(**known_fields(cls, d))
+        self.check("mlp", ("vocab_size", "block_size", "context", "n_embd", "n_hidden", "n_layer"))
 
 
 class MLPLM(LanguageModel):
