@@ -532,12 +532,20 @@ def relu(x):
     return _unary("relu", _C.relu, x)
 
 
-def gelu(x, approximate="tanh"):
-    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (PyTorch's
-    approximate='tanh', GPT-2's). Float32."""
-    if approximate not in ("tanh", "none"):
-        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    return _unary("gelu", _C.gelu, x)
+def gelu(x, approximate="none"):
+    """GELU, elementwise, float32, as PyTorch's: approximate='none' (the default) is the exact
+    x Phi(x), Phi the standard normal CDF (erf form); approximate='tanh' is
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the form GPT-2 was trained with."""
+    if approximate == "tanh":
+        return _unary("gelu", _C.gelu, x)
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    y = _C.gelu_erf(x)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (_C.gelu_erf_backward(x, dy),)
+        _record(y, backward, x)
+    return y
 
 
 def abs(x):
@@ -1005,10 +1013,10 @@ def causal_self_attention(qkv, n_head, scale=None):
 
 
 def bias_gelu(x, bias):
-    """gelu(x + bias) in one pass (GELU in the tanh form, as gelu()): x (..., C), bias (C),
-    float32 -> shaped like x. Only x is kept for backward, which recomputes x + bias."""
+    """gelu(x + bias, approximate="tanh") in one pass: x (..., C), bias (C), float32 -> shaped
+    like x. Only x is kept for backward, which recomputes x + bias."""
     if not _fused_on:
-        return gelu(add(x, bias))
+        return gelu(add(x, bias), approximate="tanh")
     y = _C.bias_gelu(x, bias)
     if _grad_on():
         gx, gb = _rg(x), _rg(bias)
@@ -1021,11 +1029,12 @@ def bias_gelu(x, bias):
 
 
 def linear_gelu(x, weight, bias=None):
-    """gelu(x @ weight^T + bias), the first half of a GPT MLP (c_fc + GELU), with the bias add
-    and GELU fused: x (..., in), weight (out, in), bias (out) or None -> (..., out), float32.
-    One autograd node: backward gives dx, dweight, dbias from the saved x @ weight^T."""
+    """gelu(x @ weight^T + bias, approximate="tanh"), the first half of a GPT MLP (c_fc + GELU),
+    with the bias add and GELU fused: x (..., in), weight (out, in), bias (out) or None ->
+    (..., out), float32. One autograd node: backward gives dx, dweight, dbias from the saved
+    x @ weight^T."""
     if bias is None or not _fused_on:
-        return gelu(linear(x, weight, bias))
+        return gelu(linear(x, weight, bias), approximate="tanh")
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear_gelu: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
