@@ -13,6 +13,7 @@ import sys
 from minillm import _C
 from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
 from minillm import random as _random
+from minillm._switch import SetSwitch, ThreadLocalValue
 from minillm.autograd import record as _record
 
 Tensor = _C.Tensor
@@ -917,27 +918,28 @@ _C._register_functional(sys.modules[__name__])
 __all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "add_layer_norm", "set_fused_enabled",
             "is_fused_enabled"]
 
-_fused_on = True
+_fused = ThreadLocalValue(True)
 
 
-def set_fused_enabled(flag):
-    """Turn the fused kernels on (default) or off (the composed ops are used instead);
-    returns the previous setting. For tests and benchmarks."""
-    global _fused_on
-    prev, _fused_on = _fused_on, bool(flag)
-    return prev
+class set_fused_enabled(SetSwitch):
+    """Fused kernels on (the default) or off (the composed ops compute the same thing) for
+    this thread: ``with F.set_fused_enabled(False):`` restores the previous setting on exit;
+    a plain call switches until set again; as a decorator it applies around each call.
+    ``.prev`` holds the setting it replaced. For tests and benchmarks."""
+    state = _fused
+    __slots__ = ()
 
 
 def is_fused_enabled():
-    """True if ops dispatch to the fused kernels where they apply."""
-    return _fused_on
+    """True if ops dispatch to the fused kernels where they apply (on this thread)."""
+    return _fused.get()
 
 
 def _fused_attention_applies(q, k, v, attn_mask, dropout_p, is_causal, scale, training):
     """True when the fused kernel computes exactly what the composed path would: causal,
     no mask, no dropout, float32 (B, nh, T, hs) or (N, T, hs) with matching batch axes
     (no broadcasting), Tq <= Tk, v as wide as q, scale > 0."""
-    if not (_fused_on and is_causal and attn_mask is None and (dropout_p == 0.0 or not training)):
+    if not (_fused.get() and is_causal and attn_mask is None and (dropout_p == 0.0 or not training)):
         return False
     if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)):
         return False
@@ -993,7 +995,7 @@ def causal_self_attention(qkv, n_head, scale=None):
     C, hs = C3 // 3, C3 // (3 * n_head)
     if scale is None:
         scale = 1.0 / math.sqrt(hs)
-    if not _fused_on or T == 0 or qkv.dtype != "float32":
+    if not _fused.get() or T == 0 or qkv.dtype != "float32":
         q, k, v = (getitem(permute(reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4)), i) for i in range(3))
         y = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return reshape(transpose(y, 1, 2), (B, T, C))
@@ -1015,7 +1017,7 @@ def causal_self_attention(qkv, n_head, scale=None):
 def bias_gelu(x, bias):
     """gelu(x + bias, approximate="tanh") in one pass: x (..., C), bias (C), float32 -> shaped
     like x. Only x is kept for backward, which recomputes x + bias."""
-    if not _fused_on:
+    if not _fused.get():
         return gelu(add(x, bias), approximate="tanh")
     y = _C.bias_gelu(x, bias)
     if _grad_on():
@@ -1033,7 +1035,7 @@ def linear_gelu(x, weight, bias=None):
     with the bias add and GELU fused: x (..., in), weight (out, in), bias (out) or None ->
     (..., out), float32. One autograd node: backward gives dx, dweight, dbias from the saved
     x @ weight^T."""
-    if bias is None or not _fused_on:
+    if bias is None or not _fused.get():
         return gelu(linear(x, weight, bias), approximate="tanh")
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear_gelu: input of shape {tuple(x.shape)} does not match weight of shape "
@@ -1063,7 +1065,7 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     For a pre-LayerNorm block: ``x, h = F.add_layer_norm(x, attn_out, ln_2.weight, ln_2.bias)``
     then ``x = x + mlp(h)``. Backward: s passes its gradient to x and residual; y's is
     layer_norm's backward on s."""
-    if not _fused_on:
+    if not _fused.get():
         s = add(x, residual)
         return s, layer_norm(s, (s.shape[-1],), weight, bias, eps)
     s, y, mu, rstd = _C.add_layer_norm(x, residual, weight, bias, eps)

@@ -210,6 +210,33 @@ def test_autocast_nests_and_rejects_unknown_dtypes():
         minillm.autocast(dtype="float16")
 
 
+def test_autocast_is_per_thread():
+    import threading
+    seen = {}
+    started, release = threading.Event(), threading.Event()
+
+    def other():
+        with minillm.autocast("bf16"):
+            started.set()
+            release.wait(10)
+            seen["inside"] = minillm.is_autocast_enabled()
+
+    t = threading.Thread(target=other)
+    t.start()
+    started.wait(10)
+    try:
+        assert not minillm.is_autocast_enabled()     # the other thread's block does not leak
+    finally:
+        release.set()
+        t.join()
+    assert seen["inside"]
+
+    @minillm.autocast("bf16")
+    def products():
+        return minillm.is_autocast_enabled()
+    assert products() and not minillm.is_autocast_enabled()
+
+
 def _train(dtype, steps=200, seed=0):
     data = np.frombuffer(open(__file__.rsplit("/", 1)[0] + "/data/sample.txt", "rb").read(), dtype=np.uint8)
     data = data.astype(np.int64)
