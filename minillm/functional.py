@@ -731,9 +731,9 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
 
 # Rows per chunk of linear_cross_entropy by default: a chunk of logits holds about this
 # many floats (64 MiB; 333 rows of GPT-2's 50304 words). Each chunk reads the (V, C) weight
-# twice and reads and writes dW once, so small chunks cost memory traffic: for GPT-2 small
-# at 2048 rows, 83-row chunks made the LM head 15% slower than linear + cross_entropy,
-# 333-row chunks ~3%, for 48 MB more peak RSS (the buffer stays in the allocator's cache).
+# twice and reads and writes dW once, so small chunks cost memory traffic and large ones
+# peak memory (the chunk buffer stays in the allocator's cache): re-measure with bench/
+# (bench_scale.py runs the fused head) before changing it.
 _LCE_CHUNK_FLOATS = 1 << 24
 
 
