@@ -147,6 +147,19 @@ def test_frozen_parameter_is_registered():
     assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
 
 
+def test_deepcopy_and_pickle_keep_parameters():
+    import copy
+    import pickle
+    m = nn.Linear(3, 2)
+    m.frozen = nn.Parameter(minillm.ones((2,)), requires_grad=False)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert all(isinstance(p, nn.Parameter) for p in clone.parameters())
+        assert [n for n, _ in clone.named_parameters()] == ["weight", "bias", "frozen"]
+        assert not clone.frozen.requires_grad and clone.weight.data_ptr() != m.weight.data_ptr()
+        np.testing.assert_array_equal(clone.weight.numpy(), m.weight.numpy())
+        assert clone.weight is clone._parameters["weight"]
+
+
 def test_tensor_that_requires_grad_is_not_a_parameter():
     m = nn.Module()
     t = minillm.ones((4,), requires_grad=True)

@@ -44,6 +44,14 @@ class Parameter(Tensor):
     def __repr__(self):
         return "Parameter containing:\n" + Tensor.__repr__(self)
 
+    def __reduce__(self):
+        # pickle and copy.deepcopy give a Parameter back (Tensor's own reduce gives a Tensor)
+        return _rebuild_parameter, (self.detach().copy(), bool(self.requires_grad))
+
+
+def _rebuild_parameter(data, requires_grad):
+    return Parameter(data, requires_grad)
+
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
