@@ -15,7 +15,7 @@ thread did, so one thread's ``with`` block never leaks into another's work.
 import functools
 import threading
 
-__all__ = ["ThreadLocalValue", "SetSwitch"]
+__all__ = ["ThreadLocalValue", "SetSwitch", "switched"]
 
 
 class ThreadLocalValue:
@@ -69,13 +69,17 @@ class SetSwitch:
     def __call__(self, fn):
         # used as a decorator: undo the immediate switch, switch around each call instead
         self.state.set(self.prev)
-        state, value = self.state, self.value
+        return switched(fn, self.state, self.value)
 
-        @functools.wraps(fn)
-        def switched(*args, **kwargs):
-            prev = state.set(value)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                state.set(prev)
-        return switched
+
+def switched(fn, state, value):
+    """fn wrapped so that each call runs with `state` (a ThreadLocalValue) set to `value`
+    and restored afterwards (the decorator form of a switch)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        prev = state.set(value)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state.set(prev)
+    return wrapper

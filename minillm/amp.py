@@ -17,10 +17,8 @@ The switch is per thread, like PyTorch's ``torch.autocast(device_type="cpu", dty
         loss.backward()
         opt.step()
 """
-import functools
-
 from minillm import _C
-from minillm._switch import ThreadLocalValue
+from minillm._switch import ThreadLocalValue, switched
 
 __all__ = ["autocast", "is_autocast_enabled", "autocast_dtype", "gemm", "resolve_dtype"]
 
@@ -73,13 +71,4 @@ class autocast:
         return False
 
     def __call__(self, fn):
-        dtype = self.dtype
-
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            prev = _dtype.set(dtype)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _dtype.set(prev)
-        return wrapped
+        return switched(fn, _dtype, self.dtype)

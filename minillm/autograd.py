@@ -22,12 +22,10 @@ an earlier backward()) is summed out of place, so a buffer that other code may h
 never written. ``.grad`` accumulates out of place too: ``g = x.grad`` keeps its value
 through later backward() calls.
 """
-import functools
-
 import numpy as np
 
 from minillm import _C
-from minillm._switch import SetSwitch, ThreadLocalValue
+from minillm._switch import SetSwitch, ThreadLocalValue, switched
 
 __all__ = ["Node", "record", "backward", "register_hook", "no_grad", "enable_grad", "set_grad_enabled",
            "is_grad_enabled", "set_anomaly_detection", "detect_anomaly", "is_anomaly_enabled"]
@@ -254,42 +252,29 @@ def _summed(prev, g, owned):
     return out
 
 
-def _run_in_grad_mode(fn, mode):
-    """fn wrapped so that each call runs with grad mode `mode` (the decorator form of
-    set_grad_enabled, no_grad and enable_grad)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        prev = is_grad_enabled()
-        _set_grad_flag(mode)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _set_grad_flag(prev)
-    return wrapper
+class _GradFlag:
+    """Grad mode seen as a switch's state (get / set returning the previous value); the
+    flag itself lives in the compiled core, which reads it on every op."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def get():
+        return _C.is_grad_enabled()
+
+    @staticmethod
+    def set(value):
+        return _C.set_grad_enabled(value)
 
 
-class set_grad_enabled:
+_grad_flag = _GradFlag()
+
+
+class set_grad_enabled(SetSwitch):
     """Turn gradient recording on or off: as a function call (takes effect at once), a
     context manager (restores the previous mode on exit) or a decorator."""
-
-    __slots__ = ("prev", "mode")
-
-    def __init__(self, mode):
-        self.prev = is_grad_enabled()
-        self.mode = bool(mode)
-        _set_grad_flag(self.mode)
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        _set_grad_flag(self.prev)
-        return False
-
-    def __call__(self, fn):
-        # used as a decorator: undo the immediate switch, apply the mode per call
-        _set_grad_flag(self.prev)
-        return _run_in_grad_mode(fn, self.mode)
+    state = _grad_flag
+    __slots__ = ()
 
 
 class _GradMode:
@@ -313,7 +298,7 @@ class _GradMode:
         return False
 
     def __call__(self, fn):
-        return _run_in_grad_mode(fn, self.mode)
+        return switched(fn, _grad_flag, self.mode)
 
 
 class no_grad(_GradMode):

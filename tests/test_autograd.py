@@ -175,28 +175,11 @@ def test_anomaly_detection_as_a_context_manager_restores_the_setting():
     assert checked() and not minillm.is_anomaly_enabled()
 
 
-def test_anomaly_detection_is_per_thread():
-    import threading
-    seen = {}
-    started, release = threading.Event(), threading.Event()
-
-    def other():
-        with minillm.detect_anomaly():
-            started.set()
-            release.wait(10)
-            seen["inside"] = minillm.is_anomaly_enabled()
-
-    t = threading.Thread(target=other)
-    t.start()
-    started.wait(10)
-    try:
+def test_anomaly_detection_is_per_thread(held_in_another_thread):
+    with held_in_another_thread(minillm.detect_anomaly, minillm.is_anomaly_enabled):
         assert not minillm.is_anomaly_enabled()        # the other thread's block does not leak
         x = leaf([0.0])
         F.sum(F.sqrt(x)).backward()                    # inf gradient, but no anomaly check here
-    finally:
-        release.set()
-        t.join()
-    assert seen["inside"]
 
 
 def test_anomaly_detection_names_the_op():

@@ -210,26 +210,9 @@ def test_autocast_nests_and_rejects_unknown_dtypes():
         minillm.autocast(dtype="float16")
 
 
-def test_autocast_is_per_thread():
-    import threading
-    seen = {}
-    started, release = threading.Event(), threading.Event()
-
-    def other():
-        with minillm.autocast("bf16"):
-            started.set()
-            release.wait(10)
-            seen["inside"] = minillm.is_autocast_enabled()
-
-    t = threading.Thread(target=other)
-    t.start()
-    started.wait(10)
-    try:
+def test_autocast_is_per_thread(held_in_another_thread):
+    with held_in_another_thread(lambda: minillm.autocast("bf16"), minillm.is_autocast_enabled):
         assert not minillm.is_autocast_enabled()     # the other thread's block does not leak
-    finally:
-        release.set()
-        t.join()
-    assert seen["inside"]
 
     @minillm.autocast("bf16")
     def products():
