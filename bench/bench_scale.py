@@ -8,7 +8,7 @@ Each configuration runs in its own process so its peak RSS (VmHWM) is its own:
 
 --quick measures fewer steps and skips the 4 x 512 memory comparison; --threads sets the
 thread count of the GPT-2 rows (default 2; use 1 on a busy machine); --no-ddp skips the
-data-parallel rows. With checkpointing the training forward fuses the LM head with the
+data-parallel rows. The checkpointed rows also set fused_lm_head, fusing the LM head with the
 loss (F.linear_cross_entropy), so the (B*T, V) logits and their gradient never exist.
 """
 import argparse
@@ -31,7 +31,7 @@ preset, B, T, ckpt, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv
 minillm.set_num_threads(threads)
 minillm.manual_seed(0)
 model = build_model(preset, vocab_size=50304, block_size=max(T, 64), dropout=0.0,
-                    checkpoint_activations=ckpt)
+                    checkpoint_activations=ckpt, fused_lm_head=ckpt)
 opt = model.configure_optimizers(0.1, 3e-4)
 rng = np.random.default_rng(0)
 x = minillm.tensor(rng.integers(0, 50304, (B, T)))

@@ -1,4 +1,5 @@
-/* bias_gelu.c: fused bias add + GELU (tanh form), forward and backward.
+/* bias_gelu.c: fused bias add + GELU (tanh form), forward and backward; the exact (erf)
+ * GELU, forward and backward, at the end of the first half.
  *
  *   y = gelu(x + b),  x (N, C), b (C)      (the MLP's c_fc output, before c_proj)
  * Forward keeps nothing but x; backward recomputes u = x + b and gives
@@ -89,6 +90,39 @@ int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, floa
     }
     mll_free(partial, nbytes);
     return 0;
+}
+
+/* ------------------------------------------------------ exact GELU (erf form) */
+/* gelu(x) = x Phi(x), Phi the standard normal CDF, written Phi(x) = erfc(-x / sqrt(2)) / 2:
+ * erfc keeps the left tail accurate where 1 + erf(x / sqrt(2)) would cancel. Each element is
+ * computed in double and rounded once. Scalar only: the models' hot paths use the tanh form
+ * (the kernels above), this one serves F.gelu(approximate="none"). */
+#define GELU_INV_SQRT2 0.70710678118654752440
+#define GELU_INV_SQRT_2PI 0.39894228040143267794
+
+static float gelu_erf1(float x) {
+    double xd = x;
+    return (float)(0.5 * xd * erfc(-xd * GELU_INV_SQRT2));
+}
+
+/* d/dx x Phi(x) = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi) */
+static float gelu_erf_grad1(float x) {
+    double xd = x;
+    return (float)(0.5 * erfc(-xd * GELU_INV_SQRT2) + xd * GELU_INV_SQRT_2PI * exp(-0.5 * xd * xd));
+}
+
+/* x, y: (n) */
+void mll_gelu_erf_forward(const float *x, float *y, int64_t n) {
+    MLL_PARALLEL_CHUNKS(n, i0, len, {
+        for (int64_t i = i0; i < i0 + len; i++) y[i] = gelu_erf1(x[i]);
+    });
+}
+
+/* x, dy, dx: (n); dx = dy * gelu'(x) */
+void mll_gelu_erf_backward(const float *x, const float *dy, float *dx, int64_t n) {
+    MLL_PARALLEL_CHUNKS(n, i0, len, {
+        for (int64_t i = i0; i < i0 + len; i++) dx[i] = dy[i] * gelu_erf_grad1(x[i]);
+    });
 }
 
 #else /* MLL_VEC: the SIMD pass */

@@ -304,6 +304,10 @@ void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, 
  * Returns 0, or -1 if out of memory. */
 int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                            int64_t N, int64_t C);
+/* Exact GELU, y (n) = x Phi(x) (Phi the standard normal CDF; PyTorch's approximate='none'),
+ * and its backward dx (n) = dy * (Phi(x) + x phi(x)); x, y, dy, dx contiguous. */
+void mll_gelu_erf_forward(const float *x, float *y, int64_t n);
+void mll_gelu_erf_backward(const float *x, const float *dy, float *dx, int64_t n);
 /* --------------------------------------------------------------- sample.c */
 /* Next-token filters, in place on logits x (rows, V); ties go to the smaller id.
  * top-k: every entry outside the k largest of its row becomes -inf (k >= V: no change).

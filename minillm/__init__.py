@@ -27,7 +27,7 @@ from .io import save, load, FormatError  # noqa: F401
 # importing functional registers the differentiable ops with the Tensor type
 from . import autograd, functional, nn, optim, data  # noqa: F401
 from .autograd import (  # noqa: F401
-    no_grad, enable_grad, set_grad_enabled, set_anomaly_detection, is_anomaly_enabled,
+    no_grad, enable_grad, set_grad_enabled, set_anomaly_detection, detect_anomaly, is_anomaly_enabled,
 )
 from .amp import autocast, is_autocast_enabled  # noqa: F401  (bf16 mixed precision)
 

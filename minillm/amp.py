@@ -17,13 +17,12 @@ The switch is per thread, like PyTorch's ``torch.autocast(device_type="cpu", dty
         loss.backward()
         opt.step()
 """
-import threading
-
 from minillm import _C
+from minillm._switch import ThreadLocalValue, switched
 
 __all__ = ["autocast", "is_autocast_enabled", "autocast_dtype", "gemm", "resolve_dtype"]
 
-_state = threading.local()
+_dtype = ThreadLocalValue("float32")     # the product dtype in force on each thread
 
 _ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}
 
@@ -40,7 +39,7 @@ def resolve_dtype(dtype):
 
 def autocast_dtype():
     """The product dtype in force on this thread: 'bfloat16' or 'float32'."""
-    return getattr(_state, "dtype", "float32")
+    return _dtype.get()
 
 
 def is_autocast_enabled():
@@ -64,19 +63,12 @@ class autocast:
         self._saved = []
 
     def __enter__(self):
-        self._saved.append(autocast_dtype())
-        _state.dtype = self.dtype
+        self._saved.append(_dtype.set(self.dtype))
         return self
 
     def __exit__(self, *exc):
-        _state.dtype = self._saved.pop()
+        _dtype.set(self._saved.pop())
         return False
 
     def __call__(self, fn):
-        import functools
-
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            with autocast(self.dtype):
-                return fn(*args, **kwargs)
-        return wrapped
+        return switched(fn, _dtype, self.dtype)

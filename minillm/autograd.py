@@ -12,21 +12,28 @@ Backward functions take the gradient of the op's output (a Tensor shaped like th
 output) and return one gradient per recorded input (a Tensor shaped like that input,
 or None when the input needs none). They must not modify their argument in place: the
 same gradient object may be handed to several inputs (``a + b`` passes ``dy`` to both).
-"""
-import functools
-import sys
 
+Gradient buffers and who owns them. When several consumers send a gradient to one node,
+the tape sums them. It writes a sum in place only into a buffer it allocated itself in this
+pass (an earlier sum) and has handed to no one yet; a buffer stops being the tape's the
+moment it is passed to a backward function or a hook, or stored as a leaf's ``.grad``.
+Everything else (what backward functions return, the caller's ``gradient``, ``.grad`` from
+an earlier backward()) is summed out of place, so a buffer that other code may hold is
+never written. ``.grad`` accumulates out of place too: ``g = x.grad`` keeps its value
+through later backward() calls.
+"""
 import numpy as np
 
 from minillm import _C
+from minillm._switch import SetSwitch, ThreadLocalValue, switched
 
-__all__ = ["Node", "record", "backward", "no_grad", "enable_grad", "set_grad_enabled",
-           "is_grad_enabled", "set_anomaly_detection", "is_anomaly_enabled"]
+__all__ = ["Node", "record", "backward", "register_hook", "no_grad", "enable_grad", "set_grad_enabled",
+           "is_grad_enabled", "set_anomaly_detection", "detect_anomaly", "is_anomaly_enabled"]
 
 is_grad_enabled = _C.is_grad_enabled
 _set_grad_flag = _C.set_grad_enabled
 
-_anomaly = False
+_anomaly = ThreadLocalValue(False)
 
 
 class Node:
@@ -34,11 +41,12 @@ class Node:
     op's input tensors (None where an input is not a tensor). Freed (both set to None)
     once backward has used it, unless ``retain_graph=True``."""
 
-    __slots__ = ("backward_fn", "inputs")
+    __slots__ = ("backward_fn", "inputs", "hooks")
 
     def __init__(self, backward_fn, inputs):
         self.backward_fn = backward_fn
         self.inputs = inputs
+        self.hooks = None
 
     @property
     def name(self):
@@ -61,6 +69,52 @@ def record(out, backward_fn, *inputs):
     out.requires_grad = True
     out.grad_fn = Node(backward_fn, inputs)
     return out
+
+
+class _HookHandle:
+    """Returned by register_hook; ``remove()`` unregisters the hook."""
+
+    __slots__ = ("hooks", "fn")
+
+    def __init__(self, hooks, fn):
+        self.hooks, self.fn = hooks, fn
+
+    def remove(self):
+        if self.fn in self.hooks:
+            self.hooks.remove(self.fn)
+
+
+def register_hook(tensor, fn):
+    """Call ``fn(grad)`` with the gradient of `tensor` (shaped like it) each time backward()
+    computes it: for a leaf, before it is added to ``.grad``; for an op's output, before the
+    op's backward runs. fn may return a Tensor of the same shape to use instead, or None.
+    The tape never writes into a gradient it has passed to a hook. Returns a handle whose
+    ``remove()`` unregisters fn."""
+    if not tensor.requires_grad:
+        raise RuntimeError(f"register_hook on a tensor of shape {tuple(tensor.shape)} that does not "
+                           f"require grad")
+    node = tensor.grad_fn
+    if node is None:
+        if tensor._hooks is None:
+            tensor._hooks = []
+        hooks = tensor._hooks
+    else:
+        if node.hooks is None:
+            node.hooks = []
+        hooks = node.hooks
+    hooks.append(fn)
+    return _HookHandle(hooks, fn)
+
+
+def _run_hooks(hooks, g):
+    for fn in list(hooks):
+        out = fn(g)
+        if out is not None:
+            if tuple(out.shape) != tuple(g.shape):
+                raise RuntimeError(f"a gradient hook returned shape {tuple(out.shape)} for a gradient "
+                                   f"of shape {tuple(g.shape)}")
+            g = out
+    return g
 
 
 def _check_finite(t, what):
@@ -90,11 +144,13 @@ def backward(tensor, gradient=None, retain_graph=False):
             raise ValueError(f"backward(): gradient has shape {tuple(gradient.shape)} but the tensor "
                              f"has shape {tuple(tensor.shape)}")
     root = tensor.grad_fn
-    if _anomaly:
+    if _anomaly.get():
         _check_finite(tensor, f"backward() started on the output of {root.name if root else 'a leaf'}: it")
-    claimed = set()
+    # data pointers a leaf's .grad must not share: the caller's gradient, then each buffer
+    # stored as a .grad in this pass (one object may reach several leaves: ``a + b``)
+    claimed = {gradient.data_ptr()}
     if root is None:
-        _accumulate_leaf(tensor, gradient.copy(), claimed)
+        _accumulate_leaf(tensor, gradient, claimed)
         return
     with set_grad_enabled(False):
         _run(root, gradient, retain_graph, claimed)
@@ -124,13 +180,17 @@ def _run(root, gradient, retain_graph, claimed):
 
     # Pass 2 (Kahn): run nodes whose consumers are all done, summing gradients.
     grads = {root: gradient}
+    owned = {}       # id -> buffer: sums this pass allocated and has handed to no one yet
     ready = [root]
-    anomaly = _anomaly
+    anomaly = _anomaly.get()
     while ready:
         node = ready.pop()
         g = grads.pop(node, None)
         inputs = node.inputs
         if g is not None:
+            owned.pop(id(g), None)          # handed to the hooks and the op from here on
+            if node.hooks:
+                g = _run_hooks(node.hooks, g)
             in_grads = node.backward_fn(g)
             if len(in_grads) != len(inputs):
                 raise RuntimeError(f"backward of {node.name} returned {len(in_grads)} gradients for "
@@ -152,8 +212,8 @@ def _run(root, gradient, retain_graph, claimed):
                     _accumulate_leaf(t, gi, claimed)
                 continue
             if gi is not None:
-                prev = grads.pop(fn, None)
-                grads[fn] = gi if prev is None else _summed(prev, gi)
+                prev = grads.get(fn)
+                grads[fn] = gi if prev is None else _summed(prev, gi, owned)
             left = pending[fn] - 1
             pending[fn] = left
             if left == 0:
@@ -164,72 +224,57 @@ def _run(root, gradient, retain_graph, claimed):
 
 
 def _accumulate_leaf(t, g, claimed):
-    """t.grad += g, or t.grad = g the first time. A gradient object may be shared
-    (``a + b`` hands the same dy to both), and optimizers and clip_grad_norm_ update
-    .grad in place, so a buffer already given to another leaf in this pass is copied."""
-    if not g.is_contiguous():
-        g = g.contiguous()
-    elif g.data_ptr() in claimed:
-        g = g.copy()
+    """t.grad = g the first time, else t.grad = t.grad + g in a new buffer (the old .grad
+    may be held by user code). A buffer stored as .grad must be t's alone (optimizers and
+    clip_grad_norm_ update .grad in place): a view, the caller's gradient or a buffer
+    already given to another leaf in this pass is copied first."""
+    if t._hooks:
+        g = _run_hooks(t._hooks, g)
     if g.dtype != "float32":
         g = g.astype("float32")
-    if t.grad is None:
-        t.grad = g
-        claimed.add(g.data_ptr())
-    else:
-        prev, t.grad = t.grad, None
-        t.grad = _summed(prev, g)
+    if t.grad is not None:
+        t.grad = _C.add(t.grad, g)
+        return
+    if not (g.is_contiguous() and _C.owns_storage(g)) or g.data_ptr() in claimed:
+        g = g.copy()
+    t.grad = g
+    claimed.add(g.data_ptr())
 
 
-def _summed(prev, g):
-    """prev + g, written into prev when no other object can see prev's buffer: prev owns its
-    storage and the only references left are the caller's (a .grad slot or the pending
-    gradients dict, emptied before the call) and this frame's. Saves a temporary the size of
-    the gradient (154 MB for GPT-2's tied embedding) and a pass over memory. Otherwise out of
-    place: prev may be a gradient another input, leaf or user also holds."""
-    # references to prev: the caller's local, this argument and getrefcount's own
-    if (sys.getrefcount(prev) <= 3 and _C.owns_storage(prev) and prev.dtype == "float32"
-            and g.dtype == "float32" and prev.shape == g.shape):
+def _summed(prev, g, owned):
+    """prev + g: written into prev when prev is a sum this pass allocated and has handed to no
+    one (its id is in `owned`), else into a new buffer that becomes the tape's. Fan-in k then
+    costs one buffer, not k - 1."""
+    if id(prev) in owned and prev.shape == g.shape and g.dtype == "float32":
         return _C.add_(prev, g)
-    return _C.add(prev, g)
+    out = _C.add(prev, g)
+    owned[id(out)] = out
+    return out
 
 
-def _run_in_grad_mode(fn, mode):
-    """fn wrapped so that each call runs with grad mode `mode` (the decorator form of
-    set_grad_enabled, no_grad and enable_grad)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        prev = is_grad_enabled()
-        _set_grad_flag(mode)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _set_grad_flag(prev)
-    return wrapper
+class _GradFlag:
+    """Grad mode seen as a switch's state (get / set returning the previous value); the
+    flag itself lives in the compiled core, which reads it on every op."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def get():
+        return _C.is_grad_enabled()
+
+    @staticmethod
+    def set(value):
+        return _C.set_grad_enabled(value)
 
 
-class set_grad_enabled:
+_grad_flag = _GradFlag()
+
+
+class set_grad_enabled(SetSwitch):
     """Turn gradient recording on or off: as a function call (takes effect at once), a
     context manager (restores the previous mode on exit) or a decorator."""
-
-    __slots__ = ("prev", "mode")
-
-    def __init__(self, mode):
-        self.prev = is_grad_enabled()
-        self.mode = bool(mode)
-        _set_grad_flag(self.mode)
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        _set_grad_flag(self.prev)
-        return False
-
-    def __call__(self, fn):
-        # used as a decorator: undo the immediate switch, apply the mode per call
-        _set_grad_flag(self.prev)
-        return _run_in_grad_mode(fn, self.mode)
+    state = _grad_flag
+    __slots__ = ()
 
 
 class _GradMode:
@@ -253,7 +298,7 @@ class _GradMode:
         return False
 
     def __call__(self, fn):
-        return _run_in_grad_mode(fn, self.mode)
+        return switched(fn, _grad_flag, self.mode)
 
 
 class no_grad(_GradMode):
@@ -268,12 +313,21 @@ class enable_grad(_GradMode):
     __slots__ = ()
 
 
-def set_anomaly_detection(flag):
-    """When on, backward() raises FloatingPointError naming the op as soon as the loss
-    or any gradient contains NaN or inf (costs one pass over each gradient)."""
-    global _anomaly
-    _anomaly = bool(flag)
+class set_anomaly_detection(SetSwitch):
+    """Anomaly detection on or off for this thread: when on, backward() raises
+    FloatingPointError naming the op as soon as the loss or any gradient contains NaN or inf
+    (one pass over each gradient). A call switches at once; ``with`` restores the previous
+    setting on exit; as a decorator it applies around each call."""
+    state = _anomaly
+    __slots__ = ()
+
+
+def detect_anomaly():
+    """``with minillm.detect_anomaly():`` (or ``@minillm.detect_anomaly()``): anomaly detection
+    on inside the block, on this thread."""
+    return set_anomaly_detection(True)
 
 
 def is_anomaly_enabled():
-    return _anomaly
+    """True when anomaly detection is on for this thread."""
+    return _anomaly.get()

@@ -13,6 +13,7 @@ import sys
 from minillm import _C
 from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
 from minillm import random as _random
+from minillm._switch import SetSwitch, ThreadLocalValue
 from minillm.autograd import record as _record
 
 Tensor = _C.Tensor
@@ -532,12 +533,20 @@ def relu(x):
     return _unary("relu", _C.relu, x)
 
 
-def gelu(x, approximate="tanh"):
-    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (PyTorch's
-    approximate='tanh', GPT-2's). Float32."""
-    if approximate not in ("tanh", "none"):
-        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
-    return _unary("gelu", _C.gelu, x)
+def gelu(x, approximate="none"):
+    """GELU, elementwise, float32, as PyTorch's: approximate='none' (the default) is the exact
+    x Phi(x), Phi the standard normal CDF (erf form); approximate='tanh' is
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the form GPT-2 was trained with."""
+    if approximate == "tanh":
+        return _unary("gelu", _C.gelu, x)
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    y = _C.gelu_erf(x)
+    if _grad_on() and x.requires_grad:
+        def backward(dy):
+            return (_C.gelu_erf_backward(x, dy),)
+        _record(y, backward, x)
+    return y
 
 
 def abs(x):
@@ -722,9 +731,9 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
 
 # Rows per chunk of linear_cross_entropy by default: a chunk of logits holds about this
 # many floats (64 MiB; 333 rows of GPT-2's 50304 words). Each chunk reads the (V, C) weight
-# twice and reads and writes dW once, so small chunks cost memory traffic: for GPT-2 small
-# at 2048 rows, 83-row chunks made the LM head 15% slower than linear + cross_entropy,
-# 333-row chunks ~3%, for 48 MB more peak RSS (the buffer stays in the allocator's cache).
+# twice and reads and writes dW once, so small chunks cost memory traffic and large ones
+# peak memory (the chunk buffer stays in the allocator's cache): re-measure with bench/
+# (bench_scale.py runs the fused head) before changing it.
 _LCE_CHUNK_FLOATS = 1 << 24
 
 
@@ -909,27 +918,28 @@ _C._register_functional(sys.modules[__name__])
 __all__ += ["causal_self_attention", "bias_gelu", "linear_gelu", "add_layer_norm", "set_fused_enabled",
             "is_fused_enabled"]
 
-_fused_on = True
+_fused = ThreadLocalValue(True)
 
 
-def set_fused_enabled(flag):
-    """Turn the fused kernels on (default) or off (the composed ops are used instead);
-    returns the previous setting. For tests and benchmarks."""
-    global _fused_on
-    prev, _fused_on = _fused_on, bool(flag)
-    return prev
+class set_fused_enabled(SetSwitch):
+    """Fused kernels on (the default) or off (the composed ops compute the same thing) for
+    this thread: ``with F.set_fused_enabled(False):`` restores the previous setting on exit;
+    a plain call switches until set again; as a decorator it applies around each call.
+    ``.prev`` holds the setting it replaced. For tests and benchmarks."""
+    state = _fused
+    __slots__ = ()
 
 
 def is_fused_enabled():
-    """True if ops dispatch to the fused kernels where they apply."""
-    return _fused_on
+    """True if ops dispatch to the fused kernels where they apply (on this thread)."""
+    return _fused.get()
 
 
 def _fused_attention_applies(q, k, v, attn_mask, dropout_p, is_causal, scale, training):
     """True when the fused kernel computes exactly what the composed path would: causal,
     no mask, no dropout, float32 (B, nh, T, hs) or (N, T, hs) with matching batch axes
     (no broadcasting), Tq <= Tk, v as wide as q, scale > 0."""
-    if not (_fused_on and is_causal and attn_mask is None and (dropout_p == 0.0 or not training)):
+    if not (_fused.get() and is_causal and attn_mask is None and (dropout_p == 0.0 or not training)):
         return False
     if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)):
         return False
@@ -985,7 +995,7 @@ def causal_self_attention(qkv, n_head, scale=None):
     C, hs = C3 // 3, C3 // (3 * n_head)
     if scale is None:
         scale = 1.0 / math.sqrt(hs)
-    if not _fused_on or T == 0 or qkv.dtype != "float32":
+    if not _fused.get() or T == 0 or qkv.dtype != "float32":
         q, k, v = (getitem(permute(reshape(qkv, (B, T, 3, n_head, hs)), (2, 0, 3, 1, 4)), i) for i in range(3))
         y = scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return reshape(transpose(y, 1, 2), (B, T, C))
@@ -1005,10 +1015,10 @@ def causal_self_attention(qkv, n_head, scale=None):
 
 
 def bias_gelu(x, bias):
-    """gelu(x + bias) in one pass (GELU in the tanh form, as gelu()): x (..., C), bias (C),
-    float32 -> shaped like x. Only x is kept for backward, which recomputes x + bias."""
-    if not _fused_on:
-        return gelu(add(x, bias))
+    """gelu(x + bias, approximate="tanh") in one pass: x (..., C), bias (C), float32 -> shaped
+    like x. Only x is kept for backward, which recomputes x + bias."""
+    if not _fused.get():
+        return gelu(add(x, bias), approximate="tanh")
     y = _C.bias_gelu(x, bias)
     if _grad_on():
         gx, gb = _rg(x), _rg(bias)
@@ -1021,11 +1031,12 @@ def bias_gelu(x, bias):
 
 
 def linear_gelu(x, weight, bias=None):
-    """gelu(x @ weight^T + bias), the first half of a GPT MLP (c_fc + GELU), with the bias add
-    and GELU fused: x (..., in), weight (out, in), bias (out) or None -> (..., out), float32.
-    One autograd node: backward gives dx, dweight, dbias from the saved x @ weight^T."""
-    if bias is None or not _fused_on:
-        return gelu(linear(x, weight, bias))
+    """gelu(x @ weight^T + bias, approximate="tanh"), the first half of a GPT MLP (c_fc + GELU),
+    with the bias add and GELU fused: x (..., in), weight (out, in), bias (out) or None ->
+    (..., out), float32. One autograd node: backward gives dx, dweight, dbias from the saved
+    x @ weight^T."""
+    if bias is None or not _fused.get():
+        return gelu(linear(x, weight, bias), approximate="tanh")
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear_gelu: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
@@ -1054,7 +1065,7 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     For a pre-LayerNorm block: ``x, h = F.add_layer_norm(x, attn_out, ln_2.weight, ln_2.bias)``
     then ``x = x + mlp(h)``. Backward: s passes its gradient to x and residual; y's is
     layer_norm's backward on s."""
-    if not _fused_on:
+    if not _fused.get():
         s = add(x, residual)
         return s, layer_norm(s, (s.shape[-1],), weight, bias, eps)
     s, y, mu, rstd = _C.add_layer_norm(x, residual, weight, bias, eps)

@@ -212,6 +212,34 @@ def bias_gelu_backward(x, b, dy, bint need_db=True):
     return dx, db
 
 
+def gelu_erf(x):
+    """Exact GELU, x Phi(x) (erf form): x float32, any shape -> y shaped like x."""
+    cdef Tensor tx = as_contig(_fused_f32(x, "gelu_erf", "x"))
+    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef const float *xp = fptr(tx)
+    cdef float *yp = fptr(y)
+    cdef int64_t n = numel(tx)
+    with nogil:
+        C.mll_gelu_erf_forward(xp, yp, n)
+    return y
+
+
+def gelu_erf_backward(x, dy):
+    """dx = dy * gelu'(x) for the exact GELU: x, dy float32 of one shape -> dx of that shape."""
+    cdef Tensor tx = as_contig(_fused_f32(x, "gelu_erf_backward", "x"))
+    cdef Tensor td = as_contig(_fused_f32(dy, "gelu_erf_backward", "dy"))
+    if td.shape != tx.shape:
+        raise ValueError(f"gelu_erf_backward: dy {dy.shape} must match x {x.shape}")
+    cdef Tensor dx = new_tensor(tuple(x.shape), C.MLL_F32)
+    cdef const float *xp = fptr(tx)
+    cdef const float *dp = fptr(td)
+    cdef float *dxp = fptr(dx)
+    cdef int64_t n = numel(tx)
+    with nogil:
+        C.mll_gelu_erf_backward(xp, dp, dxp, n)
+    return dx
+
+
 def add_layer_norm(x, r, weight, bias, float eps=1e-5):
     """s = x + r and y = LayerNorm(s) over the last axis in one pass: x, r (..., C) float32 of
     the same shape, weight/bias (C) or None. Returns (s, y, mean, rstd), mean/rstd (rows,)

@@ -160,6 +160,8 @@ cdef extern from "minillm.h" nogil:
     void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C)
     int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                                int64_t N, int64_t C)
+    void mll_gelu_erf_forward(const float *x, float *y, int64_t n)
+    void mll_gelu_erf_backward(const float *x, const float *dy, float *dx, int64_t n)
     # sample.c
     int mll_top_k_mask(float *x, int64_t rows, int64_t V, int64_t k)
     int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)

@@ -254,6 +254,25 @@ cdef class Tensor:
         cdef Tensor t = make_view(self, self.ndim, self.shape_, self.strides_, self.ptr)
         return t
 
+    @staticmethod
+    def _make_subclass(cls, Tensor data, bint requires_grad=False):
+        """A leaf view of data's memory whose type is `cls`, a Python subclass of Tensor
+        (how nn.Parameter is built; PyTorch has the same name for the same job)."""
+        if not (isinstance(cls, type) and issubclass(cls, Tensor)):
+            raise TypeError(f"_make_subclass: {cls!r} is not a subclass of Tensor")
+        cdef Tensor t = Tensor.__new__(cls)
+        cdef int k
+        t.ndim = data.ndim
+        for k in range(data.ndim):
+            t.shape_[k] = data.shape_[k]
+            t.strides_[k] = data.strides_[k]
+        t.ptr = data.ptr
+        t.dtype_ = data.dtype_
+        t.readonly = data.readonly
+        t.base = data if data.owned != NULL else data.base
+        t.requires_grad = requires_grad
+        return t
+
     def requires_grad_(self, flag=True):
         self.requires_grad = bool(flag)
         return self
@@ -440,7 +459,8 @@ cdef class Tensor:
         return route_unary("relu", self)
 
     def gelu(self):
-        return route_unary("gelu", self)
+        """GELU, tanh form (F.gelu(x, approximate="tanh"))."""
+        return _F.gelu(self, "tanh") if needs_grad(self) else unary_op(C.MLL_GELU, self)
 
     def abs(self):
         return route_unary("abs", self)

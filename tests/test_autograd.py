@@ -160,6 +160,28 @@ def test_backward_on_tensor_without_grad_raises():
         minillm.ones((1,)).backward()
 
 
+def test_anomaly_detection_as_a_context_manager_restores_the_setting():
+    assert not minillm.is_anomaly_enabled()
+    with minillm.detect_anomaly():
+        assert minillm.is_anomaly_enabled()
+        with minillm.set_anomaly_detection(False):
+            assert not minillm.is_anomaly_enabled()
+        assert minillm.is_anomaly_enabled()
+    assert not minillm.is_anomaly_enabled()
+
+    @minillm.detect_anomaly()
+    def checked():
+        return minillm.is_anomaly_enabled()
+    assert checked() and not minillm.is_anomaly_enabled()
+
+
+def test_anomaly_detection_is_per_thread(held_in_another_thread):
+    with held_in_another_thread(minillm.detect_anomaly, minillm.is_anomaly_enabled):
+        assert not minillm.is_anomaly_enabled()        # the other thread's block does not leak
+        x = leaf([0.0])
+        F.sum(F.sqrt(x)).backward()                    # inf gradient, but no anomaly check here
+
+
 def test_anomaly_detection_names_the_op():
     x = leaf([0.0, 1.0])
     autograd.set_anomaly_detection(True)
@@ -203,13 +225,51 @@ def test_training_loop_memory_is_flat_after_warmup():
     assert stats[0]["os_allocs"] == stats[1]["os_allocs"]
 
 
-def test_second_backward_accumulates_into_the_grad_buffer_in_place():
+def test_second_backward_accumulates_into_grad():
     w = minillm.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
     (w * 2.0).sum().backward()
-    ptr = w.grad.data_ptr()
     (w * 3.0).sum().backward()
-    assert w.grad.data_ptr() == ptr          # no new buffer when nothing else holds the old one
     np.testing.assert_array_equal(w.grad.numpy(), np.full((2, 3), 5.0, np.float32))
+
+
+def test_a_gradient_passed_to_a_hook_is_never_written():
+    # a has three consumers, so the tape sums their gradients into a buffer of its own (9s);
+    # the hook keeps that buffer; clone's backward passes it on unchanged to p, which has a
+    # second consumer: adding that contribution in place would turn the kept 9s into 14s
+    for p_first in (True, False):              # either order of arrival at p
+        x = leaf(np.ones(4, np.float32))
+        p = F.mul(x, 1.0)
+        a = F.clone(p)
+        seen = []
+        autograd.register_hook(a, seen.append)
+        terms = [F.sum(F.mul(a, 2.0)), F.sum(F.mul(a, 3.0)), F.sum(F.mul(a, 4.0))]
+        terms.insert(0 if p_first else 3, F.sum(F.mul(p, 5.0)))
+        F.add(F.add(terms[0], terms[1]), F.add(terms[2], terms[3])).backward()
+        assert len(seen) == 1
+        np.testing.assert_array_equal(seen[0].numpy(), np.full(4, 9.0, np.float32))
+        np.testing.assert_array_equal(x.grad.numpy(), np.full(4, 14.0, np.float32))
+
+
+def test_a_hook_can_replace_the_gradient_and_be_removed():
+    x = leaf([1.0, 2.0])
+    handle = autograd.register_hook(x, lambda g: F.mul(g, 10.0))
+    F.sum(F.mul(x, 3.0)).backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [30.0, 30.0])
+    handle.remove()
+    x.grad = None
+    F.sum(F.mul(x, 3.0)).backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+
+
+def test_the_callers_gradient_is_never_stored_as_grad():
+    # add's backward hands dy through unchanged: x.grad must be a copy, so that an in-place
+    # update of x.grad (an optimizer, clip_grad_norm_) leaves the caller's tensor alone
+    x = leaf([1.0, 2.0, 3.0])
+    g = minillm.tensor([1.0, 1.0, 1.0])
+    F.add(x, 1.0).backward(g)
+    assert x.grad.data_ptr() != g.data_ptr()
+    minillm.nn.utils.clip_grad_norm_([x], 0.1)
+    np.testing.assert_array_equal(g.numpy(), [1.0, 1.0, 1.0])
 
 
 def test_accumulation_leaves_a_grad_the_user_kept_untouched():

@@ -210,6 +210,16 @@ def test_autocast_nests_and_rejects_unknown_dtypes():
         minillm.autocast(dtype="float16")
 
 
+def test_autocast_is_per_thread(held_in_another_thread):
+    with held_in_another_thread(lambda: minillm.autocast("bf16"), minillm.is_autocast_enabled):
+        assert not minillm.is_autocast_enabled()     # the other thread's block does not leak
+
+    @minillm.autocast("bf16")
+    def products():
+        return minillm.is_autocast_enabled()
+    assert products() and not minillm.is_autocast_enabled()
+
+
 def _train(dtype, steps=200, seed=0):
     data = np.frombuffer(open(__file__.rsplit("/", 1)[0] + "/data/sample.txt", "rb").read(), dtype=np.uint8)
     data = data.astype(np.int64)

@@ -206,8 +206,10 @@ UNARY = {
     "sigmoid": (F.sigmoid, lambda x: 1 / (1 + np.exp(-x)), "sigmoid", False),
     "relu": (F.relu, lambda x: np.maximum(x, 0), "relu", False),
     "abs": (F.abs, np.abs, "abs", False),
-    "gelu": (F.gelu, lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
-             None, False),
+    "gelu_tanh": (lambda t: F.gelu(t, approximate="tanh"),
+                  lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+                  "tanh", False),
+    "gelu": (F.gelu, lambda x: 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2))), "none", False),
 }
 
 
@@ -218,14 +220,43 @@ def test_unary_gradients(name):
     if positive:
         x = np.abs(x) + 0.2
     x[np.abs(x) < 1e-2] = 0.3  # keep finite differences away from the kinks of relu/abs
-    if tname is None:
+    if name.startswith("gelu"):
         def fn_t(t):
             import torch
-            return torch.nn.functional.gelu(t, approximate="tanh")
+            return torch.nn.functional.gelu(t, approximate=tname)
     else:
         def fn_t(t):
             return getattr(t, tname)()
     check(fn, ref, [x], fn_t)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_matches_torch_forward_and_gradient(approximate):
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("torch is not installed: F.gelu is checked against NumPy only")
+    x = np.linspace(-8, 8, 1601).astype(np.float32)
+    dy = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    xm = minillm.tensor(x, requires_grad=True)
+    ym = F.gelu(xm, approximate=approximate)
+    ym.backward(minillm.tensor(dy))
+    # torch in float64 on the same float32 inputs (its float32 erf form loses the left tail
+    # to cancellation in 1 + erf, which minillm's erfc form keeps)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.gelu(xt, approximate=approximate)
+    yt.backward(torch.tensor(dy.astype(np.float64)))
+    np.testing.assert_allclose(ym.numpy(), yt.detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(xm.grad.numpy(), xt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_gelu_none_is_the_exact_erf_form():
+    # x Phi(x) at x = -2 is -0.0455003; the tanh form gives -0.0454023
+    exact = -2 * 0.5 * math.erfc(2 / math.sqrt(2))
+    assert abs(float(F.gelu(minillm.tensor([-2.0]))[0]) - exact) < 1e-7
+    assert abs(float(F.gelu(minillm.tensor([-2.0]), approximate="tanh")[0]) - exact) > 5e-5
+    with pytest.raises(ValueError, match="approximate"):
+        F.gelu(minillm.tensor([1.0]), approximate="erf")
 
 
 # ------------------------------------------------------------------- softmax

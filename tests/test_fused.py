@@ -20,9 +20,8 @@ ATOL = 2e-5
 @pytest.fixture
 def composed():
     """Run the body with the fused kernels switched off."""
-    prev = F.set_fused_enabled(False)
-    yield
-    F.set_fused_enabled(prev)
+    with F.set_fused_enabled(False):
+        yield
 
 
 def _t(a, requires_grad=False):
@@ -105,12 +104,9 @@ def test_fused_attention_matches_composed_ops(T):
     q, k, v = _qkv(rng, 2, 3, T, T, 16)
     dout = rng.standard_normal(q.shape).astype(np.float32)
     fused = _fused_grads(q, k, v, dout)
-    prev = F.set_fused_enabled(False)
-    try:
+    with F.set_fused_enabled(False):
         composed = _fused_grads(q, k, v, dout)
         assert _fused_grads.last_op != "_fused_attention"
-    finally:
-        F.set_fused_enabled(prev)
     for a, b in zip(fused, composed):
         np.testing.assert_allclose(_np(a), _np(b), atol=ATOL, rtol=0)
 
@@ -174,8 +170,7 @@ def test_head_strided_views_of_qkv_are_read_in_place():
     dy_np = rng.standard_normal((B, T, Cw)).astype(np.float32)
 
     def block(fused):
-        prev = F.set_fused_enabled(fused)
-        try:
+        with F.set_fused_enabled(fused):
             qkv = _t(qkv_np, True)
             q, k, v = (F.transpose(F.reshape(F.getitem(qkv, (slice(None), slice(None), slice(i * Cw, (i + 1) * Cw))),
                                              (B, T, nh, hs)), 1, 2) for i in range(3))
@@ -188,8 +183,6 @@ def test_head_strided_views_of_qkv_are_read_in_place():
             y = F.reshape(y, (B, T, Cw))
             y.backward(_t(dy_np))
             return _np(y), _np(qkv.grad)
-        finally:
-            F.set_fused_enabled(prev)
 
     (y1, g1), (y2, g2) = block(True), block(False)
     np.testing.assert_allclose(y1, y2, atol=ATOL, rtol=0)
@@ -269,14 +262,11 @@ def test_bias_gelu_matches_composed_ops():
     dy = rng.standard_normal((50, 24)).astype(np.float32)
     results = []
     for fused in (True, False):
-        prev = F.set_fused_enabled(fused)
-        try:
+        with F.set_fused_enabled(fused):
             tx, tb = _t(x, True), _t(b, True)
             y = F.bias_gelu(tx, tb)
             y.backward(_t(dy))
             results.append((_np(y), _np(tx.grad), _np(tb.grad)))
-        finally:
-            F.set_fused_enabled(prev)
     for a, c in zip(*results):
         np.testing.assert_allclose(a, c, atol=2e-6, rtol=1e-5)
 
@@ -288,7 +278,7 @@ def test_linear_gelu_matches_composed_ops():
     b = rng.standard_normal(40).astype(np.float32)
     dy = rng.standard_normal((2, 9, 40)).astype(np.float32)
     results = []
-    for fn in (F.linear_gelu, lambda x, w, b: F.gelu(F.linear(x, w, b))):
+    for fn in (F.linear_gelu, lambda x, w, b: F.gelu(F.linear(x, w, b), approximate="tanh")):
         tx, tw, tb = _t(x, True), _t(w, True), _t(b, True)
         y = fn(tx, tw, tb)
         y.backward(_t(dy))
@@ -330,16 +320,13 @@ def test_add_layer_norm_matches_float64_reference_and_composed_ops(shape):
     w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
     results = []
     for fused in (True, False):
-        prev = F.set_fused_enabled(fused)
-        try:
+        with F.set_fused_enabled(fused):
             tx, tr, tw, tb = _t(x, True), _t(r, True), _t(w, True), _t(b, True)
             s, y = F.add_layer_norm(tx, tr, tw, tb)
             # the residual stream goes on (s) and into the next sublayer (y), as in a GPT block
             loss = F.add(F.sum(F.mul(s, _t(dy_s))), F.sum(F.mul(y, _t(dy_y))))
             loss.backward()
             results.append([_np(t) for t in (s, y, tx.grad, tr.grad, tw.grad, tb.grad)])
-        finally:
-            F.set_fused_enabled(prev)
     for a, c in zip(*results):
         np.testing.assert_allclose(a, c, atol=2e-5, rtol=1e-5)
     s64 = x.astype(np.float64) + r
@@ -351,3 +338,16 @@ def test_add_layer_norm_matches_float64_reference_and_composed_ops(shape):
 def test_add_layer_norm_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         _C.add_layer_norm(_t(np.zeros((3, 4))), _t(np.zeros((3, 5))), None, None)
+
+
+def test_fused_switch_is_per_thread_and_restored_by_with(held_in_another_thread):
+    with held_in_another_thread(lambda: F.set_fused_enabled(False), lambda: not F.is_fused_enabled()):
+        assert F.is_fused_enabled()                  # the other thread's block does not leak
+    with F.set_fused_enabled(False):
+        assert not F.is_fused_enabled()
+    assert F.is_fused_enabled()
+    # the older call form: the returned switch restores the setting it replaced
+    prev = F.set_fused_enabled(False)
+    assert not F.is_fused_enabled()
+    F.set_fused_enabled(prev)
+    assert F.is_fused_enabled()

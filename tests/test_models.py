@@ -318,21 +318,26 @@ def test_activation_checkpointing_gives_the_same_gradients():
         np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
-def test_checkpointed_training_fuses_the_lm_head_and_returns_no_logits():
-    # training + checkpoint_activations + targets: F.linear_cross_entropy, logits None, the
-    # same loss; eval mode (or no targets) still gives the logits
+def test_fused_lm_head_returns_no_logits_and_checkpointing_alone_keeps_them():
+    # training + fused_lm_head + targets: F.linear_cross_entropy, logits None, the same loss;
+    # eval mode (or no targets) still gives the logits; checkpoint_activations alone keeps them
     rng = np.random.default_rng(18)
     idx, targets = random_batch(rng, 2, 8, 32), random_batch(rng, 2, 8, 32)
     minillm.manual_seed(19)
     plain = model_from_config(TINY_GPT)
     minillm.manual_seed(19)
+    fused = model_from_config(dict(TINY_GPT, fused_lm_head=True))
+    minillm.manual_seed(19)
     ckpt = model_from_config(dict(TINY_GPT, checkpoint_activations=True))
     logits, loss = plain(idx, targets)
-    none, fused_loss = ckpt(idx, targets)
+    none, fused_loss = fused(idx, targets)
     assert none is None
     assert abs(float(fused_loss) - float(loss)) <= 1e-6 * abs(float(loss))
-    ckpt.eval()
-    eval_logits, eval_loss = ckpt(idx, targets)
+    ckpt_logits, ckpt_loss = ckpt(idx, targets)
+    np.testing.assert_allclose(ckpt_logits.numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert abs(float(ckpt_loss) - float(loss)) <= 1e-6 * abs(float(loss))
+    fused.eval()
+    eval_logits, eval_loss = fused(idx, targets)
     np.testing.assert_allclose(eval_logits.numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
     assert abs(float(eval_loss) - float(loss)) <= 1e-6 * abs(float(loss))
 

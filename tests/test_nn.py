@@ -134,6 +134,55 @@ def test_parameter_shares_storage_and_requires_grad():
         nn.Parameter(np.zeros(3))
 
 
+def test_frozen_parameter_is_registered():
+    m = nn.Module()
+    m.w = nn.Parameter(minillm.ones((2, 3)), requires_grad=False)
+    assert isinstance(m.w, nn.Parameter) and not m.w.requires_grad
+    assert [n for n, _ in m.named_parameters()] == ["w"]
+    assert list(m.state_dict()) == ["w"]
+    assert m.num_parameters() == 6 and m.num_parameters(trainable_only=True) == 0
+    # a model frozen with requires_grad_(False) can still tie and reassign its parameters
+    lin = nn.Linear(3, 3).requires_grad_(False)
+    lin.weight = nn.Parameter(minillm.zeros((3, 3)), requires_grad=False)
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+
+
+def test_deepcopy_and_pickle_keep_parameters():
+    import copy
+    import pickle
+    m = nn.Linear(3, 2)
+    m.frozen = nn.Parameter(minillm.ones((2,)), requires_grad=False)
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert all(isinstance(p, nn.Parameter) for p in clone.parameters())
+        assert [n for n, _ in clone.named_parameters()] == ["weight", "bias", "frozen"]
+        assert not clone.frozen.requires_grad and clone.weight.data_ptr() != m.weight.data_ptr()
+        np.testing.assert_array_equal(clone.weight.numpy(), m.weight.numpy())
+        assert clone.weight is clone._parameters["weight"]
+
+
+def test_tensor_that_requires_grad_is_not_a_parameter():
+    m = nn.Module()
+    t = minillm.ones((4,), requires_grad=True)
+    m.t = t
+    assert m.t is t and not isinstance(t, nn.Parameter)
+    assert list(m.named_parameters()) == [] and list(m.state_dict()) == []
+    y = F.sum(F.mul(minillm.ones((4,)), t))   # an op's output that requires grad
+    m.y = y
+    assert list(m.named_parameters()) == []
+    assert type(F.mul(nn.Parameter(minillm.ones((2,))), 2.0)) is minillm.Tensor
+
+
+def test_buffers_stay_buffers_and_parameters_need_parameters():
+    m = nn.Linear(2, 2)
+    m.register_buffer("running", minillm.zeros((2,)))
+    m.running = minillm.ones((2,), requires_grad=True)
+    assert "running" in dict(m.named_buffers()) and "running" not in dict(m.named_parameters())
+    with pytest.raises(TypeError, match="nn.Parameter"):
+        m.weight = minillm.zeros((2, 2), requires_grad=True)
+    with pytest.raises(TypeError, match="nn.Parameter"):
+        m.register_parameter("extra", minillm.zeros((2,), requires_grad=True))
+
+
 def test_sequential_and_module_dict():
     seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     x = minillm.randn(5, 3)

@@ -28,8 +28,9 @@ class GPTConfig(ModelConfig):
     """Hyperparameters of a GPT. bias: biases in the Linears and LayerNorms (GPT-2 has
     them); tie_weights: lm_head shares the token embedding (GPT-2 does);
     checkpoint_activations: recompute each block in backward instead of keeping its
-    activations (less memory, about one more forward of time); training forwards with
-    targets then also fuse the LM head with the loss and return logits None."""
+    activations (less memory, about one more forward of time); fused_lm_head: training
+    forwards with targets compute the LM head and the loss as one op
+    (F.linear_cross_entropy) that never holds the (B, T, V) logits, and return logits None."""
     model_type: str = "gpt"
     vocab_size: int = 50257
     block_size: int = 1024
@@ -40,6 +41,7 @@ class GPTConfig(ModelConfig):
     bias: bool = True
     tie_weights: bool = True
     checkpoint_activations: bool = False
+    fused_lm_head: bool = False
 
     def __post_init__(self):
         self.check("gpt", ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
@@ -159,7 +161,7 @@ class GPT(LanguageModel):
         targets (B, T) int64 or None (-1 = ignore). Returns (logits, loss):
         with targets, logits (B, T, V) float32 and loss the mean cross-entropy (0-d);
         without, logits (B, 1, V) for the last position only (all a sampler needs, and
-        V times cheaper), loss None. Training with checkpoint_activations and targets
+        V times cheaper), loss None. Training with fused_lm_head and targets
         returns logits None: the LM head and the loss are then one fused op
         (F.linear_cross_entropy) that never builds the (B, T, V) logits, which for GPT-2's
         vocabulary would be the largest tensor of the step. kv_cache (generation, under
@@ -187,7 +189,7 @@ class GPT(LanguageModel):
             logits = self.lm_head(F.getitem(x, (slice(None), slice(T - 1, T))))   # (B, 1, V)
             return logits, None
         targets = _check_targets(targets, B, T)
-        if self.config.checkpoint_activations and self.training:
+        if self.config.fused_lm_head and self.training:
             loss = F.linear_cross_entropy(x, self.lm_head.weight, targets, bias=self.lm_head.bias,
                                           ignore_index=-1)
             return None, loss

@@ -108,17 +108,20 @@ class ReLU(Module):
 
 
 class GELU(Module):
-    """GELU, tanh form (PyTorch's approximate='tanh', as GPT-2 uses). approximate='none'
-    is accepted for drop-in use but also computes the tanh form (|diff| < 1e-3)."""
+    """GELU as PyTorch's nn.GELU: approximate='none' (the default) is the exact x Phi(x),
+    approximate='tanh' the tanh form GPT-2 uses (see F.gelu)."""
 
-    def __init__(self, approximate="tanh"):
+    def __init__(self, approximate="none"):
         super().__init__()
         if approximate not in ("tanh", "none"):
-            raise ValueError(f"GELU: approximate must be 'tanh' or 'none', got {approximate!r}")
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
     def forward(self, x):
-        return F.gelu(x)
+        return F.gelu(x, approximate=self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
 class Tanh(Module):

@@ -1,7 +1,8 @@
 """Module and Parameter: the containers layers and models are built from.
 
-A Module holds parameters (tensors that require grad), buffers (tensors that do not) and
-child modules, each registered by assigning an attribute, as in PyTorch. Names nest with
+A Module holds parameters (nn.Parameter objects, trainable or frozen), buffers (state that
+is not learned: register_buffer) and child modules, each registered by assigning an
+attribute (or by register_parameter / register_buffer / add_module), as in PyTorch. Names nest with
 dots (``blocks.0.attn.weight``) in named_parameters() and state_dict().
 """
 from collections import OrderedDict, namedtuple
@@ -15,18 +16,15 @@ Tensor = _C.Tensor
 __all__ = ["Parameter", "Module", "IncompatibleKeys"]
 
 
-class _ParameterMeta(type):
-    def __instancecheck__(cls, obj):
-        return isinstance(obj, Tensor) and obj.requires_grad and obj.grad_fn is None
+class Parameter(Tensor):
+    """``Parameter(t)`` -> a tensor that is a module parameter: a leaf view of t's storage
+    (t copied first if it is not contiguous), ``requires_grad=True`` unless told otherwise.
 
-
-class Parameter(metaclass=_ParameterMeta):
-    """``Parameter(t)`` -> a leaf tensor that requires grad, sharing t's storage.
-
-    minillm's Tensor is a compiled (cdef) class, so a Parameter is not a subclass: it is a
-    Tensor with ``requires_grad=True`` and no ``grad_fn``, and ``isinstance(x, Parameter)``
-    is true exactly for such tensors. Assigning one to a Module attribute registers it as
-    a parameter. ``Parameter(t, requires_grad=False)`` gives a frozen one.
+    Assigning a Parameter to a Module attribute registers it, whatever its requires_grad
+    (``Parameter(t, requires_grad=False)`` is a frozen parameter: in parameters() and
+    state_dict(), skipped by optimizers' gradient updates as it gets no .grad). A plain
+    Tensor attribute is never a parameter, even one that requires grad; state that is not
+    learned belongs in ``register_buffer``. Ops on a Parameter return plain Tensors.
     """
 
     def __new__(cls, data=None, requires_grad=True):
@@ -36,11 +34,23 @@ class Parameter(metaclass=_ParameterMeta):
             raise TypeError(f"Parameter needs a minillm Tensor, got {type(data).__name__}")
         if data.dtype != "float32":
             raise TypeError(f"Parameter needs a float32 tensor, got {data.dtype}")
-        p = data.detach()
-        if not p.is_contiguous():
-            p = p.copy()  # optimizers update parameters in place with flat kernels
-        p.requires_grad = bool(requires_grad)
-        return p
+        if not data.is_contiguous():
+            data = data.copy()  # optimizers update parameters in place with flat kernels
+        return Tensor._make_subclass(cls, data, bool(requires_grad))
+
+    def __init__(self, data=None, requires_grad=True):
+        pass  # all done in __new__ (the Tensor base takes no arguments)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + Tensor.__repr__(self)
+
+    def __reduce__(self):
+        # pickle and copy.deepcopy give a Parameter back (Tensor's own reduce gives a Tensor)
+        return _rebuild_parameter, (self.detach().copy(), bool(self.requires_grad))
+
+
+def _rebuild_parameter(data, requires_grad):
+    return Parameter(data, requires_grad)
 
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -79,7 +89,7 @@ class Module:
             buffers[name] = value
         elif name in params:
             raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
-                            f"{type(self).__name__} (expected a tensor that requires grad, or None)")
+                            f"{type(self).__name__} (expected an nn.Parameter or None)")
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} to child module {name!r}")
@@ -112,8 +122,12 @@ class Module:
     def register_parameter(self, name, param):
         """Register `param` (a Parameter or None) under `name`."""
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"parameter {name!r} must be a Parameter (a leaf tensor that requires "
-                            f"grad) or None")
+            raise TypeError(f"parameter {name!r} must be an nn.Parameter or None, got "
+                            f"{type(param).__name__} (wrap a tensor as nn.Parameter(t))")
+        if "." in name or not name:
+            raise KeyError(f"parameter name must be non-empty and contain no '.', got {name!r}")
+        self._buffers.pop(name, None)
+        self._modules.pop(name, None)
         self._parameters[name] = param
         object.__setattr__(self, name, param)
 
