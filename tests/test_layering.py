@@ -15,7 +15,7 @@ PACKAGE = "minillm"
 # DESIGN.md's layers, lowest first: a module may import its own layer and the ones below.
 # A name is a module or a subpackage of minillm (the longest match wins).
 LAYERS = [
-    ("utils", "progress", "serialization", "io", "random"),   # helpers and file formats for all
+    ("utils", "_switch", "progress", "serialization", "io", "random"),  # helpers, switches, file formats
     ("autograd", "functional", "amp"),                        # the tape and the differentiable ops
     ("tokenizers",),
     ("nn", "optim", "data", "distributed", "corpus"),
