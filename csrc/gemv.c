@@ -161,23 +161,42 @@ static dots_fn pick_dots(void) {
  * y may be the residual itself (in place). A multiple of 4. */
 #define ROWS_PER_PASS 64
 
-/* y rows [0, M) x columns of groups [g0, g1) (group g = W rows [4g, 4g + 4) clipped to N).
- * GELU goes through mll_unary's vector kernel (the scalar one, in double, cost ~0.5 ms per
- * GPT-2 small token), pieces of 64 floats: far below its threshold for an OpenMP team. */
-static void linear_groups(dots_fn dots, const float *x, const float *W, const float *bias, const float *add,
-                          float *y, int64_t M, int64_t N, int64_t K, int act, int64_t g0, int64_t g1) {
-    float d[ROWS_PER_PASS];
+/* One weight matrix of a product: W (N, K) and bias (N) or NULL give y's columns
+ * [col, col + N); gated (act MLL_ACT_SILU_GATED): W is the gate, W2 (N, K) and bias2 the up
+ * projection. */
+typedef struct {
+    const float *W, *bias, *W2, *bias2;
+    int64_t N, col;
+} linear_seg;
+
+enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2 };
+
+/* y rows [0, M) (row stride ldy; add the same) x the columns of groups [g0, g1) of one segment
+ * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
+ * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
+ * for an OpenMP team. */
+static void linear_groups(dots_fn dots, const float *x, const linear_seg *sg, const float *add, float *y,
+                          int64_t ldy, int64_t M, int64_t K, int act, int64_t g0, int64_t g1) {
+    float d[ROWS_PER_PASS], u[ROWS_PER_PASS];
+    const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
         for (int64_t m = 0; m < M; m++) {
-            dots(x + m * K, W + j * K, K, n, d);
-            if (bias)
-                for (int64_t r = 0; r < n; r++) d[r] += bias[j + r];
-            if (act == 1) mll_unary(MLL_GELU, d, d, n);
-            float *ym = y + m * N + j;
+            dots(x + m * K, sg->W + j * K, K, n, d);
+            if (sg->bias)
+                for (int64_t r = 0; r < n; r++) d[r] += sg->bias[j + r];
+            if (act == ACT_GELU) {
+                mll_unary(MLL_GELU, d, d, n);
+            } else if (act == ACT_SILU_GATED) {
+                dots(x + m * K, sg->W2 + j * K, K, n, u);
+                if (sg->bias2)
+                    for (int64_t r = 0; r < n; r++) u[r] += sg->bias2[j + r];
+                mll_silu_mul_forward(d, u, d, n);
+            }
+            float *ym = y + m * ldy + sg->col + j;
             if (add) {
-                const float *am = add + m * N + j;
+                const float *am = add + m * ldy + sg->col + j;
                 for (int64_t r = 0; r < n; r++) ym[r] = d[r] + am[r];
             } else {
                 memcpy(ym, d, (size_t)n * sizeof(float));
@@ -333,43 +352,100 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
     pthread_mutex_unlock(&job_owner);
 }
 
-/* ------------------------------------------------------------------ the product */
+/* ------------------------------------------------------------------ the product
+ * Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through the
+ * pool): their groups of 4 rows are numbered one segment after the other and cut into chunks
+ * as if they were one matrix. */
+#define MAX_SEGS 3
+
 typedef struct {
     dots_fn dots;
-    const float *x, *W, *bias, *add;
+    const float *x, *add;
     float *y;
-    int64_t M, N, K, groups;
-    int64_t big, nbig, small;   /* chunks: nbig of `big` groups, then the rest by `small` */
-    int act;
+    linear_seg seg[MAX_SEGS];
+    int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
+    int nseg, act;
+    int64_t ldy, M, K;
+    int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
 } linear_job;
+
+/* groups [g0, g1) of the concatenated segments */
+static void linear_range(const linear_job *j, int64_t g0, int64_t g1) {
+    for (int s = 0; s < j->nseg; s++) {
+        int64_t a = g0 > j->seg_g0[s] ? g0 : j->seg_g0[s], b = mll_min64(g1, j->seg_g0[s + 1]);
+        if (a < b)
+            linear_groups(j->dots, j->x, &j->seg[s], j->add, j->y, j->ldy, j->M, j->K, j->act, a - j->seg_g0[s],
+                          b - j->seg_g0[s]);
+    }
+}
 
 static void linear_chunk(void *ctx, int64_t c) {
     const linear_job *j = ctx;
     int64_t g0 = c < j->nbig ? c * j->big : j->nbig * j->big + (c - j->nbig) * j->small;
-    int64_t g1 = mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->groups);
-    linear_groups(j->dots, j->x, j->W, j->bias, j->add, j->y, j->M, j->N, j->K, j->act, g0, g1);
+    linear_range(j, g0, mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->seg_g0[j->nseg]));
+}
+
+/* Runs the job (segments filled in) on the pool; `weights` = floats of W read per row of x. */
+static void linear_run(linear_job *job, int64_t weights) {
+    job->dots = pick_dots();
+    job->seg_g0[0] = 0;
+    for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
+    int64_t groups = job->seg_g0[job->nseg];
+    if (job->M <= 0 || groups == 0) return;
+    int nt = weights >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
+    if (nt <= 1) {
+        linear_range(job, 0, groups);
+        return;
+    }
+    /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
+     * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
+     * a big chunk of each other. */
+    int64_t big = groups / (4 * nt);
+    big = big < 1 ? 1 : big > 32 ? 32 : big;
+    int64_t small = big / 4 < 1 ? 1 : big / 4;
+    job->big = big;
+    job->small = small;
+    job->nbig = (groups - groups / 4) / big;
+    int64_t nchunks = job->nbig + (groups - job->nbig * big + small - 1) / small;
+    mll_decode_parallel(nchunks, nt, linear_chunk, job);
 }
 
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act) {
     if (M <= 0 || N <= 0) return;
-    dots_fn dots = pick_dots();
-    int64_t groups = (N + 3) / 4;
-    int nt = N * K >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
-    if (nt <= 1) {
-        linear_groups(dots, x, W, bias, add, y, M, N, K, act, 0, groups);
-        return;
+    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
+                      .ldy = N, .M = M, .K = K};
+    job.seg[0] = (linear_seg){W, bias, NULL, NULL, N, 0};
+    linear_run(&job, N * K);
+}
+
+void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
+                         const int64_t *N, float *y, int64_t M, int64_t K) {
+    linear_job job = {.x = x, .y = y, .act = ACT_NONE, .M = M, .K = K};
+    int64_t total = 0;
+    for (int s = 0; s < nseg && s < MAX_SEGS; s++) {
+        const float *b = bias ? bias[s] : NULL;
+        linear_seg *prev = job.nseg ? &job.seg[job.nseg - 1] : NULL;
+        /* W rows (and biases) that follow the previous segment's in memory (a fused qkv):
+         * one segment, so the groups are exactly those of the one matrix */
+        if (prev && W[s] == prev->W + prev->N * K && prev->N % 4 == 0 &&
+            ((!b && !prev->bias) || (b && prev->bias && b == prev->bias + prev->N))) {
+            prev->N += N[s];
+        } else {
+            job.seg[job.nseg++] = (linear_seg){W[s], b, NULL, NULL, N[s], total};
+        }
+        total += N[s];
     }
-    /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
-     * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
-     * a big chunk of each other (a big chunk of GPT-2's c_fc is ~20 us on one core). */
-    int64_t big = groups / (4 * nt);
-    big = big < 1 ? 1 : big > 32 ? 32 : big;
-    int64_t small = big / 4 < 1 ? 1 : big / 4;
-    int64_t nbig = (groups - groups / 4) / big;
-    int64_t nchunks = nbig + (groups - nbig * big + small - 1) / small;
-    linear_job job = {dots, x, W, bias, add, y, M, N, K, groups, big, nbig, small, act};
-    mll_decode_parallel(nchunks, nt, linear_chunk, &job);
+    job.ldy = total;
+    linear_run(&job, total * K);
+}
+
+void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
+                           float *y, int64_t M, int64_t N, int64_t K) {
+    if (M <= 0 || N <= 0) return;
+    linear_job job = {.x = x, .y = y, .nseg = 1, .act = ACT_SILU_GATED, .ldy = N, .M = M, .K = K};
+    job.seg[0] = (linear_seg){Wg, bg, Wu, bu, N, 0};
+    linear_run(&job, 2 * N * K);
 }
 
 /* ------------------------------------------------------------------ the roof

@@ -60,6 +60,12 @@ class LanguageModel(nn.Module):
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
 
+    def decoder(self, hugepages=True):
+        """The model's fast decode plan (a minillm.models.decoder.Decoder: `step(tokens, cache)
+        -> logits (B, V)`), or None when the model has none (generate then decodes through
+        forward). hugepages: see Decoder."""
+        return None
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
                  stop_tokens=(), generator=None):
         """Continue idx (B, T) int64 by max_new_tokens sampled tokens -> (B, T + n) int64;
