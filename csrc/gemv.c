@@ -1,5 +1,6 @@
 /* gemv.c: act(x @ W^T + bias) + add for a few rows of x: the linear layers of one decoding
- * step, with their GELU or residual add done on the way out.
+ * step, with their GELU, SwiGLU gating (silu(x Wg^T) * (x Wu^T)) or residual add done on the
+ * way out, and up to three matrices side by side in one product (q, k, v).
  *
  * Decoding one token per step multiplies a (B, K) activation by every weight matrix with B
  * small, so the time is the time to read W once. The packed GEMM would copy W into panels
@@ -14,7 +15,8 @@
  *
  * Also here: the read roof (a plain sum over the same bytes, mll_stream_sum) and the huge-page
  * advice for the weights (mll_advise_hugepages), worth more than any change to the dot
- * products: from 2 MiB pages one core streams 1.3-2x faster (see "huge pages").
+ * products: one core streams 2 MiB pages markedly faster than 4 KiB ones (see "huge pages";
+ * bench/bench_generate.py measures both).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -86,10 +88,10 @@ MLL_AVX512 static inline __m128 hsum4_avx512(__m512 a, __m512 b, __m512 c, __m51
 }
 
 /* Row after row, each read front to back: the weights are then one sequential stream in
- * address order, which the hardware prefetchers follow best (4 rows interleaved read ~35%
- * slower from DRAM). 8 accumulators per row and one reduction tree per 4 rows: against a
- * plain sum over the same bytes (2 MiB pages, one core of the AMD EPYC Zen 4) this reads at
- * ~95%, where 4 accumulators and a reduction per row read at ~80%. */
+ * address order, which the hardware prefetchers follow best (4 rows interleaved read slower
+ * from DRAM). 8 accumulators per row and one reduction tree per 4 rows come closer to a plain
+ * sum over the same bytes than 4 accumulators and a reduction per row (bench_generate.py
+ * --kernels holds each layer kind against that sum). */
 /* s <- the 8-accumulator sum vector of x . w over K */
 MLL_AVX512 static inline __m512 dot_vec_avx512(const float *x, const float *w, int64_t K) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -157,7 +159,7 @@ static dots_fn pick_dots(void) {
 
 /* Rows of W per pass: their dot products go to a buffer on the stack, then bias, GELU and
  * the residual are applied over the whole pass. The dot loop then runs over many rows without
- * a call or an epilogue between groups (one core read K = 768 rows ~20% faster that way), and
+ * a call or an epilogue between groups (faster than an epilogue per group of 4), and
  * y may be the residual itself (in place). A multiple of 4. */
 #define ROWS_PER_PASS 64
 
@@ -221,9 +223,8 @@ static void linear_groups(dots_fn dots, const float *x, const linear_seg *sg, co
 #define HELPER_SPINS 20000       /* about 0.2 ms of polling before a helper sleeps */
 #define CHUNK_BITS 20
 /* The caller waits for a chunk only while a helper runs it, but a helper the OS takes off
- * its core (other processes want it) can hold a chunk for a whole time slice. On a 2-core
- * machine shared with a build, two threads then decoded GPT-2 small at half the speed of one.
- * So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
+ * its core (other processes want it) can hold a chunk for a whole time slice: on a small
+ * machine shared with other work, two threads could then decode slower than one. So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
  * chunk's time) makes the next BACKOFF_JOBS jobs run on the caller alone, after which the
  * helpers are tried again. A quiet machine never stalls that long; the thread count never
  * changes a result. */
@@ -513,15 +514,15 @@ float mll_stream_sum(const float *x, int64_t n) {
 /* ------------------------------------------------------------------ huge pages
  * Decoding streams every weight once per token. With 4 KiB pages that is a TLB miss (a page
  * walk, two-dimensional under a hypervisor) every 4 KiB, and the hardware prefetchers stop at
- * each page edge: on the AMD EPYC Zen 4 VM one core read 14-22 GB/s from 4 KiB pages against
- * 26-31 GB/s from 2 MiB pages (a plain AVX-512 sum over 512 MB, same runs, a shared machine). MADV_HUGEPAGE marks the range,
+ * each page edge, so one core reads 2 MiB pages faster (bench_generate.py's stream sum runs
+ * over the advised weights, next to torch.sum over 4 KiB pages). MADV_HUGEPAGE marks the range,
  * MADV_COLLAPSE (Linux 6.1) turns its pages, already written, into 2 MiB pages now instead
  * of whenever khugepaged gets to them.
  *
  * The 2 MiB pages at both ends of a buffer usually hold neighbouring memory too (other
  * tensors, allocator headers); they are collapsed as well, which changes no byte of anyone's
- * memory (it is what khugepaged does in the background all the time) and lifts GPT-2 small's
- * coverage from ~80% to ~100%. Each huge page is collapsed on its own, so one that cannot be
+ * memory (it is what khugepaged does in the background all the time) and brings the coverage
+ * of a model's weights close to all of it. Each huge page is collapsed on its own, so one that cannot be
  * (part of it unmapped, another mapping) only leaves that page as it was. */
 #define HUGE_PAGE ((uintptr_t)2 << 20)
 #ifndef MADV_COLLAPSE

@@ -78,7 +78,7 @@ static void attend_generic(void *ctx, int64_t c) {
  * the heads of a chunk sit side by side in each cached row, so the caches are read as one
  * forward sweep (which the prefetchers follow) instead of one strided pass per head; per
  * (head, lane) the sums run over t in the same order, so the grouping never changes a bit.
- * (The portable loops compile to SSE only: ~1 ms of a GPT-2 small token.) */
+ * (The portable loops compile to SSE only.) */
 MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
     const attend_job *j = ctx;
     const int64_t hs = j->hs, S = j->S;
@@ -122,9 +122,9 @@ MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
 }
 #endif
 
-/* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: GPT-2
- * small's 12 heads over 145 positions take ~30 us on one core of the AMD EPYC Zen 4, less than
- * a busy machine can delay a helper that has taken a share. */
+/* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: a few
+ * tens of microseconds of work, less than a busy machine can delay a helper that has taken a
+ * share. */
 #define ATTEND_PAR_MIN (1 << 20)
 
 int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,

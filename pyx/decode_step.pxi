@@ -208,6 +208,11 @@ cdef class DecodeHead:
         self.head_weight = head_weight
         self.keep = (norm_weight, norm_bias, head_weight, head_bias)
 
+    def scratch_floats(self, int64_t B):
+        """Floats of scratch final_step needs for B rows (a block step's scratch of the same
+        n_embd is always enough)."""
+        return C.mll_block_step_scratch(&self.o, B, 1)
+
 
 cdef Tensor _scratch_for(str owner, object scratch, int64_t need):
     cdef Tensor s = as_f32(scratch, f"{owner} scratch")
@@ -263,14 +268,14 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
 
 def final_step(x, DecodeHead head, scratch):
     """logits (B, V) float32 = head(norm(x)) for x (B, C) float32 contiguous (kept); scratch:
-    float32, as for a block step of the same n_embd (any block step's scratch is large enough)."""
+    float32, at least head.scratch_floats(B) floats."""
     owner = "final_step"
     cdef Tensor xx = as_f32(x, "final_step x")
     cdef int64_t Cn = head.o.n_embd, V = head.vocab_size
     if xx.ndim != 2 or xx.shape_[1] != Cn or not is_contig(xx):
         raise ValueError(f"{owner}: x must be contiguous (B, {Cn}), got {x.shape}")
     cdef int64_t B = xx.shape_[0]
-    cdef Tensor sc = _scratch_for(owner, scratch, C.mll_block_step_scratch(&head.o, B, 1))
+    cdef Tensor sc = _scratch_for(owner, scratch, head.scratch_floats(B))
     cdef Tensor logits = new_tensor((B, V), C.MLL_F32)
     with nogil:
         C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, head.head_w, head.head_b, fptr(logits),

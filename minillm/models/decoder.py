@@ -17,7 +17,6 @@ GrowableTensors with rows (B, n_kv_head, head_dim), `cache.pos` the position of 
 `cache.advance(1)` after a step. The prompt is prefilled by the model's forward into the same
 cache; a plan can also start from an empty cache, one token at a time.
 """
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -133,9 +132,9 @@ class Decoder:
         """Scratch for B rows and S positions (grown by doubling the positions)."""
         b0, s0 = self._scratch_size
         if b0 != B or s0 < S:
-            S = max(S, 2 * s0 if b0 == B else S, 64)
-            self._scratch = _C.empty((self.blocks[0].scratch_floats(B, S) if self.blocks else
-                                      self.options.n_embd * B + 64 + 32 * B,))
+            S = max(S, 64, 2 * s0 if b0 == B else 0)
+            need = max([b.scratch_floats(B, S) for b in self.blocks[:1]] + [self.head.scratch_floats(B)])
+            self._scratch = _C.empty((need,))
             self._scratch_size = (B, S)
         return self._scratch
 
