@@ -9,7 +9,7 @@ Decoding one token reads every weight once (GPT-2 small: 124M float32 = 498 MB),
 ceiling is read bandwidth / weight bytes. Two read roofs are measured in the same run:
   torch.sum    over 1 GiB of fresh float32 (4 KiB pages, as any tensor gets), the best of 5;
   stream sum   minillm's plain sum (_C.stream_sum) over the very weights a step reads, after
-               GPTDecoder asked for 2 MiB pages under them (what the GEMV could reach).
+               the decode plan (GPT.decoder) asked for 2 MiB pages under them (what the GEMV could reach).
 Each framework's tokens/s is reported as a fraction of both. --kernels adds, per linear layer
 kind, the GEMV's read bandwidth against the stream sum over the same matrices.
 Timings interleave the two frameworks and keep the best of `repeats` runs, as the machine is
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
 from minillm import _C  # noqa: E402
-from minillm.generate import GPTDecoder, generate  # noqa: E402
+from minillm.generate import generate  # noqa: E402
 from minillm.models import build_model  # noqa: E402
 
 PROMPT, NEW_TOKENS = 16, 128
@@ -136,13 +136,13 @@ def time_torch(dec, prompt):
 
 def streamed_weights(model):
     """{kind: [weights]} that a decoding step streams: c_attn, attn c_proj, c_fc, mlp c_proj
-    of every block, and the head (GPTDecoder's, after its huge-page advice)."""
-    dec = GPTDecoder(model)
+    of every block, and the head (the decode plan's, after its huge-page advice)."""
+    dec = model.decoder()
     kinds = {"qkv": [], "attn proj": [], "fc": [], "mlp proj": []}
     for b in dec.blocks:
         for kind, w in zip(kinds, b.linear_weights()):
             kinds[kind].append(w)
-    kinds["head"] = [dec.head]
+    kinds["head"] = [dec.head.head_weight]
     return kinds
 
 

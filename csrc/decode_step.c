@@ -1,31 +1,79 @@
-/* decode_step.c: one decoding step of a GPT-2 block (pre-LayerNorm), for B rows at once.
+/* decode_step.c: one decoding step of a pre-norm transformer block, for B rows at once, with
+ * the options of the model families minillm runs (mll_block_options in minillm.h):
  *
- *   x += c_proj(attention over the KV cache(c_attn(ln_1(x))))
- *   x += mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))
+ *   h = norm_1(x)                                  LayerNorm (GPT-2) or RMSNorm (Llama)
+ *   q, k, v = h Wq^T + bq, h Wk^T + bk, h Wv^T + bv   nh query heads, nkv key/value heads
+ *   q, k = rmsnorm per head (q_norm, k_norm)       QK-norm (Qwen3), optional
+ *   q, k = rotated by position pos (rope.c)        rotary positions, optional
+ *   x += attention over the KV cache (q, k, v) Wo^T + bo      (kv_attention.c)
+ *   h = norm_2(x)
+ *   x += (gelu(h Wup^T + bup)) Wdown^T + bdown                GELU MLP (GPT-2)
+ *     or (silu(h Wgate^T + bgate) * (h Wup^T + bup)) Wdown^T + bdown   SwiGLU (Llama)
  *
- * composed of the kernels of layernorm.c, gemv.c and kv_attention.c in one C call, so a step
- * of an n-layer model costs n calls from Python instead of 7n. Inference only.
+ * composed of the kernels of layernorm.c, rmsnorm.c, rope.c, gemv.c and kv_attention.c in
+ * one C call, so a step of an n-layer model costs n calls from Python. Learned positions are
+ * added to x before the first block, by the caller; mll_final_step is the final norm and the
+ * LM head. Every buffer comes from the caller's scratch: nothing is allocated per step.
+ * Inference only.
  */
 #include "simd.h"
 
-int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
-                       int64_t hs, int64_t pos) {
-    const int64_t C = nh * hs;
-    /* scratch: h (B, C), qkv (B, 3C), y (B, C), m (B, 4C), mean, rstd (B) */
-    size_t bytes = (size_t)(B * 9 * C + 2 * B) * sizeof(float);
-    float *h = mll_alloc(bytes);
-    if (!h) return -1;
-    float *qkv = h + B * C, *y = qkv + B * 3 * C, *m = y + B * C, *mean = m + B * 4 * C, *rstd = mean + B;
-    int r = 0;
-    mll_layernorm_forward(x, w->ln1_w, w->ln1_b, h, mean, rstd, B, C, w->eps1);
-    mll_linear_rows(h, w->attn_w, w->attn_b, NULL, qkv, B, 3 * C, C, 0);
-    r = mll_kv_attention_step(qkv, kcache, vcache, y, B, nh, hs, pos, w->scale);
-    if (r == 0) {
-        mll_linear_rows(y, w->proj_w, w->proj_b, x, x, B, C, C, 0);            /* x + attn */
-        mll_layernorm_forward(x, w->ln2_w, w->ln2_b, h, mean, rstd, B, C, w->eps2);
-        mll_linear_rows(h, w->fc_w, w->fc_b, NULL, m, B, 4 * C, C, 1);         /* gelu(c_fc) */
-        mll_linear_rows(m, w->fc2_w, w->fc2_b, x, x, B, C, 4 * C, 0);          /* x + mlp */
+/* floats rounded up to a whole number of 64-byte lines, so each scratch buffer starts on one */
+static int64_t lines(int64_t n) { return (n + 15) / 16 * 16; }
+
+int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S) {
+    const int64_t Q = o->n_head * o->head_dim, KV = o->n_kv_head * o->head_dim;
+    return lines(B * o->n_embd) + lines(B * (Q + 2 * KV)) + lines(B * Q) + lines(B * o->d_ff) + 2 * lines(B) +
+           lines(B * o->n_head * S);
+}
+
+/* h (B, C) <- norm(x) with the block's kind of norm; mean, rstd (B) scratch */
+static void norm_rows(const mll_block_options *o, const float *x, const float *w, const float *b, float *h,
+                      float *mean, float *rstd, int64_t B) {
+    if (o->norm == MLL_NORM_RMS) mll_rmsnorm_forward(x, w, h, rstd, B, o->n_embd, o->norm_eps);
+    else mll_layernorm_forward(x, w, b, h, mean, rstd, B, o->n_embd, o->norm_eps);
+}
+
+int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
+                   float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
+                   int64_t pos) {
+    const int64_t C = o->n_embd, nh = o->n_head, nkv = o->n_kv_head, hs = o->head_dim, F = o->d_ff;
+    const int64_t Q = nh * hs, KV = nkv * hs, ldq = Q + 2 * KV;
+    if (nh < 1 || nkv < 1 || nh % nkv || (o->rotary && (hs % 2 || !rope_cos || !rope_sin)) ||
+        (o->mlp == MLL_MLP_SWIGLU && !w->gate_w) || (o->qk_norm && (!w->q_norm_w || !w->k_norm_w)))
+        return -1;
+    float *h = scratch, *qkv = h + lines(B * C), *y = qkv + lines(B * ldq), *m = y + lines(B * Q);
+    float *mean = m + lines(B * F), *rstd = mean + lines(B), *att = rstd + lines(B);
+
+    norm_rows(o, x, w->norm1_w, w->norm1_b, h, mean, rstd, B);
+    const float *W[3] = {w->q_w, w->k_w, w->v_w}, *bias[3] = {w->q_b, w->k_b, w->v_b};
+    const int64_t N[3] = {Q, KV, KV};
+    mll_linear_rows_cat(h, 3, W, bias, N, qkv, B, C);                     /* qkv (B, Q + 2 KV) */
+    if (o->qk_norm)
+        for (int64_t b = 0; b < B; b++) {
+            float *qb = qkv + b * ldq;
+            mll_rmsnorm_forward(qb, w->q_norm_w, qb, NULL, nh, hs, o->qk_norm_eps);
+            mll_rmsnorm_forward(qb + Q, w->k_norm_w, qb + Q, NULL, nkv, hs, o->qk_norm_eps);
+        }
+    if (o->rotary) {
+        const float *c = rope_cos + pos * (hs / 2), *s = rope_sin + pos * (hs / 2);
+        mll_rope_forward(qkv, ldq, c, s, B, 1, nh, hs);
+        mll_rope_forward(qkv + Q, ldq, c, s, B, 1, nkv, hs);
     }
-    mll_free(h, bytes);
-    return r;
+    mll_kv_attention_step(qkv, kcache, vcache, y, att, B, nh, nkv, hs, pos, o->attn_scale);
+    mll_linear_rows(y, w->o_w, w->o_b, x, x, B, C, Q, 0);                  /* x + attn */
+
+    norm_rows(o, x, w->norm2_w, w->norm2_b, h, mean, rstd, B);
+    if (o->mlp == MLL_MLP_SWIGLU) mll_linear_rows_gated(h, w->gate_w, w->gate_b, w->up_w, w->up_b, m, B, F, C);
+    else mll_linear_rows(h, w->up_w, w->up_b, NULL, m, B, F, C, 1);          /* gelu(up) */
+    mll_linear_rows(m, w->down_w, w->down_b, x, x, B, C, F, 0);              /* x + mlp */
+    return 0;
+}
+
+void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                    const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
+                    int64_t V) {
+    float *h = scratch, *mean = h + lines(B * o->n_embd), *rstd = mean + lines(B);
+    norm_rows(o, x, norm_w, norm_b, h, mean, rstd, B);
+    mll_linear_rows(h, head_w, head_b, NULL, logits, B, V, o->n_embd, 0);
 }

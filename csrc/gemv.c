@@ -1,5 +1,6 @@
 /* gemv.c: act(x @ W^T + bias) + add for a few rows of x: the linear layers of one decoding
- * step, with their GELU or residual add done on the way out.
+ * step, with their GELU, SwiGLU gating (silu(x Wg^T) * (x Wu^T)) or residual add done on the
+ * way out, and up to three matrices side by side in one product (q, k, v).
  *
  * Decoding one token per step multiplies a (B, K) activation by every weight matrix with B
  * small, so the time is the time to read W once. The packed GEMM would copy W into panels
@@ -14,7 +15,8 @@
  *
  * Also here: the read roof (a plain sum over the same bytes, mll_stream_sum) and the huge-page
  * advice for the weights (mll_advise_hugepages), worth more than any change to the dot
- * products: from 2 MiB pages one core streams 1.3-2x faster (see "huge pages").
+ * products: one core streams 2 MiB pages markedly faster than 4 KiB ones (see "huge pages";
+ * bench/bench_generate.py measures both).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -86,10 +88,10 @@ MLL_AVX512 static inline __m128 hsum4_avx512(__m512 a, __m512 b, __m512 c, __m51
 }
 
 /* Row after row, each read front to back: the weights are then one sequential stream in
- * address order, which the hardware prefetchers follow best (4 rows interleaved read ~35%
- * slower from DRAM). 8 accumulators per row and one reduction tree per 4 rows: against a
- * plain sum over the same bytes (2 MiB pages, one core of the AMD EPYC Zen 4) this reads at
- * ~95%, where 4 accumulators and a reduction per row read at ~80%. */
+ * address order, which the hardware prefetchers follow best (4 rows interleaved read slower
+ * from DRAM). 8 accumulators per row and one reduction tree per 4 rows come closer to a plain
+ * sum over the same bytes than 4 accumulators and a reduction per row (bench_generate.py
+ * --kernels holds each layer kind against that sum). */
 /* s <- the 8-accumulator sum vector of x . w over K */
 MLL_AVX512 static inline __m512 dot_vec_avx512(const float *x, const float *w, int64_t K) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -157,27 +159,46 @@ static dots_fn pick_dots(void) {
 
 /* Rows of W per pass: their dot products go to a buffer on the stack, then bias, GELU and
  * the residual are applied over the whole pass. The dot loop then runs over many rows without
- * a call or an epilogue between groups (one core read K = 768 rows ~20% faster that way), and
+ * a call or an epilogue between groups (faster than an epilogue per group of 4), and
  * y may be the residual itself (in place). A multiple of 4. */
 #define ROWS_PER_PASS 64
 
-/* y rows [0, M) x columns of groups [g0, g1) (group g = W rows [4g, 4g + 4) clipped to N).
- * GELU goes through mll_unary's vector kernel (the scalar one, in double, cost ~0.5 ms per
- * GPT-2 small token), pieces of 64 floats: far below its threshold for an OpenMP team. */
-static void linear_groups(dots_fn dots, const float *x, const float *W, const float *bias, const float *add,
-                          float *y, int64_t M, int64_t N, int64_t K, int act, int64_t g0, int64_t g1) {
-    float d[ROWS_PER_PASS];
+/* One weight matrix of a product: W (N, K) and bias (N) or NULL give y's columns
+ * [col, col + N); gated (act MLL_ACT_SILU_GATED): W is the gate, W2 (N, K) and bias2 the up
+ * projection. */
+typedef struct {
+    const float *W, *bias, *W2, *bias2;
+    int64_t N, col;
+} linear_seg;
+
+enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2 };
+
+/* y rows [0, M) (row stride ldy; add the same) x the columns of groups [g0, g1) of one segment
+ * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
+ * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
+ * for an OpenMP team. */
+static void linear_groups(dots_fn dots, const float *x, const linear_seg *sg, const float *add, float *y,
+                          int64_t ldy, int64_t M, int64_t K, int act, int64_t g0, int64_t g1) {
+    float d[ROWS_PER_PASS], u[ROWS_PER_PASS];
+    const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
         for (int64_t m = 0; m < M; m++) {
-            dots(x + m * K, W + j * K, K, n, d);
-            if (bias)
-                for (int64_t r = 0; r < n; r++) d[r] += bias[j + r];
-            if (act == 1) mll_unary(MLL_GELU, d, d, n);
-            float *ym = y + m * N + j;
+            dots(x + m * K, sg->W + j * K, K, n, d);
+            if (sg->bias)
+                for (int64_t r = 0; r < n; r++) d[r] += sg->bias[j + r];
+            if (act == ACT_GELU) {
+                mll_unary(MLL_GELU, d, d, n);
+            } else if (act == ACT_SILU_GATED) {
+                dots(x + m * K, sg->W2 + j * K, K, n, u);
+                if (sg->bias2)
+                    for (int64_t r = 0; r < n; r++) u[r] += sg->bias2[j + r];
+                mll_silu_mul_forward(d, u, d, n);
+            }
+            float *ym = y + m * ldy + sg->col + j;
             if (add) {
-                const float *am = add + m * N + j;
+                const float *am = add + m * ldy + sg->col + j;
                 for (int64_t r = 0; r < n; r++) ym[r] = d[r] + am[r];
             } else {
                 memcpy(ym, d, (size_t)n * sizeof(float));
@@ -202,9 +223,8 @@ static void linear_groups(dots_fn dots, const float *x, const float *W, const fl
 #define HELPER_SPINS 20000       /* about 0.2 ms of polling before a helper sleeps */
 #define CHUNK_BITS 20
 /* The caller waits for a chunk only while a helper runs it, but a helper the OS takes off
- * its core (other processes want it) can hold a chunk for a whole time slice. On a 2-core
- * machine shared with a build, two threads then decoded GPT-2 small at half the speed of one.
- * So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
+ * its core (other processes want it) can hold a chunk for a whole time slice: on a small
+ * machine shared with other work, two threads could then decode slower than one. So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
  * chunk's time) makes the next BACKOFF_JOBS jobs run on the caller alone, after which the
  * helpers are tried again. A quiet machine never stalls that long; the thread count never
  * changes a result. */
@@ -333,43 +353,100 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
     pthread_mutex_unlock(&job_owner);
 }
 
-/* ------------------------------------------------------------------ the product */
+/* ------------------------------------------------------------------ the product
+ * Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through the
+ * pool): their groups of 4 rows are numbered one segment after the other and cut into chunks
+ * as if they were one matrix. */
+#define MAX_SEGS 3
+
 typedef struct {
     dots_fn dots;
-    const float *x, *W, *bias, *add;
+    const float *x, *add;
     float *y;
-    int64_t M, N, K, groups;
-    int64_t big, nbig, small;   /* chunks: nbig of `big` groups, then the rest by `small` */
-    int act;
+    linear_seg seg[MAX_SEGS];
+    int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
+    int nseg, act;
+    int64_t ldy, M, K;
+    int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
 } linear_job;
+
+/* groups [g0, g1) of the concatenated segments */
+static void linear_range(const linear_job *j, int64_t g0, int64_t g1) {
+    for (int s = 0; s < j->nseg; s++) {
+        int64_t a = g0 > j->seg_g0[s] ? g0 : j->seg_g0[s], b = mll_min64(g1, j->seg_g0[s + 1]);
+        if (a < b)
+            linear_groups(j->dots, j->x, &j->seg[s], j->add, j->y, j->ldy, j->M, j->K, j->act, a - j->seg_g0[s],
+                          b - j->seg_g0[s]);
+    }
+}
 
 static void linear_chunk(void *ctx, int64_t c) {
     const linear_job *j = ctx;
     int64_t g0 = c < j->nbig ? c * j->big : j->nbig * j->big + (c - j->nbig) * j->small;
-    int64_t g1 = mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->groups);
-    linear_groups(j->dots, j->x, j->W, j->bias, j->add, j->y, j->M, j->N, j->K, j->act, g0, g1);
+    linear_range(j, g0, mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->seg_g0[j->nseg]));
+}
+
+/* Runs the job (segments filled in) on the pool; `weights` = floats of W read per row of x. */
+static void linear_run(linear_job *job, int64_t weights) {
+    job->dots = pick_dots();
+    job->seg_g0[0] = 0;
+    for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
+    int64_t groups = job->seg_g0[job->nseg];
+    if (job->M <= 0 || groups == 0) return;
+    int nt = weights >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
+    if (nt <= 1) {
+        linear_range(job, 0, groups);
+        return;
+    }
+    /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
+     * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
+     * a big chunk of each other. */
+    int64_t big = groups / (4 * nt);
+    big = big < 1 ? 1 : big > 32 ? 32 : big;
+    int64_t small = big / 4 < 1 ? 1 : big / 4;
+    job->big = big;
+    job->small = small;
+    job->nbig = (groups - groups / 4) / big;
+    int64_t nchunks = job->nbig + (groups - job->nbig * big + small - 1) / small;
+    mll_decode_parallel(nchunks, nt, linear_chunk, job);
 }
 
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act) {
     if (M <= 0 || N <= 0) return;
-    dots_fn dots = pick_dots();
-    int64_t groups = (N + 3) / 4;
-    int nt = N * K >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
-    if (nt <= 1) {
-        linear_groups(dots, x, W, bias, add, y, M, N, K, act, 0, groups);
-        return;
+    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
+                      .ldy = N, .M = M, .K = K};
+    job.seg[0] = (linear_seg){W, bias, NULL, NULL, N, 0};
+    linear_run(&job, N * K);
+}
+
+void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
+                         const int64_t *N, float *y, int64_t M, int64_t K) {
+    linear_job job = {.x = x, .y = y, .act = ACT_NONE, .M = M, .K = K};
+    int64_t total = 0;
+    for (int s = 0; s < nseg && s < MAX_SEGS; s++) {
+        const float *b = bias ? bias[s] : NULL;
+        linear_seg *prev = job.nseg ? &job.seg[job.nseg - 1] : NULL;
+        /* W rows (and biases) that follow the previous segment's in memory (a fused qkv):
+         * one segment, so the groups are exactly those of the one matrix */
+        if (prev && W[s] == prev->W + prev->N * K && prev->N % 4 == 0 &&
+            ((!b && !prev->bias) || (b && prev->bias && b == prev->bias + prev->N))) {
+            prev->N += N[s];
+        } else {
+            job.seg[job.nseg++] = (linear_seg){W[s], b, NULL, NULL, N[s], total};
+        }
+        total += N[s];
     }
-    /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
-     * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
-     * a big chunk of each other (a big chunk of GPT-2's c_fc is ~20 us on one core). */
-    int64_t big = groups / (4 * nt);
-    big = big < 1 ? 1 : big > 32 ? 32 : big;
-    int64_t small = big / 4 < 1 ? 1 : big / 4;
-    int64_t nbig = (groups - groups / 4) / big;
-    int64_t nchunks = nbig + (groups - nbig * big + small - 1) / small;
-    linear_job job = {dots, x, W, bias, add, y, M, N, K, groups, big, nbig, small, act};
-    mll_decode_parallel(nchunks, nt, linear_chunk, &job);
+    job.ldy = total;
+    linear_run(&job, total * K);
+}
+
+void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
+                           float *y, int64_t M, int64_t N, int64_t K) {
+    if (M <= 0 || N <= 0) return;
+    linear_job job = {.x = x, .y = y, .nseg = 1, .act = ACT_SILU_GATED, .ldy = N, .M = M, .K = K};
+    job.seg[0] = (linear_seg){Wg, bg, Wu, bu, N, 0};
+    linear_run(&job, 2 * N * K);
 }
 
 /* ------------------------------------------------------------------ the roof
@@ -437,15 +514,15 @@ float mll_stream_sum(const float *x, int64_t n) {
 /* ------------------------------------------------------------------ huge pages
  * Decoding streams every weight once per token. With 4 KiB pages that is a TLB miss (a page
  * walk, two-dimensional under a hypervisor) every 4 KiB, and the hardware prefetchers stop at
- * each page edge: on the AMD EPYC Zen 4 VM one core read 14-22 GB/s from 4 KiB pages against
- * 26-31 GB/s from 2 MiB pages (a plain AVX-512 sum over 512 MB, same runs, a shared machine). MADV_HUGEPAGE marks the range,
+ * each page edge, so one core reads 2 MiB pages faster (bench_generate.py's stream sum runs
+ * over the advised weights, next to torch.sum over 4 KiB pages). MADV_HUGEPAGE marks the range,
  * MADV_COLLAPSE (Linux 6.1) turns its pages, already written, into 2 MiB pages now instead
  * of whenever khugepaged gets to them.
  *
  * The 2 MiB pages at both ends of a buffer usually hold neighbouring memory too (other
  * tensors, allocator headers); they are collapsed as well, which changes no byte of anyone's
- * memory (it is what khugepaged does in the background all the time) and lifts GPT-2 small's
- * coverage from ~80% to ~100%. Each huge page is collapsed on its own, so one that cannot be
+ * memory (it is what khugepaged does in the background all the time) and brings the coverage
+ * of a model's weights close to all of it. Each huge page is collapsed on its own, so one that cannot be
  * (part of it unmapped, another mapping) only leaves that page as it was. */
 #define HUGE_PAGE ((uintptr_t)2 << 20)
 #ifndef MADV_COLLAPSE

@@ -1,10 +1,13 @@
 /* kv_attention.c: attention of one new position over a KV cache (a decoding step).
  *
- * The cache is position-major: kcache, vcache (S, B, nh, hs), so a step appends one row of
- * (B, nh, hs) without moving what is cached. For each (batch row b, head h), independently:
+ * The cache is position-major: kcache, vcache (S, B, nkv, hs), so a step appends one row of
+ * (B, nkv, hs) without moving what is cached. With grouped-query attention (Ainslie et al.,
+ * 2023) there are fewer key/value heads nkv than query heads nh: query head h reads kv head
+ * h / (nh / nkv) (nkv = nh is plain multi-head attention). For each (batch row b, head h),
+ * independently:
  *   k[pos], v[pos] <- the k and v parts of qkv[b] (the new position is cached first),
- *   s_t  = scale * q . k[t]                        for t = 0 .. pos (causal: all cached)
- *   y[b, h] = sum_t softmax(s)_t v[t]               (max-subtracted, sums in double)
+ *   s_t  = scale * q_h . k[t]_g                    for t = 0 .. pos (causal: all cached)
+ *   y[b, h] = sum_t softmax(s)_t v[t]_g             (max-subtracted, sums in double)
  * Inference only (no backward). Pairs (b, h) go to threads whole (gemv.c's pool, as the
  * linear layers around this step: no OpenMP team left spinning between them), so the result
  * does not depend on the thread count.
@@ -54,7 +57,7 @@ static void attend_one(const float *q, const float *k, const float *v, int64_t l
 typedef struct {
     const float *qkv, *kcache, *vcache;
     float *y, *w;
-    int64_t nh, hs, C, ld, S, heads_per_chunk, chunks_per_row;
+    int64_t nh, group, hs, ldq, Ckv, ld, S, heads_per_chunk, chunks_per_row;
     float scale;
 } attend_job;
 
@@ -63,10 +66,11 @@ static void attend_generic(void *ctx, int64_t c) {
     const attend_job *j = ctx;
     int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
     int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
-    for (int64_t h = h0; h < h1; h++)
-        attend_one(j->qkv + b * 3 * j->C + h * j->hs, j->kcache + b * j->C + h * j->hs,
-                   j->vcache + b * j->C + h * j->hs, j->ld, j->S, j->hs, j->scale, j->w + (b * j->nh + h) * j->S,
-                   j->y + b * j->C + h * j->hs);
+    for (int64_t h = h0; h < h1; h++) {
+        int64_t kv = b * j->Ckv + h / j->group * j->hs;
+        attend_one(j->qkv + b * j->ldq + h * j->hs, j->kcache + kv, j->vcache + kv, j->ld, j->S, j->hs, j->scale,
+                   j->w + (b * j->nh + h) * j->S, j->y + (b * j->nh + h) * j->hs);
+    }
 }
 
 #if defined(MLL_X86)
@@ -74,23 +78,24 @@ static void attend_generic(void *ctx, int64_t c) {
  * the heads of a chunk sit side by side in each cached row, so the caches are read as one
  * forward sweep (which the prefetchers follow) instead of one strided pass per head; per
  * (head, lane) the sums run over t in the same order, so the grouping never changes a bit.
- * (The portable loops compile to SSE only: ~1 ms of a GPT-2 small token.) */
+ * (The portable loops compile to SSE only.) */
 MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
     const attend_job *j = ctx;
     const int64_t hs = j->hs, S = j->S;
     int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
     int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
-    const float *q = j->qkv + b * 3 * j->C;
-    const float *k = j->kcache + b * j->C, *v = j->vcache + b * j->C;
-    float *w = j->w + b * j->nh * S, *y = j->y + b * j->C;
+    const int64_t g = j->group;
+    const float *q = j->qkv + b * j->ldq;
+    const float *k = j->kcache + b * j->Ckv, *v = j->vcache + b * j->Ckv;
+    float *w = j->w + b * j->nh * S, *y = j->y + b * j->nh * hs;
     for (int64_t t = 0; t < S; t++) {
         const float *kt = k + t * j->ld;
         for (int64_t h = h0; h < h1; h++) {
             __m512 acc = _mm512_setzero_ps();
             for (int64_t d = 0; d < hs; d += 16) {
                 __mmask16 mk = hs - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hs - d)) - 1u);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + h * hs + d), _mm512_maskz_loadu_ps(mk, kt + h * hs + d),
-                                      acc);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + h * hs + d),
+                                      _mm512_maskz_loadu_ps(mk, kt + h / g * hs + d), acc);
             }
             w[h * S + t] = j->scale * _mm512_reduce_add_ps(acc);
         }
@@ -109,7 +114,7 @@ MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
             for (int64_t d = 0; d < hs; d += 16) {
                 __mmask16 mk = hs - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hs - d)) - 1u);
                 float *yd = y + h * hs + d;
-                _mm512_mask_storeu_ps(yd, mk, _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + h * hs + d),
+                _mm512_mask_storeu_ps(yd, mk, _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + h / g * hs + d),
                                                               _mm512_maskz_loadu_ps(mk, yd)));
             }
         }
@@ -117,31 +122,29 @@ MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
 }
 #endif
 
-/* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: GPT-2
- * small's 12 heads over 145 positions take ~30 us on one core of the AMD EPYC Zen 4, less than
- * a busy machine can delay a helper that has taken a share. */
+/* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: a few
+ * tens of microseconds of work, less than a busy machine can delay a helper that has taken a
+ * share. */
 #define ATTEND_PAR_MIN (1 << 20)
 
-int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
-                          int64_t hs, int64_t pos, float scale) {
-    const int64_t C = nh * hs, ld = B * C, S = pos + 1, pairs = B * nh;
+int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
+                          int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale) {
+    if (nh < 1 || nkv < 1 || nh % nkv) return -1;
+    const int64_t Ckv = nkv * hs, ldq = (nh + 2 * nkv) * hs, ld = B * Ckv, S = pos + 1, pairs = B * nh;
     /* the new position goes into the cache first: it attends to itself */
     for (int64_t b = 0; b < B; b++) {
-        memcpy(kcache + pos * ld + b * C, qkv + b * 3 * C + C, (size_t)C * sizeof(float));
-        memcpy(vcache + pos * ld + b * C, qkv + b * 3 * C + 2 * C, (size_t)C * sizeof(float));
+        memcpy(kcache + pos * ld + b * Ckv, qkv + b * ldq + nh * hs, (size_t)Ckv * sizeof(float));
+        memcpy(vcache + pos * ld + b * Ckv, qkv + b * ldq + nh * hs + Ckv, (size_t)Ckv * sizeof(float));
     }
-    size_t wbytes = (size_t)(pairs * S) * sizeof(float);
-    float *w = mll_alloc(wbytes);
-    if (!w) return -1;
     int nt = pairs * S * hs * 2 >= ATTEND_PAR_MIN ? mll_get_num_threads() : 1;
     /* one thread: every head of a row in one sweep; more: about 2 chunks per thread */
     int64_t per_chunk = nt <= 1 ? nh : (nh + 2 * nt - 1) / (2 * nt);
-    attend_job job = {qkv, kcache, vcache, y, w, nh, hs, C, ld, S, per_chunk, (nh + per_chunk - 1) / per_chunk, scale};
+    attend_job job = {qkv, kcache, vcache, y, w, nh, nh / nkv, hs, ldq, Ckv, ld, S, per_chunk,
+                      (nh + per_chunk - 1) / per_chunk, scale};
     mll_chunk_fn fn = attend_generic;
 #if defined(MLL_X86)
     if (mll_get_isa() == MLL_ISA_AVX512) fn = attend_avx512;
 #endif
     mll_decode_parallel(B * job.chunks_per_row, nt, fn, &job);
-    mll_free(w, wbytes);
     return 0;
 }

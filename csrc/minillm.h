@@ -319,12 +319,43 @@ int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p);
  * the first id whose running mass exceeds u[r] * total (token order, sums in double). */
 void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V);
 
+/* ------------------------------------------------------------- rmsnorm.c */
+/* y (rows, cols) = x * rstd * w per row, rstd = 1 / sqrt(mean(x^2) + eps) (Llama's RMSNorm);
+ * w (cols) or NULL; rstd (rows) is written unless NULL. y may be x. */
+void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
+                         float eps);
+
+/* ---------------------------------------------------------------- rope.c */
+/* Rotary position embeddings, "rotate half" layout: in each head of d dims, (x[i], x[i + d/2])
+ * is rotated by angle p * inv_freq[i]. cos_t, sin_t (n_pos, half) <- scale * cos, sin of
+ * p * inv_freq (half) for p < n_pos (angles in double). */
+void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n_pos, int64_t half,
+                    float scale);
+/* In place on x (B, T, n_head, d), (b, t) rows ldx floats apart, heads contiguous in a row:
+ * every head at time t rotated by row t of cos_t, sin_t (T, d/2). d even. */
+void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                      int64_t n_head, int64_t d);
+
+/* ---------------------------------------------------------------- silu.c */
+/* y (n) = silu(g) * u = g sigmoid(g) u: the gated product of a SwiGLU MLP. y may be g or u. */
+void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n);
+
 /* ----------------------------------------------------------------- gemv.c */
-/* y (M, N) = act(x (M, K) @ W (N, K)^T + bias (N, or NULL)) + add (M, N, or NULL), all
- * contiguous; act: 0 none, 1 GELU (tanh form). For small M (decoding): W streamed once,
- * rows of W split over threads in fixed groups of 4. y may be add (in place). */
+/* The linear layers of a decoding step: few rows of x (M small), W (N, K) streamed once, rows
+ * of W split over threads in fixed groups of 4; all contiguous.
+ * y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
+ * 1 GELU (tanh form). y may be add (in place). */
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act);
+/* y (M, N[0] + ... + N[nseg - 1]) = [x W[s]^T + bias[s]] side by side: nseg <= 3 matrices
+ * W[s] (N[s], K) as one product (q, k, v projections; matrices adjacent in memory, as a fused
+ * qkv, are read as one). bias NULL, or bias[s] NULL, for none. */
+void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
+                         const int64_t *N, float *y, int64_t M, int64_t K);
+/* y (M, N) = silu(x Wg^T + bg) * (x Wu^T + bu): a SwiGLU MLP's gate and up projections, Wg, Wu
+ * (N, K), bg, bu (N) or NULL, in one pass over both. */
+void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
+                           float *y, int64_t M, int64_t N, int64_t K);
 /* Runs fn(ctx, c) for every c in [0, nchunks) on the caller and up to nthreads - 1 helper
  * threads (the decoding kernels' own pool: no OpenMP team, whose idle threads would spin
  * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
@@ -340,28 +371,67 @@ int64_t mll_advise_hugepages(void *p, size_t nbytes);
 float mll_stream_sum(const float *x, int64_t n);
 
 /* --------------------------------------------------------- kv_attention.c */
-/* One decoding step of causal attention over a KV cache. qkv (B, 3C) = [q | k | v] of the new
- * position, C = nh * hs; kcache, vcache (pos + 1, B, nh, hs): row pos is written from qkv, then
- * y (B, C) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos. 0, or -1 if out of memory. */
-int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
-                          int64_t hs, int64_t pos, float scale);
+/* One decoding step of causal attention over a KV cache, nh query heads and nkv key/value heads
+ * (nkv divides nh; query head h reads kv head h / (nh / nkv)). qkv (B, (nh + 2 nkv) hs) =
+ * [q | k | v] of the new position; kcache, vcache (pos + 1, B, nkv, hs): row pos is written
+ * from qkv, then y (B, nh hs) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos.
+ * w (B nh (pos + 1)) is scratch. 0, or -1 if nkv does not divide nh. */
+int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
+                          int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale);
 
 /* ---------------------------------------------------------- decode_step.c */
-/* The weights of one GPT-2 block, Linear weights (out, in), C = n_embd; any bias or LayerNorm
- * parameter may be NULL. scale: attention's 1/sqrt(head size). */
+/* One decoding step of a pre-norm transformer block (GPT-2, Llama, Qwen2/3, Mistral, ...) for
+ * B rows, one new position each, all at `pos`:
+ *   h = norm1(x); q, k, v = h Wq^T + bq, h Wk^T + bk, h Wv^T + bv; [q, k = per-head RMSNorm];
+ *   [q, k = rotated by row pos of the rope table]; x += attention(q, k, v over the cache) Wo^T + bo;
+ *   h = norm2(x); x += mlp(h) Wdown^T + bdown, mlp = gelu(h Wup^T + bup) or
+ *   silu(h Wgate^T + bgate) * (h Wup^T + bup).
+ * Learned positions are the caller's (added to x before the first block). */
+enum { MLL_NORM_LAYER = 0, MLL_NORM_RMS = 1 };     /* LayerNorm (weight, bias) or RMSNorm (weight) */
+enum { MLL_MLP_GELU = 0, MLL_MLP_SWIGLU = 1 };     /* up + GELU (tanh form), or gate/up + SiLU */
 typedef struct {
-    const float *ln1_w, *ln1_b;     /* (C) */
-    const float *attn_w, *attn_b;   /* (3C, C), (3C) */
-    const float *proj_w, *proj_b;   /* (C, C), (C) */
-    const float *ln2_w, *ln2_b;     /* (C) */
-    const float *fc_w, *fc_b;       /* (4C, C), (4C) */
-    const float *fc2_w, *fc2_b;     /* (C, 4C), (C) */
-    float eps1, eps2, scale;
-} mll_gpt_block;
-/* x (B, C) <- the block applied to x, one new position per row at `pos`: kcache, vcache
- * (pos + 1, B, nh, hs) get row pos (see mll_kv_attention_step). 0, or -1 if out of memory. */
-int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
-                       int64_t hs, int64_t pos);
+    int64_t n_embd;          /* C: the residual width */
+    int64_t n_head;          /* nh: query heads */
+    int64_t n_kv_head;       /* nkv: key/value heads, divides nh (nh: multi-head attention) */
+    int64_t head_dim;        /* hs (nh hs need not be C) */
+    int64_t d_ff;            /* F: the MLP's hidden width */
+    int norm;                /* MLL_NORM_* of norm1, norm2 and the final norm */
+    int mlp;                 /* MLL_MLP_* */
+    int rotary;              /* 1: rotate q and k by the rope table (hs even) */
+    int qk_norm;             /* 1: RMSNorm over each head of q and k (weights q_norm_w, k_norm_w) */
+    float norm_eps, qk_norm_eps;
+    float attn_scale;        /* usually 1 / sqrt(hs) */
+} mll_block_options;
+/* The weights of one block: Linear weights (out, in), contiguous; every bias may be NULL (and
+ * is ignored for RMSNorm). q_w, k_w, v_w may be the three row blocks of one fused (Q + 2 KV, C)
+ * matrix (Q = nh hs, KV = nkv hs); biases likewise. */
+typedef struct {
+    const float *norm1_w, *norm1_b;     /* (C) */
+    const float *q_w, *k_w, *v_w;       /* (Q, C), (KV, C), (KV, C) */
+    const float *q_b, *k_b, *v_b;       /* (Q), (KV), (KV) */
+    const float *q_norm_w, *k_norm_w;   /* (hs), with qk_norm */
+    const float *o_w, *o_b;             /* (C, Q), (C) */
+    const float *norm2_w, *norm2_b;     /* (C) */
+    const float *gate_w, *gate_b;       /* (F, C), (F): SwiGLU only */
+    const float *up_w, *up_b;           /* (F, C), (F) */
+    const float *down_w, *down_b;       /* (C, F), (C) */
+} mll_block_weights;
+/* Floats of scratch a step needs for B rows and S = pos + 1 cached positions (a step with
+ * fewer positions fits too; mll_final_step needs less). */
+int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S);
+/* x (B, C) <- the block applied to x: kcache, vcache (pos + 1, B, nkv, hs) get row pos (see
+ * mll_kv_attention_step); rope_cos, rope_sin (> pos, hs / 2) the rotary table (NULL without
+ * rotary); scratch (mll_block_step_scratch(o, B, pos + 1)). 0, or -1 if the options are
+ * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight). */
+int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
+                   float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
+                   int64_t pos);
+/* logits (B, V) = norm(x) head_w^T + head_b: the final norm (o's norm, norm_eps, n_embd; the
+ * other options are not read) and the LM head, head_w (V, C) (the token embedding when tied),
+ * head_b (V) or NULL; x (B, C) is kept; scratch (mll_block_step_scratch(o, B, 1)). */
+void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                    const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
+                    int64_t V);
 /* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):
  * x, r, s, y (rows, cols); gamma, beta (cols) or NULL; mean, rstd (rows). Backward: the
  * gradient of s passes to x and r, mll_layernorm_backward on s gives the rest. */

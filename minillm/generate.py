@@ -23,7 +23,7 @@ from minillm.random import Generator
 from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next,  # noqa: F401
                               top_k_filter, top_p_filter)
 
-__all__ = ["KVCache", "LayerKVCache", "GPTDecoder", "generate", "sample_text"]
+__all__ = ["KVCache", "LayerKVCache", "generate", "sample_text"]
 
 
 # ------------------------------------------------------------------------ KV cache
@@ -102,91 +102,9 @@ class KVCache:
         self.pos = 0
 
 
-# ------------------------------------------------------------------------ fast GPT step
-class GPTDecoder:
-    """One-token decoding steps of a GPT, straight on its weights with the decoding kernels.
-
-    The model's own forward is general (any T, autograd, composed ops); a decoding step has
-    T = 1 and no grad, so its time is reading the weights plus per-op overhead. Here each block
-    is one C call (gpt_block_step: layer_norm, c_attn, attention over the KV cache, c_proj +
-    residual, layer_norm, c_fc + GELU, c_proj + residual), whose linear layers stream each
-    weight matrix once (gemv.c). The arithmetic is the model's (tanh GELU, pre-LayerNorm, tied
-    or untied head), so logits match its forward to float32 rounding (tests check 1e-5 against
-    full recomputation).
-
-    `generate` uses it for minillm GPT models once the prompt was prefilled through the model's
-    forward, which fills the same KVCache.
-
-    hugepages: ask Linux to back the streamed weights (the four Linear weights of each block
-    and the head) with 2 MiB pages, in place (see _C.advise_hugepages). Reading weights is
-    the whole cost of a step, and on the AMD EPYC Zen 4 VM a core reads 2 MiB pages 1.3-2x
-    as fast as 4 KiB ones (TLB misses under nested paging; prefetchers stop at page edges):
-    GPT-2 small's step went from ~31 to ~22 ms on one thread. The first decoder on a model
-    pays for the collapse (1-2.5 s for GPT-2 small's 500 MB, once: the pages stay huge)."""
-
-    def __init__(self, model, hugepages=True):
-        cfg = model.config
-        tr = model.transformer
-        self.wte = _w(tr.wte.weight)
-        self.wpe = _w(tr.wpe.weight)
-        self.blocks = [_C.GPTBlockWeights(
-            cfg.n_head, _w(b.ln_1.weight), _w(b.ln_1.bias), _w(b.attn.c_attn.weight), _w(b.attn.c_attn.bias),
-            _w(b.attn.c_proj.weight), _w(b.attn.c_proj.bias), _w(b.ln_2.weight), _w(b.ln_2.bias),
-            _w(b.mlp.c_fc.weight), _w(b.mlp.c_fc.bias), _w(b.mlp.c_proj.weight), _w(b.mlp.c_proj.bias),
-            b.ln_1.eps, b.ln_2.eps) for b in tr.h]
-        self.ln_f = (_w(tr.ln_f.weight), _w(tr.ln_f.bias), tr.ln_f.eps)
-        self.head = _w(model.lm_head.weight)
-        self.head_bias = _w(getattr(model.lm_head, "bias", None))
-        self.hugepage_bytes = 0
-        if hugepages:
-            for b in self.blocks:
-                for t in b.linear_weights():
-                    self.hugepage_bytes += max(0, _C.advise_hugepages(t))
-            self.hugepage_bytes += max(0, _C.advise_hugepages(self.head))
-
-    @staticmethod
-    def supports(model):
-        """True for a minillm GPT (the architecture this step implements)."""
-        from minillm.models.gpt import GPT
-        return isinstance(model, GPT) and isinstance(getattr(model.lm_head, "weight", None), _C.Tensor)
-
-    def step(self, tokens, cache):
-        """tokens (B,) int64 at position cache.pos -> logits (B, V) float32; the cache grows by one."""
-        pos = cache.pos
-        if pos >= self.wpe.shape[0]:
-            raise ValueError(f"GPTDecoder: position {pos} is past block_size {self.wpe.shape[0]}")
-        x = _C.embedding(self.wte, tokens)                          # (B, C)
-        pe = self.wpe[pos:pos + 1]                                  # (1, C)
-        _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
-        block_step = _C.gpt_block_step
-        for layer, weights in zip(cache.layers, self.blocks):
-            k, v = layer.k, layer.v
-            if k.capacity <= pos:
-                k.reserve(pos + 1)
-                v.reserve(pos + 1)
-            k.length = v.length = pos + 1
-            block_step(x, weights, k.tensor, v.tensor, pos)         # x (B, C), in place
-        lw, lb, le = self.ln_f
-        logits = _C.linear_rows(_C.layer_norm(x, lw, lb, le)[0], self.head, self.head_bias)
-        cache.advance(1)
-        return logits
-
-
-def _w(t):
-    """A parameter's data as a plain contiguous Tensor (None stays None)."""
-    return None if t is None else t.detach().contiguous()
 
 
 # ------------------------------------------------------------------------ decoding loop
-def _decode_step(model):
-    """The model's fast decode step (model.decoder()), or None to decode through its forward.
-    Until GPT's decode plan lives in models/ (GPT.decoder), a GPT gets the GPTDecoder above."""
-    decoder = model.decoder()
-    if decoder is None and GPTDecoder.supports(model):
-        decoder = GPTDecoder(model)
-    return decoder
-
-
 def _as_idx(idx):
     """idx as a (B, T) int64 Tensor: a Tensor (int64/int32), or a list of equal-length lists."""
     if not isinstance(idx, _C.Tensor):
@@ -236,7 +154,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     n = T
     use_cache = model.kv_cache_shape() is not None
     cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
-    decoder = _decode_step(model) if use_cache and fast else None
+    decoder = model.decoder() if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
     was_training = model.training
     model.eval()

@@ -1,6 +1,6 @@
 # generate.pxi: bindings of sample.c (next-token filters and draws), gemv.c (the linear layers
-# of one decoding step), kv_attention.c and decode_step.c (a GPT-2 block's decoding step) for
-# minillm.generate. Inference only: plain Tensors, no autograd.
+# of one decoding step) and kv_attention.c for minillm.generate. Inference only: plain Tensors,
+# no autograd.
 
 from libc.math cimport sqrt as c_sqrt
 
@@ -125,99 +125,29 @@ def stream_sum(t):
 
 
 def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
-    """One decoding step of attention over a position-major KV cache.
-    qkv (B, 3C) float32 = [q | k | v] of the new position; kcache, vcache (S, B, nh, hs)
-    contiguous float32 with S > pos (C = nh * hs). Writes row pos of both caches from qkv, then
-    returns y (B, C): per (b, head), softmax(scale * q k^T) v over rows 0 .. pos
-    (scale defaults to 1/sqrt(hs))."""
+    """One decoding step of attention over a position-major KV cache, nh query heads over nkv
+    key/value heads (nkv divides nh; query head h reads kv head h / (nh / nkv)).
+    qkv (B, (nh + 2 nkv) hs) float32 = [q | k | v] of the new position; kcache, vcache
+    (S, B, nkv, hs) contiguous float32 with S > pos (nh follows from qkv's width). Writes row
+    pos of both caches from qkv, then returns y (B, nh hs): per (b, head),
+    softmax(scale * q k^T) v over rows 0 .. pos (scale defaults to 1/sqrt(hs))."""
     cdef Tensor x = as_contig(as_f32(qkv, "kv_attention_step qkv"))
     cdef Tensor kc = as_f32(kcache, "kv_attention_step kcache")
     cdef Tensor vc = as_f32(vcache, "kv_attention_step vcache")
     if kc.ndim != 4 or kc.shape != vc.shape or not is_contig(kc) or not is_contig(vc):
-        raise ValueError(f"kv_attention_step: caches must be contiguous (S, B, nh, hs) of one shape, got "
+        raise ValueError(f"kv_attention_step: caches must be contiguous (S, B, nkv, hs) of one shape, got "
                          f"{kcache.shape} and {vcache.shape}")
-    cdef int64_t S = kc.shape_[0], B = kc.shape_[1], nh = kc.shape_[2], hs = kc.shape_[3]
-    if x.shape != (B, 3 * nh * hs):
+    cdef int64_t S = kc.shape_[0], B = kc.shape_[1], nkv = kc.shape_[2], hs = kc.shape_[3]
+    cdef int64_t width = x.shape_[1] if x.ndim == 2 else -1
+    cdef int64_t nh = width // hs - 2 * nkv if hs > 0 else 0
+    if x.ndim != 2 or x.shape_[0] != B or hs < 1 or width % hs or nh < 1 or nh % nkv:
         raise ValueError(f"kv_attention_step: qkv of shape {qkv.shape} does not fit caches {kcache.shape} "
-                         f"(expected ({B}, {3 * nh * hs}))")
+                         f"(expected ({B}, (nh + {2 * nkv}) * {hs}) with nh a multiple of {nkv})")
     if not 0 <= pos < S:
         raise ValueError(f"kv_attention_step: position {pos} is outside a cache of {S} rows")
     cdef float sc = <float>(1.0 / c_sqrt(<double>hs)) if scale is None else <float>float(scale)
     cdef Tensor y = new_tensor((B, nh * hs), C.MLL_F32)
-    cdef int r
+    cdef Tensor w = new_tensor((B * nh * (pos + 1),), C.MLL_F32)
     with nogil:
-        r = C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), B, nh, hs, pos, sc)
-    if r != 0:
-        raise MemoryError("kv_attention_step: out of memory")
+        C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), fptr(w), B, nh, nkv, hs, pos, sc)
     return y
-
-
-cdef const float *_opt_ptr(object t, tuple shape, str what) except? NULL:
-    """fptr of a contiguous float32 tensor of `shape`, or NULL for None."""
-    if t is None:
-        return NULL
-    cdef Tensor x = as_f32(t, what)
-    if not is_contig(x) or x.shape != shape:
-        raise ValueError(f"GPTBlockWeights: {what} must be contiguous of shape {shape}, got {t.shape}")
-    return fptr(x)
-
-
-cdef class GPTBlockWeights:
-    """The weights of one GPT-2 block for gpt_block_step (references kept, so they stay alive).
-    Linear weights (out, in); biases and LayerNorm parameters may be None."""
-    cdef C.mll_gpt_block w
-    cdef readonly int64_t n_embd, n_head
-    cdef tuple keep
-
-    def __init__(self, int64_t n_head, ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b,
-                 fc_w, fc_b, fc2_w, fc2_b, float eps1=1e-5, float eps2=1e-5):
-        cdef int64_t Cn = as_f32(attn_w, "attn_w").shape_[1]
-        if n_head < 1 or Cn % n_head:
-            raise ValueError(f"GPTBlockWeights: n_embd {Cn} is not divisible by n_head {n_head}")
-        self.n_embd, self.n_head = Cn, n_head
-        self.keep = (ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b)
-        self.w.ln1_w = _opt_ptr(ln1_w, (Cn,), "ln_1.weight")
-        self.w.ln1_b = _opt_ptr(ln1_b, (Cn,), "ln_1.bias")
-        self.w.attn_w = _opt_ptr(attn_w, (3 * Cn, Cn), "attn.c_attn.weight")
-        self.w.attn_b = _opt_ptr(attn_b, (3 * Cn,), "attn.c_attn.bias")
-        self.w.proj_w = _opt_ptr(proj_w, (Cn, Cn), "attn.c_proj.weight")
-        self.w.proj_b = _opt_ptr(proj_b, (Cn,), "attn.c_proj.bias")
-        self.w.ln2_w = _opt_ptr(ln2_w, (Cn,), "ln_2.weight")
-        self.w.ln2_b = _opt_ptr(ln2_b, (Cn,), "ln_2.bias")
-        self.w.fc_w = _opt_ptr(fc_w, (4 * Cn, Cn), "mlp.c_fc.weight")
-        self.w.fc_b = _opt_ptr(fc_b, (4 * Cn,), "mlp.c_fc.bias")
-        self.w.fc2_w = _opt_ptr(fc2_w, (Cn, 4 * Cn), "mlp.c_proj.weight")
-        self.w.fc2_b = _opt_ptr(fc2_b, (Cn,), "mlp.c_proj.bias")
-        if self.w.attn_w == NULL or self.w.proj_w == NULL or self.w.fc_w == NULL or self.w.fc2_w == NULL:
-            raise ValueError("GPTBlockWeights: the four Linear weights are required")
-        self.w.eps1, self.w.eps2 = eps1, eps2
-        self.w.scale = <float>(1.0 / c_sqrt(<double>(Cn // n_head)))
-
-    def linear_weights(self):
-        """The four Linear weights (c_attn, attn.c_proj, c_fc, mlp.c_proj): what a step streams."""
-        return (self.keep[2], self.keep[4], self.keep[8], self.keep[10])
-
-
-def gpt_block_step(x, GPTBlockWeights weights, kcache, vcache, int64_t pos):
-    """In place on x (B, C) float32 contiguous: one GPT-2 block for one new position per row
-    at `pos`, over the position-major caches kcache, vcache (S, B, n_head, head_size), S > pos,
-    whose row pos is written. Returns x."""
-    cdef Tensor xx = as_f32(x, "gpt_block_step x")
-    cdef Tensor kc = as_f32(kcache, "gpt_block_step kcache")
-    cdef Tensor vc = as_f32(vcache, "gpt_block_step vcache")
-    cdef int64_t Cn = weights.n_embd, nh = weights.n_head
-    if xx.ndim != 2 or xx.shape_[1] != Cn or not is_contig(xx):
-        raise ValueError(f"gpt_block_step: x must be contiguous (B, {Cn}), got {x.shape}")
-    cdef int64_t B = xx.shape_[0], hs = Cn // nh
-    if kc.ndim != 4 or kc.shape != (kc.shape_[0], B, nh, hs) or kc.shape != vc.shape \
-            or not is_contig(kc) or not is_contig(vc):
-        raise ValueError(f"gpt_block_step: caches must be contiguous (S, {B}, {nh}, {hs}), got "
-                         f"{kcache.shape} and {vcache.shape}")
-    if not 0 <= pos < kc.shape_[0]:
-        raise ValueError(f"gpt_block_step: position {pos} is outside a cache of {kc.shape_[0]} rows")
-    cdef int r
-    with nogil:
-        r = C.mll_gpt_block_step(fptr(xx), &weights.w, fptr(kc), fptr(vc), B, nh, hs, pos)
-    if r != 0:
-        raise MemoryError("gpt_block_step: out of memory")
-    return x

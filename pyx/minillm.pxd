@@ -167,35 +167,81 @@ cdef extern from "minillm.h" nogil:
     int mll_top_p_mask(float *x, int64_t rows, int64_t V, float p)
     void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows, int64_t V)
 
+    # rmsnorm.c
+    void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
+                             float eps)
+
+    # rope.c
+    void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n_pos, int64_t half,
+                        float scale)
+    void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                          int64_t n_head, int64_t d)
+
+    # silu.c
+    void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n)
+
     # gemv.c
     void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                          int64_t M, int64_t N, int64_t K, int act)
+    void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
+                             const int64_t *N, float *y, int64_t M, int64_t K)
+    void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
+                               float *y, int64_t M, int64_t N, int64_t K)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
     float mll_stream_sum(const float *x, int64_t n)
 
     # kv_attention.c
-    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, int64_t B, int64_t nh,
-                              int64_t hs, int64_t pos, float scale)
+    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
+                              int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale)
 
     # decode_step.c
-    ctypedef struct mll_gpt_block:
-        const float *ln1_w
-        const float *ln1_b
-        const float *attn_w
-        const float *attn_b
-        const float *proj_w
-        const float *proj_b
-        const float *ln2_w
-        const float *ln2_b
-        const float *fc_w
-        const float *fc_b
-        const float *fc2_w
-        const float *fc2_b
-        float eps1
-        float eps2
-        float scale
-    int mll_gpt_block_step(float *x, const mll_gpt_block *w, float *kcache, float *vcache, int64_t B, int64_t nh,
-                           int64_t hs, int64_t pos)
+    enum:
+        MLL_NORM_LAYER
+        MLL_NORM_RMS
+    enum:
+        MLL_MLP_GELU
+        MLL_MLP_SWIGLU
+    ctypedef struct mll_block_options:
+        int64_t n_embd
+        int64_t n_head
+        int64_t n_kv_head
+        int64_t head_dim
+        int64_t d_ff
+        int norm
+        int mlp
+        int rotary
+        int qk_norm
+        float norm_eps
+        float qk_norm_eps
+        float attn_scale
+    ctypedef struct mll_block_weights:
+        const float *norm1_w
+        const float *norm1_b
+        const float *q_w
+        const float *k_w
+        const float *v_w
+        const float *q_b
+        const float *k_b
+        const float *v_b
+        const float *q_norm_w
+        const float *k_norm_w
+        const float *o_w
+        const float *o_b
+        const float *norm2_w
+        const float *norm2_b
+        const float *gate_w
+        const float *gate_b
+        const float *up_w
+        const float *up_b
+        const float *down_w
+        const float *down_b
+    int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S)
+    int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
+                       float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
+                       int64_t pos)
+    void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                        const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
+                        int64_t V)
     void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                    float *s, float *y, float *mean, float *rstd, int64_t rows,
                                    int64_t cols, float eps)

@@ -9,7 +9,7 @@ import pytest
 import minillm
 from minillm import _C
 from minillm.autograd import no_grad
-from minillm.generate import GPTDecoder, KVCache, generate
+from minillm.generate import KVCache, generate
 from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next, top_k_filter,
                               top_p_filter)
 from minillm.models import build_model
@@ -42,7 +42,7 @@ def test_kv_cache_logits_match_full_recompute_every_step(fast, batch):
     rng = np.random.default_rng(batch)
     seq = rng.integers(0, 97, size=(batch, 5))
     cache = KVCache.for_model(model, batch, capacity=4)   # small: the cache has to grow
-    decoder = GPTDecoder(model)
+    decoder = model.decoder()
     with no_grad():
         logits, _ = model(minillm.tensor(seq, dtype="int64"), kv_cache=cache)
         got = logits.numpy()[:, -1, :]
@@ -455,7 +455,7 @@ def test_decoder_logits_are_bitwise_the_same_on_one_and_two_threads():
             cache = KVCache.for_model(model, 2)
             with no_grad():
                 model(minillm.tensor([[1, 2, 3], [4, 5, 6]], dtype="int64"), kv_cache=cache)
-            dec = GPTDecoder(model)
+            dec = model.decoder()
             steps = [dec.step(minillm.tensor([7 + i, 9 + i], dtype="int64"), cache).numpy() for i in range(4)]
             outs.append(np.stack(steps))
     finally:

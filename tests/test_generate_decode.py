@@ -1,5 +1,5 @@
 """Decoding kernels and their plumbing: attention over a long cache on any thread count and
-ISA, the GELU linear layer, the read-roof sum, huge-page advice on weights, and GPTDecoder
+ISA, the GELU linear layer, the read-roof sum, huge-page advice on weights, and GPT.decoder()
 with and without it (logits vs full recomputation)."""
 import math
 
@@ -9,7 +9,7 @@ import pytest
 import minillm
 from minillm import _C
 from minillm.autograd import no_grad
-from minillm.generate import GPTDecoder, KVCache
+from minillm.generate import KVCache
 from minillm.models import build_model
 
 
@@ -134,7 +134,7 @@ def test_gpt_decoder_logits_match_full_recompute_with_and_without_hugepages(huge
                 p *= 3.0
     seq = np.array([[1, 2, 3, 4]])
     cache = KVCache.for_model(model, 1)
-    dec = GPTDecoder(model, hugepages=hugepages)
+    dec = model.decoder(hugepages=hugepages)
     assert dec.hugepage_bytes >= 0 and (hugepages or dec.hugepage_bytes == 0)
     with no_grad():
         model(minillm.tensor(seq, dtype="int64"), kv_cache=cache)

@@ -19,6 +19,7 @@ from minillm import functional as F
 from minillm import io, nn
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx
+from minillm.models.decoder import BlockOptions, Decoder
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
 
@@ -195,6 +196,23 @@ class GPT(LanguageModel):
             return None, loss
         logits = self.lm_head(x)                                       # (B, T, V)
         return logits, F.cross_entropy(logits, targets, ignore_index=-1)
+
+    def decoder(self, hugepages=True):
+        """The fast decode plan of this GPT (minillm.models.decoder.Decoder): LayerNorm,
+        learned positions, fused c_attn, GELU MLP, biases as the config has them, tied or
+        untied head; it reads the parameters in place. hugepages: see Decoder."""
+        cfg, tr = self.config, self.transformer
+        options = BlockOptions(n_embd=cfg.n_embd, n_head=cfg.n_head, d_ff=4 * cfg.n_embd, norm="layernorm",
+                               norm_eps=tr.ln_f.eps, mlp="gelu", positions="learned")
+        layers = [{"norm1.weight": b.ln_1.weight, "norm1.bias": b.ln_1.bias,
+                   "qkv.weight": b.attn.c_attn.weight, "qkv.bias": b.attn.c_attn.bias,
+                   "o.weight": b.attn.c_proj.weight, "o.bias": b.attn.c_proj.bias,
+                   "norm2.weight": b.ln_2.weight, "norm2.bias": b.ln_2.bias,
+                   "up.weight": b.mlp.c_fc.weight, "up.bias": b.mlp.c_fc.bias,
+                   "down.weight": b.mlp.c_proj.weight, "down.bias": b.mlp.c_proj.bias} for b in tr.h]
+        return Decoder(options, layers, embed=tr.wte.weight, head=self.lm_head.weight, norm_weight=tr.ln_f.weight,
+                       norm_bias=tr.ln_f.bias, head_bias=self.lm_head.bias, pos_embed=tr.wpe.weight,
+                       hugepages=hugepages)
 
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (keeps the first block_size position embeddings),

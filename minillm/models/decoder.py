@@ -1,0 +1,168 @@
+"""The decode plan: one-token decoding steps of a transformer language model, straight on its
+weights with the decoding kernels (csrc/decode_step.c), for any family that is a configuration
+of one pre-norm block.
+
+    plan = Decoder(options, layers, embed=wte, head=wte, norm_weight=ln_f_w, norm_bias=ln_f_b,
+                   pos_embed=wpe)
+    logits = plan.step(tokens, cache)          # tokens (B,) int64 at cache.pos -> (B, V) float32
+
+A model's forward is general (any T, autograd, composed ops); a decoding step has T = 1 and no
+grad, so its time is reading the weights plus per-op overhead. Here each block is one C call
+(norm, q/k/v, QK-norm, rotary, attention over the KV cache, output projection + residual, norm,
+MLP + residual) whose linear layers stream each weight matrix once (gemv.c). A family fills a
+plan from its own modules (GPT.decoder in gpt.py); only the family knows its weight names.
+
+The cache is the model's KV cache (minillm.generate.KVCache): `cache.layers[i].k` and `.v` are
+GrowableTensors with rows (B, n_kv_head, head_dim), `cache.pos` the position of the next token,
+`cache.advance(1)` after a step. The prompt is prefilled by the model's forward into the same
+cache; a plan can also start from an empty cache, one token at a time.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from minillm import _C
+from minillm.models.rotary import rope_inv_freq, rope_table
+
+__all__ = ["BlockOptions", "Decoder"]
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """The options of a model's blocks (all blocks alike), as the decoder step takes them.
+
+    n_embd (C), n_head (query heads), d_ff (the MLP's hidden width); n_kv_head: key/value
+    heads, dividing n_head (None: n_head; fewer is grouped-query attention); head_dim (None:
+    n_embd / n_head). norm "layernorm" | "rmsnorm" with norm_eps (the final norm's too);
+    mlp "gelu" (tanh form) | "swiglu" (silu(gate) * up); positions "learned" (an embedding
+    table added before the blocks) | "rotary" (q and k rotated, rope_theta, rope_scaling as
+    HF's config.json has it: None, "linear" or "llama3"); qk_norm: per-head RMSNorm of q and k
+    (qk_norm_eps); attn_scale (None: 1 / sqrt(head_dim))."""
+    n_embd: int
+    n_head: int
+    d_ff: int
+    n_kv_head: Optional[int] = None
+    head_dim: Optional[int] = None
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None
+    qk_norm: bool = False
+    qk_norm_eps: float = 1e-6
+    attn_scale: Optional[float] = None
+
+    def __post_init__(self):
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"BlockOptions: positions must be 'learned' or 'rotary', got {self.positions!r}")
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.n_embd // self.n_head if self.n_head > 0 else 0)
+
+    def block_kwargs(self):
+        """The keyword options of _C.DecodeBlock."""
+        return dict(n_embd=self.n_embd, n_head=self.n_head, n_kv_head=self.n_kv_head, head_dim=self.head_dim,
+                    d_ff=self.d_ff, norm=self.norm, mlp=self.mlp, rotary=self.positions == "rotary",
+                    qk_norm=self.qk_norm, norm_eps=self.norm_eps, qk_norm_eps=self.qk_norm_eps,
+                    attn_scale=self.attn_scale)
+
+
+class Decoder:
+    """One-token decoding steps over a model's weights (see the module docstring).
+
+    options: BlockOptions; layers: one dict per block of weight tensors by _C.DecodeBlock's
+    names ("norm1.weight", "qkv.weight" or "q.weight"/"k.weight"/"v.weight", "o.weight",
+    "norm2.weight", "gate.weight", "up.weight", "down.weight", their ".bias", "q_norm.weight",
+    "k_norm.weight"; shapes in DecodeBlock's docstring); embed (V, C) the token embedding;
+    head (V, C) the LM head (embed itself when tied), head_bias (V) or None; norm_weight,
+    norm_bias the final norm's (bias LayerNorm only); pos_embed (P, C) the learned position
+    table (positions "learned" only). Parameters are read in place (detached, no copies of
+    contiguous ones): later changes to the model's weights show in the plan.
+
+    hugepages: ask Linux to back the streamed weights (each block's Linear weights and the
+    head) with 2 MiB pages, in place (see _C.advise_hugepages): reading weights is the whole
+    cost of a step, and a core streams 2 MiB pages faster than 4 KiB ones (fewer TLB misses;
+    prefetchers stop at page edges). The first plan on a model pays for the collapse, once.
+    `hugepage_bytes` says how many bytes got them."""
+
+    def __init__(self, options, layers, embed, head, norm_weight=None, norm_bias=None, head_bias=None,
+                 pos_embed=None, hugepages=True):
+        if not isinstance(options, BlockOptions):
+            raise TypeError(f"Decoder: expected BlockOptions, got {type(options).__name__}")
+        if (options.positions == "learned") != (pos_embed is not None):
+            raise ValueError(f"Decoder: positions {options.positions!r} "
+                             f"{'needs' if pos_embed is None else 'takes no'} pos_embed table")
+        self.options = options
+        kwargs = options.block_kwargs()
+        self.blocks = [_C.DecodeBlock({name: _w(t) for name, t in layer.items()}, **kwargs) for layer in layers]
+        self.embed = _w(embed)
+        self.pos_embed = _w(pos_embed)
+        self.head = _C.DecodeHead(_w(norm_weight), _w(norm_bias), _w(head), _w(head_bias), norm=options.norm,
+                                  norm_eps=options.norm_eps)
+        if self.embed.ndim != 2 or self.embed.shape[1] != options.n_embd:
+            raise ValueError(f"Decoder: embed must be (vocab, {options.n_embd}), got {tuple(self.embed.shape)}")
+        if self.pos_embed is not None and (self.pos_embed.ndim != 2 or self.pos_embed.shape[1] != options.n_embd):
+            raise ValueError(f"Decoder: pos_embed must be (positions, {options.n_embd}), got "
+                             f"{tuple(self.pos_embed.shape)}")
+        self._inv_freq = None
+        self._rope = (None, None)
+        if options.positions == "rotary":
+            self._inv_freq = rope_inv_freq(options.head_dim, options.rope_theta, options.rope_scaling)
+        self._scratch = None
+        self._scratch_size = (0, 0)          # (B, positions) the scratch is sized for
+        self.hugepage_bytes = 0
+        if hugepages:
+            for w in self.streamed_weights():
+                self.hugepage_bytes += max(0, _C.advise_hugepages(w))
+
+    def streamed_weights(self):
+        """The weights a step streams, in step order: every block's Linear weights, then the head."""
+        return [w for b in self.blocks for w in b.linear_weights()] + [self.head.head_weight]
+
+    def _rope_rows(self, pos):
+        """The rotary table with a row for pos (grown by doubling; the rows never change)."""
+        cos, sin = self._rope
+        if cos is None or cos.shape[0] <= pos:
+            n = max(256, pos + 1, 2 * (0 if cos is None else cos.shape[0]))
+            self._rope = rope_table(self._inv_freq, n)
+        return self._rope
+
+    def _scratch_for(self, B, S):
+        """Scratch for B rows and S positions (grown by doubling the positions)."""
+        b0, s0 = self._scratch_size
+        if b0 != B or s0 < S:
+            S = max(S, 64, 2 * s0 if b0 == B else 0)
+            need = max([b.scratch_floats(B, S) for b in self.blocks[:1]] + [self.head.scratch_floats(B)])
+            self._scratch = _C.empty((need,))
+            self._scratch_size = (B, S)
+        return self._scratch
+
+    def step(self, tokens, cache):
+        """tokens (B,) int64 at position cache.pos -> logits (B, V) float32; every layer's cache
+        gains a row and the cache advances by one."""
+        pos = cache.pos
+        if self.pos_embed is not None and pos >= self.pos_embed.shape[0]:
+            raise ValueError(f"Decoder: position {pos} is past the {self.pos_embed.shape[0]} learned positions")
+        x = _C.embedding(self.embed, tokens)                           # (B, C)
+        if self.pos_embed is not None:
+            pe = self.pos_embed[pos:pos + 1]                            # (1, C)
+            _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
+        cos, sin = self._rope_rows(pos) if self._inv_freq is not None else (None, None)
+        scratch = self._scratch_for(x.shape[0], pos + 1)
+        block_step = _C.block_step
+        for layer, block in zip(cache.layers, self.blocks):
+            k, v = layer.k, layer.v
+            if k.capacity <= pos:
+                k.reserve(pos + 1)
+                v.reserve(pos + 1)
+            k.length = v.length = pos + 1
+            block_step(x, block, k.tensor, v.tensor, pos, scratch, cos, sin)   # x (B, C), in place
+        logits = _C.final_step(x, self.head, scratch)
+        cache.advance(1)
+        return logits
+
+
+def _w(t):
+    """A parameter's data as a plain contiguous Tensor (None stays None)."""
+    return None if t is None else t.detach().contiguous()
