@@ -1,12 +1,14 @@
 # minillm: every target does its own set-up on a fresh clone.
 PY ?= python3
-PIP = $(PY) -m pip install -q --disable-pip-version-check
+# PIP_ROOT_USER_ACTION: as root (a container, CI) pip would warn on every install that root
+# should use a virtual environment; here the interpreter to build for is the caller's choice.
+PIP = PIP_ROOT_USER_ACTION=ignore $(PY) -m pip install -q --disable-pip-version-check
 
 .PHONY: setup build test bench bench-gemm bench-train demo data clean
 
 # Build tools and test runner (the reference libraries for comparison tests come from `make dev`).
 .setup-stamp: pyproject.toml
-	$(PIP) "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.24" pytest pytest-benchmark
+	$(PIP) "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24" pytest pytest-benchmark
 	@touch $@
 setup: .setup-stamp
 

@@ -12,8 +12,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CFLAGS = ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function",
-          "-Wno-unknown-pragmas"]
+CFLAGS = ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wextra"]
 LDFLAGS = ["-fopenmp"]
 if os.environ.get("MINILLM_DEBUG"):
     CFLAGS += ["-g", "-O1", "-fno-omit-frame-pointer"]

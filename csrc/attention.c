@@ -103,17 +103,9 @@ static void transpose_generic(const float *a, int64_t rows, int64_t cols, int64_
     }
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "attention.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "attention.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "attention.c"
+#include "dispatch.h"
 
 typedef struct {
     void (*gemm)(int64_t, int64_t, int64_t, const float *, int64_t, int64_t, const float *, int64_t,
@@ -126,23 +118,8 @@ typedef struct {
 } attn_kernels;
 
 static attn_kernels pick_kernels(void) {
-    attn_kernels k = {gemm_tile_generic, online_row_generic, prob_row_generic, dscore_row_generic,
-                      rowdot_generic, transpose_generic};
-#ifdef MLL_X86
-    switch (mll_get_isa()) {
-    case MLL_ISA_AVX512:
-        k.gemm = gemm_tile_avx512, k.online_row = online_row_avx512;
-        k.prob_row = prob_row_avx512, k.dscore_row = dscore_row_avx512, k.transpose = transpose_avx512;
-        k.rowdot = rowdot_avx512;
-        break;
-    case MLL_ISA_AVX2:
-        k.gemm = gemm_tile_avx2, k.online_row = online_row_avx2;
-        k.prob_row = prob_row_avx2, k.dscore_row = dscore_row_avx2, k.transpose = transpose_avx2;
-        k.rowdot = rowdot_avx2;
-        break;
-    default: break;
-    }
-#endif
+    attn_kernels k = {MLL_PICK(gemm_tile), MLL_PICK(online_row), MLL_PICK(prob_row),
+                      MLL_PICK(dscore_row), MLL_PICK(rowdot), MLL_PICK(transpose)};
     return k;
 }
 
@@ -339,7 +316,7 @@ int mll_attention_backward(const float *q, const int64_t *qs, const float *k, co
     return 0;
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
 /* Register block of the tile GEMM: 4 rows x NVB vectors of C (AVX-512: 16 accumulators of 32
  * registers; AVX2: 8 of 16). */

@@ -29,39 +29,17 @@ static void bias_gelu_backward_row_generic(const float *x, const float *b, const
     }
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "bias_gelu.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "bias_gelu.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "bias_gelu.c"
+#include "dispatch.h"
 
 typedef void (*row_fn)(const float *, const float *, float *, int64_t);
 typedef void (*row_backward_fn)(const float *, const float *, const float *, float *, float *, int64_t);
 
-static row_fn pick_forward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(bias_gelu_row_vec)
-    default: return bias_gelu_row_generic;
-    }
-}
-
-static row_backward_fn pick_backward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(bias_gelu_backward_row_vec)
-    default: return bias_gelu_backward_row_generic;
-    }
-}
-
 /* ------------------------------------------------------------ public kernels */
 /* x, y: (N, C); b: (C) */
 void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, int64_t C) {
-    row_fn f = pick_forward();
+    row_fn f = MLL_PICK(bias_gelu_row);
     MLL_PARALLEL_ROWS(N, C, r, f(x + r * C, b, y + r * C, C));
 }
 
@@ -69,7 +47,7 @@ void mll_bias_gelu_forward(const float *x, const float *b, float *y, int64_t N, 
  * Returns 0, or -1 if the scratch for the column sums could not be had. */
 int mll_bias_gelu_backward(const float *x, const float *b, const float *dy, float *dx, float *db,
                            int64_t N, int64_t C) {
-    row_backward_fn f = pick_backward();
+    row_backward_fn f = MLL_PICK(bias_gelu_backward_row);
     int64_t nblocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;
     size_t nbytes = (size_t)(nblocks * C) * sizeof(float);
     float *partial = (float *)mll_alloc(nbytes);  /* (nblocks, C): column sums of each block */
@@ -125,13 +103,13 @@ void mll_gelu_erf_backward(const float *x, const float *dy, float *dx, int64_t n
     });
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
-static MLL_TARGET void FN(bias_gelu_row_vec)(const float *x, const float *b, float *y, int64_t n) {
+static MLL_TARGET void FN(bias_gelu_row)(const float *x, const float *b, float *y, int64_t n) {
     VLOOP2(x, b, y, v_gelu(v_add(va, vb)));
 }
 
-static MLL_TARGET void FN(bias_gelu_backward_row_vec)(const float *x, const float *b, const float *dy,
+static MLL_TARGET void FN(bias_gelu_backward_row)(const float *x, const float *b, const float *dy,
                                                       float *dx, float *colsum, int64_t n) {
     int64_t i = 0;
     for (; i + VL <= n; i += VL) {

@@ -4,15 +4,6 @@
 #include "simd.h"
 
 /* ------------------------------------------------------------------ generic */
-/* bfloat16 = the high 16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -31,42 +22,20 @@ static void axpy_generic(float a, const float *x, float *y, int64_t n) {
 /* one block of the dot product, accumulated in double */
 static double dot_generic(const float *x, const float *y, int64_t n) { return mll_dot_f64(x, y, n); }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "blas1.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "blas1.c"
-#undef MLL_VEC
-#endif
+/* one tile: b[j, i] = a[i, j] for i in [i0, i1), j in [j0, j1) */
+static void transpose_tile_generic(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                                   int64_t lda, int64_t ldb) {
+    for (int64_t j = j0; j < j1; j++)
+        for (int64_t i = i0; i < i1; i++) b[j * ldb + i] = a[i * lda + j];
+}
+
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "blas1.c"
+#include "dispatch.h"
 
 typedef void (*scale_fn)(float *, float, int64_t);
 typedef void (*axpy_fn)(float, const float *, float *, int64_t);
 typedef double (*dot_fn)(const float *, const float *, int64_t);
-
-static scale_fn pick_scale(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(scale_vec)
-    default: return scale_generic;
-    }
-}
-
-static axpy_fn pick_axpy(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(axpy_vec)
-    default: return axpy_generic;
-    }
-}
-
-static dot_fn pick_dot(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(dot_vec)
-    default: return dot_generic;
-    }
-}
 
 /* ------------------------------------------------------------ public kernels */
 /* x: (n) */
@@ -83,38 +52,21 @@ void mll_copy(const float *x, float *y, int64_t n) {
 
 /* x: (n) */
 void mll_scale(float *x, float a, int64_t n) {
-    scale_fn f = pick_scale();
+    scale_fn f = MLL_PICK(scale);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(x + i0, a, len));
 }
 
 /* x, y: (n) */
 void mll_axpy(float a, const float *x, float *y, int64_t n) {
-    axpy_fn f = pick_axpy();
+    axpy_fn f = MLL_PICK(axpy);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(a, x + i0, y + i0, len));
 }
 
-/* Blocked reductions: the data is cut into blocks of MLL_RED_BLOCK elements, each block
- * is summed in double, and the block sums are added in block order. Blocks are done in
- * groups of MLL_RED_GROUP in parallel (their sums kept in a stack array), so neither the
- * thread count nor the ISA changes which numbers get added in which order across blocks. */
-#define MLL_RED_BLOCK 4096
-#define MLL_RED_GROUP 256
-
-/* x, y: (n) */
+/* x, y: (n); blocks summed in double, in block order (MLL_BLOCKED_SUM, simd.h) */
 double mll_dot(const float *x, const float *y, int64_t n) {
-    dot_fn f = pick_dot();
-    int64_t nblocks = (n + MLL_RED_BLOCK - 1) / MLL_RED_BLOCK;
-    double total = 0.0, part[MLL_RED_GROUP];
-    int nt = mll_threads_for(n);
-    for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
-        int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
-        for (int64_t k = 0; k < gn; k++) {
-            int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
-            part[k] = f(x + i0, y + i0, mll_min64(MLL_RED_BLOCK, n - i0));
-        }
-        for (int64_t k = 0; k < gn; k++) total += part[k];
-    }
+    dot_fn f = MLL_PICK(dot);
+    double total;
+    MLL_BLOCKED_SUM(total, n, i0, len, f(x + i0, y + i0, len));
     return total;
 }
 
@@ -180,36 +132,13 @@ void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape
 
 #define MLL_TILE 32
 
-/* one tile: b[j, i] = a[i, j] for i in [i0, i1), j in [j0, j1) */
-static void transpose_tile_generic(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                                   int64_t lda, int64_t ldb) {
-    for (int64_t j = j0; j < j1; j++)
-        for (int64_t i = i0; i < i1; i++) b[j * ldb + i] = a[i * lda + j];
-}
-
-#ifdef MLL_X86
-/* 8x8 blocks transposed in registers (simd.h; AVX2, the AVX-512 path uses it too). Partial
- * edges go element-wise. */
-static MLL_AVX2 void transpose_tile_avx2(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0,
-                                         int64_t j1, int64_t lda, int64_t ldb) {
-    int64_t i8 = i0 + ((i1 - i0) & ~(int64_t)7), j8 = j0 + ((j1 - j0) & ~(int64_t)7);
-    for (int64_t i = i0; i < i8; i += 8)
-        for (int64_t j = j0; j < j8; j += 8) mll_transpose8x8(a + i * lda + j, lda, b + j * ldb + i, ldb);
-    transpose_tile_generic(a, b, i0, i1, j8, j1, lda, ldb);  /* right edge */
-    transpose_tile_generic(a, b, i8, i1, j0, j8, lda, ldb);  /* bottom edge */
-}
-#endif
-
 typedef void (*transpose_tile_fn)(const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t);
 
 /* b (cols, rows) with row stride ldb  <-  a (rows, cols)^T with row stride lda.
  * 32x32 tiles: one tile of a and one of b (4 KiB each) stay in L1 while it is copied. */
 void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb) {
-    transpose_tile_fn tile = transpose_tile_generic;
-#ifdef MLL_X86
-    if (mll_get_isa() != MLL_ISA_GENERIC) tile = transpose_tile_avx2;
-#endif
+    transpose_tile_fn tile = MLL_PICK(transpose_tile);
     int64_t tiles_i = (rows + MLL_TILE - 1) / MLL_TILE;
     MLL_PARALLEL_ROWS(tiles_i, MLL_TILE * cols, ti, {
         int64_t i0 = ti * MLL_TILE, i1 = mll_min64(i0 + MLL_TILE, rows);
@@ -255,7 +184,7 @@ static void cast_range(const void *src, int st, void *dst, int dt, int64_t i0, i
         if (dt == MLL_F32) {
             ((float *)dst)[i] = load_as_f32(src, st, i);
         } else if (dt == MLL_BF16) {
-            ((uint16_t *)dst)[i] = f32_to_bf16(load_as_f32(src, st, i));
+            ((uint16_t *)dst)[i] = mll_f32_to_bf16(load_as_f32(src, st, i));
         } else if (src_float) {
             float f = load_as_f32(src, st, i);
             switch (dt) {
@@ -287,7 +216,7 @@ static int dtype_size(int dt) {
 }
 
 static void to_bf16_generic(const float *x, uint16_t *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = f32_to_bf16(x[i]);
+    for (int64_t i = 0; i < n; i++) y[i] = mll_f32_to_bf16(x[i]);
 }
 
 static void from_bf16_generic(const uint16_t *x, float *y, int64_t n) {
@@ -297,20 +226,6 @@ static void from_bf16_generic(const uint16_t *x, float *y, int64_t n) {
 typedef void (*to_bf16_fn)(const float *, uint16_t *, int64_t);
 typedef void (*from_bf16_fn)(const uint16_t *, float *, int64_t);
 
-static to_bf16_fn pick_to_bf16(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(to_bf16_vec)
-    default: return to_bf16_generic;
-    }
-}
-
-static from_bf16_fn pick_from_bf16(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(from_bf16_vec)
-    default: return from_bf16_generic;
-    }
-}
-
 /* src (n) of src_dtype -> dst (n) of dst_dtype */
 void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n) {
     if (src_dtype == dst_dtype) {
@@ -318,10 +233,10 @@ void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t 
         return;
     }
     if (src_dtype == MLL_F32 && dst_dtype == MLL_BF16) {
-        to_bf16_fn f = pick_to_bf16();
+        to_bf16_fn f = MLL_PICK(to_bf16);
         MLL_PARALLEL_CHUNKS(n, i0, len, f((const float *)src + i0, (uint16_t *)dst + i0, len));
     } else if (src_dtype == MLL_BF16 && dst_dtype == MLL_F32) {
-        from_bf16_fn f = pick_from_bf16();
+        from_bf16_fn f = MLL_PICK(from_bf16);
         MLL_PARALLEL_CHUNKS(n, i0, len, f((const uint16_t *)src + i0, (float *)dst + i0, len));
     } else {
         MLL_PARALLEL_CHUNKS(n, i0, len, cast_range(src, src_dtype, dst, dst_dtype, i0, i0 + len));
@@ -349,24 +264,35 @@ int mll_all_finite(const float *x, int64_t n) {
     return bad == 0;
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
-static MLL_TARGET void FN(scale_vec)(float *x, float a, int64_t n) {
+static MLL_TARGET void FN(scale)(float *x, float a, int64_t n) {
     V va = v_set1(a);
     VLOOP1(x, x, v_mul(v, va));
 }
 
 /* y += a x, one rounding per element (FMA) */
-static MLL_TARGET void FN(axpy_vec)(float a, const float *x, float *y, int64_t n) {
+static MLL_TARGET void FN(axpy)(float a, const float *x, float *y, int64_t n) {
     V vs = v_set1(a);
     VLOOP2(x, y, y, v_fmadd(vs, va, vb));
 }
 
 /* one block of the dot product (simd.h) */
-static MLL_TARGET double FN(dot_vec)(const float *x, const float *y, int64_t n) { return v_dot_f64(x, y, n); }
+static MLL_TARGET double FN(dot)(const float *x, const float *y, int64_t n) { return v_dot_f64(x, y, n); }
 
-/* y (n) bf16 = x (n) f32 rounded to nearest even: the f32_to_bf16 bit recipe on VL lanes */
-static MLL_TARGET void FN(to_bf16_vec)(const float *x, uint16_t *y, int64_t n) {
+/* one tile of the transpose: 8x8 blocks in registers (simd.h's AVX2 mll_transpose8x8, on both
+ * ISAs), the partial edges element by element */
+static MLL_TARGET void FN(transpose_tile)(const float *a, float *b, int64_t i0, int64_t i1, int64_t j0,
+                                          int64_t j1, int64_t lda, int64_t ldb) {
+    int64_t i8 = i0 + ((i1 - i0) & ~(int64_t)7), j8 = j0 + ((j1 - j0) & ~(int64_t)7);
+    for (int64_t i = i0; i < i8; i += 8)
+        for (int64_t j = j0; j < j8; j += 8) mll_transpose8x8(a + i * lda + j, lda, b + j * ldb + i, ldb);
+    transpose_tile_generic(a, b, i0, i1, j8, j1, lda, ldb);  /* right edge */
+    transpose_tile_generic(a, b, i8, i1, j0, j8, lda, ldb);  /* bottom edge */
+}
+
+/* y (n) bf16 = x (n) f32 rounded to nearest even: the mll_f32_to_bf16 bit recipe on VL lanes */
+static MLL_TARGET void FN(to_bf16)(const float *x, uint16_t *y, int64_t n) {
     int64_t i = 0;
     for (; i + VL <= n; i += VL) {
         V v = v_load(x + i);
@@ -383,11 +309,11 @@ static MLL_TARGET void FN(to_bf16_vec)(const float *x, uint16_t *y, int64_t n) {
         _mm_storeu_si128((__m128i *)(y + i), _mm256_castsi256_si128(p));
 #endif
     }
-    for (; i < n; i++) y[i] = f32_to_bf16(x[i]);
+    for (; i < n; i++) y[i] = mll_f32_to_bf16(x[i]);
 }
 
 /* y (n) f32 = x (n) bf16: the 16 bits become the high half */
-static MLL_TARGET void FN(from_bf16_vec)(const uint16_t *x, float *y, int64_t n) {
+static MLL_TARGET void FN(from_bf16)(const uint16_t *x, float *y, int64_t n) {
     int64_t i = 0;
     for (; i + VL <= n; i += VL) {
 #if VL == 16

@@ -1,6 +1,6 @@
 /* elementwise.c: binary ops with broadcasting, unary ops, and their backward.
  *
- * Each public kernel switches on mll_get_isa() to a variant that handles one contiguous
+ * Each public kernel picks (MLL_PICK, dispatch.h) a version that handles one contiguous
  * piece [0, n); the driver cuts big inputs into fixed chunks run in parallel. Results are
  * per element, so they never depend on the thread count.
  */
@@ -64,17 +64,9 @@ static void unary_backward_generic(int op, const float *x, const float *y, const
     }
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "elementwise.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "elementwise.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "elementwise.c"
+#include "dispatch.h"
 
 /* --------------------------------------------------------------- dispatch */
 typedef void (*binary_fn)(int, const float *, const float *, float *, int64_t);
@@ -82,56 +74,28 @@ typedef void (*binary_scalar_fn)(int, const float *, float, float *, int64_t, in
 typedef void (*unary_fn)(int, const float *, float *, int64_t);
 typedef void (*unary_backward_fn)(int, const float *, const float *, const float *, float *, int64_t);
 
-static binary_fn pick_binary(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(binary_vec)
-    default: return binary_generic;
-    }
-}
-
-static binary_scalar_fn pick_binary_scalar(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(binary_scalar_vec)
-    default: return binary_scalar_generic;
-    }
-}
-
-static unary_fn pick_unary(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(unary_vec)
-    default: return unary_generic;
-    }
-}
-
-static unary_backward_fn pick_unary_backward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(unary_backward_vec)
-    default: return unary_backward_generic;
-    }
-}
-
 /* ------------------------------------------------------------ public kernels */
 /* a, b, out: (n) */
 void mll_binary(int op, const float *a, const float *b, float *out, int64_t n) {
-    binary_fn f = pick_binary();
+    binary_fn f = MLL_PICK(binary);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, a + i0, b + i0, out + i0, len));
 }
 
 /* a, out: (rows, cols), b: (cols) broadcast over rows */
 void mll_binary_row(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols) {
-    binary_fn f = pick_binary();
+    binary_fn f = MLL_PICK(binary);
     MLL_PARALLEL_ROWS(rows, cols, r, f(op, a + r * cols, b, out + r * cols, cols));
 }
 
 /* a, out: (rows, cols), b: (rows) broadcast over cols */
 void mll_binary_col(int op, const float *a, const float *b, float *out, int64_t rows, int64_t cols) {
-    binary_scalar_fn f = pick_binary_scalar();
+    binary_scalar_fn f = MLL_PICK(binary_scalar);
     MLL_PARALLEL_ROWS(rows, cols, r, f(op, a + r * cols, b[r], out + r * cols, cols, 0));
 }
 
 /* a, out: (n); s a scalar on the right (reverse=0) or on the left (reverse=1) */
 void mll_binary_scalar(int op, const float *a, float s, float *out, int64_t n, int reverse) {
-    binary_scalar_fn f = pick_binary_scalar();
+    binary_scalar_fn f = MLL_PICK(binary_scalar);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, a + i0, s, out + i0, len, reverse));
 }
 
@@ -157,8 +121,8 @@ void mll_binary_strided(int op, int ndim, const int64_t *shape, const float *a, 
     for (int d = 0; d < ndim - 1; d++) outer *= shape[d];
     if (inner == 0 || outer == 0) return;
     int64_t sa = astr[ndim - 1], sb = bstr[ndim - 1];
-    binary_fn fast = pick_binary();
-    binary_scalar_fn fast_scalar = pick_binary_scalar();
+    binary_fn fast = MLL_PICK(binary);
+    binary_scalar_fn fast_scalar = MLL_PICK(binary_scalar);
     MLL_PARALLEL_ROWS(outer, inner, o, {
         int64_t rem = o, oa = 0, ob = 0;
         for (int d = ndim - 2; d >= 0; d--) {
@@ -179,22 +143,22 @@ void mll_binary_strided(int op, int ndim, const int64_t *shape, const float *a, 
 
 /* x, out: (n) */
 void mll_unary(int op, const float *x, float *out, int64_t n) {
-    unary_fn f = pick_unary();
+    unary_fn f = MLL_PICK(unary);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, out + i0, len));
 }
 
 /* x, y, dy, dx: (n); y = f(x) from the forward. exp, sqrt, tanh and sigmoid read y;
  * log, relu, gelu and abs read x; neg reads neither. */
 void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n) {
-    unary_backward_fn f = pick_unary_backward();
+    unary_backward_fn f = MLL_PICK(unary_backward);
     /* x or y may be NULL when the op does not read it (e.g. y for relu); no offsets on NULL */
     MLL_PARALLEL_CHUNKS(n, i0, len,
                         f(op, x ? x + i0 : NULL, y ? y + i0 : NULL, dy + i0, dx + i0, len));
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
-static MLL_TARGET void FN(binary_vec)(int op, const float *a, const float *b, float *out, int64_t n) {
+static MLL_TARGET void FN(binary)(int op, const float *a, const float *b, float *out, int64_t n) {
     switch (op) {
     case MLL_ADD: VLOOP2(a, b, out, v_add(va, vb)); break;
     case MLL_SUB: VLOOP2(a, b, out, v_sub(va, vb)); break;
@@ -203,7 +167,7 @@ static MLL_TARGET void FN(binary_vec)(int op, const float *a, const float *b, fl
     }
 }
 
-static MLL_TARGET void FN(binary_scalar_vec)(int op, const float *a, float s, float *out, int64_t n,
+static MLL_TARGET void FN(binary_scalar)(int op, const float *a, float s, float *out, int64_t n,
                                              int reverse) {
     V vs = v_set1(s);
     switch (op) {
@@ -220,7 +184,7 @@ static MLL_TARGET void FN(binary_scalar_vec)(int op, const float *a, float s, fl
     }
 }
 
-static MLL_TARGET void FN(unary_vec)(int op, const float *x, float *out, int64_t n) {
+static MLL_TARGET void FN(unary)(int op, const float *x, float *out, int64_t n) {
     switch (op) {
     case MLL_NEG: VLOOP1(x, out, v_sub(v_zero(), v)); break;
     case MLL_EXP: VLOOP1(x, out, v_exp(v)); break;
@@ -235,7 +199,7 @@ static MLL_TARGET void FN(unary_vec)(int op, const float *x, float *out, int64_t
     }
 }
 
-static MLL_TARGET void FN(unary_backward_vec)(int op, const float *x, const float *y, const float *dy,
+static MLL_TARGET void FN(unary_backward)(int op, const float *x, const float *y, const float *dy,
                                               float *dx, int64_t n) {
     switch (op) {
     case MLL_NEG: VLOOP1(dy, dx, v_sub(v_zero(), v)); break;

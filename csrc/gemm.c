@@ -28,6 +28,7 @@
  */
 #include "minillm.h"
 #include "gemm_internal.h"
+#include "dispatch.h" /* MLL_PICK only: the per-ISA versions are files of their own */
 
 #include <string.h>
 #include <stdio.h>
@@ -40,33 +41,38 @@
 
 #define MAX_THREADS 64
 
-/* MR, NR: register tiles (gemm_internal.h). Sizes for AVX-512 on Zen 4 (32 KiB L1d, 1 MiB L2
- * per core, 32 MiB L3 shared), chosen by timing kc in 128..1024, mc in 84..336 and nc in
- * 1536..6144 on the square and GPT shapes, 1 and 2 threads (kc = 1024 beat 512 by 1-2% on one
- * thread and 2-4% on two; kc <= 256 lost 5-10%; mc and nc mattered less than the noise):
+/* Each ISA's micro-kernel with its block sizes; isa_params() picks one (dispatch.h).
+ * MR, NR: register tiles (gemm_internal.h). The AVX-512 sizes are for a core with 32 KiB of
+ * L1d and 1 MiB of L2 and an L3 of tens of MiB shared, chosen by timing kc, mc and nc over
+ * ranges on the square and GPT shapes at 1 and 2 threads (bench/bench_gemm.py; the variable
+ * MINILLM_GEMM_BLOCKS re-tunes them on another CPU):
  * KC = 1024, at most: the depth of one packed block; K is cut into the fewest even blocks
  *     (k_step), so GPT's K = 768 is one block and 3072 three. Deep blocks mean fewer trips of
  *     C through the caches (C is read and written once per k block; for the LM head's C of
  *     150 MiB that is a trip to DRAM). The B micro-panel (1024 x 32 x 4 B = 128 KiB) streams
- *     from L2 into L1 at 128 B per 28 FMAs, prefetched (the kernel runs at 97% of peak that
- *     way), beside the A micro-panel (14 x 1024 x 4 B = 56 KiB).
+ *     from L2 into L1 at 128 B per 28 FMAs, prefetched, beside the A micro-panel
+ *     (14 x 1024 x 4 B = 56 KiB).
  * MC = 84 (6 tiles): one thread's A block, 84 x 1024 x 4 B = 336 KiB, stays in L2 while all
  *     B micro-panels of the block pass over it, beside the chunk of B just packed (256 KiB,
  *     chunk_panels).
  * NC = 1536: the B block, 1024 x 1536 x 4 B = 6 MiB (twice: double-buffered), shared by the
  *     threads in L3.
  * AVX2 and generic take the classic sizes for a 256 KiB-1 MiB L2. */
+static const mll_gemm_isa params_generic = {.kernel = mll_gemm_kernel_generic, .mr = MLL_GEMM_GENERIC_MR,
+                                            .nr = MLL_GEMM_GENERIC_NR, .kc = 256, .mc = 128, .nc = 2048};
+#ifdef MLL_X86
+static const mll_gemm_isa params_avx2 = {.kernel = mll_gemm_kernel_avx2, .mr = MLL_GEMM_AVX2_MR,
+                                         .nr = MLL_GEMM_AVX2_NR, .kc = 256, .mc = 144, .nc = 4096};
+static const mll_gemm_isa params_avx512 = {
+    .kernel = mll_gemm_kernel_avx512, .mr = MLL_GEMM_AVX512_MR, .nr = MLL_GEMM_AVX512_NR,
+    .kc = 1024, .mc = 84, .nc = 1536,
+    .pack_a_rows = mll_gemm_pack_a_rows_avx512, .pack_a_cols = mll_gemm_pack_a_cols_avx512,
+    .pack_b_rows = mll_gemm_pack_b_rows_avx512, .pack_b_cols = mll_gemm_pack_b_cols_avx512,
+    .gemv_rows = mll_gemm_gemv_rows_avx512, .gemv_cols = mll_gemm_gemv_cols_avx512};
+#endif
+
 static const mll_gemm_isa *isa_params(void) {
-    static const mll_gemm_isa generic = {mll_gemm_generic_kernel, MLL_GEMM_GENERIC_MR, MLL_GEMM_GENERIC_NR,
-                                         256, 128, 2048};
-#if defined(__x86_64__)
-    static const mll_gemm_isa avx2 = {mll_gemm_avx2_kernel, MLL_GEMM_AVX2_MR, MLL_GEMM_AVX2_NR,
-                                      256, 144, 4096};
-    static const mll_gemm_isa avx512 = {mll_gemm_avx512_kernel, MLL_GEMM_AVX512_MR, MLL_GEMM_AVX512_NR,
-                                        1024, 84, 1536, mll_gemm_avx512_pack_a_rows,
-                                        mll_gemm_avx512_pack_a_cols, mll_gemm_avx512_pack_b_rows,
-                                        mll_gemm_avx512_pack_b_cols, mll_gemm_avx512_gemv_rows,
-                                        mll_gemm_avx512_gemv_cols};
+#ifdef MLL_X86
     /* MINILLM_GEMM_BLOCKS="kc,mc,nc" overrides the AVX-512 block sizes (read once), for tuning
      * on other CPUs; values that break the layout (mc not a multiple of MR, ...) are ignored */
     static mll_gemm_isa tuned;
@@ -75,8 +81,8 @@ static const mll_gemm_isa *isa_params(void) {
         const char *e = getenv("MINILLM_GEMM_BLOCKS");
         int kc, mc, nc, state = -1;
         if (e && sscanf(e, "%d,%d,%d", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0 &&
-            mc % avx512.mr == 0 && nc % avx512.nr == 0) {
-            tuned = avx512;
+            mc % params_avx512.mr == 0 && nc % params_avx512.nr == 0) {
+            tuned = params_avx512;
             tuned.kc = kc;
             tuned.mc = mc;
             tuned.nc = nc;
@@ -85,13 +91,8 @@ static const mll_gemm_isa *isa_params(void) {
         tuned_state = state;
     }
     if (tuned_state == 1 && mll_get_isa() == MLL_ISA_AVX512) return &tuned;
-    switch (mll_get_isa()) {
-    case MLL_ISA_AVX512: return &avx512;
-    case MLL_ISA_AVX2: return &avx2;
-    default: break;
-    }
 #endif
-    return &generic;
+    return &MLL_PICK(params);
 }
 
 /* ------------------------------------------------------------------------------ packing */
@@ -159,9 +160,9 @@ static __thread mll_gemm_buffer tl_abuf[MAX_THREADS], tl_bbuf[MAX_THREADS], tl_x
 
 /* Packed blocks of 2 MiB and more are asked to live on 2 MiB pages (transparent huge pages
  * in "madvise" mode, as numpy asks for its large arrays): the two 6 MiB B blocks are 3072
- * small pages, the whole 2nd-level TLB of a Zen 4 core, to share with A and C. (LM head
- * forward, one thread: 96-98 against 93-96 GFLOPS without, on a busy machine.) Only the whole
- * 2 MiB pages inside the block are advised; a kernel without THP ignores the hint. */
+ * small pages, as many as a whole 2nd-level TLB holds on a current core, to share with A and
+ * C. Only the whole 2 MiB pages inside the block are advised; a kernel without THP ignores
+ * the hint. */
 static void advise_huge(void *ptr, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const uintptr_t huge = (uintptr_t)2 << 20;
@@ -331,7 +332,7 @@ static void publish(team_flag *flags, int t, int64_t v) { __atomic_store_n(&flag
 static void await(team_flag *flags, int u, int64_t v) {
     for (int spins = 0; __atomic_load_n(&flags[u].v, __ATOMIC_ACQUIRE) < v; spins++) {
         if (spins < 4096) {
-#if defined(__x86_64__)
+#ifdef MLL_X86
             __builtin_ia32_pause();
 #endif
         } else {
@@ -382,8 +383,8 @@ static void run_tiles(const mll_gemm_driver *d, int64_t kc, const uint32_t *abuf
  * No barrier: thread t reads panels of block s only after their packer said so, and writes
  * block s + 1 into the buffer of block s - 1 only after every thread has started block s,
  * hence finished s - 1. With nt == 1 this is the five-loop product with B packed chunk by
- * chunk for the first A block. (On Zen 4 this measured the same as packing the whole block
- * behind a barrier, within the noise; it is kept for the barrier it saves per k block.) */
+ * chunk for the first A block. (It is no slower than packing the whole block behind a
+ * barrier, and saves that barrier per k block.) */
 static void drive(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int t, int nt, uint32_t *bbufs,
                   uint32_t *abufs, size_t abuf_units, team_flag *flags) {
     const int MR = d->mr, NR = d->nr;

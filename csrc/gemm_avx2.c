@@ -1,19 +1,19 @@
-/* gemm_avx2.c: the AVX2+FMA micro-kernel, MR x NR = 6 x 16.
+/* gemm_avx2.c: the AVX2+FMA micro-kernel, MR x NR = 6 x 16: GEMM's AVX2 pass (dispatch.h),
+ * in a file of its own (MLL_VEC set here: FN(x) is x_avx2, MLL_TARGET is MLL_AVX2).
  * 12 ymm accumulators + 2 ymm of B + 1 broadcast of A = 15 of the 16 ymm registers;
  * per k: 2 loads, 6 broadcasts, 12 FMAs (enough independent FMAs to cover 2 pipes x 4-5
  * cycles latency). */
+#define MLL_VEC 256
+#include "simd.h"
 #include "gemm_internal.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
+#ifdef MLL_X86
 #define MR MLL_GEMM_AVX2_MR
 #define NR MLL_GEMM_AVX2_NR
 
 /* c (mr, nr) = alpha * ap (6, kc) @ bp (kc, 16) + beta * c; ap, bp packed (gemm_internal.h). */
-__attribute__((target("avx2,fma")))
-void mll_gemm_avx2_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
-                          float alpha, float beta, int mr, int nr) {
+MLL_TARGET void FN(mll_gemm_kernel)(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+                                    float alpha, float beta, int mr, int nr) {
     __m256 acc[MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();

@@ -26,20 +26,11 @@
 
 #include <string.h>
 
-/* ------------------------------------------------------------------ rounding */
-
-/* float32 -> bf16 bits, round to nearest even; NaN stays a quiet NaN (as blas1.c's casts) */
-static inline uint16_t round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+/* ------------------------------------- rounding: simd.h's mll_f32_to_bf16, nearest even */
 
 /* element idx of X (float32 or bf16) as bf16 bits */
 static inline uint32_t load_bf16(const void *X, int dt, int64_t idx) {
-    return dt == MLL_BF16 ? ((const uint16_t *)X)[idx] : round_bf16(((const float *)X)[idx]);
+    return dt == MLL_BF16 ? ((const uint16_t *)X)[idx] : mll_f32_to_bf16(((const float *)X)[idx]);
 }
 
 static inline const void *offset(const void *X, int dt, int64_t elems) {
@@ -77,8 +68,7 @@ static int gemm_bf16_fallback(int transa, int transb, int64_t M, int64_t N, int6
     return 0;
 }
 
-#if defined(__x86_64__)
-#include <immintrin.h>
+#ifdef MLL_X86
 
 /* MR x NR = 14 x 32: 28 zmm accumulators + 2 of B + 1 broadcast of A (as the float32 kernel).
  * KC = 768 k (384 pairs): the same bytes per packed block as the float32 kernel's 384, so the
@@ -91,26 +81,17 @@ static int gemm_bf16_fallback(int transa, int transb, int64_t M, int64_t N, int6
 #define NC 4096
 #define MAX_THREADS 64
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-
 /* ------------------------------------------------------------------ micro-kernel */
 
 /* c (mr, nr) = alpha * ap (R <= 14 rows, 2 kc2 k) @ bp (2 kc2 k, H x 16 cols) + beta * c;
  * ap: kc2 x MR words, bp: kc2 x NR words (packed as above). R and H are compile-time constants
  * once inlined; every element gets the same instruction sequence whatever R and H are. */
-AVX512BF16 static inline __attribute__((always_inline)) void tile(const int R, const int H, int64_t kc2,
-                                                                  const uint32_t *ap, const uint32_t *bp,
-                                                                  float *c, int64_t ldc, float alpha,
-                                                                  float beta, int mr, int nr) {
+MLL_AVX512_BF16 static inline __attribute__((always_inline)) void tile(const int R, const int H, int64_t kc2,
+                                                                       const uint32_t *ap, const uint32_t *bp,
+                                                                       float *c, int64_t ldc, float alpha,
+                                                                       float beta, int mr, int nr) {
     __m512 acc[MR][2];
-#pragma GCC unroll 14
-    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-#pragma GCC unroll 14
-    for (int i = 0; i < R; i++) {
-        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-        if (H == 2) _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
-    }
+    mll_gemm_start_tile(R, H, acc, c, ldc);
     for (int64_t kp = 0; kp < kc2; kp++) {
         _mm_prefetch((const char *)(bp + 8 * NR), _MM_HINT_T0);
         _mm_prefetch((const char *)(bp + 8 * NR + 16), _MM_HINT_T0);
@@ -130,8 +111,8 @@ AVX512BF16 static inline __attribute__((always_inline)) void tile(const int R, c
 }
 
 /* c (mr, nr) = alpha * ap (14, 2 kc2) @ bp (2 kc2, 32) + beta * c, clipped to mr <= 14, nr <= 32 */
-AVX512BF16 static void kernel_bf16(int64_t kc2, const uint32_t *ap, const uint32_t *bp, float *c, int64_t ldc,
-                                   float alpha, float beta, int mr, int nr) {
+MLL_AVX512_BF16 static void kernel_bf16(int64_t kc2, const uint32_t *ap, const uint32_t *bp, float *c,
+                                        int64_t ldc, float alpha, float beta, int mr, int nr) {
 #define CALL(R, H) tile(R, H, kc2, ap, bp, c, ldc, alpha, beta, mr, nr)
     MLL_GEMM_DISPATCH_TILES(CALL)
 #undef CALL
@@ -140,8 +121,8 @@ AVX512BF16 static void kernel_bf16(int64_t kc2, const uint32_t *ap, const uint32
 /* ------------------------------------------------------------------ packing */
 
 /* 16 elements of X (float32 or bf16) at p, lanes past `mask` zero -> their bf16 bits in the low
- * half of 16 32-bit lanes (float32 rounded to nearest even, NaN kept quiet, as round_bf16) */
-AVX512 static inline __m512i load16_bf16(const void *p, int dt, __mmask16 mask) {
+ * half of 16 32-bit lanes (float32 rounded to nearest even, NaN kept quiet, as mll_f32_to_bf16) */
+MLL_AVX512 static inline __m512i load16_bf16(const void *p, int dt, __mmask16 mask) {
     if (dt == MLL_BF16) return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
     __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, p));
     __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -157,8 +138,8 @@ AVX512 static inline __m512i load16_bf16(const void *p, int dt, __mmask16 mask) 
  * q width + j < cols (zero past cols), kp < ceil(kc/2); X has row stride ld (rows are k).
  * Used for op(A) = A^T (X = A as stored) and op(B) = B. k is the outer loop so each stored row
  * is read once, front to back, across all the panels (the prefetchers follow it). */
-AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t cols, int width, int64_t npanels,
-                                   int64_t pstride, int64_t kc, uint32_t *dst) {
+MLL_AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t cols, int width,
+                                       int64_t npanels, int64_t pstride, int64_t kc, uint32_t *dst) {
     for (int64_t kp = 0; 2 * kp < kc; kp++) {
         const void *r0 = offset(X, dt, 2 * kp * ld);
         const void *r1 = offset(X, dt, (2 * kp + 1) * ld);
@@ -182,8 +163,8 @@ AVX512 static void pack_pairs_rows(const void *X, int dt, int64_t ld, int64_t co
  * rows <= i < width), kp < ceil(kc/2). Used for op(A) = A and op(B) = B^T (X rows are the MR
  * rows / NR columns). Up to 16 rows at a time: 32 k of each row become 16 pair words in one
  * register, and a 16 x 16 transpose turns them into one (masked) store per k pair. */
-AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, int width, int64_t kc,
-                                   uint32_t *dst) {
+MLL_AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, int width, int64_t kc,
+                                       uint32_t *dst) {
     for (int i0 = 0; i0 < width; i0 += 16) {
         int h = width - i0 < 16 ? width - i0 : 16;            /* panel lanes of this group */
         __mmask16 mh = (__mmask16)((1u << h) - 1);
@@ -212,7 +193,8 @@ AVX512 static void pack_pairs_cols(const void *X, int dt, int64_t ld, int rows, 
 }
 
 /* ap: ceil(mc / MR) micro-panels of MR x kc  <-  op(A)[0:mc, 0:kc] */
-AVX512 static void pack_a(int transa, const void *A, int dt, int64_t lda, int64_t mc, int64_t kc, uint32_t *ap) {
+MLL_AVX512 static void pack_a(int transa, const void *A, int dt, int64_t lda, int64_t mc, int64_t kc,
+                              uint32_t *ap) {
     int64_t kc2 = (kc + 1) / 2;
     if (transa) {
         pack_pairs_rows(A, dt, lda, mc, MR, (mc + MR - 1) / MR, MR * kc2, kc, ap);
@@ -226,8 +208,8 @@ AVX512 static void pack_a(int transa, const void *A, int dt, int64_t lda, int64_
 }
 
 /* micro-panels p0..p1-1 of kc x NR, panel p at bp + p * NR * KC/2  <-  op(B)[0:kc, 0:nc] */
-AVX512 static void pack_b(int transb, const void *B, int dt, int64_t ldb, int64_t nc, int64_t kc, int64_t p0,
-                          int64_t p1, uint32_t *bp) {
+MLL_AVX512 static void pack_b(int transb, const void *B, int dt, int64_t ldb, int64_t nc, int64_t kc,
+                              int64_t p0, int64_t p1, uint32_t *bp) {
     if (!transb) {
         if (p1 > p0)
             pack_pairs_rows(offset(B, dt, p0 * NR), dt, ldb, nc - p0 * NR, NR, p1 - p0, NR * (KC / 2), kc,
@@ -258,22 +240,23 @@ static __thread mll_gemm_buffer tl_abuf[MAX_THREADS], tl_bbuf;
 /* ------------------------------------------------- callbacks of gemm.c's driver */
 
 /* ap <- op(A)[ic:ic+mc, pc:pc+kc] as MR-row micro-panels of bf16 pairs */
-AVX512 static void bf16_pack_a(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc, uint32_t *ap) {
+MLL_AVX512 static void bf16_pack_a(const void *ctx, int64_t ic, int64_t pc, int64_t mc, int64_t kc,
+                                   uint32_t *ap) {
     const bf16_args *g = ctx;
     pack_a(g->transa, offset(g->A, g->adt, g->transa ? pc * g->lda + ic : ic * g->lda + pc), g->adt, g->lda, mc,
            kc, ap);
 }
 
 /* micro-panels p0..p1-1 of op(B)[pc:pc+kc, jc:jc+nc] */
-AVX512 static void bf16_pack_b(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0,
-                               int64_t p1, uint32_t *bp) {
+MLL_AVX512 static void bf16_pack_b(const void *ctx, int64_t jc, int64_t pc, int64_t nc, int64_t kc, int64_t p0,
+                                   int64_t p1, uint32_t *bp) {
     const bf16_args *g = ctx;
     pack_b(g->transb, offset(g->B, g->bdt, g->transb ? jc * g->ldb + pc : pc * g->ldb + jc), g->bdt, g->ldb, nc,
            kc, p0, p1, bp);
 }
 
-AVX512BF16 static void bf16_kernel(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp, int64_t i,
-                                   int64_t j, int first, int mr, int nr) {
+MLL_AVX512_BF16 static void bf16_kernel(const void *ctx, int64_t kc, const uint32_t *ap, const uint32_t *bp,
+                                        int64_t i, int64_t j, int first, int mr, int nr) {
     const bf16_args *g = ctx;
     kernel_bf16((kc + 1) / 2, ap, bp, g->C + i * g->ldc + j, g->ldc, g->alpha, first ? g->beta : 1.0f, mr, nr);
 }
@@ -295,10 +278,10 @@ static int gemm_bf16_avx512(const bf16_args *g, int nt) {
     mll_gemm_run(&d, g->M, g->N, g->K, nt, tl_bbuf.ptr, abufs, abuf_units);
     return 0;
 }
-#endif /* __x86_64__ */
+#endif /* MLL_X86 */
 
 int mll_gemm_bf16_native(void) {
-#if defined(__x86_64__)
+#ifdef MLL_X86
     return mll_cpu_has_avx512bf16() && mll_get_isa() == MLL_ISA_AVX512;
 #else
     return 0;
@@ -316,7 +299,7 @@ int mll_gemm_bf16(int transa, int transb, int64_t M, int64_t N, int64_t K, float
             for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
         return 0;
     }
-#if defined(__x86_64__)
+#ifdef MLL_X86
     if (mll_gemm_bf16_native()) {
         bf16_args g = {transa != 0, transb != 0, M, N, K, alpha, beta, A, B, a_dtype, b_dtype, lda, ldb, ldc, C};
         int nt = (double)M * N * K < PARALLEL_MIN_FMAS ? 1 : mll_get_num_threads();
@@ -329,5 +312,5 @@ int mll_gemm_bf16(int transa, int transb, int64_t M, int64_t N, int64_t K, float
 
 /* x (n) float32 -> out (n) bf16 bits, nearest even (the rounding the packing applies) */
 void mll_round_bf16(const float *x, uint16_t *out, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = round_bf16(x[i]);
+    for (int64_t i = 0; i < n; i++) out[i] = mll_f32_to_bf16(x[i]);
 }

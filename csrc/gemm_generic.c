@@ -1,9 +1,10 @@
 /* gemm_generic.c: the portable micro-kernel, MR x NR = 4 x 16, plain C that gcc vectorizes
- * along the 16 columns with whatever vector unit the target has. */
+ * along the 16 columns with whatever vector unit the target has. GEMM's generic version
+ * (dispatch.h): gemm.c picks it, gemm_avx2.c's or gemm_avx512.c's with MLL_PICK. */
 #include "gemm_internal.h"
 
 /* c (mr, nr) = alpha * ap (4, kc) @ bp (kc, 16) + beta * c; ap, bp packed (gemm_internal.h). */
-void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+void mll_gemm_kernel_generic(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                              float alpha, float beta, int mr, int nr) {
     enum { MR = MLL_GEMM_GENERIC_MR, NR = MLL_GEMM_GENERIC_NR };
     float acc[MR][NR] = {{0}};

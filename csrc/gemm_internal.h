@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "simd.h"
+
 /* c (mr, nr), row stride ldc  =  alpha * ap (mr, kc) @ bp (kc, nr)  +  beta * c.
  * beta == 0: c is written without being read. mr <= MR, nr <= NR, kc >= 1. */
 typedef void (*mll_gemm_kernel_fn)(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
@@ -81,23 +83,25 @@ typedef struct {
 void *mll_gemm_grow(mll_gemm_buffer *b, size_t bytes);
 size_t mll_gemm_abuf_units(const mll_gemm_driver *d, int64_t M, int64_t N, int64_t K, int nt);
 
-void mll_gemm_generic_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+/* The micro-kernels, one per ISA (gemm_generic.c, gemm_avx2.c, gemm_avx512.c: GEMM's passes of
+ * dispatch.h, each in a file of its own), and AVX-512's packing and one-row products */
+void mll_gemm_kernel_generic(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                              float alpha, float beta, int mr, int nr);
-#if defined(__x86_64__)
-void mll_gemm_avx2_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+#ifdef MLL_X86
+void mll_gemm_kernel_avx2(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                           float alpha, float beta, int mr, int nr);
-void mll_gemm_avx512_kernel(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
+void mll_gemm_kernel_avx512(int64_t kc, const float *ap, const float *bp, float *c, int64_t ldc,
                             float alpha, float beta, int mr, int nr);
-void mll_gemm_avx512_pack_a_rows(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
-void mll_gemm_avx512_pack_a_cols(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
-void mll_gemm_avx512_pack_b_rows(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+void mll_gemm_pack_a_rows_avx512(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_pack_a_cols_avx512(const float *A, int64_t lda, int64_t mc, int64_t kc, float *ap);
+void mll_gemm_pack_b_rows_avx512(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
                                  int64_t p0, int64_t p1, float *bp);
-void mll_gemm_avx512_gemv_rows(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
-                               int64_t ldb, float beta, float *y, int64_t incy);
-void mll_gemm_avx512_gemv_cols(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
-                               int64_t ldb, float beta, float *y, int64_t incy);
-void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
+void mll_gemm_pack_b_cols_avx512(const float *B, int64_t ldb, int64_t nc, int64_t kc, int64_t kcmax,
                                  int64_t p0, int64_t p1, float *bp);
+void mll_gemm_gemv_rows_avx512(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                               int64_t ldb, float beta, float *y, int64_t incy);
+void mll_gemm_gemv_cols_avx512(int64_t j0, int64_t j1, int64_t k, float alpha, const float *x, const float *B,
+                               int64_t ldb, float beta, float *y, int64_t incy);
 #endif
 
 #define MLL_GEMM_GENERIC_MR 4
@@ -107,13 +111,26 @@ void mll_gemm_avx512_pack_b_cols(const float *B, int64_t ldb, int64_t nc, int64_
 #define MLL_GEMM_AVX512_MR 14
 #define MLL_GEMM_AVX512_NR 32
 
-#if defined(__x86_64__)
-#include <immintrin.h>
+#ifdef MLL_X86
+/* Shared by the float32 and bf16 AVX-512 micro-kernels (gemm_avx512.c, gemm_bf16.c): the
+ * accumulators of rows i < R (H = 1 or 2 vectors of 16 columns) zeroed, and the C tile they
+ * end in prefetched (it is read at the end; rows of 32 floats are two cache lines). */
+MLL_AVX512 static inline __attribute__((always_inline)) void
+mll_gemm_start_tile(const int R, const int H, __m512 acc[][2], const float *c, int64_t ldc) {
+#pragma GCC unroll 14
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 14
+    for (int i = 0; i < R; i++) {
+        _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+        if (H == 2) _mm_prefetch((const char *)(c + i * ldc + 31), _MM_HINT_T0);
+    }
+}
+
 /* Shared by the float32 and bf16 AVX-512 micro-kernels (gemm_avx512.c, gemm_bf16.c): rows
  * i < mr of a tile, c = alpha acc + beta c over nr <= 32 columns (H = 1 or 2 vectors of 16).
  * R and H are compile-time constants once inlined. Full-width tiles use plain loads and stores
- * (masked stores are slow on Zen 4). */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline __attribute__((always_inline)) void
+ * (masked stores cost more than plain ones on some AVX-512 cores, e.g. AMD Zen 4). */
+MLL_AVX512 static inline __attribute__((always_inline)) void
 mll_gemm_store_tile(const int R, const int H, __m512 acc[][2], float *c, int64_t ldc, float alpha, float beta,
                     int mr, int nr) {
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
@@ -174,7 +191,7 @@ mll_gemm_store_tile(const int R, const int H, __m512 acc[][2], float *c, int64_t
 /* shared by the float32 and bf16 packings (gemm_avx512.c, gemm_bf16.c) */
 /* r[0..15] (16 x 16, row i in r[i])  ->  its transpose in place: 4 rounds of 16 shuffles
  * (within-lane unpacks of singles and pairs, then 128-bit lane shuffles twice). */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline void mll_gemm_transpose16(__m512 r[16]) {
+MLL_AVX512 static inline void mll_gemm_transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
     for (int i = 0; i < 8; i++) {
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);

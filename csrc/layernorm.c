@@ -61,42 +61,20 @@ static void layernorm_backward_row_generic(const float *x, const float *gamma, f
     }
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "layernorm.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "layernorm.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "layernorm.c"
+#include "dispatch.h"
 
 typedef void (*ln_fn)(const float *, const float *, const float *, float *, float *, float *, int64_t,
                       float);
 typedef void (*ln_backward_fn)(const float *, const float *, float, float, const float *, float *, float *,
                                float *, int64_t);
 
-static ln_fn pick_layernorm(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(layernorm_row_vec)
-    default: return layernorm_row_generic;
-    }
-}
-
-static ln_backward_fn pick_layernorm_backward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(layernorm_backward_row_vec)
-    default: return layernorm_backward_row_generic;
-    }
-}
-
 /* ------------------------------------------------------------ public kernels */
 /* x, y: (rows, cols); gamma, beta: (cols) or NULL; mean, rstd: (rows) */
 void mll_layernorm_forward(const float *x, const float *gamma, const float *beta, float *y,
                            float *mean, float *rstd, int64_t rows, int64_t cols, float eps) {
-    ln_fn f = pick_layernorm();
+    ln_fn f = MLL_PICK(layernorm_row);
     MLL_PARALLEL_ROWS(rows, cols, r,
                       f(x + r * cols, gamma, beta, y + r * cols, mean + r, rstd + r, cols, eps));
 }
@@ -106,7 +84,7 @@ void mll_layernorm_forward(const float *x, const float *gamma, const float *beta
 void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                float *s, float *y, float *mean, float *rstd, int64_t rows,
                                int64_t cols, float eps) {
-    ln_fn f = pick_layernorm();
+    ln_fn f = MLL_PICK(layernorm_row);
     MLL_PARALLEL_ROWS(rows, cols, i, {
         const float *xi = x + i * cols, *ri = r + i * cols;
         float *si = s + i * cols;
@@ -120,7 +98,7 @@ void mll_add_layernorm_forward(const float *x, const float *r, const float *gamm
 void mll_layernorm_backward(const float *x, const float *gamma, const float *mean, const float *rstd,
                             const float *dy, float *dx, float *dgamma, float *dbeta,
                             int64_t rows, int64_t cols) {
-    ln_backward_fn f = pick_layernorm_backward();
+    ln_backward_fn f = MLL_PICK(layernorm_backward_row);
     if (!dgamma && !dbeta) {
         MLL_PARALLEL_ROWS(rows, cols, r,
                           f(x + r * cols, gamma, mean[r], rstd[r], dy + r * cols, dx + r * cols, NULL,
@@ -165,12 +143,12 @@ void mll_layernorm_backward(const float *x, const float *gamma, const float *mea
     mll_free(part, bytes);
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
 /* loads VL lanes of p at i, or the n - i left (zeros after) */
 #define LOADT(p, i) ((i) + VL <= n ? v_load((p) + (i)) : v_loadn((p) + (i), n - (i)))
 
-static MLL_TARGET void FN(layernorm_row_vec)(const float *x, const float *gamma, const float *beta,
+static MLL_TARGET void FN(layernorm_row)(const float *x, const float *gamma, const float *beta,
                                              float *y, float *mean, float *rstd, int64_t n, float eps) {
     VD s = vd_zero();
     for (int64_t i = 0; i < n; i += VL) s = vd_add(s, LOADT(x, i));
@@ -196,7 +174,7 @@ static MLL_TARGET void FN(layernorm_row_vec)(const float *x, const float *gamma,
     *rstd = rs;
 }
 
-static MLL_TARGET void FN(layernorm_backward_row_vec)(const float *x, const float *gamma, float mu, float rs,
+static MLL_TARGET void FN(layernorm_backward_row)(const float *x, const float *gamma, float mu, float rs,
                                                       const float *dy, float *dx, float *dg, float *db,
                                                       int64_t n) {
     V vmu = v_set1(mu), vrs = v_set1(rs);

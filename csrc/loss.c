@@ -16,8 +16,10 @@
  *    per logit in all, where forward + backward costs two. dx may be the logits buffer
  *    itself (the fused LM head of functional.linear_cross_entropy needs no second buffer).
  * Each row is done whole by one thread, so results do not depend on the thread count.
- * The row loops are inline bodies compiled for the generic, AVX2 and AVX-512 targets.
+ * The row loops are inline bodies compiled for the generic, AVX2 and AVX-512 targets
+ * (dispatch.h), which the compiler vectorizes for each.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* exp(x) for x <= 0 (arguments here are x - max or x - lse), branch-free so that the
@@ -114,34 +116,17 @@ typedef float (*row_lse_fn)(const float *, int64_t, float *);
 typedef void (*row_grad_fn)(const float *, float *, int64_t, float, float, float);
 typedef float (*row_lse_grad_fn)(const float *, float *, int64_t, float, float, float *);
 
-/* The three row kernels compiled for one ISA (TARGET: its attribute, empty for generic). */
-#define ROW_KERNELS(SUFFIX, TARGET)                                                                \
-    TARGET static float row_lse_##SUFFIX(const float *x, int64_t V, float *sx) {                   \
-        return row_lse(x, V, sx);                                                                  \
-    }                                                                                              \
-    TARGET static void row_grad_##SUFFIX(const float *x, float *dx, int64_t V, float l, float g,   \
-                                         float off) {                                              \
-        row_grad(x, dx, V, l, g, off);                                                             \
-    }                                                                                              \
-    TARGET static float row_lse_grad_##SUFFIX(const float *x, float *dx, int64_t V, float g,       \
-                                              float off, float *sx) {                              \
-        return row_lse_grad(x, dx, V, g, off, sx);                                                 \
-    }
-ROW_KERNELS(generic, )
-#if defined(MLL_X86)
-ROW_KERNELS(avx2, MLL_AVX2)
-ROW_KERNELS(avx512, MLL_AVX512)
-#endif
+static float row_lse_generic(const float *x, int64_t n, float *sum_x) { return row_lse(x, n, sum_x); }
+static void row_grad_generic(const float *x, float *dx, int64_t n, float lse, float g, float off) {
+    row_grad(x, dx, n, lse, g, off);
+}
+static float row_lse_grad_generic(const float *x, float *dx, int64_t n, float g, float off, float *sum_x) {
+    return row_lse_grad(x, dx, n, g, off, sum_x);
+}
 
-static row_lse_fn pick_row_lse(void) {
-    switch (mll_get_isa()) { MLL_PICK(row_lse) default: return row_lse_generic; }
-}
-static row_grad_fn pick_row_grad(void) {
-    switch (mll_get_isa()) { MLL_PICK(row_grad) default: return row_grad_generic; }
-}
-static row_lse_grad_fn pick_row_lse_grad(void) {
-    switch (mll_get_isa()) { MLL_PICK(row_lse_grad) default: return row_lse_grad_generic; }
-}
+/* the same three, once per ISA: the bottom half of this file (dispatch.h) */
+#define MLL_DISPATCH_SELF "loss.c"
+#include "dispatch.h"
 
 /* The row loss from lse, the target logit and the row sum (label smoothing s). */
 static inline float row_loss(float l, float x_t, float sum_x, int64_t V, float label_smoothing) {
@@ -165,7 +150,7 @@ int64_t mll_cross_entropy_forward(const float *logits, int64_t ld, const int64_t
                                   int64_t ignore_index, float label_smoothing) {
     int64_t bad = first_bad_target(targets, N, V, ignore_index);
     if (bad >= 0) return bad;
-    row_lse_fn f = pick_row_lse();
+    row_lse_fn f = MLL_PICK(row_lse);
     MLL_PARALLEL_ROWS(N, V, i, {
         const float *x = logits + i * ld;
         float sum_x;
@@ -186,7 +171,7 @@ int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const in
                                        float label_smoothing) {
     int64_t bad = first_bad_target(targets, N, V, ignore_index);
     if (bad >= 0) return bad;
-    row_lse_grad_fn f = pick_row_lse_grad();
+    row_lse_grad_fn f = MLL_PICK(row_lse_grad);
     const float s = label_smoothing;
     const float off = s / (float)V;
     MLL_PARALLEL_ROWS(N, V, i, {
@@ -215,7 +200,7 @@ int64_t mll_cross_entropy_forward_grad(const float *logits, int64_t ld, const in
 void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *targets,
                                 const float *lse, const float *dloss, float scale, float *dlogits,
                                 int64_t N, int64_t V, int64_t ignore_index, float label_smoothing) {
-    row_grad_fn f = pick_row_grad();
+    row_grad_fn f = MLL_PICK(row_grad);
     const float s = label_smoothing;
     const float off = s / (float)V;
     MLL_PARALLEL_ROWS(N, V, i, {
@@ -230,3 +215,16 @@ void mll_cross_entropy_backward(const float *logits, int64_t ld, const int64_t *
         }
     });
 }
+
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
+
+static MLL_TARGET float FN(row_lse)(const float *x, int64_t n, float *sum_x) { return row_lse(x, n, sum_x); }
+static MLL_TARGET void FN(row_grad)(const float *x, float *dx, int64_t n, float lse, float g, float off) {
+    row_grad(x, dx, n, lse, g, off);
+}
+static MLL_TARGET float FN(row_lse_grad)(const float *x, float *dx, int64_t n, float g, float off,
+                                         float *sum_x) {
+    return row_lse_grad(x, dx, n, g, off, sum_x);
+}
+
+#endif /* MLL_VEC */

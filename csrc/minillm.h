@@ -8,8 +8,8 @@
  *   - results are bitwise identical run to run and for any thread count: reductions
  *     use a fixed partition of the data into blocks, and the partial results are
  *     combined in a fixed order.
- *   - hot kernels have a portable C path, an AVX2+FMA path and an AVX-512 path,
- *     chosen once by mll_init() from what the CPU has (or MINILLM_ISA).
+ *   - hot kernels have a portable C path, an AVX2+FMA path and an AVX-512 path, picked
+ *     at each call by mll_get_isa(): what the CPU has, MINILLM_ISA or mll_set_isa() (dispatch.h).
  *
  * pyx/minillm.pxd declares exactly this file.
  */

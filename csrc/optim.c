@@ -5,8 +5,9 @@
  * The formulas follow PyTorch's documented algorithms (torch.optim.SGD, Adam, AdamW):
  * bias corrections are computed in double from the step count, the per-element arithmetic
  * is float32. Each loop body is one inline function compiled for the generic, AVX2 and
- * AVX-512 targets (the compiler vectorizes it for each); mll_get_isa() picks one per call.
+ * AVX-512 targets (dispatch.h; the compiler vectorizes it for each), picked per call.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* ---------------------------------------------------------------------- SGD */
@@ -46,33 +47,6 @@ static inline __attribute__((always_inline)) void sgd_body(float *restrict p, co
 static void sgd_generic(float *p, const float *g, float *buf, int64_t n, sgd_args a) {
     sgd_body(p, g, buf, n, a);
 }
-#if defined(MLL_X86)
-MLL_AVX2 static void sgd_avx2(float *p, const float *g, float *buf, int64_t n, sgd_args a) {
-    sgd_body(p, g, buf, n, a);
-}
-MLL_AVX512 static void sgd_avx512(float *p, const float *g, float *buf, int64_t n, sgd_args a) {
-    sgd_body(p, g, buf, n, a);
-}
-#endif
-
-/* SGD with momentum, dampening, Nesterov and L2 weight decay.  p, g, buf: (n).
- *   d = g + wd p
- *   buf = d                                   (first step with momentum)
- *   buf = momentum buf + (1 - dampening) d    (later steps)
- *   d = nesterov ? d + momentum buf : buf     (when momentum != 0)
- *   p -= lr d
- * buf may be NULL when momentum == 0 (it is ignored then). */
-void mll_sgd_step(float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
-                  float dampening, float weight_decay, int nesterov, int first_step) {
-    sgd_args a = {lr, momentum, 1.0f - dampening, weight_decay, nesterov, first_step};
-    if (momentum == 0.0f) buf = NULL;
-    void (*f)(float *, const float *, float *, int64_t, sgd_args) = sgd_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) f = sgd_avx512;
-    else if (mll_get_isa() == MLL_ISA_AVX2) f = sgd_avx2;
-#endif
-    MLL_PARALLEL_CHUNKS(n, i0, len, f(p + i0, g + i0, buf ? buf + i0 : NULL, len, a));
-}
 
 /* --------------------------------------------------------------------- Adam */
 typedef struct {
@@ -97,14 +71,26 @@ static inline __attribute__((always_inline)) void adam_body(float *restrict p, c
 static void adam_generic(float *p, const float *g, float *m, float *v, int64_t n, adam_args a) {
     adam_body(p, g, m, v, n, a);
 }
-#if defined(MLL_X86)
-MLL_AVX2 static void adam_avx2(float *p, const float *g, float *m, float *v, int64_t n, adam_args a) {
-    adam_body(p, g, m, v, n, a);
+
+/* sgd and adam once per ISA: the bottom half of this file (dispatch.h) */
+#define MLL_DISPATCH_SELF "optim.c"
+#include "dispatch.h"
+
+/* ------------------------------------------------------------------ public kernels */
+/* SGD with momentum, dampening, Nesterov and L2 weight decay.  p, g, buf: (n).
+ *   d = g + wd p
+ *   buf = d                                   (first step with momentum)
+ *   buf = momentum buf + (1 - dampening) d    (later steps)
+ *   d = nesterov ? d + momentum buf : buf     (when momentum != 0)
+ *   p -= lr d
+ * buf may be NULL when momentum == 0 (it is ignored then). */
+void mll_sgd_step(float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
+                  float dampening, float weight_decay, int nesterov, int first_step) {
+    sgd_args a = {lr, momentum, 1.0f - dampening, weight_decay, nesterov, first_step};
+    if (momentum == 0.0f) buf = NULL;
+    void (*f)(float *, const float *, float *, int64_t, sgd_args) = MLL_PICK(sgd);
+    MLL_PARALLEL_CHUNKS(n, i0, len, f(p + i0, g + i0, buf ? buf + i0 : NULL, len, a));
 }
-MLL_AVX512 static void adam_avx512(float *p, const float *g, float *m, float *v, int64_t n, adam_args a) {
-    adam_body(p, g, m, v, n, a);
-}
-#endif
 
 /* Adam (decoupled = 0, L2 decay added to the gradient) and AdamW (decoupled = 1,
  * p *= 1 - lr wd before the update).  p, g, m, v: (n).
@@ -126,10 +112,18 @@ void mll_adam_step(float *p, const float *g, float *m, float *v, int64_t n, floa
     a.step_size = (float)((double)lr / bc1);
     a.inv_bc2_sqrt = (float)(1.0 / sqrt(bc2));
     a.eps = eps;
-    void (*f)(float *, const float *, float *, float *, int64_t, adam_args) = adam_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) f = adam_avx512;
-    else if (mll_get_isa() == MLL_ISA_AVX2) f = adam_avx2;
-#endif
+    void (*f)(float *, const float *, float *, float *, int64_t, adam_args) = MLL_PICK(adam);
     MLL_PARALLEL_CHUNKS(n, i0, len, f(p + i0, g + i0, m + i0, v + i0, len, a));
 }
+
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
+
+static MLL_TARGET void FN(sgd)(float *p, const float *g, float *buf, int64_t n, sgd_args a) {
+    sgd_body(p, g, buf, n, a);
+}
+
+static MLL_TARGET void FN(adam)(float *p, const float *g, float *m, float *v, int64_t n, adam_args a) {
+    adam_body(p, g, m, v, n, a);
+}
+
+#endif /* MLL_VEC */

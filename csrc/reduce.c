@@ -57,81 +57,38 @@ static void sum_cols_generic(const float *x, float *out, int64_t rows, int64_t c
     for (int64_t j = 0; j < w; j++) out[j] = (float)acc[j];
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "reduce.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "reduce.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "reduce.c"
+#include "dispatch.h"
 
 typedef double (*sum_fn)(const float *, int64_t);
 typedef float (*max_fn)(const float *, int64_t);
 typedef void (*sum_cols_fn)(const float *, float *, int64_t, int64_t, int64_t);
 typedef int64_t (*argmax_fn)(const float *, int64_t);
 
-static sum_fn pick_sum(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(sum_vec)
-    default: return sum_generic;
-    }
-}
-
-static sum_fn pick_sumsq(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(sumsq_vec)
-    default: return sumsq_generic;
-    }
-}
-
-static max_fn pick_max(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(max_vec)
-    default: return max_generic;
-    }
-}
-
-static argmax_fn pick_argmax(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(argmax_vec)
-    default: return argmax_generic;
-    }
-}
-
-static sum_cols_fn pick_sum_cols(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(sum_cols_vec)
-    default: return sum_cols_generic;
-    }
-}
-
 /* ------------------------------------------------------------ public kernels */
 /* x (rows, cols) -> out (rows) */
 void mll_sum_rows(const float *x, float *out, int64_t rows, int64_t cols) {
-    sum_fn f = pick_sum();
+    sum_fn f = MLL_PICK(sum);
     MLL_PARALLEL_ROWS(rows, cols, r, out[r] = (float)f(x + r * cols, cols));
 }
 
 /* x (rows, cols) -> out (rows); cols >= 1 */
 void mll_max_rows(const float *x, float *out, int64_t rows, int64_t cols) {
-    max_fn f = pick_max();
+    max_fn f = MLL_PICK(max);
     MLL_PARALLEL_ROWS(rows, cols, r, out[r] = f(x + r * cols, cols));
 }
 
 /* x (rows, cols) -> out (rows): index of the first max of each row; cols >= 1 */
 void mll_argmax_rows(const float *x, int64_t *out, int64_t rows, int64_t cols) {
-    argmax_fn f = pick_argmax();
+    argmax_fn f = MLL_PICK(argmax);
     MLL_PARALLEL_ROWS(rows, cols, r, out[r] = f(x + r * cols, cols));
 }
 
 /* x (rows, cols) -> out (cols). Each thread owns a range of 64-column strips and sums
  * them down all rows in order, so every column is one fixed sequence of additions. */
 void mll_sum_cols(const float *x, float *out, int64_t rows, int64_t cols) {
-    sum_cols_fn f = pick_sum_cols();
+    sum_cols_fn f = MLL_PICK(sum_cols);
     int64_t strips = (cols + 63) / 64;
     MLL_PARALLEL_ROWS(strips, 64 * rows, s, {
         int64_t c0 = s * 64;
@@ -139,38 +96,23 @@ void mll_sum_cols(const float *x, float *out, int64_t rows, int64_t cols) {
     });
 }
 
-/* Blocked reductions over all elements: blocks of MLL_RED_BLOCK elements are summed in
- * double, and the block sums are added in block order; groups of MLL_RED_GROUP blocks
- * run in parallel with their sums kept in a stack array. */
-#define MLL_RED_BLOCK 4096
-#define MLL_RED_GROUP 256
-
+/* x: (n) in blocks summed in double, in block order (MLL_BLOCKED_SUM, simd.h) */
 static double blocked_sum(sum_fn f, const float *x, int64_t n) {
-    int64_t nblocks = (n + MLL_RED_BLOCK - 1) / MLL_RED_BLOCK;
-    double total = 0.0, part[MLL_RED_GROUP];
-    int nt = mll_threads_for(n);
-    for (int64_t g0 = 0; g0 < nblocks; g0 += MLL_RED_GROUP) {
-        int64_t gn = mll_min64(MLL_RED_GROUP, nblocks - g0);
-#pragma omp parallel for num_threads(nt) schedule(dynamic) if (nt > 1)
-        for (int64_t k = 0; k < gn; k++) {
-            int64_t i0 = (g0 + k) * MLL_RED_BLOCK;
-            part[k] = f(x + i0, mll_min64(MLL_RED_BLOCK, n - i0));
-        }
-        for (int64_t k = 0; k < gn; k++) total += part[k];
-    }
+    double total;
+    MLL_BLOCKED_SUM(total, n, i0, len, f(x + i0, len));
     return total;
 }
 
 /* x: (n) */
-double mll_sum_all(const float *x, int64_t n) { return blocked_sum(pick_sum(), x, n); }
+double mll_sum_all(const float *x, int64_t n) { return blocked_sum(MLL_PICK(sum), x, n); }
 
 /* x: (n) */
-double mll_sumsq_all(const float *x, int64_t n) { return blocked_sum(pick_sumsq(), x, n); }
+double mll_sumsq_all(const float *x, int64_t n) { return blocked_sum(MLL_PICK(sumsq), x, n); }
 
 /* x: (n), n >= 1; NaN if any element is NaN. Per-chunk maxima are combined in chunk
  * order (max is exact, so this only matters for which NaN is returned). */
 float mll_max_all(const float *x, int64_t n) {
-    max_fn f = pick_max();
+    max_fn f = MLL_PICK(max);
     int nt = mll_threads_for(n);
     if (nt <= 1) return f(x, n);
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
@@ -194,7 +136,7 @@ float mll_max_all(const float *x, int64_t n) {
 int64_t mll_argmax_all(const float *x, int64_t n) {
     int64_t nch = (n + MLL_CHUNK - 1) / MLL_CHUNK;
     int nt = mll_threads_for(n);
-    argmax_fn f = pick_argmax();
+    argmax_fn f = MLL_PICK(argmax);
     if (nt <= 1) return f(x, n);
     /* per-chunk winners in a stack array of fixed groups, combined in chunk order */
     int64_t best = 0;
@@ -219,10 +161,10 @@ int64_t mll_argmax_all(const float *x, int64_t n) {
     return best;
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
 /* sum of a run in double: two interleaved accumulators of VL lanes each */
-static MLL_TARGET double FN(sum_vec)(const float *x, int64_t n) {
+static MLL_TARGET double FN(sum)(const float *x, int64_t n) {
     VD s0 = vd_zero(), s1 = vd_zero();
     int64_t i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
@@ -238,7 +180,7 @@ static MLL_TARGET double FN(sum_vec)(const float *x, int64_t n) {
 }
 
 /* sum of squares in double (x^2 is exact in double) */
-static MLL_TARGET double FN(sumsq_vec)(const float *x, int64_t n) {
+static MLL_TARGET double FN(sumsq)(const float *x, int64_t n) {
     VD s0 = vd_zero(), s1 = vd_zero();
     int64_t i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
@@ -259,7 +201,7 @@ static MLL_TARGET double FN(sumsq_vec)(const float *x, int64_t n) {
 }
 
 /* max of a run (n >= 1); any NaN makes it NaN, as in NumPy */
-static MLL_TARGET float FN(max_vec)(const float *x, int64_t n) {
+static MLL_TARGET float FN(max)(const float *x, int64_t n) {
     V ninf = v_set1(-INFINITY), m0 = ninf, m1 = ninf;
     VM nan = v_isnan(v_zero());
     int64_t i = 0;
@@ -280,8 +222,8 @@ static MLL_TARGET float FN(max_vec)(const float *x, int64_t n) {
 
 /* index of the first max of a run (n >= 1): the max first (any NaN: the generic scan finds
  * the first NaN), then the first lane equal to it */
-static MLL_TARGET int64_t FN(argmax_vec)(const float *x, int64_t n) {
-    float m = FN(max_vec)(x, n);
+static MLL_TARGET int64_t FN(argmax)(const float *x, int64_t n) {
+    float m = FN(max)(x, n);
     if (m != m) return argmax_generic(x, n);
     V vm = v_set1(m);
     int64_t i = 0;
@@ -296,7 +238,7 @@ static MLL_TARGET int64_t FN(argmax_vec)(const float *x, int64_t n) {
 
 /* out[0 .. w) = column sums of x (rows, cols) restricted to w <= 64 columns from x, in
  * double: all w columns of a row at once (one contiguous run), rows in order */
-static MLL_TARGET void FN(sum_cols_vec)(const float *x, float *out, int64_t rows, int64_t cols, int64_t w) {
+static MLL_TARGET void FN(sum_cols)(const float *x, float *out, int64_t rows, int64_t cols, int64_t w) {
     VD acc[64 / VL];
     int64_t full = w / VL, rem = w % VL;
     for (int64_t k = 0; k <= full && k < 64 / VL; k++) acc[k] = vd_zero();

@@ -17,31 +17,15 @@ static void rmsnorm_row_generic(const float *x, const float *w, float *y, float 
     *rstd = rs;
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "rmsnorm.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "rmsnorm.c"
-#undef MLL_VEC
-#endif
+#define MLL_DISPATCH_SELF "rmsnorm.c"
+#include "dispatch.h"   /* the bottom half, once per ISA */
 
 typedef void (*rmsnorm_fn)(const float *, const float *, float *, float *, int64_t, float);
-
-static rmsnorm_fn pick_rmsnorm(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(rmsnorm_row_vec)
-    default: return rmsnorm_row_generic;
-    }
-}
 
 /* x, y: (rows, cols), y may be x; w: (cols) or NULL; rstd: (rows) or NULL (not kept) */
 void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
                          float eps) {
-    rmsnorm_fn f = pick_rmsnorm();
+    rmsnorm_fn f = MLL_PICK(rmsnorm_row);
     MLL_PARALLEL_ROWS(rows, cols, r, {
         float rs;
         f(x + r * cols, w, y + r * cols, &rs, cols, eps);
@@ -49,9 +33,9 @@ void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, 
     });
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
-static MLL_TARGET void FN(rmsnorm_row_vec)(const float *x, const float *w, float *y, float *rstd, int64_t n,
+static MLL_TARGET void FN(rmsnorm_row)(const float *x, const float *w, float *y, float *rstd, int64_t n,
                                            float eps) {
     float rs = (float)(1.0 / sqrt(v_dot_f64(x, x, n) / (double)n + (double)eps));
     V vrs = v_set1(rs);

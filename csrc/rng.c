@@ -10,7 +10,8 @@
  * Word c of the stream of `seed` is lane c % 4 of block (counter = (c/4 lo, c/4 hi, 0, 0),
  * key = (seed lo, seed hi)); see minillm.h for how each draw maps elements to words.
  */
-#include "minillm.h"
+#ifndef MLL_VEC
+#include "simd.h"
 
 #include <math.h>
 #include <omp.h>
@@ -156,8 +157,9 @@ static inline __attribute__((always_inline)) void cos_sin_turns(float f, float *
 static inline int64_t nchunks_of(int64_t n) { return (n + CHUNK - 1) / CHUNK; }
 
 /* ---- chunk kernels: each fills one chunk of m <= CHUNK elements whose words start at `word`.
- * They are compiled twice below, for baseline x86-64 (or any CPU) and for AVX2. Neither build
- * may fuse a multiply and an add (AVX2 without FMA), so both give bitwise the same numbers. */
+ * They are compiled twice (dispatch.h), for baseline x86-64 (or any CPU) and for AVX2, which
+ * AVX-512 machines use too. Neither build may fuse a multiply and an add (the AVX2 one is
+ * MLL_AVX2_NO_FMA), so both give bitwise the same numbers. */
 
 /* out (m) = lo + (hi - lo) u, u = (w >> 8) / 2^24 in [0, 1); below_hi = the float before hi */
 static inline __attribute__((always_inline)) void uniform_chunk(uint64_t seed, uint64_t word, float *out,
@@ -240,23 +242,18 @@ static void normal_chunk_generic NORMAL_ARGS { normal_chunk(seed, word, out, m, 
 static void int_chunk_generic INT_ARGS { int_chunk(seed, word, out, m, lo, range); }
 static void bits_chunk_generic BITS_ARGS { bits_chunk(seed, word, out, m); }
 
-#if defined(__x86_64__)
-#define RNG_AVX2 __attribute__((target("avx2")))
-RNG_AVX2 static void uniform_chunk_avx2 UNIFORM_ARGS { uniform_chunk(seed, word, out, m, lo, hi, bh); }
-RNG_AVX2 static void normal_chunk_avx2 NORMAL_ARGS { normal_chunk(seed, word, out, m, mean, std); }
-RNG_AVX2 static void int_chunk_avx2 INT_ARGS { int_chunk(seed, word, out, m, lo, range); }
-RNG_AVX2 static void bits_chunk_avx2 BITS_ARGS { bits_chunk(seed, word, out, m); }
-#define PICK(name) (mll_get_isa() >= MLL_ISA_AVX2 ? name##_avx2 : name##_generic)
-#else
-#define PICK(name) (name##_generic)
-#endif
+
+/* the same four for AVX2: the bottom half of this file (dispatch.h), with no AVX-512 pass */
+#define MLL_DISPATCH_SELF "rng.c"
+#define MLL_DISPATCH_MAX_VEC 256
+#include "dispatch.h"
 
 /* Chunk ch covers elements [ch * CHUNK, min(n, (ch + 1) * CHUNK)): a fixed partition, and each
  * element's words depend only on its index, so any thread may take any chunk. */
 #define CHUNK_LEN(ch, n) ((n) - (ch) * CHUNK < CHUNK ? (n) - (ch) * CHUNK : CHUNK)
 
 void mll_rand_uniform(uint64_t seed, uint64_t offset, float *out, int64_t n, float lo, float hi) {
-    void (*kernel) UNIFORM_ARGS = PICK(uniform_chunk);
+    void (*kernel) UNIFORM_ARGS = MLL_PICK(uniform_chunk);
     const float below_hi = nextafterf(hi, lo);  /* == hi when lo == hi */
     const int64_t nch = nchunks_of(n);
 #pragma omp parallel for schedule(static) num_threads(mll_get_num_threads()) if (n >= PARALLEL_MIN)
@@ -265,7 +262,7 @@ void mll_rand_uniform(uint64_t seed, uint64_t offset, float *out, int64_t n, flo
 }
 
 void mll_rand_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, float mean, float std) {
-    void (*kernel) NORMAL_ARGS = PICK(normal_chunk);
+    void (*kernel) NORMAL_ARGS = MLL_PICK(normal_chunk);
     const int64_t nch = nchunks_of(n);
 #pragma omp parallel for schedule(static) num_threads(mll_get_num_threads()) if (n >= PARALLEL_MIN)
     for (int64_t ch = 0; ch < nch; ch++)
@@ -273,7 +270,7 @@ void mll_rand_normal(uint64_t seed, uint64_t offset, float *out, int64_t n, floa
 }
 
 void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64_t lo, int64_t hi) {
-    void (*kernel) INT_ARGS = PICK(int_chunk);
+    void (*kernel) INT_ARGS = MLL_PICK(int_chunk);
     const uint64_t range = (uint64_t)hi - (uint64_t)lo;  /* exact in unsigned arithmetic */
     const int64_t nch = nchunks_of(n);
     if (hi <= lo) {
@@ -286,7 +283,7 @@ void mll_rand_int(uint64_t seed, uint64_t offset, int64_t *out, int64_t n, int64
 }
 
 void mll_rand_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n) {
-    void (*kernel) BITS_ARGS = PICK(bits_chunk);
+    void (*kernel) BITS_ARGS = MLL_PICK(bits_chunk);
     const int64_t nch = nchunks_of(n);
 #pragma omp parallel for schedule(static) num_threads(mll_get_num_threads()) if (n >= PARALLEL_MIN)
     for (int64_t ch = 0; ch < nch; ch++)
@@ -363,3 +360,12 @@ void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n
         }
     }
 }
+
+#else /* MLL_VEC: the bottom half, AVX2 only (see the chunk kernels above) */
+
+static MLL_AVX2_NO_FMA void FN(uniform_chunk) UNIFORM_ARGS { uniform_chunk(seed, word, out, m, lo, hi, bh); }
+static MLL_AVX2_NO_FMA void FN(normal_chunk) NORMAL_ARGS { normal_chunk(seed, word, out, m, mean, std); }
+static MLL_AVX2_NO_FMA void FN(int_chunk) INT_ARGS { int_chunk(seed, word, out, m, lo, range); }
+static MLL_AVX2_NO_FMA void FN(bits_chunk) BITS_ARGS { bits_chunk(seed, word, out, m); }
+
+#endif /* MLL_VEC */

@@ -2,12 +2,12 @@
  *
  *  - when to go parallel, and a fixed-chunk parallel loop;
  *  - target attributes for the AVX2+FMA and AVX-512 paths;
+ *  - the vector vocabulary (V, VL, v_load, v_exp, ...) that a kernel file's SIMD half is
+ *    written on, mapped to AVX2 or AVX-512 for each pass of dispatch.h (which explains the
+ *    pattern: how a kernel gets one version per instruction set and how one is picked);
  *  - vector exp / expm1 / log / tanh / sigmoid for each ISA, a few ulp from the
  *    correctly rounded result, with inf, NaN, overflow and underflow handled;
  *  - horizontal sums and masked tail loads.
- *
- * Every kernel picks its path per call with mll_get_isa(), so set_isa() / MINILLM_ISA
- * take effect at once.
  */
 #ifndef MLL_SIMD_H
 #define MLL_SIMD_H
@@ -24,16 +24,11 @@
 #include <immintrin.h>
 #define MLL_AVX2 __attribute__((target("avx2,fma")))
 #define MLL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-#endif
-
-/* `switch (mll_get_isa()) { MLL_PICK(foo) default: return foo_generic; }` picks foo_avx512,
- * foo_avx2 or the generic variant; on non-x86 builds only the generic one exists. */
-#ifdef MLL_X86
-#define MLL_PICK(name)                                                                             \
-    case MLL_ISA_AVX512: return name##_avx512;                                                     \
-    case MLL_ISA_AVX2: return name##_avx2;
-#else
-#define MLL_PICK(name)
+/* AVX2 without FMA, for code that must round exactly as the generic build does (rng.c):
+ * with FMA the compiler may fuse a multiply and an add into one rounding */
+#define MLL_AVX2_NO_FMA __attribute__((target("avx2")))
+/* AVX-512 plus the bf16 dot product (gemm_bf16.c, behind mll_cpu_has_avx512bf16()) */
+#define MLL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")))
 #endif
 
 /* Below this many elements a kernel runs on the calling thread: waking the OpenMP team
@@ -134,6 +129,39 @@ static inline MLL_AVX2 void mll_transpose8x8(const float *a, int64_t lda, float 
         }                                                                                          \
     } while (0)
 
+/* Blocked reduction: sets total (a double) to the sum over [0, n) of the double expression,
+ * evaluated once for each block [i0, i0 + len) of MLL_RED_BLOCK elements, adding the block
+ * sums in block order. Blocks are done in groups of MLL_RED_GROUP in parallel (their sums kept
+ * in a stack array), so neither the thread count nor the ISA changes which numbers get added
+ * in which order across blocks. */
+#define MLL_RED_BLOCK 4096
+#define MLL_RED_GROUP 256
+#define MLL_BLOCKED_SUM(total, n, i0, len, ...)                                                    \
+    do {                                                                                           \
+        int64_t n_ = (n), nblocks_ = (n_ + MLL_RED_BLOCK - 1) / MLL_RED_BLOCK;                     \
+        double part_[MLL_RED_GROUP];                                                               \
+        int nt_ = mll_threads_for(n_);                                                             \
+        (total) = 0.0;                                                                             \
+        for (int64_t g0_ = 0; g0_ < nblocks_; g0_ += MLL_RED_GROUP) {                              \
+            int64_t gn_ = mll_min64(MLL_RED_GROUP, nblocks_ - g0_);                                \
+            _Pragma("omp parallel for num_threads(nt_) schedule(dynamic) if (nt_ > 1)")            \
+            for (int64_t k_ = 0; k_ < gn_; k_++) {                                                 \
+                int64_t i0 = (g0_ + k_) * MLL_RED_BLOCK, len = mll_min64(MLL_RED_BLOCK, n_ - i0);  \
+                part_[k_] = (__VA_ARGS__);                                                         \
+            }                                                                                      \
+            for (int64_t k_ = 0; k_ < gn_; k_++) (total) += part_[k_];                             \
+        }                                                                                          \
+    } while (0)
+
+/* bfloat16 = the high 16 bits of a float32, rounded to nearest even; NaN stays a (quiet) NaN */
+static inline uint16_t mll_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 /* ------------------------------------------------------------ scalar math (generic) */
 /* GELU, tanh form, written as x * sigmoid(2u) = x / (1 + exp(-2u)) with
  * u = sqrt(2/pi) (x + 0.044715 x^3): the same function as 0.5 x (1 + tanh(u)) but without
@@ -161,24 +189,26 @@ static inline float mll_gelu_gradf(float x) {
 #endif /* MLL_SIMD_H */
 
 /* =======================================================================================
- * The SIMD paths are written once, on the vector vocabulary below, and compiled once per
- * ISA: a kernel file includes itself twice with MLL_VEC set to 256 (AVX2+FMA) and then
- * 512 (AVX-512), after including this header again to map the vocabulary to that ISA:
+ * The vector vocabulary, for the SIMD half of a kernel file (dispatch.h). Each time this
+ * header is included with MLL_VEC set, it maps the names below to that ISA, dropping the
+ * previous pass's mapping first (included again in the same pass, it does nothing);
+ * included with MLL_VEC unset after a pass, it only drops them, so the rest of the file sees
+ * none of them. This part sits outside the include guard on purpose.
  *
- *     #define MLL_VEC 256
- *     #include "simd.h"           // V = __m256, VL = 8, FN(x) = x_avx2, MLL_TARGET = avx2,fma
- *     #include "elementwise.c"    // the file's `#else` half: the SIMD kernels
- *
- * This part of the header sits outside the include guard on purpose.
- *
+ *   MLL_VEC 256: AVX2+FMA, V = __m256, VL = 8;  MLL_VEC 512: AVX-512, V = __m512, VL = 16
+ *   FN(name)       name_avx2 or name_avx512: the name of this pass's version of a kernel
+ *   MLL_TARGET     this pass's target attribute (MLL_AVX2 or MLL_AVX512)
  *   V, VL          float vector and its lane count;  VM a lane mask;  VI int32 vector
  *   v_loadn/v_storen(p, n)   partial load (zeros past n) / store of the first n < VL lanes
  *   VD             a VL-lane accumulator in double (two double vectors)
  *   v_exp, v_log, v_tanh, v_sigmoid, v_gelu, v_gelu_grad   vector math (see below)
+ *   VLOOP1, VLOOP2 a whole-array loop over one or two inputs, the tail masked
  * ======================================================================================= */
-#if defined(MLL_X86) && defined(MLL_VEC)
-
-#ifdef MLL_VEC_MAPPED
+#if defined(MLL_VEC_MAPPED) && !(defined(MLL_VEC) && MLL_VEC == MLL_VEC_MAPPED)
+#undef MLL_VEC_MAPPED
+#undef MLL_CAT2
+#undef MLL_CAT
+#undef FN
 #undef MLL_TARGET
 #undef MLL_SUFFIX
 #undef V
@@ -221,9 +251,35 @@ static inline float mll_gelu_gradf(float x) {
 #undef vi_slli
 #undef vi_srai
 #undef vi_srli
-#undef v_and_bits
+#undef v_loadn
+#undef v_loadn_fill
+#undef v_storen
+#undef v_keepn
+#undef v_hsum
+#undef v_hmax
+#undef vd_zero
+#undef vd_add
+#undef vd_fmadd
+#undef vd_merge
+#undef vd_hsum
+#undef v_exp
+#undef v_log
+#undef v_tanh
+#undef v_sigmoid
+#undef v_gelu
+#undef v_gelu_grad
+#undef v_abs
+#undef v_dot_f64
+#undef VLOOP1
+#undef VLOOP2
 #endif
-#define MLL_VEC_MAPPED 1
+
+#if defined(MLL_X86) && defined(MLL_VEC) && !defined(MLL_VEC_MAPPED)
+#if MLL_VEC == 512
+#define MLL_VEC_MAPPED 512
+#else
+#define MLL_VEC_MAPPED 256
+#endif
 
 #define MLL_CAT2(a, b) a##b
 #define MLL_CAT(a, b) MLL_CAT2(a, b)
@@ -475,7 +531,6 @@ static inline MLL_TARGET double FN(vec_dot_f64)(const float *x, const float *y, 
 }
 #define v_dot_f64 FN(vec_dot_f64)
 
-#ifndef VLOOP1
 /* For i over [0, n) in vector steps: out[i..] = EXPR over the vector(s) loaded from the inputs; the last partial vector is
  * loaded and stored with masks, so element i's result never depends on where it sits */
 #define VLOOP1(x, out, EXPR)                                                                       \
@@ -503,7 +558,6 @@ static inline MLL_TARGET double FN(vec_dot_f64)(const float *x, const float *y, 
             v_storen(out + i, EXPR, n - i);                                                        \
         }                                                                                          \
     } while (0)
-#endif
 
 /* ---- vector math, written once for both ISAs ---- */
 static inline MLL_TARGET V FN(vec_abs)(V x) { return i_as_v(vi_and(v_as_i(x), vi_set1(0x7fffffff))); }

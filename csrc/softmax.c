@@ -47,75 +47,39 @@ static void log_softmax_backward_row_generic(const float *y, const float *dy, fl
     for (int64_t i = 0; i < n; i++) dx[i] = dy[i] - expf(y[i]) * sf;
 }
 
-/* SIMD paths: the second half of this file, compiled once per ISA (see simd.h) */
-#ifdef MLL_X86
-#define MLL_VEC 256
-#include "simd.h"
-#include "softmax.c"
-#undef MLL_VEC
-#define MLL_VEC 512
-#include "simd.h"
-#include "softmax.c"
-#undef MLL_VEC
-#endif
+/* the SIMD versions: the bottom half of this file, once per ISA (dispatch.h) */
+#define MLL_DISPATCH_SELF "softmax.c"
+#include "dispatch.h"
 
 typedef void (*row_fn)(const float *, float *, int64_t);
 typedef void (*row_backward_fn)(const float *, const float *, float *, int64_t);
 
-static row_fn pick_softmax(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(softmax_row_vec)
-    default: return softmax_row_generic;
-    }
-}
-
-static row_fn pick_log_softmax(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(log_softmax_row_vec)
-    default: return log_softmax_row_generic;
-    }
-}
-
-static row_backward_fn pick_softmax_backward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(softmax_backward_row_vec)
-    default: return softmax_backward_row_generic;
-    }
-}
-
-static row_backward_fn pick_log_softmax_backward(void) {
-    switch (mll_get_isa()) {
-    MLL_PICK(log_softmax_backward_row_vec)
-    default: return log_softmax_backward_row_generic;
-    }
-}
-
 /* ------------------------------------------------------------ public kernels */
 /* x, y: (rows, cols), cols >= 1 */
 void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols) {
-    row_fn f = pick_softmax();
+    row_fn f = MLL_PICK(softmax_row);
     MLL_PARALLEL_ROWS(rows, cols, r, f(x + r * cols, y + r * cols, cols));
 }
 
 /* y, dy, dx: (rows, cols) */
 void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols) {
-    row_backward_fn f = pick_softmax_backward();
+    row_backward_fn f = MLL_PICK(softmax_backward_row);
     MLL_PARALLEL_ROWS(rows, cols, r, f(y + r * cols, dy + r * cols, dx + r * cols, cols));
 }
 
 /* x, y: (rows, cols), cols >= 1 */
 void mll_log_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols) {
-    row_fn f = pick_log_softmax();
+    row_fn f = MLL_PICK(log_softmax_row);
     MLL_PARALLEL_ROWS(rows, cols, r, f(x + r * cols, y + r * cols, cols));
 }
 
 /* y (log-probabilities), dy, dx: (rows, cols) */
 void mll_log_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols) {
-    row_backward_fn f = pick_log_softmax_backward();
+    row_backward_fn f = MLL_PICK(log_softmax_backward_row);
     MLL_PARALLEL_ROWS(rows, cols, r, f(y + r * cols, dy + r * cols, dx + r * cols, cols));
 }
 
-#else /* MLL_VEC: the SIMD pass */
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
 
 /* max of a row (n >= 1); a NaN in the row makes the softmax NaN either way */
 static MLL_TARGET float FN(row_max)(const float *x, int64_t n) {
@@ -147,20 +111,20 @@ static MLL_TARGET double FN(row_sum_exp)(const float *x, float *y, float m, int6
     return vd_hsum(s);
 }
 
-static MLL_TARGET void FN(softmax_row_vec)(const float *x, float *y, int64_t n) {
+static MLL_TARGET void FN(softmax_row)(const float *x, float *y, int64_t n) {
     float m = FN(row_max)(x, n);
     V inv = v_set1((float)(1.0 / FN(row_sum_exp)(x, y, m, n)));
     VLOOP1(y, y, v_mul(v, inv));
 }
 
-static MLL_TARGET void FN(log_softmax_row_vec)(const float *x, float *y, int64_t n) {
+static MLL_TARGET void FN(log_softmax_row)(const float *x, float *y, int64_t n) {
     float m = FN(row_max)(x, n);
     V vm = v_set1(m), logs = v_set1((float)log(FN(row_sum_exp)(x, NULL, m, n)));
     VLOOP1(x, y, v_sub(v_sub(v, vm), logs));
 }
 
 /* dx = y * (dy - sum(dy * y)) */
-static MLL_TARGET void FN(softmax_backward_row_vec)(const float *y, const float *dy, float *dx, int64_t n) {
+static MLL_TARGET void FN(softmax_backward_row)(const float *y, const float *dy, float *dx, int64_t n) {
     VD acc = vd_zero();
     int64_t i = 0;
     for (; i + VL <= n; i += VL) acc = vd_fmadd(acc, v_load(dy + i), v_load(y + i));
@@ -170,7 +134,7 @@ static MLL_TARGET void FN(softmax_backward_row_vec)(const float *y, const float 
 }
 
 /* dx = dy - exp(y) * sum(dy) */
-static MLL_TARGET void FN(log_softmax_backward_row_vec)(const float *y, const float *dy, float *dx, int64_t n) {
+static MLL_TARGET void FN(log_softmax_backward_row)(const float *y, const float *dy, float *dx, int64_t n) {
     VD acc = vd_zero();
     int64_t i = 0;
     for (; i + VL <= n; i += VL) acc = vd_add(acc, v_load(dy + i));
