@@ -18,6 +18,7 @@
  * products: one core streams 2 MiB pages markedly faster than 4 KiB ones (see "huge pages";
  * bench/bench_generate.py measures both).
  */
+#ifndef MLL_VEC
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -31,10 +32,10 @@
 /* Below this many weights (N * K) one thread reads W faster than two can start. */
 #define GEMV_PAR_MIN (1 << 16)
 
-/* ------------------------------------------------------------------ generic */
-/* out[r] = dot(x (K), w[r] (K)) for the n <= 4 rows w[r] = w + r * K */
-static void dots4_generic(const float *x, const float *w, int64_t K, int n, float *out) {
-    for (int r = 0; r < n; r++) {
+/* ------------------------------------------------------------------ the dot products */
+/* out[r] = x (K) . w[r] (K) for the n rows w[r] = w + r * K */
+static void rows_generic(const float *x, const float *w, int64_t K, int64_t n, float *out) {
+    for (int64_t r = 0; r < n; r++) {
         const float *wr = w + r * K;
         float s = 0.0f;
         for (int64_t k = 0; k < K; k++) s += x[k] * wr[k];
@@ -42,120 +43,26 @@ static void dots4_generic(const float *x, const float *w, int64_t K, int n, floa
     }
 }
 
-#if defined(MLL_X86)
-/* ------------------------------------------------------------------ AVX2 */
-MLL_AVX2 static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+/* the sum of x (n): the read roof below */
+static float sum_generic(const float *x, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += x[i];
+    return s;
 }
 
-MLL_AVX2 static void dots4_avx2(const float *x, const float *w, int64_t K, int n, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t k = 0;
-    if (n == 4) {
-        for (; k + 8 <= K; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), xv, acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(w + K + k), xv, acc[1]);
-            acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 2 * K + k), xv, acc[2]);
-            acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 3 * K + k), xv, acc[3]);
-        }
-    } else {
-        for (; k + 8 <= K; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            for (int r = 0; r < n; r++) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * K + k), xv, acc[r]);
-        }
-    }
-    for (int r = 0; r < n; r++) {
-        float s = hsum256(acc[r]);
-        for (int64_t j = k; j < K; j++) s += x[j] * w[r * K + j];
-        out[r] = s;
-    }
-}
-
-/* ------------------------------------------------------------------ AVX-512 */
-/* The four 16-lane sums a, b, c, d reduced together: (sum a, sum b, sum c, sum d). One
- * shuffle-and-add tree for four rows instead of one per row. */
-MLL_AVX512 static inline __m128 hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-/* Row after row, each read front to back: the weights are then one sequential stream in
- * address order, which the hardware prefetchers follow best (4 rows interleaved read slower
- * from DRAM). 8 accumulators per row and one reduction tree per 4 rows come closer to a plain
- * sum over the same bytes than 4 accumulators and a reduction per row (bench_generate.py
- * --kernels holds each layer kind against that sum). */
-/* s <- the 8-accumulator sum vector of x . w over K */
-MLL_AVX512 static inline __m512 dot_vec_avx512(const float *x, const float *w, int64_t K) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    int64_t k = 0;
-    for (; k + 128 <= K; k += 128) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-        a4 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 64), _mm512_loadu_ps(x + k + 64), a4);
-        a5 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 80), _mm512_loadu_ps(x + k + 80), a5);
-        a6 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 96), _mm512_loadu_ps(x + k + 96), a6);
-        a7 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 112), _mm512_loadu_ps(x + k + 112), a7);
-    }
-    for (; k + 16 <= K; k += 16)
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + k), _mm512_maskz_loadu_ps(m, x + k), a0);
-    }
-    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                         _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-}
-
-/* out[r] = x . w[r] for the n rows w[r] = w + r * K, four at a time */
-MLL_AVX512 static void rows_avx512(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        const float *wr = w + r * K;
-        __m512 s0 = dot_vec_avx512(x, wr, K), s1 = dot_vec_avx512(x, wr + K, K);
-        __m512 s2 = dot_vec_avx512(x, wr + 2 * K, K), s3 = dot_vec_avx512(x, wr + 3 * K, K);
-        _mm_storeu_ps(out + r, hsum4_avx512(s0, s1, s2, s3));
-    }
-    if (r < n) {
-        __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int64_t i = r; i < n; i++) s[i - r] = dot_vec_avx512(x, w + i * K, K);
-        float t[4];
-        _mm_storeu_ps(t, hsum4_avx512(s[0], s[1], s[2], s[3]));
-        for (int64_t i = r; i < n; i++) out[i] = t[i - r];
-    }
-}
-
-MLL_AVX2 static void rows_avx2(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    for (int64_t r = 0; r < n; r += 4) dots4_avx2(x, w + r * K, K, n - r < 4 ? (int)(n - r) : 4, out + r);
-}
-#endif
-
-static void rows_generic(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    for (int64_t r = 0; r < n; r += 4) dots4_generic(x, w + r * K, K, n - r < 4 ? (int)(n - r) : 4, out + r);
-}
+/* rows_avx2, rows_avx512, sum_avx2, sum_avx512: the bottom half, below */
+#define MLL_DISPATCH_SELF "gemv.c"
+#include "dispatch.h"
 
 /* out[r] = x (K) . w[r] (K) for the n rows w[r] = w + r * K (rows in groups of 4 from the first) */
 typedef void (*dots_fn)(const float *, const float *, int64_t, int64_t, float *);
 
-static dots_fn pick_dots(void) {
-#if defined(MLL_X86)
-    switch (mll_get_isa()) {
-    case MLL_ISA_AVX512: return rows_avx512;
-    case MLL_ISA_AVX2: return rows_avx2;
-    default: break;
-    }
-#endif
-    return rows_generic;
-}
+static dots_fn pick_dots(void) { return MLL_PICK(rows); }
 
 /* Rows of W per pass: their dot products go to a buffer on the stack, then bias, GELU and
  * the residual are applied over the whole pass. The dot loop then runs over many rows without
@@ -455,33 +362,6 @@ void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, con
  * added in chunk order: the same result for any thread count. */
 #define SUM_CHUNK ((int64_t)1 << 16)     /* floats: 256 KiB, about one chunk of linear_rows */
 
-static float sum_generic(const float *x, int64_t n) {
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += acc[j];
-    for (; i < n; i++) s += x[i];
-    return s;
-}
-
-#if defined(MLL_X86)
-MLL_AVX512 static float sum_avx512(const float *x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(x + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(x + i + 48));
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) s += x[i];
-    return s;
-}
-#endif
-
 typedef struct {
     float (*sum)(const float *, int64_t);
     const float *x;
@@ -500,10 +380,7 @@ float mll_stream_sum(const float *x, int64_t n) {
     int64_t nchunks = (n + SUM_CHUNK - 1) / SUM_CHUNK;
     float *parts = mll_alloc((size_t)nchunks * sizeof(float));
     if (!parts) return NAN;
-    sum_job job = {sum_generic, x, n, parts};
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) job.sum = sum_avx512;
-#endif
+    sum_job job = {MLL_PICK(sum), x, n, parts};
     mll_decode_parallel(nchunks, n >= GEMV_PAR_MIN ? mll_get_num_threads() : 1, sum_chunk, &job);
     float s = 0.0f;
     for (int64_t c = 0; c < nchunks; c++) s += parts[c];
@@ -550,3 +427,72 @@ int64_t mll_advise_hugepages(void *p, size_t nbytes) {
     return -1;
 #endif
 }
+
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
+/* x . w over K as the VL-lane vector of 8 accumulators' sum. Row after row, each read front
+ * to back: the weights are then one sequential stream in address order, which the hardware
+ * prefetchers follow best (4 rows interleaved read slower from DRAM); 8 accumulators come
+ * closer to a plain sum over the same bytes than 4 (bench_generate.py --kernels holds each
+ * layer kind against that sum). */
+static inline MLL_TARGET V FN(dot_vec)(const float *x, const float *w, int64_t K) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    int64_t k = 0;
+    for (; k + 8 * VL <= K; k += 8 * VL) {
+        a0 = v_fmadd(v_load(w + k), v_load(x + k), a0);
+        a1 = v_fmadd(v_load(w + k + VL), v_load(x + k + VL), a1);
+        a2 = v_fmadd(v_load(w + k + 2 * VL), v_load(x + k + 2 * VL), a2);
+        a3 = v_fmadd(v_load(w + k + 3 * VL), v_load(x + k + 3 * VL), a3);
+        a4 = v_fmadd(v_load(w + k + 4 * VL), v_load(x + k + 4 * VL), a4);
+        a5 = v_fmadd(v_load(w + k + 5 * VL), v_load(x + k + 5 * VL), a5);
+        a6 = v_fmadd(v_load(w + k + 6 * VL), v_load(x + k + 6 * VL), a6);
+        a7 = v_fmadd(v_load(w + k + 7 * VL), v_load(x + k + 7 * VL), a7);
+    }
+    for (; k + VL <= K; k += VL) a0 = v_fmadd(v_load(w + k), v_load(x + k), a0);
+    if (k < K) a0 = v_fmadd(v_loadn(w + k, K - k), v_loadn(x + k, K - k), a0);
+    return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
+}
+
+#if MLL_VEC == 512
+/* The four 16-lane sums a, b, c, d reduced together into out[0..4): one shuffle-and-add tree
+ * for four rows instead of one per row. */
+static inline MLL_TARGET void FN(hsum4)(V a, V b, V c, V d, float *out) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#else
+static inline MLL_TARGET void FN(hsum4)(V a, V b, V c, V d, float *out) {
+    out[0] = v_hsum(a);
+    out[1] = v_hsum(b);
+    out[2] = v_hsum(c);
+    out[3] = v_hsum(d);
+}
+#endif
+
+static MLL_TARGET void FN(rows)(const float *x, const float *w, int64_t K, int64_t n, float *out) {
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const float *wr = w + r * K;
+        FN(hsum4)(FN(dot_vec)(x, wr, K), FN(dot_vec)(x, wr + K, K), FN(dot_vec)(x, wr + 2 * K, K),
+                  FN(dot_vec)(x, wr + 3 * K, K), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec)(x, w + r * K, K));
+}
+
+static MLL_TARGET float FN(sum)(const float *x, int64_t n) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        a0 = v_add(a0, v_load(x + i));
+        a1 = v_add(a1, v_load(x + i + VL));
+        a2 = v_add(a2, v_load(x + i + 2 * VL));
+        a3 = v_add(a3, v_load(x + i + 3 * VL));
+    }
+    float s = v_hsum(v_add(v_add(a0, a1), v_add(a2, a3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+#endif /* MLL_VEC */
