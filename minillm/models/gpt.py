@@ -18,7 +18,7 @@ from minillm import _C
 from minillm import functional as F
 from minillm import io, nn
 from minillm.autograd import no_grad
-from minillm.models.base import LanguageModel, ModelConfig, check_idx
+from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
@@ -457,6 +457,7 @@ def load_pretrained(folder):
     for ln in _layer_norms(model):
         ln.eps = eps
     model.tokenizer = _load_tokenizer(folder)
+    model.generation_config = read_generation_config(folder)
     return model
 
 
