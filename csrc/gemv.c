@@ -1,6 +1,7 @@
 /* gemv.c: act(x @ W^T + bias) + add for a few rows of x: the linear layers of one decoding
  * step, with their GELU, SwiGLU gating (silu(x Wg^T) * (x Wu^T)) or residual add done on the
- * way out, and up to three matrices side by side in one product (q, k, v).
+ * way out, and up to three matrices side by side in one product (q, k, v). W is float32,
+ * bf16 or int8 with per-group scales (mll_matrix, minillm.h); x and y are always float32.
  *
  * Decoding one token per step multiplies a (B, K) activation by every weight matrix with B
  * small, so the time is the time to read W once. The packed GEMM would copy W into panels
@@ -32,13 +33,54 @@
 /* Below this many weights (N * K) one thread reads W faster than two can start. */
 #define GEMV_PAR_MIN (1 << 16)
 
-/* ------------------------------------------------------------------ the dot products */
-/* out[r] = x (K) . w[r] (K) for the n rows w[r] = w + r * K */
-static void rows_generic(const float *x, const float *w, int64_t K, int64_t n, float *out) {
+/* ------------------------------------------------------------------ the dot products
+ * out[r] = x (K) . W[row0 + r] (K) for r < n, one function per encoding of W. Reduced
+ * precision lives only in the stored weights: each is widened to float32 as it is read and
+ * multiplied by float32 x, so the products are those of the float32 matrix the bf16 or int8
+ * one stands for. (A decoding step is bound by reading W: the widening hides under the load;
+ * rounding x to bf16 or int8 for narrower dot-product instructions would lose accuracy
+ * without saving a byte of W.) int8 rows are summed group by group, each group's sum
+ * multiplied by its scale. */
+typedef void (*dots_fn)(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
+
+static float bf16_value(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void rows_generic(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out) {
     for (int64_t r = 0; r < n; r++) {
-        const float *wr = w + r * K;
+        const float *wr = (const float *)W->data + (row0 + r) * K;
         float s = 0.0f;
         for (int64_t k = 0; k < K; k++) s += x[k] * wr[k];
+        out[r] = s;
+    }
+}
+
+static void rows_bf16_generic(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                              float *out) {
+    for (int64_t r = 0; r < n; r++) {
+        const uint16_t *wr = (const uint16_t *)W->data + (row0 + r) * K;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++) s += x[k] * bf16_value(wr[k]);
+        out[r] = s;
+    }
+}
+
+static void rows_q8_generic(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                            float *out) {
+    const int64_t gs = W->group, ng = K / gs;
+    for (int64_t r = 0; r < n; r++) {
+        const int8_t *wr = (const int8_t *)W->data + (row0 + r) * K;
+        const float *sr = W->scale + (row0 + r) * ng;
+        float s = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            float p = 0.0f;
+            for (int64_t k = g * gs; k < (g + 1) * gs; k++) p += x[k] * (float)wr[k];
+            s += p * sr[g];
+        }
         out[r] = s;
     }
 }
@@ -55,14 +97,31 @@ static float sum_generic(const float *x, int64_t n) {
     return s;
 }
 
-/* rows_avx2, rows_avx512, sum_avx2, sum_avx512: the bottom half, below */
+/* rows_avx2, rows_bf16_avx2, rows_q8_avx2, sum_avx2, and the same _avx512: the bottom half */
 #define MLL_DISPATCH_SELF "gemv.c"
 #include "dispatch.h"
 
-/* out[r] = x (K) . w[r] (K) for the n rows w[r] = w + r * K (rows in groups of 4 from the first) */
-typedef void (*dots_fn)(const float *, const float *, int64_t, int64_t, float *);
+/* The vector int8 kernels read whole groups of 16 (a multiple of every ISA's lane count). */
+#define Q8_VEC_GROUP 16
 
-static dots_fn pick_dots(void) { return MLL_PICK(rows); }
+static dots_fn pick_dots(const mll_matrix *W) {
+    switch (W->dtype) {
+    case MLL_BF16: return MLL_PICK(rows_bf16);
+    case MLL_I8: return W->group % Q8_VEC_GROUP ? rows_q8_generic : MLL_PICK(rows_q8);
+    default: return MLL_PICK(rows);
+    }
+}
+
+/* bytes of one value of W */
+static int64_t value_bytes(const mll_matrix *W) { return W->dtype == MLL_F32 ? 4 : W->dtype == MLL_BF16 ? 2 : 1; }
+
+/* rows [r, ...) of W: the same encoding, data and scales moved on by r rows of K */
+static mll_matrix rows_from(const mll_matrix *W, int64_t r, int64_t K) {
+    mll_matrix m = *W;
+    m.data = (const char *)W->data + r * K * value_bytes(W);
+    if (W->dtype == MLL_I8) m.scale = W->scale + r * (K / W->group);
+    return m;
+}
 
 /* Rows of W per pass: their dot products go to a buffer on the stack, then bias, GELU and
  * the residual are applied over the whole pass. The dot loop then runs over many rows without
@@ -74,7 +133,9 @@ static dots_fn pick_dots(void) { return MLL_PICK(rows); }
  * [col, col + N); gated (act MLL_ACT_SILU_GATED): W is the gate, W2 (N, K) and bias2 the up
  * projection. */
 typedef struct {
-    const float *W, *bias, *W2, *bias2;
+    mll_matrix W, W2;
+    const float *bias, *bias2;
+    dots_fn dots, dots2;
     int64_t N, col;
 } linear_seg;
 
@@ -84,21 +145,21 @@ enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2 };
  * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
  * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
  * for an OpenMP team. */
-static void linear_groups(dots_fn dots, const float *x, const linear_seg *sg, const float *add, float *y,
-                          int64_t ldy, int64_t M, int64_t K, int act, int64_t g0, int64_t g1) {
+static void linear_groups(const float *x, const linear_seg *sg, const float *add, float *y, int64_t ldy,
+                          int64_t M, int64_t K, int act, int64_t g0, int64_t g1) {
     float d[ROWS_PER_PASS], u[ROWS_PER_PASS];
     const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
         for (int64_t m = 0; m < M; m++) {
-            dots(x + m * K, sg->W + j * K, K, n, d);
+            sg->dots(x + m * K, &sg->W, j, K, n, d);
             if (sg->bias)
                 for (int64_t r = 0; r < n; r++) d[r] += sg->bias[j + r];
             if (act == ACT_GELU) {
                 mll_unary(MLL_GELU, d, d, n);
             } else if (act == ACT_SILU_GATED) {
-                dots(x + m * K, sg->W2 + j * K, K, n, u);
+                sg->dots2(x + m * K, &sg->W2, j, K, n, u);
                 if (sg->bias2)
                     for (int64_t r = 0; r < n; r++) u[r] += sg->bias2[j + r];
                 mll_silu_mul_forward(d, u, d, n);
@@ -267,7 +328,6 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
 #define MAX_SEGS 3
 
 typedef struct {
-    dots_fn dots;
     const float *x, *add;
     float *y;
     linear_seg seg[MAX_SEGS];
@@ -282,7 +342,7 @@ static void linear_range(const linear_job *j, int64_t g0, int64_t g1) {
     for (int s = 0; s < j->nseg; s++) {
         int64_t a = g0 > j->seg_g0[s] ? g0 : j->seg_g0[s], b = mll_min64(g1, j->seg_g0[s + 1]);
         if (a < b)
-            linear_groups(j->dots, j->x, &j->seg[s], j->add, j->y, j->ldy, j->M, j->K, j->act, a - j->seg_g0[s],
+            linear_groups(j->x, &j->seg[s], j->add, j->y, j->ldy, j->M, j->K, j->act, a - j->seg_g0[s],
                           b - j->seg_g0[s]);
     }
 }
@@ -293,10 +353,13 @@ static void linear_chunk(void *ctx, int64_t c) {
     linear_range(j, g0, mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->seg_g0[j->nseg]));
 }
 
-/* Runs the job (segments filled in) on the pool; `weights` = floats of W read per row of x. */
+/* Runs the job (segments filled in) on the pool; `weights` = values of W read per row of x. */
 static void linear_run(linear_job *job, int64_t weights) {
-    job->dots = pick_dots();
     job->seg_g0[0] = 0;
+    for (int s = 0; s < job->nseg; s++) {
+        job->seg[s].dots = pick_dots(&job->seg[s].W);
+        job->seg[s].dots2 = job->seg[s].W2.data ? pick_dots(&job->seg[s].W2) : NULL;
+    }
     for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
     int64_t groups = job->seg_g0[job->nseg];
     if (job->M <= 0 || groups == 0) return;
@@ -318,17 +381,30 @@ static void linear_run(linear_job *job, int64_t weights) {
     mll_decode_parallel(nchunks, nt, linear_chunk, job);
 }
 
-void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
-                     int64_t M, int64_t N, int64_t K, int act) {
+void mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+                int64_t N, int64_t K, int act) {
     if (M <= 0 || N <= 0) return;
     linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
                       .ldy = N, .M = M, .K = K};
-    job.seg[0] = (linear_seg){W, bias, NULL, NULL, N, 0};
+    job.seg[0] = (linear_seg){.W = *W, .bias = bias, .N = N, .col = 0};
     linear_run(&job, N * K);
 }
 
-void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
-                         const int64_t *N, float *y, int64_t M, int64_t K) {
+void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
+                     int64_t M, int64_t N, int64_t K, int act) {
+    mll_matrix w = {W, NULL, MLL_F32, 0};
+    mll_linear(x, &w, bias, add, y, M, N, K, act);
+}
+
+/* b directly follows a's N rows in memory, in the same encoding (data and scales) */
+static int follows(const mll_matrix *a, int64_t N, const mll_matrix *b, int64_t K) {
+    if (a->dtype != b->dtype || (a->dtype == MLL_I8 && a->group != b->group)) return 0;
+    mll_matrix end = rows_from(a, N, K);
+    return end.data == b->data && (a->dtype != MLL_I8 || end.scale == b->scale);
+}
+
+void mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                    float *y, int64_t M, int64_t K) {
     linear_job job = {.x = x, .y = y, .act = ACT_NONE, .M = M, .K = K};
     int64_t total = 0;
     for (int s = 0; s < nseg && s < MAX_SEGS; s++) {
@@ -336,11 +412,11 @@ void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const 
         linear_seg *prev = job.nseg ? &job.seg[job.nseg - 1] : NULL;
         /* W rows (and biases) that follow the previous segment's in memory (a fused qkv):
          * one segment, so the groups are exactly those of the one matrix */
-        if (prev && W[s] == prev->W + prev->N * K && prev->N % 4 == 0 &&
+        if (prev && follows(&prev->W, prev->N, &W[s], K) && prev->N % 4 == 0 &&
             ((!b && !prev->bias) || (b && prev->bias && b == prev->bias + prev->N))) {
             prev->N += N[s];
         } else {
-            job.seg[job.nseg++] = (linear_seg){W[s], b, NULL, NULL, N[s], total};
+            job.seg[job.nseg++] = (linear_seg){.W = W[s], .bias = b, .N = N[s], .col = total};
         }
         total += N[s];
     }
@@ -348,11 +424,11 @@ void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const 
     linear_run(&job, total * K);
 }
 
-void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
-                           float *y, int64_t M, int64_t N, int64_t K) {
+void mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu, const float *bu,
+                      float *y, int64_t M, int64_t N, int64_t K) {
     if (M <= 0 || N <= 0) return;
     linear_job job = {.x = x, .y = y, .nseg = 1, .act = ACT_SILU_GATED, .ldy = N, .M = M, .K = K};
-    job.seg[0] = (linear_seg){Wg, bg, Wu, bu, N, 0};
+    job.seg[0] = (linear_seg){.W = *Wg, .W2 = *Wu, .bias = bg, .bias2 = bu, .N = N, .col = 0};
     linear_run(&job, 2 * N * K);
 }
 
@@ -472,7 +548,9 @@ static inline MLL_TARGET void FN(hsum4)(V a, V b, V c, V d, float *out) {
 }
 #endif
 
-static MLL_TARGET void FN(rows)(const float *x, const float *w, int64_t K, int64_t n, float *out) {
+static MLL_TARGET void FN(rows)(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                float *out) {
+    const float *w = (const float *)W->data + row0 * K;
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
         const float *wr = w + r * K;
@@ -480,6 +558,98 @@ static MLL_TARGET void FN(rows)(const float *x, const float *w, int64_t K, int64
                   FN(dot_vec)(x, wr + 3 * K, K), out + r);
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec)(x, w + r * K, K));
+}
+
+/* VL stored values at p widened to float32: bf16 (the upper half of a float32's bits), int8 */
+#if MLL_VEC == 512
+static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+static inline MLL_TARGET V FN(load_i8)(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#else
+static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline MLL_TARGET V FN(load_i8)(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+#endif
+
+/* dot_vec with bf16 weights: the same 8 accumulators; the last K % VL through a zero-padded copy */
+static inline MLL_TARGET V FN(dot_vec_bf16)(const float *x, const uint16_t *w, int64_t K) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    int64_t k = 0;
+    for (; k + 8 * VL <= K; k += 8 * VL) {
+        a0 = v_fmadd(FN(load_bf16)(w + k), v_load(x + k), a0);
+        a1 = v_fmadd(FN(load_bf16)(w + k + VL), v_load(x + k + VL), a1);
+        a2 = v_fmadd(FN(load_bf16)(w + k + 2 * VL), v_load(x + k + 2 * VL), a2);
+        a3 = v_fmadd(FN(load_bf16)(w + k + 3 * VL), v_load(x + k + 3 * VL), a3);
+        a4 = v_fmadd(FN(load_bf16)(w + k + 4 * VL), v_load(x + k + 4 * VL), a4);
+        a5 = v_fmadd(FN(load_bf16)(w + k + 5 * VL), v_load(x + k + 5 * VL), a5);
+        a6 = v_fmadd(FN(load_bf16)(w + k + 6 * VL), v_load(x + k + 6 * VL), a6);
+        a7 = v_fmadd(FN(load_bf16)(w + k + 7 * VL), v_load(x + k + 7 * VL), a7);
+    }
+    for (; k + VL <= K; k += VL) a0 = v_fmadd(FN(load_bf16)(w + k), v_load(x + k), a0);
+    if (k < K) {
+        uint16_t t[VL] = {0};
+        memcpy(t, w + k, (size_t)(K - k) * sizeof(uint16_t));
+        a0 = v_fmadd(FN(load_bf16)(t), v_loadn(x + k, K - k), a0);
+    }
+    return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
+}
+
+static MLL_TARGET void FN(rows_bf16)(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                     float *out) {
+    const uint16_t *w = (const uint16_t *)W->data + row0 * K;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const uint16_t *wr = w + r * K;
+        FN(hsum4)(FN(dot_vec_bf16)(x, wr, K), FN(dot_vec_bf16)(x, wr + K, K), FN(dot_vec_bf16)(x, wr + 2 * K, K),
+                  FN(dot_vec_bf16)(x, wr + 3 * K, K), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(x, w + r * K, K));
+}
+
+/* x . w for int8 w with one scale per group of gs values (gs a multiple of Q8_VEC_GROUP, so of
+ * VL): each group summed in 4 fresh accumulators, then scaled into 2 running ones. */
+static inline MLL_TARGET V FN(dot_vec_q8)(const float *x, const int8_t *w, const float *scale, int64_t K,
+                                          int64_t gs) {
+    V a0 = v_zero(), a1 = a0;
+    for (int64_t g0 = 0; g0 < K; g0 += gs, scale++) {
+        V p0 = v_zero(), p1 = p0, p2 = p0, p3 = p0;
+        int64_t k = g0, e = g0 + gs;
+        for (; k + 4 * VL <= e; k += 4 * VL) {
+            p0 = v_fmadd(FN(load_i8)(w + k), v_load(x + k), p0);
+            p1 = v_fmadd(FN(load_i8)(w + k + VL), v_load(x + k + VL), p1);
+            p2 = v_fmadd(FN(load_i8)(w + k + 2 * VL), v_load(x + k + 2 * VL), p2);
+            p3 = v_fmadd(FN(load_i8)(w + k + 3 * VL), v_load(x + k + 3 * VL), p3);
+        }
+        for (; k < e; k += VL) p0 = v_fmadd(FN(load_i8)(w + k), v_load(x + k), p0);
+        V s = v_set1(*scale);
+        a0 = v_fmadd(v_add(p0, p1), s, a0);
+        a1 = v_fmadd(v_add(p2, p3), s, a1);
+    }
+    return v_add(a0, a1);
+}
+
+static MLL_TARGET void FN(rows_q8)(const float *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                   float *out) {
+    const int64_t gs = W->group, ng = K / gs;
+    const int8_t *w = (const int8_t *)W->data + row0 * K;
+    const float *sc = W->scale + row0 * ng;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const int8_t *wr = w + r * K;
+        const float *sr = sc + r * ng;
+        FN(hsum4)(FN(dot_vec_q8)(x, wr, sr, K, gs), FN(dot_vec_q8)(x, wr + K, sr + ng, K, gs),
+                  FN(dot_vec_q8)(x, wr + 2 * K, sr + 2 * ng, K, gs),
+                  FN(dot_vec_q8)(x, wr + 3 * K, sr + 3 * ng, K, gs), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
 }
 
 static MLL_TARGET float FN(sum)(const float *x, int64_t n) {

@@ -130,7 +130,7 @@ def _last_logits(logits):
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
-             stop_tokens=(), generator=None, stream=None, fast=True, repetition_penalty=1.0):
+             stop_tokens=(), generator=None, stream=None, fast=True, repetition_penalty=1.0, decoder=None):
     """Continue each row of idx by up to max_new_tokens tokens.
 
     model: a language model (forward(idx) -> (logits, loss)); idx (B, T) int64 Tensor (or
@@ -140,6 +140,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     stream: called after every step with a list of the B new ids (for printing as you go).
     fast: decode one token at a time with the model's decode step (model.decoder()) when it
     has one (False: through model.forward with the KV cache; same logits to float32 rounding).
+    decoder: a decode plan to use instead of building one (e.g. model.decoder(weights="int8"),
+    built once for many calls).
     repetition_penalty: != 1 penalises every id already in the row (prompt and new tokens).
     Sampling options: minillm/sampling.py; context cropping: the module docstring. The model
     runs in eval mode under no_grad (its training flag is restored afterwards)."""
@@ -155,7 +157,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     n = T
     use_cache = model.kv_cache_shape() is not None
     cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
-    decoder = model.decoder() if use_cache and fast else None
+    if decoder is None:
+        decoder = model.decoder() if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
     was_training = model.training
     model.eval()

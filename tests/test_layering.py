@@ -18,7 +18,7 @@ LAYERS = [
     ("utils", "_switch", "progress", "serialization", "io", "random"),  # helpers, switches, file formats
     ("autograd", "functional", "amp"),                        # the tape and the differentiable ops
     ("tokenizers",),
-    ("nn", "optim", "data", "distributed", "corpus"),
+    ("nn", "optim", "data", "distributed", "corpus", "quantize"),
     ("", ),                                                   # the package itself (minillm/__init__)
     ("sampling",),                                            # pure functions over logits
     ("models",),                                              # one file per family + the interface
