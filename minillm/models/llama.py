@@ -178,7 +178,7 @@ class Llama(LanguageModel):
             norm=nn.RMSNorm(config.n_embd, eps=config.rms_norm_eps),
         ))
         if config.tie_weights:
-            self.lm_head = nn.Linear.uninitialized(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head = nn.Linear.uninitialized(config.n_embd, config.vocab_size, bias=False, dtype=config.dtype)
             self.lm_head.weight = self.model.embed_tokens.weight     # one tensor, two roles
         else:
             self.lm_head = _linear_maker(init, config.dtype)(config.n_embd, config.vocab_size, False)

@@ -48,14 +48,15 @@ class Linear(Module):
     def uninitialized(cls, in_features, out_features, bias=True, dtype="float32"):
         """A Linear whose weight (of `dtype`: float32 or bfloat16) and bias (float32) are
         allocated but not drawn (contents undefined): for weights about to be loaded, so the
-        memory is touched once, by the copy. Like torch.nn.utils.skip_init."""
+        memory is touched once, by the copy. Like torch.nn.utils.skip_init. A bfloat16 weight
+        is a buffer, not a Parameter (inference only: parameters are float32)."""
         self = cls.__new__(cls)
         Module.__init__(self)
         if in_features <= 0 or out_features <= 0:
             raise ValueError(f"Linear: features must be positive, got ({in_features}, {out_features})")
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = Parameter(_C.empty((out_features, in_features), dtype=dtype))
+        _weight(self, _C.empty((out_features, in_features), dtype=dtype))
         self.bias = Parameter(_C.empty((out_features,))) if bias else None
         return self
 
@@ -67,6 +68,14 @@ class Linear(Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _weight(module, t):
+    """module.weight = t: a Parameter when float32, else a (non-trainable) buffer."""
+    if t.dtype == "float32":
+        module.weight = Parameter(t)
+    else:
+        module.register_buffer("weight", t)
 
 
 class Embedding(Module):
@@ -93,7 +102,7 @@ class Embedding(Module):
             raise ValueError(f"Embedding: sizes must be positive, got ({num_embeddings}, {embedding_dim})")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.weight = Parameter(_C.empty((num_embeddings, embedding_dim), dtype=dtype))
+        _weight(self, _C.empty((num_embeddings, embedding_dim), dtype=dtype))
         return self
 
     def forward(self, idx):
