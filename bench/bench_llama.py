@@ -76,12 +76,17 @@ def write_random_folder(shape, folder, seed=0):
 
 # ---------------------------------------------------------------------- load memory
 LOAD_CHILD = r"""
-import json, resource, sys
+import json, sys
 sys.path.insert(0, {root!r})
 from minillm.models import load_pretrained
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def hwm_kib():   # this process's peak RSS (VmHWM; ru_maxrss would carry the parent's over exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+base = hwm_kib()
 model = load_pretrained({folder!r}, dtype={dtype!r})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kib()
 sd = model.state_dict()
 weights = sum(t.numel() * (2 if t.dtype == "bfloat16" else 4) for t in sd.values())
 print(json.dumps({{"base_kib": base, "peak_kib": peak, "weight_bytes": weights}}))
