@@ -29,7 +29,8 @@ CASES = {
     "llama_gqa_untied": ("llama", dict(tie_word_embeddings=False)),
     "llama_tied_llama3_rope": ("llama", dict(tie_word_embeddings=True, rope_scaling=LLAMA3, rope_theta=500000.0,
                                              num_key_value_heads=1)),
-    "llama_attention_bias": ("llama", dict(attention_bias=True, num_key_value_heads=4)),
+    "llama_attention_bias_linear_rope": ("llama", dict(attention_bias=True, num_key_value_heads=4,
+                                                       rope_scaling={"rope_type": "linear", "factor": 4.0})),
     "qwen2_qkv_bias": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1e6)),
     "qwen3_qk_norm": ("qwen3", dict(head_dim=24, tie_word_embeddings=True, rope_theta=1e6)),
     "mistral_window": ("mistral", dict(sliding_window=64)),
@@ -125,9 +126,9 @@ def test_decoder_is_the_c_decode_step_with_a_kv_head_cache(case):
 
 
 # bf16 weights: each Linear/embedding weight rounded to bfloat16 (relative error <= 2^-9) and
-# activations rounded to bf16 in the bf16 GEMM; on these models the logits stay within 3% of
-# the largest float32 logit
-BF16_TOL = 0.03
+# activations rounded to bf16 in the bf16 GEMM; on these models the logits stay within 1% of
+# the largest float32 logit (measured: 0.24% to 0.37%)
+BF16_TOL = 0.01
 
 
 def test_bfloat16_weights_stay_within_tolerance(case):
@@ -194,6 +195,39 @@ def test_unsupported_architecture_is_named_with_the_supported_ones(case, tmp_pat
     bad = edit_config(folder, tmp_path, architectures=["PhiForCausalLM"])
     with pytest.raises(ValueError, match=r"PhiForCausalLM.*LlamaForCausalLM.*MistralForCausalLM.*Qwen2ForCausalLM"):
         load_pretrained(bad)
+
+
+def test_qwen2_window_applies_only_with_use_sliding_window():
+    hf = dict(BASE, architectures=["Qwen2ForCausalLM"], sliding_window=32, use_sliding_window=False)
+    assert config_from_hf(hf).sliding_window is None
+    assert config_from_hf(dict(hf, use_sliding_window=True)).sliding_window == 32
+    assert config_from_hf(dict(hf, architectures=["MistralForCausalLM"], use_sliding_window=None)).context == 32
+
+
+def test_generation_config_gives_the_defaults(case, tmp_path):
+    _, _, folder = case
+    bad = edit_config(folder, tmp_path, eos_token_id=7)
+    with open(os.path.join(bad, "generation_config.json"), "w") as f:
+        json.dump({"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
+                   "eos_token_id": [5, 6]}, f)
+    d = load_pretrained(bad).generation_defaults()
+    assert (d["temperature"], d["top_p"], d["top_k"], d["repetition_penalty"]) == (0.7, 0.8, 20, 1.05)
+    assert d["stop_tokens"] == (5, 6)
+    os.remove(os.path.join(bad, "generation_config.json"))
+    assert load_pretrained(bad).generation_defaults()["stop_tokens"] == (7,)
+
+
+def test_bfloat16_model_saves_its_bf16_weights_bitwise(case, tmp_path):
+    _, _, folder = case
+    model = load_pretrained(folder, dtype="bfloat16")
+    model.save_pretrained(str(tmp_path))
+    again = load_pretrained(str(tmp_path), dtype="bfloat16")
+    a, b = model.state_dict(), again.state_dict()
+    for k in a:
+        assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
+    import torch as _t
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=_t.bfloat16)
+    assert back.model.layers[0].self_attn.q_proj.weight.dtype == _t.bfloat16
 
 
 def test_unsupported_rope_scaling_is_refused():

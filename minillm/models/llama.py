@@ -238,6 +238,26 @@ class Llama(LanguageModel):
         logits = self.lm_head(x)                                           # (B, T, V)
         return logits, F.cross_entropy(logits, targets, ignore_index=-1)
 
+    # generation_config.json of a loaded folder (eos ids merged in from config.json), or {}
+    hf_generation_config = {}
+
+    def generation_defaults(self):
+        """The base defaults with the folder's generation_config.json over them: temperature,
+        top_k, top_p (a sampling option the file leaves out keeps the base default),
+        repetition_penalty (1.0: none), and stop_tokens = its eos_token_id (one id or a list)
+        plus the tokenizer's end-of-text token."""
+        out = super().generation_defaults()
+        g = self.hf_generation_config
+        if g.get("do_sample", True):
+            for key in ("temperature", "top_k", "top_p"):
+                if g.get(key) is not None:
+                    out[key] = g[key]
+        out["repetition_penalty"] = g.get("repetition_penalty") or 1.0
+        eos = g.get("eos_token_id")
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        out["stop_tokens"] = tuple(dict.fromkeys(list(eos) + list(out["stop_tokens"])))
+        return out
+
     def kv_cache_shape(self):
         """(n_layer, n_kv_head, head_dim): the cache holds key/value heads only."""
         c = self.config
@@ -368,9 +388,11 @@ def config_from_hf(hf, where="config.json", dtype="float32"):
         if kind == "default":
             scaling = None
     window = hf.get("sliding_window")
-    uses_window = hf.get("use_sliding_window", True) if "use_sliding_window" in hf else True
-    if "layer_types" in hf and "use_sliding_window" not in hf:
-        uses_window = "sliding_attention" in (hf.get("layer_types") or [])
+    # Qwen2/3 configs carry a window they do not use (use_sliding_window false); with it on,
+    # the layers past max_window_layers (layer_types) slide: refusing longer sequences covers both
+    uses_window = hf.get("use_sliding_window") is not False
+    if hf.get("layer_types") and "use_sliding_window" not in hf:
+        uses_window = "sliding_attention" in hf["layer_types"]
     heads = hf.get("num_attention_heads", 32)
     try:
         return LlamaConfig(
@@ -463,7 +485,8 @@ def load_pretrained(folder, dtype="float32"):
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{cfg_path}: missing (a HuggingFace model folder holds config.json and model.safetensors)")
-    config = config_from_hf(read_json(cfg_path), cfg_path, dtype=dtype)
+    hf = read_json(cfg_path)
+    config = config_from_hf(hf, cfg_path, dtype=dtype)
     files = serialization.open_checkpoint(folder)
     if config.tie_weights:
         files.pop("lm_head.weight", None)            # a tied head saved anyway: it is the embedding
@@ -487,7 +510,20 @@ def load_pretrained(folder, dtype="float32"):
         t = own[name]
         serialization.copy_converted(files[name], name, np.asarray(t), t.dtype)
     model.tokenizer = _load_tokenizer(folder)
+    model.hf_generation_config = _generation_config(folder, hf)
     return model
+
+
+def _generation_config(folder, hf):
+    """generation_config.json as a dict ({} when absent), eos_token_id from config.json when
+    the file has none."""
+    path = os.path.join(folder, "generation_config.json")
+    g = read_json(path) if os.path.isfile(path) else {}
+    if not isinstance(g, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(g).__name__}")
+    if g.get("eos_token_id") is None and hf.get("eos_token_id") is not None:
+        g = dict(g, eos_token_id=hf["eos_token_id"])
+    return g
 
 
 def _load_tokenizer(folder):
