@@ -247,6 +247,20 @@ def test_missing_tensor_is_named(case, tmp_path):
         load_pretrained(str(tmp_path))
 
 
+def test_missing_shard_and_truncated_file_are_named(tmp_path):
+    m = hf_model("llama", {})
+    m.save_pretrained(str(tmp_path / "sharded"), max_shard_size="40KB")
+    shards = sorted(f for f in os.listdir(tmp_path / "sharded") if f.endswith(".safetensors"))
+    os.remove(tmp_path / "sharded" / shards[-1])
+    with pytest.raises(ValueError, match=f"shard '{shards[-1]}' is missing"):
+        load_pretrained(str(tmp_path / "sharded"))
+    m.save_pretrained(str(tmp_path / "one"))
+    path = tmp_path / "one" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_pretrained(str(tmp_path / "one"))
+
+
 def test_sliding_window_longer_sequences_are_refused():
     config = LlamaConfig(architecture="MistralForCausalLM", vocab_size=50, block_size=64, n_layer=1, n_head=2,
                          n_kv_head=1, n_embd=16, d_ff=32, sliding_window=8)
