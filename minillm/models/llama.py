@@ -170,8 +170,10 @@ class Llama(LanguageModel):
         if isinstance(config, dict):
             config = LlamaConfig.from_dict(config)
         self.config = config
-        embed = (nn.Embedding if init else nn.Embedding.uninitialized)(config.vocab_size, config.n_embd,
-                                                                        **({} if init else {"dtype": config.dtype}))
+        if init:
+            embed = nn.Embedding(config.vocab_size, config.n_embd)
+        else:
+            embed = nn.Embedding.uninitialized(config.vocab_size, config.n_embd, dtype=config.dtype)
         self.model = nn.ModuleDict(dict(
             embed_tokens=embed,
             layers=nn.ModuleList([Block(config, init) for _ in range(config.n_layer)]),
