@@ -324,6 +324,10 @@ void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows,
  * w (cols) or NULL; rstd (rows) is written unless NULL. y may be x. */
 void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
                          float eps);
+/* dx (rows, cols) from x, dy (rows, cols), w (cols) or NULL and the forward's rstd (rows);
+ * dw (cols) written (not accumulated) unless NULL. 0, or -1 when out of memory. */
+int mll_rmsnorm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx,
+                         float *dw, int64_t rows, int64_t cols);
 
 /* ---------------------------------------------------------------- rope.c */
 /* Rotary position embeddings, "rotate half" layout: in each head of d dims, (x[i], x[i + d/2])
@@ -335,10 +339,15 @@ void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n
  * every head at time t rotated by row t of cos_t, sin_t (T, d/2). d even. */
 void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                       int64_t n_head, int64_t d);
+/* The backward of mll_rope_forward, in place on dx (same layout and table): rotated back. */
+void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                       int64_t n_head, int64_t d);
 
 /* ---------------------------------------------------------------- silu.c */
 /* y (n) = silu(g) * u = g sigmoid(g) u: the gated product of a SwiGLU MLP. y may be g or u. */
 void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n);
+/* dg = dy u sigmoid(g) (1 + g (1 - sigmoid(g))), du = dy silu(g): all (n), dg and du written. */
+void mll_silu_mul_backward(const float *g, const float *u, const float *dy, float *dg, float *du, int64_t n);
 
 /* ----------------------------------------------------------------- gemv.c */
 /* The linear layers of a decoding step: few rows of x (M small), W (N, K) streamed once, rows

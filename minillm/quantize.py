@@ -58,12 +58,14 @@ def quantize_int8(w, group=None):
 
 
 def decoding_weight(w, dtype):
-    """The Linear weight w (N, K) float32 stored as `dtype` ("float32": w itself; "bf16": a
-    bfloat16 Tensor, nearest even; "int8": an Int8Matrix) for the decoding kernels."""
-    if dtype == "float32":
-        return w
+    """The Linear weight w (N, K) (float32 or bfloat16) stored as `dtype` for the decoding
+    kernels: "float32" (w itself when float32), "bf16" (a bfloat16 Tensor, nearest even; w
+    itself when bf16), "int8" (an Int8Matrix)."""
+    if dtype not in DTYPES and dtype != "bfloat16":
+        raise ValueError(f"unknown weight dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    w = w.detach().contiguous()
     if dtype in ("bf16", "bfloat16"):
-        return w.detach().contiguous().astype("bfloat16")
-    if dtype == "int8":
-        return quantize_int8(w)
-    raise ValueError(f"unknown weight dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        return w if w.dtype == "bfloat16" else w.astype("bfloat16")
+    if w.dtype != "float32":
+        w = w.astype("float32")
+    return w if dtype == "float32" else quantize_int8(w)

@@ -171,15 +171,20 @@ cdef extern from "minillm.h" nogil:
     # rmsnorm.c
     void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
                              float eps)
+    int mll_rmsnorm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx,
+                             float *dw, int64_t rows, int64_t cols)
 
     # rope.c
     void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n_pos, int64_t half,
                         float scale)
     void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                           int64_t n_head, int64_t d)
+    void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                           int64_t n_head, int64_t d)
 
     # silu.c
     void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n)
+    void mll_silu_mul_backward(const float *g, const float *u, const float *dy, float *dg, float *du, int64_t n)
 
     # gemv.c
     ctypedef struct mll_matrix:

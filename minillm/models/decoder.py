@@ -20,6 +20,8 @@ cache; a plan can also start from an empty cache, one token at a time.
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from minillm import _C
 from minillm.models.rotary import rope_inv_freq, rope_table
 from minillm.quantize import DTYPES, decoding_weight
@@ -164,7 +166,7 @@ class Decoder:
         pos = cache.pos
         if self.pos_embed is not None and pos >= self.pos_embed.shape[0]:
             raise ValueError(f"Decoder: position {pos} is past the {self.pos_embed.shape[0]} learned positions")
-        x = _C.embedding(self.embed, tokens)                           # (B, C)
+        x = _embed_rows(self.embed, tokens)                            # (B, C)
         if self.pos_embed is not None:
             pe = self.pos_embed[pos:pos + 1]                            # (1, C)
             _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
@@ -181,6 +183,19 @@ class Decoder:
         logits = _C.final_step(x, self.head, scratch)
         cache.advance(1)
         return logits
+
+
+def _embed_rows(table, tokens):
+    """Rows `tokens` (B,) of the embedding table as float32 (B, C); a bfloat16 table (a model
+    kept in bf16) is widened row by row here."""
+    if table.dtype == "float32":
+        return _C.embedding(table, tokens)
+    ids = tokens.numpy()
+    V = table.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"Decoder: token ids must be in [0, {V}), got {ids.min()}..{ids.max()}")
+    rows = table.numpy()[ids].astype(np.uint32) << 16
+    return _C.from_numpy(np.ascontiguousarray(rows.view(np.float32)))
 
 
 def _w(t):
