@@ -364,21 +364,23 @@ typedef struct {
     int64_t group;           /* MLL_I8: values per scale */
 } mll_matrix;
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
- * 1 GELU (tanh form). y may be add (in place). */
-void mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
-                int64_t N, int64_t K, int act);
+ * 1 GELU (tanh form). y may be add (in place). With an int8 W, x is quantized per row and
+ * group (gemv.c says how). 0, or -1 if the buffer for quantized x cannot be allocated (int8
+ * only); likewise mll_linear_cat and mll_linear_gated, whose int8 matrices share one group. */
+int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+               int64_t N, int64_t K, int act);
 /* mll_linear with a float32 W */
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act);
 /* y (M, N[0] + ... + N[nseg - 1]) = [x W[s]^T + bias[s]] side by side: nseg <= 3 matrices
  * W[s] (N[s], K) as one product (q, k, v projections; matrices adjacent in memory, as a fused
  * qkv, are read as one). bias NULL, or bias[s] NULL, for none. */
-void mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
-                    float *y, int64_t M, int64_t K);
+int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                   float *y, int64_t M, int64_t K);
 /* y (M, N) = silu(x Wg^T + bg) * (x Wu^T + bu): a SwiGLU MLP's gate and up projections, Wg, Wu
  * (N, K), bg, bu (N) or NULL, in one pass over both. */
-void mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu, const float *bu,
-                      float *y, int64_t M, int64_t N, int64_t K);
+int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu, const float *bu,
+                     float *y, int64_t M, int64_t N, int64_t K);
 /* Runs fn(ctx, c) for every c in [0, nchunks) on the caller and up to nthreads - 1 helper
  * threads (the decoding kernels' own pool: no OpenMP team, whose idle threads would spin
  * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
@@ -450,14 +452,16 @@ int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S)
 /* x (B, C) <- the block applied to x: kcache, vcache (pos + 1, B, nkv, hs) get row pos (see
  * mll_kv_attention_step); rope_cos, rope_sin (> pos, hs / 2) the rotary table (NULL without
  * rotary); scratch (mll_block_step_scratch(o, B, pos + 1)). 0, or -1 if the options are
- * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight). */
+ * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight),
+ * -2 out of memory (int8 weights' quantized x). */
 int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
                    float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
                    int64_t pos);
 /* logits (B, V) = norm(x) head_w^T + head_b: the final norm (o's norm, norm_eps, n_embd; the
  * other options are not read) and the LM head, head_w (V, C) (the token embedding when tied),
- * head_b (V) or NULL; x (B, C) is kept; scratch (mll_block_step_scratch(o, B, 1)). */
-void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+ * head_b (V) or NULL; x (B, C) is kept; scratch (mll_block_step_scratch(o, B, 1)). 0, or -2
+ * out of memory (an int8 head's quantized x). */
+int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
                     const mll_matrix *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
                     int64_t V);
 /* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):

@@ -130,8 +130,11 @@ def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
     cdef const float *ap = _weight_ptr(owner, extra, "add", out_shape)
     cdef Tensor y = new_tensor(out_shape, C.MLL_F32)
     cdef int64_t M = numel(y) // N if N else 0
+    cdef int r
     with nogil:
-        C.mll_linear(fptr(xx), &m, bp, ap, fptr(y), M, N, K, 1 if gelu else 0)
+        r = C.mll_linear(fptr(xx), &m, bp, ap, fptr(y), M, N, K, 1 if gelu else 0)
+    if r:
+        raise MemoryError(f"{owner}: no memory for the quantized input of shape {x.shape}")
     return y
 
 
@@ -247,6 +250,12 @@ cdef class DecodeBlock:
         self.w.up_b = _weight_ptr(owner, weights, "up.bias", (F,))
         self.w.down_w = _matrix_of(owner, weights, "down.weight", (Cn, F))
         self.w.down_b = _weight_ptr(owner, weights, "down.bias", (Cn,))
+        for names in (("q", "k", "v"), ("gate", "up")):
+            groups = {weights[n + ".weight"].group for n in names
+                      if isinstance(weights.get(n + ".weight"), Int8Matrix)}
+            if len(groups) > 1:
+                raise ValueError(f"{owner}: the int8 {'/'.join(names)} weights are read in one product and must "
+                                 f"share one group size, got {sorted(groups)}")
 
     @property
     def n_embd(self):
@@ -372,6 +381,8 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
     cdef int r
     with nogil:
         r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)
+    if r == -2:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
     if r != 0:
         raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
     return x
@@ -388,7 +399,10 @@ def final_step(x, DecodeHead head, scratch):
     cdef int64_t B = xx.shape_[0]
     cdef Tensor sc = _scratch_for(owner, scratch, head.scratch_floats(B))
     cdef Tensor logits = new_tensor((B, V), C.MLL_F32)
+    cdef int r
     with nogil:
-        C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, &head.head_w, head.head_b, fptr(logits),
+        r = C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, &head.head_w, head.head_b, fptr(logits),
                          fptr(sc), B, V)
+    if r:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
     return logits

@@ -192,14 +192,14 @@ cdef extern from "minillm.h" nogil:
         const float *scale
         int dtype
         int64_t group
-    void mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
-                    int64_t N, int64_t K, int act)
+    int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+                   int64_t N, int64_t K, int act)
     void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                          int64_t M, int64_t N, int64_t K, int act)
-    void mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
-                        float *y, int64_t M, int64_t K)
-    void mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu,
-                          const float *bu, float *y, int64_t M, int64_t N, int64_t K)
+    int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                       float *y, int64_t M, int64_t K)
+    int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu,
+                         const float *bu, float *y, int64_t M, int64_t N, int64_t K)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
     float mll_stream_sum(const float *x, int64_t n)
 
@@ -252,9 +252,9 @@ cdef extern from "minillm.h" nogil:
     int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
                        float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
                        int64_t pos)
-    void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
-                        const mll_matrix *head_w, const float *head_b, float *logits, float *scratch,
-                        int64_t B, int64_t V)
+    int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                       const mll_matrix *head_w, const float *head_b, float *logits, float *scratch,
+                       int64_t B, int64_t V)
     void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                    float *s, float *y, float *mean, float *rstd, int64_t rows,
                                    int64_t cols, float eps)

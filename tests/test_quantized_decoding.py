@@ -1,7 +1,8 @@
-"""Decoding with bf16 and int8 weights: the kernels against NumPy on every ISA (from the
-stored values, so the check is exact up to float32 summation order), the int8 quantizer
-against its definition, and a GPT decode plan with bf16 / int8 weights against the float32
-plan of the same model with its weights replaced by the values the narrow ones stand for."""
+"""Decoding with bf16 and int8 weights: the kernels against NumPy on every ISA (bf16: float32
+products of the stored values; int8: x quantized per group as gemv.c defines, integer dot
+products per group, so both checks are exact up to float32 summation order), the int8
+quantizer against its definition, and GPT decode plans with bf16 / int8 weights against the
+float32 plan (bf16: exactly the plan of the values the bf16 weights stand for)."""
 import numpy as np
 import pytest
 
@@ -18,6 +19,22 @@ def bf16_values(w):
     u = w.astype(np.float32).view(np.uint32).astype(np.uint64)
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
     return rounded.astype(np.uint32).view(np.float32)
+
+
+def int8_linear_reference(x, m):
+    """y = x @ W^T as the int8 kernels define it: x quantized per row and group (float32
+    arithmetic: scale = max|x| / 127, q = rint(x / scale)), exact integer sums per group,
+    scaled by the weight's and x's scales."""
+    group = m.group
+    M, K = x.shape
+    xg = x.reshape(M, K // group, group)
+    xs = np.abs(xg).max(axis=2) / np.float32(127)
+    xq = np.where(xs[:, :, None] > 0, np.rint(xg / np.where(xs > 0, xs, 1)[:, :, None]), 0).astype(np.int64)
+    wq = m.values.numpy().view(np.int8).astype(np.int64)
+    N = wq.shape[0]
+    dots = np.einsum("mgk,ngk->mng", xq, wq.reshape(N, K // group, group))        # exact integers
+    scale = m.scales.numpy().astype(np.float64)[None, :, :] * xs.astype(np.float64)[:, None, :]
+    return (dots * scale).sum(axis=2)
 
 
 def int8_reference(w, group):
@@ -44,7 +61,8 @@ def test_bf16_linear_matches_numpy(isa, M, N, K):
 
 
 @pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
-                                                                         (2, 17, 48, 16), (1, 6, 64, 8)])
+                                                                         (2, 17, 48, 16), (1, 6, 64, 8),
+                                                                         (2, 5, 256, 128)])
 def test_int8_linear_matches_numpy(isa, M, N, K, group):
     rng = np.random.default_rng(N + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
@@ -52,8 +70,11 @@ def test_int8_linear_matches_numpy(isa, M, N, K, group):
     add = rng.standard_normal((M, N)).astype(np.float32)
     m = quantize_int8(w, group)
     y = _C.decode_linear(minillm.from_numpy(x), m, add=minillm.from_numpy(add)).numpy()
-    want = x.astype(np.float64) @ m.dequantize().numpy().T.astype(np.float64) + add
-    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(K))
+    want = int8_linear_reference(x, m) + add
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+    # and x's quantization is a small error against the float32 product of W's values
+    full = x.astype(np.float64) @ m.dequantize().numpy().T.astype(np.float64) + add
+    assert np.abs(y - full).max() <= 0.05 * np.abs(full - add).max()
 
 
 def test_int8_gelu_epilogue_matches_numpy():
@@ -61,7 +82,7 @@ def test_int8_gelu_epilogue_matches_numpy():
     x = rng.standard_normal((2, 64)).astype(np.float32)
     w = rng.standard_normal((40, 64)).astype(np.float32)
     m = quantize_int8(w)
-    pre = x @ m.dequantize().numpy().T
+    pre = int8_linear_reference(x, m)
     want = 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre ** 3)))
     y = _C.decode_linear(minillm.from_numpy(x), m, gelu=True).numpy()
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
@@ -128,17 +149,33 @@ def decode_logits(model, plan, tokens):
     return np.array(out)
 
 
-@pytest.mark.parametrize("weights", ["bf16", "int8"])
-def test_gpt_plan_with_narrow_weights_matches_float32_plan_of_their_values(weights):
+def test_gpt_plan_with_bf16_weights_matches_float32_plan_of_their_values():
     model = tiny_gpt()
     tokens = [3, 17, 5, 90, 41, 8, 8, 60]
-    got = decode_logits(model, model.decoder(hugepages=False, weights=weights), tokens)
-    twin = replaced_by(model, weights)
+    got = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
+    twin = replaced_by(model, "bf16")
     want = decode_logits(twin, twin.decoder(hugepages=False), tokens)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     # and the narrow weights do differ from the float32 ones, so this can fail
     full = decode_logits(model, model.decoder(hugepages=False), tokens)
     assert np.abs(full - got).max() > 1e-4
+
+
+def test_gpt_plan_with_int8_weights_stays_close_to_float32():
+    model = tiny_gpt()
+    tokens = [3, 17, 5, 90, 41, 8, 8, 60]
+    got = decode_logits(model, model.decoder(hugepages=False, weights="int8"), tokens)
+    full = decode_logits(model, model.decoder(hugepages=False), tokens)
+    err = np.abs(full - got).max() / np.abs(full).max()
+    assert 1e-5 < err < 0.03
+
+
+def test_int8_nan_input_gives_nan_not_garbage():
+    m = quantize_int8(np.ones((4, 64), np.float32))
+    x = np.ones((2, 64), np.float32)
+    x[1, 5] = np.nan
+    y = _C.decode_linear(minillm.from_numpy(x), m).numpy()
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
 
 
 def test_generate_takes_a_prebuilt_int8_plan():
