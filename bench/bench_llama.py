@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
+from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
 from minillm import serialization  # noqa: E402
 from minillm.generate import generate  # noqa: E402
 from minillm.models.llama import LlamaConfig, config_to_hf, hf_tensor_shapes  # noqa: E402
@@ -42,17 +43,6 @@ SHAPES = {
                  n_kv_head=2, n_embd=64, d_ff=128, qkv_bias=True, tie_weights=True),
 }
 PROMPT = 16
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def write_random_folder(shape, folder, seed=0):

@@ -23,22 +23,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
+from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
 from minillm.generate import generate  # noqa: E402
 from minillm.models import build_model  # noqa: E402
 from minillm.models.gpt import save_pretrained  # noqa: E402
 
 PROMPT, NEW_TOKENS = 16, 128
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def plan_bytes(plan):
@@ -112,7 +102,7 @@ def main(argv=None):
             fn()
             best[name] = min(best[name], time.perf_counter() - t)
     tmp.cleanup()
-    print(f"{cpu_name()}, {args.threads} threads; {args.model}, batch 1, prompt {PROMPT}, {NEW_TOKENS} new tokens, "
+    print(f"{cpu_model()}, {args.threads} threads; {args.model}, batch 1, prompt {PROMPT}, {NEW_TOKENS} new tokens, "
           f"greedy, best of {args.repeats}")
     base = NEW_TOKENS / best["minillm float32"]
     print(f"{'engine':<22} {'tokens/s':>9} {'vs minillm f32':>15} {'MB/token':>9}")
