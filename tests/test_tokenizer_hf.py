@@ -81,6 +81,16 @@ def test_batch_equals_hf_batch(family):
             [e.ids for e in hf.encode_batch(texts, add_special_tokens=add)]
 
 
+def test_batch_of_plain_texts_equals_hf_batch(family):
+    # no added token anywhere: the batch takes the one-piece-per-text path
+    name, hf, ours, _ = family
+    texts = [t for t in HELD_OUT + world_held_out() + random_texts(6, 200)
+             if "<" not in t and "[" not in t]
+    for add in (True, False):
+        assert ours.encode_batch(texts, add_special_tokens=add, num_threads=2) == \
+            [e.ids for e in hf.encode_batch(texts, add_special_tokens=add)]
+
+
 def test_long_text_split_over_threads_equals_hf(family):
     name, hf, ours, _ = family
     with open(os.path.join(os.path.dirname(__file__), "data", "sample.txt"), encoding="utf-8") as f:

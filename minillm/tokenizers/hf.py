@@ -666,6 +666,9 @@ class HFTokenizer(Tokenizer):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}]: expected str, got {type(t).__name__}")
+        if texts and not (self._raw_re is not None and self._raw_re.search("\n".join(texts))) \
+                and self._normalized_re is None:
+            return self._encode_batch_plain(texts, add_special_tokens, num_threads)
         all_pieces = [self._pieces(t) for t in texts]
         try:
             simple = [p[0].encode("utf-8") if len(p) == 1 and isinstance(p[0], str)
@@ -707,6 +710,34 @@ class HFTokenizer(Tokenizer):
                         seq.append(p)
             out.append(post(seq) if post is not None else seq)
         return out
+
+    def _encode_batch_plain(self, texts, add_special_tokens, num_threads):
+        """encode_batch for texts without added tokens: one piece per (non-empty) text."""
+        normalize, transform = self._normalize, self._pre.transform
+        if normalize is not None:
+            texts = [normalize(t) if t else t for t in texts]
+        if self._pre.prefix_space or self._pre.metaspace is not None:
+            texts = [transform(t, True) if t else t for t in texts]
+        try:
+            data = [t.encode("utf-8") for t in texts]
+        except UnicodeEncodeError:
+            for i, t in enumerate(texts):
+                try:
+                    utf8(t)
+                except ValueError as e:
+                    raise ValueError(f"texts[{i}]: {e}") from None
+            raise
+        ids, offsets = self._native.encode_batch(data, num_threads or default_num_threads())
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            lists = _native().split_ids(ids, offsets, self._ints)
+            if add_special_tokens and self._post is not None:
+                lists = [self._post(seq) for seq in lists]
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return lists
 
     # ------------------------------------------------------------------ decoding
     def _check_ids(self, ids):
