@@ -12,7 +12,8 @@ The settings are those the families' published tokenizer.json files declare:
   roberta  ByteLevel(add_prefix_space=true), RobertaProcessing (<s> ... </s>)
   llama2   SentencePiece-style: Prepend("▁") + Replace(" ", "▁") normalizer, no pre-tokenizer,
            byte_fallback with <0x00>..<0xFF>, fuse_unk, <s> by TemplateProcessing, decoder
-           Replace + ByteFallback + Fuse + Strip
+           Replace + ByteFallback + Fuse + Strip; <extra> an added token matched after
+           normalization
   mistral  SentencePiece-style with the Metaspace pre-tokenizer (prepend_scheme first,
            split false), decoder ByteFallback + Fuse + Metaspace, [INST] as added tokens
   sp_unk   SentencePiece-style without byte fallback: unknown characters fuse into <unk>;
@@ -151,7 +152,9 @@ def build_family(name, folder):
                         {"Sequence": {"id": "B", "type_id": 1}}],
                "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
         doc["post_processor"] = bos
-        if name == "llama2":
+        if name == "llama2":       # an added token matched after normalization, too
+            doc["added_tokens"].append(_added("<extra>", max(model["vocab"].values()) + 1,
+                                              special=False, normalized=True))
             doc["normalizer"] = {"type": "Sequence", "normalizers": [
                 {"type": "Prepend", "prepend": "▁"},
                 {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}

@@ -430,23 +430,31 @@ class HFTokenizer(Tokenizer):
         # added tokens
         self.added_tokens = {}          # content -> id
         self.special_ids = set()
+        # Each token is matched by a spelling: its content in the raw text, or, when it is
+        # "normalized" and there is a normalizer, its normalized content in normalized text (as
+        # HF does: after Llama 2's Prepend("▁") normalizer "<x>" is found as "▁<x>").
+        self._raw_ids, self._normalized_ids = {}, {}
         raw_tokens, normalized_tokens = [], []
         for k, t in enumerate(doc.get("added_tokens") or []):
             if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not t["content"] \
                     or not isinstance(t.get("id"), int) or t["id"] < 0:
                 raise ValueError(f"{path}: added_tokens[{k}] is {json.dumps(t)[:120]}; expected "
                                  f"{{\"id\": int, \"content\": non-empty str, ...}}")
-            self.added_tokens[t["content"]] = t["id"]
+            content, i = t["content"], t["id"]
+            self.added_tokens[content] = i
             if t.get("special", False):
-                self.special_ids.add(t["id"])
-            entry = (t["content"], bool(t.get("lstrip")), bool(t.get("rstrip")),
-                     bool(t.get("single_word")))
-            (normalized_tokens if t.get("normalized", not t.get("special", False))
-             else raw_tokens).append(entry)
+                self.special_ids.add(i)
+            flags = (bool(t.get("lstrip")), bool(t.get("rstrip")), bool(t.get("single_word")))
+            if t.get("normalized", not t.get("special", False)) and self._normalize is not None:
+                spelling = self._normalize(content)
+                if spelling:
+                    normalized_tokens.append((spelling, *flags))
+                    self._normalized_ids[spelling] = i
+            else:
+                raw_tokens.append((content, *flags))
+                self._raw_ids[content] = i
         self._raw_re = _added_regex(raw_tokens)
-        self._normalized_re = _added_regex(normalized_tokens) if self._normalize else None
-        if self._normalize is None:
-            self._raw_re = _added_regex(raw_tokens + normalized_tokens)
+        self._normalized_re = _added_regex(normalized_tokens)
 
         size = max([*by_id, *self.added_tokens.values(), -1]) + 1
         self._size = size
@@ -456,13 +464,18 @@ class HFTokenizer(Tokenizer):
         for s, i in self.added_tokens.items():
             if self._id_to_str[i] is None:
                 self._id_to_str[i] = s
+        # what decoding starts from: HF's token strings, but an added token matched by its
+        # normalized spelling decodes from that spelling (Llama 2: "<x>" as "▁<x>", " <x>")
+        self._decode_str = list(self._id_to_str)
+        for spelling, i in self._normalized_ids.items():
+            self._decode_str[i] = spelling
 
         # the C encoder: vocabulary bytes (decoding; lookups of the model tokens), merges
         byte_level = self._pre.byte_level
         pieces = []
         in_model = np.zeros(size, dtype=np.uint8)
         for i in range(size):
-            s = self._id_to_str[i]
+            s = self._id_to_str[i] if i in by_id else self._decode_str[i]
             if s is None:
                 pieces.append(b"")
                 continue
@@ -588,7 +601,7 @@ class HFTokenizer(Tokenizer):
         if self._raw_re is not None:
             for m in self._raw_re.finditer(text):
                 parts.append(text[pos:m.start()])
-                parts.append(self._added_id(m.group()))
+                parts.append(self._added_id(m.group(), self._raw_ids))
                 pos = m.end()
         parts.append(text[pos:])
         for k, part in enumerate(parts):
@@ -604,7 +617,7 @@ class HFTokenizer(Tokenizer):
                     sub, p = [], 0
                     for m in self._normalized_re.finditer(part):
                         sub.append(part[p:m.start()])
-                        sub.append(self._added_id(m.group()))
+                        sub.append(self._added_id(m.group(), self._normalized_ids))
                         p = m.end()
                     sub.append(part[p:])
                     for j, s in enumerate(sub):
@@ -617,10 +630,11 @@ class HFTokenizer(Tokenizer):
                 out.append(self._pre.transform(part, at_start))
         return out
 
-    def _added_id(self, matched):
-        i = self.added_tokens.get(matched)
+    @staticmethod
+    def _added_id(matched, ids):
+        i = ids.get(matched)
         if i is None:       # lstrip/rstrip took white space with it
-            i = self.added_tokens[matched.strip(_WS_CHARS)]
+            i = ids[matched.strip(_WS_CHARS)]
         return i
 
     def encode_ndarray(self, text, add_special_tokens=True, num_threads=None):
@@ -761,7 +775,7 @@ class HFTokenizer(Tokenizer):
             arr = arr[~self._special_mask[arr]]
         if self._fast_decode:
             return self._native.decode(arr.astype(np.uint32)).decode("utf-8", errors="replace")
-        tokens = [self._id_to_str[i] for i in arr.tolist()]
+        tokens = [self._decode_str[i] for i in arr.tolist()]
         if any(t is None for t in tokens):
             i = arr.tolist()[tokens.index(None)]
             raise ValueError(f"token id {i} is not in the vocabulary (size {self._size})")
