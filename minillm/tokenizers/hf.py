@@ -349,14 +349,12 @@ def _trie_regex(words):
         node[""] = True
 
     def emit(node):
-        end = node.get("") is True
+        # a word that ends here but continues in the trie: try the longer ones first
         alts = [re.escape(c) + emit(child) for c, child in sorted(node.items()) if c != ""]
         if not alts:
             return ""
         body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        if end:
-            return "(?:" + body + ")?"
-        return body if len(alts) == 1 else body
+        return "(?:" + body + ")?" if "" in node else body
     return emit(trie)
 
 
@@ -509,6 +507,7 @@ class HFTokenizer(Tokenizer):
         self._special_mask[list(self.special_ids)] = True
         self._post = _post_processor(doc.get("post_processor"), self.added_tokens, path)
         self._ints = list(range(size))
+        self._stream_pieces = None      # decode_bytes' table, made on first use
 
     @staticmethod
     def _merge_ids(merges, vocab, path):
@@ -636,13 +635,6 @@ class HFTokenizer(Tokenizer):
         if i is None:       # lstrip/rstrip took white space with it
             i = ids[matched.strip(_WS_CHARS)]
         return i
-
-    def encode_ndarray(self, text, add_special_tokens=True, num_threads=None):
-        """Ids of `text` (str) as a (n,) uint32 array (see encode)."""
-        ids = self._encode_array(text, num_threads)
-        if add_special_tokens and self._post is not None:
-            ids = np.array(self._post(ids.tolist()), dtype=np.uint32)
-        return ids
 
     def _encode_array(self, text, num_threads):
         if not isinstance(text, str):
@@ -782,8 +774,18 @@ class HFTokenizer(Tokenizer):
         return "".join(self._decode_tokens(tokens))
 
     def decode_bytes(self, ids):
-        """Bytes of `ids` for streaming, byte-level tokenizers only (special tokens kept)."""
-        if not self._fast_decode:
-            raise ValueError(f"{self.path}: decode_bytes needs a byte-level decoder; use decode")
-        return self._native.decode(self._check_ids(ids).astype(np.uint32))
-
+        """Bytes of `ids` one token after another, for printing a stream token by token
+        (special tokens as their text). Byte-level tokens are their bytes; SentencePiece-style
+        ones have ▁ as a space and <0xXX> as that byte, and keep the leading space that decode
+        drops."""
+        arr = self._check_ids(ids)
+        if self._fast_decode:
+            return self._native.decode(arr.astype(np.uint32))
+        if self._stream_pieces is None:
+            pieces = []
+            for s in self._decode_str:
+                m = _BYTE_TOKEN.fullmatch(s) if s is not None and len(s) == 6 else None
+                pieces.append(bytes([int(m.group(1), 16)]) if m else
+                              (s or "").replace(METASPACE, " ").encode("utf-8"))
+            self._stream_pieces = pieces
+        return b"".join([self._stream_pieces[i] for i in arr.tolist()])
