@@ -135,6 +135,34 @@ def test_vocabulary_lookups_equal_hf(family):
     assert ours.token_to_id("no such token at all") is None
 
 
+@pytest.mark.parametrize("name", ["qwen2", "llama2", "mistral"])
+def test_added_token_flags_equal_hf(name, tmp_path):
+    # single_word, lstrip, rstrip, normalized, special in every combination the files use;
+    # the mistral file also switches Metaspace to prepend_scheme "never"
+    with open(build_family(name, str(tmp_path)), encoding="utf-8") as f:
+        doc = json.load(f)
+    n = max(max(doc["model"]["vocab"].values()), max(t["id"] for t in doc["added_tokens"])) + 1
+    for k, (content, flags) in enumerate([
+            ("word", {"single_word": True}), ("<R>", {"rstrip": True}),
+            ("<L>", {"lstrip": True, "special": True}),
+            ("<LR>", {"lstrip": True, "rstrip": True, "normalized": True}),
+            ("yes", {"single_word": True, "normalized": True})]):
+        doc["added_tokens"].append({"id": n + k, "content": content, "single_word": False,
+                                    "lstrip": False, "rstrip": False, "normalized": False,
+                                    "special": False, **flags})
+    if name == "mistral":
+        doc["pre_tokenizer"]["prepend_scheme"] = "never"
+    path = write(tmp_path, doc, "tokenizer.json")
+    hf, ours = tokenizers.Tokenizer.from_file(path), HFTokenizer.from_file(path)
+    for text in ["a word here", "awordb", "word", "words word_ word, (word)", "x<R>  y",
+                 "x  <L>y", " a \t<LR>\n b", "yes yesno noyes yes.", "<R><L><LR>",
+                 "é word ünword wordü 3word"] + HELD_OUT:
+        assert ours.encode(text) == hf.encode(text).ids, (name, text)
+        ids = hf.encode(text).ids
+        assert ours.decode(ids, skip_special_tokens=False) == \
+            hf.decode(ids, skip_special_tokens=False)
+
+
 def test_load_tokenizer_picks_hf_for_family_files(family, tmp_path):
     name, _, ours, path = family
     tok = load_tokenizer(os.path.dirname(path))
