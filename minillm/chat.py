@@ -38,7 +38,7 @@ def _jinja2():
     return jinja2
 
 
-def _token_text(value):
+def token_text(value):
     """A special token as tokenizer_config.json spells it: "text" or {"content": "text", ...}."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -103,8 +103,8 @@ class ChatTemplate:
             config = parse_json(read_text(cfg_path), cfg_path)
             if not isinstance(config, dict):
                 raise ValueError(f"{cfg_path}: expected a JSON object")
-        specials = {k: _token_text(config.get(k)) for k in SPECIAL_TOKEN_KEYS
-                    if _token_text(config.get(k)) is not None}
+        specials = {k: token_text(config.get(k)) for k in SPECIAL_TOKEN_KEYS
+                    if token_text(config.get(k)) is not None}
         jinja_path = os.path.join(folder, "chat_template.jinja")
         if name is None and os.path.exists(jinja_path):
             return cls(read_text(jinja_path), specials, jinja_path)

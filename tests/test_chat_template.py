@@ -204,6 +204,23 @@ def test_rendered_prompt_tokenizes_like_transformers(folder, hf_tokenizer):
     assert load_tokenizer(path).encode(prompt, add_special_tokens=False) == list(want)
 
 
+def test_tokenizer_apply_chat_template_equals_transformers(folder, hf_tokenizer, tmp_path):
+    from minillm.tokenizers import load_tokenizer
+    name, path = folder
+    tok = load_tokenizer(path)
+    messages = CONVERSATIONS[1]
+    for tokenize in (False, True):
+        want = hf_tokenizer.apply_chat_template(messages, tokenize=tokenize,
+                                                add_generation_prompt=True)
+        if tokenize and hasattr(want, "keys"):
+            want = want["input_ids"]
+        got = tok.apply_chat_template(messages, tokenize=tokenize, add_generation_prompt=True)
+        assert got == (list(want) if tokenize else want)
+    copy = load_tokenizer(tok.save(str(tmp_path / "copy")))
+    assert copy.apply_chat_template(messages, tokenize=False) == \
+        tok.apply_chat_template(messages, tokenize=False)
+
+
 def test_raise_exception_is_a_clear_error(folder):
     name, path = folder
     bad = {"llama2": [{"role": "assistant", "content": "first"}],
@@ -255,3 +272,12 @@ def test_import_minillm_does_not_need_jinja2():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "pip install 'minillm[chat]'" in out.stdout
+
+
+def test_tokenizer_without_template_says_so(tmp_path):
+    from minillm.tokenizers import load_tokenizer
+    build_family("llama3", str(tmp_path))
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.chat_template is None
+    with pytest.raises(ValueError, match="no chat template"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])

@@ -386,12 +386,14 @@ class HFTokenizer(Tokenizer):
     decode(ids, skip_special_tokens=True) -> str, as HF's `Tokenizer.decode`.
     """
 
-    def __init__(self, doc, path="tokenizer.json", config=None):
+    def __init__(self, doc, path="tokenizer.json", config=None, chat_template=None):
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}")
         self.path = path
         self.doc = doc
         self.config = config or {}
+        self._chat_template_file = chat_template     # source of chat_template.jinja, if any
+        self._chat = None
         for key in ("truncation", "padding"):
             if doc.get(key) is not None:
                 raise ValueError(f"{path}: \"{key}\" {json.dumps(doc[key])[:120]} is not supported "
@@ -537,7 +539,9 @@ class HFTokenizer(Tokenizer):
             config = parse_json(read_text(cfg_path), cfg_path)
             if not isinstance(config, dict):
                 raise ValueError(f"{cfg_path}: expected a JSON object")
-        return cls(doc, path, config)
+        jinja_path = os.path.join(os.path.dirname(os.path.abspath(path)), "chat_template.jinja")
+        template = read_text(jinja_path) if os.path.exists(jinja_path) else None
+        return cls(doc, path, config, template)
 
     @classmethod
     def load(cls, path):
@@ -557,7 +561,40 @@ class HFTokenizer(Tokenizer):
         if self.config:
             with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
                 json.dump(self.config, f, ensure_ascii=False, indent=1)
+        if self._chat_template_file is not None:
+            with open(os.path.join(path, "chat_template.jinja"), "w", encoding="utf-8") as f:
+                f.write(self._chat_template_file)
         return path
+
+    # ------------------------------------------------------------------ chat
+    @property
+    def chat_template(self):
+        """The model's minillm.chat.ChatTemplate (chat_template.jinja, else
+        tokenizer_config.json's "chat_template"), or None when it has none."""
+        if self._chat is None:
+            from ..chat import ChatTemplate, SPECIAL_TOKEN_KEYS, token_text
+            source = self._chat_template_file or self.config.get("chat_template")
+            if isinstance(source, list):       # named templates: the default one
+                source = {t.get("name"): t.get("template") for t in source
+                          if isinstance(t, dict)}.get("default")
+            if source is None:
+                return None
+            specials = {k: token_text(self.config.get(k)) for k in SPECIAL_TOKEN_KEYS
+                        if token_text(self.config.get(k)) is not None}
+            self._chat = ChatTemplate(source, specials, f"{self.path}: chat template")
+        return self._chat
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True,
+                            **kwargs):
+        """The conversation rendered by the model's chat template (see minillm.chat), as its
+        ids (tokenize=True; no BOS added beyond what the template writes, as transformers
+        does) or as text."""
+        template = self.chat_template
+        if template is None:
+            raise ValueError(f"{self.path}: this tokenizer has no chat template (neither "
+                             f"chat_template.jinja nor \"chat_template\" in tokenizer_config.json)")
+        text = template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # ------------------------------------------------------------------ vocabulary
     @property
