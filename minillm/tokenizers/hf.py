@@ -77,7 +77,8 @@ def _string_pattern(node, what, path):
 
 
 def _normalizer(node, path):
-    """A function str -> str for the normalizer node (None: identity)."""
+    """A function list[str] -> list[str] applying the normalizer node to each text (None:
+    identity); lists, so that a batch costs one comprehension per step."""
     if node is None:
         return None
     kind = _type_of(node, "normalizer", path)
@@ -85,29 +86,39 @@ def _normalizer(node, path):
         steps = [_normalizer(n, path) for n in node.get("normalizers") or []]
         steps = [f for f in steps if f is not None]
 
-        def sequence(s):
+        def sequence(texts):
             for f in steps:
-                s = f(s)
-            return s
-        return sequence
+                texts = f(texts)
+            return texts
+        return sequence if steps else None
     if kind in ("NFC", "NFD", "NFKC", "NFKD"):
-        return lambda s: s if unicodedata.is_normalized(kind, s) else unicodedata.normalize(kind, s)
+        def unicode_form(texts):
+            # texts joined by "\n" (which never composes) are normalized iff each one is
+            if unicodedata.is_normalized(kind, "\n".join(texts)):
+                return texts
+            return [unicodedata.normalize(kind, s) for s in texts]
+        return unicode_form
     if kind == "Lowercase":
-        return str.lower
+        return lambda texts: [s.lower() for s in texts]
     if kind == "Prepend":
         prefix = node.get("prepend")
         if not isinstance(prefix, str):
             raise ValueError(f"{path}: normalizer Prepend needs a string \"prepend\"")
-        return lambda s: prefix + s if s else s
+        return lambda texts: [prefix + s if s else s for s in texts]
     if kind == "Replace":
         old, new = _string_pattern(node, "normalizer Replace", path), node.get("content")
         if not isinstance(new, str):
             raise ValueError(f"{path}: normalizer Replace needs a string \"content\"")
-        return lambda s: s.replace(old, new)
+        return lambda texts: [s.replace(old, new) for s in texts]
     if kind == "Strip":
         left, right = node.get("strip_left", True), node.get("strip_right", True)
-        return lambda s: s.lstrip(_WS_CHARS) if left and not right else (
-            s.rstrip(_WS_CHARS) if right and not left else (s.strip(_WS_CHARS) if left else s))
+        if left and right:
+            return lambda texts: [s.strip(_WS_CHARS) for s in texts]
+        if left:
+            return lambda texts: [s.lstrip(_WS_CHARS) for s in texts]
+        if right:
+            return lambda texts: [s.rstrip(_WS_CHARS) for s in texts]
+        return None
     raise _unsupported(path, "normalizer", node,
                        "NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, Sequence")
 
@@ -190,24 +201,33 @@ class _PreTokenizer:
                 s = rep + s
         return s
 
+    def transform_all(self, texts):
+        """transform(s, True) of each non-empty text (empty ones stay empty), as a list."""
+        if self.prefix_space:
+            texts = [s if not s or s.startswith(" ") else " " + s for s in texts]
+        if self.metaspace is not None:
+            rep, scheme = self.metaspace
+            texts = [s.replace(" ", rep) for s in texts]
+            if scheme != "never":
+                texts = [s if not s or s.startswith(rep) else rep + s for s in texts]
+        return texts
+
 
 # ---------------------------------------------------------------------- post-processor
-def _post_processor(node, special_ids, path):
-    """A function ids -> ids adding the special tokens (None: nothing to add)."""
+def _post_processor(node, path):
+    """(before, after): the ids the post-processor node puts around a text's ids when special
+    tokens are added ([] and [] when none)."""
     if node is None:
-        return None
+        return [], []
     kind = _type_of(node, "post_processor", path)
     if kind == "Sequence":
-        steps = [_post_processor(n, special_ids, path) for n in node.get("processors") or []]
-        steps = [f for f in steps if f is not None]
-
-        def sequence(ids):
-            for f in steps:
-                ids = f(ids)
-            return ids
-        return sequence if steps else None
+        before, after = [], []
+        for n in node.get("processors") or []:
+            b, a = _post_processor(n, path)
+            before, after = b + before, after + a
+        return before, after
     if kind == "ByteLevel":
-        return None                     # it only moves offsets
+        return [], []                   # it only moves offsets
     if kind == "TemplateProcessing":
         specials = node.get("special_tokens") or {}
         before, after, seen = [], [], False
@@ -230,18 +250,32 @@ def _post_processor(node, special_ids, path):
             else:
                 raise ValueError(f"{path}: post_processor item {what!r} is not SpecialToken "
                                  f"or Sequence")
-        if not before and not after:
-            return None
-        return lambda ids: before + ids + after
+        return before, after
     if kind in ("RobertaProcessing", "BertProcessing"):
         try:
             cls_id, sep_id = int(node["cls"][1]), int(node["sep"][1])
         except (KeyError, IndexError, TypeError, ValueError):
             raise ValueError(f"{path}: post_processor {kind} needs \"cls\" and \"sep\" as "
                              f"[token, id]") from None
-        return lambda ids: [cls_id] + ids + [sep_id]
+        return [cls_id], [sep_id]
     raise _unsupported(path, "post_processor", node,
                        "TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel, Sequence")
+
+
+def _surround(ids, offsets, before, after):
+    """Flat ids (n,) of texts at offsets (t + 1,) with `before` and `after` ids put around
+    each text: (ids, offsets) of the result."""
+    t, b, a = len(offsets) - 1, len(before), len(after)
+    counts = np.diff(offsets)
+    out_offsets = offsets + np.arange(t + 1, dtype=np.int64) * (b + a)
+    out = np.empty(len(ids) + t * (b + a), dtype=np.uint32)
+    starts = out_offsets[:-1]
+    for j, i in enumerate(before):
+        out[starts + j] = i
+    for j, i in enumerate(after):
+        out[out_offsets[1:] - a + j] = i
+    out[np.arange(len(ids)) + np.repeat(starts - offsets[:-1] + b, counts)] = ids
+    return out, out_offsets
 
 
 # ---------------------------------------------------------------------- decoders
@@ -376,6 +410,38 @@ def _added_regex(tokens):
     return re.compile("|".join(alts))
 
 
+def _utf8_all(strings, texts):
+    """UTF-8 of each string; a lone surrogate raises ValueError naming the text it is in."""
+    try:
+        return [s.encode("utf-8") for s in strings]
+    except UnicodeEncodeError:
+        for i, t in enumerate(texts):
+            try:
+                utf8(t)
+            except ValueError as e:
+                raise ValueError(f"texts[{i}]: {e}" if len(texts) > 1 else str(e)) from None
+        raise
+
+
+def _join_pieces(all_pieces, ids, offsets):
+    """(ids, offsets) of texts from their pieces: str pieces take their ids in turn from the
+    encoded (ids, offsets), int pieces are added-token ids."""
+    chunks, out_offsets, j = [], [0], 0
+    for pieces in all_pieces:
+        n = 0
+        for p in pieces:
+            if isinstance(p, str):
+                chunk = ids[offsets[j]:offsets[j + 1]]
+                j += 1
+            else:
+                chunk = np.array([p], dtype=np.uint32)
+            chunks.append(chunk)
+            n += len(chunk)
+        out_offsets.append(out_offsets[-1] + n)
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint32)
+    return flat, np.array(out_offsets, dtype=np.int64)
+
+
 # ---------------------------------------------------------------------- the tokenizer
 class HFTokenizer(Tokenizer):
     """A tokenizer read from an HF tokenizer.json (`HFTokenizer.from_file(path)`).
@@ -424,7 +490,9 @@ class HFTokenizer(Tokenizer):
             by_id[i] = s
         self.vocab = vocab
 
-        self._normalize = _normalizer(doc.get("normalizer"), path)
+        self._normalize_all = _normalizer(doc.get("normalizer"), path)
+        self._normalize = None if self._normalize_all is None else (
+            lambda s: self._normalize_all([s])[0])
         self._pre = _PreTokenizer(doc.get("pre_tokenizer"), path)
 
         # added tokens
@@ -464,18 +532,20 @@ class HFTokenizer(Tokenizer):
         for s, i in self.added_tokens.items():
             if self._id_to_str[i] is None:
                 self._id_to_str[i] = s
-        # what decoding starts from: HF's token strings, but an added token matched by its
-        # normalized spelling decodes from that spelling (Llama 2: "<x>" as "▁<x>", " <x>")
+        # an added token matched by its normalized spelling is that spelling as a token string
+        # (HF's id_to_token) and decodes from it (Llama 2: "<x>" is "▁<x>", decoded " <x>")
         self._decode_str = list(self._id_to_str)
         for spelling, i in self._normalized_ids.items():
             self._decode_str[i] = spelling
+        model_str = self._id_to_str
+        self._id_to_str = self._decode_str
 
         # the C encoder: vocabulary bytes (decoding; lookups of the model tokens), merges
         byte_level = self._pre.byte_level
         pieces = []
         in_model = np.zeros(size, dtype=np.uint8)
         for i in range(size):
-            s = self._id_to_str[i] if i in by_id else self._decode_str[i]
+            s = model_str[i] if i in by_id else self._decode_str[i]
             if s is None:
                 pieces.append(b"")
                 continue
@@ -507,7 +577,7 @@ class HFTokenizer(Tokenizer):
         self._fast_decode = byte_level and _is_plain_byte_level(doc.get("decoder"))
         self._special_mask = np.zeros(size, dtype=bool)
         self._special_mask[list(self.special_ids)] = True
-        self._post = _post_processor(doc.get("post_processor"), self.added_tokens, path)
+        self._before, self._after = _post_processor(doc.get("post_processor"), path)
         self._ints = list(range(size))
         self._stream_pieces = None      # decode_bytes' table, made on first use
 
@@ -674,113 +744,57 @@ class HFTokenizer(Tokenizer):
         return i
 
     def _encode_array(self, text, num_threads):
+        """Ids (n,) uint32 of one text, special tokens not added."""
         if not isinstance(text, str):
             raise TypeError(f"expected text as str, got {type(text).__name__}")
-        nthreads = num_threads or default_num_threads()
         pieces = self._pieces(text)
-        try:
-            texts = [p.encode("utf-8") for p in pieces if isinstance(p, str)]
-        except UnicodeEncodeError:
-            utf8(text)        # raises ValueError naming the lone surrogate
-            raise
-        if len(pieces) == 1 and texts:
-            return self._native.encode(texts[0], nthreads)
-        ids, offsets = self._native.encode_batch(texts, 1)
-        out, t = [], 0
-        for p in pieces:
-            if isinstance(p, str):
-                out.append(ids[offsets[t]:offsets[t + 1]])
-                t += 1
-            else:
-                out.append(np.array([p], dtype=np.uint32))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.uint32)
+        data = _utf8_all([p for p in pieces if isinstance(p, str)], [text])
+        if len(pieces) == 1 and data:     # one piece: the C encoder splits it over threads
+            return self._native.encode(data[0], num_threads or default_num_threads())
+        ids, offsets = self._native.encode_batch(data, 1)
+        return _join_pieces([pieces], ids, offsets)[0]
+
+    def _encode_batch_arrays(self, texts, num_threads):
+        """(ids (total,) uint32, offsets (len(texts) + 1,) int64) of texts, special tokens not
+        added. Texts without added tokens (found in them joined by newlines, which finds a
+        superset) take one piece each; the others are cut into pieces one by one."""
+        nthreads = num_threads or default_num_threads()
+        if self._raw_re is None or not self._raw_re.search("\n".join(texts)):
+            normalized = texts if self._normalize_all is None else self._normalize_all(texts)
+            if self._normalized_re is None or not self._normalized_re.search("\n".join(normalized)):
+                data = _utf8_all(self._pre.transform_all(normalized), texts)
+                return self._native.encode_batch(data, nthreads)
+        all_pieces = [self._pieces(t) for t in texts]
+        data = _utf8_all([p for pieces in all_pieces for p in pieces if isinstance(p, str)], texts)
+        ids, offsets = self._native.encode_batch(data, nthreads)
+        return _join_pieces(all_pieces, ids, offsets)
 
     def encode(self, text, add_special_tokens=True, num_threads=None):
         """Ids of `text` (str): list[int], equal to HF's `Tokenizer.encode(text).ids`.
         add_special_tokens: add what the file's post-processor adds (e.g. BOS)."""
         ids = _native().ids_to_list(self._encode_array(text, num_threads), self._ints)
-        if add_special_tokens and self._post is not None:
-            ids = self._post(ids)
+        if add_special_tokens and (self._before or self._after):
+            ids = self._before + ids + self._after
         return ids
 
     def encode_batch(self, texts, add_special_tokens=True, num_threads=None):
-        """Ids of each text of a list of str: list[list[int]], texts spread over threads."""
+        """Ids of each text of a list of str: list[list[int]], as HF's `encode_batch`; the
+        texts are spread over threads."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}]: expected str, got {type(t).__name__}")
-        if texts and not (self._raw_re is not None and self._raw_re.search("\n".join(texts))) \
-                and self._normalized_re is None:
-            return self._encode_batch_plain(texts, add_special_tokens, num_threads)
-        all_pieces = [self._pieces(t) for t in texts]
-        try:
-            simple = [p[0].encode("utf-8") if len(p) == 1 and isinstance(p[0], str)
-                      else None for p in all_pieces]
-        except UnicodeEncodeError:
-            for i, t in enumerate(texts):
-                try:
-                    utf8(t)
-                except ValueError as e:
-                    raise ValueError(f"texts[{i}]: {e}") from None
-            raise
-        flat = []
-        for k, pieces in enumerate(all_pieces):
-            if simple[k] is not None:
-                flat.append(simple[k])
-            else:
-                flat.extend(p.encode("utf-8") for p in pieces if isinstance(p, str))
-        ids, offsets = self._native.encode_batch(flat, num_threads or default_num_threads())
+        ids, offsets = self._encode_batch_arrays(texts, num_threads)
+        if add_special_tokens and (self._before or self._after):
+            ids, offsets = _surround(ids, offsets, self._before, self._after)
+        # many small lists: pausing the cyclic GC (nothing here forms cycles) saves time
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            lists = _native().split_ids(ids, offsets, self._ints)
+            return _native().split_ids(ids, offsets, self._ints)
         finally:
             if gc_was_enabled:
                 gc.enable()
-        out, j = [], 0
-        post = self._post if add_special_tokens else None
-        for k, pieces in enumerate(all_pieces):
-            if simple[k] is not None:
-                seq = lists[j]
-                j += 1
-            else:
-                seq = []
-                for p in pieces:
-                    if isinstance(p, str):
-                        seq.extend(lists[j])
-                        j += 1
-                    else:
-                        seq.append(p)
-            out.append(post(seq) if post is not None else seq)
-        return out
-
-    def _encode_batch_plain(self, texts, add_special_tokens, num_threads):
-        """encode_batch for texts without added tokens: one piece per (non-empty) text."""
-        normalize, transform = self._normalize, self._pre.transform
-        if normalize is not None:
-            texts = [normalize(t) if t else t for t in texts]
-        if self._pre.prefix_space or self._pre.metaspace is not None:
-            texts = [transform(t, True) if t else t for t in texts]
-        try:
-            data = [t.encode("utf-8") for t in texts]
-        except UnicodeEncodeError:
-            for i, t in enumerate(texts):
-                try:
-                    utf8(t)
-                except ValueError as e:
-                    raise ValueError(f"texts[{i}]: {e}") from None
-            raise
-        ids, offsets = self._native.encode_batch(data, num_threads or default_num_threads())
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            lists = _native().split_ids(ids, offsets, self._ints)
-            if add_special_tokens and self._post is not None:
-                lists = [self._post(seq) for seq in lists]
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        return lists
 
     # ------------------------------------------------------------------ decoding
     def _check_ids(self, ids):
