@@ -449,7 +449,12 @@ class HFTokenizer(Tokenizer):
     encode(text, add_special_tokens=True) -> list[int], as HF's `Tokenizer.encode(text).ids`:
     added tokens in the text (special or not) are always matched and never split;
     add_special_tokens adds what the post-processor adds (Llama's BOS, ...).
-    decode(ids, skip_special_tokens=True) -> str, as HF's `Tokenizer.decode`.
+    encode_batch(texts, add_special_tokens=True) -> list[list[int]], over threads.
+    decode(ids, skip_special_tokens=True) -> str, as HF's `Tokenizer.decode`;
+    decode_bytes(ids) for streaming. token_to_id / id_to_token, vocab_size.
+    bos_token_id, eos_token_id (eot_token) and chat_template come from tokenizer_config.json
+    and chat_template.jinja beside the file; apply_chat_template(messages, ...) renders it.
+    Unlike HF, an id outside the vocabulary is an error rather than skipped.
     """
 
     def __init__(self, doc, path="tokenizer.json", config=None, chat_template=None):
