@@ -5,6 +5,7 @@ import json
 import os
 import random
 
+import numpy as np
 import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -180,6 +181,41 @@ def test_load_tokenizer_keeps_minillm_and_gpt2_files(tmp_path):
     assert isinstance(load_tokenizer(folder), BPETokenizer)
     os.remove(os.path.join(folder, "tokenizer.json"))     # GPT-2's vocab.json + merges.txt
     assert isinstance(load_tokenizer(folder), BPETokenizer)
+
+
+def test_hf_tokenizer_reads_minillm_files_as_hf_does(tmp_path):
+    tok = BPETokenizer().train(WORLD_TEXT * 5, 600, num_threads=1)
+    path = os.path.join(tok.save(str(tmp_path)), "tokenizer.json")
+    hf, ours = tokenizers.Tokenizer.from_file(path), HFTokenizer.from_file(path)
+    for text in HELD_OUT + ["x<|endoftext|>y"]:
+        assert ours.encode(text) == hf.encode(text).ids
+        assert ours.decode(hf.encode(text).ids) == hf.decode(hf.encode(text).ids)
+
+
+def test_other_normalizers_equal_hf(tmp_path):
+    # NFKC, Lowercase, Strip and Replace in one Sequence, on a byte-level file
+    with open(build_family("smollm2", str(tmp_path)), encoding="utf-8") as f:
+        doc = json.load(f)
+    doc["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "NFKC"}, {"type": "Lowercase"},
+        {"type": "Strip", "strip_left": True, "strip_right": True},
+        {"type": "Replace", "pattern": {"String": "  "}, "content": " "}]}
+    path = write(tmp_path, doc, "tokenizer.json")
+    hf, ours = tokenizers.Tokenizer.from_file(path), HFTokenizer.from_file(path)
+    for text in HELD_OUT + world_held_out():
+        assert ours.encode(text) == hf.encode(text).ids, text
+    assert ours.encode_batch(HELD_OUT) == [e.ids for e in hf.encode_batch(HELD_OUT)]
+
+
+def test_encoder_rejects_unknown_options():
+    from minillm import _bpe
+    with pytest.raises(ValueError, match="unknown pre-tokenizer step 'gpt5'"):
+        _bpe.pretokenize(b"x", ("gpt5",))
+    with pytest.raises(ValueError, match="at most 8"):
+        _bpe.pretokenize(b"x", ("digits",) * 9)
+    with pytest.raises(ValueError, match="unk id 256 is outside the vocabulary of 256"):
+        _bpe.Encoder(np.zeros((0, 3)), np.arange(256), bytes(range(256)),
+                     np.arange(257), unk_id=256)
 
 
 def test_bos_eos_come_from_tokenizer_config(tmp_path):
