@@ -207,6 +207,51 @@ def test_other_normalizers_equal_hf(tmp_path):
     assert ours.encode_batch(HELD_OUT) == [e.ids for e in hf.encode_batch(HELD_OUT)]
 
 
+@pytest.mark.parametrize("change", ["no_fuse_unk", "no_unk", "ignore_merges"])
+def test_model_options_equal_hf(change, tmp_path):
+    # unknown characters one <unk> each, or dropped without an unk token; ignore_merges on
+    # a SentencePiece-style vocabulary
+    with open(build_family("sp_unk", str(tmp_path)), encoding="utf-8") as f:
+        doc = json.load(f)
+    if change == "no_fuse_unk":
+        doc["model"]["fuse_unk"] = False
+    elif change == "no_unk":
+        doc["model"]["unk_token"] = None
+    else:
+        doc["model"]["ignore_merges"] = True
+    path = write(tmp_path, doc, "tokenizer.json")
+    hf, ours = tokenizers.Tokenizer.from_file(path), HFTokenizer.from_file(path)
+    for text in HELD_OUT + world_held_out():
+        assert ours.encode(text) == hf.encode(text).ids, text
+
+
+@pytest.mark.parametrize("ignore_merges", [False, True])
+def test_ignore_merges_takes_whole_words_as_hf(ignore_merges, tmp_path):
+    # "abc" and "Ġabc" are tokens no merge makes: only a whole-word lookup finds them
+    from minillm.tokenizers.base import BYTE_TO_CHAR
+    vocab = {BYTE_TO_CHAR[b]: b for b in range(256)}
+    for s in ["ab", "Ġa", "abc", "Ġabc"]:
+        vocab[s] = len(vocab)
+    doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+           "normalizer": None,
+           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+               {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated",
+                "invert": False},
+               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                "use_regex": False}]},
+           "post_processor": None,
+           "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                       "use_regex": True},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False,
+                     "byte_fallback": False, "ignore_merges": ignore_merges,
+                     "vocab": vocab, "merges": [["a", "b"], ["Ġ", "a"]]}}
+    path = write(tmp_path, doc, "tokenizer.json")
+    hf, ours = tokenizers.Tokenizer.from_file(path), HFTokenizer.from_file(path)
+    for text in ["abc", " abc abcd ab", "abcabc", "xabc"]:
+        assert ours.encode(text) == hf.encode(text).ids, text
+    assert (vocab["abc"] in ours.encode("abc")) == ignore_merges
+
+
 def test_encoder_rejects_unknown_options():
     from minillm import _bpe
     with pytest.raises(ValueError, match="unknown pre-tokenizer step 'gpt5'"):
