@@ -410,6 +410,20 @@ def _added_regex(tokens):
     return re.compile("|".join(alts))
 
 
+# str.translate table: a byte-level character -> the Latin-1 character of its byte; a Latin-1
+# character outside the alphabet -> U+FFFF, which Latin-1 cannot encode
+_TO_LATIN1 = {ord(c): chr(b) for c, b in CHAR_TO_BYTE.items()}
+_TO_LATIN1.update({cp: "\uffff" for cp in range(256) if chr(cp) not in CHAR_TO_BYTE})
+
+
+def _byte_level_bytes(s):
+    """Bytes a byte-level token string spells (base.str_to_token, at C speed), or None."""
+    try:
+        return s.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
 def _utf8_all(strings, texts):
     """UTF-8 of each string; a lone surrogate raises ValueError naming the text it is in."""
     try:
@@ -554,7 +568,7 @@ class HFTokenizer(Tokenizer):
             if s is None:
                 pieces.append(b"")
                 continue
-            b = str_to_token(s) if byte_level else None
+            b = _byte_level_bytes(s) if byte_level else None
             if i in by_id:
                 in_model[i] = b is not None or not byte_level
             pieces.append(b if b is not None else s.encode("utf-8"))
@@ -588,6 +602,14 @@ class HFTokenizer(Tokenizer):
 
     @staticmethod
     def _merge_ids(merges, vocab, path):
+        """[(left id, right id, merged id)] of the merges; the checks below name a bad one."""
+        try:          # well-formed files (all of them, nearly): one pass
+            pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]
+            out = [(vocab[a], vocab[b], vocab[a + b]) for a, b in pairs if a and b]
+            if len(out) == len(pairs):
+                return out
+        except (KeyError, ValueError, TypeError):
+            pass
         out = []
         for k, m in enumerate(merges):
             parts = m.split(" ") if isinstance(m, str) else m
