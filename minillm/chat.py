@@ -103,13 +103,25 @@ class ChatTemplate:
             config = parse_json(read_text(cfg_path), cfg_path)
             if not isinstance(config, dict):
                 raise ValueError(f"{cfg_path}: expected a JSON object")
+        jinja_path = os.path.join(folder, "chat_template.jinja")
+        jinja = read_text(jinja_path) if os.path.exists(jinja_path) else None
+        template = cls.from_config(config, jinja, cfg_path, jinja_path, name)
+        if template is None:
+            raise ValueError(f"{folder}: no chat template (neither chat_template.jinja nor "
+                             f"\"chat_template\" in tokenizer_config.json)")
+        return template
+
+    @classmethod
+    def from_config(cls, config, jinja=None, config_path="tokenizer_config.json",
+                    jinja_path="chat_template.jinja", name=None):
+        """The template of a parsed tokenizer_config.json (dict) and the text of
+        chat_template.jinja (or None), as from_folder chooses it; None when there is none."""
         specials = {k: token_text(config.get(k)) for k in SPECIAL_TOKEN_KEYS
                     if token_text(config.get(k)) is not None}
-        jinja_path = os.path.join(folder, "chat_template.jinja")
-        if name is None and os.path.exists(jinja_path):
-            return cls(read_text(jinja_path), specials, jinja_path)
+        if name is None and jinja is not None:
+            return cls(jinja, specials, jinja_path)
         source = config.get("chat_template")
-        where = f"{cfg_path}: chat_template"
+        where = f"{config_path}: chat_template"
         if isinstance(source, list):
             named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
             want = name or "default"
@@ -119,10 +131,7 @@ class ChatTemplate:
             source, where = named[want], f"{where} {want!r}"
         elif name is not None:
             raise ValueError(f"{where}: one template, not a list holding {name!r}")
-        if source is None:
-            raise ValueError(f"{folder}: no chat template (neither chat_template.jinja nor "
-                             f"\"chat_template\" in tokenizer_config.json)")
-        return cls(source, specials, where)
+        return None if source is None else cls(source, specials, where)
 
     def render(self, messages, add_generation_prompt=False, tools=None, documents=None,
                **kwargs):

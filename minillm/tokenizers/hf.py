@@ -669,16 +669,12 @@ class HFTokenizer(Tokenizer):
         """The model's minillm.chat.ChatTemplate (chat_template.jinja, else
         tokenizer_config.json's "chat_template"), or None when it has none."""
         if self._chat is None:
-            from ..chat import ChatTemplate, SPECIAL_TOKEN_KEYS, token_text
-            source = self._chat_template_file or self.config.get("chat_template")
-            if isinstance(source, list):       # named templates: the default one
-                source = {t.get("name"): t.get("template") for t in source
-                          if isinstance(t, dict)}.get("default")
-            if source is None:
-                return None
-            specials = {k: token_text(self.config.get(k)) for k in SPECIAL_TOKEN_KEYS
-                        if token_text(self.config.get(k)) is not None}
-            self._chat = ChatTemplate(source, specials, f"{self.path}: chat template")
+            from ..chat import ChatTemplate
+            folder = os.path.dirname(os.path.abspath(self.path))
+            self._chat = ChatTemplate.from_config(
+                self.config, self._chat_template_file,
+                os.path.join(folder, "tokenizer_config.json"),
+                os.path.join(folder, "chat_template.jinja"))
         return self._chat
 
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True,
