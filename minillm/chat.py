@@ -34,7 +34,7 @@ def _jinja2():
         import jinja2.sandbox
     except ImportError:
         raise ImportError("chat templates need jinja2: pip install 'minillm[chat]' "
-                          "(or pip install 'jinja2>=3.1')") from None
+                          "(or pip install 'jinja2>=3.1.6')") from None
     return jinja2
 
 
