@@ -18,7 +18,7 @@ build: .setup-stamp
 
 # Reference libraries the comparison tests use (torch is pinned: the CPU build on local disk).
 dev: .setup-stamp
-	$(PIP) safetensors tokenizers tiktoken threadpoolctl tqdm "torch==2.13.0" transformers
+	$(PIP) safetensors tokenizers tiktoken threadpoolctl tqdm "torch==2.13.0" transformers "jinja2>=3.1.6"
 
 test: build
 	$(PY) -m pytest tests -q

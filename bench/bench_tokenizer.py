@@ -6,7 +6,9 @@ tiktoken in the same run, same merges, 2 threads.
 (set OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 and unset OPENBLAS_* as `make bench` does)
 
 Groups: train-2048 and train-8192 (minillm vs HF BpeTrainer, ByteLevel), encode-string (one
-5 MB string), encode-batch (its ~187k lines as a list), decode (the ids of the whole corpus).
+5 MB string), encode-batch (its ~187k lines as a list), decode (the ids of the whole corpus),
+and per family of HF tokenizer.json files (llama3, qwen2, smollm2, llama2, mistral: minillm's
+HFTokenizer vs HF `tokenizers` on the same file) family-string-* and family-batch-*.
 Encoders use the 8,192-id vocabulary trained by minillm, loaded by HF from our tokenizer.json
 and by tiktoken from our ranks. The corpus comes from data/shakespeare/input.txt
 ($MINILLM_DATA_DIR), fetched once if missing; the benchmarks skip if it cannot be had.
@@ -143,6 +145,52 @@ def test_encode_batch_hf(benchmark, corpus, lines, tok, hf_tok):
     out = run(benchmark, lambda: hf_tok.encode_batch(lines, add_special_tokens=False),
               len(corpus.encode()), 2)
     assert out[100].ids == tok.encode(lines[100])
+
+
+# ---------------------------------------------------------------------- HF tokenizer.json families
+# One tokenizer.json per family (tests/tokenizer_families.py: each family's pre-tokenizer,
+# normalizer, model options and special tokens, vocabularies trained on tests/data), read by
+# minillm's HFTokenizer and by HF `tokenizers`; both encode the corpus as one string and as
+# its lines, special tokens added as the file says.
+BENCH_FAMILIES = ["llama3", "qwen2", "smollm2", "llama2", "mistral"]
+
+
+@pytest.fixture(scope="module", params=BENCH_FAMILIES)
+def family_pair(request, tmp_path_factory):
+    tokenizers = pytest.importorskip("tokenizers")
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "tests"))
+    from tokenizer_families import build_family
+    from minillm.tokenizers import HFTokenizer
+    path = build_family(request.param, str(tmp_path_factory.mktemp(request.param)))
+    return request.param, HFTokenizer.from_file(path), tokenizers.Tokenizer.from_file(path)
+
+
+def test_family_encode_string_minillm(benchmark, corpus, family_pair):
+    name, ours, hf = family_pair
+    benchmark.group = f"family-string-{name}"
+    ids = run(benchmark, lambda: ours.encode(corpus, num_threads=THREADS), len(corpus.encode()), 3)
+    assert ids == hf.encode(corpus).ids
+
+
+def test_family_encode_string_hf(benchmark, corpus, family_pair):
+    name, ours, hf = family_pair
+    benchmark.group = f"family-string-{name}"
+    run(benchmark, lambda: hf.encode(corpus), len(corpus.encode()), 1)
+
+
+def test_family_encode_batch_minillm(benchmark, corpus, lines, family_pair):
+    name, ours, hf = family_pair
+    benchmark.group = f"family-batch-{name}"
+    out = run(benchmark, lambda: ours.encode_batch(lines, num_threads=THREADS),
+              len(corpus.encode()), 3)
+    assert out[100] == hf.encode(lines[100]).ids
+
+
+def test_family_encode_batch_hf(benchmark, corpus, lines, family_pair):
+    name, ours, hf = family_pair
+    benchmark.group = f"family-batch-{name}"
+    run(benchmark, lambda: hf.encode_batch(lines), len(corpus.encode()), 1)
 
 
 # ---------------------------------------------------------------------- decoding

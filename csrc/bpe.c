@@ -1,12 +1,15 @@
-/* bpe.c: byte-level BPE as in GPT-2 (Radford et al. 2019; Sennrich et al. 2016):
- * pre-tokenization, training and encoding/decoding, side by side.
+/* bpe.c: byte-pair encoding (Sennrich et al. 2016) as GPT-2 (Radford et al. 2019) and the
+ * HF `tokenizers` files of Llama 2/3, Qwen2, Mistral and SmolLM2 use it: pre-tokenization,
+ * training and encoding/decoding, side by side.
  *
- *   pre-tokenize   text (n bytes) -> pre-tokens ("words"), GPT-2's regular expression
- *                  hand-compiled into a scanner over the classes of unicode_tables.h
+ *   pre-tokenize   text (n bytes) -> pre-tokens ("words"): a chain of splitting steps, each a
+ *                  regular expression hand-compiled into a scanner over the classes of
+ *                  unicode_tables.h (GPT-2's, Llama 3's, Qwen2's), digits, or the metaspace
  *   train          unique words with counts -> merges (pair counts updated incrementally
  *                  through a pair -> words index and a max-heap with lazy deletion)
- *   encode         each word: merge the adjacent pair of lowest rank until none is left,
- *                  with a per-thread cache of recent words; texts/chunks split over threads
+ *   encode         each word: its first symbols (bytes, or characters with byte fallback),
+ *                  then merge the adjacent pair of lowest rank until none is left, with a
+ *                  per-thread cache of recent words; texts/chunks split over threads
  *   decode         ids -> concatenated token bytes
  */
 #include "minillm.h"
@@ -107,28 +110,157 @@ int64_t mll_bpe_pretokenize(const uint8_t *s, int64_t n, int64_t *ends)
     return k;
 }
 
-/* A pre-token always starts at p when s[p - 1] is '\n', '\r' or '\t' and s[p] is an ASCII
- * non-space: the whitespace run before p ends at p, only whitespace tokens hold s[p - 1], and
- * " ?X" needs a space. Splitting there gives the same pre-tokens as the whole text, provided
- * each piece still looks ahead into the next (we pass the full length n). */
-static int64_t next_safe_split(const uint8_t *s, int64_t p, int64_t stop)
+/* Llama 3's pattern (GPT-4's cl100k with the contractions case-insensitive), and Qwen2's,
+ * which differs only in taking digits one at a time (digit_max 1 instead of 3):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+ *   |\s*[\r\n]+|\s+(?!\S)|\s+
+ * The alternatives are tried in order at i, as a backtracking engine (Oniguruma) does. */
+static inline int lower_ascii(uint8_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
+
+static inline int is_newline(uint8_t c) { return c == '\r' || c == '\n'; }
+
+/* Length of the contraction at s[i] ('s 't 're 've 'm 'll 'd, any case), 0 if none. Case
+ * folding maps U+017F LATIN SMALL LETTER LONG S (C5 BF) to 's', so "'ſ" matches too. */
+static int contraction_len(const uint8_t *s, int64_t i, int64_t n)
+{
+    if (s[i] != '\'' || i + 1 >= n) return 0;
+    int c1 = lower_ascii(s[i + 1]);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+    if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return 3;
+    if (i + 2 >= n) return 0;
+    int c2 = lower_ascii(s[i + 2]);
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+    return 0;
+}
+
+static int64_t gpt4_pretoken_end(const uint8_t *s, int64_t i, int64_t n, int digit_max)
+{
+    int k = contraction_len(s, i, n);
+    if (k) return i + k;
+    int len0, cls = uc_class_at(s, i, n, &len0);
+    if (cls == MLL_UC_LETTER) return run_end(s, i + len0, n, MLL_UC_LETTER);
+    if (cls != MLL_UC_NUMBER && !is_newline(s[i]) && i + len0 < n) {   /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+        int len1;
+        if (uc_class_at(s, i + len0, n, &len1) == MLL_UC_LETTER)
+            return run_end(s, i + len0 + len1, n, MLL_UC_LETTER);
+    }
+    if (cls == MLL_UC_NUMBER) {                                        /* \p{N}{1,digit_max} */
+        int64_t j = i + len0;
+        for (int d = 1; d < digit_max && j < n; d++) {
+            int len;
+            if (uc_class_at(s, j, n, &len) != MLL_UC_NUMBER) break;
+            j += len;
+        }
+        return j;
+    }
+    int64_t j = -1;                                          /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
+    if (cls == MLL_UC_OTHER) {
+        j = run_end(s, i + len0, n, MLL_UC_OTHER);
+    } else if (s[i] == ' ' && i + 1 < n) {
+        int len1;
+        if (uc_class_at(s, i + 1, n, &len1) == MLL_UC_OTHER) j = run_end(s, i + 1 + len1, n, MLL_UC_OTHER);
+    }
+    if (j >= 0) {
+        while (j < n && is_newline(s[j])) j++;
+        return j;
+    }
+    /* s[i] is white space: the run [i, j) */
+    int64_t last_nl = -1, last = i;
+    j = i;
+    while (j < n) {
+        int len;
+        if (uc_class_at(s, j, n, &len) != MLL_UC_SPACE) break;
+        if (is_newline(s[j])) last_nl = j;
+        last = j;
+        j += len;
+    }
+    if (last_nl >= 0) return last_nl + 1;                    /* \s*[\r\n]+ */
+    if (j == n || last == i) return j;                       /* \s+(?!\S) at the end | \s+ */
+    return last;                                             /* \s+(?!\S): give one back */
+}
+
+/* Digits pre-tokenizer: each number character (N*) on its own, or runs of them; the other
+ * characters in runs between. */
+static int64_t digits_pretoken_end(const uint8_t *s, int64_t i, int64_t n, int individual)
+{
+    int len, cls = uc_class_at(s, i, n, &len);
+    if (cls == MLL_UC_NUMBER && individual) return i + len;
+    int want_number = cls == MLL_UC_NUMBER;
+    int64_t j = i + len;
+    while (j < n && (uc_class_at(s, j, n, &len) == MLL_UC_NUMBER) == want_number) j += len;
+    return j;
+}
+
+/* Metaspace split: a piece starts at every U+2581 (E2 96 81) and runs to the next one. */
+static int64_t metaspace_pretoken_end(const uint8_t *s, int64_t i, int64_t n)
+{
+    int64_t j = i + 1;
+    while (j < n && !(s[j] == 0xE2 && j + 2 < n && s[j + 1] == 0x96 && s[j + 2] == 0x81)) j++;
+    return j;
+}
+
+int64_t mll_bpe_split_end(int step, const uint8_t *s, int64_t i, int64_t n)
+{
+    switch (step) {
+    case MLL_SPLIT_GPT2: return mll_bpe_pretoken_end(s, i, n);
+    case MLL_SPLIT_LLAMA3: return gpt4_pretoken_end(s, i, n, 3);
+    case MLL_SPLIT_QWEN2: return gpt4_pretoken_end(s, i, n, 1);
+    case MLL_SPLIT_DIGITS: return digits_pretoken_end(s, i, n, 1);
+    case MLL_SPLIT_DIGIT_RUNS: return digits_pretoken_end(s, i, n, 0);
+    case MLL_SPLIT_METASPACE: return metaspace_pretoken_end(s, i, n);
+    default: return n;
+    }
+}
+
+/* Pieces of s[start, stop) after steps[0..nsteps): ends written to ends (one per piece, at
+ * most stop - start); each step splits the pieces of the one before, with its look-ahead
+ * confined to the piece (as HF applies each pre-tokenizer to each piece). */
+static int64_t split_chain(const int *steps, int nsteps, const uint8_t *s, int64_t start,
+                           int64_t stop, int64_t *ends)
+{
+    if (nsteps == 0) {
+        if (stop > start) ends[0] = stop;
+        return stop > start;
+    }
+    int64_t k = 0;
+    for (int64_t i = start; i < stop;) {
+        int64_t e = mll_bpe_split_end(steps[0], s, i, stop);
+        k += split_chain(steps + 1, nsteps - 1, s, i, e, ends + k);
+        i = e;
+    }
+    return k;
+}
+
+int64_t mll_bpe_split(const int *steps, int nsteps, const uint8_t *s, int64_t n, int64_t *ends)
+{
+    return split_chain(steps, nsteps, s, 0, n, ends);
+}
+
+/* A pre-token always starts at p when s[p - 1] is '\n' or '\r' (GPT-2: or '\t') and s[p] is
+ * an ASCII non-space: the whitespace run before p ends at p, only whitespace tokens hold
+ * s[p - 1] (Llama 3's " ?[^\s\p{L}\p{N}]+[\r\n]*" ends at the newlines; its
+ * "[^\r\n\p{L}\p{N}]?\p{L}+" takes a tab, not a newline, before a word), and " ?X" needs a
+ * space. Splitting there gives the same pre-tokens as the whole text, provided each piece
+ * still looks ahead into the next (we pass the full length n). */
+static int64_t next_safe_split(const uint8_t *s, int64_t p, int64_t stop, int tab_ok)
 {
     for (; p < stop; p++) {
         uint8_t a = s[p - 1], b = s[p];
-        if ((a == '\n' || a == '\r' || a == '\t') && b < 0x80 && mll_uc_ascii[b] != MLL_UC_SPACE)
+        if ((a == '\n' || a == '\r' || (tab_ok && a == '\t')) && b < 0x80 &&
+            mll_uc_ascii[b] != MLL_UC_SPACE)
             return p;
     }
     return stop;
 }
 
 /* bounds (nparts + 1,) <- pieces of s[0, n) for nparts threads; returns the pieces made. */
-static int split_text(const uint8_t *s, int64_t n, int nparts, int64_t *bounds)
+static int split_text(const uint8_t *s, int64_t n, int nparts, int64_t *bounds, int tab_ok)
 {
     int k = 0;
     bounds[0] = 0;
     for (int t = 1; t < nparts; t++) {
         int64_t p = next_safe_split(s, n * t / nparts > bounds[k] ? n * t / nparts : bounds[k] + 1,
-                                    n);
+                                    n, tab_ok);
         if (p >= n || p <= bounds[k]) continue;
         bounds[++k] = p;
     }
@@ -305,7 +437,7 @@ int mll_bpe_counter_add(mll_bpe_counter *c, const uint8_t *text, int64_t n, int 
     if (nthreads == 1) return count_words(c, text, 0, n, n);
     int64_t bounds[65];
     if (nthreads > 64) nthreads = 64;
-    int nparts = split_text(text, n, nthreads, bounds);
+    int nparts = split_text(text, n, nthreads, bounds, 1);
     mll_bpe_counter local[64];
     int err = 0;
     for (int p = 0; p < nparts; p++) err |= counter_init(&local[p], 1 << 14);
@@ -626,17 +758,24 @@ typedef struct {
     uint32_t rank, id;
 } merge_val;
 
+#define NO_RANK UINT32_MAX
+#define NO_ID UINT32_MAX
+
 struct mll_bpe {
     int64_t n_merges, map_cap;       /* map: open addressing, key (left << 32 | right) */
     uint64_t *map_key;
-    merge_val *map_val;              /* rank UINT32_MAX = empty */
-    uint32_t byte_ids[256];
+    merge_val *map_val;              /* rank NO_RANK = empty */
+    uint32_t byte_ids[256];          /* bytes: id of each byte; characters: of <0xXX> */
+    int all_bytes;                   /* every byte has an id (the fast path of byte-level BPE) */
+    mll_bpe_options opt;
     int64_t vocab_size;
     int64_t *vocab_off;
     uint8_t *vocab_bytes;
+    /* tokens of the model by their bytes (characters and whole words), open addressing */
+    int64_t tok_cap;
+    uint64_t *tok_hash;
+    uint32_t *tok_id;                /* NO_ID = empty */
 };
-
-#define NO_RANK UINT32_MAX
 
 static inline merge_val merge_lookup(const mll_bpe *t, uint32_t a, uint32_t b)
 {
@@ -649,6 +788,42 @@ static inline merge_val merge_lookup(const mll_bpe *t, uint32_t a, uint32_t b)
     }
 }
 
+/* Id of the model token whose bytes are w[0, n), NO_ID if none. */
+static uint32_t token_lookup(const mll_bpe *t, const uint8_t *w, int64_t n)
+{
+    if (!t->tok_cap) return NO_ID;
+    uint64_t h = hash_bytes(w, n);
+    for (int64_t j = (int64_t)(h & (uint64_t)(t->tok_cap - 1));; j = (j + 1) & (t->tok_cap - 1)) {
+        uint32_t id = t->tok_id[j];
+        if (id == NO_ID) return NO_ID;
+        if (t->tok_hash[j] == h && t->vocab_off[id + 1] - t->vocab_off[id] == n &&
+            memcmp(t->vocab_bytes + t->vocab_off[id], w, (size_t)n) == 0)
+            return id;
+    }
+}
+
+static int build_token_index(mll_bpe *t, const uint8_t *in_model)
+{
+    int64_t cap = 16;
+    while (cap < 2 * t->vocab_size + 2) cap *= 2;
+    t->tok_hash = malloc(sizeof(uint64_t) * (size_t)cap);
+    t->tok_id = malloc(sizeof(uint32_t) * (size_t)cap);
+    if (!t->tok_hash || !t->tok_id) return -1;
+    t->tok_cap = cap;
+    for (int64_t j = 0; j < cap; j++) t->tok_id[j] = NO_ID;
+    for (int64_t i = 0; i < t->vocab_size; i++) {
+        int64_t a = t->vocab_off[i], n = t->vocab_off[i + 1] - a;
+        if (n == 0 || (in_model && !in_model[i])) continue;
+        if (token_lookup(t, t->vocab_bytes + a, n) != NO_ID) continue;  /* first id wins */
+        uint64_t h = hash_bytes(t->vocab_bytes + a, n);
+        int64_t j = (int64_t)(h & (uint64_t)(cap - 1));
+        while (t->tok_id[j] != NO_ID) j = (j + 1) & (cap - 1);
+        t->tok_hash[j] = h;
+        t->tok_id[j] = (uint32_t)i;
+    }
+    return 0;
+}
+
 void mll_bpe_free(mll_bpe *t)
 {
     if (!t) return;
@@ -656,14 +831,26 @@ void mll_bpe_free(mll_bpe *t)
     free(t->map_val);
     free(t->vocab_off);
     free(t->vocab_bytes);
+    free(t->tok_hash);
+    free(t->tok_id);
     free(t);
 }
 
+static const mll_bpe_options gpt2_options = {0, 0, 0, 0, -1, 1, {MLL_SPLIT_GPT2}};
+
 mll_bpe *mll_bpe_new(const uint32_t *merges, int64_t n_merges, const uint32_t *byte_ids,
-                     const uint8_t *vocab_bytes, const int64_t *vocab_offsets, int64_t vocab_size)
+                     const uint8_t *vocab_bytes, const int64_t *vocab_offsets, int64_t vocab_size,
+                     const uint8_t *in_model, const mll_bpe_options *opt)
 {
+    if (!opt) opt = &gpt2_options;
+    if (opt->nsteps < 0 || opt->nsteps > MLL_BPE_MAX_STEPS || opt->unk_id >= vocab_size ||
+        vocab_size >= (int64_t)NO_ID)
+        return NULL;
+    for (int k = 0; k < opt->nsteps; k++)
+        if (opt->steps[k] < MLL_SPLIT_GPT2 || opt->steps[k] > MLL_SPLIT_METASPACE) return NULL;
     mll_bpe *t = calloc(1, sizeof(*t));
     if (!t) return NULL;
+    t->opt = *opt;
     int64_t cap = 16;
     while (cap < 2 * n_merges + 2) cap *= 2;
     t->n_merges = n_merges;
@@ -685,12 +872,15 @@ mll_bpe *mll_bpe_new(const uint32_t *merges, int64_t n_merges, const uint32_t *b
         t->map_key[j] = key;
         t->map_val[j] = (merge_val){(uint32_t)r, m};
     }
+    t->all_bytes = 1;
     for (int b = 0; b < 256; b++) {
-        if (byte_ids[b] >= vocab_size) goto fail;
+        if (byte_ids[b] != NO_ID && byte_ids[b] >= vocab_size) goto fail;
         t->byte_ids[b] = byte_ids[b];
+        if (byte_ids[b] == NO_ID) t->all_bytes = 0;
     }
     memcpy(t->vocab_off, vocab_offsets, sizeof(int64_t) * (size_t)(vocab_size + 1));
     memcpy(t->vocab_bytes, vocab_bytes, (size_t)vocab_offsets[vocab_size]);
+    if ((opt->chars || opt->ignore_merges) && build_token_index(t, in_model) < 0) goto fail;
     return t;
 fail:
     mll_bpe_free(t);
@@ -753,6 +943,51 @@ static int state_reserve(encoder_state *st, int64_t n)
         return -1;
     }
     return 0;
+}
+
+/* Bytes of the UTF-8 character at w[i] (an invalid sequence: 1, one character per byte). */
+static inline int utf8_char_len(const uint8_t *w, int64_t i, int64_t n)
+{
+    uint8_t c = w[i];
+    int len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+    if (i + len > n) return 1;
+    for (int k = 1; k < len; k++)
+        if (!is_cont(w[i + k])) return 1;
+    return len;
+}
+
+/* out <- the first symbols of word w (n bytes): its bytes (byte-level BPE) or its characters
+ * (SentencePiece-style), returns their count (<= n). A character without a token becomes its
+ * <0xXX> byte tokens (byte fallback, when all of them exist), else the unknown token (runs
+ * fused into one with fuse_unk), else nothing, as HF's BPE model does. */
+static int64_t first_symbols(const mll_bpe *t, const uint8_t *w, int64_t n, uint32_t *out)
+{
+    if (!t->opt.chars && t->all_bytes) {
+        for (int64_t i = 0; i < n; i++) out[i] = t->byte_ids[w[i]];
+        return n;
+    }
+    int64_t k = 0;
+    int prev_unk = 0;
+    for (int64_t i = 0; i < n;) {
+        int len = t->opt.chars ? utf8_char_len(w, i, n) : 1;
+        uint32_t id = t->opt.chars ? token_lookup(t, w + i, len) : t->byte_ids[w[i]];
+        if (id != NO_ID) {
+            out[k++] = id;
+            prev_unk = 0;
+        } else {
+            int fallback = t->opt.chars && t->opt.byte_fallback;
+            for (int b = 0; fallback && b < len; b++) fallback = t->byte_ids[w[i + b]] != NO_ID;
+            if (fallback) {
+                for (int b = 0; b < len; b++) out[k++] = t->byte_ids[w[i + b]];
+                prev_unk = 0;
+            } else if (t->opt.unk_id >= 0 && !(prev_unk && t->opt.fuse_unk)) {
+                out[k++] = (uint32_t)t->opt.unk_id;
+                prev_unk = 1;
+            }
+        }
+        i += len;
+    }
+    return k;
 }
 
 /* Short words: ids (n,) shrinks in place; pair[i] = merge of (ids[i], ids[i + 1]). Each
@@ -846,11 +1081,12 @@ static int64_t merge_long(const mll_bpe *t, encoder_state *st, int64_t n)
 
 #define SHORT_WORD 64
 
-/* out <- ids of the word w (n bytes); returns their count, -1 if out of memory. */
+/* out <- ids of the word w (n >= 1 bytes); returns their count, -1 if out of memory. With
+ * ignore_merges a word that is itself a token (Llama 3) is that token. */
 static int64_t encode_word(const mll_bpe *t, encoder_state *st, const uint8_t *w, int64_t n,
                            uint32_t *out)
 {
-    if (n == 1) {
+    if (n == 1 && !t->opt.chars && t->all_bytes) {
         out[0] = t->byte_ids[w[0]];
         return 1;
     }
@@ -865,15 +1101,17 @@ static int64_t encode_word(const mll_bpe *t, encoder_state *st, const uint8_t *w
         }
     }
     int64_t k;
-    if (n <= SHORT_WORD) {
+    uint32_t whole = t->opt.ignore_merges ? token_lookup(t, w, n) : NO_ID;
+    if (whole != NO_ID) {
+        out[0] = whole;
+        k = 1;
+    } else if (n <= SHORT_WORD) {
         merge_val pair[SHORT_WORD];
-        for (int64_t i = 0; i < n; i++) out[i] = t->byte_ids[w[i]];
-        k = merge_short(t, out, pair, n);
+        k = merge_short(t, out, pair, first_symbols(t, w, n, out));
     } else {
         /* positions are int32 in the links and the heap keys */
         if (n > INT32_MAX || state_reserve(st, n) < 0) return -1;
-        for (int64_t i = 0; i < n; i++) st->ids[i] = t->byte_ids[w[i]];
-        k = merge_long(t, st, n);
+        k = merge_long(t, st, first_symbols(t, w, n, st->ids));
         memcpy(out, st->ids, sizeof(uint32_t) * (size_t)k);
     }
     if (slot && k <= CACHE_IDS) {
@@ -886,14 +1124,35 @@ static int64_t encode_word(const mll_bpe *t, encoder_state *st, const uint8_t *w
     return k;
 }
 
-/* ids of the pre-tokens starting in [start, stop) of s[0, n); returns the count or -1. */
+/* ids of s[start, stop) split by steps[0..nsteps) (each looking ahead no further than the
+ * piece it splits); returns the count or -1. */
+static int64_t encode_pieces(const mll_bpe *t, encoder_state *st, const uint8_t *s, int64_t start,
+                             int64_t stop, const int *steps, int nsteps, uint32_t *out)
+{
+    if (nsteps == 0) return stop > start ? encode_word(t, st, s + start, stop - start, out) : 0;
+    int64_t k = 0;
+    for (int64_t i = start; i < stop;) {
+        int64_t e = mll_bpe_split_end(steps[0], s, i, stop);
+        int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
+        if (m < 0) return -1;
+        k += m;
+        i = e;
+    }
+    return k;
+}
+
+/* ids of the pre-tokens starting in [start, stop) of s[0, n); the first step looks ahead up
+ * to n (a thread's piece ends where the whole text has a pre-token boundary). */
 static int64_t encode_span(const mll_bpe *t, encoder_state *st, const uint8_t *s, int64_t start,
                            int64_t stop, int64_t n, uint32_t *out)
 {
+    const int *steps = t->opt.steps;
+    int nsteps = t->opt.nsteps;
+    if (nsteps == 0) return encode_pieces(t, st, s, start, stop, steps, 0, out);
     int64_t k = 0;
     for (int64_t i = start; i < stop;) {
-        int64_t e = mll_bpe_pretoken_end(s, i, n);
-        int64_t m = encode_word(t, st, s + i, e - i, out + k);
+        int64_t e = mll_bpe_split_end(steps[0], s, i, n);
+        int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
         if (m < 0) return -1;
         k += m;
         i = e;
@@ -902,15 +1161,19 @@ static int64_t encode_span(const mll_bpe *t, encoder_state *st, const uint8_t *s
 }
 
 /* Piece p writes its ids at out + bounds[p] (a piece of b bytes gives at most b ids); the
- * pieces are then packed in order, so the ids do not depend on the thread count. */
+ * pieces are then packed in order, so the ids do not depend on the thread count. Only a
+ * chain that starts with a regular expression is split (the safe points are its boundaries). */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads)
 {
     nthreads = max_threads(nthreads);
     if (nthreads > 64) nthreads = 64;
-    if (n < (1 << 16)) nthreads = 1;
+    int first = t->opt.nsteps ? t->opt.steps[0] : 0;
+    if (n < (1 << 16) || !(first == MLL_SPLIT_GPT2 || first == MLL_SPLIT_LLAMA3 ||
+                           first == MLL_SPLIT_QWEN2))
+        nthreads = 1;
     int64_t bounds[65], counts[64];
-    int nparts = split_text(text, n, nthreads, bounds);
+    int nparts = split_text(text, n, nthreads, bounds, first == MLL_SPLIT_GPT2);
     int err = 0;
 #pragma omp parallel for num_threads(nparts) schedule(static, 1) reduction(| : err) if (nparts > 1)
     for (int p = 0; p < nparts; p++) {

@@ -190,17 +190,31 @@ void mll_rand_trunc_normal(uint64_t seed, uint64_t offset, float *out, int64_t n
                            float a, float b);
 
 /* ------------------------------------------------------------------ bpe.c */
-/* Byte-level BPE as in GPT-2. Text is UTF-8 bytes (invalid sequences count as one "other"
- * character per byte); token ids are uint32. Pre-tokenization follows GPT-2's pattern
- *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
- * with the Unicode classes of csrc/unicode_tables.h. */
+/* Byte-pair encoding as GPT-2 and the HF `tokenizers` files of Llama 2/3, Qwen2, Mistral and
+ * SmolLM2 use it. Text is UTF-8 bytes (invalid sequences count as one "other" character per
+ * byte); token ids are uint32. Pre-tokenization is a chain of splitting steps, each applied
+ * to the pieces of the one before; the patterns use the Unicode classes of
+ * csrc/unicode_tables.h:
+ *   GPT2      's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *   LLAMA3    (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
+ *             | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ *   QWEN2     LLAMA3 with \p{N} (one digit) for \p{N}{1,3}
+ *   DIGITS    each number character alone; DIGIT_RUNS: runs of them
+ *   METASPACE a piece starts at every U+2581 (SentencePiece's word mark) */
+enum { MLL_SPLIT_GPT2 = 1, MLL_SPLIT_LLAMA3, MLL_SPLIT_QWEN2, MLL_SPLIT_DIGITS,
+       MLL_SPLIT_DIGIT_RUNS, MLL_SPLIT_METASPACE };
+#define MLL_BPE_MAX_STEPS 8
 
-/* End (exclusive) of the pre-token that starts at byte i of s[0, n). */
+/* End (exclusive) of the GPT-2 pre-token that starts at byte i of s[0, n). */
 int64_t mll_bpe_pretoken_end(const uint8_t *s, int64_t i, int64_t n);
-/* ends (n,) <- the end offset of every pre-token of s[0, n); returns how many. */
+/* ends (n,) <- the end offset of every GPT-2 pre-token of s[0, n); returns how many. */
 int64_t mll_bpe_pretokenize(const uint8_t *s, int64_t n, int64_t *ends);
+/* End of the piece of one step (MLL_SPLIT_*) that starts at byte i of s[0, n); n if unknown. */
+int64_t mll_bpe_split_end(int step, const uint8_t *s, int64_t i, int64_t n);
+/* ends (n,) <- the end of every piece of s[0, n) after steps[0..nsteps); returns how many. */
+int64_t mll_bpe_split(const int *steps, int nsteps, const uint8_t *s, int64_t n, int64_t *ends);
 
-/* Training, step 1: unique pre-tokens ("words") with their counts, accumulated over texts. */
+/* Training, step 1: unique GPT-2 pre-tokens ("words") with their counts, over texts. */
 typedef struct mll_bpe_counter mll_bpe_counter;
 mll_bpe_counter *mll_bpe_counter_new(void);
 void mll_bpe_counter_free(mll_bpe_counter *c);
@@ -219,16 +233,35 @@ int64_t mll_bpe_trainer_step(mll_bpe_trainer *t, int64_t max_merges, uint32_t *p
                              int64_t *counts_out);
 void mll_bpe_trainer_free(mll_bpe_trainer *t);
 
+/* How an encoder turns a word into its first symbols and splits text into words.
+ * chars 0: a word starts as its bytes, byte_ids[b] each (byte-level BPE: GPT-2, Llama 3,
+ *          Qwen2); chars 1: as its UTF-8 characters, each the model token with those bytes
+ *          (SentencePiece-style BPE: Llama 2, Mistral), byte_ids[b] being the <0xXX> tokens
+ *          that byte_fallback spells a character without a token with.
+ * A symbol without a token: unk_id (>= 0; fuse_unk: one for a run) or dropped (-1).
+ * ignore_merges: a word that is a model token whole is that token (Llama 3).
+ * steps[0..nsteps): the pre-tokenizer chain (MLL_SPLIT_*); none: the text is one word. */
+typedef struct {
+    int chars, ignore_merges, byte_fallback, fuse_unk;
+    int64_t unk_id;
+    int nsteps;
+    int steps[MLL_BPE_MAX_STEPS];
+} mll_bpe_options;
+
 /* Encoding and decoding. merges (n_merges, 3) = (left id, right id, merged id), rank = row;
- * byte_ids (256,) = id of each single byte; the vocabulary's bytes are
- * vocab_bytes[vocab_offsets[i] : vocab_offsets[i + 1]] for id i < vocab_size.
- * Returns NULL if out of memory or if an id is >= vocab_size. */
+ * byte_ids (256,) as above, UINT32_MAX where there is no such token; the bytes of token i <
+ * vocab_size are vocab_bytes[vocab_offsets[i] : vocab_offsets[i + 1]] (decode writes them;
+ * characters and whole words are looked up among those with in_model[i] != 0, all if NULL).
+ * options NULL: GPT-2's (bytes, one GPT2 step). Returns NULL if out of memory, if an id is
+ * >= vocab_size or if an option is out of range. */
 typedef struct mll_bpe mll_bpe;
 mll_bpe *mll_bpe_new(const uint32_t *merges, int64_t n_merges, const uint32_t *byte_ids,
-                     const uint8_t *vocab_bytes, const int64_t *vocab_offsets, int64_t vocab_size);
+                     const uint8_t *vocab_bytes, const int64_t *vocab_offsets, int64_t vocab_size,
+                     const uint8_t *in_model, const mll_bpe_options *options);
 void mll_bpe_free(mll_bpe *t);
 /* out (n,) <- ids of text[0, n) (never more than n); returns the count, -1 if out of memory.
- * A long text is split over nthreads at boundaries no pre-token crosses. */
+ * A long text is split over nthreads at boundaries no pre-token crosses (when the chain
+ * starts with a GPT2, LLAMA3 or QWEN2 step). */
 int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                        int nthreads);
 /* Text i is text[offsets[i], offsets[i + 1]) (offsets rise from offsets[0] = 0).

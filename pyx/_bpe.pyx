@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""minillm._bpe: the byte-level BPE of csrc/bpe.c (pre-tokenizer, trainer, encoder).
+"""minillm._bpe: the BPE of csrc/bpe.c (pre-tokenizers, trainer, encoder).
 
 Text crosses this boundary as UTF-8 `bytes`; ids as numpy uint32 arrays. The GIL is
 released while C works.
@@ -17,6 +17,15 @@ cnp.import_array()
 cdef extern from "minillm.h" nogil:
     int64_t mll_bpe_pretoken_end(const uint8_t *s, int64_t i, int64_t n)
     int64_t mll_bpe_pretokenize(const uint8_t *s, int64_t n, int64_t *ends)
+    int64_t mll_bpe_split(const int *steps, int nsteps, const uint8_t *s, int64_t n, int64_t *ends)
+    enum:
+        MLL_SPLIT_GPT2, MLL_SPLIT_LLAMA3, MLL_SPLIT_QWEN2, MLL_SPLIT_DIGITS,
+        MLL_SPLIT_DIGIT_RUNS, MLL_SPLIT_METASPACE, MLL_BPE_MAX_STEPS
+    ctypedef struct mll_bpe_options:
+        int chars, ignore_merges, byte_fallback, fuse_unk
+        int64_t unk_id
+        int nsteps
+        int steps[8]
 
     ctypedef struct mll_bpe_counter:
         pass
@@ -37,7 +46,8 @@ cdef extern from "minillm.h" nogil:
         pass
     mll_bpe *mll_bpe_new(const uint32_t *merges, int64_t n_merges, const uint32_t *byte_ids,
                          const uint8_t *vocab_bytes, const int64_t *vocab_offsets,
-                         int64_t vocab_size)
+                         int64_t vocab_size, const uint8_t *in_model,
+                         const mll_bpe_options *options)
     void mll_bpe_free(mll_bpe *t)
     int64_t mll_bpe_encode(const mll_bpe *t, const uint8_t *text, int64_t n, uint32_t *out,
                            int nthreads)
@@ -48,13 +58,33 @@ cdef extern from "minillm.h" nogil:
     int64_t mll_bpe_decode(const mll_bpe *t, const uint32_t *ids, int64_t n, uint8_t *out)
 
 
-def pretokenize(bytes text):
-    """GPT-2 pre-tokens of UTF-8 `text`, as a list of bytes objects."""
+# names of the pre-tokenizer steps of csrc/bpe.c
+SPLIT_STEPS = {"gpt2": MLL_SPLIT_GPT2, "llama3": MLL_SPLIT_LLAMA3, "qwen2": MLL_SPLIT_QWEN2,
+               "digits": MLL_SPLIT_DIGITS, "digit_runs": MLL_SPLIT_DIGIT_RUNS,
+               "metaspace": MLL_SPLIT_METASPACE}
+
+
+cdef _fill_steps(mll_bpe_options *opt, steps):
+    steps = list(steps)
+    if len(steps) > MLL_BPE_MAX_STEPS:
+        raise ValueError(f"bpe: at most {MLL_BPE_MAX_STEPS} pre-tokenizer steps, got {len(steps)}")
+    for k, name in enumerate(steps):
+        if name not in SPLIT_STEPS:
+            raise ValueError(f"bpe: unknown pre-tokenizer step {name!r}; known: {sorted(SPLIT_STEPS)}")
+        opt.steps[k] = SPLIT_STEPS[name]
+    opt.nsteps = len(steps)
+
+
+def pretokenize(bytes text, steps=("gpt2",)):
+    """Pre-tokens of UTF-8 `text` after the chain of `steps` (names of SPLIT_STEPS; default
+    GPT-2's pattern), as a list of bytes objects."""
+    cdef mll_bpe_options opt
+    _fill_steps(&opt, steps)
     cdef const uint8_t *s = text
     cdef int64_t n = len(text), k
     cdef cnp.ndarray[int64_t, ndim=1] ends = np.empty(max(n, 1), dtype=np.int64)
     with nogil:
-        k = mll_bpe_pretokenize(s, n, <int64_t *>ends.data)
+        k = mll_bpe_split(opt.steps, opt.nsteps, s, n, <int64_t *>ends.data)
     out = []
     cdef int64_t start = 0, i
     for i in range(k):
@@ -123,22 +153,41 @@ cdef class Trainer:
 
 cdef class Encoder:
     """Encoder/decoder for fixed merges (n, 3) = (left, right, merged) uint32, byte ids (256,)
-    and a vocabulary given as concatenated bytes with offsets (V + 1,) int64."""
+    (UINT32_MAX: no token) and a vocabulary given as concatenated bytes with offsets (V + 1,)
+    int64. The keywords are csrc/minillm.h's mll_bpe_options (default: GPT-2's byte-level
+    BPE); in_model (V,) bool marks the tokens looked up as characters or whole words."""
     cdef mll_bpe *t
     cdef readonly int64_t vocab_size
 
-    def __cinit__(self, merges, byte_ids, bytes vocab_bytes, vocab_offsets):
+    def __cinit__(self, merges, byte_ids, bytes vocab_bytes, vocab_offsets, *,
+                  steps=("gpt2",), bint chars=False, bint ignore_merges=False,
+                  bint byte_fallback=False, bint fuse_unk=False, int64_t unk_id=-1,
+                  in_model=None):
         cdef cnp.ndarray m = np.ascontiguousarray(merges, dtype=np.uint32).reshape(-1, 3)
         cdef cnp.ndarray b = np.ascontiguousarray(byte_ids, dtype=np.uint32)
         cdef cnp.ndarray o = np.ascontiguousarray(vocab_offsets, dtype=np.int64)
+        cdef cnp.ndarray im
+        cdef const uint8_t *im_ptr = NULL
+        cdef mll_bpe_options opt
         if b.shape[0] != 256:
             raise ValueError(f"bpe: expected 256 byte ids, got {b.shape[0]}")
         if o.shape[0] < 2 or o[o.shape[0] - 1] != len(vocab_bytes) or o[0] != 0:
             raise ValueError("bpe: vocabulary offsets do not match the vocabulary bytes")
         self.vocab_size = o.shape[0] - 1
+        if in_model is not None:
+            im = np.ascontiguousarray(in_model, dtype=np.uint8)
+            if im.shape[0] != self.vocab_size:
+                raise ValueError(f"bpe: in_model has {im.shape[0]} entries for a vocabulary "
+                                 f"of {self.vocab_size}")
+            im_ptr = <const uint8_t *>im.data
+        _fill_steps(&opt, steps)
+        opt.chars, opt.ignore_merges = chars, ignore_merges
+        opt.byte_fallback, opt.fuse_unk, opt.unk_id = byte_fallback, fuse_unk, unk_id
+        if unk_id >= self.vocab_size:
+            raise ValueError(f"bpe: unk id {unk_id} is outside the vocabulary of {self.vocab_size}")
         self.t = mll_bpe_new(<const uint32_t *>m.data, m.shape[0], <const uint32_t *>b.data,
                              <const uint8_t *>vocab_bytes, <const int64_t *>o.data,
-                             self.vocab_size)
+                             self.vocab_size, im_ptr, &opt)
         if self.t == NULL:
             raise ValueError(f"bpe: an id in the merges or byte ids is outside the vocabulary "
                              f"of {self.vocab_size} (or out of memory)")

@@ -17,7 +17,7 @@ PACKAGE = "minillm"
 LAYERS = [
     ("utils", "_switch", "progress", "serialization", "io", "random"),  # helpers, switches, file formats
     ("autograd", "functional", "amp"),                        # the tape and the differentiable ops
-    ("tokenizers",),
+    ("tokenizers", "chat"),                                   # tokenizers, chat templates
     ("nn", "optim", "data", "distributed", "corpus", "quantize"),
     ("", ),                                                   # the package itself (minillm/__init__)
     ("sampling",),                                            # pure functions over logits
