@@ -1,15 +1,21 @@
 """The samplers of minillm/sampling.py against transformers' logits processors where one exists
 (min-p, no-repeat n-gram, single-token sequence bias) and against a NumPy statement of the rule
-otherwise (presence/frequency penalties, log-probabilities, stop strings); bad values refused."""
+otherwise (presence/frequency penalties, log-probabilities, stop strings); bad values refused;
+and generate() with them: the documented order, several stop ids, seeds, logprobs, stop strings."""
 import math
+import os
 
 import numpy as np
 import pytest
 
 import minillm
+from minillm.autograd import no_grad
+from minillm.generate import generate
+from minillm.models import build_model
+from minillm.models.gpt import load_pretrained
 from minillm.sampling import (StopStrings, apply_logit_bias, apply_presence_frequency_penalty,
-                              check_sampling_args, min_p_filter, no_repeat_ngram_filter, sample_next,
-                              token_logprobs, top_k_filter, top_p_filter)
+                              apply_repetition_penalty, check_sampling_args, min_p_filter, no_repeat_ngram_filter,
+                              sample_next, token_logprobs, top_k_filter, top_p_filter)
 
 
 def hf():
@@ -278,3 +284,183 @@ def test_functions_leave_their_input_unchanged():
                 top_k_filter(t, 3), top_p_filter(t, 0.5)):
         assert not np.array_equal(out.numpy(), x)
     np.testing.assert_array_equal(t.numpy(), x)
+
+
+# ------------------------------------------------------------------ wired into generate()
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "gpt2_tiny")
+
+
+def tiny_gpt(seed=0):
+    model = build_model("gpt-tiny", generator=minillm.Generator(seed), vocab_size=97, block_size=32, n_layer=2,
+                        n_head=4, n_embd=32)
+    with no_grad():                              # spread logits: no near-ties for argmax
+        for p in model.parameters():
+            if p.ndim == 2:
+                p *= 5.0
+    return model
+
+
+def reference_loop(model, prompt, steps, seed, **kw):
+    """generate() restated with the pure functions, full recomputation each step and the
+    documented order: logit bias, repetition, presence/frequency, no-repeat n-gram, then
+    sample_next (temperature, top-k, top-p, min-p)."""
+    g = minillm.Generator(seed)
+    seq = [list(r) for r in prompt]
+    T = len(seq[0])
+    for _ in range(steps):
+        with no_grad():
+            logits, _ = model(minillm.tensor(seq, dtype="int64"))
+        x = minillm.tensor(logits.numpy()[:, -1, :].copy())
+        if kw.get("logit_bias"):
+            x = apply_logit_bias(x, kw["logit_bias"])
+        if kw.get("repetition_penalty", 1.0) != 1.0:
+            x = apply_repetition_penalty(x, seq, kw["repetition_penalty"])
+        x = apply_presence_frequency_penalty(x, [r[T:] for r in seq], kw.get("presence_penalty", 0.0),
+                                             kw.get("frequency_penalty", 0.0))
+        x = no_repeat_ngram_filter(x, seq, kw.get("no_repeat_ngram_size", 0))
+        nxt = sample_next(x, kw.get("temperature", 1.0), kw.get("top_k"), kw.get("top_p"), generator=g,
+                          min_p=kw.get("min_p"))
+        for r, t in zip(seq, nxt.tolist()):
+            r.append(t)
+    return np.array(seq)
+
+
+ALL_ON = dict(temperature=0.9, top_k=50, top_p=0.95, min_p=0.05, repetition_penalty=1.2, presence_penalty=0.5,
+              frequency_penalty=0.3, no_repeat_ngram_size=3, logit_bias={3: 2.0, 7: -100, 11: 1.5})
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_generate_applies_every_option_in_the_documented_order(fast):
+    model = tiny_gpt()
+    prompt = [[1, 2, 3, 4], [9, 8, 7, 6]]
+    got = generate(model, prompt, 20, generator=minillm.Generator(5), fast=fast, **ALL_ON).numpy()
+    want = reference_loop(model, prompt, 20, 5, **ALL_ON)
+    np.testing.assert_array_equal(got, want)
+    assert 7 not in got[:, 4:]                                   # -100 bans it in practice
+    for r in got:                                                # no new token repeats a 3-gram
+        for end in range(4, len(r)):
+            assert tuple(r[end - 2:end + 1]) not in {tuple(r[i:i + 3]) for i in range(end - 2)}
+    plain = generate(model, prompt, 20, generator=minillm.Generator(5), temperature=0.9, top_k=50,
+                     top_p=0.95).numpy()
+    assert (plain != got).any()                                  # the options changed something
+
+
+def test_greedy_with_bias_penalty_and_ngram_matches_transformers_generate():
+    torch = pytest.importorskip("torch", reason="torch is the reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(FIXTURE).eval()
+    model = load_pretrained(FIXTURE)
+    prompt = [5, 17, 17, 40, 3]
+    bias = {40: -5.0, 12: 3.0, 100: 1.0}
+    with torch.no_grad():
+        want = ref.generate(torch.tensor([prompt]), max_new_tokens=25, do_sample=False, repetition_penalty=1.3,
+                            no_repeat_ngram_size=2, sequence_bias={(k,): v for k, v in bias.items()},
+                            pad_token_id=0, eos_token_id=None)[0].tolist()
+    got = generate(model, [prompt], 25, greedy=True, repetition_penalty=1.3, no_repeat_ngram_size=2,
+                   logit_bias=bias).tolist()[0]
+    assert got == want
+    assert generate(model, [prompt], 25, greedy=True, repetition_penalty=1.3).tolist()[0] != want
+
+
+def test_presence_and_frequency_count_generated_tokens_not_the_prompt():
+    model = tiny_gpt(1)
+    prompt = [[5, 5, 5, 5, 6]]
+    got = generate(model, prompt, 15, greedy=True, presence_penalty=1.5, frequency_penalty=2.0).numpy()
+    seq = list(prompt[0])
+    for _ in range(15):
+        with no_grad():
+            logits, _ = model(minillm.tensor([seq], dtype="int64"))
+        x = logits.numpy()[0, -1].astype(np.float64)
+        c = np.bincount(seq[5:], minlength=97)
+        seq.append(int(np.argmax(x - 1.5 * (c > 0) - 2.0 * c)))
+    np.testing.assert_array_equal(got[0], seq)
+    free = generate(model, prompt, 15, greedy=True).numpy()
+    assert (free != got).any()
+
+
+def test_several_stop_ids_end_each_row_at_its_own():
+    model = tiny_gpt()
+    prompts = [[5, 6, 7], [8, 9, 10]]
+    free = generate(model, prompts, 12, greedy=True).numpy()
+    a, b = int(free[0, 5]), int(free[1, 6])                      # third new token of row 0, fourth of row 1
+    out = generate(model, prompts, 12, greedy=True, stop_tokens=[a, b]).numpy()
+    for r, stop_set in ((0, {a, b}), (1, {a, b})):
+        new = list(free[r, 3:])
+        first = min(new.index(s) for s in stop_set if s in new)
+        np.testing.assert_array_equal(out[r, :3 + first + 1], free[r, :3 + first + 1])
+        assert (out[r, 3 + first:] == free[r, 3 + first]).all()
+    assert out.shape[1] <= 3 + 4
+    one = generate(model, prompts[:1], 12, greedy=True, stop_tokens=np.int64(a)).numpy()   # a single id
+    assert one[0, -1] == a and one.shape[1] <= 3 + 3
+
+
+def test_seed_gives_the_same_tokens_and_another_seed_others():
+    model = tiny_gpt()
+    run = lambda seed: generate(model, [[1, 2, 3]] * 2, 30, generator=minillm.Generator(seed), **ALL_ON).numpy()
+    np.testing.assert_array_equal(run(11), run(11))
+    assert (run(11) != run(12)).any()
+
+
+def test_logprobs_are_the_models_distribution_and_leave_the_ids_unchanged():
+    torch = pytest.importorskip("torch", reason="torch is the reference")
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(FIXTURE).eval()
+    model = load_pretrained(FIXTURE)
+    prompt = [5, 17, 17, 40, 3]
+    kw = dict(greedy=True, logit_bias={12: 4.0})
+    ids, steps = generate(model, [prompt], 10, logprobs=3, **kw)
+    assert ids.tolist() == generate(model, [prompt], 10, **kw).tolist()
+    with torch.no_grad():
+        raw = ref(torch.tensor(ids.tolist())).logits[0, len(prompt) - 1:-1]       # (10, V) the model's logits
+    lp = torch.log_softmax(raw, -1).numpy()
+    assert len(steps) == 1 and len(steps[0]) == 10
+    for t, (chosen, top) in enumerate(steps[0]):
+        tok = ids.tolist()[0][len(prompt) + t]
+        assert chosen == pytest.approx(lp[t, tok], abs=1e-4)
+        order = np.argsort(-lp[t], kind="stable")[:3]
+        assert [j for j, _ in top] == order.tolist()
+        np.testing.assert_allclose([v for _, v in top], lp[t, order], atol=1e-4)
+    # the bias moved the choice at least once, and the logprobs still report the raw distribution
+    assert any(top[0][0] != ids.tolist()[0][len(prompt) + t] for t, (_, top) in enumerate(steps[0]))
+
+
+def test_logprobs_stop_with_each_row():
+    model = tiny_gpt()
+    free = generate(model, [[5, 6, 7], [8, 9, 10]], 8, greedy=True).numpy()
+    stop = int(free[0, 4])                                       # row 0's second new token
+    ids, steps = generate(model, [[5, 6, 7], [8, 9, 10]], 8, greedy=True, stop_tokens=[stop], logprobs=0)
+    assert len(steps[0]) == list(free[0, 3:]).index(stop) + 1
+    assert len(steps[1]) == ids.shape[1] - 3 if stop in free[1, 3:] else len(steps[1]) == 8
+    assert all(top == [] for _, top in steps[0])
+
+
+def letters(ids):
+    return "".join(chr(ord("a") + i % 26) for i in ids)
+
+
+def test_stop_strings_end_a_row_when_they_span_tokens():
+    model = tiny_gpt()
+    free = generate(model, [[5, 6, 7]], 12, greedy=True).numpy()[0]
+    text = letters(free[3:])
+    stop = text[3:5]                                             # the 4th and 5th new tokens' letters
+    cut = text.index(stop)
+    out = generate(model, [[5, 6, 7]], 12, greedy=True, stop_strings=[stop], decode=letters).numpy()[0]
+    assert len(out) == 3 + cut + 2                               # ends with the token completing it
+    np.testing.assert_array_equal(out, free[:len(out)])
+    keep, stopped = StopStrings([stop]).find(letters(out[3:]))
+    assert stopped and keep == cut
+
+
+@pytest.mark.parametrize("kw, name", [(dict(min_p=2.0), "min_p"), (dict(presence_penalty=-2.5), "presence_penalty"),
+                                      (dict(frequency_penalty="1"), "frequency_penalty"),
+                                      (dict(no_repeat_ngram_size=-2), "no_repeat_ngram_size"),
+                                      (dict(logit_bias={97: 1.0}), "logit_bias"),
+                                      (dict(logit_bias={1: -101}), "logit_bias"),
+                                      (dict(logprobs=-1), "logprobs"), (dict(logprobs=98), "logprobs"),
+                                      (dict(stop_tokens=[1, -3]), "stop_tokens"),
+                                      (dict(stop_tokens="eos"), "stop_tokens"),
+                                      (dict(stop_strings=["x"]), "decode"),
+                                      (dict(stop_strings=[""], decode=letters), "stop strings")])
+def test_generate_refuses_bad_sampler_options_by_name(kw, name):
+    with pytest.raises(ValueError, match=name):
+        generate(tiny_gpt(), [[1, 2]], 3, **kw)
