@@ -179,7 +179,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if logit_bias and vocab is not None and max(logit_bias) >= vocab:
         raise ValueError(f"logit_bias: token id {max(logit_bias)} is outside the vocabulary [0, {vocab})")
     if stop_strings is not None:
-        StopStrings(stop_strings)                          # checks them
         if not callable(decode):
             raise ValueError(f"generate: stop_strings need decode (a function from ids to text), got {decode!r}")
     B, T = idx.shape
@@ -192,7 +191,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if decoder is None:
         decoder = model.decoder() if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
-    matchers = [StopStrings(stop_strings) for _ in range(B)] if stop_strings is not None else None
+    stopper = StopStrings(stop_strings) if stop_strings is not None else None
     steps = [[] for _ in range(B)] if logprobs is not None else None
     was_training = model.training
     model.eval()
@@ -226,7 +225,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                     for b, step in enumerate(token_logprobs(raw, ids, logprobs)):
                         if stopped[b] is None:
                             steps[b].append(step)
-                if stops or matchers:
+                if stops or stopper is not None:
                     for b in range(B):
                         if stopped[b] is not None:
                             ids[b] = stopped[b]
@@ -235,15 +234,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                     nxt = _C.tensor(ids, dtype="int64")
                 out[:, n] = nxt
                 n += 1
-                if matchers:
-                    for b in range(B):
-                        if stopped[b] is None:
-                            matchers[b].push(decode(out[b, T:n].tolist()))
-                            if matchers[b].stopped:
-                                stopped[b] = ids[b]
+                if stopper is not None:
+                    for b in range(B):       # find() rereads the whole new text: no state to go stale
+                        if stopped[b] is None and stopper.find(decode(out[b, T:n].tolist()))[1]:
+                            stopped[b] = ids[b]
                 if stream is not None:
                     stream(ids)
-                if (stops or matchers) and all(s is not None for s in stopped):
+                if (stops or stopper is not None) and all(s is not None for s in stopped):
                     break
     finally:
         model.train(was_training)

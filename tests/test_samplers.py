@@ -13,6 +13,7 @@ from minillm.autograd import no_grad
 from minillm.generate import generate
 from minillm.models import build_model
 from minillm.models.gpt import load_pretrained
+from minillm.tokenizers.bpe import BPETokenizer
 from minillm.sampling import (StopStrings, apply_logit_bias, apply_presence_frequency_penalty,
                               apply_repetition_penalty, check_sampling_args, min_p_filter, no_repeat_ngram_filter,
                               sample_next, token_logprobs, top_k_filter, top_p_filter)
@@ -464,3 +465,27 @@ def test_stop_strings_end_a_row_when_they_span_tokens():
 def test_generate_refuses_bad_sampler_options_by_name(kw, name):
     with pytest.raises(ValueError, match=name):
         generate(tiny_gpt(), [[1, 2]], 3, **kw)
+
+
+def test_stop_string_with_the_gpt2_tokenizer_spans_tokens_and_is_cut_from_the_text():
+    tok = BPETokenizer.from_tokenizer_json(os.path.join(FIXTURE, "tokenizer.json"))
+    model = load_pretrained(FIXTURE)
+    prompt = tok.encode("Hello world")
+    free = generate(model, [prompt], 30, temperature=1.2, generator=minillm.Generator(2)).tolist()[0][len(prompt):]
+    pieces = [tok.decode([i]) for i in free]
+    # a stop string made of the end of one token's text and the start of the next one's
+    k = next(k for k in range(3, len(pieces) - 1) if pieces[k] and pieces[k + 1] and len(pieces[k]) > 1
+             and "\ufffd" not in pieces[k] + pieces[k + 1])
+    stop = pieces[k][-1] + pieces[k + 1][:1]
+    text = tok.decode(free)
+    cut = text.index(stop)
+    out = generate(model, [prompt], 30, temperature=1.2, generator=minillm.Generator(2), stop_strings=[stop],
+                   decode=tok.decode).tolist()[0][len(prompt):]
+    assert out == free[:len(out)] and len(out) < len(free)
+    keep, stopped = StopStrings([stop]).find(tok.decode(out))
+    assert stopped and tok.decode(out)[:keep] == text[:cut]
+    # streamed piece by piece, nothing past the cut is ever shown
+    s, shown = StopStrings([stop]), ""
+    for n in range(1, len(out) + 1):
+        shown += s.push(tok.decode(out[:n]))
+    assert s.stopped and shown == text[:cut]
