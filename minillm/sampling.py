@@ -271,7 +271,7 @@ class StopStrings:
     buffer for streaming.
 
         stop = StopStrings(["\n\n", "User:"])
-        for step ...:
+        for step ...:                                              # new_ids: every id generated so far
             print(stop.push(tokenizer.decode(new_ids)), end="")   # only text known to be safe
             if stop.stopped: break
         print(stop.flush())                                        # the held-back tail, if no stop
