@@ -7,8 +7,10 @@ It runs the prompt through the model once (prefill), then feeds one token per st
 whose `kv_cache_shape()` is not None (the GPT) keep every layer's keys and values in a
 `KVCache`, so a step costs one token's forward, or one call of the model's fast decode step
 (`model.decoder()`) when it has one; other models (bigram, mlp) recompute on their context.
-Each step's token comes from minillm.sampling.sample_next (temperature, top-k, top-p, greedy:
-see minillm/sampling.py).
+Each step's logits go through the options that are on, in minillm/sampling.py's order (logit
+bias, repetition penalty, presence/frequency penalties, no-repeat n-gram, then temperature,
+top-k, top-p, min-p in sample_next); every option defaults to off, and an option that is off
+costs nothing.
 
 Context longer than block_size: the model sees only the last block_size tokens, as nanoGPT
 crops `idx[:, -block_size:]`. With a KV cache, positions are absolute (learned position
@@ -16,12 +18,16 @@ embeddings), so once the sequence outgrows block_size the cache is rebuilt from 
 block_size tokens at every step: the logits stay exactly those of the cropped recomputation,
 at the cost of a block_size-token forward per step from then on.
 """
+import numbers
+
 from minillm import _C
 from minillm.autograd import no_grad
 from minillm.random import Generator
 # the sampling functions were defined here before minillm/sampling.py; their names stay importable
-from minillm.sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args,  # noqa: F401
-                              draw, sample_next, top_k_filter, top_p_filter)
+from minillm.sampling import (apply_logit_bias, apply_presence_frequency_penalty,  # noqa: F401
+                              apply_repetition_penalty, apply_temperature, check_sampling_args, draw,
+                              no_repeat_ngram_filter, sample_next, StopStrings, token_logprobs, top_k_filter,
+                              top_p_filter)
 
 __all__ = ["KVCache", "LayerKVCache", "generate", "sample_text"]
 
@@ -130,26 +136,51 @@ def _last_logits(logits):
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
-             stop_tokens=(), generator=None, stream=None, fast=True, repetition_penalty=1.0, decoder=None):
+             stop_tokens=(), generator=None, stream=None, fast=True, repetition_penalty=1.0, decoder=None,
+             min_p=None, presence_penalty=0.0, frequency_penalty=0.0, no_repeat_ngram_size=0, logit_bias=None,
+             stop_strings=None, decode=None, logprobs=None):
     """Continue each row of idx by up to max_new_tokens tokens.
 
     model: a language model (forward(idx) -> (logits, loss)); idx (B, T) int64 Tensor (or
     equal-length lists). Returns (B, T + n) int64: the prompts followed by the new tokens.
-    stop_tokens: ids that end a row; the stop token is kept, later positions of that row repeat
-    it, and the loop ends early (n < max_new_tokens) once every row has stopped.
+    stop_tokens: an id or ids (several eos ids) that end a row; the stop token is kept, later
+    positions of that row repeat it, and the loop ends early (n < max_new_tokens) once every
+    row has stopped.
+    stop_strings, decode: strings that end a row once they appear in decode(its new ids)
+    (decode: list of ids -> str, e.g. tokenizer.decode), also across token boundaries; the
+    token completing the stop string is kept and later positions repeat it, as for stop_tokens.
+    The text to show is the first StopStrings(stop_strings).find(decode(new ids))[0]
+    characters (the stop string excluded); for streaming text use StopStrings directly.
     stream: called after every step with a list of the B new ids (for printing as you go).
     fast: decode one token at a time with the model's decode step (model.decoder()) when it
     has one (False: through model.forward with the KV cache; same logits to float32 rounding).
     decoder: a decode plan to use instead of building one (e.g. model.decoder(weights="int8"),
     built once for many calls).
     repetition_penalty: != 1 penalises every id already in the row (prompt and new tokens).
+    min_p, presence_penalty, frequency_penalty, no_repeat_ngram_size, logit_bias: see
+    minillm/sampling.py (defaults: off); bad values raise ValueError naming the option.
+    logprobs: None (default) returns the ids alone. An int n >= 0 returns (ids, steps) where
+    steps[b] lists, for each token generated in row b (up to its stop), the pair
+    (logprob of the chosen token, [(id, logprob) of the n most likely tokens]), under the
+    model's own distribution (log_softmax of the raw logits, before every option above: the
+    values OpenAI's logprobs report).
     Sampling options: minillm/sampling.py; context cropping: the module docstring. The model
     runs in eval mode under no_grad (its training flag is restored afterwards)."""
-    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty, min_p, presence_penalty,
+                        frequency_penalty, no_repeat_ngram_size, logit_bias)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     idx = _as_idx(idx)
-    stops = frozenset(int(s) for s in stop_tokens)
+    stops = _stop_ids(stop_tokens)
+    vocab = getattr(model.config, "vocab_size", None)
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0
+                                 or (vocab is not None and logprobs > vocab)):
+        raise ValueError(f"generate: logprobs must be None or an int in [0, vocab_size = {vocab}], got {logprobs!r}")
+    if logit_bias and vocab is not None and max(logit_bias) >= vocab:
+        raise ValueError(f"logit_bias: token id {max(logit_bias)} is outside the vocabulary [0, {vocab})")
+    if stop_strings is not None:
+        if not callable(decode):
+            raise ValueError(f"generate: stop_strings need decode (a function from ids to text), got {decode!r}")
     B, T = idx.shape
     block = model.config.block_size
     out = _C.empty((B, T + max_new_tokens), dtype="int64")
@@ -160,6 +191,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if decoder is None:
         decoder = model.decoder() if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
+    stopper = StopStrings(stop_strings) if stop_strings is not None else None
+    steps = [[] for _ in range(B)] if logprobs is not None else None
     was_training = model.training
     model.eval()
     try:
@@ -176,12 +209,23 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                         logits, _ = model(out[:, n - 1:n].contiguous(), kv_cache=cache)
                 else:
                     logits, _ = model(out[:, max(0, n - block):n].contiguous())
-                logits = _last_logits(logits)
+                raw = logits = _last_logits(logits)
+                if logit_bias:
+                    logits = apply_logit_bias(logits, logit_bias)
                 if repetition_penalty != 1.0:
                     logits = apply_repetition_penalty(logits, out[:, :n], repetition_penalty)
-                nxt = sample_next(logits, temperature, top_k, top_p, greedy, generator)
+                if presence_penalty or frequency_penalty:
+                    logits = apply_presence_frequency_penalty(logits, out[:, T:n], presence_penalty,
+                                                              frequency_penalty)
+                if no_repeat_ngram_size:
+                    logits = no_repeat_ngram_filter(logits, out[:, :n], no_repeat_ngram_size)
+                nxt = sample_next(logits, temperature, top_k, top_p, greedy, generator, min_p=min_p)
                 ids = nxt.tolist()
-                if stops:
+                if steps is not None:
+                    for b, step in enumerate(token_logprobs(raw, ids, logprobs)):
+                        if stopped[b] is None:
+                            steps[b].append(step)
+                if stops or stopper is not None:
                     for b in range(B):
                         if stopped[b] is not None:
                             ids[b] = stopped[b]
@@ -190,13 +234,35 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                     nxt = _C.tensor(ids, dtype="int64")
                 out[:, n] = nxt
                 n += 1
+                if stopper is not None:
+                    for b in range(B):       # find() rereads the whole new text: no state to go stale
+                        if stopped[b] is None and stopper.find(decode(out[b, T:n].tolist()))[1]:
+                            stopped[b] = ids[b]
                 if stream is not None:
                     stream(ids)
-                if stops and all(s is not None for s in stopped):
+                if (stops or stopper is not None) and all(s is not None for s in stopped):
                     break
     finally:
         model.train(was_training)
-    return out[:, :n].contiguous()
+    out = out[:, :n].contiguous()
+    return out if steps is None else (out, steps)
+
+
+def _stop_ids(stop_tokens):
+    """stop_tokens (None, an id, or ids) as a frozenset of ints >= 0; ValueError otherwise."""
+    if stop_tokens is None:
+        return frozenset()
+    many = [stop_tokens] if isinstance(stop_tokens, numbers.Integral) else stop_tokens
+    try:
+        ids = list(many)
+    except TypeError:
+        raise ValueError(f"generate: stop_tokens must be an id or a list of ids, got {stop_tokens!r}") from None
+    for s in ids:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"generate: stop_tokens must be ids (ints >= 0), got {s!r} in {stop_tokens!r}")
+    return frozenset(int(s) for s in ids)
+
+
 
 
 def sample_text(model, tokenizer, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=200, seed=0):
