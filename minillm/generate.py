@@ -23,7 +23,9 @@ from minillm.random import Generator
 from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next,  # noqa: F401
                               top_k_filter, top_p_filter)
 
-__all__ = ["KVCache", "LayerKVCache", "generate", "sample_text"]
+__all__ = ["KVCache", "LayerKVCache", "generate", "sample_text", "MAX_NEW_TOKENS"]
+
+MAX_NEW_TOKENS = 1 << 24    # generate() holds the prompts and new ids in one (B, T + n) int64 buffer
 
 
 # ------------------------------------------------------------------------ KV cache
@@ -143,8 +145,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     Sampling options: minillm/sampling.py; context cropping: the module docstring. The model
     runs in eval mode under no_grad (its training flag is restored afterwards)."""
     check_sampling_args(temperature, top_k, top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"generate: max_new_tokens must be an int in [0, {MAX_NEW_TOKENS}], got "
+                         f"{max_new_tokens!r}")
     idx = _as_idx(idx)
     stops = frozenset(int(s) for s in stop_tokens)
     B, T = idx.shape
