@@ -192,9 +192,11 @@ def _write_output(path, text):
 def cmd_tokenizer_train(args):
     import time
     from .tokenizers import BasicTokenizer, BPETokenizer
+    from .utils import pause_point
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: is a file, not a folder")
     text = _read_input(args.input)
+    pause_point("tokenizer-train")
     if not text.strip():
         raise ValueError(f"{args.input}: no text to train a tokenizer on "
                          f"({'empty' if not text else 'only whitespace'})")

@@ -146,6 +146,8 @@ class Trainer:
         """Create out_dir, lock it against other trainers (RUN/.lock, held while this object
         lives or until train() returns), and remove temporaries of killed checkpoint writers."""
         out = self.config.out_dir
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"out_dir {out}: is a file, not a folder")
         try:
             os.makedirs(out, exist_ok=True)
             lock = FolderLock(os.path.join(out, LOCK_FILE), f"run folder {out}").acquire()
