@@ -231,9 +231,16 @@ class Trainer:
         extend_steps=N trains N steps past the run's max_steps at the schedule's final learning
         rate (min_lr). Data tokenized by another tokenizer than the run's is refused."""
         from minillm.models import model_from_config
-        folder = find_checkpoint(path)
-        parent = os.path.dirname(os.path.abspath(folder))
-        run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_DIR else None
+        path = os.fspath(path)
+        try:
+            folder = find_checkpoint(path)
+        except ValueError:
+            folder = None           # maybe a run folder whose first checkpoint is being written
+        if folder is None:
+            run_dir = path if os.path.isdir(path) else None
+        else:
+            parent = os.path.dirname(os.path.abspath(folder))
+            run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_DIR else None
         # lock the run folder before reading: a live trainer may be replacing its checkpoints
         target = overrides.get("out_dir") or run_dir
         lock = None
