@@ -244,7 +244,7 @@ class Trainer:
         # lock the run folder before reading: a live trainer may be replacing its checkpoints
         target = overrides.get("out_dir") or run_dir
         lock = None
-        if target is not None and distributed.world().is_main:
+        if target is not None and distributed.world().is_main and _launcher_rank() == 0:
             os.makedirs(target, exist_ok=True)
             lock = FolderLock(os.path.join(target, LOCK_FILE), f"run folder {target}").acquire()
         try:
@@ -578,6 +578,15 @@ class _Clock:
         tps = (tokens - self.tokens_log) / max(now - self.t_log, 1e-9)
         self.t_log, self.tokens_log = now, tokens
         return tps
+
+
+def _launcher_rank():
+    """This process's rank as mpirun's environment gives it (0 outside MPI), known before
+    distributed.init(): only rank 0 takes the run folder's lock."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def _in_main_thread():
