@@ -361,7 +361,7 @@ def cmd_bench(args):
     import time
     if args.pytest:
         import importlib.util
-        if importlib.util.find_spec("pytest") is None:
+        if importlib.util.find_spec("pytest") is None or importlib.util.find_spec("pytest_benchmark") is None:
             raise RuntimeError("`minillm bench --pytest` needs pytest and pytest-benchmark: "
                                "pip install pytest pytest-benchmark")
         env = {k: v for k, v in os.environ.items()
@@ -530,7 +530,8 @@ def add_sample_parser(subparsers):
                    help="sample among the fewest tokens whose probability adds up to p, in (0, 1] "
                         "(default: the model's, none unless it says)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    p.add_argument("--seed", type=_int(-2**63, 2**64 - 1), default=0,
+                   help="seed of the sampling generator (default 0)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop ('\\n' for newlines)")
     p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")

@@ -117,6 +117,13 @@ def build_world(root):
     w["run_no_manifest"] = path("run_no_manifest")
     shutil.copytree(w["run"], w["run_no_manifest"])
     os.remove(os.path.join(w["run_no_manifest"], step4, "manifest.json"))
+    w["cfg_bad_type"] = path("bad_type.json")
+    with open(w["cfg_bad_type"], "w") as f:
+        json.dump({"lr": "fast"}, f)
+    w["tokens_bad_meta"] = path("tokens_bad_meta")
+    shutil.copytree(w["tokens"], w["tokens_bad_meta"])
+    with open(os.path.join(w["tokens_bad_meta"], "meta.json"), "w") as f:
+        json.dump({"format": "minillm-tokens", "dtype": "uint16"}, f)
     w["a_file"] = path("a_file.txt")
     with open(w["a_file"], "w") as f:
         f.write("not a folder\n")
@@ -142,6 +149,8 @@ CASES = [
     ("prepare an empty file", "data prepare --input {empty} --tokenizer {tok} --out {root}/t3", 1),
     ("prepare corrupt tokenizer.json",
      "data prepare --input {texts} --tokenizer {tok_corrupt} --out {root}/t4", 1),
+    ("prepare missing --val-input", "data prepare --input {texts} --val-input {root}/nope.txt --tokenizer {tok} "
+                                    "--out {root}/t7", 1),
     ("prepare missing tokenizer", "data prepare --input {texts} --tokenizer {root}/nope --out {root}/t5", 1),
     ("prepare --val-fraction nan", "data prepare --input {texts} --tokenizer {tok} --out {root}/t6 "
                                    "--val-fraction nan", 2),
@@ -167,6 +176,7 @@ CASES = [
                                     "--threads 0", 2),
     ("tokenizer train --out a file", "tokenizer train --input {texts}/a.txt --vocab-size 300 --out {a_file}", 2),
     ("tokenizer encode corrupt tokenizer.json", "tokenizer encode --tokenizer {tok_corrupt} --text hi", 1),
+    ("tokenizer encode missing input", "tokenizer encode --tokenizer {tok} --input {root}/nope.txt", 1),
     ("tokenizer decode non-integer", "tokenizer decode --tokenizer {tok} --ids '1 x'", 1),
     ("tokenizer decode id out of range", "tokenizer decode --tokenizer {tok} --ids 99999", 1),
     ("tokenizer decode negative id", "tokenizer decode --tokenizer {tok} --ids=-1", 1),
@@ -178,6 +188,7 @@ CASES = [
     ("train --config bad JSON", "train --config {cfg_bad_json}", 1),
     ("train --config a JSON list", "train --config {cfg_list}", 1),
     ("train --config unknown option", "train --config {cfg_unknown}", 1),
+    ("train --config a value of the wrong type", "train --config {cfg_bad_type}", 1),
     ("train --lr nan", "train --data {tokens} --out-dir {root}/r1 --lr nan", 2),
     ("train --lr -1", "train --data {tokens} --out-dir {root}/r1 --lr -1", 2),
     ("train --max-steps -1", "train --data {tokens} --out-dir {root}/r1 --max-steps -1", 2),
@@ -206,6 +217,8 @@ CASES = [
      "--block-size 16 --batch-size 2 --max-steps 3 --eval-interval 0 --quiet", 1),
     ("train token id >= vocab", "train --data {tokens_bad_id} --out-dir {root}/r3 --model gpt-tiny "
                                 "--max-steps 1 --quiet", 1),
+    ("train malformed meta.json", "train --data {tokens_bad_meta} --out-dir {root}/r5 --model gpt-tiny "
+                                  "--max-steps 1 --quiet", 1),
     ("train truncated token file", "train --data {tokens_truncated} --out-dir {root}/r4 --model gpt-tiny "
                                    "--max-steps 1 --quiet", 1),
     # train --resume
@@ -226,6 +239,8 @@ CASES = [
     ("sample --top-p 2", "sample --ckpt {run} --top-p 2", 2),
     ("sample --threads -1", "sample --ckpt {run} --threads -1", 2),
     ("sample --ckpt missing", "sample --ckpt {root}/nope", 1),
+    ("sample --ckpt a token folder", "sample --ckpt {tokens}", 1),
+    ("sample --seed 2**70", "sample --ckpt {run} --seed 1180591620717411303424", 2),
     ("sample --ckpt a flipped byte", "sample --ckpt {run_flipped} --max-new-tokens 2", 1),
     ("sample --ckpt broken manifest", "sample --ckpt {run_bad_manifest} --max-new-tokens 2", 1),
     ("sample --ckpt no manifest", "sample --ckpt {run_no_manifest} --max-new-tokens 2", 1),
