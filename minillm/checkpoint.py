@@ -186,6 +186,17 @@ def prune_checkpoints(run_dir, keep):
 
 
 # ---------------------------------------------------------------------- load
+def read_tokenizer(path):
+    """load_tokenizer(path), with any failure to make sense of the file as a ValueError naming
+    it (a damaged file may hold ids or types the tokenizer's reader does not expect)."""
+    try:
+        return load_tokenizer(path)
+    except ValueError:
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError) as e:
+        raise ValueError(f"{path}: not a usable tokenizer file ({type(e).__name__}: {e})") from None
+
+
 def _optimizer_state(tensors, metadata, path):
     """The optimizer state_dict of optimizer.safetensors' tensors and metadata. Checkpoints
     written before the "optimizer" metadata key held "param_groups" and "steps" as two JSON
@@ -256,6 +267,6 @@ def load_model(path, step=None):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     load_model_state(model, ckpt["model"], os.path.join(ckpt["path"], "model.safetensors"))
-    model.tokenizer = load_tokenizer(ckpt["tokenizer"]) if ckpt["tokenizer"] else None
+    model.tokenizer = read_tokenizer(ckpt["tokenizer"]) if ckpt["tokenizer"] else None
     model.eval()
     return model

@@ -519,19 +519,37 @@ class TokenData:
         if not isinstance(self.meta, dict) or self.meta.get("format") != TOKENS_FORMAT:
             got = self.meta.get("format") if isinstance(self.meta, dict) else self.meta
             raise ValueError(f"{meta_path}: format is {got!r}, expected {TOKENS_FORMAT!r}")
-        try:
-            self.vocab_size = int(self.meta["vocab_size"])
-            self.dtype = np.dtype(self.meta["dtype"])
-            splits = self.meta["splits"]
-            for name, info in splits.items():
-                int(info["tokens"]), str(info["file"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"{meta_path}: malformed ({type(e).__name__}: {e}); make the folder "
-                             f"again with `minillm data prepare`") from None
-        if self.vocab_size <= 0 or self.dtype not in (np.uint16, np.uint32):
-            raise ValueError(f"{meta_path}: vocab_size {self.vocab_size} with dtype {self.dtype} "
-                             f"(expected a positive vocab_size, uint16 or uint32)")
+        problem = self._malformed(self.meta)
+        if problem:
+            raise ValueError(f"{meta_path}: {problem}; make the folder again with `minillm data "
+                             f"prepare`")
+        self.vocab_size = self.meta["vocab_size"]
+        self.dtype = np.dtype(self.meta["dtype"])
         self._maps = {}
+
+    @staticmethod
+    def _malformed(meta):
+        """What is wrong with a meta.json dict, or None."""
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+        if not is_int(meta.get("vocab_size")) or not 0 < meta["vocab_size"] <= 2 ** 32:
+            return f"vocab_size {meta.get('vocab_size')!r} is not an integer in [1, 2**32]"
+        if meta.get("dtype") not in ("uint16", "uint32"):
+            return f"dtype {meta.get('dtype')!r} is not uint16 or uint32"
+        if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
+            return f"vocab_size {meta['vocab_size']} does not fit dtype uint16"
+        splits = meta.get("splits")
+        if not isinstance(splits, dict):
+            return f"splits {splits!r} is not an object"
+        for name, info in splits.items():
+            if not isinstance(info, dict) or not is_int(info.get("tokens")) or info["tokens"] < 0 \
+                    or not isinstance(info.get("file"), str) or _os.path.basename(info["file"]) != info["file"] \
+                    or info["file"] in ("", ".", ".."):
+                return f"split {name!r} is {info!r}, not {{\"file\": name, \"tokens\": count}}"
+        for key in ("tokenizer", "tokenizer_fingerprint"):
+            if meta.get(key) is not None and not isinstance(meta[key], str):
+                return f"{key} {meta[key]!r} is not a string"
+        return None
 
     def split(self, name):
         """(n,) read-only memmap of the ids of split `name` ('train' or 'val')."""
@@ -571,12 +589,18 @@ class TokenData:
                                  f"foreign token file; make it again with `minillm data prepare`)")
 
     def tokenizer(self):
-        """The tokenizer saved with the tokens."""
+        """The tokenizer saved with the tokens (a damaged one: ValueError naming it)."""
         from .tokenizers import load_tokenizer
-        return load_tokenizer(self.tokenizer_path())
+        try:
+            return load_tokenizer(self.tokenizer_path())
+        except ValueError:
+            raise
+        except (TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError) as e:
+            raise ValueError(f"{self.tokenizer_path()}: not a usable tokenizer ({type(e).__name__}: "
+                             f"{e})") from None
 
     def tokenizer_path(self):
-        return _os.path.join(self.path, self.meta.get("tokenizer", "tokenizer"))
+        return _os.path.join(self.path, self.meta.get("tokenizer") or "tokenizer")
 
     def fingerprint(self, tokenizer=None):
         """tokenizer_fingerprint of the tokenizer that made the ids (meta.json's, else computed

@@ -259,11 +259,19 @@ class Trainer:
                 saved["out_dir"] = run_dir      # the run folder, wherever the run was moved to
             cfg, changes = resumed_config(saved, overrides, allow_changes, extend_steps,
                                           source=os.path.join(folder, "config.json"))
-            fingerprint = (ckpt["config"].get("data") or {}).get("tokenizer_fingerprint")
+            data_info = ckpt["config"].get("data") or {}
+            fingerprint = data_info.get("tokenizer_fingerprint") if isinstance(data_info, dict) else 0
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise CheckpointError(f"checkpoint {folder}: config.json: \"data\" should be "
+                                      f"{{\"tokenizer_fingerprint\": str}}, got {data_info!r}")
             if not fingerprint and ckpt["tokenizer"]:
-                from minillm.tokenizers import load_tokenizer
-                fingerprint = mdata.tokenizer_fingerprint(load_tokenizer(ckpt["tokenizer"]))
-            model = model_from_config(ckpt["config"]["model"])
+                from minillm.checkpoint import read_tokenizer
+                fingerprint = mdata.tokenizer_fingerprint(read_tokenizer(ckpt["tokenizer"]))
+            try:
+                model = model_from_config(ckpt["config"]["model"])
+            except (TypeError, ValueError, KeyError) as e:
+                raise CheckpointError(f"checkpoint {folder}: config.json: the model config does not "
+                                      f"build a model ({type(e).__name__}: {e})") from None
             load_model_state(model, ckpt["model"], os.path.join(folder, "model.safetensors"))
             trainer = cls(cfg, model=model, data_fingerprint=fingerprint)
             trainer.load_state(ckpt)

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 
 __all__ = ["read_text", "read_json", "parse_json", "write_json", "write_bytes_atomic", "fsync_dir", "sha256_file",
@@ -89,13 +88,16 @@ def write_json(path, obj):
 
 
 def write_bytes_atomic(path, data):
-    """Replace `path` by `data` (bytes) at once: a temporary file in the same folder, renamed
-    over it, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    """Replace `path` by `data` (bytes) at once: a temporary file .<name>.<writer>.tmp in the
+    same folder, renamed over it, so a reader never sees half a file. Temporaries of earlier
+    writers of `path` that were killed are removed first (remove_stale)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    remove_stale(folder, re.escape(f".{name}.") + r"(?P<tag>\d+(?:-\d+)?)\.tmp")
+    tmp = os.path.join(folder, f".{name}.{process_tag()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)    # mkstemp makes 0600; these are ordinary data files
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
