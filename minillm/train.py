@@ -415,17 +415,21 @@ class Trainer:
         try:
             if self.step == 0:
                 progress.log(self._describe())
+            first_step = self.step
             while self.step < self.config.max_steps:
                 loss, norm, lr = self.train_step()
                 self.history.append((self.step, loss))
                 self.elapsed = clock.elapsed()
                 progress.update(1, postfix=f"loss {loss:.4f}")
                 self._log_step(loss, norm, lr, clock, progress)
-                if (self.config.time_budget and clock.t_cal
-                        and self.step == _calibration_steps(self.config) + 1):
-                    self._fit_time_budget(time.perf_counter() - clock.t_cal, progress)
-                if self.step == 1:
-                    clock.t_cal = time.perf_counter()     # step 1 warms caches: time the next ones
+                # time_budget: the steps after this session's first (which warms the caches)
+                # are timed, up to step calibration + 1 (later when a resume started late)
+                if (self.config.time_budget and clock.t_cal and self.step ==
+                        max(_calibration_steps(self.config) + 1, clock.t_cal_step + 1)):
+                    self._fit_time_budget(time.perf_counter() - clock.t_cal,
+                                          self.step - clock.t_cal_step, progress)
+                if self.step == first_step + 1:
+                    clock.t_cal, clock.t_cal_step = time.perf_counter(), self.step
                 cfg = self.config
                 last = self.step == cfg.max_steps
                 out_of_time = bool(cfg.max_time) and self.elapsed >= cfg.max_time
@@ -488,12 +492,12 @@ class Trainer:
             progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                          f"{norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
 
-    def _fit_time_budget(self, seconds, progress):
+    def _fit_time_budget(self, seconds, timed_steps, progress):
         """Set max_steps (and the cosine's length) so that training, evaluations included,
         takes about time_budget seconds at the speed of the calibration steps. The resolved
         max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
         cfg = self.config
-        per_step = self.world.broadcast_float(seconds) / _calibration_steps(cfg)  # same steps on all ranks
+        per_step = self.world.broadcast_float(seconds) / timed_steps  # the same on all ranks
         # an evaluation batch (batch_size windows, no backward) costs about a third of a
         # training micro-batch
         per_eval_batch = per_step / (3 * cfg.grad_accum)
@@ -576,7 +580,7 @@ class _Clock:
     def __init__(self, elapsed, tokens):
         self.start, self.elapsed0 = time.perf_counter(), elapsed
         self.t_log, self.tokens_log = self.start, tokens
-        self.t_cal = None
+        self.t_cal, self.t_cal_step = None, 0
 
     def elapsed(self):
         return self.elapsed0 + time.perf_counter() - self.start
