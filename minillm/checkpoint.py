@@ -264,7 +264,7 @@ def load_model(path, step=None):
         raise CheckpointError(f"{config_path}: expected {{\"model\": {{...}}}} with the model config")
     try:
         model = model_from_config(model_config)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, ArithmeticError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     load_model_state(model, ckpt["model"], os.path.join(ckpt["path"], "model.safetensors"))
     model.tokenizer = read_tokenizer(ckpt["tokenizer"]) if ckpt["tokenizer"] else None

@@ -23,6 +23,8 @@ import math
 import os
 import sys
 
+from .train_config import MAX_THREADS
+
 
 class UsageError(ValueError):
     """A bad command-line value found after parsing: exit status 2, like argparse's errors."""
@@ -77,7 +79,6 @@ def _float(lo=None, hi=None, open_lo=False, open_hi=False):
     return convert
 
 
-MAX_THREADS = 4096
 THREADS = _int(1, MAX_THREADS)
 
 

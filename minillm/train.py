@@ -269,7 +269,7 @@ class Trainer:
                 fingerprint = mdata.tokenizer_fingerprint(read_tokenizer(ckpt["tokenizer"]))
             try:
                 model = model_from_config(ckpt["config"]["model"])
-            except (TypeError, ValueError, KeyError) as e:
+            except (TypeError, ValueError, KeyError, ArithmeticError) as e:
                 raise CheckpointError(f"checkpoint {folder}: config.json: the model config does not "
                                       f"build a model ({type(e).__name__}: {e})") from None
             load_model_state(model, ckpt["model"], os.path.join(folder, "model.safetensors"))
@@ -528,6 +528,11 @@ class Trainer:
         return res
 
 
+_MAY_CHANGE = ("A resume may change: " + ", ".join(o if o != "data" else "data (the same tokens, moved)"
+                                                    for o in FREE_OPTIONS if o != "max_steps")
+               + "; max_steps while the learning-rate schedule stays the same; or --extend-steps.")
+
+
 def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, source="config"):
     """(TrainConfig, changes) of a resumed run: the checkpoint's options `saved` (dict) with
     `overrides` (dict). `changes` lists (option, checkpoint's value, new value) for every
@@ -555,7 +560,7 @@ def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, sou
     if fixed:
         raise ValueError(f"--resume: the checkpoint was made with other {listed(fixed)}; the weights "
                          f"and the data order depend on these, so they cannot change on resume "
-                         f"(start a new run instead)")
+                         f"(start a new run instead). {_MAY_CHANGE}")
     other = [c for c in changes if c[0] not in FIXED_OPTIONS + FREE_OPTIONS + ("lr_decay_steps",)]
     ends = [max(c.lr_decay_steps or c.max_steps, c.warmup_steps) for c in (base, new)]
     if ends[0] != ends[1] and not allow_changes and not other:
@@ -570,7 +575,7 @@ def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, sou
     if other and not allow_changes:
         raise ValueError(f"--resume: the checkpoint was trained with other {listed(other)}; pass "
                          f"--allow-changes to continue with the new values (the run is then not "
-                         f"equal to any uninterrupted one), or leave them out")
+                         f"equal to any uninterrupted one), or leave them out. {_MAY_CHANGE}")
     return new, changes
 
 
