@@ -40,15 +40,16 @@ int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights
     const int64_t C = o->n_embd, nh = o->n_head, nkv = o->n_kv_head, hs = o->head_dim, F = o->d_ff;
     const int64_t Q = nh * hs, KV = nkv * hs, ldq = Q + 2 * KV;
     if (nh < 1 || nkv < 1 || nh % nkv || (o->rotary && (hs % 2 || !rope_cos || !rope_sin)) ||
-        (o->mlp == MLL_MLP_SWIGLU && !w->gate_w) || (o->qk_norm && (!w->q_norm_w || !w->k_norm_w)))
+        (o->mlp == MLL_MLP_SWIGLU && !w->gate_w.data) || (o->qk_norm && (!w->q_norm_w || !w->k_norm_w)))
         return -1;
     float *h = scratch, *qkv = h + lines(B * C), *y = qkv + lines(B * ldq), *m = y + lines(B * Q);
     float *mean = m + lines(B * F), *rstd = mean + lines(B), *att = rstd + lines(B);
 
     norm_rows(o, x, w->norm1_w, w->norm1_b, h, mean, rstd, B);
-    const float *W[3] = {w->q_w, w->k_w, w->v_w}, *bias[3] = {w->q_b, w->k_b, w->v_b};
+    const mll_matrix W[3] = {w->q_w, w->k_w, w->v_w};
+    const float *bias[3] = {w->q_b, w->k_b, w->v_b};
     const int64_t N[3] = {Q, KV, KV};
-    mll_linear_rows_cat(h, 3, W, bias, N, qkv, B, C);                     /* qkv (B, Q + 2 KV) */
+    if (mll_linear_cat(h, 3, W, bias, N, qkv, B, C)) return -2;                    /* qkv (B, Q + 2 KV) */
     if (o->qk_norm)
         for (int64_t b = 0; b < B; b++) {
             float *qb = qkv + b * ldq;
@@ -61,19 +62,19 @@ int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights
         mll_rope_forward(qkv + Q, ldq, c, s, B, 1, nkv, hs);
     }
     mll_kv_attention_step(qkv, kcache, vcache, y, att, B, nh, nkv, hs, pos, o->attn_scale);
-    mll_linear_rows(y, w->o_w, w->o_b, x, x, B, C, Q, 0);                  /* x + attn */
+    if (mll_linear(y, &w->o_w, w->o_b, x, x, B, C, Q, 0)) return -2;      /* x + attn */
 
     norm_rows(o, x, w->norm2_w, w->norm2_b, h, mean, rstd, B);
-    if (o->mlp == MLL_MLP_SWIGLU) mll_linear_rows_gated(h, w->gate_w, w->gate_b, w->up_w, w->up_b, m, B, F, C);
-    else mll_linear_rows(h, w->up_w, w->up_b, NULL, m, B, F, C, 1);          /* gelu(up) */
-    mll_linear_rows(m, w->down_w, w->down_b, x, x, B, C, F, 0);              /* x + mlp */
+    int r = o->mlp == MLL_MLP_SWIGLU ? mll_linear_gated(h, &w->gate_w, w->gate_b, &w->up_w, w->up_b, m, B, F, C)
+                                     : mll_linear(h, &w->up_w, w->up_b, NULL, m, B, F, C, 1);   /* gelu(up) */
+    if (r || mll_linear(m, &w->down_w, w->down_b, x, x, B, C, F, 0)) return -2;            /* x + mlp */
     return 0;
 }
 
-void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
-                    const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
+int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                    const mll_matrix *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
                     int64_t V) {
     float *h = scratch, *mean = h + lines(B * o->n_embd), *rstd = mean + lines(B);
     norm_rows(o, x, norm_w, norm_b, h, mean, rstd, B);
-    mll_linear_rows(h, head_w, head_b, NULL, logits, B, V, o->n_embd, 0);
+    return mll_linear(h, head_w, head_b, NULL, logits, B, V, o->n_embd, 0) ? -2 : 0;
 }

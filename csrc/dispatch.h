@@ -62,6 +62,11 @@
  * around each would only glue them together. Each per-ISA file sets MLL_VEC and includes
  * simd.h itself, which makes it what a bottom half sees in that pass (FN, MLL_TARGET), and
  * gemm.c picks among them with MLL_PICK like every other file.
+ *
+ * One kernel has no version to pick between: gemm_bf16.c's bf16 GEMM runs on the AVX512-BF16
+ * dot-product instruction or not at all. It asks mll_gemm_bf16_native() (that CPU feature, and
+ * the AVX-512 ISA selected) and otherwise rounds its operands to bf16 and runs the float32 GEMM,
+ * which dispatches as above.
  */
 #ifndef MLL_DISPATCH_MAX_VEC
 #define MLL_DISPATCH_MAX_VEC 512

@@ -1,6 +1,7 @@
 /* gemv.c: act(x @ W^T + bias) + add for a few rows of x: the linear layers of one decoding
  * step, with their GELU, SwiGLU gating (silu(x Wg^T) * (x Wu^T)) or residual add done on the
- * way out, and up to three matrices side by side in one product (q, k, v).
+ * way out, and up to three matrices side by side in one product (q, k, v). W is float32,
+ * bf16 or int8 with per-group scales (mll_matrix, minillm.h); x and y are float32.
  *
  * Decoding one token per step multiplies a (B, K) activation by every weight matrix with B
  * small, so the time is the time to read W once. The packed GEMM would copy W into panels
@@ -18,6 +19,7 @@
  * products: one core streams 2 MiB pages markedly faster than 4 KiB ones (see "huge pages";
  * bench/bench_generate.py measures both).
  */
+#ifndef MLL_VEC
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -31,130 +33,134 @@
 /* Below this many weights (N * K) one thread reads W faster than two can start. */
 #define GEMV_PAR_MIN (1 << 16)
 
-/* ------------------------------------------------------------------ generic */
-/* out[r] = dot(x (K), w[r] (K)) for the n <= 4 rows w[r] = w + r * K */
-static void dots4_generic(const float *x, const float *w, int64_t K, int n, float *out) {
-    for (int r = 0; r < n; r++) {
-        const float *wr = w + r * K;
+/* ------------------------------------------------------------------ the dot products
+ * out[r] = x (K) . W[row0 + r] (K) for r < n, one function per encoding of W.
+ *
+ * bf16: each weight is widened to float32 as it is read (a shift) and multiplied by float32
+ * x: the products of the float32 matrix the bf16 one stands for. The widening hides under
+ * the load, which is the whole cost of a decoding step.
+ *
+ * int8: widening each weight to float32 costs three instructions per vector of weights,
+ * which at a quarter of the bytes no longer hides under the load. So x is quantized too, per
+ * row and per group of the weights' group size (symmetric, as the weights: scale = max |x| /
+ * 127 over the group, q = round(x / scale)), once per product (quantize_x), and each group is
+ * an exact integer dot product (int8 x int8 summed in int32) multiplied by the two scales:
+ *     y[n] = sum_g  wscale[n, g] xscale[g] sum_{k in g} wq[n, k] xq[k]
+ * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
+ * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
+ * pairs of those into int32). Every path, the portable one included, computes these same
+ * integer sums. */
+typedef struct {
+    const float *f;          /* x (K) */
+    const int8_t *q;         /* x quantized per group (int8 matrices only) */
+    const float *s;          /* its scales, one per group */
+} xrow;
+typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
+
+static float bf16_value(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void rows_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out) {
+    const float *x = xr->f;
+    for (int64_t r = 0; r < n; r++) {
+        const float *wr = (const float *)W->data + (row0 + r) * K;
         float s = 0.0f;
         for (int64_t k = 0; k < K; k++) s += x[k] * wr[k];
         out[r] = s;
     }
 }
 
-#if defined(MLL_X86)
-/* ------------------------------------------------------------------ AVX2 */
-MLL_AVX2 static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-MLL_AVX2 static void dots4_avx2(const float *x, const float *w, int64_t K, int n, float *out) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t k = 0;
-    if (n == 4) {
-        for (; k + 8 <= K; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), xv, acc[0]);
-            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(w + K + k), xv, acc[1]);
-            acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 2 * K + k), xv, acc[2]);
-            acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(w + 3 * K + k), xv, acc[3]);
-        }
-    } else {
-        for (; k + 8 <= K; k += 8) {
-            __m256 xv = _mm256_loadu_ps(x + k);
-            for (int r = 0; r < n; r++) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w + r * K + k), xv, acc[r]);
-        }
-    }
-    for (int r = 0; r < n; r++) {
-        float s = hsum256(acc[r]);
-        for (int64_t j = k; j < K; j++) s += x[j] * w[r * K + j];
+static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                              float *out) {
+    const float *x = xr->f;
+    for (int64_t r = 0; r < n; r++) {
+        const uint16_t *wr = (const uint16_t *)W->data + (row0 + r) * K;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; k++) s += x[k] * bf16_value(wr[k]);
         out[r] = s;
     }
 }
 
-/* ------------------------------------------------------------------ AVX-512 */
-/* The four 16-lane sums a, b, c, d reduced together: (sum a, sum b, sum c, sum d). One
- * shuffle-and-add tree for four rows instead of one per row. */
-MLL_AVX512 static inline __m128 hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
-    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
-    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
-    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
-    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
-    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-
-/* Row after row, each read front to back: the weights are then one sequential stream in
- * address order, which the hardware prefetchers follow best (4 rows interleaved read slower
- * from DRAM). 8 accumulators per row and one reduction tree per 4 rows come closer to a plain
- * sum over the same bytes than 4 accumulators and a reduction per row (bench_generate.py
- * --kernels holds each layer kind against that sum). */
-/* s <- the 8-accumulator sum vector of x . w over K */
-MLL_AVX512 static inline __m512 dot_vec_avx512(const float *x, const float *w, int64_t K) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    int64_t k = 0;
-    for (; k + 128 <= K; k += 128) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-        a4 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 64), _mm512_loadu_ps(x + k + 64), a4);
-        a5 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 80), _mm512_loadu_ps(x + k + 80), a5);
-        a6 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 96), _mm512_loadu_ps(x + k + 96), a6);
-        a7 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 112), _mm512_loadu_ps(x + k + 112), a7);
-    }
-    for (; k + 16 <= K; k += 16)
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + k), _mm512_maskz_loadu_ps(m, x + k), a0);
-    }
-    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                         _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-}
-
-/* out[r] = x . w[r] for the n rows w[r] = w + r * K, four at a time */
-MLL_AVX512 static void rows_avx512(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        const float *wr = w + r * K;
-        __m512 s0 = dot_vec_avx512(x, wr, K), s1 = dot_vec_avx512(x, wr + K, K);
-        __m512 s2 = dot_vec_avx512(x, wr + 2 * K, K), s3 = dot_vec_avx512(x, wr + 3 * K, K);
-        _mm_storeu_ps(out + r, hsum4_avx512(s0, s1, s2, s3));
-    }
-    if (r < n) {
-        __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int64_t i = r; i < n; i++) s[i - r] = dot_vec_avx512(x, w + i * K, K);
-        float t[4];
-        _mm_storeu_ps(t, hsum4_avx512(s[0], s[1], s[2], s[3]));
-        for (int64_t i = r; i < n; i++) out[i] = t[i - r];
+static void rows_q8_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                            float *out) {
+    const int64_t gs = W->group, ng = K / gs;
+    for (int64_t r = 0; r < n; r++) {
+        const int8_t *wr = (const int8_t *)W->data + (row0 + r) * K;
+        const float *sr = W->scale + (row0 + r) * ng;
+        float s = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            int32_t p = 0;
+            for (int64_t k = g * gs; k < (g + 1) * gs; k++) p += (int32_t)wr[k] * x->q[k];
+            s += (float)p * (sr[g] * x->s[g]);
+        }
+        out[r] = s;
     }
 }
 
-MLL_AVX2 static void rows_avx2(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    for (int64_t r = 0; r < n; r += 4) dots4_avx2(x, w + r * K, K, n - r < 4 ? (int)(n - r) : 4, out + r);
-}
-#endif
-
-static void rows_generic(const float *x, const float *w, int64_t K, int64_t n, float *out) {
-    for (int64_t r = 0; r < n; r += 4) dots4_generic(x, w + r * K, K, n - r < 4 ? (int)(n - r) : 4, out + r);
-}
-
-/* out[r] = x (K) . w[r] (K) for the n rows w[r] = w + r * K (rows in groups of 4 from the first) */
-typedef void (*dots_fn)(const float *, const float *, int64_t, int64_t, float *);
-
-static dots_fn pick_dots(void) {
-#if defined(MLL_X86)
-    switch (mll_get_isa()) {
-    case MLL_ISA_AVX512: return rows_avx512;
-    case MLL_ISA_AVX2: return rows_avx2;
-    default: break;
+/* xq (M, K), xs (M, K / gs) <- x (M, K) quantized per row and group of gs (see above). A group
+ * with a non-finite value gets scale NaN (the products then are NaN, as float32 ones would be). */
+static void quantize_x(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t gs) {
+    for (int64_t i = 0; i < M * K; i += gs) {
+        float amax = 0.0f;
+        int finite = 1;
+        for (int64_t k = i; k < i + gs; k++) {
+            finite &= isfinite(x[k]) != 0;
+            amax = fmaxf(amax, fabsf(x[k]));
+        }
+        if (!finite) {
+            xs[i / gs] = NAN;
+            memset(xq + i, 0, (size_t)gs);
+            continue;
+        }
+        float scale = amax / 127.0f;
+        xs[i / gs] = scale;
+        for (int64_t k = i; k < i + gs; k++) {
+            float q = scale > 0.0f ? rintf(x[k] / scale) : 0.0f;
+            xq[k] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
+        }
     }
-#endif
-    return rows_generic;
+}
+
+/* the sum of x (n): the read roof below */
+static float sum_generic(const float *x, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+/* rows_avx2, rows_bf16_avx2, rows_q8_avx2, sum_avx2, and the same _avx512: the bottom half */
+#define MLL_DISPATCH_SELF "gemv.c"
+#include "dispatch.h"
+
+/* int8 bytes one vector step of rows_q8 takes (a group must be a whole number of them) */
+static const int64_t q8_unit_generic = 1;
+
+static dots_fn pick_dots(const mll_matrix *W) {
+    switch (W->dtype) {
+    case MLL_BF16: return MLL_PICK(rows_bf16);
+    case MLL_I8: return W->group % MLL_PICK(q8_unit) ? rows_q8_generic : MLL_PICK(rows_q8);
+    default: return MLL_PICK(rows);
+    }
+}
+
+/* bytes of one value of W */
+static int64_t value_bytes(const mll_matrix *W) { return W->dtype == MLL_F32 ? 4 : W->dtype == MLL_BF16 ? 2 : 1; }
+
+/* rows [r, ...) of W: the same encoding, data and scales moved on by r rows of K */
+static mll_matrix rows_from(const mll_matrix *W, int64_t r, int64_t K) {
+    mll_matrix m = *W;
+    m.data = (const char *)W->data + r * K * value_bytes(W);
+    if (W->dtype == MLL_I8) m.scale = W->scale + r * (K / W->group);
+    return m;
 }
 
 /* Rows of W per pass: their dot products go to a buffer on the stack, then bias, GELU and
@@ -167,31 +173,56 @@ static dots_fn pick_dots(void) {
  * [col, col + N); gated (act MLL_ACT_SILU_GATED): W is the gate, W2 (N, K) and bias2 the up
  * projection. */
 typedef struct {
-    const float *W, *bias, *W2, *bias2;
+    mll_matrix W, W2;
+    const float *bias, *bias2;
+    dots_fn dots, dots2;
     int64_t N, col;
 } linear_seg;
 
 enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2 };
 
+/* Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through
+ * the pool): their groups of 4 rows are numbered one segment after the other and cut into
+ * chunks as if they were one matrix (linear_run). */
+#define MAX_SEGS 3
+
+typedef struct {
+    const float *x, *add;
+    float *y;
+    const int8_t *xq;               /* x quantized for int8 matrices (quantize_x), or NULL */
+    const float *xs;
+    int64_t xgroup;                 /* the group xq is quantized by */
+    linear_seg seg[MAX_SEGS];
+    int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
+    int nseg, act;
+    int64_t ldy, M, K;
+    int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
+} linear_job;
+
 /* y rows [0, M) (row stride ldy; add the same) x the columns of groups [g0, g1) of one segment
  * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
  * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
  * for an OpenMP team. */
-static void linear_groups(dots_fn dots, const float *x, const linear_seg *sg, const float *add, float *y,
-                          int64_t ldy, int64_t M, int64_t K, int act, int64_t g0, int64_t g1) {
+static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g0, int64_t g1) {
+    const float *add = job->add;
+    float *y = job->y;
+    const int64_t ldy = job->ldy, M = job->M, K = job->K;
+    const int act = job->act;
     float d[ROWS_PER_PASS], u[ROWS_PER_PASS];
     const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
         for (int64_t m = 0; m < M; m++) {
-            dots(x + m * K, sg->W + j * K, K, n, d);
+            const xrow xr = {job->x + m * K, job->xq ? job->xq + m * K : NULL,
+                             job->xq ? job->xs + m * (K / job->xgroup) : NULL};
+            sg->dots(&xr, &sg->W, j, K, n, d);
             if (sg->bias)
                 for (int64_t r = 0; r < n; r++) d[r] += sg->bias[j + r];
             if (act == ACT_GELU) {
                 mll_unary(MLL_GELU, d, d, n);
             } else if (act == ACT_SILU_GATED) {
-                dots(x + m * K, sg->W2 + j * K, K, n, u);
+                sg->dots2(&xr, &sg->W2, j, K, n, u);
                 if (sg->bias2)
                     for (int64_t r = 0; r < n; r++) u[r] += sg->bias2[j + r];
                 mll_silu_mul_forward(d, u, d, n);
@@ -353,30 +384,13 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
     pthread_mutex_unlock(&job_owner);
 }
 
-/* ------------------------------------------------------------------ the product
- * Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through the
- * pool): their groups of 4 rows are numbered one segment after the other and cut into chunks
- * as if they were one matrix. */
-#define MAX_SEGS 3
-
-typedef struct {
-    dots_fn dots;
-    const float *x, *add;
-    float *y;
-    linear_seg seg[MAX_SEGS];
-    int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
-    int nseg, act;
-    int64_t ldy, M, K;
-    int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
-} linear_job;
-
+/* ------------------------------------------------------------------ the product */
 /* groups [g0, g1) of the concatenated segments */
 static void linear_range(const linear_job *j, int64_t g0, int64_t g1) {
     for (int s = 0; s < j->nseg; s++) {
         int64_t a = g0 > j->seg_g0[s] ? g0 : j->seg_g0[s], b = mll_min64(g1, j->seg_g0[s + 1]);
         if (a < b)
-            linear_groups(j->dots, j->x, &j->seg[s], j->add, j->y, j->ldy, j->M, j->K, j->act, a - j->seg_g0[s],
-                          b - j->seg_g0[s]);
+            linear_groups(j, &j->seg[s], a - j->seg_g0[s], b - j->seg_g0[s]);
     }
 }
 
@@ -386,17 +400,46 @@ static void linear_chunk(void *ctx, int64_t c) {
     linear_range(j, g0, mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->seg_g0[j->nseg]));
 }
 
-/* Runs the job (segments filled in) on the pool; `weights` = floats of W read per row of x. */
-static void linear_run(linear_job *job, int64_t weights) {
-    job->dots = pick_dots();
+/* The caller's buffer for x quantized (grown as needed, kept for the next product). */
+static _Thread_local struct {
+    void *p;
+    size_t nbytes;
+} xq_buf;
+
+/* Runs the job (segments filled in) on the pool; `weights` = values of W read per row of x.
+ * With int8 matrices, x is quantized first, by their group (the caller makes every int8
+ * matrix of one product share it); -1 if its buffer cannot be had. */
+static int linear_run(linear_job *job, int64_t weights) {
     job->seg_g0[0] = 0;
+    job->xq = NULL;
+    for (int s = 0; s < job->nseg; s++) {
+        linear_seg *sg = &job->seg[s];
+        sg->dots = pick_dots(&sg->W);
+        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
+        if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
+        else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
+        else continue;
+        if (job->xq || job->M <= 0) continue;
+        size_t need = (size_t)(job->M * job->K) + (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
+        if (need > xq_buf.nbytes) {
+            if (xq_buf.p) mll_free(xq_buf.p, xq_buf.nbytes);
+            xq_buf.p = mll_alloc(need);
+            xq_buf.nbytes = xq_buf.p ? need : 0;
+            if (!xq_buf.p) return -1;
+        }
+        float *xs = (float *)xq_buf.p;
+        int8_t *xq = (int8_t *)(xs + job->M * (job->K / job->xgroup));
+        quantize_x(job->x, xq, xs, job->M, job->K, job->xgroup);
+        job->xq = xq;
+        job->xs = xs;
+    }
     for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
     int64_t groups = job->seg_g0[job->nseg];
-    if (job->M <= 0 || groups == 0) return;
+    if (job->M <= 0 || groups == 0) return 0;
     int nt = weights >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
     if (nt <= 1) {
         linear_range(job, 0, groups);
-        return;
+        return 0;
     }
     /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
      * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
@@ -409,19 +452,33 @@ static void linear_run(linear_job *job, int64_t weights) {
     job->nbig = (groups - groups / 4) / big;
     int64_t nchunks = job->nbig + (groups - job->nbig * big + small - 1) / small;
     mll_decode_parallel(nchunks, nt, linear_chunk, job);
+    return 0;
+}
+
+int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+               int64_t N, int64_t K, int act) {
+    if (M <= 0 || N <= 0) return 0;
+    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
+                      .ldy = N, .M = M, .K = K};
+    job.seg[0] = (linear_seg){.W = *W, .bias = bias, .N = N, .col = 0};
+    return linear_run(&job, N * K);
 }
 
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act) {
-    if (M <= 0 || N <= 0) return;
-    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
-                      .ldy = N, .M = M, .K = K};
-    job.seg[0] = (linear_seg){W, bias, NULL, NULL, N, 0};
-    linear_run(&job, N * K);
+    mll_matrix w = {W, NULL, MLL_F32, 0};
+    mll_linear(x, &w, bias, add, y, M, N, K, act);      /* float32 needs no buffer: cannot fail */
 }
 
-void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
-                         const int64_t *N, float *y, int64_t M, int64_t K) {
+/* b directly follows a's N rows in memory, in the same encoding (data and scales) */
+static int follows(const mll_matrix *a, int64_t N, const mll_matrix *b, int64_t K) {
+    if (a->dtype != b->dtype || (a->dtype == MLL_I8 && a->group != b->group)) return 0;
+    mll_matrix end = rows_from(a, N, K);
+    return end.data == b->data && (a->dtype != MLL_I8 || end.scale == b->scale);
+}
+
+int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                   float *y, int64_t M, int64_t K) {
     linear_job job = {.x = x, .y = y, .act = ACT_NONE, .M = M, .K = K};
     int64_t total = 0;
     for (int s = 0; s < nseg && s < MAX_SEGS; s++) {
@@ -429,24 +486,24 @@ void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const 
         linear_seg *prev = job.nseg ? &job.seg[job.nseg - 1] : NULL;
         /* W rows (and biases) that follow the previous segment's in memory (a fused qkv):
          * one segment, so the groups are exactly those of the one matrix */
-        if (prev && W[s] == prev->W + prev->N * K && prev->N % 4 == 0 &&
+        if (prev && follows(&prev->W, prev->N, &W[s], K) && prev->N % 4 == 0 &&
             ((!b && !prev->bias) || (b && prev->bias && b == prev->bias + prev->N))) {
             prev->N += N[s];
         } else {
-            job.seg[job.nseg++] = (linear_seg){W[s], b, NULL, NULL, N[s], total};
+            job.seg[job.nseg++] = (linear_seg){.W = W[s], .bias = b, .N = N[s], .col = total};
         }
         total += N[s];
     }
     job.ldy = total;
-    linear_run(&job, total * K);
+    return linear_run(&job, total * K);
 }
 
-void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
-                           float *y, int64_t M, int64_t N, int64_t K) {
-    if (M <= 0 || N <= 0) return;
+int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu, const float *bu,
+                     float *y, int64_t M, int64_t N, int64_t K) {
+    if (M <= 0 || N <= 0) return 0;
     linear_job job = {.x = x, .y = y, .nseg = 1, .act = ACT_SILU_GATED, .ldy = N, .M = M, .K = K};
-    job.seg[0] = (linear_seg){Wg, bg, Wu, bu, N, 0};
-    linear_run(&job, 2 * N * K);
+    job.seg[0] = (linear_seg){.W = *Wg, .W2 = *Wu, .bias = bg, .bias2 = bu, .N = N, .col = 0};
+    return linear_run(&job, 2 * N * K);
 }
 
 /* ------------------------------------------------------------------ the roof
@@ -454,33 +511,6 @@ void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, con
  * read them, to hold the GEMV against (bench/bench_generate.py). Fixed chunks, partial sums
  * added in chunk order: the same result for any thread count. */
 #define SUM_CHUNK ((int64_t)1 << 16)     /* floats: 256 KiB, about one chunk of linear_rows */
-
-static float sum_generic(const float *x, int64_t n) {
-    float acc[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += x[i + j];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += acc[j];
-    for (; i < n; i++) s += x[i];
-    return s;
-}
-
-#if defined(MLL_X86)
-MLL_AVX512 static float sum_avx512(const float *x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
-        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(x + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(x + i + 48));
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; i < n; i++) s += x[i];
-    return s;
-}
-#endif
 
 typedef struct {
     float (*sum)(const float *, int64_t);
@@ -500,10 +530,7 @@ float mll_stream_sum(const float *x, int64_t n) {
     int64_t nchunks = (n + SUM_CHUNK - 1) / SUM_CHUNK;
     float *parts = mll_alloc((size_t)nchunks * sizeof(float));
     if (!parts) return NAN;
-    sum_job job = {sum_generic, x, n, parts};
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) job.sum = sum_avx512;
-#endif
+    sum_job job = {MLL_PICK(sum), x, n, parts};
     mll_decode_parallel(nchunks, n >= GEMV_PAR_MIN ? mll_get_num_threads() : 1, sum_chunk, &job);
     float s = 0.0f;
     for (int64_t c = 0; c < nchunks; c++) s += parts[c];
@@ -550,3 +577,205 @@ int64_t mll_advise_hugepages(void *p, size_t nbytes) {
     return -1;
 #endif
 }
+
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
+/* The narrow weights are read ahead by software prefetch, PREFETCH_BYTES beyond the line in
+ * use: at 2 or 1 bytes a weight the loops take in too few lines per instruction window for
+ * the hardware prefetchers alone to keep enough reads from DRAM in flight. */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 2048
+#endif
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+/* x . w over K as the VL-lane vector of 8 accumulators' sum. Row after row, each read front
+ * to back: the weights are then one sequential stream in address order, which the hardware
+ * prefetchers follow best (4 rows interleaved read slower from DRAM); 8 accumulators come
+ * closer to a plain sum over the same bytes than 4 (bench_generate.py --kernels holds each
+ * layer kind against that sum). */
+static inline MLL_TARGET V FN(dot_vec)(const float *x, const float *w, int64_t K) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    int64_t k = 0;
+    for (; k + 8 * VL <= K; k += 8 * VL) {
+        a0 = v_fmadd(v_load(w + k), v_load(x + k), a0);
+        a1 = v_fmadd(v_load(w + k + VL), v_load(x + k + VL), a1);
+        a2 = v_fmadd(v_load(w + k + 2 * VL), v_load(x + k + 2 * VL), a2);
+        a3 = v_fmadd(v_load(w + k + 3 * VL), v_load(x + k + 3 * VL), a3);
+        a4 = v_fmadd(v_load(w + k + 4 * VL), v_load(x + k + 4 * VL), a4);
+        a5 = v_fmadd(v_load(w + k + 5 * VL), v_load(x + k + 5 * VL), a5);
+        a6 = v_fmadd(v_load(w + k + 6 * VL), v_load(x + k + 6 * VL), a6);
+        a7 = v_fmadd(v_load(w + k + 7 * VL), v_load(x + k + 7 * VL), a7);
+    }
+    for (; k + VL <= K; k += VL) a0 = v_fmadd(v_load(w + k), v_load(x + k), a0);
+    if (k < K) a0 = v_fmadd(v_loadn(w + k, K - k), v_loadn(x + k, K - k), a0);
+    return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
+}
+
+#if MLL_VEC == 512
+/* The four 16-lane sums a, b, c, d reduced together into out[0..4): one shuffle-and-add tree
+ * for four rows instead of one per row. */
+static inline MLL_TARGET void FN(hsum4)(V a, V b, V c, V d, float *out) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a8, b8), _mm256_hadd_ps(c8, d8));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+}
+#else
+static inline MLL_TARGET void FN(hsum4)(V a, V b, V c, V d, float *out) {
+    out[0] = v_hsum(a);
+    out[1] = v_hsum(b);
+    out[2] = v_hsum(c);
+    out[3] = v_hsum(d);
+}
+#endif
+
+static MLL_TARGET void FN(rows)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                float *out) {
+    const float *x = xr->f;
+    const float *w = (const float *)W->data + row0 * K;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const float *wr = w + r * K;
+        FN(hsum4)(FN(dot_vec)(x, wr, K), FN(dot_vec)(x, wr + K, K), FN(dot_vec)(x, wr + 2 * K, K),
+                  FN(dot_vec)(x, wr + 3 * K, K), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec)(x, w + r * K, K));
+}
+
+/* VL stored bf16 values at p widened to float32 (the upper half of a float32's bits) */
+#if MLL_VEC == 512
+static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+#else
+static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+#endif
+
+/* dot_vec with bf16 weights: the same 8 accumulators; the last K % VL through a zero-padded copy */
+static inline MLL_TARGET V FN(dot_vec_bf16)(const float *x, const uint16_t *w, int64_t K) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    int64_t k = 0;
+    for (; k + 8 * VL <= K; k += 8 * VL) {
+        for (int64_t b = 0; b < 8 * VL * 2; b += 64) PREFETCH((const char *)(w + k) + PREFETCH_BYTES + b);
+        a0 = v_fmadd(FN(load_bf16)(w + k), v_load(x + k), a0);
+        a1 = v_fmadd(FN(load_bf16)(w + k + VL), v_load(x + k + VL), a1);
+        a2 = v_fmadd(FN(load_bf16)(w + k + 2 * VL), v_load(x + k + 2 * VL), a2);
+        a3 = v_fmadd(FN(load_bf16)(w + k + 3 * VL), v_load(x + k + 3 * VL), a3);
+        a4 = v_fmadd(FN(load_bf16)(w + k + 4 * VL), v_load(x + k + 4 * VL), a4);
+        a5 = v_fmadd(FN(load_bf16)(w + k + 5 * VL), v_load(x + k + 5 * VL), a5);
+        a6 = v_fmadd(FN(load_bf16)(w + k + 6 * VL), v_load(x + k + 6 * VL), a6);
+        a7 = v_fmadd(FN(load_bf16)(w + k + 7 * VL), v_load(x + k + 7 * VL), a7);
+    }
+    for (; k + VL <= K; k += VL) a0 = v_fmadd(FN(load_bf16)(w + k), v_load(x + k), a0);
+    if (k < K) {
+        uint16_t t[VL] = {0};
+        memcpy(t, w + k, (size_t)(K - k) * sizeof(uint16_t));
+        a0 = v_fmadd(FN(load_bf16)(t), v_loadn(x + k, K - k), a0);
+    }
+    return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
+}
+
+static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                     float *out) {
+    const float *x = xr->f;
+    const uint16_t *w = (const uint16_t *)W->data + row0 * K;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const uint16_t *wr = w + r * K;
+        FN(hsum4)(FN(dot_vec_bf16)(x, wr, K), FN(dot_vec_bf16)(x, wr + K, K), FN(dot_vec_bf16)(x, wr + 2 * K, K),
+                  FN(dot_vec_bf16)(x, wr + 3 * K, K), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(x, w + r * K, K));
+}
+
+/* int8 rows: one vector step multiplies Q8_UNIT int8 weights by as many int8 x and adds the
+ * products, 4 at a time, into int32 lanes (see "the dot products" above). */
+#if MLL_VEC == 512
+#define Q8_UNIT 64
+static inline MLL_TARGET __m512i FN(q8_madd)(__m512i acc, const int8_t *w, const int8_t *x) {
+    __m512i wv = _mm512_loadu_si512((const void *)w), xv = _mm512_loadu_si512((const void *)x);
+    __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
+    __m512i p16 = _mm512_maddubs_epi16(_mm512_abs_epi8(wv), xs);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(p16, _mm512_set1_epi16(1)));
+}
+#define q8_zero() _mm512_setzero_si512()
+#define q8_tof(v) _mm512_cvtepi32_ps(v)
+#else
+#define Q8_UNIT 32
+static inline MLL_TARGET __m256i FN(q8_madd)(__m256i acc, const int8_t *w, const int8_t *x) {
+    __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)x);
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+#define q8_zero() _mm256_setzero_si256()
+#define q8_tof(v) _mm256_cvtepi32_ps(v)
+#endif
+static const int64_t FN(q8_unit) = Q8_UNIT;
+
+/* sum_g wscale[g] xscale[g] (wq . xq over group g) as a vector to be summed, for one row of
+ * K int8 weights in groups of gs (a multiple of Q8_UNIT); two float accumulators, so
+ * consecutive groups do not wait on each other. */
+static inline MLL_TARGET V FN(dot_vec_q8)(const xrow *x, const int8_t *w, const float *wscale, int64_t K,
+                                          int64_t gs) {
+    const int8_t *xq = x->q;
+    const float *xs = x->s;
+    const int64_t ng = K / gs;
+    V a0 = v_zero(), a1 = v_zero();
+    int64_t g = 0;
+    if (gs == Q8_UNIT) {                      /* one vector step per group: two groups per turn */
+        for (; g + 2 <= ng; g += 2) {
+            const int64_t k = g * Q8_UNIT;
+            PREFETCH(w + k + PREFETCH_BYTES);
+            PREFETCH(w + k + PREFETCH_BYTES + 64);
+            __typeof__(q8_zero()) p0 = FN(q8_madd)(q8_zero(), w + k, xq + k);
+            __typeof__(q8_zero()) p1 = FN(q8_madd)(q8_zero(), w + k + Q8_UNIT, xq + k + Q8_UNIT);
+            a0 = v_fmadd(q8_tof(p0), v_set1(wscale[g] * xs[g]), a0);
+            a1 = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * xs[g + 1]), a1);
+        }
+    }
+    for (; g < ng; g++) {
+        const int64_t k0 = g * gs;
+        __typeof__(q8_zero()) acc = q8_zero();
+        for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = FN(q8_madd)(acc, w + k, xq + k);
+        a0 = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[g]), a0);
+    }
+    return v_add(a0, a1);
+}
+
+static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                   float *out) {
+    const int64_t gs = W->group, ng = K / gs;
+    const int8_t *w = (const int8_t *)W->data + row0 * K;
+    const float *sc = W->scale + row0 * ng;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const int8_t *wr = w + r * K;
+        const float *sr = sc + r * ng;
+        FN(hsum4)(FN(dot_vec_q8)(x, wr, sr, K, gs), FN(dot_vec_q8)(x, wr + K, sr + ng, K, gs),
+                  FN(dot_vec_q8)(x, wr + 2 * K, sr + 2 * ng, K, gs),
+                  FN(dot_vec_q8)(x, wr + 3 * K, sr + 3 * ng, K, gs), out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
+}
+#undef Q8_UNIT
+#undef q8_zero
+#undef q8_tof
+
+static MLL_TARGET float FN(sum)(const float *x, int64_t n) {
+    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        a0 = v_add(a0, v_load(x + i));
+        a1 = v_add(a1, v_load(x + i + VL));
+        a2 = v_add(a2, v_load(x + i + 2 * VL));
+        a3 = v_add(a3, v_load(x + i + 3 * VL));
+    }
+    float s = v_hsum(v_add(v_add(a0, a1), v_add(a2, a3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+#endif /* MLL_VEC */

@@ -12,6 +12,7 @@
  * linear layers around this step: no OpenMP team left spinning between them), so the result
  * does not depend on the thread count.
  */
+#ifndef MLL_VEC
 #include "simd.h"
 
 /* q . k over hs floats, in 16 interleaved partial sums (vectorizes without target
@@ -73,54 +74,9 @@ static void attend_generic(void *ctx, int64_t c) {
     }
 }
 
-#if defined(MLL_X86)
-/* The same with 16-lane vectors (masked on the last partial one), and position outermost:
- * the heads of a chunk sit side by side in each cached row, so the caches are read as one
- * forward sweep (which the prefetchers follow) instead of one strided pass per head; per
- * (head, lane) the sums run over t in the same order, so the grouping never changes a bit.
- * (The portable loops compile to SSE only.) */
-MLL_AVX512 static void attend_avx512(void *ctx, int64_t c) {
-    const attend_job *j = ctx;
-    const int64_t hs = j->hs, S = j->S;
-    int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
-    int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
-    const int64_t g = j->group;
-    const float *q = j->qkv + b * j->ldq;
-    const float *k = j->kcache + b * j->Ckv, *v = j->vcache + b * j->Ckv;
-    float *w = j->w + b * j->nh * S, *y = j->y + b * j->nh * hs;
-    for (int64_t t = 0; t < S; t++) {
-        const float *kt = k + t * j->ld;
-        for (int64_t h = h0; h < h1; h++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t d = 0; d < hs; d += 16) {
-                __mmask16 mk = hs - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hs - d)) - 1u);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, q + h * hs + d),
-                                      _mm512_maskz_loadu_ps(mk, kt + h / g * hs + d), acc);
-            }
-            w[h * S + t] = j->scale * _mm512_reduce_add_ps(acc);
-        }
-    }
-    for (int64_t h = h0; h < h1; h++) {
-        float m = -INFINITY, *wh = w + h * S;
-        for (int64_t t = 0; t < S; t++) m = wh[t] > m ? wh[t] : m;
-        float inv = softmax_unnormalized(wh, S, m);
-        for (int64_t t = 0; t < S; t++) wh[t] *= inv;
-        memset(y + h * hs, 0, (size_t)hs * sizeof(float));
-    }
-    for (int64_t t = 0; t < S; t++) {
-        const float *vt = v + t * j->ld;
-        for (int64_t h = h0; h < h1; h++) {
-            __m512 p = _mm512_set1_ps(w[h * S + t]);
-            for (int64_t d = 0; d < hs; d += 16) {
-                __mmask16 mk = hs - d >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (hs - d)) - 1u);
-                float *yd = y + h * hs + d;
-                _mm512_mask_storeu_ps(yd, mk, _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(mk, vt + h / g * hs + d),
-                                                              _mm512_maskz_loadu_ps(mk, yd)));
-            }
-        }
-    }
-}
-#endif
+/* attend_avx2, attend_avx512: the same, vectorized (the bottom half, below) */
+#define MLL_DISPATCH_SELF "kv_attention.c"
+#include "dispatch.h"
 
 /* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: a few
  * tens of microseconds of work, less than a busy machine can delay a helper that has taken a
@@ -141,10 +97,51 @@ int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float 
     int64_t per_chunk = nt <= 1 ? nh : (nh + 2 * nt - 1) / (2 * nt);
     attend_job job = {qkv, kcache, vcache, y, w, nh, nh / nkv, hs, ldq, Ckv, ld, S, per_chunk,
                       (nh + per_chunk - 1) / per_chunk, scale};
-    mll_chunk_fn fn = attend_generic;
-#if defined(MLL_X86)
-    if (mll_get_isa() == MLL_ISA_AVX512) fn = attend_avx512;
-#endif
-    mll_decode_parallel(B * job.chunks_per_row, nt, fn, &job);
+    mll_decode_parallel(B * job.chunks_per_row, nt, MLL_PICK(attend), &job);
     return 0;
 }
+
+#else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
+/* attend_generic with VL-lane vectors (masked on the last partial one), and position
+ * outermost: the heads of a chunk sit side by side in each cached row, so the caches are read
+ * as one forward sweep (which the prefetchers follow) instead of one strided pass per head;
+ * per (head, lane) the sums run over t in the same order, so the grouping never changes a bit.
+ * (The portable loops compile to SSE only.) */
+static MLL_TARGET void FN(attend)(void *ctx, int64_t c) {
+    const attend_job *j = ctx;
+    const int64_t hs = j->hs, S = j->S, tail = hs % VL, body = hs - tail;
+    int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
+    int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
+    const int64_t g = j->group;
+    const float *q = j->qkv + b * j->ldq;
+    const float *k = j->kcache + b * j->Ckv, *v = j->vcache + b * j->Ckv;
+    float *w = j->w + b * j->nh * S, *y = j->y + b * j->nh * hs;
+    for (int64_t t = 0; t < S; t++) {
+        const float *kt = k + t * j->ld;
+        for (int64_t h = h0; h < h1; h++) {
+            const float *qh = q + h * hs, *kh = kt + h / g * hs;
+            V acc = v_zero();
+            for (int64_t d = 0; d < body; d += VL) acc = v_fmadd(v_load(qh + d), v_load(kh + d), acc);
+            if (tail) acc = v_fmadd(v_loadn(qh + body, tail), v_loadn(kh + body, tail), acc);
+            w[h * S + t] = j->scale * v_hsum(acc);
+        }
+    }
+    for (int64_t h = h0; h < h1; h++) {
+        float m = -INFINITY, *wh = w + h * S;
+        for (int64_t t = 0; t < S; t++) m = wh[t] > m ? wh[t] : m;
+        float inv = softmax_unnormalized(wh, S, m);
+        for (int64_t t = 0; t < S; t++) wh[t] *= inv;
+        memset(y + h * hs, 0, (size_t)hs * sizeof(float));
+    }
+    for (int64_t t = 0; t < S; t++) {
+        const float *vt = v + t * j->ld;
+        for (int64_t h = h0; h < h1; h++) {
+            V p = v_set1(w[h * S + t]);
+            const float *vh = vt + h / g * hs;
+            float *yh = y + h * hs;
+            for (int64_t d = 0; d < body; d += VL) v_store(yh + d, v_fmadd(p, v_load(vh + d), v_load(yh + d)));
+            if (tail) v_storen(yh + body, v_fmadd(p, v_loadn(vh + body, tail), v_loadn(yh + body, tail)), tail);
+        }
+    }
+}
+#endif /* MLL_VEC */

@@ -83,7 +83,7 @@ void mll_copy_strided(const void *src, void *dst, int ndim, const int64_t *shape
 /* b (cols, rows), ldb = row stride of b  <-  a (rows, cols)^T, lda = row stride of a. Cache-blocked. */
 void mll_transpose(const float *a, float *b, int64_t rows, int64_t cols, int64_t lda, int64_t ldb);
 /* Casts between dtypes (MLL_F32, MLL_I32, MLL_I64, MLL_BF16 below); bf16 rounds to nearest even. */
-enum { MLL_F32 = 0, MLL_I32 = 1, MLL_I64 = 2, MLL_BF16 = 3, MLL_U8 = 4, MLL_U16 = 5 };
+enum { MLL_F32 = 0, MLL_I32 = 1, MLL_I64 = 2, MLL_BF16 = 3, MLL_U8 = 4, MLL_U16 = 5, MLL_I8 = 6 };
 void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n);
 /* 1 if every element is finite, else 0 */
 int mll_all_finite(const float *x, int64_t n);
@@ -324,6 +324,10 @@ void mll_sample_rows(const float *x, const float *u, int64_t *out, int64_t rows,
  * w (cols) or NULL; rstd (rows) is written unless NULL. y may be x. */
 void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
                          float eps);
+/* dx (rows, cols) from x, dy (rows, cols), w (cols) or NULL and the forward's rstd (rows);
+ * dw (cols) written (not accumulated) unless NULL. 0, or -1 when out of memory. */
+int mll_rmsnorm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx,
+                         float *dw, int64_t rows, int64_t cols);
 
 /* ---------------------------------------------------------------- rope.c */
 /* Rotary position embeddings, "rotate half" layout: in each head of d dims, (x[i], x[i + d/2])
@@ -335,27 +339,48 @@ void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n
  * every head at time t rotated by row t of cos_t, sin_t (T, d/2). d even. */
 void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                       int64_t n_head, int64_t d);
+/* The backward of mll_rope_forward, in place on dx (same layout and table): rotated back. */
+void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                       int64_t n_head, int64_t d);
 
 /* ---------------------------------------------------------------- silu.c */
 /* y (n) = silu(g) * u = g sigmoid(g) u: the gated product of a SwiGLU MLP. y may be g or u. */
 void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n);
+/* dg = dy u sigmoid(g) (1 + g (1 - sigmoid(g))), du = dy silu(g): all (n), dg and du written. */
+void mll_silu_mul_backward(const float *g, const float *u, const float *dy, float *dg, float *du, int64_t n);
 
 /* ----------------------------------------------------------------- gemv.c */
 /* The linear layers of a decoding step: few rows of x (M small), W (N, K) streamed once, rows
- * of W split over threads in fixed groups of 4; all contiguous.
- * y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
- * 1 GELU (tanh form). y may be add (in place). */
+ * of W split over threads in fixed groups of 4; x, y, biases float32, all contiguous.
+ *
+ * A weight matrix W (N, K), row-major, in one of three encodings: MLL_F32; MLL_BF16 (each
+ * value the upper 16 bits of a float32); MLL_I8: int8 values q and one float32 scale per
+ * `group` consecutive values of a row, W[n, k] = q[n, k] * scale[n, k / group] (group divides
+ * K; a multiple of 16 takes the vector kernels). */
+typedef struct {
+    const void *data;        /* (N, K) values */
+    const float *scale;      /* MLL_I8: (N, K / group); otherwise unused */
+    int dtype;               /* MLL_F32, MLL_BF16 or MLL_I8 */
+    int64_t group;           /* MLL_I8: values per scale */
+} mll_matrix;
+/* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
+ * 1 GELU (tanh form). y may be add (in place). With an int8 W, x is quantized per row and
+ * group (gemv.c says how). 0, or -1 if the buffer for quantized x cannot be allocated (int8
+ * only); likewise mll_linear_cat and mll_linear_gated, whose int8 matrices share one group. */
+int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+               int64_t N, int64_t K, int act);
+/* mll_linear with a float32 W */
 void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                      int64_t M, int64_t N, int64_t K, int act);
 /* y (M, N[0] + ... + N[nseg - 1]) = [x W[s]^T + bias[s]] side by side: nseg <= 3 matrices
  * W[s] (N[s], K) as one product (q, k, v projections; matrices adjacent in memory, as a fused
  * qkv, are read as one). bias NULL, or bias[s] NULL, for none. */
-void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
-                         const int64_t *N, float *y, int64_t M, int64_t K);
+int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                   float *y, int64_t M, int64_t K);
 /* y (M, N) = silu(x Wg^T + bg) * (x Wu^T + bu): a SwiGLU MLP's gate and up projections, Wg, Wu
  * (N, K), bg, bu (N) or NULL, in one pass over both. */
-void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
-                           float *y, int64_t M, int64_t N, int64_t K);
+int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu, const float *bu,
+                     float *y, int64_t M, int64_t N, int64_t K);
 /* Runs fn(ctx, c) for every c in [0, nchunks) on the caller and up to nthreads - 1 helper
  * threads (the decoding kernels' own pool: no OpenMP team, whose idle threads would spin
  * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
@@ -402,19 +427,24 @@ typedef struct {
     float norm_eps, qk_norm_eps;
     float attn_scale;        /* usually 1 / sqrt(hs) */
 } mll_block_options;
-/* The weights of one block: Linear weights (out, in), contiguous; every bias may be NULL (and
- * is ignored for RMSNorm). q_w, k_w, v_w may be the three row blocks of one fused (Q + 2 KV, C)
- * matrix (Q = nh hs, KV = nkv hs); biases likewise. */
+/* The weights of one block: Linear weights (out, in) as mll_matrix (float32, bf16 or int8,
+ * see gemv.c), the rest float32, contiguous; every bias may be NULL (and is ignored for
+ * RMSNorm). q_w, k_w, v_w may be the three row blocks of one fused (Q + 2 KV, C) matrix
+ * (Q = nh hs, KV = nkv hs); biases likewise. */
 typedef struct {
     const float *norm1_w, *norm1_b;     /* (C) */
-    const float *q_w, *k_w, *v_w;       /* (Q, C), (KV, C), (KV, C) */
+    mll_matrix q_w, k_w, v_w;           /* (Q, C), (KV, C), (KV, C) */
     const float *q_b, *k_b, *v_b;       /* (Q), (KV), (KV) */
     const float *q_norm_w, *k_norm_w;   /* (hs), with qk_norm */
-    const float *o_w, *o_b;             /* (C, Q), (C) */
+    mll_matrix o_w;                     /* (C, Q) */
+    const float *o_b;                   /* (C) */
     const float *norm2_w, *norm2_b;     /* (C) */
-    const float *gate_w, *gate_b;       /* (F, C), (F): SwiGLU only */
-    const float *up_w, *up_b;           /* (F, C), (F) */
-    const float *down_w, *down_b;       /* (C, F), (C) */
+    mll_matrix gate_w;                  /* (F, C): SwiGLU only (data NULL otherwise) */
+    const float *gate_b;                /* (F) */
+    mll_matrix up_w;                    /* (F, C) */
+    const float *up_b;                  /* (F) */
+    mll_matrix down_w;                  /* (C, F) */
+    const float *down_b;                /* (C) */
 } mll_block_weights;
 /* Floats of scratch a step needs for B rows and S = pos + 1 cached positions (a step with
  * fewer positions fits too; mll_final_step needs less). */
@@ -422,15 +452,17 @@ int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S)
 /* x (B, C) <- the block applied to x: kcache, vcache (pos + 1, B, nkv, hs) get row pos (see
  * mll_kv_attention_step); rope_cos, rope_sin (> pos, hs / 2) the rotary table (NULL without
  * rotary); scratch (mll_block_step_scratch(o, B, pos + 1)). 0, or -1 if the options are
- * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight). */
+ * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight),
+ * -2 out of memory (int8 weights' quantized x). */
 int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
                    float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
                    int64_t pos);
 /* logits (B, V) = norm(x) head_w^T + head_b: the final norm (o's norm, norm_eps, n_embd; the
  * other options are not read) and the LM head, head_w (V, C) (the token embedding when tied),
- * head_b (V) or NULL; x (B, C) is kept; scratch (mll_block_step_scratch(o, B, 1)). */
-void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
-                    const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
+ * head_b (V) or NULL; x (B, C) is kept; scratch (mll_block_step_scratch(o, B, 1)). 0, or -2
+ * out of memory (an int8 head's quantized x). */
+int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                    const mll_matrix *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
                     int64_t V);
 /* s = x + r, y = layernorm(s) as mll_layernorm_forward (the residual add fused in):
  * x, r, s, y (rows, cols); gamma, beta (cols) or NULL; mean, rstd (rows). Backward: the

@@ -207,7 +207,8 @@ def linear(x, weight, bias=None):
     if x.shape[-1] != weight.shape[-1] or weight.ndim != 2:
         raise ValueError(f"linear: input of shape {tuple(x.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)} (expected (out, {x.shape[-1]}))")
-    gemm = _amp.gemm()
+    # bfloat16 weights (a model loaded with dtype="bfloat16") always take the bf16 GEMM
+    gemm = _C.matmul_bf16 if weight.dtype == "bfloat16" else _amp.gemm()
     out = gemm(x, weight, transpose_b=True)
     if bias is not None:
         _C.add_(out, bias)
@@ -1084,3 +1085,57 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
             _record(y, backward, s if (gx or gr) else None, weight if gw else None, bias if gb else None)
     return s, y
 # ===================================================================== end fused kernels
+
+
+# ================================================================= Llama-family ops
+# RMSNorm, rotary position embeddings and the SwiGLU gate (csrc/rmsnorm.c, rope.c, silu.c),
+# each forward beside its backward, as the Llama family (models/llama.py) trains with them.
+__all__ += ["rms_norm", "rotary", "silu", "silu_mul"]
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (Zhang & Sennrich, 2019), as
+    PyTorch's F.rms_norm(x, (C,), weight, eps): x (..., C) float32, weight (C) or None ->
+    shaped like x. Backward gives dx and dweight from the saved 1/rms of each row."""
+    y, rstd = _C.rms_norm(x, weight, eps)
+    if _grad_on():
+        gx, gw = _rg(x), _rg(weight)
+        if gx or gw:
+            def backward(dy):
+                dx, dw = _C.rms_norm_backward(x, weight, rstd, dy, gw)
+                return dx if gx else None, dw
+            _record(y, backward, x if gx else None, weight if gw else None)
+    return y
+
+
+def rotary(x, cos, sin):
+    """Rotary position embedding (Su et al., 2021) in the "rotate half" layout: x (B, T, H, d)
+    float32, cos, sin (T, d/2) the table rows of the T positions (models.rotary.rope_table,
+    sliced) -> a new (B, T, H, d) tensor, dims (i, i + d/2) of each head rotated by the angle of
+    row t. Backward rotates the gradient back."""
+    y = _C.rope(x, cos, sin)
+    if _grad_on() and _rg(x):
+        def backward(dy):
+            return (_C.rope(dy, cos, sin, True),)
+        _record(y, backward, x)
+    return y
+
+
+def silu(x):
+    """x * sigmoid(x) (SiLU, a.k.a. swish), elementwise. Float32."""
+    return mul(x, sigmoid(x))
+
+
+def silu_mul(gate, up):
+    """silu(gate) * up elementwise, the SwiGLU product of a Llama MLP (Shazeer, 2020), in one
+    pass: gate, up float32 of one shape -> that shape. Backward recomputes sigmoid(gate)."""
+    y = _C.silu_mul(gate, up)
+    if _grad_on():
+        gg, gu = _rg(gate), _rg(up)
+        if gg or gu:
+            def backward(dy):
+                dg, du = _C.silu_mul_backward(gate, up, dy)
+                return dg if gg else None, du if gu else None
+            _record(y, backward, gate if gg else None, up if gu else None)
+    return y
+# ============================================================= end Llama-family ops

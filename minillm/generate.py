@@ -20,8 +20,8 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.random import Generator
 # the sampling functions were defined here before minillm/sampling.py; their names stay importable
-from minillm.sampling import (apply_temperature, check_sampling_args, draw, sample_next,  # noqa: F401
-                              top_k_filter, top_p_filter)
+from minillm.sampling import (apply_repetition_penalty, apply_temperature, check_sampling_args,  # noqa: F401
+                              draw, sample_next, top_k_filter, top_p_filter)
 
 __all__ = ["KVCache", "LayerKVCache", "generate", "sample_text", "MAX_NEW_TOKENS"]
 
@@ -132,7 +132,7 @@ def _last_logits(logits):
 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
-             stop_tokens=(), generator=None, stream=None, fast=True):
+             stop_tokens=(), generator=None, stream=None, fast=True, repetition_penalty=1.0, decoder=None):
     """Continue each row of idx by up to max_new_tokens tokens.
 
     model: a language model (forward(idx) -> (logits, loss)); idx (B, T) int64 Tensor (or
@@ -142,9 +142,12 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     stream: called after every step with a list of the B new ids (for printing as you go).
     fast: decode one token at a time with the model's decode step (model.decoder()) when it
     has one (False: through model.forward with the KV cache; same logits to float32 rounding).
+    decoder: a decode plan to use instead of building one (e.g. model.decoder(weights="int8"),
+    built once for many calls).
+    repetition_penalty: != 1 penalises every id already in the row (prompt and new tokens).
     Sampling options: minillm/sampling.py; context cropping: the module docstring. The model
     runs in eval mode under no_grad (its training flag is restored afterwards)."""
-    check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"generate: max_new_tokens must be an int in [0, {MAX_NEW_TOKENS}], got "
@@ -158,7 +161,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     n = T
     use_cache = model.kv_cache_shape() is not None
     cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
-    decoder = model.decoder() if use_cache and fast else None
+    if decoder is None:
+        decoder = model.decoder() if use_cache and fast else None
     stopped = [None] * B           # the stop token of each finished row
     was_training = model.training
     model.eval()
@@ -176,7 +180,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                         logits, _ = model(out[:, n - 1:n].contiguous(), kv_cache=cache)
                 else:
                     logits, _ = model(out[:, max(0, n - block):n].contiguous())
-                nxt = sample_next(_last_logits(logits), temperature, top_k, top_p, greedy, generator)
+                logits = _last_logits(logits)
+                if repetition_penalty != 1.0:
+                    logits = apply_repetition_penalty(logits, out[:, :n], repetition_penalty)
+                nxt = sample_next(logits, temperature, top_k, top_p, greedy, generator)
                 ids = nxt.tolist()
                 if stops:
                     for b in range(B):

@@ -3,6 +3,10 @@
     nxt = sample_next(logits, temperature=0.8, top_k=50, generator=Generator(1))   # (B, V) -> (B,)
 
 Options, applied in this order to a (B, V) float32 row of logits per sequence:
+  repetition_penalty  (the decoding loop applies it, as it knows the context: see
+               apply_repetition_penalty) every id already in the row's context has its logit
+               divided by the penalty when positive, multiplied when negative (CTRL, Keskar
+               et al. 2019; the rule HF's generation_config.json means). 1: off.
   temperature  logits / temperature. 0 means greedy (the limit T -> 0: always the most
                likely token); negative or non-finite values raise ValueError.
   top_k        keep the k most likely tokens (ties go to the smaller id). None: no limit;
@@ -15,16 +19,18 @@ seeded generator gives the same tokens run after run, on any thread count.
 """
 import math
 
+import numpy as np
+
 from minillm import _C
 from minillm.random import default_generator
 
-__all__ = ["sample_next", "apply_temperature", "top_k_filter", "top_p_filter", "draw",
-           "check_sampling_args"]
+__all__ = ["sample_next", "apply_temperature", "apply_repetition_penalty", "top_k_filter", "top_p_filter",
+           "draw", "check_sampling_args"]
 
 
-def check_sampling_args(temperature=1.0, top_k=None, top_p=None):
+def check_sampling_args(temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
     """ValueError unless temperature >= 0 (finite), top_k None or an int >= 1, top_p None or
-    in (0, 1]. See the module docstring for their meaning."""
+    in (0, 1], repetition_penalty > 0 (finite). See the module docstring for their meaning."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
             or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
@@ -33,6 +39,9 @@ def check_sampling_args(temperature=1.0, top_k=None, top_p=None):
     if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
                               or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be None (no limit) or in (0, 1], got {top_p!r}")
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
+            or not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
 
 
 def _rows(logits, what):
@@ -53,6 +62,28 @@ def apply_temperature(logits, temperature):
     if not temperature > 0:
         raise ValueError(f"apply_temperature: temperature must be > 0 (use greedy for 0), got {temperature!r}")
     return _C.div(_rows(logits, "apply_temperature"), float(temperature))
+
+
+def apply_repetition_penalty(logits, context, penalty):
+    """A copy of logits (B, V) float32 where, in each row b, the logit of every id that occurs
+    in context[b] (a (B, T) int64 Tensor or lists of ids) is divided by `penalty` if positive
+    and multiplied by it otherwise: penalty > 1 makes repeating less likely. Ids outside
+    [0, V) raise ValueError."""
+    check_sampling_args(repetition_penalty=penalty)
+    out = _rows(logits, "apply_repetition_penalty").copy()
+    rows = context.tolist() if isinstance(context, _C.Tensor) else [list(r) for r in context]
+    B, V = out.shape
+    if len(rows) != B:
+        raise ValueError(f"apply_repetition_penalty: {len(rows)} context rows for {B} rows of logits")
+    a = out.numpy()
+    for b, ids in enumerate(rows):
+        seen = np.unique(np.asarray(ids, dtype=np.int64))
+        if seen.size and (seen[0] < 0 or seen[-1] >= V):
+            bad = seen[0] if seen[0] < 0 else seen[-1]
+            raise ValueError(f"apply_repetition_penalty: id {bad} in row {b} is outside the vocabulary [0, {V})")
+        x = a[b, seen]
+        a[b, seen] = np.where(x > 0, x / np.float32(penalty), x * np.float32(penalty))
+    return out
 
 
 def top_k_filter(logits, k):

@@ -29,7 +29,8 @@ import numpy as np
 
 from .utils import fsync_dir, parse_json
 
-__all__ = ["FormatError", "save", "load", "load_metadata", "BF16_BITS", "as_bf16_bits"]
+__all__ = ["FormatError", "save", "load", "load_metadata", "BF16_BITS", "as_bf16_bits", "MappedFile",
+           "open_checkpoint", "save_sharded", "copy_converted", "INDEX_NAME"]
 
 # A header larger than this is refused as corrupt (the safetensors package has the same cap).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -298,3 +299,167 @@ def load_metadata(path):
     f, _, _, metadata, _, _ = _open_checked(path)
     f.close()
     return metadata
+
+
+# ====================================================================== large checkpoints
+# HuggingFace model folders hold model.safetensors, or shards listed by an index:
+#
+#   model.safetensors.index.json   {"metadata": {"total_size": bytes},
+#                                   "weight_map": {tensor name: shard file name}}
+#   model-00001-of-00002.safetensors, ...
+#
+# A model loads tensor by tensor from memory maps: each tensor is copied (and converted to
+# the kept dtype) in slices, and the mapped pages of a slice are given back to the OS right
+# after, so the peak memory is the model's own weights plus one slice, whatever the file's
+# dtype or size.
+
+INDEX_NAME = "model.safetensors.index.json"
+_SLICE_BYTES = 16 << 20          # one slice of a copy: mapped pages dropped after each
+_PAGE = _mmap.PAGESIZE
+
+
+class MappedFile:
+    """A safetensors file memory-mapped for reading one tensor at a time:
+    ``f.names``, ``f.info(name) -> (dtype name, shape)``, ``f.array(name)`` a read-only NumPy
+    view (BF16 as BF16_BITS), ``f.release(name, begin, end)`` drops the mapped pages of bytes
+    [begin, end) of that tensor from memory (they are read again if used). Malformed files raise
+    FormatError naming the file."""
+
+    def __init__(self, path):
+        f, self.path, size, self.metadata, entries, self._data_start = _open_checked(path)
+        with f:
+            self._mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ) if size > 0 else None
+        self._entries = {name: (dtype, shape, begin, end) for name, dtype, shape, begin, end in entries}
+        self.names = list(self._entries)
+
+    def info(self, name):
+        dtype, shape, _, _ = self._entries[name]
+        return dtype, shape
+
+    def array(self, name):
+        dtype, shape, begin, end = self._entries[name]
+        dt = _DTYPES[dtype]
+        if end == begin:
+            return np.empty(shape, dtype=dt)
+        return np.frombuffer(self._mm, dtype=dt, count=(end - begin) // dt.itemsize,
+                             offset=self._data_start + begin).reshape(shape)
+
+    def release(self, name, begin=0, end=None):
+        """Give back the pages holding bytes [begin, end) of tensor `name` (whole pages only)."""
+        if self._mm is None or not hasattr(self._mm, "madvise"):
+            return
+        _, _, b0, b1 = self._entries[name]
+        lo = self._data_start + b0 + begin
+        hi = self._data_start + b0 + (b1 - b0 if end is None else end)
+        lo = lo // _PAGE * _PAGE
+        hi = min(-(-hi // _PAGE) * _PAGE, len(self._mm))
+        if hi > lo:
+            self._mm.madvise(_mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def open_checkpoint(folder):
+    """The tensors of a HuggingFace model folder: dict name -> MappedFile holding it, from
+    model.safetensors or from model.safetensors.index.json and its shards. ValueError names a
+    missing file, a tensor in two shards, or an index that is not a weight_map."""
+    folder = os.fspath(folder)
+    index_path = os.path.join(folder, INDEX_NAME)
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            index = parse_json(f.read(), index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index_path}: expected an object with a \"weight_map\" of tensor name -> file name")
+        files = {}
+        for shard in sorted(set(weight_map.values())):
+            path = os.path.join(folder, shard)
+            if os.path.basename(shard) != shard or not os.path.exists(path):
+                raise ValueError(f"{index_path}: shard {shard!r} is missing from {folder}")
+            files[shard] = MappedFile(path)
+        out = {}
+        for shard, mf in files.items():
+            for name in mf.names:
+                if name in out:
+                    raise ValueError(f"{index_path}: tensor {name!r} is in both {out[name].path} and {mf.path}")
+                out[name] = mf
+        listed_missing = sorted(n for n, shard in weight_map.items() if n not in out)
+        if listed_missing:
+            raise ValueError(f"{index_path}: tensors listed but in no shard: {listed_missing[:10]}")
+        return out
+    if os.path.exists(single):
+        mf = MappedFile(single)
+        return {name: mf for name in mf.names}
+    raise ValueError(f"{folder}: no model.safetensors or {INDEX_NAME}")
+
+
+def _to_f32(src):
+    """A float32 array of src (F32, F16 or BF16 bits)."""
+    if src.dtype.metadata and src.dtype.metadata.get("safetensors_dtype") == "BF16":
+        return (src.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return src.astype(np.float32, copy=False)
+
+
+def _round_bf16(x):
+    """float32 array -> uint16 bf16 bits, rounded to nearest even (NaN stays a quiet NaN)."""
+    bits = x.view(np.uint32)
+    out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7FC0
+    return out
+
+
+def copy_converted(mapped, name, dst, dst_dtype):
+    """Copy tensor `name` of MappedFile `mapped` into the C-contiguous NumPy array `dst` of the
+    same shape, converting to dst_dtype "float32" (dst float32) or "bfloat16" (dst uint16 bits,
+    rounded to nearest even); the file may hold F32, F16 or BF16. Copies in slices of rows and
+    drops each slice's mapped pages after it (MappedFile.release)."""
+    dtype, shape = mapped.info(name)
+    if tuple(dst.shape) != tuple(shape):
+        raise ValueError(f"{mapped.path}: tensor {name!r} has shape {list(shape)}, expected {list(dst.shape)}")
+    if dtype not in ("F32", "F16", "BF16"):
+        raise ValueError(f"{mapped.path}: tensor {name!r} is {dtype}; expected F32, F16 or BF16 weights")
+    src = mapped.array(name).reshape(-1)
+    out = dst.reshape(-1)
+    step = max(1, _SLICE_BYTES // src.dtype.itemsize)
+    for i in range(0, src.size, step):
+        part = src[i:i + step]
+        if dst_dtype == "bfloat16":
+            out[i:i + step] = part.view(np.uint16) if dtype == "BF16" else _round_bf16(_to_f32(part))
+        else:
+            out[i:i + step] = _to_f32(part)
+        mapped.release(name, i * src.dtype.itemsize, (i + part.size) * src.dtype.itemsize)
+
+
+def save_sharded(tensors, folder, max_shard_bytes=None, metadata=None):
+    """Write `tensors` (dict name -> array) into `folder` as HuggingFace does: one
+    model.safetensors when it fits in max_shard_bytes (None: always), else shards
+    model-0000i-of-0000n.safetensors (tensors in the given order, each shard at most
+    max_shard_bytes unless one tensor alone is bigger) plus model.safetensors.index.json.
+    Returns the list of file names written."""
+    os.makedirs(folder, exist_ok=True)
+    arrays = {k: np.asarray(v) for k, v in tensors.items()}
+    total = sum(a.nbytes for a in arrays.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        save(arrays, os.path.join(folder, "model.safetensors"), metadata=metadata)
+        return ["model.safetensors"]
+    shards, cur, size = [], {}, 0
+    for name, a in arrays.items():
+        if cur and size + a.nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[name] = a
+        size += a.nbytes
+    shards.append(cur)
+    names, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save(shard, os.path.join(folder, fname), metadata=metadata)
+        names.append(fname)
+        weight_map.update({k: fname for k in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    tmp = os.path.join(folder, INDEX_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
+    os.replace(tmp, os.path.join(folder, INDEX_NAME))
+    return names + [INDEX_NAME]

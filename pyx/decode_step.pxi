@@ -26,6 +26,118 @@ cdef const float *_weight_ptr(str owner, dict weights, str name, tuple shape) ex
     return fptr(x)
 
 
+cdef class Int8Matrix:
+    """A weight matrix W (N, K) of the decoding kernels as int8 values and one float32 scale per
+    `group` consecutive values of a row: W[n, k] = values[n, k] * scales[n, k // group].
+    values: a contiguous uint8 Tensor (N, K) holding the int8 bytes (two's complement);
+    scales: a contiguous float32 Tensor (N, K // group); group divides K (a multiple of 16
+    takes the vector kernels). minillm.quantize.quantize_int8 builds one from a float32 W."""
+    cdef readonly Tensor values, scales
+    cdef readonly int64_t group
+
+    def __init__(self, values, scales, int64_t group):
+        if not isinstance(values, Tensor) or (<Tensor>values).dtype_ != C.MLL_U8 or values.ndim != 2 \
+                or not is_contig(<Tensor>values):
+            raise ValueError(f"Int8Matrix: values must be a contiguous 2-D uint8 tensor holding int8 bytes, got "
+                             f"{_describe(values)}")
+        N, K = values.shape
+        if group < 1 or K % group:
+            raise ValueError(f"Int8Matrix: group {group} must be >= 1 and divide the {K} columns")
+        if not isinstance(scales, Tensor) or (<Tensor>scales).dtype_ != C.MLL_F32 \
+                or scales.shape != (N, K // group) or not is_contig(<Tensor>scales):
+            raise ValueError(f"Int8Matrix: scales must be a contiguous float32 tensor of shape {(N, K // group)}, "
+                             f"got {_describe(scales)}")
+        self.values, self.scales, self.group = values, scales, group
+
+    @property
+    def shape(self):
+        return self.values.shape
+
+    @property
+    def dtype(self):
+        return "int8"
+
+    def dequantize(self):
+        """W as a float32 Tensor (N, K)."""
+        q = self.values.numpy().view(_np.int8).astype(_np.float32)
+        N, K = q.shape
+        w = q.reshape(N, K // self.group, self.group) * self.scales.numpy()[:, :, None]
+        return from_buffer(_np.ascontiguousarray(w.reshape(N, K), dtype=_np.float32))
+
+    def __repr__(self):
+        return f"Int8Matrix(shape={self.shape}, group={self.group})"
+
+
+def _describe(t):
+    if isinstance(t, Tensor):
+        return f"{t.dtype} tensor of shape {t.shape}{'' if is_contig(<Tensor>t) else ' (not contiguous)'}"
+    return type(t).__name__
+
+
+cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) except *:
+    """weights[name] as an mll_matrix: a contiguous float32 or bfloat16 Tensor, or an
+    Int8Matrix, of `shape`; data NULL if absent or None."""
+    cdef C.mll_matrix m
+    m.data, m.scale, m.dtype, m.group = NULL, NULL, C.MLL_F32, 0
+    t = weights.get(name)
+    if t is None:
+        return m
+    cdef Tensor x
+    if isinstance(t, Int8Matrix):
+        if t.shape != shape:
+            raise ValueError(f"{owner}: {name} must have shape {shape}, got an Int8Matrix of shape {t.shape}")
+        m.data, m.scale = <const void *>(<Int8Matrix>t).values.ptr, fptr((<Int8Matrix>t).scales)
+        m.dtype, m.group = C.MLL_I8, (<Int8Matrix>t).group
+        return m
+    if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16:
+        x = <Tensor>t
+        m.dtype = C.MLL_BF16
+    else:
+        x = as_f32(t, f"{owner} {name}")
+    if not is_contig(x) or x.shape != shape:
+        raise ValueError(f"{owner}: {name} must be a contiguous float32, bfloat16 or int8 matrix of shape {shape}, "
+                         f"got {_describe(t)}")
+    m.data = <const void *>x.ptr
+    return m
+
+
+cdef C.mll_matrix _rows_of(C.mll_matrix m, int64_t r, int64_t K) noexcept:
+    """rows [r, ...) of m (K columns): the same encoding"""
+    cdef int64_t size = 4 if m.dtype == C.MLL_F32 else 2 if m.dtype == C.MLL_BF16 else 1
+    m.data = <const char *>m.data + r * K * size
+    if m.dtype == C.MLL_I8:
+        m.scale = m.scale + r * (K // m.group)
+    return m
+
+
+def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
+    """y (..., N) = x (..., K) @ W^T + bias, (GELU, tanh form), + add: the decoding steps'
+    linear layer with W a float32 or bfloat16 Tensor (N, K) or an Int8Matrix; x, bias, add
+    float32. The result is computed in float32 from the stored weights."""
+    owner = "decode_linear"
+    cdef Tensor xx = as_contig(as_f32(x, "decode_linear x"))
+    shape = tuple(weight.shape) if isinstance(weight, (Tensor, Int8Matrix)) else None
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"{owner}: weight must be a 2-D float32/bfloat16 Tensor or an Int8Matrix, got "
+                         f"{_describe(weight)}")
+    cdef int64_t N = shape[0], K = shape[1]
+    if xx.ndim < 1 or xx.shape_[xx.ndim - 1] != K:
+        raise ValueError(f"{owner}: input of shape {x.shape} does not match weight of shape {shape}")
+    cdef C.mll_matrix m = _matrix_of(owner, {"weight": weight}, "weight", (N, K))
+    out_shape = tuple(x.shape[:-1]) + (N,)
+    extra = {"bias": bias, "add": add}
+    cdef const float *bp = _weight_ptr(owner, extra, "bias", (N,))
+    cdef const float *ap = _weight_ptr(owner, extra, "add", out_shape)
+    cdef Tensor y = new_tensor(out_shape, C.MLL_F32)
+    cdef int64_t M = numel(y) // N if N else 0
+    cdef int r
+    with nogil:
+        r = C.mll_linear(fptr(xx), &m, bp, ap, fptr(y), M, N, K, 1 if gelu else 0)
+    if r:
+        raise MemoryError(f"{owner}: no memory for the quantized input of shape {x.shape}")
+    return y
+
+
 cdef int _choice(str owner, str what, object value, dict choices) except -1:
     if value not in choices:
         raise ValueError(f"{owner}: {what} must be one of {sorted(choices)}, got {value!r}")
@@ -34,9 +146,10 @@ cdef int _choice(str owner, str what, object value, dict choices) except -1:
 
 cdef class DecodeBlock:
     """The options and weights of one transformer block for block_step (the tensors are kept
-    referenced, so they stay alive). weights: a dict of contiguous float32 tensors by name
-    (Linear weights (out, in); C = n_embd, Q = n_head * head_dim, KV = n_kv_head * head_dim,
-    F = d_ff; a bias that is absent or None is zero):
+    referenced, so they stay alive). weights: a dict of contiguous float32 tensors by name,
+    except the Linear weights (out, in), which may also be bfloat16 Tensors or Int8Matrix
+    (C = n_embd, Q = n_head * head_dim, KV = n_kv_head * head_dim, F = d_ff; a bias that is
+    absent or None is zero):
 
       norm1.weight, norm1.bias (C)      the norm before attention (bias: LayerNorm only)
       qkv.weight (Q + 2 KV, C), qkv.bias     q, k, v fused (GPT-2's c_attn), or else
@@ -92,8 +205,8 @@ cdef class DecodeBlock:
             if separate:
                 raise ValueError(f"{owner}: give q, k, v either fused (qkv.weight) or separately, not both "
                                  f"(also got {separate})")
-            self.w.q_w = _weight_ptr(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
-            self.w.k_w, self.w.v_w = self.w.q_w + Q * Cn, self.w.q_w + (Q + KV) * Cn
+            self.w.q_w = _matrix_of(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
+            self.w.k_w, self.w.v_w = _rows_of(self.w.q_w, Q, Cn), _rows_of(self.w.q_w, Q + KV, Cn)
             self.w.q_b = _weight_ptr(owner, weights, "qkv.bias", (Q + 2 * KV,))
             if self.w.q_b != NULL:
                 self.w.k_b, self.w.v_b = self.w.q_b + Q, self.w.q_b + Q + KV
@@ -103,9 +216,9 @@ cdef class DecodeBlock:
             missing = [n for n in ("q.weight", "k.weight", "v.weight") if not has(n)]
             if missing:
                 raise ValueError(f"{owner}: missing {missing} (or a fused qkv.weight)")
-            self.w.q_w = _weight_ptr(owner, weights, "q.weight", (Q, Cn))
-            self.w.k_w = _weight_ptr(owner, weights, "k.weight", (KV, Cn))
-            self.w.v_w = _weight_ptr(owner, weights, "v.weight", (KV, Cn))
+            self.w.q_w = _matrix_of(owner, weights, "q.weight", (Q, Cn))
+            self.w.k_w = _matrix_of(owner, weights, "k.weight", (KV, Cn))
+            self.w.v_w = _matrix_of(owner, weights, "v.weight", (KV, Cn))
             self.w.q_b = _weight_ptr(owner, weights, "q.bias", (Q,))
             self.w.k_b = _weight_ptr(owner, weights, "k.bias", (KV,))
             self.w.v_b = _weight_ptr(owner, weights, "v.bias", (KV,))
@@ -127,16 +240,22 @@ cdef class DecodeBlock:
         self.w.norm1_b = _weight_ptr(owner, weights, "norm1.bias", (Cn,))
         self.w.q_norm_w = _weight_ptr(owner, weights, "q_norm.weight", (hs,))
         self.w.k_norm_w = _weight_ptr(owner, weights, "k_norm.weight", (hs,))
-        self.w.o_w = _weight_ptr(owner, weights, "o.weight", (Cn, Q))
+        self.w.o_w = _matrix_of(owner, weights, "o.weight", (Cn, Q))
         self.w.o_b = _weight_ptr(owner, weights, "o.bias", (Cn,))
         self.w.norm2_w = _weight_ptr(owner, weights, "norm2.weight", (Cn,))
         self.w.norm2_b = _weight_ptr(owner, weights, "norm2.bias", (Cn,))
-        self.w.gate_w = _weight_ptr(owner, weights, "gate.weight", (F, Cn))
+        self.w.gate_w = _matrix_of(owner, weights, "gate.weight", (F, Cn))
         self.w.gate_b = _weight_ptr(owner, weights, "gate.bias", (F,))
-        self.w.up_w = _weight_ptr(owner, weights, "up.weight", (F, Cn))
+        self.w.up_w = _matrix_of(owner, weights, "up.weight", (F, Cn))
         self.w.up_b = _weight_ptr(owner, weights, "up.bias", (F,))
-        self.w.down_w = _weight_ptr(owner, weights, "down.weight", (Cn, F))
+        self.w.down_w = _matrix_of(owner, weights, "down.weight", (Cn, F))
         self.w.down_b = _weight_ptr(owner, weights, "down.bias", (Cn,))
+        for names in (("q", "k", "v"), ("gate", "up")):
+            groups = {weights[n + ".weight"].group for n in names
+                      if isinstance(weights.get(n + ".weight"), Int8Matrix)}
+            if len(groups) > 1:
+                raise ValueError(f"{owner}: the int8 {'/'.join(names)} weights are read in one product and must "
+                                 f"share one group size, got {sorted(groups)}")
 
     @property
     def n_embd(self):
@@ -176,12 +295,13 @@ cdef class DecodeBlock:
 
 cdef class DecodeHead:
     """The final norm and the LM head for final_step: norm_weight, norm_bias (C) (bias
-    LayerNorm only; either may be None), head_weight (V, C) (the token embedding when tied),
-    head_bias (V) or None; norm "layernorm" | "rmsnorm" with norm_eps."""
+    LayerNorm only; either may be None), head_weight (V, C) (the token embedding when tied;
+    float32, bfloat16 or an Int8Matrix), head_bias (V) or None; norm "layernorm" | "rmsnorm"
+    with norm_eps."""
     cdef C.mll_block_options o
     cdef const float *norm_w
     cdef const float *norm_b
-    cdef const float *head_w
+    cdef C.mll_matrix head_w
     cdef const float *head_b
     cdef readonly int64_t vocab_size
     cdef readonly object head_weight
@@ -190,10 +310,10 @@ cdef class DecodeHead:
     def __init__(self, norm_weight, norm_bias, head_weight, head_bias=None, *, str norm="layernorm",
                  float norm_eps=1e-5):
         owner = "DecodeHead"
-        hw = as_f32(head_weight, "DecodeHead head_weight")
-        if hw.ndim != 2:
-            raise ValueError(f"{owner}: head_weight must be (vocab, n_embd), got shape {head_weight.shape}")
-        cdef int64_t V = hw.shape_[0], Cn = hw.shape_[1]
+        shape = tuple(head_weight.shape) if isinstance(head_weight, (Tensor, Int8Matrix)) else None
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"{owner}: head_weight must be (vocab, n_embd), got {_describe(head_weight)}")
+        cdef int64_t V = shape[0], Cn = shape[1]
         if norm == "rmsnorm" and norm_bias is not None:
             raise ValueError(f"{owner}: RMSNorm has no bias")
         self.o.n_embd = Cn
@@ -202,7 +322,7 @@ cdef class DecodeHead:
         w = {"norm.weight": norm_weight, "norm.bias": norm_bias, "head.weight": head_weight, "head.bias": head_bias}
         self.norm_w = _weight_ptr(owner, w, "norm.weight", (Cn,))
         self.norm_b = _weight_ptr(owner, w, "norm.bias", (Cn,))
-        self.head_w = _weight_ptr(owner, w, "head.weight", (V, Cn))
+        self.head_w = _matrix_of(owner, w, "head.weight", (V, Cn))
         self.head_b = _weight_ptr(owner, w, "head.bias", (V,))
         self.vocab_size = V
         self.head_weight = head_weight
@@ -261,6 +381,8 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
     cdef int r
     with nogil:
         r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)
+    if r == -2:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
     if r != 0:
         raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
     return x
@@ -277,7 +399,10 @@ def final_step(x, DecodeHead head, scratch):
     cdef int64_t B = xx.shape_[0]
     cdef Tensor sc = _scratch_for(owner, scratch, head.scratch_floats(B))
     cdef Tensor logits = new_tensor((B, V), C.MLL_F32)
+    cdef int r
     with nogil:
-        C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, head.head_w, head.head_b, fptr(logits),
+        r = C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, &head.head_w, head.head_b, fptr(logits),
                          fptr(sc), B, V)
+    if r:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
     return logits

@@ -62,6 +62,7 @@ cdef extern from "minillm.h" nogil:
         MLL_BF16
         MLL_U8
         MLL_U16
+        MLL_I8
     void mll_cast(const void *src, int src_dtype, void *dst, int dst_dtype, int64_t n)
     int mll_all_finite(const float *x, int64_t n)
 
@@ -170,23 +171,35 @@ cdef extern from "minillm.h" nogil:
     # rmsnorm.c
     void mll_rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols,
                              float eps)
+    int mll_rmsnorm_backward(const float *x, const float *w, const float *rstd, const float *dy, float *dx,
+                             float *dw, int64_t rows, int64_t cols)
 
     # rope.c
     void mll_rope_table(const float *inv_freq, float *cos_t, float *sin_t, int64_t n_pos, int64_t half,
                         float scale)
     void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                           int64_t n_head, int64_t d)
+    void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+                           int64_t n_head, int64_t d)
 
     # silu.c
     void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n)
+    void mll_silu_mul_backward(const float *g, const float *u, const float *dy, float *dg, float *du, int64_t n)
 
     # gemv.c
+    ctypedef struct mll_matrix:
+        const void *data
+        const float *scale
+        int dtype
+        int64_t group
+    int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
+                   int64_t N, int64_t K, int act)
     void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
                          int64_t M, int64_t N, int64_t K, int act)
-    void mll_linear_rows_cat(const float *x, int nseg, const float *const *W, const float *const *bias,
-                             const int64_t *N, float *y, int64_t M, int64_t K)
-    void mll_linear_rows_gated(const float *x, const float *Wg, const float *bg, const float *Wu, const float *bu,
-                               float *y, int64_t M, int64_t N, int64_t K)
+    int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *const *bias, const int64_t *N,
+                       float *y, int64_t M, int64_t K)
+    int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu,
+                         const float *bu, float *y, int64_t M, int64_t N, int64_t K)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
     float mll_stream_sum(const float *x, int64_t n)
 
@@ -217,31 +230,31 @@ cdef extern from "minillm.h" nogil:
     ctypedef struct mll_block_weights:
         const float *norm1_w
         const float *norm1_b
-        const float *q_w
-        const float *k_w
-        const float *v_w
+        mll_matrix q_w
+        mll_matrix k_w
+        mll_matrix v_w
         const float *q_b
         const float *k_b
         const float *v_b
         const float *q_norm_w
         const float *k_norm_w
-        const float *o_w
+        mll_matrix o_w
         const float *o_b
         const float *norm2_w
         const float *norm2_b
-        const float *gate_w
+        mll_matrix gate_w
         const float *gate_b
-        const float *up_w
+        mll_matrix up_w
         const float *up_b
-        const float *down_w
+        mll_matrix down_w
         const float *down_b
     int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S)
     int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
                        float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
                        int64_t pos)
-    void mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
-                        const float *head_w, const float *head_b, float *logits, float *scratch, int64_t B,
-                        int64_t V)
+    int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
+                       const mll_matrix *head_w, const float *head_b, float *logits, float *scratch,
+                       int64_t B, int64_t V)
     void mll_add_layernorm_forward(const float *x, const float *r, const float *gamma, const float *beta,
                                    float *s, float *y, float *mean, float *rstd, int64_t rows,
                                    int64_t cols, float eps)

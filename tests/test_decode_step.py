@@ -303,8 +303,8 @@ def small_block(**changes):
 
 def test_decode_block_rejects_bad_weights_and_options():
     opts, w = small_block(**{"k.weight": minillm.zeros((64, 64))})
-    with pytest.raises(ValueError, match=r"k.weight must be a contiguous tensor of shape \(32, 64\), got shape "
-                                         r"\(64, 64\)"):
+    with pytest.raises(ValueError, match=r"k.weight must be a contiguous float32, bfloat16 or int8 matrix of shape "
+                                         r"\(32, 64\), got float32 tensor of shape \(64, 64\)"):
         _C.DecodeBlock(w, **opts.block_kwargs())
     opts, w = small_block(**{"o_proj.weight": minillm.zeros((64, 64))})
     with pytest.raises(ValueError, match="unknown weight names"):

@@ -18,12 +18,13 @@ LAYERS = [
     ("utils", "_switch", "progress", "serialization", "io", "random"),  # helpers, switches, file formats
     ("autograd", "functional", "amp"),                        # the tape and the differentiable ops
     ("tokenizers",),
-    ("nn", "optim", "data", "distributed", "corpus"),
+    ("nn", "optim", "data", "distributed", "corpus", "quantize"),
     ("", ),                                                   # the package itself (minillm/__init__)
     ("sampling",),                                            # pure functions over logits
     ("models",),                                              # one file per family + the interface
     ("checkpoint",),                                          # the checkpoint folder format
     ("train", "train_config", "metrics", "generate"),         # the trainer, the decoding loop
+    ("engine",),                                              # sequences decoded side by side
     ("cli", "__main__", "serve"),                             # command line, server
 ]
 

@@ -1,9 +1,9 @@
-"""Language models: bigram, feed-forward (mlp) and GPT, built from presets or config dicts.
+"""Language models: bigram, feed-forward (mlp), GPT and Llama (Llama/Qwen2/Qwen3/Mistral), built from presets or config dicts.
 
     model = build_model("gpt-mini", vocab_size=tok.vocab_size)
     logits, loss = model(idx, targets)
 
-A config dict carries "model_type" ("bigram" | "mlp" | "gpt") and that model's fields;
+A config dict carries "model_type" ("bigram" | "mlp" | "gpt" | "llama") and that model's fields;
 `model.config.to_dict()` writes one and `model_from_config` reads it back.
 `load_pretrained(folder)` reads a HuggingFace-layout folder into the family its config.json
 names. Every model is a `LanguageModel` (models/base.py), the interface the decoding loop, the
@@ -15,23 +15,29 @@ import os
 from minillm.models.base import LanguageModel
 from minillm.models.bigram import Bigram, BigramConfig
 from minillm.models.gpt import GPT, GPTConfig
+from minillm.models.llama import Llama, LlamaConfig
 from minillm.models.mlp import MLPConfig, MLPLM
 from minillm.utils import read_json
 
 __all__ = ["PRESETS", "MODEL_TYPES", "HF_MODEL_TYPES", "build_model", "model_from_config",
            "config_from_dict", "load_pretrained", "LanguageModel", "Bigram", "BigramConfig", "MLPLM",
-           "MLPConfig", "GPT", "GPTConfig"]
+           "MLPConfig", "GPT", "GPTConfig", "Llama", "LlamaConfig"]
 
 # model_type -> (config class, model class)
 MODEL_TYPES = {
     "bigram": (BigramConfig, Bigram),
     "mlp": (MLPConfig, MLPLM),
     "gpt": (GPTConfig, GPT),
+    "llama": (LlamaConfig, Llama),
 }
 
 # HF config.json "model_type" -> the family that loads such a folder (its from_pretrained)
 HF_MODEL_TYPES = {
     "gpt2": GPT,
+    "llama": Llama,
+    "mistral": Llama,
+    "qwen2": Llama,
+    "qwen3": Llama,
 }
 
 PRESETS = {
@@ -47,6 +53,9 @@ PRESETS = {
     # GPT-2 small (124M): HuggingFace's "gpt2"
     "gpt2-small": dict(model_type="gpt", vocab_size=50257, block_size=1024, n_layer=12, n_head=12,
                        n_embd=768, dropout=0.0),
+    # the smallest Llama (RMSNorm, rotary, grouped-query heads, SwiGLU) for the trainer
+    "llama-tiny": dict(model_type="llama", vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2,
+                       n_embd=64, d_ff=176, rms_norm_eps=1e-5, tie_weights=True),
 }
 
 
@@ -93,10 +102,11 @@ def build_model(preset_or_config, generator=None, **overrides):
     return model_from_config(d, generator=generator)
 
 
-def load_pretrained(folder):
-    """The model of a HuggingFace-layout folder (config.json, model.safetensors, tokenizer
-    files), loaded by the family its config.json's model_type names (HF_MODEL_TYPES);
-    `model.tokenizer` is its tokenizer or None."""
+def load_pretrained(folder, dtype=None):
+    """The model of a HuggingFace-layout folder (config.json, model.safetensors or its shards,
+    tokenizer files), loaded by the family its config.json's model_type names (HF_MODEL_TYPES);
+    `model.tokenizer` is its tokenizer or None. dtype: the kept weights' dtype ("float32" or
+    "bfloat16"), for the families that take one (Llama); None: float32."""
     cfg_path = os.path.join(os.fspath(folder), "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{cfg_path}: missing (a HuggingFace model folder holds config.json and "
@@ -106,4 +116,9 @@ def load_pretrained(folder):
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported; supported: "
                          f"{sorted(HF_MODEL_TYPES)}")
-    return HF_MODEL_TYPES[model_type].from_pretrained(folder)
+    family = HF_MODEL_TYPES[model_type]
+    if dtype is None:
+        return family.from_pretrained(folder)
+    if family is GPT and dtype not in ("float32", "fp32"):
+        raise ValueError(f"{cfg_path}: GPT-2 loads as float32 only, not dtype {dtype!r}")
+    return family.from_pretrained(folder) if family is GPT else family.from_pretrained(folder, dtype=dtype)

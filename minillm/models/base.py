@@ -7,14 +7,17 @@ CLI know of a model. Each family in models/ subclasses it; nothing here knows a 
     step = model.decoder()                     # a fast one-token decode step, or None
     model.tokenizer, model.generation_defaults()
 
-Also the small helpers the families' configs and forwards share (known_fields, check_idx).
+Also the small helpers the families' configs and forwards share (known_fields, check_idx,
+read_generation_config).
 """
 import dataclasses
+import math
+import os
 
 from minillm import _C
 from minillm import nn, optim
 
-__all__ = ["LanguageModel", "ModelConfig", "check_idx", "known_fields"]
+__all__ = ["LanguageModel", "ModelConfig", "check_idx", "known_fields", "read_generation_config"]
 
 
 def known_fields(cls, d):
@@ -75,6 +78,7 @@ class LanguageModel(nn.Module):
     from_pretrained or minillm.checkpoint.load_model), or None."""
 
     tokenizer = None
+    generation_config = None     # a folder's generation_config.json (read_generation_config), or None
 
     def forward(self, idx, targets=None):
         """idx (B, T) int64 token ids; targets (B, T) int64 or None (-1 = ignore) ->
@@ -99,10 +103,24 @@ class LanguageModel(nn.Module):
 
     def generation_defaults(self):
         """Sampling options a command line or server uses where the user gives none:
-        temperature, top_k, top_p, and stop_tokens (the tokenizer's <|endoftext|>, if any)."""
+        temperature, top_k, top_p, repetition_penalty, greedy, and stop_tokens (the
+        tokenizer's <|endoftext|>, if any, and the eos ids of generation_config). A loaded
+        folder's generation_config.json overrides them where it gives a value (do_sample:
+        false means greedy; a file without do_sample keeps sampling, where HF's generate
+        would go greedy, so that `minillm sample` on a base model does not loop)."""
         eot = getattr(self.tokenizer, "eot_token", None)
-        return {"temperature": 0.8, "top_k": None, "top_p": None,
-                "stop_tokens": () if eot is None else (eot,)}
+        d = {"temperature": 0.8, "top_k": None, "top_p": None, "repetition_penalty": 1.0, "greedy": False,
+             "stop_tokens": () if eot is None else (eot,)}
+        g = self.generation_config
+        if g:
+            d["greedy"] = g.get("do_sample") is False
+            for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+                if g.get(name) is not None:
+                    d[name] = g[name]
+            eos = g.get("eos_token_id")
+            eos = [] if eos is None else [eos] if isinstance(eos, int) else eos
+            d["stop_tokens"] = tuple(dict.fromkeys(list(d["stop_tokens"]) + list(eos)))
+        return d
 
     def num_params(self, non_embedding=False):
         """Number of parameters (a tied weight counted once). non_embedding=True leaves out
@@ -126,3 +144,55 @@ class LanguageModel(nn.Module):
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         return optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+def read_generation_config(folder):
+    """The sampling fields of `folder`/generation_config.json (HF's file) as a dict, or None
+    when the folder has none: do_sample (bool), temperature (>= 0), top_k (int >= 1; HF's 0
+    means no limit and becomes None), top_p (in (0, 1]), repetition_penalty (> 0),
+    eos_token_id (an id or a list of ids). Other fields are ignored; a field of the wrong type
+    or range raises ValueError naming the file and the field."""
+    from minillm.utils import read_json
+    path = os.path.join(os.fspath(folder), "generation_config.json")
+    if not os.path.exists(path):
+        return None
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+
+    def bad(name, want):
+        return ValueError(f"{path}: {name} must be {want}, got {raw[name]!r}")
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def token_id(x):
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    out = {}
+    if raw.get("do_sample") is not None:
+        if not isinstance(raw["do_sample"], bool):
+            raise bad("do_sample", "true or false")
+        out["do_sample"] = raw["do_sample"]
+    if raw.get("temperature") is not None:
+        if not number(raw["temperature"]) or raw["temperature"] < 0:
+            raise bad("temperature", "a number >= 0")
+        out["temperature"] = float(raw["temperature"])
+    if raw.get("top_k") is not None:
+        if not token_id(raw["top_k"]):
+            raise bad("top_k", "an int >= 0")
+        out["top_k"] = raw["top_k"] or None
+    if raw.get("top_p") is not None:
+        if not number(raw["top_p"]) or not 0 < raw["top_p"] <= 1:
+            raise bad("top_p", "a number in (0, 1]")
+        out["top_p"] = float(raw["top_p"])
+    if raw.get("repetition_penalty") is not None:
+        if not number(raw["repetition_penalty"]) or raw["repetition_penalty"] <= 0:
+            raise bad("repetition_penalty", "a number > 0")
+        out["repetition_penalty"] = float(raw["repetition_penalty"])
+    eos = raw.get("eos_token_id")
+    if eos is not None:
+        if not (token_id(eos) or (isinstance(eos, list) and all(token_id(e) for e in eos))):
+            raise bad("eos_token_id", "a token id or a list of them")
+        out["eos_token_id"] = eos
+    return out

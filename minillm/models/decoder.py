@@ -20,8 +20,11 @@ cache; a plan can also start from an empty cache, one token at a time.
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from minillm import _C
 from minillm.models.rotary import rope_inv_freq, rope_table
+from minillm.quantize import DTYPES, decoding_weight
 
 __all__ = ["BlockOptions", "Decoder"]
 
@@ -84,22 +87,40 @@ class Decoder:
     head) with 2 MiB pages, in place (see _C.advise_hugepages): reading weights is the whole
     cost of a step, and a core streams 2 MiB pages faster than 4 KiB ones (fewer TLB misses;
     prefetchers stop at page edges). The first plan on a model pays for the collapse, once.
-    `hugepage_bytes` says how many bytes got them."""
+    `hugepage_bytes` says how many bytes got them.
+
+    weights: the dtype the streamed weights (Linear weights and head) are read in: "float32"
+    (the parameters in place), "bf16" or "int8" (copies made here, minillm.quantize; the
+    embedding lookup keeps the float32 table)."""
+
+    # the block weights a step streams (stored in `weights`' dtype)
+    LINEAR = ("qkv.weight", "q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight",
+              "down.weight")
 
     def __init__(self, options, layers, embed, head, norm_weight=None, norm_bias=None, head_bias=None,
-                 pos_embed=None, hugepages=True):
+                 pos_embed=None, hugepages=True, weights="float32"):
         if not isinstance(options, BlockOptions):
             raise TypeError(f"Decoder: expected BlockOptions, got {type(options).__name__}")
         if (options.positions == "learned") != (pos_embed is not None):
             raise ValueError(f"Decoder: positions {options.positions!r} "
                              f"{'needs' if pos_embed is None else 'takes no'} pos_embed table")
+        if weights not in DTYPES:
+            raise ValueError(f"Decoder: weights must be one of {', '.join(DTYPES)}, got {weights!r}")
         self.options = options
+        self.weights = weights
+
+        def stored(name, t):
+            t = _w(t)
+            return decoding_weight(t, weights) if t is not None and name in self.LINEAR else t
+
         kwargs = options.block_kwargs()
-        self.blocks = [_C.DecodeBlock({name: _w(t) for name, t in layer.items()}, **kwargs) for layer in layers]
+        self.blocks = [_C.DecodeBlock({name: stored(name, t) for name, t in layer.items()}, **kwargs)
+                       for layer in layers]
         self.embed = _w(embed)
         self.pos_embed = _w(pos_embed)
-        self.head = _C.DecodeHead(_w(norm_weight), _w(norm_bias), _w(head), _w(head_bias), norm=options.norm,
-                                  norm_eps=options.norm_eps)
+        head = _w(head)
+        self.head = _C.DecodeHead(_w(norm_weight), _w(norm_bias), decoding_weight(head, weights), _w(head_bias),
+                                  norm=options.norm, norm_eps=options.norm_eps)
         if self.embed.ndim != 2 or self.embed.shape[1] != options.n_embd:
             raise ValueError(f"Decoder: embed must be (vocab, {options.n_embd}), got {tuple(self.embed.shape)}")
         if self.pos_embed is not None and (self.pos_embed.ndim != 2 or self.pos_embed.shape[1] != options.n_embd):
@@ -114,7 +135,8 @@ class Decoder:
         self.hugepage_bytes = 0
         if hugepages:
             for w in self.streamed_weights():
-                self.hugepage_bytes += max(0, _C.advise_hugepages(w))
+                for t in ((w.values, w.scales) if isinstance(w, _C.Int8Matrix) else (w,)):
+                    self.hugepage_bytes += max(0, _C.advise_hugepages(t))
 
     def streamed_weights(self):
         """The weights a step streams, in step order: every block's Linear weights, then the head."""
@@ -144,7 +166,7 @@ class Decoder:
         pos = cache.pos
         if self.pos_embed is not None and pos >= self.pos_embed.shape[0]:
             raise ValueError(f"Decoder: position {pos} is past the {self.pos_embed.shape[0]} learned positions")
-        x = _C.embedding(self.embed, tokens)                           # (B, C)
+        x = _embed_rows(self.embed, tokens)                            # (B, C)
         if self.pos_embed is not None:
             pe = self.pos_embed[pos:pos + 1]                            # (1, C)
             _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
@@ -161,6 +183,19 @@ class Decoder:
         logits = _C.final_step(x, self.head, scratch)
         cache.advance(1)
         return logits
+
+
+def _embed_rows(table, tokens):
+    """Rows `tokens` (B,) of the embedding table as float32 (B, C); a bfloat16 table (a model
+    kept in bf16) is widened row by row here."""
+    if table.dtype == "float32":
+        return _C.embedding(table, tokens)
+    ids = tokens.numpy()
+    V = table.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"Decoder: token ids must be in [0, {V}), got {ids.min()}..{ids.max()}")
+    rows = table.numpy()[ids].astype(np.uint32) << 16
+    return _C.from_numpy(np.ascontiguousarray(rows.view(np.float32)))
 
 
 def _w(t):

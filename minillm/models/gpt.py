@@ -18,7 +18,7 @@ from minillm import _C
 from minillm import functional as F
 from minillm import io, nn
 from minillm.autograd import no_grad
-from minillm.models.base import LanguageModel, ModelConfig, check_idx
+from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
@@ -197,10 +197,11 @@ class GPT(LanguageModel):
         logits = self.lm_head(x)                                       # (B, T, V)
         return logits, F.cross_entropy(logits, targets, ignore_index=-1)
 
-    def decoder(self, hugepages=True):
+    def decoder(self, hugepages=True, weights="float32"):
         """The fast decode plan of this GPT (minillm.models.decoder.Decoder): LayerNorm,
         learned positions, fused c_attn, GELU MLP, biases as the config has them, tied or
-        untied head; it reads the parameters in place. hugepages: see Decoder."""
+        untied head; it reads the parameters in place (weights "float32") or stores copies in
+        bf16 or int8 (weights "bf16", "int8"). hugepages: see Decoder."""
         cfg, tr = self.config, self.transformer
         options = BlockOptions(n_embd=cfg.n_embd, n_head=cfg.n_head, d_ff=4 * cfg.n_embd, norm="layernorm",
                                norm_eps=tr.ln_f.eps, mlp="gelu", positions="learned")
@@ -212,7 +213,7 @@ class GPT(LanguageModel):
                    "down.weight": b.mlp.c_proj.weight, "down.bias": b.mlp.c_proj.bias} for b in tr.h]
         return Decoder(options, layers, embed=tr.wte.weight, head=self.lm_head.weight, norm_weight=tr.ln_f.weight,
                        norm_bias=tr.ln_f.bias, head_bias=self.lm_head.bias, pos_embed=tr.wpe.weight,
-                       hugepages=hugepages)
+                       hugepages=hugepages, weights=weights)
 
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (keeps the first block_size position embeddings),
@@ -457,6 +458,7 @@ def load_pretrained(folder):
     for ln in _layer_norms(model):
         ln.eps = eps
     model.tokenizer = _load_tokenizer(folder)
+    model.generation_config = read_generation_config(folder)
     return model
 
 

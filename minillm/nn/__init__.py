@@ -6,8 +6,8 @@ module as minillm.functional), ``nn.init``, ``nn.utils.clip_grad_norm_``.
 from minillm import functional
 from . import init, utils
 from .layers import (Dropout, Embedding, GELU, Identity, LayerNorm, Linear, ModuleDict, ModuleList,
-                     ReLU, Sequential, Sigmoid, Tanh)
+                     ReLU, RMSNorm, Sequential, Sigmoid, Tanh)
 from .module import Module, Parameter
 
-__all__ = ["Module", "Parameter", "Linear", "Embedding", "LayerNorm", "ReLU", "GELU", "Tanh", "Sigmoid",
+__all__ = ["Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "ReLU", "GELU", "Tanh", "Sigmoid",
            "Dropout", "Identity", "Sequential", "ModuleList", "ModuleDict", "functional", "init", "utils"]

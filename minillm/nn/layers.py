@@ -11,7 +11,7 @@ from minillm import functional as F
 from minillm.nn import init
 from minillm.nn.module import Module, Parameter
 
-__all__ = ["Identity", "Linear", "Embedding", "LayerNorm", "ReLU", "GELU", "Tanh", "Sigmoid", "Dropout",
+__all__ = ["Identity", "Linear", "Embedding", "LayerNorm", "RMSNorm", "ReLU", "GELU", "Tanh", "Sigmoid", "Dropout",
            "Sequential", "ModuleList", "ModuleDict"]
 
 
@@ -44,6 +44,22 @@ class Linear(Module):
         else:
             self.bias = None
 
+    @classmethod
+    def uninitialized(cls, in_features, out_features, bias=True, dtype="float32"):
+        """A Linear whose weight (of `dtype`: float32 or bfloat16) and bias (float32) are
+        allocated but not drawn (contents undefined): for weights about to be loaded, so the
+        memory is touched once, by the copy. Like torch.nn.utils.skip_init. A bfloat16 weight
+        is a buffer, not a Parameter (inference only: parameters are float32)."""
+        self = cls.__new__(cls)
+        Module.__init__(self)
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(f"Linear: features must be positive, got ({in_features}, {out_features})")
+        self.in_features = in_features
+        self.out_features = out_features
+        _weight(self, _C.empty((out_features, in_features), dtype=dtype))
+        self.bias = Parameter(_C.empty((out_features,))) if bias else None
+        return self
+
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): input of shape "
@@ -52,6 +68,14 @@ class Linear(Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _weight(module, t):
+    """module.weight = t: a Parameter when float32, else a (non-trainable) buffer."""
+    if t.dtype == "float32":
+        module.weight = Parameter(t)
+    else:
+        module.register_buffer("weight", t)
 
 
 class Embedding(Module):
@@ -67,6 +91,19 @@ class Embedding(Module):
         self.embedding_dim = embedding_dim
         self.weight = Parameter(_C.empty((num_embeddings, embedding_dim)))
         init.normal_(self.weight, 0.0, 1.0, generator=generator)
+
+    @classmethod
+    def uninitialized(cls, num_embeddings, embedding_dim, dtype="float32"):
+        """An Embedding whose weight (float32 or bfloat16) is allocated but not drawn; see
+        Linear.uninitialized."""
+        self = cls.__new__(cls)
+        Module.__init__(self)
+        if num_embeddings <= 0 or embedding_dim <= 0:
+            raise ValueError(f"Embedding: sizes must be positive, got ({num_embeddings}, {embedding_dim})")
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        _weight(self, _C.empty((num_embeddings, embedding_dim), dtype=dtype))
+        return self
 
     def forward(self, idx):
         return F.embedding(idx, self.weight)
@@ -95,6 +132,32 @@ class LayerNorm(Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class RMSNorm(Module):
+    """Root-mean-square norm over the last axis (Zhang & Sennrich, 2019), as the Llama family
+    and PyTorch's nn.RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight. weight = ones (C)."""
+
+    def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True):
+        super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError(f"RMSNorm: only a last-axis shape (C,) is supported, got {tuple(normalized_shape)}")
+            normalized_shape = normalized_shape[0]
+        if normalized_shape <= 0:
+            raise ValueError(f"RMSNorm: size must be positive, got {normalized_shape}")
+        self.normalized_shape = (int(normalized_shape),)
+        self.eps = eps
+        self.weight = Parameter(_C.ones(self.normalized_shape)) if elementwise_affine else None
+
+    def forward(self, x):
+        if x.shape[-1] != self.normalized_shape[0]:
+            raise ValueError(f"RMSNorm({self.normalized_shape[0]}): input of shape {tuple(x.shape)} does not end "
+                             f"in {self.normalized_shape[0]}")
+        return F.rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"

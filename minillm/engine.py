@@ -1,0 +1,185 @@
+"""Many sequences decoded side by side: the engine under `minillm serve`.
+
+    engine = Engine(model, max_batch=8)
+    a = engine.add([15496, 11], max_new_tokens=20, temperature=0.7, seed=1)
+    b = engine.add([40, 1101], max_new_tokens=5, greedy=True)
+    while engine.has_work():
+        for ev in engine.step():          # one new token for every running sequence
+            print(ev.seq_id, ev.token, ev.finish_reason)
+
+A sequence waits in a queue until one of max_batch slots is free, joins at the next step
+(its prompt is run through the model's forward into its own KV cache, which gives its first
+token), gains one token per step after that, and leaves the batch when it finishes: a stop
+token ("stop"), max_new_tokens or the end of the model's context ("length"), or cancel()
+("cancelled", at the next step). So requests join and leave a running batch between steps
+(continuous batching). Each sequence samples with its own options and its own generator.
+
+add() and cancel() may be called from another thread than step() (a server's event loop
+while a worker thread steps): the queue and the cancellations are guarded by a lock, and
+step() is the only place that touches the sequences' caches.
+
+The decode: each step runs the model's decode plan (model.decoder(weights=...)) for every
+running sequence on its own cache.
+"""
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from minillm import _C
+from minillm.autograd import no_grad
+from minillm.generate import KVCache
+from minillm.random import Generator
+from minillm.sampling import apply_repetition_penalty, check_sampling_args, sample_next
+
+__all__ = ["Engine", "Event"]
+
+
+@dataclass
+class Event:
+    """What one step did to one sequence: `token` the id it gained (None when it ended without
+    one: cancelled, or a context with no room left), `finish_reason` None while it runs on,
+    else "stop" (token is the stop token), "length" or "cancelled"."""
+    seq_id: int
+    token: Optional[int]
+    finish_reason: Optional[str] = None
+
+
+@dataclass
+class _Sequence:
+    seq_id: int
+    prompt: list
+    max_new_tokens: int
+    temperature: float
+    top_k: Optional[int]
+    top_p: Optional[float]
+    greedy: bool
+    repetition_penalty: float
+    stop_tokens: frozenset
+    generator: Generator
+    tokens: list = field(default_factory=list)     # generated so far
+    cache: Optional[KVCache] = None
+    last: Optional[int] = None                     # the token to feed next
+
+
+class Engine:
+    """Continuous batching over one model (see the module docstring).
+
+    model: a LanguageModel with a KV cache (kv_cache_shape() not None); max_batch: sequences
+    decoded together; weights: the dtype the decode plan streams ("float32", "bf16", "int8";
+    None: the model's own), or decoder: a plan built already."""
+
+    def __init__(self, model, max_batch=8, weights=None, decoder=None):
+        if model.kv_cache_shape() is None:
+            raise ValueError(f"Engine: {type(model).__name__} has no KV cache; the engine needs one")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"Engine: max_batch must be an int >= 1, got {max_batch!r}")
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.context = model.config.block_size
+        if decoder is None:
+            decoder = model.decoder() if weights is None else model.decoder(weights=weights)
+        self.decoder = decoder
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._waiting = deque()
+        self._cancelled = set()
+        self._running = {}
+
+    # ------------------------------------------------------------------ the queue
+    def add(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
+            repetition_penalty=1.0, stop_tokens=(), seed=None):
+        """Queue a sequence; returns its id. prompt: a non-empty list of ids < vocab_size and
+        shorter than the context; the other options as generate()'s. ValueError names a bad one."""
+        check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+        V = self.model.config.vocab_size
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise ValueError("Engine.add: the prompt must be a non-empty list of token ids")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V for t in prompt):
+            bad = next(t for t in prompt if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V)
+            raise ValueError(f"Engine.add: token {bad!r} is not an id in [0, {V})")
+        if len(prompt) >= self.context:
+            raise ValueError(f"Engine.add: a prompt of {len(prompt)} tokens leaves no room in the context of "
+                             f"{self.context}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"Engine.add: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+            raise ValueError(f"Engine.add: seed must be an int in [0, 2**63), got {seed!r}")
+        seq = _Sequence(next(self._ids), list(prompt), max_new_tokens, float(temperature), top_k, top_p,
+                        bool(greedy), float(repetition_penalty), frozenset(int(s) for s in stop_tokens),
+                        Generator(seed) if seed is not None else Generator())
+        with self._lock:
+            self._waiting.append(seq)
+        return seq.seq_id
+
+    def cancel(self, seq_id):
+        """End a waiting or running sequence at the next step (its last Event says "cancelled")."""
+        with self._lock:
+            self._cancelled.add(seq_id)
+
+    def has_work(self):
+        with self._lock:
+            return bool(self._waiting or self._running)
+
+    @property
+    def running(self):
+        return len(self._running)
+
+    @property
+    def waiting(self):
+        with self._lock:
+            return len(self._waiting)
+
+    # ------------------------------------------------------------------ a step
+    def step(self):
+        """Admit waiting sequences into free slots (their prompts prefilled: each gains its
+        first token), then one token for every sequence that was running. Returns the Events."""
+        events = []
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            admitted = []
+            for seq in list(self._waiting):
+                if seq.seq_id in cancelled:
+                    self._waiting.remove(seq)
+                    events.append(Event(seq.seq_id, None, "cancelled"))
+            while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+                admitted.append(self._waiting.popleft())
+        for sid in [s for s in self._running if s in cancelled]:
+            del self._running[sid]
+            events.append(Event(sid, None, "cancelled"))
+        with no_grad():
+            decoding = list(self._running.values())
+            for seq in decoding:
+                events.append(self._advance(seq, self._decode(seq)))
+            for seq in admitted:
+                self._running[seq.seq_id] = seq
+                events.append(self._advance(seq, self._prefill(seq)))
+        for ev in events:
+            if ev.finish_reason is not None:
+                self._running.pop(ev.seq_id, None)
+        return events
+
+    def _prefill(self, seq):
+        """Logits (1, V) after the prompt, through the forward into a new cache."""
+        room = min(self.context, len(seq.prompt) + seq.max_new_tokens)
+        seq.cache = KVCache.for_model(self.model, 1, capacity=room)
+        logits, _ = self.model(_C.tensor([seq.prompt], dtype="int64"), kv_cache=seq.cache)
+        return _C.getitem(logits, (slice(None), -1)).contiguous()
+
+    def _decode(self, seq):
+        """Logits (1, V) after feeding seq.last at the next position of its cache."""
+        return self.decoder.step(_C.tensor([seq.last], dtype="int64"), seq.cache)
+
+    def _advance(self, seq, logits):
+        """Sample seq's next token from logits (1, V) and say whether it finished."""
+        if seq.repetition_penalty != 1.0:
+            logits = apply_repetition_penalty(logits, [seq.prompt + seq.tokens], seq.repetition_penalty)
+        tok = int(sample_next(logits, seq.temperature, seq.top_k, seq.top_p, seq.greedy, seq.generator).item())
+        seq.tokens.append(tok)
+        seq.last = tok
+        if tok in seq.stop_tokens:
+            return Event(seq.seq_id, tok, "stop")
+        if len(seq.tokens) >= seq.max_new_tokens or len(seq.prompt) + len(seq.tokens) >= self.context:
+            return Event(seq.seq_id, tok, "length")
+        return Event(seq.seq_id, tok, None)

@@ -1,0 +1,126 @@
+"""The continuous-batching engine: sequences added at different steps, with different prompt
+lengths and options, produce exactly what generate() gives each alone (greedy, and sampled
+with the same seed); slots, the queue, cancellation, stop tokens and the context's end."""
+import threading
+
+import numpy as np
+import pytest
+
+import minillm
+from minillm.engine import Engine
+from minillm.generate import generate
+from minillm.models import GPT
+from minillm.models.gpt import GPTConfig
+from minillm.random import Generator
+
+
+@pytest.fixture(scope="module")
+def model():
+    minillm.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=64)).eval()
+
+
+def alone(model, prompt, n, **kw):
+    return generate(model, [prompt], n, **kw).tolist()[0][len(prompt):]
+
+
+def run(engine, adds):
+    """adds: {step: [(key, prompt, kwargs)]}; returns {key: tokens}, {key: finish reason}."""
+    ids, toks, why = {}, {}, {}
+    step = 0
+    while step <= max(adds) or engine.has_work():
+        for key, prompt, kw in adds.get(step, []):
+            ids[engine.add(prompt, **kw)] = key
+            toks[key] = []
+        for ev in engine.step():
+            key = ids[ev.seq_id]
+            if ev.token is not None:
+                toks[key].append(ev.token)
+            if ev.finish_reason:
+                why[key] = ev.finish_reason
+        step += 1
+    return toks, why
+
+
+def test_greedy_sequences_joining_late_match_generate_alone(model):
+    rng = np.random.default_rng(0)
+    prompts = {k: rng.integers(0, 97, size=n).tolist() for k, n in (("a", 3), ("b", 11), ("c", 1), ("d", 7))}
+    adds = {0: [("a", prompts["a"], dict(max_new_tokens=12, greedy=True)),
+                ("b", prompts["b"], dict(max_new_tokens=5, greedy=True))],
+            3: [("c", prompts["c"], dict(max_new_tokens=9, greedy=True))],
+            4: [("d", prompts["d"], dict(max_new_tokens=14, greedy=True))]}
+    toks, why = run(Engine(model, max_batch=3), adds)
+    n = {"a": 12, "b": 5, "c": 9, "d": 14}
+    for k, p in prompts.items():
+        assert toks[k] == alone(model, p, n[k], greedy=True), k
+        assert why[k] == "length"
+
+
+def test_sampled_sequences_match_generate_with_the_same_seed(model):
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95)
+    adds = {0: [("x", [5, 6, 7], dict(max_new_tokens=10, seed=11, **kw))],
+            2: [("y", [8], dict(max_new_tokens=10, seed=12, repetition_penalty=1.3, **kw))]}
+    toks, _ = run(Engine(model), adds)
+    assert toks["x"] == alone(model, [5, 6, 7], 10, generator=Generator(11), **kw)
+    assert toks["y"] == alone(model, [8], 10, generator=Generator(12), repetition_penalty=1.3, **kw)
+    assert toks["x"] != alone(model, [5, 6, 7], 10, generator=Generator(99), **kw)
+
+
+def test_slots_queue_and_cancel(model):
+    engine = Engine(model, max_batch=2)
+    a = engine.add([1, 2], max_new_tokens=30, greedy=True)
+    b = engine.add([3], max_new_tokens=30, greedy=True)
+    c = engine.add([4], max_new_tokens=3, greedy=True)
+    first = engine.step()
+    assert {e.seq_id for e in first} == {a, b} and engine.running == 2 and engine.waiting == 1
+    engine.cancel(a)
+    second = engine.step()
+    assert any(e.seq_id == a and e.finish_reason == "cancelled" and e.token is None for e in second)
+    third = engine.step()
+    assert any(e.seq_id == c for e in third)          # a's slot went to c
+    engine.cancel(b)
+    engine.cancel(c)
+    engine.step()
+    assert not engine.has_work()
+
+
+def test_stop_token_and_the_end_of_the_context(model):
+    greedy = alone(model, [9, 9], 6, greedy=True)
+    toks, why = run(Engine(model), {0: [("s", [9, 9], dict(max_new_tokens=20, greedy=True,
+                                                         stop_tokens=(greedy[3],)))]})
+    assert toks["s"] == greedy[:greedy.index(greedy[3]) + 1] and why["s"] == "stop"
+    toks, why = run(Engine(model), {0: [("l", list(range(40)), dict(max_new_tokens=100, greedy=True))]})
+    assert len(toks["l"]) == 48 - 40 and why["l"] == "length"
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(prompt=[], max_new_tokens=3), "non-empty list"),
+    (dict(prompt=[1, 97], max_new_tokens=3), r"token 97 is not an id in \[0, 97\)"),
+    (dict(prompt=list(range(48)), max_new_tokens=3), "leaves no room in the context of 48"),
+    (dict(prompt=[1], max_new_tokens=0), "max_new_tokens must be an int >= 1"),
+    (dict(prompt=[1], max_new_tokens=10 ** 30 + 0.5), "max_new_tokens must be an int >= 1"),
+    (dict(prompt=[1], max_new_tokens=3, temperature=-1), "temperature"),
+    (dict(prompt=[1], max_new_tokens=3, seed=-5), "seed must be an int"),
+])
+def test_bad_requests_are_refused_by_name(model, kw, match):
+    with pytest.raises(ValueError, match=match):
+        Engine(model).add(**kw)
+
+
+def test_adding_from_another_thread_while_stepping(model):
+    engine = Engine(model, max_batch=4)
+    ids = []
+
+    def producer():
+        for i in range(6):
+            ids.append(engine.add([i + 1], max_new_tokens=4, greedy=True))
+
+    t = threading.Thread(target=producer)
+    t.start()
+    done = {}
+    while t.is_alive() or engine.has_work():
+        for ev in engine.step():
+            if ev.finish_reason:
+                done[ev.seq_id] = ev.finish_reason
+    t.join()
+    assert sorted(done) == sorted(ids) and set(done.values()) == {"length"}

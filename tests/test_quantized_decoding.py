@@ -1,0 +1,188 @@
+"""Decoding with bf16 and int8 weights: the kernels against NumPy on every ISA (bf16: float32
+products of the stored values; int8: x quantized per group as gemv.c defines, integer dot
+products per group, so both checks are exact up to float32 summation order), the int8
+quantizer against its definition, and GPT decode plans with bf16 / int8 weights against the
+float32 plan (bf16: exactly the plan of the values the bf16 weights stand for)."""
+import numpy as np
+import pytest
+
+import minillm
+from minillm import _C
+from minillm.generate import KVCache
+from minillm.models import GPT
+from minillm.models.gpt import GPTConfig
+from minillm.quantize import decoding_weight, int8_group, quantize_int8
+
+
+def bf16_values(w):
+    """w rounded to bf16 (nearest even) and back to float32, computed here from the bits."""
+    u = w.astype(np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def int8_linear_reference(x, m):
+    """y = x @ W^T as the int8 kernels define it: x quantized per row and group (float32
+    arithmetic: scale = max|x| / 127, q = rint(x / scale)), exact integer sums per group,
+    scaled by the weight's and x's scales."""
+    group = m.group
+    M, K = x.shape
+    xg = x.reshape(M, K // group, group)
+    xs = np.abs(xg).max(axis=2) / np.float32(127)
+    xq = np.where(xs[:, :, None] > 0, np.rint(xg / np.where(xs > 0, xs, 1)[:, :, None]), 0).astype(np.int64)
+    wq = m.values.numpy().view(np.int8).astype(np.int64)
+    N = wq.shape[0]
+    dots = np.einsum("mgk,ngk->mng", xq, wq.reshape(N, K // group, group))        # exact integers
+    scale = m.scales.numpy().astype(np.float64)[None, :, :] * xs.astype(np.float64)[:, None, :]
+    return (dots * scale).sum(axis=2)
+
+
+def int8_reference(w, group):
+    N, K = w.shape
+    g = w.reshape(N, K // group, group).astype(np.float64)
+    scale = np.abs(g).max(axis=2) / 127.0
+    q = np.where(scale[:, :, None] > 0, np.rint(g / np.where(scale > 0, scale, 1)[:, :, None]), 0)
+    return q.reshape(N, K), scale
+
+
+SHAPES = [(1, 5, 64), (3, 9, 128), (2, 17, 48), (4, 8, 200), (1, 130, 1024)]
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_bf16_linear_matches_numpy(isa, M, N, K):
+    rng = np.random.default_rng(N * K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    wb = minillm.from_numpy(w).astype("bfloat16")
+    y = _C.decode_linear(minillm.from_numpy(x), wb, minillm.from_numpy(b)).numpy()
+    want = x.astype(np.float64) @ bf16_values(w).T.astype(np.float64) + b
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
+                                                                         (2, 17, 48, 16), (1, 6, 64, 8),
+                                                                         (2, 5, 256, 128)])
+def test_int8_linear_matches_numpy(isa, M, N, K, group):
+    rng = np.random.default_rng(N + K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = (rng.standard_normal((N, K)) * rng.uniform(0.1, 3, size=(N, 1))).astype(np.float32)
+    add = rng.standard_normal((M, N)).astype(np.float32)
+    m = quantize_int8(w, group)
+    y = _C.decode_linear(minillm.from_numpy(x), m, add=minillm.from_numpy(add)).numpy()
+    want = int8_linear_reference(x, m) + add
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+    # and x's quantization is a small error against the float32 product of W's values
+    full = x.astype(np.float64) @ m.dequantize().numpy().T.astype(np.float64) + add
+    assert np.abs(y - full).max() <= 0.05 * np.abs(full - add).max()
+
+
+def test_int8_gelu_epilogue_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    w = rng.standard_normal((40, 64)).astype(np.float32)
+    m = quantize_int8(w)
+    pre = int8_linear_reference(x, m)
+    want = 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre ** 3)))
+    y = _C.decode_linear(minillm.from_numpy(x), m, gelu=True).numpy()
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("K", [64, 96, 48, 40])
+def test_quantize_int8_follows_its_definition(K):
+    rng = np.random.default_rng(K)
+    w = rng.standard_normal((7, K)).astype(np.float32)
+    w[2, :] = 0.0                                         # a zero row: scale 0, values 0
+    group = int8_group(K)
+    assert group == {64: 64, 96: 32, 48: 16, 40: 40}[K]
+    m = quantize_int8(w)
+    q_ref, s_ref = int8_reference(w, group)
+    np.testing.assert_array_equal(m.values.numpy().view(np.int8), q_ref)
+    np.testing.assert_allclose(m.scales.numpy(), s_ref, rtol=1e-6)
+    err = np.abs(m.dequantize().numpy() - w).reshape(7, K // group, group)
+    assert (err <= m.scales.numpy()[:, :, None] * 0.5 + 1e-7).all()
+
+
+def test_int8_matrix_rejects_bad_parts():
+    vals = minillm.from_numpy(np.zeros((4, 32), np.uint8))
+    with pytest.raises(ValueError, match="group 5 must be >= 1 and divide the 32 columns"):
+        _C.Int8Matrix(vals, minillm.zeros((4, 6)), 5)
+    with pytest.raises(ValueError, match=r"scales must be a contiguous float32 tensor of shape \(4, 2\)"):
+        _C.Int8Matrix(vals, minillm.zeros((4, 3)), 16)
+    with pytest.raises(ValueError, match="values must be a contiguous 2-D uint8 tensor"):
+        _C.Int8Matrix(minillm.zeros((4, 32)), minillm.zeros((4, 2)), 16)
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_int8(np.full((2, 16), np.nan, np.float32))
+    with pytest.raises(ValueError, match="unknown weight dtype 'int4'"):
+        decoding_weight(minillm.zeros((2, 16)), "int4")
+    with pytest.raises(ValueError, match=r"decode_linear: input of shape \(1, 16\) does not match weight"):
+        _C.decode_linear(minillm.zeros((1, 16)), quantize_int8(np.zeros((4, 32), np.float32)))
+
+
+def tiny_gpt(seed=0):
+    """Untied, so that the head can hold narrow values while the embedding lookup stays float32
+    (as the plan reads them)."""
+    minillm.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_embd=64, bias=True,
+                         tie_weights=False)).eval()
+
+
+def replaced_by(model, weights):
+    """A copy of `model` whose streamed weights hold the values `weights` stores them as."""
+    twin = tiny_gpt()
+    twin.load_state_dict(model.state_dict())
+    names = [n for n, p in twin.named_parameters() if p.ndim == 2 and not n.endswith(("wpe.weight", "wte.weight"))]
+    sd = twin.state_dict()
+    with minillm.no_grad():
+        for n in names:
+            vals = decoding_weight(sd[n], "int8").dequantize().numpy() if weights == "int8" \
+                else bf16_values(sd[n].numpy())
+            sd[n][...] = minillm.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
+    return twin
+
+
+def decode_logits(model, plan, tokens):
+    cache = KVCache.for_model(model, 1, capacity=len(tokens))
+    out = []
+    for t in tokens:
+        out.append(plan.step(minillm.tensor([t], dtype="int64"), cache).numpy()[0].copy())
+    return np.array(out)
+
+
+def test_gpt_plan_with_bf16_weights_matches_float32_plan_of_their_values():
+    model = tiny_gpt()
+    tokens = [3, 17, 5, 90, 41, 8, 8, 60]
+    got = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
+    twin = replaced_by(model, "bf16")
+    want = decode_logits(twin, twin.decoder(hugepages=False), tokens)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # and the narrow weights do differ from the float32 ones, so this can fail
+    full = decode_logits(model, model.decoder(hugepages=False), tokens)
+    assert np.abs(full - got).max() > 1e-4
+
+
+def test_gpt_plan_with_int8_weights_stays_close_to_float32():
+    model = tiny_gpt()
+    tokens = [3, 17, 5, 90, 41, 8, 8, 60]
+    got = decode_logits(model, model.decoder(hugepages=False, weights="int8"), tokens)
+    full = decode_logits(model, model.decoder(hugepages=False), tokens)
+    err = np.abs(full - got).max() / np.abs(full).max()
+    assert 1e-5 < err < 0.03
+
+
+def test_int8_nan_input_gives_nan_not_garbage():
+    m = quantize_int8(np.ones((4, 64), np.float32))
+    x = np.ones((2, 64), np.float32)
+    x[1, 5] = np.nan
+    y = _C.decode_linear(minillm.from_numpy(x), m).numpy()
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
+
+
+def test_generate_takes_a_prebuilt_int8_plan():
+    model = tiny_gpt()
+    plan = model.decoder(hugepages=False, weights="int8")
+    out = minillm.generate.generate(model, [[1, 2, 3]], 10, greedy=True, decoder=plan).tolist()[0]
+    full = minillm.generate.generate(model, [[1, 2, 3]], 10, greedy=True).tolist()[0]
+    assert len(out) == 13 and out[:3] == [1, 2, 3]
+    # a tiny random model's int8 argmax mostly agrees with float32's
+    assert sum(a == b for a, b in zip(out[3:], full[3:])) >= 5
