@@ -4,6 +4,7 @@ atomic writes, the default thread count. They import nothing from minillm.
 JSON has one reader here (`parse_json` / `read_json`): a key that appears twice in an object
 is an error naming the file, the line and the key (Python's json keeps the last silently).
 """
+import errno
 import hashlib
 import json
 import os
@@ -221,7 +222,8 @@ class FolderLock:
     it: the kernel drops it when the process ends, however it ends, so a killed writer never
     leaves a folder locked. The holder's pid is written into the file for the message another
     process gets (FolderBusyError naming `what` and that pid). Taking a lock this process
-    already holds counts up; release() counts down. A no-op where fcntl does not exist."""
+    already holds counts up; release() counts down. A no-op where fcntl does not exist or the
+    file system does not lock."""
 
     _held = {}      # real path -> [file, count]
 
@@ -245,7 +247,10 @@ class FolderLock:
         f = open(self.path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                f.close()           # a file system without flock (some network mounts): no lock
+                return self
             f.seek(0)
             holder = f.read().strip() or "unknown"
             f.close()
