@@ -16,7 +16,7 @@ import pytest
 from minillm import checkpoint, data, optim
 from minillm.tokenizers import BasicTokenizer, BPETokenizer
 from minillm.train import TrainConfig, Trainer, resumed_config
-from minillm.utils import FolderBusyError, FolderLock, process_tag, tag_alive
+from minillm.utils import FolderLock, process_tag, tag_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "data", "sample.txt")
