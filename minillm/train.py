@@ -446,7 +446,10 @@ class Trainer:
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
                     self.save()
         except Exception as e:
-            raise self._saved_before(e) from e
+            reported = self._saved_before(e)
+            if reported is e:
+                raise
+            raise reported from e
         finally:
             progress.close()
             if use_signal:
