@@ -190,12 +190,20 @@ def _write_output(path, text):
             f.write(text)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "basic.json")
+
+
 def cmd_tokenizer_train(args):
     import time
     from .tokenizers import BasicTokenizer, BPETokenizer
     from .utils import pause_point
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: is a file, not a folder")
+    others = sorted(set(os.listdir(args.out)) - set(TOKENIZER_FILES)) if os.path.isdir(args.out) else []
+    if others:
+        raise UsageError(f"--out {args.out}: holds {others[0]!r}, so it is not a tokenizer folder "
+                         f"(only {', '.join(TOKENIZER_FILES)} are written there, replacing older "
+                         f"ones); choose a new or empty folder")
     text = _read_input(args.input)
     pause_point("tokenizer-train")
     if not text.strip():

@@ -175,6 +175,8 @@ CASES = [
     ("tokenizer train --threads 0", "tokenizer train --input {texts}/a.txt --vocab-size 300 --out {root}/k7 "
                                     "--threads 0", 2),
     ("tokenizer train --out a file", "tokenizer train --input {texts}/a.txt --vocab-size 300 --out {a_file}", 2),
+    ("tokenizer train --out a folder of other files",
+     "tokenizer train --input {texts}/a.txt --vocab-size 300 --out {unrelated}", 2),
     ("tokenizer encode corrupt tokenizer.json", "tokenizer encode --tokenizer {tok_corrupt} --text hi", 1),
     ("tokenizer encode missing input", "tokenizer encode --tokenizer {tok} --input {root}/nope.txt", 1),
     ("tokenizer decode non-integer", "tokenizer decode --tokenizer {tok} --ids '1 x'", 1),
