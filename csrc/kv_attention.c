@@ -55,10 +55,15 @@ static void attend_one(const float *q, const float *k, const float *v, int64_t l
     }
 }
 
+/* Row b attends over positions 0 .. pos[b] of its own cache kc[b], vc[b] (position t at
+ * kc[b] + t * ld); w holds S = max pos + 1 weights per (row, head). */
 typedef struct {
-    const float *qkv, *kcache, *vcache;
+    const float *qkv;
+    float *const *kc;
+    float *const *vc;
+    const int64_t *pos;
     float *y, *w;
-    int64_t nh, group, hs, ldq, Ckv, ld, S, heads_per_chunk, chunks_per_row;
+    int64_t nh, group, hs, ldq, ld, S, heads_per_chunk, chunks_per_row;
     float scale;
 } attend_job;
 
@@ -68,9 +73,9 @@ static void attend_generic(void *ctx, int64_t c) {
     int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
     int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
     for (int64_t h = h0; h < h1; h++) {
-        int64_t kv = b * j->Ckv + h / j->group * j->hs;
-        attend_one(j->qkv + b * j->ldq + h * j->hs, j->kcache + kv, j->vcache + kv, j->ld, j->S, j->hs, j->scale,
-                   j->w + (b * j->nh + h) * j->S, j->y + (b * j->nh + h) * j->hs);
+        int64_t kv = h / j->group * j->hs;
+        attend_one(j->qkv + b * j->ldq + h * j->hs, j->kc[b] + kv, j->vc[b] + kv, j->ld, j->pos[b] + 1, j->hs,
+                   j->scale, j->w + (b * j->nh + h) * j->S, j->y + (b * j->nh + h) * j->hs);
     }
 }
 
@@ -83,22 +88,44 @@ static void attend_generic(void *ctx, int64_t c) {
  * share. */
 #define ATTEND_PAR_MIN (1 << 20)
 
-int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
-                          int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale) {
+int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, int64_t ld, const int64_t *pos,
+                          float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs, float scale) {
     if (nh < 1 || nkv < 1 || nh % nkv) return -1;
-    const int64_t Ckv = nkv * hs, ldq = (nh + 2 * nkv) * hs, ld = B * Ckv, S = pos + 1, pairs = B * nh;
-    /* the new position goes into the cache first: it attends to itself */
+    const int64_t Ckv = nkv * hs, ldq = (nh + 2 * nkv) * hs;
+    int64_t S = 0, work = 0;
+    /* the new position goes into each row's cache first: it attends to itself */
     for (int64_t b = 0; b < B; b++) {
-        memcpy(kcache + pos * ld + b * Ckv, qkv + b * ldq + nh * hs, (size_t)Ckv * sizeof(float));
-        memcpy(vcache + pos * ld + b * Ckv, qkv + b * ldq + nh * hs + Ckv, (size_t)Ckv * sizeof(float));
+        memcpy(kc[b] + pos[b] * ld, qkv + b * ldq + nh * hs, (size_t)Ckv * sizeof(float));
+        memcpy(vc[b] + pos[b] * ld, qkv + b * ldq + nh * hs + Ckv, (size_t)Ckv * sizeof(float));
+        S = pos[b] + 1 > S ? pos[b] + 1 : S;
+        work += nh * (pos[b] + 1) * hs * 2;
     }
-    int nt = pairs * S * hs * 2 >= ATTEND_PAR_MIN ? mll_get_num_threads() : 1;
+    int nt = work >= ATTEND_PAR_MIN ? mll_get_num_threads() : 1;
     /* one thread: every head of a row in one sweep; more: about 2 chunks per thread */
     int64_t per_chunk = nt <= 1 ? nh : (nh + 2 * nt - 1) / (2 * nt);
-    attend_job job = {qkv, kcache, vcache, y, w, nh, nh / nkv, hs, ldq, Ckv, ld, S, per_chunk,
+    attend_job job = {qkv, kc, vc, pos, y, w, nh, nh / nkv, hs, ldq, ld, S, per_chunk,
                       (nh + per_chunk - 1) / per_chunk, scale};
     mll_decode_parallel(B * job.chunks_per_row, nt, MLL_PICK(attend), &job);
     return 0;
+}
+
+int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
+                          int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale) {
+    if (nh < 1 || nkv < 1 || nh % nkv) return -1;
+    if (B <= 0) return 0;
+    const int64_t Ckv = nkv * hs;
+    float **kc = mll_alloc((size_t)B * (2 * sizeof(float *) + sizeof(int64_t)));
+    if (!kc) return -2;
+    float **vc = kc + B;
+    int64_t *p = (int64_t *)(vc + B);
+    for (int64_t b = 0; b < B; b++) {
+        kc[b] = kcache + b * Ckv;      /* position-major (S, B, nkv, hs): row b's positions B Ckv apart */
+        vc[b] = vcache + b * Ckv;
+        p[b] = pos;
+    }
+    int r = mll_kv_attention_rows(qkv, kc, vc, B * Ckv, p, y, w, B, nh, nkv, hs, scale);
+    mll_free(kc, (size_t)B * (2 * sizeof(float *) + sizeof(int64_t)));
+    return r;
 }
 
 #else /* MLL_VEC: the bottom half, once per ISA (dispatch.h) */
@@ -109,13 +136,13 @@ int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float 
  * (The portable loops compile to SSE only.) */
 static MLL_TARGET void FN(attend)(void *ctx, int64_t c) {
     const attend_job *j = ctx;
-    const int64_t hs = j->hs, S = j->S, tail = hs % VL, body = hs - tail;
     int64_t b = c / j->chunks_per_row, h0 = c % j->chunks_per_row * j->heads_per_chunk;
+    const int64_t hs = j->hs, S = j->pos[b] + 1, ldw = j->S, tail = hs % VL, body = hs - tail;
     int64_t h1 = mll_min64(h0 + j->heads_per_chunk, j->nh);
     const int64_t g = j->group;
     const float *q = j->qkv + b * j->ldq;
-    const float *k = j->kcache + b * j->Ckv, *v = j->vcache + b * j->Ckv;
-    float *w = j->w + b * j->nh * S, *y = j->y + b * j->nh * hs;
+    const float *k = j->kc[b], *v = j->vc[b];
+    float *w = j->w + b * j->nh * ldw, *y = j->y + b * j->nh * hs;
     for (int64_t t = 0; t < S; t++) {
         const float *kt = k + t * j->ld;
         for (int64_t h = h0; h < h1; h++) {
@@ -123,11 +150,11 @@ static MLL_TARGET void FN(attend)(void *ctx, int64_t c) {
             V acc = v_zero();
             for (int64_t d = 0; d < body; d += VL) acc = v_fmadd(v_load(qh + d), v_load(kh + d), acc);
             if (tail) acc = v_fmadd(v_loadn(qh + body, tail), v_loadn(kh + body, tail), acc);
-            w[h * S + t] = j->scale * v_hsum(acc);
+            w[h * ldw + t] = j->scale * v_hsum(acc);
         }
     }
     for (int64_t h = h0; h < h1; h++) {
-        float m = -INFINITY, *wh = w + h * S;
+        float m = -INFINITY, *wh = w + h * ldw;
         for (int64_t t = 0; t < S; t++) m = wh[t] > m ? wh[t] : m;
         float inv = softmax_unnormalized(wh, S, m);
         for (int64_t t = 0; t < S; t++) wh[t] *= inv;
@@ -136,7 +163,7 @@ static MLL_TARGET void FN(attend)(void *ctx, int64_t c) {
     for (int64_t t = 0; t < S; t++) {
         const float *vt = v + t * j->ld;
         for (int64_t h = h0; h < h1; h++) {
-            V p = v_set1(w[h * S + t]);
+            V p = v_set1(w[h * ldw + t]);
             const float *vh = vt + h / g * hs;
             float *yh = y + h * hs;
             for (int64_t d = 0; d < body; d += VL) v_store(yh + d, v_fmadd(p, v_load(vh + d), v_load(yh + d)));

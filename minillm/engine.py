@@ -18,8 +18,9 @@ add() and cancel() may be called from another thread than step() (a server's eve
 while a worker thread steps): the queue and the cancellations are guarded by a lock, and
 step() is the only place that touches the sequences' caches.
 
-The decode: each step runs the model's decode plan (model.decoder(weights=...)) for every
-running sequence on its own cache.
+The decode: one call of the model's decode plan (Decoder.step_rows) gives every running
+sequence its next logits, each row at its own position over its own cache, so a step reads
+the weights once for the whole batch.
 """
 import itertools
 import threading
@@ -150,8 +151,11 @@ class Engine:
             events.append(Event(sid, None, "cancelled"))
         with no_grad():
             decoding = list(self._running.values())
-            for seq in decoding:
-                events.append(self._advance(seq, self._decode(seq)))
+            if decoding:
+                logits = self.decoder.step_rows(_C.tensor([s.last for s in decoding], dtype="int64"),
+                                                [s.cache for s in decoding])
+                for i, seq in enumerate(decoding):
+                    events.append(self._advance(seq, logits[i:i + 1]))
             for seq in admitted:
                 self._running[seq.seq_id] = seq
                 events.append(self._advance(seq, self._prefill(seq)))
@@ -166,10 +170,6 @@ class Engine:
         seq.cache = KVCache.for_model(self.model, 1, capacity=room)
         logits, _ = self.model(_C.tensor([seq.prompt], dtype="int64"), kv_cache=seq.cache)
         return _C.getitem(logits, (slice(None), -1)).contiguous()
-
-    def _decode(self, seq):
-        """Logits (1, V) after feeding seq.last at the next position of its cache."""
-        return self.decoder.step(_C.tensor([seq.last], dtype="int64"), seq.cache)
 
     def _advance(self, seq, logits):
         """Sample seq's next token from logits (1, V) and say whether it finished."""

@@ -2,6 +2,7 @@
 bits per byte), the metrics.jsonl log of a run folder, and its loss plot.
 
     res = evaluate(model, val_tokens, batch_size=16, block_size=128, byte_lengths=lengths)
+    res = evaluate(model, val_tokens, 16, 128, lengths, decoder=model.decoder(weights="int8"))
     append_metrics("runs/x", {"step": 10, "loss": 2.3})
     read_metrics("runs/x");  plot_metrics("runs/x")          # -> runs/x/loss.png
 
@@ -14,7 +15,9 @@ import os
 
 import numpy as np
 
+from minillm import _C
 from minillm import data as mdata
+from minillm import functional as F
 from minillm.autograd import no_grad
 from minillm.utils import parse_json
 
@@ -24,17 +27,20 @@ METRICS_FILE = "metrics.jsonl"
 
 
 @no_grad()
-def evaluate(model, tokens, batch_size, block_size, byte_lengths, max_batches=None):
+def evaluate(model, tokens, batch_size, block_size, byte_lengths, max_batches=None, decoder=None):
     """Loss over deterministic windows of `tokens` (minillm.data.eval_windows):
     {'loss': mean nats per token, 'ppl': exp(loss), 'bpb': bits per byte, 'tokens': n}.
     byte_lengths: (V,) int64 bytes per id (minillm.data.token_byte_lengths) or None (no bpb).
-    The model is put in eval mode and back in the mode it was in."""
+    decoder: a decode plan of the model (model.decoder(weights="bf16" | "int8")) to compute the
+    logits with instead of the forward: each window fed one position at a time, all windows
+    of a batch side by side, so the loss is that of the plan's arithmetic (its bf16 or int8
+    weights) on the very same tokens. The model is put in eval mode and back."""
     was_training = model.training
     model.eval()
     nats, count, nbytes = 0.0, 0, 0
     try:
         for x, y in mdata.eval_windows(tokens, batch_size, block_size, max_batches):
-            _, loss = model(x, y)
+            loss = model(x, y)[1] if decoder is None else _plan_loss(model, decoder, x, y)
             n = y.numel()
             nats += float(loss.item()) * n
             count += n
@@ -47,6 +53,18 @@ def evaluate(model, tokens, batch_size, block_size, byte_lengths, max_batches=No
     if byte_lengths is not None and nbytes:
         out["bpb"] = nats / (math.log(2.0) * nbytes)
     return out
+
+
+def _plan_loss(model, decoder, x, y):
+    """Mean cross-entropy of y (B, T) given x (B, T) with the logits of decoder steps."""
+    from minillm.generate import KVCache
+    B, T = x.shape
+    cache = KVCache.for_model(model, B, capacity=T)
+    total = 0.0
+    for t in range(T):
+        logits = decoder.step(F.getitem(x, (slice(None), t)).contiguous(), cache)            # (B, V)
+        total += float(F.cross_entropy(logits, F.getitem(y, (slice(None), t)).contiguous()).item())
+    return _C.tensor(total / T)
 
 
 def append_metrics(run_dir, record):

@@ -388,6 +388,69 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
     return x
 
 
+def block_step_rows(x, DecodeBlock block, kcaches, vcaches, positions, scratch, rope_cos=None, rope_sin=None):
+    """block_step with every row at its own position over its own caches (continuous
+    batching): x (B, C) float32 contiguous, in place; kcaches, vcaches: B contiguous float32
+    tensors (S_b, ..., n_kv_head, head_dim) holding n_kv_head * head_dim floats per position
+    (a one-row KV cache's (S_b, 1, nkv, hs) tensor); positions: B ints, 0 <= pos_b < S_b (row
+    pos_b of each cache is written); rope tables as block_step's, with more than max(positions)
+    rows; scratch: at least block.scratch_floats(B, max(positions) + 1) floats. Returns x."""
+    owner = "block_step_rows"
+    cdef Tensor xx = as_f32(x, "block_step_rows x")
+    cdef int64_t Cn = block.o.n_embd, KV = block.o.n_kv_head * block.o.head_dim, hs = block.o.head_dim
+    if xx.ndim != 2 or xx.shape_[1] != Cn or not is_contig(xx):
+        raise ValueError(f"{owner}: x must be contiguous (B, {Cn}), got {x.shape}")
+    cdef int64_t B = xx.shape_[0]
+    if B == 0:
+        return x
+    kcaches, vcaches, positions = list(kcaches), list(vcaches), list(positions)
+    if len(kcaches) != B or len(vcaches) != B or len(positions) != B:
+        raise ValueError(f"{owner}: {B} rows need {B} key caches, value caches and positions, got "
+                         f"{len(kcaches)}, {len(vcaches)} and {len(positions)}")
+    cdef Tensor keep = new_tensor((3 * B,), C.MLL_I64)       # row pointers and positions
+    cdef float **kc = <float **>keep.ptr
+    cdef float **vc = kc + B
+    cdef int64_t *pos = <int64_t *>(vc + B)
+    cdef Tensor k, v
+    cdef int64_t b, p, maxpos = -1
+    for b in range(B):
+        k = as_f32(kcaches[b], f"{owner} kcaches[{b}]")
+        v = as_f32(vcaches[b], f"{owner} vcaches[{b}]")
+        p = positions[b]
+        if not is_contig(k) or not is_contig(v) or k.shape != v.shape or k.ndim < 2 \
+                or numel(k) != k.shape_[0] * KV:
+            raise ValueError(f"{owner}: caches of row {b} must be contiguous, alike, with {KV} floats per "
+                             f"position, got {kcaches[b].shape} and {vcaches[b].shape}")
+        if not 0 <= p < k.shape_[0]:
+            raise ValueError(f"{owner}: position {p} of row {b} is outside its cache of {k.shape_[0]} rows")
+        kc[b], vc[b], pos[b] = fptr(k), fptr(v), p
+        maxpos = p if p > maxpos else maxpos
+    cdef const float *cp = NULL
+    cdef const float *sp = NULL
+    cdef Tensor ct, st
+    if block.o.rotary:
+        if rope_cos is None or rope_sin is None:
+            raise ValueError(f"{owner}: a rotary block needs rope_cos and rope_sin")
+        ct = as_f32(rope_cos, "block_step_rows rope_cos")
+        st = as_f32(rope_sin, "block_step_rows rope_sin")
+        if ct.ndim != 2 or ct.shape != st.shape or ct.shape_[1] != hs // 2 or ct.shape_[0] <= maxpos \
+                or not is_contig(ct) or not is_contig(st):
+            raise ValueError(f"{owner}: rope_cos, rope_sin must be contiguous (P, {hs // 2}) with P > {maxpos}, "
+                             f"got {rope_cos.shape} and {rope_sin.shape}")
+        cp, sp = fptr(ct), fptr(st)
+    elif rope_cos is not None or rope_sin is not None:
+        raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
+    cdef Tensor sc = _scratch_for(owner, scratch, C.mll_block_step_scratch(&block.o, B, maxpos + 1))
+    cdef int r
+    with nogil:
+        r = C.mll_block_step_rows(fptr(xx), &block.o, &block.w, kc, vc, KV, pos, cp, sp, fptr(sc), B)
+    if r == -2:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
+    if r != 0:
+        raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
+    return x
+
+
 def final_step(x, DecodeHead head, scratch):
     """logits (B, V) float32 = head(norm(x)) for x (B, C) float32 contiguous (kept); scratch:
     float32, at least head.scratch_floats(B) floats."""

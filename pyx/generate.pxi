@@ -148,6 +148,9 @@ def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
     cdef float sc = <float>(1.0 / c_sqrt(<double>hs)) if scale is None else <float>float(scale)
     cdef Tensor y = new_tensor((B, nh * hs), C.MLL_F32)
     cdef Tensor w = new_tensor((B * nh * (pos + 1),), C.MLL_F32)
+    cdef int r
     with nogil:
-        C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), fptr(w), B, nh, nkv, hs, pos, sc)
+        r = C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), fptr(w), B, nh, nkv, hs, pos, sc)
+    if r:
+        raise MemoryError(f"kv_attention_step: no memory for {B} rows")
     return y

@@ -206,6 +206,8 @@ cdef extern from "minillm.h" nogil:
     # kv_attention.c
     int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
                               int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale)
+    int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, int64_t ld, const int64_t *pos,
+                              float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs, float scale)
 
     # decode_step.c
     enum:
@@ -252,6 +254,9 @@ cdef extern from "minillm.h" nogil:
     int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
                        float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
                        int64_t pos)
+    int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, float *const *kc,
+                            float *const *vc, int64_t ld, const int64_t *pos, const float *rope_cos,
+                            const float *rope_sin, float *scratch, int64_t B)
     int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
                        const mll_matrix *head_w, const float *head_b, float *logits, float *scratch,
                        int64_t B, int64_t V)

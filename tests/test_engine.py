@@ -124,3 +124,45 @@ def test_adding_from_another_thread_while_stepping(model):
                 done[ev.seq_id] = ev.finish_reason
     t.join()
     assert sorted(done) == sorted(ids) and set(done.values()) == {"length"}
+
+
+def tiny_llama():
+    from minillm.models.llama import Llama, LlamaConfig
+    minillm.manual_seed(1)
+    return Llama(LlamaConfig(architecture="Qwen3ForCausalLM", vocab_size=89, block_size=40, n_layer=2, n_head=4,
+                             n_kv_head=2, n_embd=48, head_dim=16, d_ff=80, qk_norm=True)).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+@pytest.mark.parametrize("weights", ["float32", "bf16", "int8"])
+def test_step_rows_gives_each_row_what_it_gets_alone(model, family, weights):
+    """Rows at different positions, stepped together, get bitwise the logits of stepping each
+    sequence alone (one weight read for all rows changes no row's arithmetic)."""
+    from minillm.generate import KVCache
+    m = model if family == "gpt" else tiny_llama()
+    plan = m.decoder(hugepages=False, weights=weights)
+    prompts = [[1, 2, 3, 4, 5], [7], [9, 8, 7]]
+    together, alone_caches = [], []
+    for p in prompts:
+        for caches in (together, alone_caches):
+            c = KVCache.for_model(m, 1, capacity=16)
+            with minillm.no_grad():
+                m(minillm.tensor([p], dtype="int64"), kv_cache=c)
+            caches.append(c)
+    toks = [11, 12, 13]
+    for step in range(3):
+        got = plan.step_rows(minillm.tensor(toks, dtype="int64"), together).numpy()
+        for b, c in enumerate(alone_caches):
+            want = plan.step(minillm.tensor([toks[b]], dtype="int64"), c).numpy()[0]
+            np.testing.assert_array_equal(got[b], want)
+        toks = [int(t) + 1 for t in got.argmax(axis=1)]
+    assert [c.pos for c in together] == [8, 4, 6]
+
+
+def test_step_rows_refuses_mismatched_caches(model):
+    from minillm.generate import KVCache
+    plan = model.decoder(hugepages=False)
+    with pytest.raises(ValueError, match="2 tokens for 1 caches"):
+        plan.step_rows(minillm.tensor([1, 2], dtype="int64"), [KVCache.for_model(model, 1)])
+    with pytest.raises(ValueError, match="batch 1"):
+        plan.step_rows(minillm.tensor([1], dtype="int64"), [KVCache.for_model(model, 2)])

@@ -5,6 +5,7 @@ of one pre-norm block.
     plan = Decoder(options, layers, embed=wte, head=wte, norm_weight=ln_f_w, norm_bias=ln_f_b,
                    pos_embed=wpe)
     logits = plan.step(tokens, cache)          # tokens (B,) int64 at cache.pos -> (B, V) float32
+    logits = plan.step_rows(tokens, caches)    # B one-row caches, each at its own position
 
 A model's forward is general (any T, autograd, composed ops); a decoding step has T = 1 and no
 grad, so its time is reading the weights plus per-op overhead. Here each block is one C call
@@ -182,6 +183,41 @@ class Decoder:
             block_step(x, block, k.tensor, v.tensor, pos, scratch, cos, sin)   # x (B, C), in place
         logits = _C.final_step(x, self.head, scratch)
         cache.advance(1)
+        return logits
+
+    def step_rows(self, tokens, caches):
+        """One step for B sequences, each at its own position in its own one-row cache
+        (continuous batching): tokens (B,) int64, caches B KVCaches of batch 1 (the prefilled
+        caches of separate sequences); row b's token goes in at caches[b].pos. The Linear
+        weights are read once for all rows. Returns logits (B, V); every cache advances by one."""
+        B = tokens.shape[0]
+        if len(caches) != B:
+            raise ValueError(f"Decoder.step_rows: {B} tokens for {len(caches)} caches")
+        if any(c.batch != 1 for c in caches):
+            raise ValueError("Decoder.step_rows: every cache must hold one sequence (batch 1)")
+        positions = [c.pos for c in caches]
+        top = max(positions)
+        if self.pos_embed is not None and top >= self.pos_embed.shape[0]:
+            raise ValueError(f"Decoder: position {top} is past the {self.pos_embed.shape[0]} learned positions")
+        x = _embed_rows(self.embed, tokens)                            # (B, C)
+        if self.pos_embed is not None:
+            _C.add_(x, _C.embedding(self.pos_embed, _C.tensor(positions, dtype="int64")))
+        cos, sin = self._rope_rows(top) if self._inv_freq is not None else (None, None)
+        scratch = self._scratch_for(B, top + 1)
+        for i, block in enumerate(self.blocks):
+            ks, vs = [], []
+            for c, pos in zip(caches, positions):
+                layer = c.layers[i]
+                if layer.k.capacity <= pos:
+                    layer.k.reserve(pos + 1)
+                    layer.v.reserve(pos + 1)
+                layer.k.length = layer.v.length = pos + 1
+                ks.append(layer.k.tensor)
+                vs.append(layer.v.tensor)
+            _C.block_step_rows(x, block, ks, vs, positions, scratch, cos, sin)
+        logits = _C.final_step(x, self.head, scratch)
+        for c in caches:
+            c.advance(1)
         return logits
 
 

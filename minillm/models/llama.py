@@ -302,6 +302,13 @@ class _WindowedDecoder(Decoder):
                              f"positions (block_size or sliding window)")
         return super().step(tokens, cache)
 
+    def step_rows(self, tokens, caches):
+        top = max((c.pos for c in caches), default=0)
+        if top >= self.context:
+            raise ValueError(f"Llama decoder: position {top} is past the model's context of {self.context} "
+                             f"positions (block_size or sliding window)")
+        return super().step_rows(tokens, caches)
+
 
 def _linear_maker(init, dtype):
     """nn.Linear (drawn weights) or nn.Linear.uninitialized of `dtype` (for loading)."""

@@ -1,0 +1,73 @@
+"""Batched decoding: total tokens/s of the engine (minillm/engine.py) with 1, 4 and 8
+sequences decoded together, each at its own position (prompts of different lengths), one read
+of the weights per step for all of them. Random-weight models, greedy, 64 new tokens each.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 MINILLM_NUM_THREADS=2 \
+        python bench/bench_batch.py [--models gpt2-small,gpt-mini] [--weights float32,int8] [--repeats 3]
+
+A step costs one read of the weights plus B rows of arithmetic, so total tokens/s grows with B
+until the arithmetic catches up with the read: the ratio column is against batch 1 of the
+same model and weights.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import minillm  # noqa: E402
+from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
+from minillm.engine import Engine  # noqa: E402
+from minillm.models import build_model  # noqa: E402
+
+NEW = 64
+
+
+def run_batch(engine, B, vocab, seed=0):
+    """Seconds to decode NEW tokens for each of B sequences (prompts of 8 .. 8 + 3 B tokens)."""
+    rng = np.random.default_rng(seed)
+    for b in range(B):
+        engine.add(rng.integers(0, vocab, size=8 + 3 * b).tolist(), max_new_tokens=NEW, greedy=True)
+    t = time.perf_counter()
+    n = 0
+    while engine.has_work():
+        n += sum(ev.token is not None for ev in engine.step())
+    return time.perf_counter() - t, n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="gpt2-small,gpt-mini")
+    ap.add_argument("--weights", default="float32,int8")
+    ap.add_argument("--batches", default="1,4,8")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("MINILLM_NUM_THREADS", "2")))
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    minillm.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"{cpu_model()}, {args.threads} threads; greedy, {NEW} new tokens per sequence, best of {args.repeats}")
+    print(f"{'model':<11} {'weights':<8} {'batch':>5} {'tokens/s':>9} {'vs batch 1':>10}")
+    for name in args.models.split(","):
+        from minillm.models import PRESETS
+        model = build_model(name, generator=minillm.Generator(0),
+                            block_size=max(PRESETS[name]["block_size"], 8 + 3 * max(batches) + NEW + 1)).eval()
+        for w in args.weights.split(","):
+            engine = Engine(model, max_batch=max(batches), weights=w)
+            run_batch(engine, 1, model.config.vocab_size)                  # warm up
+            base = None
+            for B in batches:
+                best = math.inf
+                for r in range(args.repeats):
+                    secs, n = run_batch(engine, B, model.config.vocab_size, seed=r)
+                    best = min(best, secs / n)
+                rate = 1 / best
+                base = base or rate
+                print(f"{name:<11} {w:<8} {B:>5} {rate:9.1f} {rate / base:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
