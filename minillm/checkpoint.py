@@ -13,8 +13,10 @@ A checkpoint is a folder (checkpoints/step_<step>/ under a run folder):
     trainer_state.json     step, tokens seen, elapsed seconds, RNG states, data position
     tokenizer.json         the tokenizer of the training data (optional)
     manifest.json          bytes and sha256 of every other file, written last
-It is written to a hidden temporary folder and renamed into place, so an interrupted save never
-leaves a half checkpoint. Every load checks each file against the manifest first and names a
+It is written to a hidden temporary folder (.tmp-step_<step>-<writer>, named after the writing
+process) and renamed into place, so an interrupted save never leaves a half checkpoint; the
+temporaries of a writer killed mid-save are removed by the next save or trainer start in that
+run (remove_stale_temporaries). Every load checks each file against the manifest first and names a
 missing, truncated or altered one (CheckpointError, a ValueError).
 """
 import json
@@ -26,11 +28,12 @@ from minillm import io as mio
 from minillm import optim
 from minillm.models import model_from_config
 from minillm.tokenizers import load_tokenizer
-from minillm.utils import fsync_dir, parse_json, read_json, sha256_file, write_json
+from minillm.utils import (fsync_dir, parse_json, pause_point, process_tag, read_json, remove_stale,
+                           sha256_file, write_json)
 
 __all__ = ["CheckpointError", "CHECKPOINT_FILES", "MANIFEST", "CHECKPOINTS_DIR", "save_checkpoint",
            "verify_checkpoint", "load_checkpoint", "load_model", "load_model_state", "list_checkpoints",
-           "find_checkpoint", "checkpoint_folder", "prune_checkpoints"]
+           "find_checkpoint", "checkpoint_folder", "prune_checkpoints", "remove_stale_temporaries"]
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
                     "trainer_state.json", "tokenizer.json")
@@ -38,6 +41,8 @@ REQUIRED_FILES = CHECKPOINT_FILES[:4]
 MANIFEST = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"step_(\d+)")
+# .tmp-<folder>-<writer>: a checkpoint being written; .old-<folder>-<writer>: the folder it replaces
+_TEMPORARY = r"\.(?P<kind>tmp|old)-(?P<name>.+?)-(?P<tag>\d+(?:-\d+)?)"
 
 
 class CheckpointError(ValueError):
@@ -56,13 +61,16 @@ def save_checkpoint(folder, model, optimizer, trainer_state, config, tokenizer_f
     folder = os.path.abspath(os.fspath(folder))
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".tmp-{os.path.basename(folder)}-{os.getpid()}")
+    remove_stale_temporaries(parent)
+    tag = process_tag()
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(folder)}-{tag}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
         write_json(os.path.join(tmp, "config.json"), config)
         mio.save(dict(model.state_dict()), os.path.join(tmp, "model.safetensors"),
                  metadata={"format": "pt"})
+        pause_point("checkpoint")
         tensors, meta = optim.flatten_state_dict(optimizer.state_dict())
         mio.save(tensors, os.path.join(tmp, "optimizer.safetensors"),
                  metadata={"optimizer": json.dumps(meta), "optimizer_class": type(optimizer).__name__})
@@ -76,7 +84,7 @@ def save_checkpoint(folder, model, optimizer, trainer_state, config, tokenizer_f
         fsync_dir(tmp)
         old = None
         if os.path.exists(folder):
-            old = os.path.join(parent, f".old-{os.path.basename(folder)}-{os.getpid()}")
+            old = os.path.join(parent, f".old-{os.path.basename(folder)}-{tag}")
             shutil.rmtree(old, ignore_errors=True)
             os.rename(folder, old)
         os.rename(tmp, folder)
@@ -87,6 +95,16 @@ def save_checkpoint(folder, model, optimizer, trainer_state, config, tokenizer_f
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def remove_stale_temporaries(folder):
+    """Remove the temporary folders that writers killed mid-save left in `folder` (a run's
+    checkpoints/ folder): those whose writing process is gone. A replaced checkpoint still
+    parked under .old-<name>-<writer> goes back to <name> when no <name> took its place.
+    Returns the removed paths."""
+    def restore(m):
+        return os.path.join(folder, m.group("name")) if m.group("kind") == "old" else None
+    return remove_stale(folder, _TEMPORARY, restore)
 
 
 # ---------------------------------------------------------------------- verify
@@ -168,6 +186,17 @@ def prune_checkpoints(run_dir, keep):
 
 
 # ---------------------------------------------------------------------- load
+def read_tokenizer(path):
+    """load_tokenizer(path), with any failure to make sense of the file as a ValueError naming
+    it (a damaged file may hold ids or types the tokenizer's reader does not expect)."""
+    try:
+        return load_tokenizer(path)
+    except ValueError:
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError) as e:
+        raise ValueError(f"{path}: not a usable tokenizer file ({type(e).__name__}: {e})") from None
+
+
 def _optimizer_state(tensors, metadata, path):
     """The optimizer state_dict of optimizer.safetensors' tensors and metadata. Checkpoints
     written before the "optimizer" metadata key held "param_groups" and "steps" as two JSON
@@ -235,9 +264,9 @@ def load_model(path, step=None):
         raise CheckpointError(f"{config_path}: expected {{\"model\": {{...}}}} with the model config")
     try:
         model = model_from_config(model_config)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, KeyError, ArithmeticError) as e:
         raise CheckpointError(f"{config_path}: {e}") from None
     load_model_state(model, ckpt["model"], os.path.join(ckpt["path"], "model.safetensors"))
-    model.tokenizer = load_tokenizer(ckpt["tokenizer"]) if ckpt["tokenizer"] else None
+    model.tokenizer = read_tokenizer(ckpt["tokenizer"]) if ckpt["tokenizer"] else None
     model.eval()
     return model

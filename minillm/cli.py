@@ -13,9 +13,73 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm plot RUN [--out FILE.png]
     minillm bench [--model PRESET] [--pytest]
     minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--interactive]
+
+One convention for errors: a single line `minillm: error: ...` on stderr naming the value, the
+option or the file; exit status 2 for bad usage (a value no run could take), 1 for a failure at
+run time, 130 after Ctrl-C. No traceback, unless MINILLM_DEBUG=1 asks for one.
 """
 import argparse
+import math
+import os
 import sys
+
+from .train_config import MAX_THREADS
+
+
+class UsageError(ValueError):
+    """A bad command-line value found after parsing: exit status 2, like argparse's errors."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line: `minillm: error: train: argument --lr: ...`, status 2."""
+
+    def error(self, message):
+        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        _fail(f"{where}{message}")
+        sys.exit(2)
+
+
+def _fail(message):
+    """Print the one error line."""
+    print("minillm: error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def _int(lo=None, hi=None):
+    """argparse type: an int in [lo, hi] (either bound may be None)."""
+    def convert(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            span = (f"in [{lo}, {hi}]" if lo is not None and hi is not None else
+                    f">= {lo}" if lo is not None else f"<= {hi}")
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got {text}")
+        return v
+    convert.__name__ = "int"
+    return convert
+
+
+def _float(lo=None, hi=None, open_lo=False, open_hi=False):
+    """argparse type: a finite float in the interval lo..hi (ends open as asked)."""
+    def convert(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = not math.isfinite(v)
+        bad = bad or (lo is not None and (v <= lo if open_lo else v < lo))
+        bad = bad or (hi is not None and (v >= hi if open_hi else v > hi))
+        if bad:
+            span = ("(" if open_lo else "[") + f"{lo if lo is not None else '-inf'}, " \
+                   f"{hi if hi is not None else 'inf'}" + (")" if open_hi or hi is None else "]")
+            raise argparse.ArgumentTypeError(f"expected a finite number in {span}, got {text}")
+        return v
+    convert.__name__ = "float"
+    return convert
+
+
+THREADS = _int(1, MAX_THREADS)
 
 
 def add_progress_flags(p):
@@ -52,7 +116,7 @@ def add_data_parser(subparsers):
                     "input.txt is there.")
     s.add_argument("--data-dir", default=None,
                    help="data folder (default: $MINILLM_DATA_DIR, else ./data)")
-    s.add_argument("--val-fraction", type=float, default=0.1,
+    s.add_argument("--val-fraction", type=_float(0, 1, open_lo=True, open_hi=True), default=0.1,
                    help="share of the text (at the end) kept for validation (default 0.1)")
     s.set_defaults(func=cmd_data_shakespeare)
     add_data_prepare_parser(sub)
@@ -60,13 +124,19 @@ def add_data_parser(subparsers):
 
 def cmd_data_prepare(args):
     import time
-    from .data import prepare_tokens
+    from .data import check_output_folder, prepare_tokens
+    try:
+        check_output_folder(args.out, args.input + (args.val_input or []))
+    except ValueError as e:
+        raise UsageError(e) from None
     t0 = time.perf_counter()
     meta = prepare_tokens(args.input, args.tokenizer, args.out, val_inputs=args.val_input,
                           val_fraction=args.val_fraction, pattern=args.pattern,
                           add_eot=not args.no_eot, chunk_bytes=int(args.chunk_mb * (1 << 20)),
                           num_threads=args.threads, progress=progress_of(args))
     seconds = time.perf_counter() - t0
+    for item in meta.get("skipped", []):
+        print(f"minillm: skipped {item['path']}: not a text file ({item['reason']})", file=sys.stderr)
     for name, st in meta["splits"].items():
         print(f"{name}: {st['tokens']:,} tokens ({meta['dtype']}) from {st['bytes']:,} bytes "
               f"-> {args.out}/{st['file']}")
@@ -80,21 +150,25 @@ def add_data_prepare_parser(sub):
         description="Tokenize text files (or folders of them, walked recursively) with a saved "
                     "tokenizer into OUT/train.bin and OUT/val.bin (uint16 ids when the vocabulary "
                     "fits, else uint32), OUT/meta.json and OUT/tokenizer/. Streams in chunks on "
-                    "all cores: memory stays bounded whatever the input size.")
+                    "all cores: memory stays bounded whatever the input size. OUT may be a new or "
+                    "empty folder or one an earlier `data prepare` wrote (replaced); any other "
+                    "folder is refused. Binary files inside input folders are skipped (with a "
+                    "notice); a binary file named by --input is refused.")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="training text: files and/or folders")
     p.add_argument("--tokenizer", required=True, help="folder or tokenizer.json of a saved tokenizer")
-    p.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    p.add_argument("--out", required=True,
+                   help="output folder (replaced only if an earlier `data prepare` wrote it)")
     p.add_argument("--val-input", nargs="+", default=None, metavar="PATH",
                    help="validation text; without it the last --val-fraction of the input is used")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=_float(0, 1, open_hi=True), default=0.1,
                    help="share of the input bytes (at the end) kept for validation (default 0.1)")
     p.add_argument("--pattern", default="*", help="file-name glob inside folders (default: all files)")
     p.add_argument("--no-eot", action="store_true",
                    help="do not end each file with the <|endoftext|> token")
-    p.add_argument("--chunk-mb", type=float, default=16.0,
+    p.add_argument("--chunk-mb", type=_float(0.001, 4096), default=16.0,
                    help="megabytes of text encoded at once (default 16)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=THREADS, default=None,
                    help="threads (default $MINILLM_NUM_THREADS or all cores)")
     add_progress_flags(p)
     p.set_defaults(func=cmd_data_prepare)
@@ -116,10 +190,25 @@ def _write_output(path, text):
             f.write(text)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "basic.json")
+
+
 def cmd_tokenizer_train(args):
     import time
     from .tokenizers import BasicTokenizer, BPETokenizer
+    from .utils import pause_point
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: is a file, not a folder")
+    others = sorted(set(os.listdir(args.out)) - set(TOKENIZER_FILES)) if os.path.isdir(args.out) else []
+    if others:
+        raise UsageError(f"--out {args.out}: holds {others[0]!r}, so it is not a tokenizer folder "
+                         f"(only {', '.join(TOKENIZER_FILES)} are written there, replacing older "
+                         f"ones); choose a new or empty folder")
     text = _read_input(args.input)
+    pause_point("tokenizer-train")
+    if not text.strip():
+        raise ValueError(f"{args.input}: no text to train a tokenizer on "
+                         f"({'empty' if not text else 'only whitespace'})")
     t0 = time.perf_counter()
     if args.type == "basic":
         tok = BasicTokenizer().train(text, args.vocab_size, min_frequency=args.min_frequency)
@@ -167,13 +256,14 @@ def add_tokenizer_parser(subparsers):
                                    "writes tokenizer.json, vocab.json, merges.txt (BPE) or "
                                    "basic.json into --out.")
     t.add_argument("--input", required=True, help="UTF-8 text file ('-' for stdin)")
-    t.add_argument("--vocab-size", type=int, required=True, help="ids in total, specials included")
+    t.add_argument("--vocab-size", type=_int(1, 2**31 - 1), required=True,
+                   help="ids in total, specials included")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--type", choices=["bpe", "basic"], default="bpe")
     t.add_argument("--special-tokens", default="<|endoftext|>",
                    help="comma-separated special tokens (BPE; default <|endoftext|>)")
-    t.add_argument("--min-frequency", type=int, default=1, help="basic: least count of a word")
-    t.add_argument("--threads", type=int, default=None,
+    t.add_argument("--min-frequency", type=_int(1), default=1, help="basic: least count of a word")
+    t.add_argument("--threads", type=THREADS, default=None,
                    help="threads (default $MINILLM_NUM_THREADS or all cores)")
     add_progress_flags(t)
     t.set_defaults(func=cmd_tokenizer_train)
@@ -203,17 +293,22 @@ def cmd_train(args):
     overrides = options_from_args(args)
     if args.resume:
         if args.config:
-            raise ValueError("--resume takes the options of the checkpoint; give changes as flags, "
+            raise UsageError("--resume takes the options of the checkpoint; give changes as flags, "
                              "not --config")
-        trainer = Trainer.resume(args.resume, **overrides)
-        print(f"resuming {trainer.config.out_dir} at step {trainer.step}")
+        trainer = Trainer.resume(args.resume, allow_changes=args.allow_changes,
+                                 extend_steps=args.extend_steps, **overrides)
+        changed = "".join(f"; {k} {old!r} -> {new!r}" for k, old, new in trainer.changes)
+        print(f"resuming {trainer.config.out_dir} at step {trainer.step}{changed}")
     else:
+        if args.extend_steps is not None or args.allow_changes:
+            raise UsageError("--extend-steps and --allow-changes go with --resume")
         cfg = TrainConfig.from_json(args.config) if args.config else TrainConfig()
         trainer = Trainer(cfg.replace(**overrides))
     try:
         result = trainer.train()
     except KeyboardInterrupt:
-        print("\nstopped without saving (second Ctrl-C)", file=sys.stderr)
+        print("\nminillm: stopped by a second Ctrl-C without saving; the last checkpoint is kept",
+              file=sys.stderr)
         return 130
     cfg = trainer.config
     if result is not None:
@@ -226,7 +321,7 @@ def cmd_train(args):
         print("---------------------------------------------------------------- sample")
         print(text)
         print("-----------------------------------------------------------------------")
-    return 0
+    return 130 if trainer.stopped_by_user else 0
 
 
 def add_train_parser(subparsers):
@@ -236,11 +331,19 @@ def add_train_parser(subparsers):
         description="Train a model on a folder made by `minillm data prepare`. Options come from "
                     "the defaults, then --config FILE.json, then the flags below. Writes "
                     "OUT_DIR/metrics.jsonl and checkpoints OUT_DIR/checkpoints/step_N/; Ctrl-C "
-                    "saves a checkpoint and stops; --resume continues bitwise exactly.",
+                    "saves a checkpoint and stops; --resume continues bitwise exactly (with the "
+                    "same options and thread count); --resume --extend-steps N trains N more "
+                    "steps at the final learning rate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="JSON file of training options")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from a checkpoint folder or a run folder's latest checkpoint")
+    p.add_argument("--extend-steps", type=_int(1), default=None, metavar="N",
+                   help="with --resume: train N steps past the run's max_steps at its final "
+                        "learning rate (not equal to a longer run from scratch)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept changed optimisation options (lr, batch size, "
+                        "schedule, ...); the run is then not equal to any uninterrupted one")
     add_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -263,10 +366,13 @@ def add_plot_parser(subparsers):
 
 # ---------------------------------------------------------------------- bench
 def cmd_bench(args):
-    import os
     import subprocess
     import time
     if args.pytest:
+        import importlib.util
+        if importlib.util.find_spec("pytest") is None or importlib.util.find_spec("pytest_benchmark") is None:
+            raise RuntimeError("`minillm bench --pytest` needs pytest and pytest-benchmark: "
+                               "pip install pytest pytest-benchmark")
         env = {k: v for k, v in os.environ.items()
                if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
         env.setdefault("OMP_NUM_THREADS", str(args.threads or 2))
@@ -305,11 +411,11 @@ def add_bench_parser(subparsers):
                                           "AdamW) of a model on random tokens, or with --pytest run "
                                           "the benchmark suite in bench/ (pytest-benchmark).")
     p.add_argument("--model", default="gpt-tiny", help="model preset (default gpt-tiny)")
-    p.add_argument("--vocab-size", type=int, default=512, help="vocabulary (default 512)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per step (default 32)")
-    p.add_argument("--block-size", type=int, default=None, help="tokens per window (default: the preset's)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--vocab-size", type=_int(1, 2**31 - 1), default=512, help="vocabulary (default 512)")
+    p.add_argument("--batch-size", type=_int(1), default=32, help="windows per step (default 32)")
+    p.add_argument("--block-size", type=_int(1), default=None, help="tokens per window (default: the preset's)")
+    p.add_argument("--steps", type=_int(1), default=10, help="timed steps (default 10)")
+    p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")
     p.add_argument("--pytest", action="store_true", help="run `pytest bench` instead")
     p.set_defaults(func=cmd_bench)
 
@@ -344,13 +450,14 @@ class _TextStream:
 
 def _sample_once(model, tokenizer, prompt, args, generator):
     import time
-    from .generate import generate
+    from .generate import check_sampling_args, generate
     eot = getattr(tokenizer, "eot_token", None)
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:
         ids = [eot] if eot is not None else tokenizer.encode("\n")
     defaults = model.generation_defaults()
     option = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
+    check_sampling_args(option("temperature"), option("top_k"), option("top_p"))  # before the prompt shows
     stops = () if args.no_stop else tuple(defaults["stop_tokens"])
     stream = _TextStream(tokenizer, sys.stdout, stops)
     sys.stdout.write(prompt)
@@ -372,6 +479,11 @@ def _sample_once(model, tokenizer, prompt, args, generator):
 
 def cmd_sample(args):
     from . import Generator, set_num_threads
+    from .sampling import check_sampling_args
+    try:        # the values given, before the model is read; the model's defaults in _sample_once
+        check_sampling_args(args.temperature if args.temperature is not None else 1.0, args.top_k, args.top_p)
+    except ValueError as e:
+        raise UsageError(e) from None
     if args.threads:
         set_num_threads(args.threads)
     if args.hf_dir:
@@ -404,6 +516,7 @@ def cmd_sample(args):
 
 
 def add_sample_parser(subparsers):
+    from .generate import MAX_NEW_TOKENS
     p = subparsers.add_parser(
         "sample", help="generate text from a checkpoint or GPT-2 weights",
         description="Continue a prompt with a trained model, printing tokens as they are generated "
@@ -416,7 +529,8 @@ def add_sample_parser(subparsers):
     src.add_argument("--ckpt", metavar="DIR", help="trainer checkpoint (or run) folder")
     src.add_argument("--hf-dir", metavar="DIR", help="GPT-2 checkpoint folder in HuggingFace's layout")
     p.add_argument("--prompt", default="", help="text to continue (default: start from <|endoftext|>)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--max-new-tokens", type=_int(0, MAX_NEW_TOKENS), default=200,
+                   help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=None,
                    help="softmax temperature; 0 = greedy (default: the model's, 0.8 unless it says)")
     p.add_argument("--top-k", type=int, default=None,
@@ -425,10 +539,11 @@ def add_sample_parser(subparsers):
                    help="sample among the fewest tokens whose probability adds up to p, in (0, 1] "
                         "(default: the model's, none unless it says)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
+    p.add_argument("--seed", type=_int(-2**63, 2**64 - 1), default=0,
+                   help="seed of the sampling generator (default 0)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop ('\\n' for newlines)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -440,7 +555,7 @@ PARSERS = [add_data_parser, add_tokenizer_parser, add_train_parser, add_sample_p
 
 def build_parser():
     """The argparse parser with every command of PARSERS."""
-    parser = argparse.ArgumentParser(prog="minillm", description="minillm: a small LM engine")
+    parser = _Parser(prog="minillm", description="minillm: a small LM engine")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in PARSERS:
         add(subparsers)
@@ -448,12 +563,36 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status (errors print one line, status 1)."""
+    """Run the command line; returns the exit status: 0, 1 for an error at run time, 2 for bad
+    usage, 130 after Ctrl-C. Every error is one line on stderr (module docstring)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, RuntimeError, OSError) as e:
-        print(f"minillm: error: {e}", file=sys.stderr)
+    except UsageError as e:
+        _fail(e)
+        return 2
+    except KeyboardInterrupt:
+        _fail("interrupted (Ctrl-C)")
+        return 130
+    except BrokenPipeError:             # `minillm ... | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 1
+    except MemoryError as e:
+        _fail(f"out of memory: {e}" if str(e) else "out of memory")
+        return 1
+    except (ValueError, TypeError, RuntimeError, OSError, ArithmeticError, ImportError) as e:
+        if os.environ.get("MINILLM_DEBUG"):
+            raise
+        _fail(e)
+        return 1
+    except Exception as e:      # a bug of minillm's: still one line, the traceback on request
+        if os.environ.get("MINILLM_DEBUG"):
+            raise
+        _fail(f"internal error {type(e).__name__}: {e} (MINILLM_DEBUG=1 shows the traceback; "
+              f"please report it)")
         return 1
 
 

@@ -7,7 +7,8 @@ import numpy as np
 from minillm import _C
 from minillm.progress import Progress
 from minillm.random import Generator
-from minillm.utils import default_num_threads, read_json, write_json
+from minillm.utils import (default_num_threads, pause_point, process_tag, read_json, remove_stale,
+                           write_json)
 
 Tensor = _C.Tensor
 
@@ -124,18 +125,28 @@ class Batches:
 #                    "splits": {"train": {"file": "train.bin", "tokens": n, "bytes": b}, "val": ...}}
 #   train.bin       the token ids of the training text, raw little-endian, one after another
 #   val.bin         the same for the validation text
-#   tokenizer.json  the tokenizer that made them
+#   tokenizer/      the tokenizer that made them; meta.json's "tokenizer_fingerprint" identifies
+#                   it (tokenizer_fingerprint), so a run refuses tokens of another tokenizer
 # Ids are uint16 when the vocabulary fits (as nanoGPT's train.bin), else uint32. The .bin files
 # are read through a memory map, so a corpus larger than RAM trains fine.
+# meta.json with "format": "minillm-tokens" is also the mark that minillm wrote the folder:
+# prepare_tokens replaces only a folder so marked (and holding nothing else), never another one.
+import hashlib as _hashlib
+import json as _json
 import os as _os
+import re as _re
 import shutil as _shutil
 
 TOKENS_FORMAT = "minillm-tokens"
 TOKENS_VERSION = 1
 PREPARE_CHUNK_BYTES = 16 << 20    # bytes of text encoded per call; bounds peak memory
 
+TOKEN_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer")     # all a token folder holds
+SNIFF_BYTES = 8192      # bytes read to tell a text file from a binary one
+
 __all__ += ["token_dtype", "prepare_tokens", "TokenData", "load_tokens", "TokenBatches",
-            "eval_windows", "token_byte_lengths", "list_text_files"]
+            "eval_windows", "token_byte_lengths", "list_text_files", "binary_reason",
+            "is_token_folder", "check_output_folder", "tokenizer_fingerprint"]
 
 
 def token_dtype(vocab_size):
@@ -145,10 +156,30 @@ def token_dtype(vocab_size):
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def list_text_files(paths, pattern="*"):
+def binary_reason(path):
+    """Why the file `path` is not text (a NUL byte, or bytes that are not UTF-8, within its
+    first SNIFF_BYTES bytes), or None when it looks like UTF-8 text."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        cut_short = e.reason == "unexpected end of data" and len(head) == SNIFF_BYTES
+        if not cut_short:           # a character cut by the end of the sniffed bytes is fine
+            return f"not UTF-8 at byte {e.start} ({e.reason})"
+    return None
+
+
+def list_text_files(paths, pattern="*", skipped=None):
     """The files named by `paths` (files or folders, walked recursively in sorted order,
     hidden files and folders skipped, names matching the glob `pattern`): list of str.
-    ValueError names a path that does not exist or a folder with no matching file."""
+    Inside folders, binary files (binary_reason) and token folders made by prepare_tokens are
+    skipped: (path, reason) pairs are appended to the list `skipped` when given. ValueError
+    names a path that does not exist, a binary file named directly, or a folder with no
+    matching text file."""
     import fnmatch
     if isinstance(paths, (str, _os.PathLike)):
         paths = [paths]
@@ -156,19 +187,100 @@ def list_text_files(paths, pattern="*"):
     for p in paths:
         p = _os.fspath(p)
         if _os.path.isfile(p):
+            why = binary_reason(p)
+            if why is not None:
+                raise ValueError(f"{p}: not a text file ({why}); binary files are refused when "
+                                 f"named and skipped inside folders")
             out.append(p)
         elif _os.path.isdir(p):
             found = []
             for root, dirs, files in _os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(_os.path.join(root, f) for f in sorted(files)
-                             if not f.startswith(".") and fnmatch.fnmatch(f, pattern))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and not is_token_folder(_os.path.join(root, d)))
+                for f in sorted(files):
+                    if f.startswith(".") or not fnmatch.fnmatch(f, pattern):
+                        continue
+                    path = _os.path.join(root, f)
+                    why = binary_reason(path)
+                    if why is None:
+                        found.append(path)
+                    elif skipped is not None:
+                        skipped.append((path, why))
             if not found:
-                raise ValueError(f"{p}: folder holds no file matching {pattern!r}")
+                raise ValueError(f"{p}: folder holds no text file matching {pattern!r}")
             out.extend(found)
         else:
             raise ValueError(f"{p}: no such file or folder")
     return out
+
+
+def is_token_folder(path):
+    """True when `path` is a folder made by prepare_tokens (its meta.json says so)."""
+    meta = _os.path.join(_os.fspath(path), "meta.json")
+    if not _os.path.isfile(meta):
+        return False
+    try:
+        return read_json(meta).get("format") == TOKENS_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def _inside(path, folder):
+    """True when real path `path` is `folder` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(_os.sep) + _os.sep)
+
+
+def check_output_folder(out_dir, inputs=()):
+    """ValueError unless prepare_tokens may write (and replace) the folder out_dir: it must be
+    missing, empty, or a token folder made by prepare_tokens holding nothing else; it must not
+    be a file, hold the current folder or any of `inputs` (paths of files or folders)."""
+    out = _os.path.realpath(out_dir)
+    if _os.path.exists(out) and not _os.path.isdir(out):
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    if _inside(_os.path.realpath(_os.getcwd()), out) or out == _os.path.realpath(_os.path.expanduser("~")):
+        raise ValueError(f"--out {out_dir}: is (or holds) the current folder or your home folder; "
+                         f"give a folder of its own, e.g. {_os.path.join(out_dir, 'tokens')}")
+    for p in inputs:
+        if _inside(_os.path.realpath(p), out):
+            raise ValueError(f"--out {out_dir}: holds the input {p}, which replacing the folder "
+                             f"would delete; choose another --out")
+    if not _os.path.isdir(out):
+        return
+    entries = sorted(_os.listdir(out))
+    if not entries:
+        return
+    if not is_token_folder(out):
+        raise ValueError(f"--out {out_dir}: exists and was not made by `minillm data prepare` "
+                         f"(it holds {entries[0]!r}); only such a folder is replaced: choose "
+                         f"another --out or empty it")
+    strangers = [e for e in entries if e not in TOKEN_FILES]
+    if strangers:
+        raise ValueError(f"--out {out_dir}: is a token folder but also holds {strangers[0]!r}, "
+                         f"which replacing it would delete; move that away or choose another --out")
+
+
+def tokenizer_fingerprint(tokenizer):
+    """'sha256:<hex>' of what decides a tokenizer's ids: its class, every id's bytes, merges,
+    special tokens and byte order. Equal fingerprints: the same text gives the same ids."""
+    h = _hashlib.sha256()
+
+    def add(obj):
+        h.update(_json.dumps(obj, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\0")
+    V = int(tokenizer.vocab_size)
+    add([type(tokenizer).__name__, V])
+    vocab = getattr(tokenizer, "vocab", None)
+    if isinstance(vocab, dict):
+        add([[int(i), bytes(b).hex()] for i, b in sorted(vocab.items())])
+    elif hasattr(tokenizer, "itos"):
+        add(list(tokenizer.itos))
+    else:
+        add([tokenizer.decode([i]) for i in range(V)])
+    for name in ("merges", "special_tokens", "byte_ids", "lowercase", "pattern"):
+        value = getattr(tokenizer, name, None)
+        if value is not None and not callable(value):
+            add([name, value if not isinstance(value, dict) else sorted(value.items())])
+    return "sha256:" + h.hexdigest()
 
 
 # A chunk of text may end where no pre-token of GPT-2's pattern crosses: between a printable
@@ -271,8 +383,12 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
     Memory stays bounded by a few chunk_bytes whatever the input size: files are read in
     chunks cut where no pre-token crosses, so the ids equal those of encoding each file whole;
     each chunk is encoded by the C encoder on num_threads threads (default: all cores).
-    The folder is written under a temporary name and renamed into place. Returns the meta
-    dict (also in out_dir/meta.json). progress: a minillm.progress mode (auto, bar, log, none;
+    out_dir may be missing, empty or a token folder of an earlier prepare_tokens (replaced);
+    anything else is refused (check_output_folder), so no folder of the user's is ever deleted.
+    Binary files inside input folders are skipped (listed in meta.json's "skipped"); a binary
+    file named in `inputs` is refused. The folder is written under a temporary name
+    (.<name>.<writer>.tmp, removed by the next run if this one is killed) and renamed into
+    place. Returns the meta dict (also in out_dir/meta.json). progress: a minillm.progress mode (auto, bar, log, none;
     True is auto, False none) for a report over the input bytes on stderr.
     """
     from .tokenizers import load_tokenizer
@@ -282,21 +398,36 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_bytes < 64:
         raise ValueError(f"chunk_bytes must be at least 64, got {chunk_bytes}")
-    train_files = list_text_files(inputs, pattern)
-    val_files = list_text_files(val_inputs, pattern) if val_inputs else []
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    out_dir = _os.fspath(out_dir)
+    given = [inputs] if isinstance(inputs, (str, _os.PathLike)) else list(inputs)
+    given += [val_inputs] if isinstance(val_inputs, (str, _os.PathLike)) else list(val_inputs or [])
+    check_output_folder(out_dir, given)
+    skipped = []
+    train_files = list_text_files(inputs, pattern, skipped)
+    val_files = list_text_files(val_inputs, pattern, skipped) if val_inputs else []
+    check_output_folder(out_dir, train_files + val_files)
+    sizes = {p: _os.path.getsize(p) for p in train_files + val_files}
+    total = sum(sizes.values())
+    if sum(sizes[p] for p in train_files) == 0:
+        raise ValueError(f"the training input holds no text: {len(train_files)} file(s) of 0 bytes "
+                         f"({train_files[0]})")
     vocab_size = int(tokenizer.vocab_size)
     dtype = token_dtype(vocab_size)
     eot = getattr(tokenizer, "eot_token", None) if add_eot else None
     encode = _Encoder(tokenizer, num_threads)
 
-    out_dir = _os.fspath(out_dir)
     parent = _os.path.dirname(_os.path.abspath(out_dir))
+    base = _os.path.basename(_os.path.abspath(out_dir))
     _os.makedirs(parent, exist_ok=True)
-    tmp = _os.path.join(parent, f".{_os.path.basename(out_dir)}.{_os.getpid()}.tmp")
+    # leftovers of a prepare into this folder that was killed: .<name>.<writer>.tmp / .old
+    remove_stale(parent, _re.escape(f".{base}.") + r"(?P<tag>\d+(?:-\d+)?)\.(?P<kind>tmp|old)",
+                 lambda m: _os.path.join(parent, base) if m.group("kind") == "old" else None)
+    tag = process_tag()
+    tmp = _os.path.join(parent, f".{base}.{tag}.tmp")
     _shutil.rmtree(tmp, ignore_errors=True)
     _os.makedirs(tmp)
-    sizes = {p: _os.path.getsize(p) for p in train_files + val_files}
-    total = sum(sizes.values())
     # without val files: bytes [0, split_at) of the concatenated inputs train, the rest validates
     split_at = None if val_files else int(sum(sizes[p] for p in train_files) * (1.0 - val_fraction))
     stats = {"train": {"file": "train.bin", "tokens": 0, "bytes": 0, "files": len(train_files)},
@@ -316,6 +447,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
                     stats[split]["tokens"] += int(ids.size)
                     stats[split]["bytes"] += len(data)
                     report.update(len(data))
+                    pause_point("data-prepare")
 
             def end_document(split):
                 if eot is not None:
@@ -349,13 +481,20 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
         tokenizer.save(tok_path)
         meta = {"format": TOKENS_FORMAT, "version": TOKENS_VERSION, "dtype": dtype.name,
                 "vocab_size": vocab_size, "eot_token": eot, "tokenizer": "tokenizer",
+                "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                 "inputs": [_os.path.abspath(p) for p in train_files],
                 "val_inputs": [_os.path.abspath(p) for p in val_files],
-                "val_fraction": None if val_files else val_fraction, "splits": stats}
+                "val_fraction": None if val_files else val_fraction, "splits": stats,
+                "skipped": [{"path": _os.path.abspath(p), "reason": why} for p, why in skipped]}
         write_json(_os.path.join(tmp, "meta.json"), meta)
+        check_output_folder(out_dir, train_files + val_files)    # nobody put anything there meanwhile
         if _os.path.isdir(out_dir):
-            _shutil.rmtree(out_dir)
-        _os.replace(tmp, out_dir)
+            old = _os.path.join(parent, f".{base}.{tag}.old")
+            _os.rename(out_dir, old)
+            _os.replace(tmp, out_dir)
+            _shutil.rmtree(old, ignore_errors=True)
+        else:
+            _os.replace(tmp, out_dir)
     except BaseException:
         report.close()
         _shutil.rmtree(tmp, ignore_errors=True)
@@ -366,8 +505,9 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
 class TokenData:
     """A prepared token folder, opened: `meta` (dict), `vocab_size`, `dtype`, `split(name)`
     -> read-only (n,) memory-mapped array of ids, `tokenizer()` -> the tokenizer that made
-    them. ValueError names the file when the folder is incomplete or a .bin file's size
-    disagrees with meta.json (truncated)."""
+    them, `fingerprint()` -> that tokenizer's tokenizer_fingerprint. ValueError names the file
+    when the folder is incomplete, meta.json is malformed, or a .bin file's size disagrees with
+    meta.json (truncated); check_ids() finds ids outside the vocabulary."""
 
     def __init__(self, path):
         self.path = _os.fspath(path)
@@ -376,12 +516,40 @@ class TokenData:
             raise ValueError(f"{self.path}: not a token folder (no meta.json); make one with "
                              f"`minillm data prepare`")
         self.meta = read_json(meta_path)
-        if self.meta.get("format") != TOKENS_FORMAT:
-            raise ValueError(f"{meta_path}: format is {self.meta.get('format')!r}, "
-                             f"expected {TOKENS_FORMAT!r}")
-        self.vocab_size = int(self.meta["vocab_size"])
+        if not isinstance(self.meta, dict) or self.meta.get("format") != TOKENS_FORMAT:
+            got = self.meta.get("format") if isinstance(self.meta, dict) else self.meta
+            raise ValueError(f"{meta_path}: format is {got!r}, expected {TOKENS_FORMAT!r}")
+        problem = self._malformed(self.meta)
+        if problem:
+            raise ValueError(f"{meta_path}: {problem}; make the folder again with `minillm data "
+                             f"prepare`")
+        self.vocab_size = self.meta["vocab_size"]
         self.dtype = np.dtype(self.meta["dtype"])
         self._maps = {}
+
+    @staticmethod
+    def _malformed(meta):
+        """What is wrong with a meta.json dict, or None."""
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+        if not is_int(meta.get("vocab_size")) or not 0 < meta["vocab_size"] <= 2 ** 32:
+            return f"vocab_size {meta.get('vocab_size')!r} is not an integer in [1, 2**32]"
+        if meta.get("dtype") not in ("uint16", "uint32"):
+            return f"dtype {meta.get('dtype')!r} is not uint16 or uint32"
+        if meta["dtype"] == "uint16" and meta["vocab_size"] > 1 << 16:
+            return f"vocab_size {meta['vocab_size']} does not fit dtype uint16"
+        splits = meta.get("splits")
+        if not isinstance(splits, dict):
+            return f"splits {splits!r} is not an object"
+        for name, info in splits.items():
+            if not isinstance(info, dict) or not is_int(info.get("tokens")) or info["tokens"] < 0 \
+                    or not isinstance(info.get("file"), str) or _os.path.basename(info["file"]) != info["file"] \
+                    or info["file"] in ("", ".", ".."):
+                return f"split {name!r} is {info!r}, not {{\"file\": name, \"tokens\": count}}"
+        for key in ("tokenizer", "tokenizer_fingerprint"):
+            if meta.get(key) is not None and not isinstance(meta[key], str):
+                return f"{key} {meta[key]!r} is not a string"
+        return None
 
     def split(self, name):
         """(n,) read-only memmap of the ids of split `name` ('train' or 'val')."""
@@ -391,7 +559,7 @@ class TokenData:
         if name not in splits:
             raise ValueError(f"{self.path}: no split {name!r} (has {sorted(splits)})")
         info = splits[name]
-        path = _os.path.join(self.path, info["file"])
+        path = self.split_path(name)
         if not _os.path.isfile(path):
             raise ValueError(f"{path}: missing (meta.json lists it with {info['tokens']} tokens)")
         expected = int(info["tokens"]) * self.dtype.itemsize
@@ -404,13 +572,43 @@ class TokenData:
         self._maps[name] = arr
         return arr
 
+    def split_path(self, name):
+        """The .bin file of split `name`."""
+        return _os.path.join(self.path, self.meta["splits"][name]["file"])
+
+    def check_ids(self, name, chunk=1 << 24):
+        """ValueError naming the file and the position of the first id >= vocab_size in split
+        `name` (read in chunks of `chunk` ids: memory stays bounded)."""
+        ids = self.split(name)
+        for lo in range(0, len(ids), chunk):
+            part = ids[lo:lo + chunk]
+            if int(part.max()) >= self.vocab_size:
+                at = lo + int(np.argmax(part >= self.vocab_size))
+                raise ValueError(f"{self.split_path(name)}: token {at:,} is id {int(ids[at])}, "
+                                 f"outside the vocabulary of {self.vocab_size} ids (a damaged or "
+                                 f"foreign token file; make it again with `minillm data prepare`)")
+
     def tokenizer(self):
-        """The tokenizer saved with the tokens."""
+        """The tokenizer saved with the tokens (a damaged one: ValueError naming it)."""
         from .tokenizers import load_tokenizer
-        return load_tokenizer(_os.path.join(self.path, self.meta.get("tokenizer", "tokenizer")))
+        try:
+            return load_tokenizer(self.tokenizer_path())
+        except ValueError:
+            raise
+        except (TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError) as e:
+            raise ValueError(f"{self.tokenizer_path()}: not a usable tokenizer ({type(e).__name__}: "
+                             f"{e})") from None
 
     def tokenizer_path(self):
-        return _os.path.join(self.path, self.meta.get("tokenizer", "tokenizer"))
+        return _os.path.join(self.path, self.meta.get("tokenizer") or "tokenizer")
+
+    def fingerprint(self, tokenizer=None):
+        """tokenizer_fingerprint of the tokenizer that made the ids (meta.json's, else computed
+        from `tokenizer` or the saved one, for folders of older versions)."""
+        fp = self.meta.get("tokenizer_fingerprint")
+        if fp:
+            return fp
+        return tokenizer_fingerprint(tokenizer if tokenizer is not None else self.tokenizer())
 
 
 def load_tokens(path, split="train"):

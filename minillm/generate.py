@@ -29,7 +29,9 @@ from minillm.sampling import (apply_logit_bias, apply_presence_frequency_penalty
                               no_repeat_ngram_filter, sample_next, StopStrings, token_logprobs, top_k_filter,
                               top_p_filter)
 
-__all__ = ["KVCache", "LayerKVCache", "generate", "sample_text"]
+__all__ = ["KVCache", "LayerKVCache", "generate", "sample_text", "MAX_NEW_TOKENS"]
+
+MAX_NEW_TOKENS = 1 << 24    # generate() holds the prompts and new ids in one (B, T + n) int64 buffer
 
 
 # ------------------------------------------------------------------------ KV cache
@@ -168,8 +170,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     runs in eval mode under no_grad (its training flag is restored afterwards)."""
     check_sampling_args(temperature, top_k, top_p, repetition_penalty, min_p, presence_penalty,
                         frequency_penalty, no_repeat_ngram_size, logit_bias)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"generate: max_new_tokens must be an int in [0, {MAX_NEW_TOKENS}], got "
+                         f"{max_new_tokens!r}")
     idx = _as_idx(idx)
     stops = _stop_ids(stop_tokens)
     vocab = getattr(model.config, "vocab_size", None)

@@ -110,6 +110,7 @@ def plot_metrics(run_dir, out=None):
     """Write a PNG of the training loss and validation loss against the step (matplotlib);
     returns its path (default run_dir/loss.png). RuntimeError with the install command when
     matplotlib is absent."""
+    records = read_metrics(run_dir)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -117,7 +118,6 @@ def plot_metrics(run_dir, out=None):
     except ImportError:
         raise RuntimeError("`minillm plot` needs matplotlib, which is not installed: "
                            "pip install matplotlib") from None
-    records = read_metrics(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     if not train and not val:

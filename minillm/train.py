@@ -14,12 +14,20 @@ Around the loop: the options are minillm/train_config.py, the checkpoint folder
 minillm/checkpoint.py (restoring it makes a resumed run bitwise identical to an uninterrupted
 one, same thread count), evaluation and metrics.jsonl minillm/metrics.py, the progress display
 minillm/progress.py.
+
+What a run never does: start with data it will fail on later (the checks of `_preflight` run
+before the first step: windows fit both splits, every id is inside the vocabulary, the
+tokenizer matches the data, the run folder is writable); lose trained steps to an error (one
+after the first step saves a checkpoint first, then is raised with a note saying so); share
+its run folder with another live trainer (an OS lock on RUN/.lock); continue from a
+checkpoint with options that do not fit it (Trainer.resume names each one).
 """
 import math
 import os
 import signal
 import sys
 import time
+import weakref
 
 import minillm
 from minillm import data as mdata
@@ -27,16 +35,33 @@ from minillm import distributed, nn, optim
 from minillm import random as mrandom
 from minillm.checkpoint import (CHECKPOINTS_DIR, CheckpointError, checkpoint_folder, find_checkpoint,  # noqa: F401
                                 list_checkpoints, load_checkpoint, load_model, load_model_state,
-                                prune_checkpoints, save_checkpoint)
+                                prune_checkpoints, remove_stale_temporaries, save_checkpoint)
 from minillm.generate import sample_text  # noqa: F401  (a public name of this module before)
 from minillm.metrics import (METRICS_FILE, append_metrics, evaluate, plot_metrics,  # noqa: F401
                              read_metrics, truncate_metrics)
 from minillm.progress import Progress
 from minillm.train_config import TrainConfig
+from minillm.utils import FolderLock
+
+LOCK_FILE = ".lock"
+
+# What --resume may change. The weights and the data order fix these (never changeable; nor
+# time_budget, which is turned into max_steps during the first steps of a run):
+FIXED_OPTIONS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "model_args", "seed",
+                 "time_budget")
+# These change only what is measured, logged, kept or printed, or when the run stops (free);
+# max_steps is free while the learning-rate schedule stays the same (its cosine ends at
+# lr_decay_steps, or at max_steps when that is not set):
+FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batches", "log_interval",
+                "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "progress",
+                "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
+# The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
+# batch_size, grad_accum, dtype, time_budget) change the optimisation: refused unless
+# allow_changes, and then the run is no longer equal to any uninterrupted one.
 
 __all__ = ["TrainConfig", "Trainer", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "list_checkpoints", "load_model", "read_metrics", "plot_metrics",
-           "evaluate", "sample_text"]
+           "evaluate", "sample_text", "resumed_config"]
 
 
 def _calibration_steps(cfg):
@@ -56,11 +81,16 @@ class Trainer:
     """
 
     def __init__(self, config, model=None, train_tokens=None, val_tokens=None, tokenizer=None,
-                 tokenizer_file=None):
+                 tokenizer_file=None, data_fingerprint=None):
         self.config = cfg = config.checked() if isinstance(config, TrainConfig) else \
             TrainConfig.from_dict(config)
         if cfg.num_threads:
             minillm.set_num_threads(cfg.num_threads)
+        self.world = distributed.init() if cfg.ddp else distributed.world()
+        self._lock = None
+        if self.world.is_main:
+            self._take_run_folder()
+        self.fingerprint = None
         if train_tokens is None:
             if not cfg.data:
                 raise ValueError("no training data: set `data` to a folder made by "
@@ -71,14 +101,18 @@ class Trainer:
             tok_json = os.path.join(td.tokenizer_path(), "tokenizer.json")
             tokenizer_file = tokenizer_file or (tok_json if os.path.exists(tok_json) else None)
             vocab_size = td.vocab_size
+            self._check_data(td, tokenizer, data_fingerprint)
         else:
             vocab_size = tokenizer.vocab_size if tokenizer is not None else int(train_tokens.max()) + 1
+            if tokenizer is not None:
+                self.fingerprint = mdata.tokenizer_fingerprint(tokenizer)
+        if val_tokens is not None and len(val_tokens) == 0:
+            val_tokens = None           # prepared with --val-fraction 0: no validation split
         self.tokenizer, self.tokenizer_file = tokenizer, tokenizer_file
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.byte_lengths = mdata.token_byte_lengths(tokenizer) if tokenizer is not None else None
 
         # ---- data parallel: rank 0's weights everywhere; only rank 0 writes files
-        self.world = distributed.init() if cfg.ddp else distributed.world()
         if self.world.size > 1:
             self.world.shard(cfg.batch_size)        # refuses a batch that does not split evenly
         mrandom.manual_seed(cfg.seed)
@@ -91,18 +125,76 @@ class Trainer:
             raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the "
                              f"data's {vocab_size}")
         self.block_size = min(cfg.block_size or model.config.block_size, model.config.block_size)
+        self._preflight()
         self.optimizer = self._make_optimizer()
         # the batch stream has its own seed, so changing the model leaves the data order alone
         self.batches = mdata.TokenBatches(train_tokens, cfg.batch_size, self.block_size,
                                           seed=cfg.seed + 1)
         self.step = 0
+        self._saved_step = 0            # the step of the newest checkpoint on disk (0: none)
         self.tokens_seen = 0
         self.elapsed = 0.0
         self.history = []
         self.last_eval = None
         self._stop = False
-        if self.world.is_main:
-            os.makedirs(cfg.out_dir, exist_ok=True)
+        self.interrupted = False        # stopped early (Ctrl-C or max_time) with a checkpoint
+        self.stopped_by_user = False    # ... by Ctrl-C
+        self.changes = []               # options a resume changed (see resume)
+
+    # ------------------------------------------------------------------ checks before step 1
+    def _take_run_folder(self):
+        """Create out_dir, lock it against other trainers (RUN/.lock, held while this object
+        lives or until train() returns), and remove temporaries of killed checkpoint writers."""
+        out = self.config.out_dir
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"out_dir {out}: is a file, not a folder")
+        try:
+            os.makedirs(out, exist_ok=True)
+            lock = FolderLock(os.path.join(out, LOCK_FILE), f"run folder {out}").acquire()
+        except OSError as e:
+            raise ValueError(f"out_dir {out}: cannot write there ({e.strerror or e})") from None
+        self._lock = lock
+        weakref.finalize(self, lock.release)
+        remove_stale_temporaries(os.path.join(out, CHECKPOINTS_DIR))
+
+    def _check_data(self, td, tokenizer, expected_fingerprint):
+        """The token folder fits its tokenizer (and the run's, when resuming) and holds no id
+        outside the vocabulary."""
+        if int(tokenizer.vocab_size) != td.vocab_size:
+            raise ValueError(f"{td.path}: meta.json says vocab_size {td.vocab_size}, its tokenizer "
+                             f"({td.tokenizer_path()}) has {tokenizer.vocab_size} ids")
+        actual = mdata.tokenizer_fingerprint(tokenizer)
+        recorded = td.meta.get("tokenizer_fingerprint")
+        if recorded and recorded != actual:
+            raise ValueError(f"{td.tokenizer_path()}: is not the tokenizer these tokens were made "
+                             f"with (fingerprint {actual[:19]}, meta.json says {recorded[:19]})")
+        if expected_fingerprint and expected_fingerprint != actual:
+            raise ValueError(f"data {td.path}: was tokenized with another tokenizer than the run "
+                             f"being resumed (fingerprint {actual[:19]}, the run's "
+                             f"{expected_fingerprint[:19]}); resume on the run's own data, or start "
+                             f"a new run")
+        self.fingerprint = actual
+        for name in td.meta["splits"]:
+            td.check_ids(name)
+
+    def _preflight(self):
+        """Everything the run will need later, checked before the first step: windows of
+        block_size fit the training split and the validation split, the final sample can be
+        made. ValueError names the option, the file and the sizes."""
+        cfg, T = self.config, self.block_size
+        where = (lambda split: f"{cfg.data}/{split}.bin") if cfg.data else (lambda split: f"{split} tokens")
+        for split, tokens in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if tokens is not None and len(tokens) < T + 1:
+                raise ValueError(f"{where(split)}: {len(tokens)} tokens cannot fill one window of "
+                                 f"block_size {T} (+1 target); use --block-size {max(1, len(tokens) - 1)} "
+                                 f"or less, or more text")
+        if cfg.sample_tokens:
+            from minillm.generate import MAX_NEW_TOKENS
+            if self.tokenizer is None:
+                raise ValueError("sample_tokens is set but the data has no tokenizer to print text with")
+            if cfg.sample_tokens > MAX_NEW_TOKENS:
+                raise ValueError(f"sample_tokens must be at most {MAX_NEW_TOKENS}, got {cfg.sample_tokens}")
+            self.tokenizer.encode(cfg.sample_prompt)
 
     def _check_fresh_out_dir(self):
         """A new run must not mix its metrics and checkpoints with another run's."""
@@ -131,25 +223,62 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, path, **overrides):
+    def resume(cls, path, allow_changes=False, extend_steps=None, **overrides):
         """A Trainer in the exact state of a checkpoint (a checkpoint folder, or a run folder:
-        its latest checkpoint). `overrides` replace training options (e.g. max_steps=...);
-        changing anything but the run length, intervals or output breaks bitwise equality with
-        an uninterrupted run."""
+        its latest checkpoint). `overrides` replace training options; resumed_config() refuses
+        those that do not fit the checkpoint (see FIXED_OPTIONS, FREE_OPTIONS); `trainer.changes`
+        lists the options that changed: (option, old value, new value).
+        extend_steps=N trains N steps past the run's max_steps at the schedule's final learning
+        rate (min_lr). Data tokenized by another tokenizer than the run's is refused."""
         from minillm.models import model_from_config
-        folder = find_checkpoint(path)
-        ckpt = load_checkpoint(folder)
-        train_cfg = dict(ckpt["config"].get("train", {}))
-        parent = os.path.dirname(os.path.abspath(folder))
-        if os.path.basename(parent) == CHECKPOINTS_DIR:
-            # the run folder the checkpoint sits in, wherever the run was moved to
-            train_cfg["out_dir"] = os.path.dirname(parent)
-        train_cfg.update(overrides)
-        cfg = TrainConfig.from_dict(train_cfg, source=os.path.join(folder, "config.json"))
-        model = model_from_config(ckpt["config"]["model"])
-        load_model_state(model, ckpt["model"], os.path.join(folder, "model.safetensors"))
-        trainer = cls(cfg, model=model)
-        trainer.load_state(ckpt)
+        path = os.fspath(path)
+        try:
+            folder = find_checkpoint(path)
+        except ValueError:
+            folder = None           # maybe a run folder whose first checkpoint is being written
+        if folder is None:
+            run_dir = path if os.path.isdir(path) else None
+        else:
+            parent = os.path.dirname(os.path.abspath(folder))
+            run_dir = os.path.dirname(parent) if os.path.basename(parent) == CHECKPOINTS_DIR else None
+        # lock the run folder before reading: a live trainer may be replacing its checkpoints
+        target = overrides.get("out_dir") or run_dir
+        lock = None
+        if target is not None and distributed.world().is_main and _launcher_rank() == 0:
+            os.makedirs(target, exist_ok=True)
+            lock = FolderLock(os.path.join(target, LOCK_FILE), f"run folder {target}").acquire()
+        try:
+            folder = find_checkpoint(path)          # the latest, now that nobody writes one
+            ckpt = load_checkpoint(folder)
+            saved = ckpt["config"].get("train") if isinstance(ckpt["config"], dict) else None
+            if not isinstance(saved, dict) or not isinstance(ckpt["config"].get("model"), dict):
+                raise CheckpointError(f"checkpoint {folder}: config.json lacks the \"train\" or "
+                                      f"\"model\" options")
+            saved = dict(saved)
+            if run_dir is not None:
+                saved["out_dir"] = run_dir      # the run folder, wherever the run was moved to
+            cfg, changes = resumed_config(saved, overrides, allow_changes, extend_steps,
+                                          source=os.path.join(folder, "config.json"))
+            data_info = ckpt["config"].get("data") or {}
+            fingerprint = data_info.get("tokenizer_fingerprint") if isinstance(data_info, dict) else 0
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise CheckpointError(f"checkpoint {folder}: config.json: \"data\" should be "
+                                      f"{{\"tokenizer_fingerprint\": str}}, got {data_info!r}")
+            if not fingerprint and ckpt["tokenizer"]:
+                from minillm.checkpoint import read_tokenizer
+                fingerprint = mdata.tokenizer_fingerprint(read_tokenizer(ckpt["tokenizer"]))
+            try:
+                model = model_from_config(ckpt["config"]["model"])
+            except (TypeError, ValueError, KeyError, ArithmeticError) as e:
+                raise CheckpointError(f"checkpoint {folder}: config.json: the model config does not "
+                                      f"build a model ({type(e).__name__}: {e})") from None
+            load_model_state(model, ckpt["model"], os.path.join(folder, "model.safetensors"))
+            trainer = cls(cfg, model=model, data_fingerprint=fingerprint)
+            trainer.load_state(ckpt)
+            trainer.changes = changes
+        finally:
+            if lock is not None:
+                lock.release()          # the trainer holds its own count of the lock now
         return trainer
 
     def load_state(self, ckpt):
@@ -170,7 +299,9 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint {folder}: trainer_state.json: bad or missing "
                                   f"field ({e})") from None
-        truncate_metrics(os.path.join(self.config.out_dir, METRICS_FILE), self.step)
+        self._saved_step = self.step
+        if self.world.is_main:
+            truncate_metrics(os.path.join(self.config.out_dir, METRICS_FILE), self.step)
 
     # ------------------------------------------------------------------ saving
     def trainer_state(self):
@@ -187,9 +318,11 @@ class Trainer:
         cfg = self.config
         folder = checkpoint_folder(cfg.out_dir, self.step)
         config = {"model": self.model.config.to_dict(), "train": cfg.to_dict(),
+                  "data": {"tokenizer_fingerprint": self.fingerprint},
                   "minillm_version": minillm.__version__}
         save_checkpoint(folder, self.model, self.optimizer, self.trainer_state(), config,
                         self.tokenizer_file)
+        self._saved_step = self.step
         prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
         return folder
 
@@ -208,20 +341,38 @@ class Trainer:
             g["lr"] = lr
         total = 0.0
         world = self.world
-        for _ in range(cfg.grad_accum):
-            x, y = self.batches.next()
-            if world.size > 1:          # every rank draws the global batch and keeps its shard
-                lo, hi = world.shard(cfg.batch_size)
-                x, y = x[lo:hi], y[lo:hi]
-            with minillm.autocast(dtype=cfg.dtype):     # bf16 products when cfg.dtype is bf16
-                _, loss = self.model(x, y)
-            total += float(loss.item())
-            (loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)).backward()
+        # a step that fails before the optimizer step leaves the state of the step before it
+        resumable = hasattr(self.batches, "state_dict")
+        data_state = self.batches.state_dict() if resumable else None
+        rng_state = mrandom.default_generator().get_state()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if world.size > 1:
-            world.allreduce_mean_([p.grad for p in params])
-            total = world.allreduce_mean_float(total)
-        norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        try:
+            for _ in range(cfg.grad_accum):
+                x, y = self.batches.next()
+                if world.size > 1:          # every rank draws the global batch and keeps its shard
+                    lo, hi = world.shard(cfg.batch_size)
+                    x, y = x[lo:hi], y[lo:hi]
+                with minillm.autocast(dtype=cfg.dtype):     # bf16 products when cfg.dtype is bf16
+                    _, loss = self.model(x, y)
+                total += float(loss.item())
+                (loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)).backward()
+            if world.size > 1:
+                world.allreduce_mean_([p.grad for p in params])
+                total = world.allreduce_mean_float(total)
+            norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if not (math.isfinite(total) and math.isfinite(norm)):
+                what = f"loss is {total / cfg.grad_accum}" if not math.isfinite(total) else \
+                    f"gradient norm is {norm}"
+                raise FloatingPointError(f"step {self.step + 1}: the {what}; the weights were not "
+                                         f"updated. Lower lr (now {cfg.lr}) and continue with "
+                                         f"--resume {cfg.out_dir} --lr ... --allow-changes, or "
+                                         f"check the data")
+        except BaseException:
+            self.optimizer.zero_grad()
+            if resumable:
+                self.batches.load_state_dict(data_state)
+            mrandom.default_generator().set_state(rng_state)
+            raise
         self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
@@ -248,6 +399,8 @@ class Trainer:
     def train(self):
         """Run from the current step to max_steps (or until max_time, or Ctrl-C: each saves a
         checkpoint first). Returns the last validation result dict (or None without val data)."""
+        if self.world.is_main and self._lock is None:
+            self._take_run_folder()
         if self.step == 0:
             self._check_fresh_out_dir()
         self.model.train()
@@ -257,25 +410,26 @@ class Trainer:
                             stream=sys.stdout, lines=0)
         use_signal = _in_main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
-        self._stop, self.interrupted = False, False
+        self._stop, self.interrupted, self.stopped_by_user = False, False, False
         clock = _Clock(self.elapsed, self.tokens_seen)
         try:
             if self.step == 0:
                 progress.log(self._describe())
+            first_step = self.step
             while self.step < self.config.max_steps:
                 loss, norm, lr = self.train_step()
                 self.history.append((self.step, loss))
                 self.elapsed = clock.elapsed()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"step {self.step}: the loss is {loss}; lower lr "
-                                             f"(now {self.config.lr}) or check the data")
                 progress.update(1, postfix=f"loss {loss:.4f}")
                 self._log_step(loss, norm, lr, clock, progress)
-                if (self.config.time_budget and clock.t_cal
-                        and self.step == _calibration_steps(self.config) + 1):
-                    self._fit_time_budget(time.perf_counter() - clock.t_cal, progress)
-                if self.step == 1:
-                    clock.t_cal = time.perf_counter()     # step 1 warms caches: time the next ones
+                # time_budget: the steps after this session's first (which warms the caches)
+                # are timed, up to step calibration + 1 (later when a resume started late)
+                if (self.config.time_budget and clock.t_cal and self.step ==
+                        max(_calibration_steps(self.config) + 1, clock.t_cal_step + 1)):
+                    self._fit_time_budget(time.perf_counter() - clock.t_cal,
+                                          self.step - clock.t_cal_step, progress)
+                if self.step == first_step + 1:
+                    clock.t_cal, clock.t_cal_step = time.perf_counter(), self.step
                 cfg = self.config
                 last = self.step == cfg.max_steps
                 out_of_time = bool(cfg.max_time) and self.elapsed >= cfg.max_time
@@ -284,17 +438,43 @@ class Trainer:
                     self._run_eval(progress, final=last)
                 if self.world.any_true(self._stop or out_of_time):
                     self.interrupted = True
+                    self.stopped_by_user = self._stop
                     why = "interrupted" if self._stop else f"max_time {cfg.max_time:g} s reached"
                     progress.log(f"{why} at step {self.step}: saved {self.save()}; continue with "
                                  f"`minillm train --resume {cfg.out_dir}`")
                     break
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
                     self.save()
+        except Exception as e:
+            reported = self._saved_before(e)
+            if reported is e:
+                raise
+            raise reported from e
         finally:
             progress.close()
             if use_signal:
                 signal.signal(signal.SIGINT, prev_handler)
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
         return self.last_eval
+
+    def _saved_before(self, error):
+        """`error` (raised after training started) with a note, once the steps not yet on disk
+        are saved: a checkpoint first, then the report, so no trained step is lost."""
+        if not self.world.is_main or self.step <= self._saved_step:
+            return error
+        try:
+            folder = self.save()
+        except Exception as e:      # the disk may be what failed: say so, keep the first error
+            note = f"saving a checkpoint of step {self.step} failed too: {e}"
+        else:
+            note = (f"saved a checkpoint of step {self.step} first ({folder}); continue with "
+                    f"`minillm train --resume {self.config.out_dir}`")
+        try:
+            return type(error)(f"{error}; {note}")
+        except Exception:
+            return RuntimeError(f"{type(error).__name__}: {error}; {note}")
 
     def _describe(self):
         cfg = self.config
@@ -315,12 +495,12 @@ class Trainer:
             progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                          f"{norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
 
-    def _fit_time_budget(self, seconds, progress):
+    def _fit_time_budget(self, seconds, timed_steps, progress):
         """Set max_steps (and the cosine's length) so that training, evaluations included,
         takes about time_budget seconds at the speed of the calibration steps. The resolved
         max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
         cfg = self.config
-        per_step = self.world.broadcast_float(seconds) / _calibration_steps(cfg)  # same steps on all ranks
+        per_step = self.world.broadcast_float(seconds) / timed_steps  # the same on all ranks
         # an evaluation batch (batch_size windows, no backward) costs about a third of a
         # training micro-batch
         per_eval_batch = per_step / (3 * cfg.grad_accum)
@@ -351,13 +531,64 @@ class Trainer:
         return res
 
 
+_MAY_CHANGE = ("A resume may change: " + ", ".join(o if o != "data" else "data (the same tokens, moved)"
+                                                    for o in FREE_OPTIONS if o != "max_steps")
+               + "; max_steps while the learning-rate schedule stays the same; or --extend-steps.")
+
+
+def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, source="config"):
+    """(TrainConfig, changes) of a resumed run: the checkpoint's options `saved` (dict) with
+    `overrides` (dict). `changes` lists (option, checkpoint's value, new value) for every
+    option that differs. ValueError names each refused option with both values:
+    FIXED_OPTIONS always; the optimisation options, and a max_steps that moves the end of the
+    learning-rate cosine, unless allow_changes. extend_steps=N: max_steps + N, with the
+    cosine still ending where it did (the N steps train at min_lr)."""
+    import dataclasses
+    base = TrainConfig.from_dict(saved, source=source)
+    overrides = dict(overrides)
+    if extend_steps is not None:
+        if isinstance(extend_steps, bool) or not isinstance(extend_steps, int) or extend_steps < 1:
+            raise ValueError(f"extend_steps must be a positive integer, got {extend_steps!r}")
+        if "max_steps" in overrides:
+            raise ValueError("give --max-steps or --extend-steps, not both")
+        overrides["max_steps"] = base.max_steps + extend_steps
+        overrides.setdefault("lr_decay_steps", base.lr_decay_steps or base.max_steps)
+    new = base.replace(**overrides)
+    changes = [(f.name, getattr(base, f.name), getattr(new, f.name)) for f in dataclasses.fields(TrainConfig)
+               if getattr(base, f.name) != getattr(new, f.name)]
+
+    def listed(items):
+        return ", ".join(f"{k} {old!r} (now {now!r})" for k, old, now in items)
+    fixed = [c for c in changes if c[0] in FIXED_OPTIONS]
+    if fixed:
+        raise ValueError(f"--resume: the checkpoint was made with other {listed(fixed)}; the weights "
+                         f"and the data order depend on these, so they cannot change on resume "
+                         f"(start a new run instead). {_MAY_CHANGE}")
+    other = [c for c in changes if c[0] not in FIXED_OPTIONS + FREE_OPTIONS + ("lr_decay_steps",)]
+    ends = [max(c.lr_decay_steps or c.max_steps, c.warmup_steps) for c in (base, new)]
+    if ends[0] != ends[1] and not allow_changes and not other:
+        steps = new.max_steps - base.max_steps
+        hint = (f"use --extend-steps {steps} to train on at the final learning rate, or "
+                if steps > 0 else "")
+        raise ValueError(f"--resume: max_steps {base.max_steps} -> {new.max_steps} moves the end of "
+                         f"the learning-rate cosine from step {ends[0]} to {ends[1]} (it ends at "
+                         f"max_steps when lr_decay_steps is not set), so every later step would get "
+                         f"another learning rate than the run had; {hint}pass --allow-changes to "
+                         f"take the new schedule")
+    if other and not allow_changes:
+        raise ValueError(f"--resume: the checkpoint was trained with other {listed(other)}; pass "
+                         f"--allow-changes to continue with the new values (the run is then not "
+                         f"equal to any uninterrupted one), or leave them out. {_MAY_CHANGE}")
+    return new, changes
+
+
 class _Clock:
     """Elapsed seconds (continuing a resumed run's) and tokens/s between log lines."""
 
     def __init__(self, elapsed, tokens):
         self.start, self.elapsed0 = time.perf_counter(), elapsed
         self.t_log, self.tokens_log = self.start, tokens
-        self.t_cal = None
+        self.t_cal, self.t_cal_step = None, 0
 
     def elapsed(self):
         return self.elapsed0 + time.perf_counter() - self.start
@@ -367,6 +598,15 @@ class _Clock:
         tps = (tokens - self.tokens_log) / max(now - self.t_log, 1e-9)
         self.t_log, self.tokens_log = now, tokens
         return tps
+
+
+def _launcher_rank():
+    """This process's rank as mpirun's environment gives it (0 outside MPI), known before
+    distributed.init(): only rank 0 takes the run folder's lock."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def _in_main_thread():

@@ -19,7 +19,7 @@ from typing import Optional
 from minillm.progress import MODES
 from minillm.utils import parse_json, read_json
 
-__all__ = ["TrainConfig", "add_arguments", "options_from_args"]
+__all__ = ["TrainConfig", "add_arguments", "options_from_args", "check_option"]
 
 
 def _f(default, help, **kw):
@@ -109,25 +109,9 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
 
     def checked(self):
-        """self, or ValueError naming the first bad option."""
-        positive = ("batch_size", "grad_accum", "log_interval", "keep_checkpoints")
-        for name in positive:
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("max_steps", "warmup_steps", "eval_interval", "eval_batches", "final_eval_batches",
-                     "checkpoint_interval", "num_threads", "sample_tokens"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.progress not in MODES:
-            raise ValueError(f"progress must be one of {', '.join(MODES)}, got {self.progress!r}")
-        if not isinstance(self.model_args, dict):
-            raise ValueError(f"model_args must be a dict, got {self.model_args!r}")
+        """self, or ValueError naming the first bad option (check_option)."""
+        for f in dataclasses.fields(self):
+            check_option(f.name, getattr(self, f.name))
         return self
 
     def model_overrides(self):
@@ -136,6 +120,61 @@ class TrainConfig:
                if getattr(self, k) is not None}
         out.update(self.model_args)
         return out
+
+
+# ---------------------------------------------------------------------- checks
+_POSITIVE = ("batch_size", "grad_accum", "log_interval", "keep_checkpoints")
+_NON_NEGATIVE = ("max_steps", "warmup_steps", "eval_interval", "eval_batches", "final_eval_batches",
+                 "checkpoint_interval", "sample_tokens")
+_POSITIVE_OR_NONE = ("n_layer", "n_head", "n_embd", "block_size", "lr_decay_steps", "top_k")
+_FINITE_NON_NEGATIVE = ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget",
+                        "temperature")
+_STRINGS = ("data", "out_dir", "model", "sample_prompt")
+DTYPES = ("float32", "bf16", "bfloat16")
+MAX_THREADS = 4096
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_option(name, value):
+    """ValueError naming the option and the value unless `value` is allowed for the
+    TrainConfig field `name`."""
+    if name in _POSITIVE:
+        ok, want = _is_int(value) and value > 0, "a positive integer"
+    elif name in _NON_NEGATIVE:
+        ok, want = _is_int(value) and value >= 0, "a non-negative integer"
+    elif name in _POSITIVE_OR_NONE:
+        ok, want = value is None or (_is_int(value) and value > 0), "a positive integer (or none)"
+    elif name in _FINITE_NON_NEGATIVE:
+        ok, want = _is_number(value) and value >= 0, "a finite number >= 0"
+    elif name in ("beta1", "beta2"):
+        ok, want = _is_number(value) and 0 <= value < 1, "a number in [0, 1)"
+    elif name == "dropout":
+        ok, want = value is None or (_is_number(value) and 0 <= value < 1), "a number in [0, 1) (or none)"
+    elif name == "num_threads":
+        ok, want = _is_int(value) and 0 <= value <= MAX_THREADS, f"an integer in [0, {MAX_THREADS}]"
+    elif name == "seed":
+        ok, want = _is_int(value) and abs(value) < 2 ** 63, "an integer of absolute value < 2**63"
+    elif name == "dtype":
+        ok, want = value in DTYPES, f"one of {', '.join(DTYPES)}"
+    elif name == "progress":
+        ok, want = value in MODES, f"one of {', '.join(MODES)}"
+    elif name == "model_args":
+        ok, want = isinstance(value, dict), "a dict (a JSON object)"
+    elif name == "ddp":
+        ok, want = isinstance(value, bool), "true or false"
+    elif name in _STRINGS:
+        ok, want = isinstance(value, str), "a string"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 # ---------------------------------------------------------------------- command-line flags
@@ -151,16 +190,21 @@ def _option_type(f):
             return None
         if base is dict:
             try:
-                value = parse_json(text, f"--{f.name.replace('_', '-')}")
+                value = parse_json(text, "JSON")
             except ValueError as e:
                 raise argparse.ArgumentTypeError(f"expected a JSON object: {e}") from None
             if not isinstance(value, dict):
                 raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
             return value
         try:
-            return base(text)
+            value = base(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
+        try:
+            check_option(f.name, value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
     convert.__name__ = base.__name__
     return convert
 

@@ -4,14 +4,18 @@ atomic writes, the default thread count. They import nothing from minillm.
 JSON has one reader here (`parse_json` / `read_json`): a key that appears twice in an object
 is an error naming the file, the line and the key (Python's json keeps the last silently).
 """
+import errno
 import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
+import sys
+import time
 
 __all__ = ["read_text", "read_json", "parse_json", "write_json", "write_bytes_atomic", "fsync_dir", "sha256_file",
-           "default_num_threads", "line_of", "json_key_pattern"]
+           "default_num_threads", "line_of", "json_key_pattern", "process_tag", "tag_alive",
+           "remove_stale", "FolderLock", "FolderBusyError", "pause_point"]
 
 
 def read_text(path):
@@ -85,13 +89,16 @@ def write_json(path, obj):
 
 
 def write_bytes_atomic(path, data):
-    """Replace `path` by `data` (bytes) at once: a temporary file in the same folder, renamed
-    over it, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+    """Replace `path` by `data` (bytes) at once: a temporary file .<name>.<writer>.tmp in the
+    same folder, renamed over it, so a reader never sees half a file. Temporaries of earlier
+    writers of `path` that were killed are removed first (remove_stale)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    remove_stale(folder, re.escape(f".{name}.") + r"(?P<tag>\d+(?:-\d+)?)\.tmp")
+    tmp = os.path.join(folder, f".{name}.{process_tag()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)    # mkstemp makes 0600; these are ordinary data files
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -138,3 +145,147 @@ def default_num_threads():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------- writers that may die
+# A writer names its temporary files after itself (process_tag: pid and start time), so that the
+# next start can tell the leftovers of a killed writer (its process is gone, or the pid now
+# belongs to another process) from the files of a writer still at work.
+def _start_time(pid):
+    """Start time of process `pid` in clock ticks since boot (Linux /proc/<pid>/stat field 22),
+    or None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # the command name (field 2) is in parentheses and may hold spaces: count after it
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_tag(pid=None):
+    """'<pid>-<start time>' of a process (this one by default), or '<pid>' where the start
+    time is unknown. With the start time a tag still tells a reused pid apart."""
+    pid = os.getpid() if pid is None else pid
+    start = _start_time(pid)
+    return f"{pid}-{start}" if start is not None else str(pid)
+
+
+def tag_alive(tag):
+    """True while the process named by a process_tag runs (same pid, same start time)."""
+    pid, _, start = str(tag).partition("-")
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:         # alive, another user's
+        pass
+    return not start or _start_time(pid) in (None, start)
+
+
+def remove_stale(folder, pattern, restore=None):
+    """Remove the entries of `folder` whose name matches regex `pattern` (with a group `tag`,
+    a process_tag) and whose writer is gone; returns their paths. restore(match) may name a
+    path to move such an entry back to instead (when that path is missing)."""
+    gone = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return gone
+    for name in names:
+        m = re.fullmatch(pattern, name)
+        if not m or tag_alive(m.group("tag")):
+            continue
+        path = os.path.join(folder, name)
+        back = restore(m) if restore is not None else None
+        try:
+            if back is not None and not os.path.exists(back):
+                os.rename(path, back)
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            gone.append(path)
+        except OSError:
+            pass
+    return gone
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the lock of a folder."""
+
+
+class FolderLock:
+    """An exclusive OS lock (fcntl.flock) on the file `path`, for as long as this process holds
+    it: the kernel drops it when the process ends, however it ends, so a killed writer never
+    leaves a folder locked. The holder's pid is written into the file for the message another
+    process gets (FolderBusyError naming `what` and that pid). Taking a lock this process
+    already holds counts up; release() counts down. A no-op where fcntl does not exist or the
+    file system does not lock."""
+
+    _held = {}      # real path -> [file, count]
+
+    def __init__(self, path, what):
+        self.path = os.path.realpath(path)
+        self.what = what
+        self.file = None
+
+    def acquire(self):
+        if self.file is not None:
+            return self
+        held = FolderLock._held.get(self.path)
+        if held is not None:
+            held[1] += 1
+            self.file = held[0]
+            return self
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                f.close()           # a file system without flock (some network mounts): no lock
+                return self
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise FolderBusyError(f"{self.what} is in use by process {holder} (it holds the lock "
+                                  f"{self.path}); wait until it ends or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        FolderLock._held[self.path] = [f, 1]
+        self.file = f
+        return self
+
+    def release(self):
+        if self.file is None:
+            return
+        held = FolderLock._held.get(self.path)
+        self.file = None
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del FolderLock._held[self.path]
+            held[0].close()         # closing the file drops the flock
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def pause_point(name):
+    """Test hook: when $MINILLM_PAUSE_AT is `name`, say so on stderr and sleep, so that a test
+    can kill this process at a known point of a write (tests/test_reliability.py)."""
+    if os.environ.get("MINILLM_PAUSE_AT") == name:
+        print(f"minillm: paused at {name}", file=sys.stderr, flush=True)
+        time.sleep(600)

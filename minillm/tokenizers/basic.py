@@ -61,6 +61,8 @@ class BasicTokenizer(Tokenizer):
         counts = Counter()
         for piece in ([text] if isinstance(text, str) else text):
             counts.update(split_words(piece.lower() if self.lowercase else piece))
+        if not counts:
+            raise ValueError("no text to train a tokenizer on: the text is empty or only whitespace")
         # Counter.most_common keeps first-seen order among equal counts (stable sort)
         words = [w for w, c in counts.most_common() if c >= min_frequency and w not in specials]
         self.itos = specials + words[:vocab_size - len(specials)]

@@ -108,8 +108,12 @@ class BPETokenizer(Tokenizer):
         nthreads = num_threads or default_num_threads()
         bpe = _native()
         counter = bpe.WordCounter()
+        has_text = False
         for piece in ([text] if isinstance(text, str) else text):
+            has_text = has_text or re.search(r"\S", piece) is not None
             counter.add(utf8(piece), nthreads)
+        if not has_text:
+            raise ValueError("no text to train a tokenizer on: the text is empty or only whitespace")
         trainer = bpe.Trainer(counter, 256)
         report = None if callable(progress) else Progress(n_merges, "bpe", unit="merges", mode=progress)
         pairs = []
