@@ -270,6 +270,10 @@ def tokenizer_fingerprint(tokenizer):
     V = int(tokenizer.vocab_size)
     add([type(tokenizer).__name__, V])
     vocab = getattr(tokenizer, "vocab", None)
+    doc = getattr(tokenizer, "doc", None)
+    if isinstance(doc, dict):                # an HF tokenizer.json: the file decides the ids
+        add(doc)
+        return "sha256:" + h.hexdigest()
     if isinstance(vocab, dict):
         add([[int(i), bytes(b).hex()] for i, b in sorted(vocab.items())])
     elif hasattr(tokenizer, "itos"):
@@ -327,6 +331,14 @@ def _utf8_cut(buf, hi):
     return j if j > 0 else hi
 
 
+def _whole_file(path):
+    """The bytes of file `path` as one piece (for tokenizers whose ids chunk cuts could change)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data:
+        yield data
+
+
 def _text_chunks(path, chunk_bytes):
     """Yield the bytes of file `path` in pieces of about chunk_bytes, cut where no pre-token
     crosses (see _safe_cut); a piece grows up to 4 chunks looking for such a cut, then is cut
@@ -353,12 +365,18 @@ def _text_chunks(path, chunk_bytes):
 
 class _Encoder:
     """bytes -> uint32 ids with a tokenizer: the C encoder on all threads for BPE, else
-    decode + tokenizer.encode."""
+    decode + tokenizer.encode (an HF tokenizer.json's without the special tokens its
+    post-processor would add around every chunk: documents are separated by add_eot).
+
+    whole_files: the chunk cuts of _text_chunks keep the ids of GPT-2's pre-tokenizer only; an
+    HF tokenizer (other split rules, a metaspace prepended at the start of a text) gets each
+    file whole, so its ids are those of the file encoded at once."""
 
     def __init__(self, tokenizer, num_threads):
         self.tok = tokenizer
         self.native = getattr(tokenizer, "_encoder", None)
         self.threads = num_threads or default_num_threads()
+        self.whole_files = self.native is None and _takes_special_flag(tokenizer)
 
     def __call__(self, data, path):
         if self.native is not None:
@@ -367,7 +385,18 @@ class _Encoder:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not valid UTF-8 ({e.reason})") from None
+        if self.whole_files:
+            return np.asarray(self.tok.encode(text, add_special_tokens=False), dtype=np.uint32)
         return np.asarray(self.tok.encode(text), dtype=np.uint32)
+
+
+def _takes_special_flag(tokenizer):
+    """Whether tokenizer.encode takes add_special_tokens (HF tokenizer.json tokenizers)."""
+    import inspect
+    try:
+        return "add_special_tokens" in inspect.signature(tokenizer.encode).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1,
@@ -455,8 +484,9 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
                     stats[split]["tokens"] += 1
 
             offset = 0
+            whole = encode.whole_files
             for path in train_files:
-                for data in _text_chunks(path, chunk_bytes):
+                for data in (_whole_file(path) if whole else _text_chunks(path, chunk_bytes)):
                     if split_at is not None and offset < split_at < offset + len(data):
                         local = split_at - offset
                         cut = _safe_cut_forward(data, local, len(data))
@@ -473,7 +503,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
                 # the document ends in whichever split its last byte went to
                 end_document("train" if split_at is None or offset <= split_at else "val")
             for path in val_files:
-                for data in _text_chunks(path, chunk_bytes):
+                for data in (_whole_file(path) if whole else _text_chunks(path, chunk_bytes)):
                     emit("val", data, path)
                 end_document("val")
         report.close()
