@@ -189,19 +189,6 @@ void mll_free(void *p, size_t nbytes) {
     free(p);
 }
 
-void mll_alloc_trim(void) {
-    lock();
-    for (int c = 0; c < NUM_CLASSES; c++) {
-        while (g_free[c]) {
-            block *b = g_free[c];
-            g_free[c] = b->next;
-            free(b);
-        }
-    }
-    g_cached = 0;
-    omp_unset_lock(&g_lock);
-}
-
 void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs) {
     *in_use = g_in_use;
     *cached = g_cached;

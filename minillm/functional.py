@@ -8,7 +8,6 @@ All tensors are float32 unless stated; shapes follow NumPy broadcasting.
 """
 import builtins
 import math
-import sys
 
 from minillm import _C
 from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
@@ -127,13 +126,13 @@ def pow(x, exponent):
     """x ** exponent for a Python-number exponent, elementwise. Float32."""
     if isinstance(exponent, Tensor):
         raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
-    out = _C.pow_(x, exponent)
+    out = _C.power(x, exponent)
     if _grad_on() and x.requires_grad:
         e = float(exponent)
 
         def backward(dy):
             # d x^e / dx = e x^(e-1)
-            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
+            return (_C.mul(dy, _C.mul(_C.power(x, e - 1.0), e)),)
         _record(out, backward, x)
     return out
 
@@ -905,10 +904,6 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if dropout_p > 0.0 and training:
         p = dropout(p, dropout_p)
     return matmul(p, v)
-
-
-# Tensor methods and operators route here when a gradient is needed.
-_C._register_functional(sys.modules[__name__])
 
 
 # ======================================================================= fused kernels

@@ -1,17 +1,5 @@
-# fused.pxi: bindings of the fused kernels (attention.c, bias_gelu.c, layernorm.c: the fused residual add) for
-# minillm.functional.
-# No autograd here: these take and return plain Tensors.
-
-cdef Tensor _fused_f32(object t, str what, str name):
-    """A float32 Tensor whose last axis is contiguous (copied if it is not)."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{what}: {name} must be a minillm Tensor, got {type(t).__name__}")
-    cdef Tensor x = <Tensor>t
-    if x.dtype_ != C.MLL_F32:
-        raise TypeError(f"{what}: {name} must be float32, got {t.dtype}")
-    if x.ndim > 0 and x.strides_[x.ndim - 1] != 1 and x.shape_[x.ndim - 1] > 1:
-        x = copy_contig(x)
-    return x
+# attention.pxi: bindings of attention.c: fused causal attention, forward and backward, for
+# minillm.functional. No autograd here: these take and return plain Tensors.
 
 
 cdef inline void _head_strides(Tensor t, int64_t *s) noexcept:
@@ -32,9 +20,9 @@ cdef Tensor _attn_out_like(Tensor like, Py_ssize_t B, Py_ssize_t nh, Py_ssize_t 
 
 
 cdef tuple _attn_check(object q, object k, object v, double scale, str what):
-    cdef Tensor tq = _fused_f32(q, what, "q")
-    cdef Tensor tk = _fused_f32(k, what, "k")
-    cdef Tensor tv = _fused_f32(v, what, "v")
+    cdef Tensor tq = as_lastdim_f32(q, what, "q")
+    cdef Tensor tk = as_lastdim_f32(k, what, "k")
+    cdef Tensor tv = as_lastdim_f32(v, what, "v")
     if tq.ndim != 4 or tk.ndim != 4 or tv.ndim != 4:
         raise ValueError(f"{what}: expected q, k, v of shape (B, nh, T, hs), got {q.shape}, {k.shape}, "
                          f"{v.shape}")
@@ -109,9 +97,9 @@ def attention_backward(q, k, v, out, lse, dout, double scale, dq=None, dk=None, 
     given dq / dk / dv (e.g. strided views of one (B, T, 3C) gradient buffer)."""
     cdef Tensor tq, tk, tv
     tq, tk, tv = _attn_check(q, k, v, scale, "attention_backward")
-    cdef Tensor to = _fused_f32(out, "attention_backward", "out")
-    cdef Tensor td = _fused_f32(dout, "attention_backward", "dout")
-    cdef Tensor tl = as_contig(_fused_f32(lse, "attention_backward", "lse"))
+    cdef Tensor to = as_lastdim_f32(out, "attention_backward", "out")
+    cdef Tensor td = as_lastdim_f32(dout, "attention_backward", "dout")
+    cdef Tensor tl = as_contig(as_lastdim_f32(lse, "attention_backward", "lse"))
     cdef int64_t B = tq.shape_[0], nh = tq.shape_[1], Tq = tq.shape_[2], Tk = tk.shape_[2]
     cdef int64_t hs = tq.shape_[3]
     if to.shape != q.shape or td.shape != q.shape or tl.shape != (B, nh, Tq):
@@ -158,117 +146,3 @@ def attention_backward(q, k, v, out, lse, dout, double scale, dq=None, dk=None, 
     if rc != 0:
         raise MemoryError(f"attention_backward: no scratch memory for q {q.shape}, k {k.shape}")
     return gq, gk, gv
-
-
-cdef tuple _bias_gelu_check(object x, object b, str what):
-    cdef Tensor tx = as_contig(_fused_f32(x, what, "x"))
-    cdef Tensor tb = as_contig(_fused_f32(b, what, "bias"))
-    if tx.ndim < 1 or tb.ndim != 1 or tb.shape_[0] != tx.shape_[tx.ndim - 1]:
-        raise ValueError(f"{what}: x {x.shape} and bias {b.shape} do not fit (..., C) and (C,)")
-    return tx, tb
-
-
-def bias_gelu(x, b):
-    """y = gelu(x + b) (tanh form), fused: x (..., C), b (C) float32 -> y shaped like x."""
-    cdef Tensor tx, tb
-    tx, tb = _bias_gelu_check(x, b, "bias_gelu")
-    cdef int64_t Cn = tb.shape_[0]
-    cdef int64_t N = numel(tx) // Cn if Cn else 0
-    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef const float *xp = fptr(tx)
-    cdef const float *bp = fptr(tb)
-    cdef float *yp = fptr(y)
-    if N * Cn:
-        with nogil:
-            C.mll_bias_gelu_forward(xp, bp, yp, N, Cn)
-    return y
-
-
-def bias_gelu_backward(x, b, dy, bint need_db=True):
-    """Gradients of bias_gelu from its input x (..., C), bias b (C) and upstream dy
-    (shaped like x): (dx shaped like x, db (C) or None when need_db is False)."""
-    cdef Tensor tx, tb
-    tx, tb = _bias_gelu_check(x, b, "bias_gelu_backward")
-    cdef Tensor td = as_contig(_fused_f32(dy, "bias_gelu_backward", "dy"))
-    if td.shape != x.shape:
-        raise ValueError(f"bias_gelu_backward: dy {dy.shape} must match x {x.shape}")
-    cdef int64_t Cn = tb.shape_[0]
-    cdef int64_t N = numel(tx) // Cn if Cn else 0
-    cdef Tensor dx = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef Tensor db = new_tensor((Cn,), C.MLL_F32) if need_db else None
-    cdef const float *xp = fptr(tx)
-    cdef const float *bp = fptr(tb)
-    cdef const float *dp = fptr(td)
-    cdef float *dxp = fptr(dx)
-    cdef float *dbp = fptr(db) if need_db else NULL
-    cdef int rc = 0
-    if N * Cn:
-        with nogil:
-            rc = C.mll_bias_gelu_backward(xp, bp, dp, dxp, dbp, N, Cn)
-    elif need_db and Cn:
-        C.mll_fill(dbp, 0.0, Cn)
-    if rc != 0:
-        raise MemoryError(f"bias_gelu_backward: no scratch memory for x {x.shape}")
-    return dx, db
-
-
-def gelu_erf(x):
-    """Exact GELU, x Phi(x) (erf form): x float32, any shape -> y shaped like x."""
-    cdef Tensor tx = as_contig(_fused_f32(x, "gelu_erf", "x"))
-    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef const float *xp = fptr(tx)
-    cdef float *yp = fptr(y)
-    cdef int64_t n = numel(tx)
-    with nogil:
-        C.mll_gelu_erf_forward(xp, yp, n)
-    return y
-
-
-def gelu_erf_backward(x, dy):
-    """dx = dy * gelu'(x) for the exact GELU: x, dy float32 of one shape -> dx of that shape."""
-    cdef Tensor tx = as_contig(_fused_f32(x, "gelu_erf_backward", "x"))
-    cdef Tensor td = as_contig(_fused_f32(dy, "gelu_erf_backward", "dy"))
-    if td.shape != tx.shape:
-        raise ValueError(f"gelu_erf_backward: dy {dy.shape} must match x {x.shape}")
-    cdef Tensor dx = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef const float *xp = fptr(tx)
-    cdef const float *dp = fptr(td)
-    cdef float *dxp = fptr(dx)
-    cdef int64_t n = numel(tx)
-    with nogil:
-        C.mll_gelu_erf_backward(xp, dp, dxp, n)
-    return dx
-
-
-def add_layer_norm(x, r, weight, bias, float eps=1e-5):
-    """s = x + r and y = LayerNorm(s) over the last axis in one pass: x, r (..., C) float32 of
-    the same shape, weight/bias (C) or None. Returns (s, y, mean, rstd), mean/rstd (rows,)
-    as layer_norm saves them for layer_norm_backward(s, weight, mean, rstd, dy)."""
-    cdef Tensor tx = as_contig(_fused_f32(x, "add_layer_norm", "x"))
-    cdef Tensor tr = as_contig(_fused_f32(r, "add_layer_norm", "residual"))
-    if tx.ndim < 1 or tx.shape != tr.shape:
-        raise ValueError(f"add_layer_norm: x {x.shape} and residual {r.shape} must have the same shape (..., C)")
-    cdef int64_t cols = tx.shape_[tx.ndim - 1]
-    cdef int64_t rows = numel(tx) // cols if cols else 0
-    cdef Tensor w = None, b = None
-    cdef const float *wp = NULL
-    cdef const float *bp = NULL
-    if weight is not None:
-        w = as_contig(_fused_f32(weight, "add_layer_norm", "weight"))
-        if w.shape != (cols,):
-            raise ValueError(f"add_layer_norm: weight shape {w.shape} != ({cols},) for input {x.shape}")
-        wp = fptr(w)
-    if bias is not None:
-        b = as_contig(_fused_f32(bias, "add_layer_norm", "bias"))
-        if b.shape != (cols,):
-            raise ValueError(f"add_layer_norm: bias shape {b.shape} != ({cols},) for input {x.shape}")
-        bp = fptr(b)
-    cdef Tensor s = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef Tensor y = new_tensor(tuple(x.shape), C.MLL_F32)
-    cdef Tensor mu = new_tensor((rows,), C.MLL_F32)
-    cdef Tensor rs = new_tensor((rows,), C.MLL_F32)
-    if rows * cols:
-        with nogil:
-            C.mll_add_layernorm_forward(fptr(tx), fptr(tr), wp, bp, fptr(s), fptr(y), fptr(mu), fptr(rs),
-                                        rows, cols, eps)
-    return s, y, mu, rs
