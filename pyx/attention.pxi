@@ -81,9 +81,7 @@ cdef Tensor _attn_grad_out(object given, Tensor like, Py_ssize_t B, Py_ssize_t n
     or a fresh one laid out like `like`."""
     if given is None:
         return _attn_out_like(like, B, nh, T, hs)
-    if not isinstance(given, Tensor) or (<Tensor>given).dtype_ != C.MLL_F32:
-        raise TypeError(f"attention_backward: {name} must be a float32 minillm Tensor")
-    cdef Tensor t = <Tensor>given
+    cdef Tensor t = as_f32(given, f"attention_backward {name}")
     if t.shape != (B, nh, T, hs) or (hs > 1 and t.strides_[3] != 1):
         raise ValueError(f"attention_backward: {name} must have shape {(B, nh, T, hs)} and a contiguous "
                          f"last axis, got shape {given.shape} strides {given.strides}")

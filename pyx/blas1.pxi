@@ -63,10 +63,8 @@ def axpy_(float alpha, Tensor x, Tensor y):
     """y += alpha * x (same shapes, contiguous float32)."""
     if x.shape != y.shape:
         raise ValueError(f"axpy_: shapes {x.shape} and {y.shape} differ")
-    as_f32(x, "axpy_")
-    as_f32(y, "axpy_")
-    if not (is_contig(x) and is_contig(y)):
-        raise ValueError("axpy_ needs contiguous tensors")
+    check_contig(as_f32(x, "axpy_ x"), "axpy_ x")
+    as_inplace_f32(y, "axpy_ y")
     with nogil:
         C.mll_axpy(alpha, fptr(x), fptr(y), numel(x))
     return y
@@ -74,9 +72,7 @@ def axpy_(float alpha, Tensor x, Tensor y):
 
 def scale_(Tensor x, float alpha):
     """x *= alpha (contiguous float32)."""
-    as_f32(x, "scale_")
-    if not is_contig(x):
-        raise ValueError("scale_ needs a contiguous tensor")
+    as_inplace_f32(x, "scale_")
     with nogil:
         C.mll_scale(fptr(x), alpha, numel(x))
     return x

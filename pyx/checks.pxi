@@ -2,6 +2,7 @@
 #
 # A binding converts each argument once, through one of these, and gets either a Tensor it
 # can hand to a kernel or a Python exception naming the argument and its shape or dtype:
+#   as_tensor_arg(x, what)           a Tensor of any dtype (TypeError otherwise)
 #   as_f32(x, what)                  a float32 Tensor, any strides (TypeError otherwise)
 #   as_contig(t)                     t, or a contiguous copy of it
 #   as_inplace_f32(x, what)          a contiguous float32 Tensor a kernel may write through
@@ -9,7 +10,7 @@
 #   as_rows_f32(x, what, rows, cols) contiguous float32 seen as (rows, cols) over its last axis
 #   as_ids(x, what)                  integer ids (a Tensor of any integer dtype, or a sequence)
 #                                    as a contiguous int64 Tensor
-#   check_same_numel(a, b, what, name_a, name_b)
+#   check_contig(t, what), check_writable(t, what), check_same_numel(a, b, what, name_a, name_b)
 #   norm_axis, norm_index, shape_tuple
 #
 # Sizes: every Tensor keeps the product of its sizes (empty axes counted as 1) times its item
@@ -115,11 +116,16 @@ cdef Tensor as_contig(Tensor t):
     return t if is_contig(t) else copy_contig(t)
 
 
+cdef Tensor as_tensor_arg(object x, str what):
+    """x as a Tensor of any dtype (TypeError naming `what` for anything else)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what}: expected a Tensor, got {type(x).__name__}")
+    return <Tensor> x
+
+
 cdef Tensor as_f32(object x, str what):
     """x as a float32 Tensor (TypeError naming `what` for anything else)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what}: expected a minillm Tensor, got {type(x).__name__}")
-    cdef Tensor t = <Tensor> x
+    cdef Tensor t = as_tensor_arg(x, what)
     if t.dtype_ != C.MLL_F32:
         raise TypeError(f"{what}: expected a float32 tensor, got {t.dtype}")
     return t
@@ -128,8 +134,18 @@ cdef Tensor as_f32(object x, str what):
 cdef Tensor as_inplace_f32(object x, str what):
     """A float32 tensor a kernel updates in place: it must be contiguous and writable."""
     cdef Tensor t = as_f32(x, what)
+    return check_writable(check_contig(t, what), what)
+
+
+cdef Tensor check_contig(Tensor t, str what):
+    """t itself, or ValueError naming `what` and the shape when t is not contiguous."""
     if not is_contig(t):
-        raise ValueError(f"{what}: tensor of shape {t.shape} must be contiguous to be updated in place")
+        raise ValueError(f"{what}: the tensor of shape {t.shape} must be contiguous")
+    return t
+
+
+cdef Tensor check_writable(Tensor t, str what):
+    """t itself, or ValueError naming `what` when t views read-only memory."""
     if t.readonly:
         raise ValueError(f"{what}: tensor of shape {t.shape} is read-only")
     return t
@@ -137,11 +153,7 @@ cdef Tensor as_inplace_f32(object x, str what):
 
 cdef Tensor as_lastdim_f32(object x, str what, str name):
     """A float32 Tensor whose last axis is contiguous (copied if it is not)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what}: {name} must be a minillm Tensor, got {type(x).__name__}")
-    cdef Tensor t = <Tensor> x
-    if t.dtype_ != C.MLL_F32:
-        raise TypeError(f"{what}: {name} must be float32, got {t.dtype}")
+    cdef Tensor t = as_f32(x, f"{what} {name}")
     if t.ndim > 0 and t.strides_[t.ndim - 1] != 1 and t.shape_[t.ndim - 1] > 1:
         t = copy_contig(t)
     return t

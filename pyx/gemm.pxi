@@ -27,9 +27,7 @@ cdef class GemmArgs:
 
 
 cdef Tensor gemm_operand_tensor(object x, str what, bint allow_bf16):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what}: expected a minillm Tensor, got {type(x).__name__}")
-    cdef Tensor t = <Tensor> x
+    cdef Tensor t = as_tensor_arg(x, what)
     if t.dtype_ == C.MLL_F32 or (allow_bf16 and t.dtype_ == C.MLL_BF16):
         return t
     raise TypeError(f"{what}: expected a float32{' or bfloat16' if allow_bf16 else ''} tensor, got {t.dtype}")

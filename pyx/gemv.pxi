@@ -38,11 +38,7 @@ def advise_hugepages(t):
     every token, e.g. a weight), in place; the 2 MiB pages at its two ends, shared with
     neighbouring memory, too (no value anywhere changes). Returns the bytes of t now on huge
     pages, or -1 when the system refuses (not Linux, THP disabled, kernel before 6.1)."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"advise_hugepages: expected a Tensor, got {type(t).__name__}")
-    cdef Tensor x = <Tensor> t
-    if not is_contig(x):
-        raise ValueError(f"advise_hugepages: the tensor of shape {t.shape} must be contiguous")
+    cdef Tensor x = check_contig(as_tensor_arg(t, "advise_hugepages"), "advise_hugepages")
     cdef size_t nbytes = <size_t> (numel(x) * itemsize_of(x.dtype_))
     cdef int64_t r
     with nogil:
