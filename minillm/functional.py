@@ -261,7 +261,7 @@ view = reshape
 def flatten(x, start_dim=0, end_dim=-1):
     """x with axes start_dim..end_dim merged into one."""
     nd = x.ndim
-    s, e = start_dim % nd if nd else 0, end_dim % nd if nd else 0
+    s, e = (_C.normalize_axis(start_dim, nd), _C.normalize_axis(end_dim, nd)) if nd else (0, 0)
     shape = tuple(x.shape[:s]) + (-1,) + tuple(x.shape[e + 1:])
     return reshape(x, shape)
 
@@ -387,7 +387,8 @@ def split(x, split_size_or_sections, axis=0, *, dim=None):
     """Split x along `axis` into pieces of `split_size` (last may be smaller), or of the
     sizes in a list. Returns a tuple of views."""
     axis = dim if dim is not None else axis
-    n = x.shape[axis]
+    ax = _C.normalize_axis(axis, x.ndim)
+    n = x.shape[ax]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
         if step <= 0:
@@ -398,7 +399,6 @@ def split(x, split_size_or_sections, axis=0, *, dim=None):
         if builtins.sum(sizes) != n:
             raise ValueError(f"split: sections {sizes} do not add up to axis {axis} of size {n} "
                              f"(shape {tuple(x.shape)})")
-    ax = axis % x.ndim
     pieces, start = [], 0
     for size in sizes:
         pieces.append(getitem(x, (slice(None),) * ax + (slice(start, start + size),)))
@@ -561,7 +561,7 @@ def sigmoid(x):
 # ------------------------------------------------------------------------ softmax
 def _last_axis_op(fwd, bwd, x, axis, name):
     nd = x.ndim
-    if axis % nd != nd - 1:
+    if nd and _C.normalize_axis(axis, nd) != nd - 1:
         # move the axis last, apply, move it back (views; the kernel works on the last axis)
         return transpose(_last_axis_op(fwd, bwd, transpose(x, axis, -1), -1, name), axis, -1)
     y = fwd(x)

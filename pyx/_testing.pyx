@@ -1,4 +1,8 @@
 # cython: language_level=3
+# cython: boundscheck=False
+# (Every binding checks the sizes it reads before it takes an element's address; &x[0] of an empty
+# view only forms the pointer, and the kernel then reads 0 elements: a per-access check has
+# nothing left to catch.)
 """minillm._testing: raw bindings of the C kernels, one per function of csrc/minillm.h that the
 tests check against NumPy (and the benchmarks time), plus the test-only kernels
 (matmul_ref.c, gemv.c's stream_sum). Not part of the engine: minillm never imports it.

@@ -86,7 +86,8 @@ cdef class DecodeBlock:
         def has(name):
             return weights.get(name) is not None
 
-        cdef int64_t Cn = n_embd, Q = n_head * hs, KV = nkv * hs, F = d_ff
+        cdef int64_t Cn = n_embd, Q = mul_or_raise(n_head, hs, owner), KV = mul_or_raise(nkv, hs, owner), F = d_ff
+        add_or_raise(Q, mul_or_raise(2, KV, owner), owner)
         if has("qkv.weight"):
             separate = [n for n in ("q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias") if has(n)]
             if separate:
@@ -171,7 +172,7 @@ cdef class DecodeBlock:
 
     def scratch_floats(self, int64_t B, int64_t S):
         """Floats of scratch block_step needs for B rows with S cached positions (pos < S)."""
-        return C.mll_block_step_scratch(&self.o, B, S)
+        return scratch_floats(&self.o, B, S)
 
 
 cdef class DecodeHead:
@@ -211,7 +212,20 @@ cdef class DecodeHead:
     def scratch_floats(self, int64_t B):
         """Floats of scratch final_step needs for B rows (a block step's scratch of the same
         n_embd is always enough)."""
-        return C.mll_block_step_scratch(&self.o, B, 1)
+        return scratch_floats(&self.o, B, 1)
+
+
+cdef int64_t scratch_floats(const C.mll_block_options *o, int64_t B, int64_t S) except -1:
+    """mll_block_step_scratch(o, B, S), once its sum is known to fit: the same terms in Python
+    ints (a bound: the C function also rounds each part up to a cache line)."""
+    if B < 0 or S < 0:
+        raise ValueError(f"scratch for {B} rows and {S} positions: both must be >= 0")
+    Q, KV = int(o.n_head) * o.head_dim, int(o.n_kv_head) * o.head_dim
+    bound = int(B) * (int(o.n_embd) + 2 * Q + 2 * KV + o.d_ff + 2 + int(o.n_head) * S) + 64 * 8
+    if bound >= 2 ** 62:
+        raise MemoryError(f"a decoding step for {B} rows and {S} positions needs more scratch than 64-bit "
+                          f"sizes can address")
+    return C.mll_block_step_scratch(o, B, S)
 
 
 cdef Tensor _scratch_for(str owner, object scratch, int64_t need):
@@ -257,7 +271,7 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
         cp, sp = fptr(ct), fptr(st)
     elif rope_cos is not None or rope_sin is not None:
         raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
-    cdef Tensor sc = _scratch_for(owner, scratch, C.mll_block_step_scratch(&block.o, B, pos + 1))
+    cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, pos + 1))
     cdef int r
     with nogil:
         r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)

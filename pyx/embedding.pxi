@@ -24,7 +24,7 @@ def embedding_backward(Tensor dout, idx, int64_t num_embeddings):
     cdef Tensor ids = as_ids(idx, "embedding backward")
     dout = as_contig(as_f32(dout, "embedding backward"))
     cdef int64_t dim = dout.shape_[dout.ndim - 1], n = numel(ids)
-    if numel(dout) != n * dim:
+    if numel(dout) != mul_or_raise(n, dim, "embedding backward"):
         raise ValueError(f"embedding backward: gradient shape {dout.shape} does not match ids {ids.shape}")
     cdef Tensor dw = zeros((num_embeddings, dim))
     with nogil:

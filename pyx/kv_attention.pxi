@@ -26,7 +26,8 @@ def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
         raise ValueError(f"kv_attention_step: position {pos} is outside a cache of {S} rows")
     cdef float sc = <float>(1.0 / c_sqrt(<double>hs)) if scale is None else <float>float(scale)
     cdef Tensor y = new_tensor((B, nh * hs), C.MLL_F32)
-    cdef Tensor w = new_tensor((B * nh * (pos + 1),), C.MLL_F32)
+    cdef Tensor w = new_tensor((mul_or_raise(mul_or_raise(B, nh, "kv_attention_step scratch"), pos + 1,
+                                             "kv_attention_step scratch"),), C.MLL_F32)
     with nogil:
         C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), fptr(w), B, nh, nkv, hs, pos, sc)
     return y

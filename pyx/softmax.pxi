@@ -4,6 +4,8 @@
 def softmax(Tensor x, axis=-1):
     """Softmax over `axis` (last by default), max-subtracted."""
     cdef int64_t rows, cols
+    if x.ndim == 0:
+        raise ValueError("softmax needs at least one dimension, got a 0-d tensor")
     axis = norm_axis(axis, x.ndim)
     if axis != x.ndim - 1:
         return transpose(softmax(transpose(x, axis, -1), -1), axis, -1)
@@ -30,6 +32,8 @@ def softmax_backward(Tensor y, Tensor dy):
 def log_softmax(Tensor x, axis=-1):
     """log(softmax(x)) over `axis` (last by default), computed stably."""
     cdef int64_t rows, cols
+    if x.ndim == 0:
+        raise ValueError("log_softmax needs at least one dimension, got a 0-d tensor")
     axis = norm_axis(axis, x.ndim)
     if axis != x.ndim - 1:
         return transpose(log_softmax(transpose(x, axis, -1), -1), axis, -1)

@@ -331,7 +331,7 @@ cdef class Tensor:
     def flatten(self):
         return self.reshape(-1)
 
-    def transpose(self, int d0, int d1):
+    def transpose(self, d0, d1):
         if needs_grad(self):
             return grad_ops().transpose(self, d0, d1)
         return transpose(self, d0, d1)
@@ -349,7 +349,7 @@ cdef class Tensor:
             raise ValueError(f".T needs a 2-D tensor, got shape {self.shape}")
         return self.transpose(0, 1)
 
-    def unsqueeze(self, int d):
+    def unsqueeze(self, d):
         if needs_grad(self):
             return grad_ops().unsqueeze(self, d)
         return unsqueeze(self, d)
@@ -558,19 +558,26 @@ cdef inline bint needs_grad2(object a, object b):
 
 
 cdef Tensor new_tensor(tuple shape, int dtype):
-    """A fresh contiguous tensor owning uninitialised memory."""
+    """A fresh contiguous tensor owning uninitialised memory. ValueError for a negative size,
+    MemoryError naming the shape when its bytes do not fit in 64-bit sizes (checks.pxi)."""
     cdef Tensor t = Tensor.__new__(Tensor)
     cdef int k
     cdef int nd = len(shape)
-    cdef int64_t n = 1
+    cdef int64_t n = 1, nbytes = itemsize_of(dtype), s
     if nd > MAX_NDIM:
         raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
     t.ndim = nd
     for k in range(nd):
-        t.shape_[k] = shape[k]
-        if t.shape_[k] < 0:
-            raise ValueError(f"invalid shape {shape}: negative size")
-        n *= t.shape_[k]
+        try:
+            s = shape[k]
+        except OverflowError:
+            raise MemoryError(f"a tensor of shape {shape} has a size that does not fit in 64 bits") from None
+        if s < 0:
+            raise ValueError(f"invalid shape {shape}: negative size {s}")
+        if mll_mul_overflows(n, s, &n) or (s > 1 and mll_mul_overflows(nbytes, s, &nbytes)):
+            raise MemoryError(f"a tensor of shape {shape} with {itemsize_of(dtype)}-byte items needs more "
+                              f"than 2**63 bytes")
+        t.shape_[k] = s
     set_contig_strides(t)
     t.dtype_ = dtype
     t.owned_nbytes = <size_t> n * itemsize_of(dtype)
@@ -589,6 +596,8 @@ cdef Tensor new_like_shape(Tensor t, int dtype):
     for k in range(t.ndim):
         out.shape_[k] = t.shape_[k]
         n *= t.shape_[k]
+    if not extent_fits(t.ndim, t.shape_, itemsize_of(dtype)):
+        raise MemoryError(f"a tensor of shape {t.shape} as {_DTYPE_NAMES[dtype]} needs more than 2**63 bytes")
     set_contig_strides(out)
     out.dtype_ = dtype
     out.owned_nbytes = <size_t> n * itemsize_of(dtype)
@@ -608,7 +617,12 @@ cdef inline void set_contig_strides(Tensor t) noexcept:
 
 
 cdef Tensor make_view(Tensor src, int nd, Py_ssize_t *shape, Py_ssize_t *strides, char *ptr):
-    """A view of src's memory with the given geometry."""
+    """A view of src's memory with the given geometry; ValueError when the shape's extent (its
+    sizes' product, empty axes counted as 1, in bytes) does not fit in 64 bits, so that no
+    element count or offset computed from the view can overflow."""
+    if not extent_fits(nd, shape, itemsize_of(src.dtype_)):
+        raise ValueError(f"a view of shape {tuple([shape[k] for k in range(nd)])} is too large: its "
+                         f"element count or byte offsets overflow 64-bit sizes")
     cdef Tensor t = Tensor.__new__(Tensor)
     cdef int k
     t.ndim = nd
@@ -838,7 +852,9 @@ def tensor(data, dtype=None, requires_grad=False):
                 arr = arr.astype(_np.uint8)
             else:
                 raise TypeError(f"cannot make a tensor from data of dtype {arr.dtype}")
-        t = copy_contig(from_buffer(_np.ascontiguousarray(arr)))
+        if not arr.flags.c_contiguous:      # (np.ascontiguousarray would make a 0-d array 1-d)
+            arr = arr.copy(order="C")
+        t = copy_contig(from_buffer(arr))
     t.requires_grad = requires_grad
     return t
 

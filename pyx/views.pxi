@@ -6,10 +6,12 @@
 def reshape(Tensor x, shape):
     """A view with `shape` when x's strides allow it, else a reshaped copy."""
     shape = tuple(shape)
-    cdef int64_t n = numel(x)
-    cdef int64_t known = 1
+    n = numel(x)
+    known = 1                       # a Python int: the product of huge sizes must not wrap
     cdef int unknown = -1
     for i, dim in enumerate(shape):
+        if isinstance(dim, bool) or not isinstance(dim, (int, _np.integer)):
+            raise TypeError(f"reshape: shape entries must be integers, got {shape}")
         if dim == -1:
             if unknown >= 0:
                 raise ValueError(f"reshape: only one -1 is allowed, got {shape}")
@@ -17,15 +19,14 @@ def reshape(Tensor x, shape):
         elif dim < 0:
             raise ValueError(f"reshape: invalid shape {shape}")
         else:
-            known *= dim
+            known *= int(dim)
     if unknown >= 0:
         if known == 0 or n % known != 0:
             raise ValueError(f"cannot reshape a tensor of shape {x.shape} into {shape}")
         shape = shape[:unknown] + (n // known,) + shape[unknown + 1:]
     elif known != n:
         raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({n} elements) into {shape}")
-    if len(shape) > MAX_NDIM:
-        raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
+    shape = shape_tuple(shape)      # sizes within int64 (a 0-element tensor accepts any product)
     if not is_contig(x):
         x = copy_contig(x)
     cdef Py_ssize_t sh[MAX_NDIM]
@@ -39,13 +40,12 @@ def reshape(Tensor x, shape):
     return make_view(x, nd, sh, st, x.ptr)
 
 
-def transpose(Tensor x, int d0, int d1):
+def transpose(Tensor x, d0, d1):
     """A view with axes d0 and d1 swapped."""
-    d0 = norm_axis(d0, x.ndim)
-    d1 = norm_axis(d1, x.ndim)
+    cdef int a0 = norm_axis(d0, x.ndim), a1 = norm_axis(d1, x.ndim)
     cdef Tensor t = make_view(x, x.ndim, x.shape_, x.strides_, x.ptr)
-    t.shape_[d0], t.shape_[d1] = x.shape_[d1], x.shape_[d0]
-    t.strides_[d0], t.strides_[d1] = x.strides_[d1], x.strides_[d0]
+    t.shape_[a0], t.shape_[a1] = x.shape_[a1], x.shape_[a0]
+    t.strides_[a0], t.strides_[a1] = x.strides_[a1], x.strides_[a0]
     return t
 
 
@@ -62,12 +62,9 @@ def permute(Tensor x, dims):
     return t
 
 
-def unsqueeze(Tensor x, int d):
-    """A view with a new axis of size 1 at position d."""
-    if d < 0:
-        d += x.ndim + 1
-    if d < 0 or d > x.ndim:
-        raise IndexError(f"unsqueeze: axis {d} out of range for shape {x.shape}")
+def unsqueeze(Tensor x, axis):
+    """A view with a new axis of size 1 at position `axis` (in [-ndim - 1, ndim])."""
+    cdef int d = norm_axis(axis, x.ndim + 1)
     if x.ndim >= MAX_NDIM:
         raise ValueError(f"unsqueeze: shape {x.shape} already has {MAX_NDIM} dimensions")
     cdef Py_ssize_t sh[MAX_NDIM]
@@ -103,6 +100,9 @@ def squeeze(Tensor x, d=None):
 def expand(Tensor x, shape):
     """A broadcast view of x with `shape` (stride 0 on expanded axes; -1 keeps a size)."""
     shape = tuple(shape)
+    for want in shape:
+        if isinstance(want, bool) or not isinstance(want, (int, _np.integer)) or not -1 <= want <= INT64_MAX_:
+            raise ValueError(f"expand: invalid shape {shape}: sizes must be integers in [0, 2**63) or -1")
     cdef int nd = len(shape)
     cdef int off = nd - x.ndim
     if off < 0 or nd > MAX_NDIM:
@@ -143,27 +143,34 @@ def getitem(Tensor x, key):
     if n_ell:
         i = key.index(Ellipsis)
         key = key[:i] + (slice(None),) * (x.ndim - n_real) + key[i + 1:]
+    n_int = _builtins.sum(1 for k in key if isinstance(k, (int, _np.integer)))
+    if x.ndim - n_int + _builtins.sum(1 for k in key if k is None) > MAX_NDIM:
+        raise IndexError(f"index {key!r} gives a tensor of more than {MAX_NDIM} dimensions")
     cdef Py_ssize_t sh[MAX_NDIM]
     cdef Py_ssize_t st[MAX_NDIM]
     cdef int nd = 0, axis = 0
     cdef char *p = x.ptr
-    cdef Py_ssize_t start, stop, step, length, idx
+    cdef Py_ssize_t start, step, length, idx
     for k in key:
         if k is None:
-            if nd >= MAX_NDIM:
-                raise ValueError("too many dimensions")
             sh[nd] = 1
             st[nd] = 0
             nd += 1
         elif isinstance(k, slice):
-            start, stop, step = k.indices(x.shape_[axis])
-            if step <= 0:
-                raise ValueError(f"slice step must be positive, got {step}")
-            length = _builtins.max(0, (stop - start + step - 1) // step)
+            # Python ints until they are known to be in range (a step may be any size)
+            start_o, stop_o, step_o = k.indices(x.shape_[axis])
+            if step_o <= 0:
+                raise ValueError(f"slice step must be positive, got {step_o}")
+            length = _builtins.max(0, (stop_o - start_o + step_o - 1) // step_o)
             if length > 0:
+                start = start_o           # < the axis size
                 p += start * x.strides_[axis] * itemsize_of(x.dtype_)
             sh[nd] = length
-            st[nd] = x.strides_[axis] * step
+            if length > 1:
+                step = step_o             # < the axis size, as two elements fit
+                st[nd] = x.strides_[axis] * step
+            else:
+                st[nd] = x.strides_[axis]     # one element or none: the stride is never used
             nd += 1
             axis += 1
         elif isinstance(k, (int, _np.integer)):
@@ -181,14 +188,14 @@ def getitem(Tensor x, key):
     return make_view(x, nd, sh, st, p)
 
 
-def cat(tensors, int axis=0):
+def cat(tensors, axis=0):
     """Concatenate tensors (same dtype, same shape except along axis)."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat needs at least one tensor")
     cdef Tensor first = tensors[0]
     axis = norm_axis(axis, first.ndim)
-    total = 0
+    total = 0     # Python ints: new_tensor checks the result's size
     for t in tensors:
         if not isinstance(t, Tensor):
             raise TypeError(f"cat: expected Tensors, got {type(t).__name__}")
@@ -211,14 +218,12 @@ def cat(tensors, int axis=0):
     return out
 
 
-def stack(tensors, int axis=0):
+def stack(tensors, axis=0):
     """Stack same-shape tensors along a new axis."""
     tensors = list(tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")
-    nd = tensors[0].ndim + 1
-    if axis < 0:
-        axis += nd
+    axis = norm_axis(axis, tensors[0].ndim + 1)
     return cat([unsqueeze(t, axis) for t in tensors], axis)
 
 
