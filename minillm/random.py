@@ -199,26 +199,24 @@ def initial_seed():
     return _default.initial_seed()
 
 
-def _shape_of(shape):
-    return shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+def _drawn(shape, fill, generator, requires_grad):
+    """A new float32 tensor of `shape` (ints or one sequence) filled by fill(generator, t)."""
+    t = _C.empty(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    fill(_default if generator is None else generator, t)
+    t.requires_grad = requires_grad
+    return t
 
 
 def rand(*shape, generator=None, requires_grad=False):
     """A float32 tensor of `shape`, uniform in [0, 1), from `generator` (default: the default
     generator)."""
-    t = _C.empty(_shape_of(shape))
-    (_default if generator is None else generator).uniform_(t, 0.0, 1.0)
-    t.requires_grad = requires_grad
-    return t
+    return _drawn(shape, Generator.uniform_, generator, requires_grad)
 
 
 def randn(*shape, generator=None, requires_grad=False):
     """A float32 tensor of `shape`, standard normal, from `generator` (default: the default
     generator)."""
-    t = _C.empty(_shape_of(shape))
-    (_default if generator is None else generator).normal_(t, 0.0, 1.0)
-    t.requires_grad = requires_grad
-    return t
+    return _drawn(shape, Generator.normal_, generator, requires_grad)
 
 
 def randint(low, high=None, size=(), generator=None, dtype="int64"):

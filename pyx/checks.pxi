@@ -92,11 +92,16 @@ cdef int norm_axis(object axis, int ndim) except -1:
     """axis in [-ndim, ndim) as an index in [0, ndim) (a 0-d tensor takes axis 0 or -1);
     IndexError naming the axis and the dimensions otherwise."""
     cdef int n = ndim if ndim > 0 else 1
-    if isinstance(axis, bool) or not isinstance(axis, (int, _np.integer)):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__} {axis!r}")
-    if axis < -n or axis >= n:
+    cdef Py_ssize_t a
+    try:
+        a = axis
+    except OverflowError:
+        raise IndexError(f"axis {axis} is out of range for a tensor with {ndim} dimensions") from None
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__} {axis!r}") from None
+    if a < -n or a >= n:
         raise IndexError(f"axis {axis} is out of range for a tensor with {ndim} dimensions")
-    return <int> (axis + n if axis < 0 else axis)
+    return <int> (a + n if a < 0 else a)
 
 
 def normalize_axis(axis, int ndim):
@@ -107,9 +112,14 @@ def normalize_axis(axis, int ndim):
 
 cdef Py_ssize_t norm_index(object i, Py_ssize_t size, int axis) except -1:
     """i in [-size, size) as an index in [0, size); IndexError naming it otherwise."""
-    if i < -size or i >= size:
+    cdef Py_ssize_t j
+    try:
+        j = i
+    except OverflowError:
+        raise IndexError(f"index {i} is out of range for axis {axis} of size {size}") from None
+    if j < -size or j >= size:
         raise IndexError(f"index {i} is out of range for axis {axis} of size {size}")
-    return <Py_ssize_t> (i + size if i < 0 else i)
+    return j + size if j < 0 else j
 
 
 cdef Tensor as_contig(Tensor t):

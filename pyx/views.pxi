@@ -4,37 +4,43 @@
 
 
 def reshape(Tensor x, shape):
-    """A view with `shape` when x's strides allow it, else a reshaped copy."""
+    """A view with `shape` when x's strides allow it, else a reshaped copy; one entry may be -1."""
     shape = tuple(shape)
-    n = numel(x)
-    known = 1                       # a Python int: the product of huge sizes must not wrap
-    cdef int unknown = -1
-    for i, dim in enumerate(shape):
-        if isinstance(dim, bool) or not isinstance(dim, (int, _np.integer)):
-            raise TypeError(f"reshape: shape entries must be integers, got {shape}")
-        if dim == -1:
+    cdef int k, nd = len(shape), unknown = -1
+    cdef int64_t n = numel(x), known = 1, d
+    cdef Py_ssize_t sh[MAX_NDIM]
+    cdef Py_ssize_t st[MAX_NDIM]
+    if nd > MAX_NDIM:
+        raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
+    for k in range(nd):
+        try:
+            d = shape[k]
+        except OverflowError:
+            raise ValueError(f"cannot reshape a tensor of shape {x.shape} into {shape}: a size does not "
+                             f"fit in 64 bits") from None
+        if d == -1:
             if unknown >= 0:
                 raise ValueError(f"reshape: only one -1 is allowed, got {shape}")
-            unknown = i
-        elif dim < 0:
+            unknown = k
+        elif d < 0:
             raise ValueError(f"reshape: invalid shape {shape}")
-        else:
-            known *= int(dim)
+        elif mll_mul_overflows(known, d, &known):
+            # the product is not n (which fits), unless a later size is 0: too large a view anyway
+            raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({n} elements) into {shape}")
+        sh[k] = d
     if unknown >= 0:
         if known == 0 or n % known != 0:
             raise ValueError(f"cannot reshape a tensor of shape {x.shape} into {shape}")
-        shape = shape[:unknown] + (n // known,) + shape[unknown + 1:]
+        sh[unknown] = n // known
     elif known != n:
         raise ValueError(f"cannot reshape a tensor of shape {x.shape} ({n} elements) into {shape}")
-    shape = shape_tuple(shape)      # sizes within int64 (a 0-element tensor accepts any product)
+    if not extent_fits(nd, sh, itemsize_of(x.dtype_)):
+        raise ValueError(f"cannot reshape a tensor of shape {x.shape} into {shape}: the view's sizes "
+                         f"overflow 64-bit sizes")
     if not is_contig(x):
         x = copy_contig(x)
-    cdef Py_ssize_t sh[MAX_NDIM]
-    cdef Py_ssize_t st[MAX_NDIM]
-    cdef int k, nd = len(shape)
     cdef Py_ssize_t s = 1
     for k in range(nd - 1, -1, -1):
-        sh[k] = shape[k]
         st[k] = s
         s *= sh[k]
     return make_view(x, nd, sh, st, x.ptr)
@@ -143,9 +149,6 @@ def getitem(Tensor x, key):
     if n_ell:
         i = key.index(Ellipsis)
         key = key[:i] + (slice(None),) * (x.ndim - n_real) + key[i + 1:]
-    n_int = _builtins.sum(1 for k in key if isinstance(k, (int, _np.integer)))
-    if x.ndim - n_int + _builtins.sum(1 for k in key if k is None) > MAX_NDIM:
-        raise IndexError(f"index {key!r} gives a tensor of more than {MAX_NDIM} dimensions")
     cdef Py_ssize_t sh[MAX_NDIM]
     cdef Py_ssize_t st[MAX_NDIM]
     cdef int nd = 0, axis = 0
@@ -153,10 +156,14 @@ def getitem(Tensor x, key):
     cdef Py_ssize_t start, step, length, idx
     for k in key:
         if k is None:
+            if nd >= MAX_NDIM:
+                raise IndexError(f"index {key!r} gives a tensor of more than {MAX_NDIM} dimensions")
             sh[nd] = 1
             st[nd] = 0
             nd += 1
         elif isinstance(k, slice):
+            if nd >= MAX_NDIM:
+                raise IndexError(f"index {key!r} gives a tensor of more than {MAX_NDIM} dimensions")
             # Python ints until they are known to be in range (a step may be any size)
             start_o, stop_o, step_o = k.indices(x.shape_[axis])
             if step_o <= 0:
@@ -181,6 +188,8 @@ def getitem(Tensor x, key):
             raise TypeError(f"unsupported index {k!r}: use ints, slices, None or ...; "
                             "for a gather use minillm.functional.embedding or index_select")
     while axis < x.ndim:
+        if nd >= MAX_NDIM:
+            raise IndexError(f"index {key!r} gives a tensor of more than {MAX_NDIM} dimensions")
         sh[nd] = x.shape_[axis]
         st[nd] = x.strides_[axis]
         nd += 1
