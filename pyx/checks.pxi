@@ -7,6 +7,7 @@
 #   as_contig(t)                     t, or a contiguous copy of it
 #   as_inplace_f32(x, what)          a contiguous float32 Tensor a kernel may write through
 #   as_lastdim_f32(x, what, name)    float32 with a contiguous last axis (copied if not)
+#   as_f32_shaped(x, what, shape)    contiguous float32 of exactly `shape`
 #   as_rows_f32(x, what, rows, cols) contiguous float32 seen as (rows, cols) over its last axis
 #   as_ids(x, what)                  integer ids (a Tensor of any integer dtype, or a sequence)
 #                                    as a contiguous int64 Tensor
@@ -166,6 +167,15 @@ cdef Tensor as_lastdim_f32(object x, str what, str name):
     cdef Tensor t = as_f32(x, f"{what} {name}")
     if t.ndim > 0 and t.strides_[t.ndim - 1] != 1 and t.shape_[t.ndim - 1] > 1:
         t = copy_contig(t)
+    return t
+
+
+cdef Tensor as_f32_shaped(object x, str what, tuple shape):
+    """x as a contiguous float32 Tensor of exactly `shape` (a saved statistic, a weight):
+    ValueError naming both shapes otherwise."""
+    cdef Tensor t = as_contig(as_f32(x, what))
+    if t.shape != shape:
+        raise ValueError(f"{what}: expected shape {shape}, got {t.shape}")
     return t
 
 

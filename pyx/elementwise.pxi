@@ -223,12 +223,12 @@ def sigmoid(Tensor x):
 
 def unary_backward(str name, Tensor x, Tensor y, Tensor dy):
     """dx = dy * f'(x) for f = `name`; y = f(x) (its forward output) is reused where it helps."""
+    if name not in _UNARY_CODES:
+        raise ValueError(f"unary_backward: unknown op {name!r}, expected one of {sorted(_UNARY_CODES)}")
     cdef int op = _UNARY_CODES[name]
     x = as_contig(as_f32(x, name))
-    y = as_contig(as_f32(y, name)) if y is not None else x
-    dy = as_contig(as_f32(dy, name))
-    if dy.shape != x.shape:
-        raise ValueError(f"{name} backward: gradient shape {dy.shape} != input shape {x.shape}")
+    y = as_f32_shaped(y, f"{name} backward output", x.shape) if y is not None else x
+    dy = as_f32_shaped(dy, f"{name} backward gradient", x.shape)
     cdef Tensor dx = new_like_shape(x, C.MLL_F32)
     cdef int64_t n = numel(x)
     with nogil:

@@ -23,10 +23,16 @@ def embedding_backward(Tensor dout, idx, int64_t num_embeddings):
     """dweight (V, D) with dweight[idx[i]] += dout[i]."""
     cdef Tensor ids = as_ids(idx, "embedding backward")
     dout = as_contig(as_f32(dout, "embedding backward"))
-    cdef int64_t dim = dout.shape_[dout.ndim - 1], n = numel(ids)
+    if dout.ndim == 0:
+        raise ValueError("embedding backward: the gradient must be (..., D), got a 0-d tensor")
+    cdef int64_t dim = dout.shape_[dout.ndim - 1], n = numel(ids), i
     if numel(dout) != mul_or_raise(n, dim, "embedding backward"):
         raise ValueError(f"embedding backward: gradient shape {dout.shape} does not match ids {ids.shape}")
     cdef Tensor dw = zeros((num_embeddings, dim))
+    cdef const int64_t *ip = <const int64_t *> ids.ptr
+    for i in range(n):          # the kernel scatters through the ids unchecked
+        if ip[i] < 0 or ip[i] >= num_embeddings:
+            raise IndexError(f"embedding backward: id {ip[i]} at position {i} is outside [0, {num_embeddings})")
     with nogil:
         C.mll_embedding_backward(fptr(dout), <int64_t *> ids.ptr, fptr(dw), n, dim)
     return dw

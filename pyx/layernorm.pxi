@@ -41,8 +41,10 @@ def layer_norm_backward(Tensor x, weight, Tensor mean, Tensor rstd, Tensor dy, b
     cdef Tensor dw = None, db = None
     cdef float *dwp = NULL
     cdef float *dbp = NULL
+    mean = as_f32_shaped(mean, "layer_norm backward mean", (rows,))
+    rstd = as_f32_shaped(rstd, "layer_norm backward rstd", (rows,))
     if weight is not None:
-        w = as_contig(as_f32(weight, "layer_norm weight"))
+        w = as_f32_shaped(weight, "layer_norm backward weight", (cols,))
         wp = fptr(w)
         dw = new_tensor((cols,), C.MLL_F32)
         dwp = fptr(dw)

@@ -54,12 +54,16 @@ def cross_entropy_backward(logits, targets, lse, dloss, str reduction, int64_t c
     """d loss / d logits (N, V) for cross_entropy's outputs; dloss is the upstream
     gradient: (N) or any shape of N elements for 'none', 0-d for 'mean' and 'sum'."""
     cdef Tensor x = as_f32(logits, "cross_entropy_backward")
+    if x.ndim != 2:
+        raise ValueError(f"cross_entropy_backward: logits must be (N, V), got shape {x.shape}")
     if x.strides_[1] != 1:
         x = as_contig(x)
-    cdef Tensor t = as_ids(targets, "cross_entropy_backward")
-    cdef Tensor s = as_contig(as_f32(lse, "cross_entropy_backward"))
-    cdef Tensor d = as_contig(as_f32(dloss, "cross_entropy_backward"))
     cdef int64_t N = x.shape_[0], V = x.shape_[1], ld = x.strides_[0]
+    cdef Tensor t = as_ids(targets, "cross_entropy_backward")
+    if t.shape != (N,):
+        raise ValueError(f"cross_entropy_backward: logits {x.shape} need targets of shape ({N},), got {t.shape}")
+    cdef Tensor s = as_f32_shaped(lse, "cross_entropy_backward lse", (N,))
+    cdef Tensor d = as_contig(as_f32(dloss, "cross_entropy_backward"))
     cdef const float *dp = NULL
     cdef float scale
     if reduction == "none":

@@ -85,6 +85,21 @@ BAD_CALLS = [
     ("minillm._C.dropout_mask((2**62,), 0.5, 0, 0)", "MemoryError"),
     ("minillm._C.onehot_rows(minillm.tensor([0]), minillm.tensor([1.0]), 2**62)", "MemoryError"),
     ("minillm._C.rope_table(minillm.ones(4), 2**62)", "MemoryError"),
+    # backward bindings check what the forward saved as well as the gradient
+    ("minillm._C.embedding_backward(minillm.ones(2, 3), minillm.tensor([0, 9]), 4)", "IndexError"),
+    ("minillm._C.embedding_backward(minillm.ones(()), minillm.tensor([0]), 4)", "ValueError"),
+    ("minillm._C.cross_entropy_backward(minillm.ones(4), minillm.tensor([0]), minillm.ones(1), minillm.ones(()), 'mean', 1)",
+     "ValueError"),
+    ("minillm._C.cross_entropy_backward(minillm.ones(3, 4), minillm.tensor([0]), minillm.ones(3), minillm.ones(()), 'mean', 1)",
+     "ValueError"),
+    ("minillm._C.cross_entropy_backward(minillm.ones(3, 4), minillm.tensor([0, 1, 2]), minillm.ones(1), minillm.ones(()), 'mean', 1)",
+     "ValueError"),
+    ("minillm._C.layer_norm_backward(minillm.ones(3, 4), None, minillm.ones(1), minillm.ones(3), minillm.ones(3, 4))",
+     "ValueError"),
+    ("minillm._C.layer_norm_backward(minillm.ones(3, 4), minillm.ones(2), minillm.ones(3), minillm.ones(3), minillm.ones(3, 4))",
+     "ValueError"),
+    ("minillm._C.unary_backward('exp', minillm.ones(5), minillm.ones(2), minillm.ones(5))", "ValueError"),
+    ("minillm._C.unary_backward('nope', minillm.ones(5), None, minillm.ones(5))", "ValueError"),
 ]
 
 CHILD = textwrap.dedent(r'''
