@@ -147,6 +147,9 @@ static void lock(void) {
 }
 
 void *mll_alloc(size_t nbytes) {
+    /* more than 2^62 bytes: no machine has it, and refusing here keeps the rounded size and
+     * the int64 statistics in range */
+    if (nbytes > ((size_t)1 << 62)) return NULL;
     int cls;
     size_t size = class_size(nbytes, &cls);
     if (nbytes > CACHE_LIMIT) cls = -1;
