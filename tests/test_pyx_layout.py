@@ -94,6 +94,15 @@ def test_the_core_includes_every_pxi_once():
     included = re.findall(r'^include "(\w+)\.pxi"', text, flags=re.M)
     assert sorted(included) == sorted(p.stem for p in PYX.glob("*.pxi"))
     assert len(included) == len(set(included))
+    # the C files' .pxi come in the order of minillm.h's sections
+    sections = re.findall(r"^/\* -{3,}[^\n]*\*/", (CSRC / "minillm.h").read_text(), flags=re.M)
+    order = []
+    for line in sections:
+        for name in re.findall(r"(\w+)\.c\b", line):
+            if name not in order:
+                order.append(name)
+    bound = [name for name in included if name not in TENSOR_PXI]
+    assert bound == [name for name in order if name in bound], (bound, order)
 
 
 def test_no_pyx_file_imports_a_python_module_of_the_package():
