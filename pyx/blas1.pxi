@@ -21,6 +21,10 @@ def copy_(Tensor dst, src):
         s = expand(s, dst.shape)
     if numel(dst) == 0:
         return dst
+    if s.ptr == dst.ptr and s.shape == dst.shape and s.strides == dst.strides:
+        return dst
+    if bytes_overlap(s, dst):
+        s = copy_contig(s)      # e.g. t[1:] = t[:-1]: read everything before writing
     if is_contig(dst) and is_contig(s):
         memcpy(dst.ptr, s.ptr, numel(dst) * itemsize_of(dst.dtype_))
         return dst

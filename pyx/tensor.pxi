@@ -542,6 +542,26 @@ cdef inline bint is_contig(Tensor t) noexcept nogil:
     return True
 
 
+cdef bint bytes_overlap(Tensor a, Tensor b) noexcept:
+    """True when the address ranges a and b can reach intersect (non-empty tensors)."""
+    cdef char *lo_a = a.ptr
+    cdef char *hi_a = a.ptr + itemsize_of(a.dtype_)
+    cdef char *lo_b = b.ptr
+    cdef char *hi_b = b.ptr + itemsize_of(b.dtype_)
+    cdef int k
+    for k in range(a.ndim):
+        if a.strides_[k] < 0:
+            lo_a += a.strides_[k] * (a.shape_[k] - 1) * itemsize_of(a.dtype_)
+        else:
+            hi_a += a.strides_[k] * (a.shape_[k] - 1) * itemsize_of(a.dtype_)
+    for k in range(b.ndim):
+        if b.strides_[k] < 0:
+            lo_b += b.strides_[k] * (b.shape_[k] - 1) * itemsize_of(b.dtype_)
+        else:
+            hi_b += b.strides_[k] * (b.shape_[k] - 1) * itemsize_of(b.dtype_)
+    return lo_a < hi_b and lo_b < hi_a
+
+
 cdef inline float *fptr(Tensor t) noexcept nogil:
     return <float *> t.ptr
 

@@ -85,6 +85,8 @@ BAD_CALLS = [
     ("minillm._C.dropout_mask((2**62,), 0.5, 0, 0)", "MemoryError"),
     ("minillm._C.onehot_rows(minillm.tensor([0]), minillm.tensor([1.0]), 2**62)", "MemoryError"),
     ("minillm._C.rope_table(minillm.ones(4), 2**62)", "MemoryError"),
+    ("minillm.set_num_threads(10**6)", "ValueError"),
+    ("minillm.set_num_threads(0)", "ValueError"),
     # backward bindings check what the forward saved as well as the gradient
     ("minillm._C.embedding_backward(minillm.ones(2, 3), minillm.tensor([0, 9]), 4)", "IndexError"),
     ("minillm._C.embedding_backward(minillm.ones(()), minillm.tensor([0]), 4)", "ValueError"),
@@ -236,3 +238,23 @@ def test_random_shapes_axes_and_indices_never_crash(seed):
     assert not bad, "\n".join(bad[:20])
     # both sides were exercised: many results checked against NumPy, many calls refused
     assert lines[-1]["compared"] > 300 and lines[-1]["raised"] > 300, lines[-1]
+
+
+def test_overlapping_copies_read_the_source_before_writing():
+    import numpy as np
+    import minillm
+    for key_dst, key_src in [((slice(1, None),), (slice(None, -1),)), ((slice(None, -1),), (slice(1, None),)),
+                             ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                             ((slice(None, None, 2),), (slice(1, None, 2),))]:
+        shape = (12,) if len(key_dst) == 1 else (3, 4)
+        a = np.arange(12, dtype=np.float32).reshape(shape)
+        t = minillm.tensor(a)
+        t[key_dst] = t[key_src]
+        a[key_dst] = a[key_src].copy()
+        np.testing.assert_array_equal(t.numpy(), a)
+    t = minillm.arange(6, dtype="float32").reshape(2, 3)
+    t[...] = t.transpose(0, 1).reshape(2, 3)         # a copy of the transpose, no overlap
+    t2 = minillm.arange(4, dtype="float32").reshape(2, 2)
+    t2[...] = t2.T                                     # overlapping transpose
+    assert t2.tolist() == [[0.0, 2.0], [1.0, 3.0]]
+
