@@ -14,7 +14,7 @@ setup: .setup-stamp
 
 # In-place build of the extensions; flock keeps parallel builds in one tree from racing.
 build: .setup-stamp
-	flock .build.lock $(PY) setup.py -q build_ext --inplace -j 2
+	flock .build.lock $(PY) setup.py -q build_clib build_ext --inplace -j 2
 
 # Reference libraries the comparison tests use (torch is pinned: the CPU build on local disk).
 dev: .setup-stamp

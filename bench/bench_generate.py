@@ -8,7 +8,7 @@ vs a PyTorch eager GPT with a KV cache (written below), same weights, same run.
 Decoding one token reads every weight once (GPT-2 small: 124M float32 = 498 MB), so its
 ceiling is read bandwidth / weight bytes. Two read roofs are measured in the same run:
   torch.sum    over 1 GiB of fresh float32 (4 KiB pages, as any tensor gets), the best of 5;
-  stream sum   minillm's plain sum (_C.stream_sum) over the very weights a step reads, after
+  stream sum   minillm's plain sum (_testing.stream_sum) over the very weights a step reads, after
                the decode plan (GPT.decoder) asked for 2 MiB pages under them (what the GEMV could reach).
 Each framework's tokens/s is reported as a fraction of both. --kernels adds, per linear layer
 kind, the GEMV's read bandwidth against the stream sum over the same matrices.
@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
 from minillm import _C  # noqa: E402
+from minillm import _testing  # noqa: E402
 from minillm.generate import generate  # noqa: E402
 from minillm.models import build_model  # noqa: E402
 
@@ -156,9 +157,9 @@ def best_of(fn, repeats):
 
 
 def stream_roof(weights, repeats=5):
-    """Bytes/s of _C.stream_sum over every streamed weight in step order (the best of repeats)."""
+    """Bytes/s of _testing.stream_sum over every streamed weight in step order (the best of repeats)."""
     flat = [w for ws in weights.values() for w in ws]
-    return sum(w.nbytes for w in flat) / best_of(lambda: [_C.stream_sum(w) for w in flat], repeats)
+    return sum(w.nbytes for w in flat) / best_of(lambda: [_testing.stream_sum(w) for w in flat], repeats)
 
 
 def kernel_table(weights, repeats=5):
@@ -170,7 +171,7 @@ def kernel_table(weights, repeats=5):
         gemv = stream = math.inf
         for _ in range(repeats):
             gemv = min(gemv, best_of(lambda: [_C.linear_rows(x, w) for w in ws], 1))
-            stream = min(stream, best_of(lambda: [_C.stream_sum(w) for w in ws], 1))
+            stream = min(stream, best_of(lambda: [_testing.stream_sum(w) for w in ws], 1))
         nbytes = sum(w.nbytes for w in ws)
         rows.append((kind, nbytes, nbytes / gemv, nbytes / stream))
     return rows

@@ -199,7 +199,8 @@ static int64_t metaspace_pretoken_end(const uint8_t *s, int64_t i, int64_t n)
     return j;
 }
 
-int64_t mll_bpe_split_end(int step, const uint8_t *s, int64_t i, int64_t n)
+/* End of the piece of one step (MLL_SPLIT_*) that starts at byte i of s[0, n); n if unknown. */
+static int64_t split_end(int step, const uint8_t *s, int64_t i, int64_t n)
 {
     switch (step) {
     case MLL_SPLIT_GPT2: return mll_bpe_pretoken_end(s, i, n);
@@ -224,7 +225,7 @@ static int64_t split_chain(const int *steps, int nsteps, const uint8_t *s, int64
     }
     int64_t k = 0;
     for (int64_t i = start; i < stop;) {
-        int64_t e = mll_bpe_split_end(steps[0], s, i, stop);
+        int64_t e = split_end(steps[0], s, i, stop);
         k += split_chain(steps + 1, nsteps - 1, s, i, e, ends + k);
         i = e;
     }
@@ -1132,7 +1133,7 @@ static int64_t encode_pieces(const mll_bpe *t, encoder_state *st, const uint8_t 
     if (nsteps == 0) return stop > start ? encode_word(t, st, s + start, stop - start, out) : 0;
     int64_t k = 0;
     for (int64_t i = start; i < stop;) {
-        int64_t e = mll_bpe_split_end(steps[0], s, i, stop);
+        int64_t e = split_end(steps[0], s, i, stop);
         int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
         if (m < 0) return -1;
         k += m;
@@ -1151,7 +1152,7 @@ static int64_t encode_span(const mll_bpe *t, encoder_state *st, const uint8_t *s
     if (nsteps == 0) return encode_pieces(t, st, s, start, stop, steps, 0, out);
     int64_t k = 0;
     for (int64_t i = start; i < stop;) {
-        int64_t e = mll_bpe_split_end(steps[0], s, i, n);
+        int64_t e = split_end(steps[0], s, i, n);
         int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
         if (m < 0) return -1;
         k += m;

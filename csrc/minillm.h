@@ -11,7 +11,8 @@
  *   - hot kernels have a portable C path, an AVX2+FMA path and an AVX-512 path, picked
  *     at each call by mll_get_isa(): what the CPU has, MINILLM_ISA or mll_set_isa() (dispatch.h).
  *
- * pyx/minillm.pxd declares exactly this file.
+ * pyx/minillm.pxd declares exactly this file, except its test-only functions (marked so below),
+ * which minillm._testing (pyx/_testing.pyx) declares; tests/test_pyx_layout.py checks both.
  */
 #ifndef MINILLM_H
 #define MINILLM_H
@@ -44,7 +45,6 @@ void mll_set_num_threads(int n);      /* n >= 1 */
  * step allocates nothing from the OS after the first step. */
 void *mll_alloc(size_t nbytes);       /* NULL on failure; nbytes 0 gives a valid pointer */
 void mll_free(void *p, size_t nbytes);/* nbytes as passed to mll_alloc */
-void mll_alloc_trim(void);            /* give every cached block back to the OS */
 /* bytes in use by live tensors, bytes cached in free lists, OS allocations so far */
 void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs);
 
@@ -129,7 +129,7 @@ void mll_embedding_backward(const float *dout, const int64_t *idx, float *dweigh
                             int64_t dim);
 
 /* ----------------------------------------------------------- matmul_ref.c */
-/* c (M, N) = a (M, K) @ b (K, N), all contiguous: the plain triple loop, kept for tests. */
+/* c (M, N) = a (M, K) @ b (K, N), all contiguous: the plain triple loop, test-only (minillm._testing). */
 void mll_matmul_ref(const float *a, const float *b, float *c, int64_t M, int64_t N, int64_t K);
 
 /* ---------------------------------------------------------------- gemm.c */
@@ -209,8 +209,6 @@ enum { MLL_SPLIT_GPT2 = 1, MLL_SPLIT_LLAMA3, MLL_SPLIT_QWEN2, MLL_SPLIT_DIGITS,
 int64_t mll_bpe_pretoken_end(const uint8_t *s, int64_t i, int64_t n);
 /* ends (n,) <- the end offset of every GPT-2 pre-token of s[0, n); returns how many. */
 int64_t mll_bpe_pretokenize(const uint8_t *s, int64_t n, int64_t *ends);
-/* End of the piece of one step (MLL_SPLIT_*) that starts at byte i of s[0, n); n if unknown. */
-int64_t mll_bpe_split_end(int step, const uint8_t *s, int64_t i, int64_t n);
 /* ends (n,) <- the end of every piece of s[0, n) after steps[0..nsteps); returns how many. */
 int64_t mll_bpe_split(const int *steps, int nsteps, const uint8_t *s, int64_t n, int64_t *ends);
 
@@ -424,8 +422,8 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *c
  * ones at the ends included (their other bytes keep their values). Returns the bytes of the
  * buffer now on huge pages, or -1 if every page was refused (not Linux, THP off, old kernel). */
 int64_t mll_advise_hugepages(void *p, size_t nbytes);
-/* Sum of x (n) in float over the same pool, chunk partial sums added in order (NaN if out of
- * memory): the read roof a GEMV over the same bytes is measured against. */
+/* Test-only (minillm._testing): sum of x (n) in float over the same pool, chunk partial sums
+ * added in order (NaN if out of memory): the read roof a GEMV over the same bytes is measured against. */
 float mll_stream_sum(const float *x, int64_t n);
 
 /* --------------------------------------------------------- kv_attention.c */

@@ -147,6 +147,9 @@ static void lock(void) {
 }
 
 void *mll_alloc(size_t nbytes) {
+    /* more than 2^62 bytes: no machine has it, and refusing here keeps the rounded size and
+     * the int64 statistics in range */
+    if (nbytes > ((size_t)1 << 62)) return NULL;
     int cls;
     size_t size = class_size(nbytes, &cls);
     if (nbytes > CACHE_LIMIT) cls = -1;
@@ -187,19 +190,6 @@ void mll_free(void *p, size_t nbytes) {
     }
     omp_unset_lock(&g_lock);
     free(p);
-}
-
-void mll_alloc_trim(void) {
-    lock();
-    for (int c = 0; c < NUM_CLASSES; c++) {
-        while (g_free[c]) {
-            block *b = g_free[c];
-            g_free[c] = b->next;
-            free(b);
-        }
-    }
-    g_cached = 0;
-    omp_unset_lock(&g_lock);
 }
 
 void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs) {

@@ -16,16 +16,19 @@ if "OMP_WAIT_POLICY" not in _os.environ:
 
 from ._C import (  # noqa: F401
     Tensor, Vector, Matrix, GrowableTensor,
-    tensor, as_tensor, from_numpy, empty, zeros, ones, full, arange, rand, randn, randint,
+    tensor, as_tensor, from_numpy, empty, zeros, ones, full, arange,
     empty_like, zeros_like, ones_like, full_like, cat, stack, matmul, view_as,
     cpu_info, set_isa, get_isa, supported_isas, set_num_threads, get_num_threads, alloc_stats,
     is_grad_enabled,
     float32, int32, int64, bfloat16, uint8, uint16,
 )
-from .random import Generator, manual_seed, default_generator  # noqa: F401
+from .random import Generator, manual_seed, default_generator, rand, randn, randint  # noqa: F401
 from .io import save, load, FormatError  # noqa: F401
-# importing functional registers the differentiable ops with the Tensor type
-from . import autograd, functional, nn, optim, data  # noqa: F401
+from . import _C, autograd, functional
+# The one place the compiled core learns of the Python layers above it: Tensor methods and
+# operators call functional's ops when a gradient is needed, Tensor.backward runs the tape.
+_C.register_python_ops(functional, autograd.backward)
+from . import nn, optim, data  # noqa: E402,F401
 from .autograd import (  # noqa: F401
     no_grad, enable_grad, set_grad_enabled, set_anomaly_detection, detect_anomaly, is_anomaly_enabled,
 )

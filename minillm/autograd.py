@@ -254,7 +254,7 @@ def _summed(prev, g, owned):
 
 class _GradFlag:
     """Grad mode seen as a switch's state (get / set returning the previous value); the
-    flag itself lives in the compiled core, which reads it on every op."""
+    flag itself lives in the compiled core (one per thread), which reads it on every op."""
 
     __slots__ = ()
 

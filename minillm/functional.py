@@ -8,7 +8,6 @@ All tensors are float32 unless stated; shapes follow NumPy broadcasting.
 """
 import builtins
 import math
-import sys
 
 from minillm import _C
 from minillm import amp as _amp  # bf16 autocast: F.linear / F.matmul read _amp.gemm()
@@ -127,13 +126,13 @@ def pow(x, exponent):
     """x ** exponent for a Python-number exponent, elementwise. Float32."""
     if isinstance(exponent, Tensor):
         raise TypeError("pow: the exponent must be a Python number (tensor exponents are not supported)")
-    out = _C.pow_(x, exponent)
+    out = _C.power(x, exponent)
     if _grad_on() and x.requires_grad:
         e = float(exponent)
 
         def backward(dy):
             # d x^e / dx = e x^(e-1)
-            return (_C.mul(dy, _C.mul(_C.pow_(x, e - 1.0), e)),)
+            return (_C.mul(dy, _C.mul(_C.power(x, e - 1.0), e)),)
         _record(out, backward, x)
     return out
 
@@ -263,7 +262,7 @@ view = reshape
 def flatten(x, start_dim=0, end_dim=-1):
     """x with axes start_dim..end_dim merged into one."""
     nd = x.ndim
-    s, e = start_dim % nd if nd else 0, end_dim % nd if nd else 0
+    s, e = (_C.normalize_axis(start_dim, nd), _C.normalize_axis(end_dim, nd)) if nd else (0, 0)
     shape = tuple(x.shape[:s]) + (-1,) + tuple(x.shape[e + 1:])
     return reshape(x, shape)
 
@@ -389,7 +388,8 @@ def split(x, split_size_or_sections, axis=0, *, dim=None):
     """Split x along `axis` into pieces of `split_size` (last may be smaller), or of the
     sizes in a list. Returns a tuple of views."""
     axis = dim if dim is not None else axis
-    n = x.shape[axis]
+    ax = _C.normalize_axis(axis, x.ndim)
+    n = x.shape[ax]
     if isinstance(split_size_or_sections, int):
         step = split_size_or_sections
         if step <= 0:
@@ -400,7 +400,6 @@ def split(x, split_size_or_sections, axis=0, *, dim=None):
         if builtins.sum(sizes) != n:
             raise ValueError(f"split: sections {sizes} do not add up to axis {axis} of size {n} "
                              f"(shape {tuple(x.shape)})")
-    ax = axis % x.ndim
     pieces, start = [], 0
     for size in sizes:
         pieces.append(getitem(x, (slice(None),) * ax + (slice(start, start + size),)))
@@ -563,7 +562,7 @@ def sigmoid(x):
 # ------------------------------------------------------------------------ softmax
 def _last_axis_op(fwd, bwd, x, axis, name):
     nd = x.ndim
-    if axis % nd != nd - 1:
+    if nd and _C.normalize_axis(axis, nd) != nd - 1:
         # move the axis last, apply, move it back (views; the kernel works on the last axis)
         return transpose(_last_axis_op(fwd, bwd, transpose(x, axis, -1), -1, name), axis, -1)
     y = fwd(x)
@@ -906,10 +905,6 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_caus
     if dropout_p > 0.0 and training:
         p = dropout(p, dropout_p)
     return matmul(p, v)
-
-
-# Tensor methods and operators route here when a gradient is needed.
-_C._register_functional(sys.modules[__name__])
 
 
 # ======================================================================= fused kernels

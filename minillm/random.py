@@ -8,8 +8,9 @@ each element depends only on (seed, its word position), draws are the same for a
 thread count, and a checkpoint needs only the two integers of `get_state()`.
 
 The fill methods write into any writable, buffer-protocol object of the right element type
-(a NumPy array, or a minillm Tensor): float32 for uniform_/normal_, int64 for randint_.
-Tensor factories (minillm.rand, randn, randint) live in the Tensor type and call these.
+(a minillm Tensor, or a NumPy array, viewed without a copy): float32 for uniform_/normal_,
+int64 for randint_; the kernels (minillm._C.rand_*) fill it directly. The Tensor factories
+minillm.rand, randn and randint are here too.
 """
 import operator
 
@@ -17,15 +18,12 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["Generator", "manual_seed", "default_generator", "initial_seed"]
+__all__ = ["Generator", "manual_seed", "default_generator", "initial_seed", "rand", "randn", "randint"]
 
 _U64 = 1 << 64
 # Seed of the default generator at import: fixed, so programs that never seed are still
 # reproducible run to run.
 DEFAULT_SEED = 0x5EED_0F_3111_11
-
-_FLOAT32_FORMATS = ("f", "<f", "=f", "@f")
-_INT64_FORMATS = ("q", "l", "<q", "<l", "=q", "=l", "@q", "@l")
 
 
 def _as_seed(seed):
@@ -53,42 +51,6 @@ def _check_finite(name, value):
     if not abs(v) <= _F32_MAX:  # also catches NaN
         raise ValueError(f"{name} must be a finite float32 value, got {value!r}")
     return v
-
-
-class _Target:
-    """A writable buffer seen as a flat contiguous memoryview of one element type, or, when
-    the buffer is strided, a contiguous scratch array that is copied back by finish()."""
-
-    __slots__ = ("buf", "flat", "scratch", "n")
-
-    def __init__(self, buf, formats, code, dtype, what):
-        try:
-            mv = memoryview(buf)
-        except TypeError:
-            raise TypeError(f"{what} needs a writable buffer (NumPy array or Tensor), "
-                            f"got {type(buf).__name__}") from None
-        if mv.format not in formats:
-            raise TypeError(f"{what} needs a {np.dtype(dtype).name} buffer, got element format "
-                            f"{mv.format!r} (itemsize {mv.itemsize})")
-        if mv.readonly:
-            raise ValueError(f"{what}: the buffer of shape {mv.shape} is read-only")
-        self.buf = buf
-        self.n = int(np.prod(mv.shape, dtype=np.int64)) if mv.ndim else 1
-        self.scratch = None
-        self.flat = None
-        if self.n == 0:
-            return
-        if mv.c_contiguous:
-            self.flat = mv.cast("B").cast(code)
-        else:
-            self.scratch = np.empty(self.n, dtype=dtype)
-            self.flat = self.scratch
-
-    def finish(self):
-        if self.scratch is not None:
-            dst = np.asarray(self.buf)
-            dst[...] = self.scratch.reshape(dst.shape)
-        return self.buf
 
 
 class Generator:
@@ -158,11 +120,12 @@ class Generator:
             raise ValueError(f"uniform_ needs lo <= hi, got lo={lo}, hi={hi}")
         if not float(np.float32(hi)) - float(np.float32(lo)) <= _F32_MAX:
             raise ValueError(f"uniform_: hi - lo overflows float32 (lo={lo}, hi={hi})")
-        t = _Target(buf, _FLOAT32_FORMATS, "f", np.float32, "uniform_")
-        if t.n:
-            seed, off = self.claim(t.n)
-            _C.k_rand_uniform(seed, off, t.flat, lo, hi)
-        return t.finish()
+        t = _C.as_rng_target(buf, "float32", "uniform_")
+        n = t.numel()
+        if n:
+            seed, off = self.claim(n)
+            _C.rand_uniform_(t, seed, off, lo, hi)
+        return buf
 
     def normal_(self, buf, mean=0.0, std=1.0):
         """Fill `buf` (float32, any shape) with normal(mean, std) numbers (Box-Muller);
@@ -170,11 +133,12 @@ class Generator:
         mean, std = _check_finite("mean", mean), _check_finite("std", std)
         if std < 0:
             raise ValueError(f"normal_ needs std >= 0, got {std}")
-        t = _Target(buf, _FLOAT32_FORMATS, "f", np.float32, "normal_")
-        if t.n:
-            seed, off = self.claim(t.n + (t.n & 1))
-            _C.k_rand_normal(seed, off, t.flat, mean, std)
-        return t.finish()
+        t = _C.as_rng_target(buf, "float32", "normal_")
+        n = t.numel()
+        if n:
+            seed, off = self.claim(n + (n & 1))
+            _C.rand_normal_(t, seed, off, mean, std)
+        return buf
 
     def trunc_normal_(self, buf, mean=0.0, std=1.0, a=-2.0, b=2.0):
         """Fill `buf` (float32, any shape) with normal(mean, std) truncated to [a, b] (absolute
@@ -185,11 +149,12 @@ class Generator:
             raise ValueError(f"trunc_normal_ needs std >= 0, got {std}")
         if not a < b:
             raise ValueError(f"trunc_normal_ needs a < b, got a={a}, b={b}")
-        t = _Target(buf, _FLOAT32_FORMATS, "f", np.float32, "trunc_normal_")
-        if t.n:
-            seed, off = self.claim(2 * t.n)
-            _C.k_rand_trunc_normal(seed, off, t.flat, mean, std, a, b)
-        return t.finish()
+        t = _C.as_rng_target(buf, "float32", "trunc_normal_")
+        n = t.numel()
+        if n:
+            seed, off = self.claim(2 * n)
+            _C.rand_trunc_normal_(t, seed, off, mean, std, a, b)
+        return buf
 
     def randint_(self, buf, lo, hi):
         """Fill `buf` (int64, any shape) with integers uniform in [lo, hi); returns buf.
@@ -199,11 +164,12 @@ class Generator:
             raise ValueError(f"randint_ needs lo < hi, got lo={lo}, hi={hi}")
         if lo < -(1 << 63) or hi > (1 << 63) - 1:
             raise ValueError(f"randint_ bounds must fit in int64, got lo={lo}, hi={hi}")
-        t = _Target(buf, _INT64_FORMATS, "q", np.int64, "randint_")
-        if t.n:
-            seed, off = self.claim(2 * t.n)
-            _C.k_rand_int(seed, off, t.flat, lo, hi)
-        return t.finish()
+        t = _C.as_rng_target(buf, "int64", "randint_")
+        n = t.numel()
+        if n:
+            seed, off = self.claim(2 * n)
+            _C.rand_int_(t, seed, off, lo, hi)
+        return buf
 
     def permutation(self, n):
         """A random permutation of 0 .. n-1: int64 array of shape (n,) (Fisher-Yates in C).
@@ -211,11 +177,8 @@ class Generator:
         n = operator.index(n)
         if n < 0:
             raise ValueError(f"permutation needs n >= 0, got {n}")
-        out = np.empty(n, dtype=np.int64)
-        if n:
-            seed, off = self.claim(2 * n)
-            _C.k_rand_permutation(seed, off, out)
-        return out
+        seed, off = self.claim(2 * n) if n else (self._seed, self._offset)
+        return _C.rand_permutation(n, seed, off).numpy()
 
 
 _default = Generator(DEFAULT_SEED)
@@ -234,3 +197,35 @@ def manual_seed(seed):
 def initial_seed():
     """The seed the default generator was last seeded with."""
     return _default.initial_seed()
+
+
+def _drawn(shape, fill, generator, requires_grad):
+    """A new float32 tensor of `shape` (ints or one sequence) filled by fill(generator, t)."""
+    t = _C.empty(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    fill(_default if generator is None else generator, t)
+    t.requires_grad = requires_grad
+    return t
+
+
+def rand(*shape, generator=None, requires_grad=False):
+    """A float32 tensor of `shape`, uniform in [0, 1), from `generator` (default: the default
+    generator)."""
+    return _drawn(shape, Generator.uniform_, generator, requires_grad)
+
+
+def randn(*shape, generator=None, requires_grad=False):
+    """A float32 tensor of `shape`, standard normal, from `generator` (default: the default
+    generator)."""
+    return _drawn(shape, Generator.normal_, generator, requires_grad)
+
+
+def randint(low, high=None, size=(), generator=None, dtype="int64"):
+    """A tensor of `size` (int64 unless `dtype` says otherwise) of integers uniform in [low, high)
+    (or [0, low) when high is None)."""
+    if high is None:
+        low, high = 0, low
+    if high <= low:
+        raise ValueError(f"randint needs low < high, got [{low}, {high})")
+    t = _C.empty(size, dtype="int64")
+    (_default if generator is None else generator).randint_(t, low, high)
+    return t if dtype == "int64" else t.astype(dtype)

@@ -14,130 +14,6 @@ _BLOCK_WEIGHTS = ("norm1.weight", "norm1.bias", "qkv.weight", "qkv.bias", "q.wei
                   "down.weight", "down.bias")
 
 
-cdef const float *_weight_ptr(str owner, dict weights, str name, tuple shape) except? NULL:
-    """fptr of weights[name], a contiguous float32 tensor of `shape`; NULL if absent or None."""
-    t = weights.get(name)
-    if t is None:
-        return NULL
-    cdef Tensor x = as_f32(t, f"{owner} {name}")
-    if not is_contig(x) or x.shape != shape:
-        raise ValueError(f"{owner}: {name} must be a contiguous tensor of shape {shape}, got shape "
-                         f"{t.shape}{'' if is_contig(x) else ' (not contiguous)'}")
-    return fptr(x)
-
-
-cdef class Int8Matrix:
-    """A weight matrix W (N, K) of the decoding kernels as int8 values and one float32 scale per
-    `group` consecutive values of a row: W[n, k] = values[n, k] * scales[n, k // group].
-    values: a contiguous uint8 Tensor (N, K) holding the int8 bytes (two's complement);
-    scales: a contiguous float32 Tensor (N, K // group); group divides K (a multiple of 16
-    takes the vector kernels). minillm.quantize.quantize_int8 builds one from a float32 W."""
-    cdef readonly Tensor values, scales
-    cdef readonly int64_t group
-
-    def __init__(self, values, scales, int64_t group):
-        if not isinstance(values, Tensor) or (<Tensor>values).dtype_ != C.MLL_U8 or values.ndim != 2 \
-                or not is_contig(<Tensor>values):
-            raise ValueError(f"Int8Matrix: values must be a contiguous 2-D uint8 tensor holding int8 bytes, got "
-                             f"{_describe(values)}")
-        N, K = values.shape
-        if group < 1 or K % group:
-            raise ValueError(f"Int8Matrix: group {group} must be >= 1 and divide the {K} columns")
-        if not isinstance(scales, Tensor) or (<Tensor>scales).dtype_ != C.MLL_F32 \
-                or scales.shape != (N, K // group) or not is_contig(<Tensor>scales):
-            raise ValueError(f"Int8Matrix: scales must be a contiguous float32 tensor of shape {(N, K // group)}, "
-                             f"got {_describe(scales)}")
-        self.values, self.scales, self.group = values, scales, group
-
-    @property
-    def shape(self):
-        return self.values.shape
-
-    @property
-    def dtype(self):
-        return "int8"
-
-    def dequantize(self):
-        """W as a float32 Tensor (N, K)."""
-        q = self.values.numpy().view(_np.int8).astype(_np.float32)
-        N, K = q.shape
-        w = q.reshape(N, K // self.group, self.group) * self.scales.numpy()[:, :, None]
-        return from_buffer(_np.ascontiguousarray(w.reshape(N, K), dtype=_np.float32))
-
-    def __repr__(self):
-        return f"Int8Matrix(shape={self.shape}, group={self.group})"
-
-
-def _describe(t):
-    if isinstance(t, Tensor):
-        return f"{t.dtype} tensor of shape {t.shape}{'' if is_contig(<Tensor>t) else ' (not contiguous)'}"
-    return type(t).__name__
-
-
-cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) except *:
-    """weights[name] as an mll_matrix: a contiguous float32 or bfloat16 Tensor, or an
-    Int8Matrix, of `shape`; data NULL if absent or None."""
-    cdef C.mll_matrix m
-    m.data, m.scale, m.dtype, m.group = NULL, NULL, C.MLL_F32, 0
-    t = weights.get(name)
-    if t is None:
-        return m
-    cdef Tensor x
-    if isinstance(t, Int8Matrix):
-        if t.shape != shape:
-            raise ValueError(f"{owner}: {name} must have shape {shape}, got an Int8Matrix of shape {t.shape}")
-        m.data, m.scale = <const void *>(<Int8Matrix>t).values.ptr, fptr((<Int8Matrix>t).scales)
-        m.dtype, m.group = C.MLL_I8, (<Int8Matrix>t).group
-        return m
-    if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16:
-        x = <Tensor>t
-        m.dtype = C.MLL_BF16
-    else:
-        x = as_f32(t, f"{owner} {name}")
-    if not is_contig(x) or x.shape != shape:
-        raise ValueError(f"{owner}: {name} must be a contiguous float32, bfloat16 or int8 matrix of shape {shape}, "
-                         f"got {_describe(t)}")
-    m.data = <const void *>x.ptr
-    return m
-
-
-cdef C.mll_matrix _rows_of(C.mll_matrix m, int64_t r, int64_t K) noexcept:
-    """rows [r, ...) of m (K columns): the same encoding"""
-    cdef int64_t size = 4 if m.dtype == C.MLL_F32 else 2 if m.dtype == C.MLL_BF16 else 1
-    m.data = <const char *>m.data + r * K * size
-    if m.dtype == C.MLL_I8:
-        m.scale = m.scale + r * (K // m.group)
-    return m
-
-
-def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
-    """y (..., N) = x (..., K) @ W^T + bias, (GELU, tanh form), + add: the decoding steps'
-    linear layer with W a float32 or bfloat16 Tensor (N, K) or an Int8Matrix; x, bias, add
-    float32. The result is computed in float32 from the stored weights."""
-    owner = "decode_linear"
-    cdef Tensor xx = as_contig(as_f32(x, "decode_linear x"))
-    shape = tuple(weight.shape) if isinstance(weight, (Tensor, Int8Matrix)) else None
-    if shape is None or len(shape) != 2:
-        raise ValueError(f"{owner}: weight must be a 2-D float32/bfloat16 Tensor or an Int8Matrix, got "
-                         f"{_describe(weight)}")
-    cdef int64_t N = shape[0], K = shape[1]
-    if xx.ndim < 1 or xx.shape_[xx.ndim - 1] != K:
-        raise ValueError(f"{owner}: input of shape {x.shape} does not match weight of shape {shape}")
-    cdef C.mll_matrix m = _matrix_of(owner, {"weight": weight}, "weight", (N, K))
-    out_shape = tuple(x.shape[:-1]) + (N,)
-    extra = {"bias": bias, "add": add}
-    cdef const float *bp = _weight_ptr(owner, extra, "bias", (N,))
-    cdef const float *ap = _weight_ptr(owner, extra, "add", out_shape)
-    cdef Tensor y = new_tensor(out_shape, C.MLL_F32)
-    cdef int64_t M = numel(y) // N if N else 0
-    cdef int r
-    with nogil:
-        r = C.mll_linear(fptr(xx), &m, bp, ap, fptr(y), M, N, K, 1 if gelu else 0)
-    if r:
-        raise MemoryError(f"{owner}: no memory for the quantized input of shape {x.shape}")
-    return y
-
-
 cdef int _choice(str owner, str what, object value, dict choices) except -1:
     if value not in choices:
         raise ValueError(f"{owner}: {what} must be one of {sorted(choices)}, got {value!r}")
@@ -199,7 +75,8 @@ cdef class DecodeBlock:
         def has(name):
             return weights.get(name) is not None
 
-        cdef int64_t Cn = n_embd, Q = n_head * hs, KV = nkv * hs, F = d_ff
+        cdef int64_t Cn = n_embd, Q = mul_or_raise(n_head, hs, owner), KV = mul_or_raise(nkv, hs, owner), F = d_ff
+        add_or_raise(Q, mul_or_raise(2, KV, owner), owner)
         if has("qkv.weight"):
             separate = [n for n in ("q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias") if has(n)]
             if separate:
@@ -290,7 +167,7 @@ cdef class DecodeBlock:
 
     def scratch_floats(self, int64_t B, int64_t S):
         """Floats of scratch block_step needs for B rows with S cached positions (pos < S)."""
-        return C.mll_block_step_scratch(&self.o, B, S)
+        return scratch_floats(&self.o, B, S)
 
 
 cdef class DecodeHead:
@@ -331,7 +208,20 @@ cdef class DecodeHead:
     def scratch_floats(self, int64_t B):
         """Floats of scratch final_step needs for B rows (a block step's scratch of the same
         n_embd is always enough)."""
-        return C.mll_block_step_scratch(&self.o, B, 1)
+        return scratch_floats(&self.o, B, 1)
+
+
+cdef int64_t scratch_floats(const C.mll_block_options *o, int64_t B, int64_t S) except -1:
+    """mll_block_step_scratch(o, B, S), once its sum is known to fit: the same terms in Python
+    ints (a bound: the C function also rounds each part up to a cache line)."""
+    if B < 0 or S < 0:
+        raise ValueError(f"scratch for {B} rows and {S} positions: both must be >= 0")
+    Q, KV = int(o.n_head) * o.head_dim, int(o.n_kv_head) * o.head_dim
+    bound = int(B) * (int(o.n_embd) + 2 * Q + 2 * KV + o.d_ff + 2 + int(o.n_head) * S) + 64 * 8
+    if bound >= 2 ** 62:
+        raise MemoryError(f"a decoding step for {B} rows and {S} positions needs more scratch than 64-bit "
+                          f"sizes can address")
+    return C.mll_block_step_scratch(o, B, S)
 
 
 cdef Tensor _scratch_for(str owner, object scratch, int64_t need):
@@ -377,7 +267,7 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
         cp, sp = fptr(ct), fptr(st)
     elif rope_cos is not None or rope_sin is not None:
         raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
-    cdef Tensor sc = _scratch_for(owner, scratch, C.mll_block_step_scratch(&block.o, B, pos + 1))
+    cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, pos + 1))
     cdef int r
     with nogil:
         r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)

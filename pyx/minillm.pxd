@@ -18,7 +18,6 @@ cdef extern from "minillm.h" nogil:
     void mll_set_num_threads(int n)
     void *mll_alloc(size_t nbytes)
     void mll_free(void *p, size_t nbytes)
-    void mll_alloc_trim()
     void mll_alloc_stats(int64_t *in_use, int64_t *cached, int64_t *os_allocs)
 
     # elementwise.c
@@ -94,9 +93,6 @@ cdef extern from "minillm.h" nogil:
                                   int64_t dim, int64_t vocab)
     void mll_embedding_backward(const float *dout, const int64_t *idx, float *dweight, int64_t n,
                                 int64_t dim)
-
-    # matmul_ref.c
-    void mll_matmul_ref(const float *a, const float *b, float *c, int64_t M, int64_t N, int64_t K)
 
     # gemm.c
     void mll_sgemm(int transa, int transb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -200,8 +196,9 @@ cdef extern from "minillm.h" nogil:
                        float *y, int64_t M, int64_t K)
     int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu,
                          const float *bu, float *y, int64_t M, int64_t N, int64_t K)
+    ctypedef void (*mll_chunk_fn)(void *ctx, int64_t chunk) noexcept nogil
+    void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
-    float mll_stream_sum(const float *x, int64_t n)
 
     # kv_attention.c
     int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,

@@ -1,76 +1,104 @@
-# RNG: raw bindings of csrc/rng.c on 1-D contiguous memoryviews, GIL released.
-# minillm/random.py (Generator) builds on these and keeps track of the offsets.
+# rng.pxi: bindings of rng.c on Tensors: each fills a Tensor (any shape and strides) from
+# the Philox stream (seed, offset), with no other state. minillm.random.Generator keeps the
+# (seed, offset) of a stream and claims the words each fill uses (csrc/minillm.h says how
+# many); the Tensor factories rand, randn, randint live there too.
 
 
-def k_philox4x32_10(ctr, key):
-    """The bare Philox4x32-10 block: ctr (4 uint32), key (2 uint32) -> tuple of 4 uint32."""
-    cdef uint32_t c[4]
-    cdef uint32_t k[2]
-    cdef uint32_t o[4]
-    if len(ctr) != 4 or len(key) != 2:
-        raise ValueError(f"expected 4 counter words and 2 key words, got {len(ctr)} and {len(key)}")
-    for i in range(4):
-        c[i] = ctr[i]
-    for i in range(2):
-        k[i] = key[i]
-    C.mll_philox4x32_10(c, k, o)
-    return (o[0], o[1], o[2], o[3])
+cdef Tensor rng_target(object out, int dtype, str what):
+    """out as a writable Tensor of `dtype`: a minillm Tensor, or a zero-copy view of any
+    buffer-protocol object (a NumPy array)."""
+    cdef Tensor t
+    if isinstance(out, Tensor):
+        t = <Tensor> out
+    else:
+        try:
+            t = from_buffer(out)
+        except (TypeError, ValueError, BufferError) as e:
+            raise TypeError(f"{what} needs a writable {_DTYPE_NAMES[dtype]} buffer (a NumPy array or a "
+                            f"Tensor), got {type(out).__name__}: {e}") from None
+    if t.dtype_ != dtype:
+        raise TypeError(f"{what} needs a {_DTYPE_NAMES[dtype]} buffer, got {t.dtype}")
+    if t.readonly:
+        raise ValueError(f"{what}: the buffer of shape {t.shape} is read-only")
+    return t
 
 
-def k_rand_uniform(uint64_t seed, uint64_t offset, float[::1] out, float lo, float hi):
-    """out (n) float32 <- uniform in [lo, hi) from words offset .. offset + n - 1."""
-    cdef int64_t n = out.shape[0]
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_uniform(seed, offset, &out[0], n, lo, hi)
+def as_rng_target(out, dtype, str what):
+    """out as the Tensor a fill writes (zero-copy for a NumPy array), checked before any word of
+    the stream is claimed: TypeError for another dtype or a non-buffer, ValueError if read-only."""
+    return rng_target(out, dtype_code(dtype), what)
 
 
-def k_rand_normal(uint64_t seed, uint64_t offset, float[::1] out, float mean, float std):
-    """out (n) float32 <- normal(mean, std) from words offset .. offset + 2 ceil(n / 2) - 1."""
-    cdef int64_t n = out.shape[0]
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_normal(seed, offset, &out[0], n, mean, std)
+cdef Tensor fill_target(Tensor t):
+    """Where a kernel writes for t: t itself when contiguous, else a contiguous scratch tensor
+    that finish_fill copies back."""
+    return t if is_contig(t) else new_like_shape(t, t.dtype_)
 
 
-def k_rand_int(uint64_t seed, uint64_t offset, int64_t[::1] out, int64_t lo, int64_t hi):
-    """out (n) int64 <- uniform integers in [lo, hi) from words offset .. offset + 2n - 1."""
-    cdef int64_t n = out.shape[0]
-    if hi <= lo:
-        raise ValueError(f"randint needs lo < hi, got lo={lo}, hi={hi}")
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_int(seed, offset, &out[0], n, lo, hi)
+cdef object finish_fill(object out, Tensor t, Tensor dst):
+    if dst is not t:
+        copy_(t, dst)
+    return out
 
 
-def k_rand_bits(uint64_t seed, uint64_t offset, uint32_t[::1] out):
-    """out (n) uint32 <- the raw words offset .. offset + n - 1 of the stream."""
-    cdef int64_t n = out.shape[0]
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_bits(seed, offset, &out[0], n)
+def rand_uniform_(out, uint64_t seed, uint64_t offset, float lo, float hi):
+    """out (float32, any shape) <- uniform in [lo, hi) from words offset .. offset + n - 1 of
+    the stream of `seed` (n = out's element count, in row-major order). Returns out."""
+    cdef Tensor t = rng_target(out, C.MLL_F32, "uniform_")
+    cdef Tensor d = fill_target(t)
+    cdef int64_t n = numel(t)
+    if n:
+        with nogil:
+            C.mll_rand_uniform(seed, offset, fptr(d), n, lo, hi)
+    return finish_fill(out, t, d)
 
 
-def k_rand_permutation(uint64_t seed, uint64_t offset, int64_t[::1] out):
-    """out (n) int64 <- a random permutation of 0 .. n-1 from words offset .. offset + 2n - 1."""
-    cdef int64_t n = out.shape[0]
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_permutation(seed, offset, &out[0], n)
+def rand_normal_(out, uint64_t seed, uint64_t offset, float mean, float std):
+    """out (float32, any shape) <- normal(mean, std) from words offset .. offset + 2 ceil(n / 2) - 1."""
+    cdef Tensor t = rng_target(out, C.MLL_F32, "normal_")
+    cdef Tensor d = fill_target(t)
+    cdef int64_t n = numel(t)
+    if n:
+        with nogil:
+            C.mll_rand_normal(seed, offset, fptr(d), n, mean, std)
+    return finish_fill(out, t, d)
 
 
-def k_rand_trunc_normal(uint64_t seed, uint64_t offset, float[::1] out, float mean, float std, float a,
-                        float b):
-    """out (n) float32 <- normal(mean, std) truncated to [a, b], from words offset .. offset + 2n - 1."""
-    cdef int64_t n = out.shape[0]
+def rand_trunc_normal_(out, uint64_t seed, uint64_t offset, float mean, float std, float a, float b):
+    """out (float32, any shape) <- normal(mean, std) truncated to [a, b] (a < b), from words
+    offset .. offset + 2n - 1."""
     if not a < b:
-        raise ValueError(f"trunc_normal needs a < b, got a={a}, b={b}")
-    if n == 0:
-        return
-    with nogil:
-        C.mll_rand_trunc_normal(seed, offset, &out[0], n, mean, std, a, b)
+        raise ValueError(f"trunc_normal_ needs a < b, got a={a}, b={b}")
+    cdef Tensor t = rng_target(out, C.MLL_F32, "trunc_normal_")
+    cdef Tensor d = fill_target(t)
+    cdef int64_t n = numel(t)
+    if n:
+        with nogil:
+            C.mll_rand_trunc_normal(seed, offset, fptr(d), n, mean, std, a, b)
+    return finish_fill(out, t, d)
+
+
+def rand_int_(out, uint64_t seed, uint64_t offset, int64_t lo, int64_t hi):
+    """out (int64, any shape) <- integers uniform in [lo, hi) (lo < hi), from words
+    offset .. offset + 2n - 1."""
+    if hi <= lo:
+        raise ValueError(f"randint_ needs lo < hi, got lo={lo}, hi={hi}")
+    cdef Tensor t = rng_target(out, C.MLL_I64, "randint_")
+    cdef Tensor d = fill_target(t)
+    cdef int64_t n = numel(t)
+    if n:
+        with nogil:
+            C.mll_rand_int(seed, offset, <int64_t *> d.ptr, n, lo, hi)
+    return finish_fill(out, t, d)
+
+
+def rand_permutation(int64_t n, uint64_t seed, uint64_t offset):
+    """A new (n,) int64 tensor holding a random permutation of 0 .. n - 1 (Fisher-Yates), from
+    words offset .. offset + 2n - 1."""
+    if n < 0:
+        raise ValueError(f"permutation needs n >= 0, got {n}")
+    cdef Tensor t = new_tensor((n,), C.MLL_I64)
+    if n:
+        with nogil:
+            C.mll_rand_permutation(seed, offset, <int64_t *> t.ptr, n)
+    return t

@@ -33,10 +33,13 @@ def supported_isas():
     return [C.mll_isa_name(i).decode() for i in range(3) if C.mll_cpu_supports(i)]
 
 
-def set_num_threads(int n):
-    """Number of OpenMP threads the kernels use (n >= 1)."""
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1, got {n}")
+MAX_THREADS = 4096
+
+
+def set_num_threads(n):
+    """Number of OpenMP threads the kernels use (1 <= n <= MAX_THREADS)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be an int in [1, {MAX_THREADS}], got {n!r}")
     C.mll_set_num_threads(n)
 
 

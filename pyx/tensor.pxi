@@ -48,26 +48,49 @@ cdef int dtype_code(object dtype) except -1:
     return code
 
 
-cdef bint _grad_enabled = True
-cdef object _F = None           # minillm.functional, registered at import by minillm/__init__.py
-
-
-def _register_functional(module):
-    global _F
-    _F = module
+# Grad mode: one flag per thread (C thread-local storage), on by default in every thread,
+# read by every op; minillm.autograd's no_grad / enable_grad / set_grad_enabled set it.
+cdef extern from *:
+    """
+    static _Thread_local int mll_grad_disabled = 0;
+    """
+    int mll_grad_disabled
 
 
 def is_grad_enabled():
-    """True when operations on tensors that require grad are recorded for backward."""
-    return _grad_enabled
+    """True when operations on tensors that require grad are recorded for backward (this
+    thread's setting)."""
+    return not mll_grad_disabled
 
 
 def set_grad_enabled(flag):
-    """Turn gradient recording on or off; returns the previous setting."""
-    global _grad_enabled
-    prev = _grad_enabled
-    _grad_enabled = bool(flag)
+    """Turn gradient recording on or off for this thread; returns the previous setting."""
+    global mll_grad_disabled
+    prev = not mll_grad_disabled
+    mll_grad_disabled = 0 if flag else 1
     return prev
+
+
+# The differentiable ops and the tape live in Python (minillm.functional, minillm.autograd),
+# above this module: the package hands them over once, at `import minillm`, with
+# register_python_ops(); the core never imports a module of the package.
+cdef object _F = None           # minillm.functional: Tensor methods route here under grad
+cdef object _backward = None    # minillm.autograd.backward
+
+
+def register_python_ops(functional, backward):
+    """Called once by minillm/__init__.py: the module whose functions Tensor methods and
+    operators call when a gradient is needed, and the tape's backward()."""
+    global _F, _backward
+    _F = functional
+    _backward = backward
+
+
+cdef object grad_ops():
+    if _F is None:
+        raise RuntimeError("minillm._C: the differentiable ops are not registered (import minillm, "
+                           "not minillm._C alone)")
+    return _F
 
 
 cdef class Tensor:
@@ -246,7 +269,7 @@ cdef class Tensor:
     def clone(self):
         """A copy, recorded by autograd when grad is on."""
         if needs_grad(self):
-            return _F.clone(self)
+            return grad_ops().clone(self)
         return copy_contig(self)
 
     def detach(self):
@@ -299,7 +322,7 @@ cdef class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         if needs_grad(self):
-            return _F.reshape(self, shape)
+            return grad_ops().reshape(self, shape)
         return reshape(self, shape)
 
     def view(self, *shape):
@@ -308,16 +331,16 @@ cdef class Tensor:
     def flatten(self):
         return self.reshape(-1)
 
-    def transpose(self, int d0, int d1):
+    def transpose(self, d0, d1):
         if needs_grad(self):
-            return _F.transpose(self, d0, d1)
+            return grad_ops().transpose(self, d0, d1)
         return transpose(self, d0, d1)
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = tuple(dims[0])
         if needs_grad(self):
-            return _F.permute(self, dims)
+            return grad_ops().permute(self, dims)
         return permute(self, dims)
 
     @property
@@ -326,32 +349,32 @@ cdef class Tensor:
             raise ValueError(f".T needs a 2-D tensor, got shape {self.shape}")
         return self.transpose(0, 1)
 
-    def unsqueeze(self, int d):
+    def unsqueeze(self, d):
         if needs_grad(self):
-            return _F.unsqueeze(self, d)
+            return grad_ops().unsqueeze(self, d)
         return unsqueeze(self, d)
 
     def squeeze(self, d=None):
         if needs_grad(self):
-            return _F.squeeze(self, d)
+            return grad_ops().squeeze(self, d)
         return squeeze(self, d)
 
     def expand(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         if needs_grad(self):
-            return _F.expand(self, shape)
+            return grad_ops().expand(self, shape)
         return expand(self, shape)
 
     def __getitem__(self, key):
         if self.ndim == 1 and isinstance(key, int):
             return scalar_at(self, norm_index(key, self.shape_[0], 0) * self.strides_[0])
         if needs_grad(self):
-            return _F.getitem(self, key)
+            return grad_ops().getitem(self, key)
         return getitem(self, key)
 
     def __setitem__(self, key, value):
-        if _grad_enabled and self.requires_grad:
+        if not mll_grad_disabled and self.requires_grad:
             raise RuntimeError("in-place assignment into a tensor that requires grad; "
                                "wrap it in minillm.no_grad()")
         cdef Tensor dst = self if key is Ellipsis else getitem(self, key)
@@ -360,8 +383,9 @@ cdef class Tensor:
     # ----------------------------------------------------------------- autograd
     def backward(self, gradient=None, retain_graph=False):
         """Backpropagate from this tensor (a scalar unless `gradient` is given)."""
-        import minillm.autograd
-        minillm.autograd.backward(self, gradient, retain_graph=retain_graph)
+        if _backward is None:
+            grad_ops()
+        _backward(self, gradient, retain_graph=retain_graph)
 
     # --------------------------------------------------------------- arithmetic
     def __add__(self, other):
@@ -390,7 +414,7 @@ cdef class Tensor:
 
     def __neg__(self):
         if needs_grad(self):
-            return _F.neg(self)
+            return grad_ops().neg(self)
         return unary_op(C.MLL_NEG, self)
 
     def __pos__(self):
@@ -398,14 +422,14 @@ cdef class Tensor:
 
     def __pow__(self, exponent, mod):
         if needs_grad(self):
-            return _F.pow(self, exponent)
-        return pow_(self, exponent)
+            return grad_ops().pow(self, exponent)
+        return power(self, exponent)
 
     def __matmul__(self, other):
         if not isinstance(other, Tensor):
             return NotImplemented
         if needs_grad2(self, other):
-            return _F.matmul(self, other)
+            return grad_ops().matmul(self, other)
         return matmul(self, other)
 
     def __iadd__(self, other):
@@ -427,17 +451,17 @@ cdef class Tensor:
     # ------------------------------------------------------- reductions, unary
     def sum(self, axis=None, keepdim=False):
         if needs_grad(self):
-            return _F.sum(self, axis, keepdim)
+            return grad_ops().sum(self, axis, keepdim)
         return sum(self, axis, keepdim)
 
     def mean(self, axis=None, keepdim=False):
         if needs_grad(self):
-            return _F.mean(self, axis, keepdim)
+            return grad_ops().mean(self, axis, keepdim)
         return mean(self, axis, keepdim)
 
     def max(self, axis=None, keepdim=False):
         if needs_grad(self):
-            return _F.max(self, axis, keepdim)
+            return grad_ops().max(self, axis, keepdim)
         return max(self, axis, keepdim)
 
     def argmax(self, axis=None, keepdim=False):
@@ -460,7 +484,7 @@ cdef class Tensor:
 
     def gelu(self):
         """GELU, tanh form (F.gelu(x, approximate="tanh"))."""
-        return _F.gelu(self, "tanh") if needs_grad(self) else unary_op(C.MLL_GELU, self)
+        return grad_ops().gelu(self, "tanh") if needs_grad(self) else unary_op(C.MLL_GELU, self)
 
     def abs(self):
         return route_unary("abs", self)
@@ -470,12 +494,12 @@ cdef class Tensor:
 
     def softmax(self, axis=-1):
         if needs_grad(self):
-            return _F.softmax(self, axis)
+            return grad_ops().softmax(self, axis)
         return softmax(self, axis)
 
     def log_softmax(self, axis=-1):
         if needs_grad(self):
-            return _F.log_softmax(self, axis)
+            return grad_ops().log_softmax(self, axis)
         return log_softmax(self, axis)
 
     def zero_(self):
@@ -518,61 +542,62 @@ cdef inline bint is_contig(Tensor t) noexcept nogil:
     return True
 
 
+cdef bint bytes_overlap(Tensor a, Tensor b) noexcept:
+    """True when the address ranges a and b can reach intersect (non-empty tensors)."""
+    cdef char *lo_a = a.ptr
+    cdef char *hi_a = a.ptr + itemsize_of(a.dtype_)
+    cdef char *lo_b = b.ptr
+    cdef char *hi_b = b.ptr + itemsize_of(b.dtype_)
+    cdef int k
+    for k in range(a.ndim):
+        if a.strides_[k] < 0:
+            lo_a += a.strides_[k] * (a.shape_[k] - 1) * itemsize_of(a.dtype_)
+        else:
+            hi_a += a.strides_[k] * (a.shape_[k] - 1) * itemsize_of(a.dtype_)
+    for k in range(b.ndim):
+        if b.strides_[k] < 0:
+            lo_b += b.strides_[k] * (b.shape_[k] - 1) * itemsize_of(b.dtype_)
+        else:
+            hi_b += b.strides_[k] * (b.shape_[k] - 1) * itemsize_of(b.dtype_)
+    return lo_a < hi_b and lo_b < hi_a
+
+
 cdef inline float *fptr(Tensor t) noexcept nogil:
     return <float *> t.ptr
 
 
 cdef inline bint needs_grad(Tensor t) noexcept:
-    return _grad_enabled and t.requires_grad
+    return not mll_grad_disabled and t.requires_grad
 
 
 cdef inline bint needs_grad2(object a, object b):
-    if not _grad_enabled:
+    if mll_grad_disabled:
         return False
     return (isinstance(a, Tensor) and (<Tensor> a).requires_grad) or \
            (isinstance(b, Tensor) and (<Tensor> b).requires_grad)
 
 
-cdef int norm_axis(object axis, int ndim) except -1:
-    cdef int a = axis
-    cdef int n = ndim if ndim > 0 else 1
-    if a < -n or a >= n:
-        raise IndexError(f"axis {axis} is out of range for a tensor with {ndim} dimensions")
-    return a + n if a < 0 else a
-
-
-cdef Py_ssize_t norm_index(Py_ssize_t i, Py_ssize_t size, int axis) except -1:
-    if i < -size or i >= size:
-        raise IndexError(f"index {i} is out of range for axis {axis} of size {size}")
-    return i + size if i < 0 else i
-
-
-cdef tuple shape_tuple(object shape):
-    if isinstance(shape, int):
-        return (shape,)
-    shape = tuple(shape)
-    for s in shape:
-        if not isinstance(s, (int, _np.integer)) or s < 0:
-            raise ValueError(f"invalid shape {shape}: entries must be non-negative integers")
-    if len(shape) > MAX_NDIM:
-        raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
-    return tuple(int(s) for s in shape)
-
-
 cdef Tensor new_tensor(tuple shape, int dtype):
-    """A fresh contiguous tensor owning uninitialised memory."""
+    """A fresh contiguous tensor owning uninitialised memory. ValueError for a negative size,
+    MemoryError naming the shape when its bytes do not fit in 64-bit sizes (checks.pxi)."""
     cdef Tensor t = Tensor.__new__(Tensor)
     cdef int k
     cdef int nd = len(shape)
-    cdef int64_t n = 1
+    cdef int64_t n = 1, nbytes = itemsize_of(dtype), s
     if nd > MAX_NDIM:
         raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
     t.ndim = nd
     for k in range(nd):
-        t.shape_[k] = shape[k]
-        if t.shape_[k] < 0:
-            raise ValueError(f"invalid shape {shape}: negative size")
-        n *= t.shape_[k]
+        try:
+            s = shape[k]
+        except OverflowError:
+            raise MemoryError(f"a tensor of shape {shape} has a size that does not fit in 64 bits") from None
+        if s < 0:
+            raise ValueError(f"invalid shape {shape}: negative size {s}")
+        if mll_mul_overflows(n, s, &n) or (s > 1 and mll_mul_overflows(nbytes, s, &nbytes)):
+            raise MemoryError(f"a tensor of shape {shape} with {itemsize_of(dtype)}-byte items needs more "
+                              f"than 2**63 bytes")
+        t.shape_[k] = s
     set_contig_strides(t)
     t.dtype_ = dtype
     t.owned_nbytes = <size_t> n * itemsize_of(dtype)
@@ -591,6 +616,8 @@ cdef Tensor new_like_shape(Tensor t, int dtype):
     for k in range(t.ndim):
         out.shape_[k] = t.shape_[k]
         n *= t.shape_[k]
+    if not extent_fits(t.ndim, t.shape_, itemsize_of(dtype)):
+        raise MemoryError(f"a tensor of shape {t.shape} as {_DTYPE_NAMES[dtype]} needs more than 2**63 bytes")
     set_contig_strides(out)
     out.dtype_ = dtype
     out.owned_nbytes = <size_t> n * itemsize_of(dtype)
@@ -610,7 +637,12 @@ cdef inline void set_contig_strides(Tensor t) noexcept:
 
 
 cdef Tensor make_view(Tensor src, int nd, Py_ssize_t *shape, Py_ssize_t *strides, char *ptr):
-    """A view of src's memory with the given geometry."""
+    """A view of src's memory with the given geometry; ValueError when the shape's extent (its
+    sizes' product, empty axes counted as 1, in bytes) does not fit in 64 bits, so that no
+    element count or offset computed from the view can overflow."""
+    if not extent_fits(nd, shape, itemsize_of(src.dtype_)):
+        raise ValueError(f"a view of shape {tuple([shape[k] for k in range(nd)])} is too large: its "
+                         f"element count or byte offsets overflow 64-bit sizes")
     cdef Tensor t = Tensor.__new__(Tensor)
     cdef int k
     t.ndim = nd
@@ -682,9 +714,11 @@ cdef object scalar_at(Tensor t, Py_ssize_t offset):
         return (<unsigned char *> t.ptr)[offset]
     if t.dtype_ == C.MLL_U16:
         return (<unsigned short *> t.ptr)[offset]
-    cdef unsigned int bits = (<unsigned short *> t.ptr)[offset]
+    cdef uint32_t bits = (<uint16_t *> t.ptr)[offset]
+    cdef float value
     bits <<= 16
-    return (<float *> &bits)[0]
+    memcpy(&value, &bits, 4)        # bfloat16 is the top half of a float32
+    return value
 
 
 def bf16_bits_to_f32(a):
@@ -749,20 +783,6 @@ cdef Tensor copy_contig(Tensor t):
     with nogil:
         C.mll_copy_strided(t.ptr, out.ptr, t.ndim, sh, st, itemsize_of(t.dtype_))
     return out
-
-
-cdef Tensor as_contig(Tensor t):
-    return t if is_contig(t) else copy_contig(t)
-
-
-cdef Tensor as_f32(object x, str what):
-    """x as a float32 Tensor (TypeError naming `what` for other dtypes)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what}: expected a Tensor, got {type(x).__name__}")
-    cdef Tensor t = <Tensor> x
-    if t.dtype_ != C.MLL_F32:
-        raise TypeError(f"{what}: expected a float32 tensor, got {t.dtype}")
-    return t
 
 
 # ----------------------------------------------------------------- factories
@@ -852,7 +872,9 @@ def tensor(data, dtype=None, requires_grad=False):
                 arr = arr.astype(_np.uint8)
             else:
                 raise TypeError(f"cannot make a tensor from data of dtype {arr.dtype}")
-        t = copy_contig(from_buffer(_np.ascontiguousarray(arr)))
+        if not arr.flags.c_contiguous:      # (np.ascontiguousarray would make a 0-d array 1-d)
+            arr = arr.copy(order="C")
+        t = copy_contig(from_buffer(arr))
     t.requires_grad = requires_grad
     return t
 
@@ -867,44 +889,6 @@ def as_tensor(data, dtype=None):
     if isinstance(data, Tensor) and (dtype is None or dtype_code(dtype) == (<Tensor> data).dtype_):
         return data
     return tensor(data, dtype=dtype)
-
-
-def _default_generator(generator):
-    if generator is not None:
-        return generator
-    import minillm.random
-    return minillm.random.default_generator()
-
-
-def rand(*shape, generator=None, requires_grad=False):
-    """Uniform [0, 1) float32 from the (default) generator."""
-    if len(shape) == 1 and not isinstance(shape[0], int):
-        shape = shape[0]
-    t = empty(shape)
-    _default_generator(generator).uniform_(t, 0.0, 1.0)
-    (<Tensor> t).requires_grad = requires_grad
-    return t
-
-
-def randn(*shape, generator=None, requires_grad=False):
-    """Standard normal float32 from the (default) generator."""
-    if len(shape) == 1 and not isinstance(shape[0], int):
-        shape = shape[0]
-    t = empty(shape)
-    _default_generator(generator).normal_(t, 0.0, 1.0)
-    (<Tensor> t).requires_grad = requires_grad
-    return t
-
-
-def randint(low, high=None, size=(), generator=None, dtype="int64"):
-    """Integers uniform in [low, high) (int64)."""
-    if high is None:
-        low, high = 0, low
-    if high <= low:
-        raise ValueError(f"randint needs low < high, got [{low}, {high})")
-    t = empty(size, dtype="int64")
-    _default_generator(generator).randint_(t, low, high)
-    return t if dtype == "int64" else cast(t, dtype)
 
 
 # ---------------------------------------------------------------- Vector, Matrix, growable

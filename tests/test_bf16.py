@@ -13,6 +13,7 @@ import pytest
 
 import minillm
 from minillm import _C
+from minillm import _testing
 import minillm.functional as F
 from minillm.models import build_model
 
@@ -42,7 +43,7 @@ def test_bf16_round_trip_is_exact_on_representable_values():
     bits = np.arange(0, 1 << 16, dtype=np.uint32).astype(np.uint16)
     values = bits_to_f32(bits)
     finite = ~np.isnan(values)
-    out = _C.k_round_bf16(values[finite])
+    out = _testing.k_round_bf16(values[finite])
     np.testing.assert_array_equal(out, bits[finite])
     t = minillm.from_numpy(values[finite].copy()).astype("bfloat16")
     np.testing.assert_array_equal(np.asarray(t), bits[finite])
@@ -55,16 +56,16 @@ def test_bf16_rounding_is_nearest_even_with_nan_and_inf_kept():
     specials = np.array([np.inf, -np.inf, np.nan, -np.nan, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45, 1.0 + 2.0 ** -8,
                          1.0 + 3 * 2.0 ** -8, np.float32(3.3961776e38)], dtype=np.float32)
     x = np.concatenate([x, ties.view(np.float32), specials])
-    out = _C.k_round_bf16(x)
+    out = _testing.k_round_bf16(x)
     np.testing.assert_array_equal(out, ref_round_bits(x))
     np.testing.assert_array_equal(np.asarray(minillm.from_numpy(x.copy()).astype("bfloat16")), ref_round_bits(x))
     # ties go to the even neighbour: 1 + 2^-8 is halfway between 1 and 1 + 2^-7
-    assert bits_to_f32(_C.k_round_bf16(np.array([1.0 + 2.0 ** -8], np.float32)))[0] == 1.0
-    assert bits_to_f32(_C.k_round_bf16(np.array([1.0 + 3 * 2.0 ** -8], np.float32)))[0] == 1.0 + 2.0 ** -6
-    back = bits_to_f32(_C.k_round_bf16(np.array([np.inf, -np.inf, np.nan], np.float32)))
+    assert bits_to_f32(_testing.k_round_bf16(np.array([1.0 + 2.0 ** -8], np.float32)))[0] == 1.0
+    assert bits_to_f32(_testing.k_round_bf16(np.array([1.0 + 3 * 2.0 ** -8], np.float32)))[0] == 1.0 + 2.0 ** -6
+    back = bits_to_f32(_testing.k_round_bf16(np.array([np.inf, -np.inf, np.nan], np.float32)))
     assert back[0] == np.inf and back[1] == -np.inf and np.isnan(back[2])
     # values past the largest bf16 round to infinity
-    assert bits_to_f32(_C.k_round_bf16(np.array([3.4e38], np.float32)))[0] == np.inf
+    assert bits_to_f32(_testing.k_round_bf16(np.array([3.4e38], np.float32)))[0] == np.inf
 
 
 # ------------------------------------------------------------------ GEMM

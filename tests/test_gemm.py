@@ -8,7 +8,7 @@ A wrong index or a lost block gives errors of order |A| |B|, far above that.
 import numpy as np
 import pytest
 
-from minillm import _C
+from minillm import _testing
 
 U = 2.0 ** -24
 
@@ -42,7 +42,7 @@ def check(c, c0, a, b, transa, transb, alpha, beta):
 
 def run(a, b, c, transa, transb, alpha, beta):
     c0 = c.copy()
-    _C.k_sgemm(transa, transb, alpha, a, b, beta, c)
+    _testing.k_sgemm(transa, transb, alpha, a, b, beta, c)
     check(c, c0, a, b, transa, transb, alpha, beta)
 
 
@@ -57,7 +57,7 @@ def test_every_small_size_matches_numpy(isa, transa, transb):
                 a = big_a[:K, :M] if transa else big_a[:M, :K]
                 b = big_b[:N, :K] if transb else big_b[:K, :N]
                 c = np.empty((M, N), np.float32)
-                _C.k_sgemm(transa, transb, 1.0, a, b, 0.0, c)
+                _testing.k_sgemm(transa, transb, 1.0, a, b, 0.0, c)
                 check(c, None, a, b, transa, transb, 1.0, 0.0)
 
 
@@ -95,17 +95,17 @@ def test_beta_zero_never_reads_c(isa, M, N, K):
         for transb in (0, 1):
             a, b = operands(rng, M, N, K, transa, transb)
             c = np.full((M, N), np.nan, np.float32)
-            _C.k_sgemm(transa, transb, 1.0, a, b, 0.0, c)
+            _testing.k_sgemm(transa, transb, 1.0, a, b, 0.0, c)
             assert np.isfinite(c).all()
             check(c, None, a, b, transa, transb, 1.0, 0.0)
 
 
 def test_k_zero_scales_c_by_beta():
     c = np.ones((3, 4), np.float32)
-    _C.k_sgemm(0, 0, 1.0, np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), 3.0, c)
+    _testing.k_sgemm(0, 0, 1.0, np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), 3.0, c)
     np.testing.assert_array_equal(c, 3.0)
     c[:] = np.nan
-    _C.k_sgemm(0, 0, 1.0, np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), 0.0, c)
+    _testing.k_sgemm(0, 0, 1.0, np.ones((3, 0), np.float32), np.ones((0, 4), np.float32), 0.0, c)
     np.testing.assert_array_equal(c, 0.0)
 
 
@@ -123,7 +123,7 @@ def test_strided_views_use_row_strides(isa, transa, transb, M, N, K):
     c = wc[:, 100:100 + N]
     before = wc.copy()
     c0 = c.copy()
-    _C.k_sgemm(transa, transb, 1.25, a, b, 0.5, c)
+    _testing.k_sgemm(transa, transb, 1.25, a, b, 0.5, c)
     check(c, c0, a, b, transa, transb, 1.25, 0.5)
     np.testing.assert_array_equal(wc[:, :100], before[:, :100])
     np.testing.assert_array_equal(wc[:, 100 + N:], before[:, 100 + N:])
@@ -137,7 +137,7 @@ def test_batched_matches_per_matrix_products(isa, transa, transb):
     b = rng.standard_normal((batch,) + ((N, K) if transb else (K, N))).astype(np.float32)
     c = rng.standard_normal((batch, M, N)).astype(np.float32)
     c0 = c.copy()
-    _C.k_sgemm_batched(transa, transb, 0.5, a, b, 2.0, c)
+    _testing.k_sgemm_batched(transa, transb, 0.5, a, b, 2.0, c)
     for i in range(batch):
         check(c[i], c0[i], a[i], b[i], transa, transb, 0.5, 2.0)
 
@@ -147,7 +147,7 @@ def test_batched_broadcasts_an_operand_of_batch_one(isa):
     a = rng.standard_normal((5, 20, 30)).astype(np.float32)
     w = rng.standard_normal((1, 30, 25)).astype(np.float32)
     c = np.empty((5, 20, 25), np.float32)
-    _C.k_sgemm_batched(0, 0, 1.0, a, w, 0.0, c)
+    _testing.k_sgemm_batched(0, 0, 1.0, a, w, 0.0, c)
     for i in range(5):
         check(c[i], None, a[i], w[0], 0, 0, 1.0, 0.0)
 
@@ -159,7 +159,7 @@ def test_batched_many_small_and_few_large(isa):
         a = rng.standard_normal((batch, M, K)).astype(np.float32)
         b = rng.standard_normal((batch, N, K)).astype(np.float32)
         c = np.empty((batch, M, N), np.float32)
-        _C.k_sgemm_batched(0, 1, 1.0, a, b, 0.0, c)
+        _testing.k_sgemm_batched(0, 1, 1.0, a, b, 0.0, c)
         for i in range(batch):
             check(c[i], None, a[i], b[i], 0, 1, 1.0, 0.0)
 
@@ -178,7 +178,7 @@ def test_one_and_two_threads_give_bitwise_identical_results(isa, threads, M, N, 
             for n in (1, 2):
                 threads(n)
                 c = c0.copy()
-                _C.k_sgemm(transa, transb, 0.75, a, b, 0.5, c)
+                _testing.k_sgemm(transa, transb, 0.75, a, b, 0.5, c)
                 results.append(c)
             np.testing.assert_array_equal(results[0], results[1])
 
@@ -191,7 +191,7 @@ def test_batched_one_and_two_threads_bitwise_identical(isa, threads):
     for n in (1, 2):
         threads(n)
         c = np.empty((12, 64, 64), np.float32)
-        _C.k_sgemm_batched(0, 1, 1.0, a, b, 0.0, c)
+        _testing.k_sgemm_batched(0, 1, 1.0, a, b, 0.0, c)
         results.append(c)
     np.testing.assert_array_equal(results[0], results[1])
 
@@ -199,15 +199,15 @@ def test_batched_one_and_two_threads_bitwise_identical(isa, threads):
 def test_mismatched_shapes_raise_value_error_naming_them():
     a = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(5, 6\)"):
-        _C.k_sgemm(0, 0, 1.0, a, np.ones((5, 6), np.float32), 0.0, np.ones((3, 6), np.float32))
+        _testing.k_sgemm(0, 0, 1.0, a, np.ones((5, 6), np.float32), 0.0, np.ones((3, 6), np.float32))
     with pytest.raises(ValueError, match="C"):
-        _C.k_sgemm(0, 0, 1.0, a, np.ones((4, 6), np.float32), 0.0, np.ones((3, 5), np.float32))
+        _testing.k_sgemm(0, 0, 1.0, a, np.ones((4, 6), np.float32), 0.0, np.ones((3, 5), np.float32))
     with pytest.raises(ValueError, match="batch"):
-        _C.k_sgemm_batched(0, 0, 1.0, np.ones((2, 3, 4), np.float32), np.ones((3, 4, 5), np.float32), 0.0,
+        _testing.k_sgemm_batched(0, 0, 1.0, np.ones((2, 3, 4), np.float32), np.ones((3, 4, 5), np.float32), 0.0,
                            np.ones((3, 3, 5), np.float32))
 
 
 def test_rows_must_be_contiguous():
     a = np.ones((4, 8), np.float32)[:, ::2]
     with pytest.raises(ValueError, match="contiguous"):
-        _C.k_sgemm(0, 0, 1.0, a, np.ones((4, 4), np.float32), 0.0, np.ones((4, 4), np.float32))
+        _testing.k_sgemm(0, 0, 1.0, a, np.ones((4, 4), np.float32), 0.0, np.ones((4, 4), np.float32))

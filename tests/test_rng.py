@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from minillm import _C
+from minillm import _testing
 from minillm import random as mrandom
 from minillm.nn import init
 from minillm.random import Generator
@@ -31,7 +32,7 @@ N_BIG = 1_000_000
 
 def bits(seed, offset, n):
     out = np.empty(n, dtype=np.uint32)
-    _C.k_rand_bits(seed, offset, out)
+    _testing.k_rand_bits(seed, offset, out)
     return out
 
 
@@ -52,7 +53,7 @@ def threads():
 
 @pytest.mark.parametrize("ctr,key,expected", PHILOX_KAT)
 def test_philox_block_matches_random123_known_answers(ctr, key, expected):
-    assert _C.k_philox4x32_10(ctr, key) == expected
+    assert _testing.k_philox4x32_10(ctr, key) == expected
 
 
 def test_stream_word_c_is_lane_c_mod_4_of_block_c_div_4():
@@ -60,7 +61,7 @@ def test_stream_word_c_is_lane_c_mod_4_of_block_c_div_4():
     key = (seed & 0xFFFFFFFF, seed >> 32)
     assert tuple(bits(0, 0, 4)) == PHILOX_KAT[0][2]
     for block in (0, 1, 7, 12345, (1 << 32) + 5, (1 << 61) + 3):
-        expected = _C.k_philox4x32_10((block & 0xFFFFFFFF, block >> 32, 0, 0), key)
+        expected = _testing.k_philox4x32_10((block & 0xFFFFFFFF, block >> 32, 0, 0), key)
         assert tuple(bits(seed, 4 * block, 4)) == expected
 
 
@@ -71,29 +72,29 @@ def test_element_depends_only_on_seed_and_offset_plus_index(offset):
     np.testing.assert_array_equal(bits(7, offset, n), ref_bits[offset:offset + n])
 
     ref_u = np.empty(offset + n, np.float32)
-    _C.k_rand_uniform(7, 0, ref_u, 0.0, 1.0)
+    _testing.k_rand_uniform(7, 0, ref_u, 0.0, 1.0)
     u = np.empty(n, np.float32)
-    _C.k_rand_uniform(7, offset, u, 0.0, 1.0)
+    _testing.k_rand_uniform(7, offset, u, 0.0, 1.0)
     np.testing.assert_array_equal(u, ref_u[offset:])
 
     ref_i = np.empty(offset + n, np.int64)
-    _C.k_rand_int(7, 0, ref_i, -5, 1000)
+    _testing.k_rand_int(7, 0, ref_i, -5, 1000)
     r = np.empty(n, np.int64)
-    _C.k_rand_int(7, 2 * offset, r, -5, 1000)
+    _testing.k_rand_int(7, 2 * offset, r, -5, 1000)
     np.testing.assert_array_equal(r, ref_i[offset:])
 
     ref_z = np.empty(offset + n, np.float32)
-    _C.k_rand_normal(7, 0, ref_z, 0.0, 1.0)
+    _testing.k_rand_normal(7, 0, ref_z, 0.0, 1.0)
     z = np.empty(n, np.float32)
     even = offset & ~1  # Box-Muller pairs start at even words
-    _C.k_rand_normal(7, even, z, 0.0, 1.0)
+    _testing.k_rand_normal(7, even, z, 0.0, 1.0)
     np.testing.assert_array_equal(z, ref_z[even:even + n])
 
 
 def test_uniform_uses_the_top_24_bits_of_each_word():
     w = bits(3, 0, 1000)
     u = np.empty(1000, np.float32)
-    _C.k_rand_uniform(3, 0, u, 0.0, 1.0)
+    _testing.k_rand_uniform(3, 0, u, 0.0, 1.0)
     np.testing.assert_array_equal(u, (w >> 8).astype(np.float64) / 2 ** 24)
 
 
@@ -110,7 +111,7 @@ def test_normal_is_box_muller_of_word_pairs():
     expected = np.empty(n)
     expected[0::2], expected[1::2] = r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)
     z = np.empty(n, np.float32)
-    _C.k_rand_normal(11, 0, z, 0.0, 1.0)
+    _testing.k_rand_normal(11, 0, z, 0.0, 1.0)
     # float32 arithmetic with its own log and sin/cos polynomials: a few ulp of |z| <= 6.7
     # (measured on this transform: max error 5.3e-7)
     np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-6)
@@ -122,7 +123,7 @@ def test_randint_is_multiply_shift_of_64_bit_words():
     lo, hi = -17, 50257
     expected = [lo + ((xi * (hi - lo)) >> 64) for xi in x]
     r = np.empty(1000, np.int64)
-    _C.k_rand_int(5, 0, r, lo, hi)
+    _testing.k_rand_int(5, 0, r, lo, hi)
     assert r.tolist() == expected
 
 
@@ -137,7 +138,7 @@ def test_uniform_never_returns_hi_even_when_rounding_would():
             hit = start + int(idx[0])
         start += 1 << 22
     u = np.empty(1, np.float32)
-    _C.k_rand_uniform(seed, hit, u, 1.0, 2.0)
+    _testing.k_rand_uniform(seed, hit, u, 1.0, 2.0)
     assert np.float32(1.0) <= u[0] < np.float32(2.0)
     assert u[0] == np.nextafter(np.float32(2.0), np.float32(0.0))
 
@@ -193,7 +194,7 @@ def test_consecutive_draws_continue_the_stream_at_block_boundaries():
     g.uniform_(a)
     g.uniform_(b)
     ref = np.empty(14, np.float32)
-    _C.k_rand_uniform(42, 0, ref, 0.0, 1.0)
+    _testing.k_rand_uniform(42, 0, ref, 0.0, 1.0)
     np.testing.assert_array_equal(a, ref[:5])
     np.testing.assert_array_equal(b, ref[8:14])
 
@@ -426,7 +427,7 @@ def test_trunc_normal_inverts_the_cdf_accurately(a, b):
     x64 = (w[0::2].astype(np.uint64) << np.uint64(32)) | w[1::2].astype(np.uint64)
     u = (x64 >> np.uint64(11)).astype(np.float64) / 2 ** 53
     z = np.empty(n, np.float32)
-    _C.k_rand_trunc_normal(5, 0, z, 0.0, 1.0, a, b)
+    _testing.k_rand_trunc_normal(5, 0, z, 0.0, 1.0, a, b)
     mirror = a + b > 0
     lo, hi = (-b, -a) if mirror else (a, b)
     pa, pb = _cdf(lo), _cdf(hi)
@@ -459,22 +460,22 @@ def test_same_output_with_1_and_2_threads(kind, threads):
     def draw():
         if kind == "uniform":
             out = np.empty(n, np.float32)
-            _C.k_rand_uniform(5, 3, out, -1.0, 1.0)
+            _testing.k_rand_uniform(5, 3, out, -1.0, 1.0)
         elif kind == "normal":
             out = np.empty(n, np.float32)
-            _C.k_rand_normal(5, 2, out, 0.0, 1.0)
+            _testing.k_rand_normal(5, 2, out, 0.0, 1.0)
         elif kind == "int":
             out = np.empty(n, np.int64)
-            _C.k_rand_int(5, 3, out, 0, 1000)
+            _testing.k_rand_int(5, 3, out, 0, 1000)
         elif kind == "bits":
             out = np.empty(n, np.uint32)
-            _C.k_rand_bits(5, 1, out)
+            _testing.k_rand_bits(5, 1, out)
         elif kind == "trunc_normal":
             out = np.empty(n, np.float32)
-            _C.k_rand_trunc_normal(5, 2, out, 0.0, 1.0, -1.5, 2.5)
+            _testing.k_rand_trunc_normal(5, 2, out, 0.0, 1.0, -1.5, 2.5)
         else:
             out = np.empty(n, np.int64)
-            _C.k_rand_permutation(5, 0, out)
+            _testing.k_rand_permutation(5, 0, out)
         return out
 
     _C.set_num_threads(1)
@@ -500,14 +501,14 @@ def test_same_output_on_every_isa_path(kind, isa):
         _C.set_isa(name)
         if kind in ("uniform", "normal"):
             out = np.empty(n, np.float32)
-            fill = _C.k_rand_uniform if kind == "uniform" else _C.k_rand_normal
+            fill = _testing.k_rand_uniform if kind == "uniform" else _testing.k_rand_normal
             fill(8, 4, out, -1.0, 2.0)
         elif kind == "int":
             out = np.empty(n, np.int64)
-            _C.k_rand_int(8, 4, out, -50, 50257)
+            _testing.k_rand_int(8, 4, out, -50, 50257)
         else:
             out = np.empty(n, np.uint32)
-            _C.k_rand_bits(8, 5, out)
+            _testing.k_rand_bits(8, 5, out)
         outs[name] = out.tobytes()
     assert len(set(outs.values())) == 1, sorted(outs)
 
