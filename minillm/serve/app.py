@@ -110,7 +110,9 @@ async def read_json(request, max_bytes):
 
 
 def _error_response(e):
-    return JSONResponse(e.body(), status_code=e.status)
+    # after a 413 the rest of the body is not read: close the connection rather than wait for it
+    headers = {"Connection": "close"} if e.status == 413 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 async def _api_error(request, exc):
