@@ -1,0 +1,127 @@
+"""The parts of `minillm serve` below HTTP: streamed text with stop strings across token
+boundaries (TextStream), request options to Engine.add keywords, and the engine runner
+(events to asyncio queues; a failing step fails its sequences and the runner goes on).
+These need neither Starlette nor uvicorn."""
+import asyncio
+import os
+
+import pytest
+
+import minillm
+from minillm.engine import Engine
+from minillm.generate import generate
+from minillm.models import GPT
+from minillm.models.gpt import GPTConfig
+from minillm.serve.errors import APIError
+from minillm.serve.runner import EngineRunner
+from minillm.serve.schemas import Limits, parse_chat, parse_completion
+from minillm.serve.text import TextStream
+from minillm.tokenizers import BasicTokenizer, load_tokenizer
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny")
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return load_tokenizer(FIXTURE)
+
+
+def streamed(ts, ids):
+    out = "".join(ts.push(t) for t in ids)
+    return out + ts.finish()
+
+
+def test_text_stream_equals_decode_and_holds_split_characters(bpe):
+    text = "naïve café — 日本語 ok"
+    ids = bpe.encode(text)
+    ts = TextStream(bpe)
+    pieces = [ts.push(t) for t in ids]
+    assert "".join(pieces) + ts.finish() == text
+    assert all("\ufffd" not in p for p in pieces)      # a character is sent only once it is whole
+    assert any("\ufffd" in bpe.decode([t]) for t in ids)   # some tokens do hold part of a character
+
+
+def test_stop_string_across_token_boundaries_is_cut_and_never_sent(bpe):
+    text = "alpha beta gamma delta"
+    ids = bpe.encode(text)
+    for stop in ("ta gam", "a d", "delta", "lph"):
+        ts = TextStream(bpe, stop=[stop, "zzz"])
+        sent, n = "", 0
+        for t in ids:
+            sent += ts.push(t)
+            n += 1
+            assert len(sent) <= text.index(stop)             # not even the start of the stop string
+            if ts.stopped:
+                break
+        assert ts.stopped and sent == text[:text.index(stop)], stop
+        assert ts.finish() == "" and ts.push(ids[0]) == ""
+    ts = TextStream(bpe, stop=["alphabet"])               # a prefix held back is sent at the end
+    assert streamed(ts, bpe.encode("alpha")) == "alpha" and not ts.stopped
+
+
+def test_text_stream_without_decode_bytes():
+    tok = BasicTokenizer().train("the cat sat on the mat . the dog sat", 20)
+    ids = tok.encode("the cat sat on the mat")
+    assert streamed(TextStream(tok), ids) == tok.decode(ids)
+    assert streamed(TextStream(tok, stop=["on"]), ids) == tok.decode(ids).split("on")[0]
+
+
+def test_request_options_become_engine_keywords():
+    defaults = {"temperature": 0.8, "top_k": 40, "top_p": None, "repetition_penalty": 1.1, "greedy": False,
+                "stop_tokens": (7,)}
+    accepted = {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "greedy", "repetition_penalty",
+                "stop_tokens", "seed"}
+    req = parse_completion({"prompt": "x", "temperature": 0, "top_p": 0.9}, Limits())
+    opts, unsupported = req.engine_options(defaults, accepted)
+    assert opts == {"temperature": 1.0, "greedy": True, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1,
+                    "stop_tokens": (7,)} and unsupported == []
+    opts, _ = parse_completion({"prompt": "x"}, Limits()).engine_options(defaults, accepted)
+    assert opts["temperature"] == 0.8 and not opts["greedy"]
+    req = parse_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                      "presence_penalty": 0.5, "frequency_penalty": 0, "logprobs": True, "top_logprobs": 3},
+                     Limits())
+    assert req.messages == [{"role": "user", "content": "hi"}]
+    _, unsupported = req.engine_options(defaults, accepted)
+    assert unsupported == ["presence_penalty", "logprobs", "top_logprobs"]
+    opts, unsupported = req.engine_options(defaults, accepted | {"presence_penalty", "logprobs", "top_logprobs"})
+    assert unsupported == [] and opts["presence_penalty"] == 0.5 and opts["top_logprobs"] == 3
+    with pytest.raises(APIError, match="'logit_bias' must be"):
+        parse_completion({"prompt": "x", "logit_bias": {"a": 1}}, Limits())
+
+
+@pytest.fixture(scope="module")
+def model():
+    minillm.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=61, block_size=32, n_layer=1, n_head=2, n_embd=32)).eval()
+
+
+class FlakyEngine(Engine):
+    """Its first step raises, as an out-of-memory would."""
+
+    def step(self):
+        if not getattr(self, "failed", False):
+            self.failed = True
+            raise MemoryError("no memory for the test")
+        return super().step()
+
+
+def test_runner_delivers_events_and_survives_a_failing_step(model):
+    runner = EngineRunner(FlakyEngine(model, max_batch=2)).start()
+
+    async def one(prompt, n):
+        q = asyncio.Queue()
+        runner.submit([prompt], [n], [None], {"greedy": True}, asyncio.get_running_loop(), q)
+        toks = []
+        while True:
+            ev = await asyncio.wait_for(q.get(), 30)
+            if ev.token is not None:
+                toks.append(ev.token)
+            if ev.finish_reason:
+                return toks, ev.finish_reason
+
+    try:
+        assert asyncio.run(one([1, 2, 3], 5)) == ([], "error")
+        toks, why = asyncio.run(one([1, 2, 3], 5))
+        assert why == "length" and toks == generate(model, [[1, 2, 3]], 5, greedy=True).tolist()[0][3:]
+    finally:
+        runner.close()
