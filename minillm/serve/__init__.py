@@ -31,7 +31,7 @@ def add_arguments(p):
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="weights the decoder streams: float32, bf16 or int8 (default float32)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model-name", default=None,
                    help="the model id clients give (default: the folder's name)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together (default 8)")
