@@ -125,3 +125,48 @@ def test_runner_delivers_events_and_survives_a_failing_step(model):
         assert why == "length" and toks == generate(model, [[1, 2, 3]], 5, greedy=True).tolist()[0][3:]
     finally:
         runner.close()
+
+
+def test_load_for_serving_reads_checkpoints_and_hf_folders(tmp_path):
+    import argparse
+    from minillm import optim
+    from minillm.checkpoint import save_checkpoint
+    from minillm.serve import add_arguments, load_for_serving
+    minillm.manual_seed(1)
+    cfg = dict(model_type="gpt", vocab_size=320, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    gpt = GPT(GPTConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+    ckpt = save_checkpoint(tmp_path / "ckpt", gpt, optim.AdamW(gpt.parameters(), lr=1e-3), {"step": 0},
+                           {"model": cfg}, tokenizer_file=os.path.join(FIXTURE, "tokenizer.json"))
+    model, tok, name = load_for_serving(ckpt=ckpt)
+    assert name == "ckpt" and tok.encode("hi there") == load_tokenizer(FIXTURE).encode("hi there")
+    assert model.config.block_size == 32
+    model, tok, name = load_for_serving(hf_dir=FIXTURE)
+    assert name == "gpt2_tiny" and tok is not None
+    save_checkpoint(tmp_path / "bare", gpt, optim.AdamW(gpt.parameters(), lr=1e-3), {"step": 0}, {"model": cfg})
+    with pytest.raises(ValueError, match="bare: no tokenizer"):
+        load_for_serving(ckpt=str(tmp_path / "bare"))
+    p = add_arguments(argparse.ArgumentParser())
+    args = p.parse_args(["--ckpt", "x", "--dtype", "int8", "--max-batch", "4", "--port", "9000"])
+    assert (args.ckpt, args.dtype, args.max_batch, args.port, args.host) == ("x", "int8", 4, 9000, "127.0.0.1")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--ckpt", "x", "--hf-dir", "y"])
+
+
+def test_build_app_decodes_in_the_asked_dtype_and_refuses_bad_sizes():
+    pytest.importorskip("starlette", reason="minillm[serve] (starlette) is not installed")
+    from minillm.models import load_pretrained
+    from minillm.serve import build_app
+    model = load_pretrained(FIXTURE)
+    app = build_app(model, model.tokenizer, "m", dtype="int8", max_batch=3, max_tokens=10 ** 6)
+    state = app.state.serve
+    assert state.runner.engine.max_batch == 3 and state.limits.max_tokens == model.config.block_size
+    ids = [5, 6, 7]
+    want = generate(model, [ids], 6, greedy=True, decoder=model.decoder(weights="int8")).tolist()[0][3:]
+    engine = state.runner.engine
+    sid = engine.add(ids, 6, greedy=True)
+    got = []
+    while engine.has_work():
+        got += [e.token for e in engine.step() if e.seq_id == sid and e.token is not None]
+    assert got == want
+    with pytest.raises(ValueError, match="--max-batch must be >= 1, got 0"):
+        build_app(model, model.tokenizer, "m", max_batch=0)
