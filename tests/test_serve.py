@@ -204,6 +204,8 @@ def test_models_health_tokenize_detokenize(server, client, model):
 BAD = [
     ("invalid JSON", "/v1/completions", b'{"prompt": "hi",', 400, None),
     ("empty body", "/v1/completions", b"", 400, None),
+    ("JSON nested too deep", "/v1/completions", b"[" * 100000 + b"]" * 100000, 400, None),
+    ("temperature NaN", "/v1/completions", b'{"prompt": "hi", "temperature": NaN}', 400, "temperature"),
     ("not an object", "/v1/completions", [1, 2], 400, None),
     ("unknown model", "/v1/completions", {"model": "gpt-5", "prompt": "hi"}, 404, "model"),
     ("prompt missing", "/v1/completions", {"model": NAME}, 400, "prompt"),

@@ -170,3 +170,18 @@ def test_build_app_decodes_in_the_asked_dtype_and_refuses_bad_sizes():
     assert got == want
     with pytest.raises(ValueError, match="--max-batch must be >= 1, got 0"):
         build_app(model, model.tokenizer, "m", max_batch=0)
+
+
+def test_chat_uses_the_tokenizers_template_else_the_plain_format(bpe):
+    from minillm.serve.chat import render_chat
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert render_chat(bpe, messages) == ("system: Be brief.\nuser: Hi\nassistant:", False, ("\nuser:",))
+
+    class Templated:
+        def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True):
+            assert add_generation_prompt and not tokenize
+            return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + \
+                "<|im_start|>assistant\n"
+
+    prompt, specials, stop = render_chat(Templated(), messages)
+    assert prompt.endswith("<|im_start|>assistant\n") and specials and stop == ()

@@ -155,6 +155,7 @@ class _Generation:
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.choices = []
+        self._by_seq = {}                 # seq_id -> _Choice
         self.queue = asyncio.Queue()
         self.t0 = time.perf_counter()
         self.t_first = None

@@ -19,7 +19,10 @@ def render_chat(tokenizer, messages):
     it are read as such, extra_stop the stop strings the format adds."""
     apply = getattr(tokenizer, "apply_chat_template", None)
     if apply is not None:
-        out = apply(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            out = apply(messages, add_generation_prompt=True, tokenize=False)     # HF's signature
+        except TypeError:
+            out = apply(messages, add_generation_prompt=True)
         if isinstance(out, str):
             return out, True, ()
         return [int(t) for t in out], True, ()
