@@ -185,6 +185,8 @@ def test_stop_strings_n_seed_and_echo(client, model):
 
 def test_models_health_tokenize_detokenize(server, client, model):
     assert [m.id for m in client.models.list().data] == [NAME]
+    status, card = server.request("GET", f"/v1/models/{NAME}")
+    assert status == 200 and card["max_tokens"] == card["max_model_len"] == model.config.block_size
     status, body = server.request("GET", "/health")
     assert status == 200 and body["status"] == "ok"
     status, body = server.request("POST", "/tokenize", {"prompt": "Hello there"})

@@ -399,8 +399,9 @@ async def detokenize(request):
 
 
 def _model_card(state):
+    # max_model_len as vLLM reports it; max_tokens: the most new tokens a request may ask for here
     return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "minillm",
-            "max_model_len": state.context}
+            "max_model_len": state.context, "max_tokens": state.limits.max_tokens}
 
 
 async def models(request):

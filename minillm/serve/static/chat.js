@@ -16,7 +16,9 @@ async function loadModel() {
     const body = await r.json();
     modelName = body.data[0].id;
     $("model").textContent = `${modelName} · context ${body.data[0].max_model_len}`;
-    $("max-tokens").max = body.data[0].max_model_len;
+    const limit = body.data[0].max_tokens || body.data[0].max_model_len;
+    $("max-tokens").max = limit;
+    $("max-tokens").value = Math.min(Number($("max-tokens").value), limit);
   } catch (e) {
     $("model").textContent = "server not reachable";
   }
