@@ -408,7 +408,7 @@ async def models(request):
     return JSONResponse({"object": "list", "data": [_model_card(request.app.state.serve)]})
 
 
-async def model(request):
+async def model_card(request):
     state = request.app.state.serve
     if request.path_params["name"] != state.model_name:
         raise APIError(404, f"the model {request.path_params['name']!r} does not exist; this server serves "
@@ -488,7 +488,7 @@ def create_app(model, engine, model_name, tokenizer=None, limits=None, max_queue
             state.runner.close()
 
     routes = [Route("/", index), Route("/health", health),
-              Route("/v1/models", models), Route("/v1/models/{name:path}", model),
+              Route("/v1/models", models), Route("/v1/models/{name:path}", model_card),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Route("/tokenize", tokenize, methods=["POST"]), Route("/detokenize", detokenize, methods=["POST"]),
