@@ -185,3 +185,20 @@ def test_chat_uses_the_tokenizers_template_else_the_plain_format(bpe):
 
     prompt, specials, stop = render_chat(Templated(), messages)
     assert prompt.endswith("<|im_start|>assistant\n") and specials and stop == ()
+
+
+def test_a_llama_folder_serves_with_bf16_weights_in_place(tmp_path):
+    pytest.importorskip("starlette", reason="minillm[serve] (starlette) is not installed")
+    from minillm.models import build_model
+    from minillm.serve import build_app, load_for_serving
+    minillm.manual_seed(2)
+    build_model("llama-tiny", vocab_size=320).save_pretrained(str(tmp_path), tokenizer=load_tokenizer(FIXTURE))
+    model, tok, _ = load_for_serving(hf_dir=str(tmp_path), dtype="bf16")
+    assert model.config.dtype == "bfloat16"
+    engine = build_app(model, tok, "llama", dtype="bf16").state.serve.runner.engine
+    sid = engine.add([5, 6, 7], 6, greedy=True)
+    got = []
+    while engine.has_work():
+        got += [e.token for e in engine.step() if e.seq_id == sid and e.token is not None]
+    assert got == generate(model, [[5, 6, 7]], 6, greedy=True).tolist()[0][3:]
+    assert load_for_serving(hf_dir=FIXTURE, dtype="bf16")[0].config.n_embd == 64     # GPT-2: float32

@@ -14,6 +14,7 @@ page at /). The command line calls add_arguments(parser) and run(args); main(arg
 same as a program of its own (`python -m minillm.serve`).
 """
 import argparse
+import json
 import logging
 import os
 import sys
@@ -47,12 +48,24 @@ def add_arguments(p):
     return p
 
 
-def load_for_serving(hf_dir=None, ckpt=None):
+def load_for_serving(hf_dir=None, ckpt=None, dtype="float32"):
     """(model, its tokenizer, a default model name) from a HuggingFace folder or a minillm
-    checkpoint; ValueError when the folder has no tokenizer."""
+    checkpoint; ValueError when the folder has no tokenizer. dtype "bf16" keeps the weights of
+    a family that can hold them in bf16 (Llama, Qwen, Mistral) in bf16 (half the memory; the
+    decode plan reads them in place); GPT-2 and checkpoints load in float32 (the plan then
+    makes its bf16 or int8 copies)."""
     if hf_dir:
-        from minillm.models import load_pretrained
-        model, source = load_pretrained(hf_dir), hf_dir
+        from minillm.models import GPT, HF_MODEL_TYPES, load_pretrained
+        model_type = None
+        try:
+            with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+                model_type = json.load(f).get("model_type", "gpt2")
+        except (OSError, ValueError, AttributeError):
+            pass                           # load_pretrained names what is wrong with the folder
+        family = HF_MODEL_TYPES.get(model_type)
+        in_bf16 = dtype == "bf16" and family is not None and family is not GPT
+        model = load_pretrained(hf_dir, dtype="bfloat16") if in_bf16 else load_pretrained(hf_dir)
+        source = hf_dir
     else:
         from minillm.checkpoint import load_model
         model, source = load_model(ckpt), ckpt
@@ -73,7 +86,10 @@ def build_app(model, tokenizer, model_name, dtype="float32", max_batch=8, max_qu
             raise ValueError(f"serve: --{name.replace('_', '-')} must be >= 1, got {v}")
     context = model.config.block_size
     limits = Limits(max_tokens=min(max_tokens or context, context))
-    engine = Engine(model, max_batch=max_batch, weights=None if dtype == "float32" else dtype)
+    held_bf16 = getattr(model.config, "dtype", "float32") == "bfloat16"
+    # None: the plan reads the model's own weights in place (float32, or bf16 as loaded)
+    weights = None if dtype == "float32" or (dtype == "bf16" and held_bf16) else dtype
+    engine = Engine(model, max_batch=max_batch, weights=weights)
     return create_app(model, engine, model_name, tokenizer=tokenizer, limits=limits, max_queue=max_queue,
                       max_body_bytes=max_body_bytes)
 
@@ -89,7 +105,7 @@ def run(args):
     if args.threads:
         from minillm import set_num_threads
         set_num_threads(args.threads)
-    model, tokenizer, name = load_for_serving(args.hf_dir, args.ckpt)
+    model, tokenizer, name = load_for_serving(args.hf_dir, args.ckpt, dtype=args.dtype)
     if args.max_body_mb <= 0:
         raise ValueError(f"serve: --max-body-mb must be > 0, got {args.max_body_mb}")
     app = build_app(model, tokenizer, args.model_name or name, dtype=args.dtype, max_batch=args.max_batch,
