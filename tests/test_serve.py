@@ -149,6 +149,18 @@ def test_completions_equal_greedy_generate_streamed_or_not(client, model):
         assert "".join(pieces) == want
 
 
+def test_completion_equals_minillm_sample_greedy(client):
+    import subprocess
+    import sys
+    prompt = "Once upon a time"
+    out = subprocess.run([sys.executable, "-m", "minillm", "sample", "--hf-dir", FIXTURE, "--prompt", prompt,
+                          "--greedy", "--max-new-tokens", "20"], capture_output=True, timeout=120,
+                         env=dict(os.environ, PYTHONIOENCODING="utf-8"), check=True).stdout.decode()
+    assert out.startswith(prompt) and out.endswith("\n")
+    r = client.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0)
+    assert r.choices[0].text == out[len(prompt):-1]
+
+
 def test_chat_equals_greedy_generate_streamed_or_not(client, model):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, who are you?"}]
     want = greedy(model, chat_ids(model, messages), 30, FALLBACK_STOP)
