@@ -157,7 +157,8 @@ class _Generation:
         self.choices = []
         self._by_seq = {}                 # seq_id -> _Choice
         self.queue = asyncio.Queue()
-        self.t0 = time.perf_counter()
+        # time to first token counts from the request's arrival (RequestLog's clock)
+        self.t0 = request.scope.get("minillm.log", {}).get("t0", time.perf_counter())
         self.t_first = None
         self.prompt_tokens = 0
 
@@ -437,8 +438,9 @@ class RequestLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        info = scope.setdefault("minillm.log", {})
         t0 = time.perf_counter()
+        info = scope.setdefault("minillm.log", {})
+        info["t0"] = t0
 
         async def send_and_note(message):
             if message["type"] == "http.response.start":
