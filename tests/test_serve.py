@@ -219,6 +219,9 @@ BAD = [
     ("invalid JSON", "/v1/completions", b'{"prompt": "hi",', 400, None),
     ("empty body", "/v1/completions", b"", 400, None),
     ("JSON nested too deep", "/v1/completions", b"[" * 100000 + b"]" * 100000, 400, None),
+    ("a lone surrogate in the prompt", "/v1/completions", b'{"prompt": "a\\ud800b"}', 400, "prompt"),
+    ("a lone surrogate in a message", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', 400, "messages"),
     ("temperature NaN", "/v1/completions", b'{"prompt": "hi", "temperature": NaN}', 400, "temperature"),
     ("not an object", "/v1/completions", [1, 2], 400, None),
     ("unknown model", "/v1/completions", {"model": "gpt-5", "prompt": "hi"}, 404, "model"),
@@ -231,6 +234,8 @@ BAD = [
     ("temperature a string", "/v1/completions", {"prompt": "hi", "temperature": "hot"}, 400, "temperature"),
     ("temperature negative", "/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature"),
     ("top_p zero", "/v1/completions", {"prompt": "hi", "top_p": 0}, 400, "top_p"),
+    ("repetition_penalty zero", "/v1/completions", {"prompt": "hi", "repetition_penalty": 0}, 400,
+     "repetition_penalty"),
     ("stream not a bool", "/v1/completions", {"prompt": "hi", "stream": "yes"}, 400, "stream"),
     ("too many stops", "/v1/completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("n too large", "/v1/completions", {"prompt": "hi", "n": 1000}, 400, "n"),
@@ -267,6 +272,13 @@ def test_presence_penalty_passes_to_the_engine_or_is_refused_by_name(server, mod
         assert status == 200, reply
     else:
         assert status == 400 and "presence_penalty" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("options", [{"top_p": 1e-300}, {"temperature": 1e-300}, {"top_k": 10 ** 9},
+                                     {"repetition_penalty": 0.01, "temperature": 2}, {"stop": "\ud800"}])
+def test_extreme_but_valid_options_are_served(server, options):
+    status, reply = server.request("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 3, **options})
+    assert status == 200 and reply["usage"]["completion_tokens"] >= 1, reply
 
 
 def test_unknown_routes_and_methods_get_error_json(server):

@@ -77,6 +77,9 @@ def test_request_options_become_engine_keywords():
                     "stop_tokens": (7,)} and unsupported == []
     opts, _ = parse_completion({"prompt": "x"}, Limits()).engine_options(defaults, accepted)
     assert opts["temperature"] == 0.8 and not opts["greedy"]
+    opts, _ = parse_completion({"prompt": "x", "temperature": 1e-300, "top_p": 1e-300}, Limits()).engine_options(
+        defaults, accepted)                 # nothing that float32 rounds to 0 reaches the kernels
+    assert opts["greedy"] and opts["top_p"] == 1e-6
     req = parse_chat({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
                       "presence_penalty": 0.5, "frequency_penalty": 0, "logprobs": True, "top_logprobs": 3},
                      Limits())

@@ -69,11 +69,15 @@ class ServeState:
         # the keyword names Engine.add takes: options beyond these are refused with a 400
         self.accepted = frozenset(inspect.signature(engine.add).parameters)
 
-    def encode(self, text, specials=False):
+    def encode(self, text, specials=False, param="prompt"):
+        """Token ids of `text`; APIError 400 for text the tokenizer refuses (a lone surrogate)."""
         tok = self.tokenizer
-        if "allowed_special" in inspect.signature(tok.encode).parameters:
-            return list(tok.encode(text, allowed_special="all" if specials else "none"))
-        return list(tok.encode(text))
+        try:
+            if "allowed_special" in inspect.signature(tok.encode).parameters:
+                return list(tok.encode(text, allowed_special="all" if specials else "none"))
+            return list(tok.encode(text))
+        except ValueError as e:
+            raise APIError(400, f"the text cannot be tokenized: {e}", param=param) from None
 
     def empty_prompt(self):
         """The ids of an empty prompt: <|endoftext|> when the tokenizer has it (as GPT-2 is
@@ -129,7 +133,7 @@ async def _http_error(request, exc):
 
 
 async def _server_error(request, exc):
-    log.exception("internal error on %s: %s", request.url.path, exc)
+    # uvicorn logs the traceback (Starlette re-raises after this answer)
     return JSONResponse(error_body(f"internal server error: {type(exc).__name__}: {exc}", "server_error"),
                         status_code=500)
 
@@ -379,7 +383,7 @@ def _chat_ids(state, messages):
         prompt, specials, extra_stop = render_chat(state.tokenizer, messages)
     except Exception as e:        # a template that refuses these messages (roles, order)
         raise APIError(400, f"the chat template refused these messages: {e}", param="messages") from None
-    ids = prompt if isinstance(prompt, list) else state.encode(prompt, specials)
+    ids = prompt if isinstance(prompt, list) else state.encode(prompt, specials, param="messages")
     return (ids or state.empty_prompt()), extra_stop
 
 

@@ -21,6 +21,8 @@ __all__ = ["Limits", "Request", "parse_completion", "parse_chat", "parse_tokeniz
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
+MIN_TEMPERATURE = 1e-5
+
 # Options that reach Engine.add only when the engine takes a keyword of that name (the
 # samplers of minillm/sampling.py as they land); the value that means "off" for each.
 EXTENDED_OPTIONS = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "min_p": 0.0, "logit_bias": None,
@@ -66,10 +68,14 @@ class Request:
         `defaults` (model.generation_defaults()); `accepted`: the keyword names Engine.add
         takes. Returns (options, unsupported names)."""
         temperature = defaults["temperature"] if self.temperature is None else self.temperature
-        greedy = bool(defaults.get("greedy")) if self.temperature is None else self.temperature == 0
+        # a temperature this small is greedy (its limit), and one that float32 rounds to 0 must not reach the kernels
+        greedy = bool(defaults.get("greedy")) if self.temperature is None else self.temperature < MIN_TEMPERATURE
+        # a top_p below the top token's probability (>= 1/V) keeps that token alone, as 1e-6 does; the
+        # floor keeps a tiny p from rounding to 0 in float32
+        top_p = defaults.get("top_p") if self.top_p is None else max(self.top_p, 1e-6)
         opts = {"temperature": 1.0 if greedy else float(temperature), "greedy": greedy,
                 "top_k": defaults.get("top_k") if self.top_k is None else self.top_k,
-                "top_p": defaults.get("top_p") if self.top_p is None else self.top_p,
+                "top_p": top_p,
                 "repetition_penalty": float(defaults.get("repetition_penalty") or 1.0)
                 if self.repetition_penalty is None else self.repetition_penalty,
                 "stop_tokens": tuple(defaults.get("stop_tokens") or ())}
@@ -142,7 +148,7 @@ def _common(body, kind, limits):
                   temperature=_number(body, "temperature", 0, 2),
                   top_p=_number(body, "top_p", 0, 1, lo_open=True),
                   top_k=None if top_k is not None and top_k < 1 else top_k,
-                  repetition_penalty=_number(body, "repetition_penalty", 0, 10, lo_open=True),
+                  repetition_penalty=_number(body, "repetition_penalty", 0.01, 10),
                   seed=_int(body, "seed", 0, 2 ** 63 - 1),
                   n=_int(body, "n", 1, limits.max_choices) or 1,
                   stream=_bool(body, "stream"))
