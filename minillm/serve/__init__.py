@@ -115,8 +115,12 @@ def run(args):
         "serving %s (%s parameters, context %d, decoder %s, batch %d) on http://%s:%d", args.model_name or name,
         f"{model.num_params():,}", model.config.block_size, args.dtype, args.max_batch, args.host, args.port)
     # uvicorn's access log is off: RequestLog writes one richer line per request
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False,
-                log_level="warning" if args.log_level == "info" else args.log_level)
+    # (on Ctrl-C, replies still streaming get 5 s to finish before their connections are closed)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=False, timeout_graceful_shutdown=5,
+                    log_level="warning" if args.log_level == "info" else args.log_level)
+    except KeyboardInterrupt:             # uvicorn re-raises the Ctrl-C it shut down for
+        pass
     return 0
 
 
