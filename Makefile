@@ -16,9 +16,12 @@ setup: .setup-stamp
 build: .setup-stamp
 	flock .build.lock $(PY) setup.py -q build_clib build_ext --inplace -j 2
 
-# Reference libraries the comparison tests use (torch is pinned: the CPU build on local disk).
+# Reference libraries the comparison tests use (torch is pinned: the CPU build on local disk),
+# and the serve stack with the clients its tests drive (openai; selenium for the chat page,
+# which also needs chromium and chromedriver from the OS: apt-get install chromium chromium-driver).
 dev: .setup-stamp
 	$(PIP) safetensors tokenizers tiktoken threadpoolctl tqdm "torch==2.13.0" transformers "jinja2>=3.1.6"
+	$(PIP) "starlette==1.10.0" "uvicorn==0.55.0" "openai==3.63.0" "selenium==4.38.0"
 
 test: build
 	$(PY) -m pytest tests -q

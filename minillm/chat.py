@@ -161,3 +161,43 @@ def apply_chat_template(source, messages, add_generation_prompt=False, **kwargs)
     """Render `messages` with the Jinja template `source` (see ChatTemplate.render)."""
     return ChatTemplate(source).render(messages, add_generation_prompt=add_generation_prompt,
                                        **kwargs)
+
+
+# ---------------------------------------------------------------------- a conversation to a prompt
+FALLBACK_STOP = ("\nuser:",)
+
+
+def render_conversation(tokenizer, messages):
+    """messages [{"role", "content": str}] -> (prompt, specials, extra_stop) for a model to
+    continue as the assistant. With the model's chat template (tokenizer.chat_template, as
+    HFTokenizer reads it) the prompt is the rendered text with the generation prompt added,
+    specials True (the special tokens it holds are encoded as such). Without one (GPT-2,
+    minillm's own BPE, a base model) the fallback is one line per message, "<role>: <content>",
+    and a last line "assistant:"; extra_stop then ends a reply where the model starts a new
+    user turn ("\nuser:")."""
+    apply = getattr(tokenizer, "apply_chat_template", None)
+    if apply is not None and getattr(tokenizer, "chat_template", True) is not None:
+        try:
+            out = apply(messages, add_generation_prompt=True, tokenize=False)     # HF's signature
+        except TypeError:
+            out = apply(messages, add_generation_prompt=True)
+        if isinstance(out, str):
+            return out, True, ()
+        return [int(t) for t in out], True, ()
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return text, False, FALLBACK_STOP
+
+
+def encode_prompt(tokenizer, text, rendered):
+    """Token ids of a prompt. rendered: text from render_conversation's chat template, whose
+    special tokens (BOS included, where the template writes it) are encoded as such and
+    nothing is added around it, as transformers' apply_chat_template(tokenize=True) does;
+    otherwise plain text, encoded as the tokenizer does by default (an HF tokenizer adds the
+    BOS its post-processor adds; minillm's BPE reads no special token from user text)."""
+    import inspect
+    params = inspect.signature(tokenizer.encode).parameters
+    if "allowed_special" in params:
+        return list(tokenizer.encode(text, allowed_special="all" if rendered else "none"))
+    if "add_special_tokens" in params:
+        return list(tokenizer.encode(text, add_special_tokens=not rendered))
+    return list(tokenizer.encode(text))

@@ -12,7 +12,10 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm train [--config FILE.json] [--resume DIR] [--data DIR --out-dir DIR --lr ...]
     minillm plot RUN [--out FILE.png]
     minillm bench [--model PRESET] [--pytest]
-    minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--interactive]
+    minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--dtype D] [--interactive]
+    minillm chat (--hf-dir DIR | --ckpt DIR) [--system STR] [--dtype float32|bf16|int8]
+    minillm eval (--hf-dir DIR | --ckpt DIR) (--data DIR | --text FILE) [--dtype float32|bf16|int8]
+    minillm serve (--hf-dir DIR | --ckpt DIR) [--dtype D] [--host H] [--port P]   (minillm[serve])
 
 One convention for errors: a single line `minillm: error: ...` on stderr naming the value, the
 option or the file; exit status 2 for bad usage (a value no run could take), 1 for a failure at
@@ -448,7 +451,7 @@ class _TextStream:
         self.out.flush()
 
 
-def _sample_once(model, tokenizer, prompt, args, generator):
+def _sample_once(model, tokenizer, prompt, args, generator, plan=None):
     import time
     from .generate import check_sampling_args, generate
     eot = getattr(tokenizer, "eot_token", None)
@@ -465,8 +468,9 @@ def _sample_once(model, tokenizer, prompt, args, generator):
     t0 = time.perf_counter()
     try:
         generate(model, [ids], args.max_new_tokens, temperature=option("temperature"), top_k=option("top_k"),
-                 top_p=option("top_p"), greedy=args.greedy, stop_tokens=stops, generator=generator,
-                 stream=stream)
+                 top_p=option("top_p"), greedy=args.greedy or (args.temperature is None and defaults["greedy"]),
+                 repetition_penalty=defaults["repetition_penalty"], stop_tokens=stops, generator=generator,
+                 stream=stream, decoder=plan)
     except KeyboardInterrupt:
         sys.stdout.write(" [interrupted]")
     seconds = time.perf_counter() - t0
@@ -486,21 +490,13 @@ def cmd_sample(args):
         raise UsageError(e) from None
     if args.threads:
         set_num_threads(args.threads)
-    if args.hf_dir:
-        from .models import load_pretrained
-        model = load_pretrained(args.hf_dir)
-        tokenizer = model.tokenizer
-        source = args.hf_dir
-    else:
-        from .checkpoint import load_model
-        model = load_model(args.ckpt)
-        tokenizer = model.tokenizer
-        source = args.ckpt
-    if tokenizer is None:
-        raise ValueError(f"{source}: no tokenizer (tokenizer.json, or vocab.json + merges.txt) to turn text into ids")
+    from .inference import load_for_inference, plan_options
+    model, tokenizer, _ = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
+    source = args.hf_dir or args.ckpt
+    plan = model.decoder(**plan_options(model, args.dtype)) if model.kv_cache_shape() is not None else None
     generator = Generator(args.seed)
     if not args.interactive:
-        _sample_once(model, tokenizer, args.prompt, args, generator)
+        _sample_once(model, tokenizer, args.prompt, args, generator, plan)
         return 0
     print(f"minillm sample: {source} ({model.num_params():,} parameters). Enter a prompt; an empty line "
           f"or Ctrl-D quits.", file=sys.stderr)
@@ -512,7 +508,7 @@ def cmd_sample(args):
             return 0
         if not prompt:
             return 0
-        _sample_once(model, tokenizer, prompt.replace("\\n", "\n"), args, generator)
+        _sample_once(model, tokenizer, prompt.replace("\\n", "\n"), args, generator, plan)
 
 
 def add_sample_parser(subparsers):
@@ -543,14 +539,173 @@ def add_sample_parser(subparsers):
                    help="seed of the sampling generator (default 0)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     p.add_argument("--interactive", action="store_true", help="read prompts in a loop ('\\n' for newlines)")
+    _add_dtype(p)
     p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")
     p.set_defaults(func=cmd_sample)
 
 
+def _add_dtype(p):
+    from .inference import DTYPES
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weights the decoder reads: float32, bf16 or int8 (per-group scales; activations "
+                        "quantized alike), made at load time (default float32)")
+
+
+def _add_model_source(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hf-dir", metavar="DIR",
+                     help="a model folder in HuggingFace's layout (GPT-2, Llama, Qwen2/3, Mistral, SmolLM2)")
+    src.add_argument("--ckpt", metavar="DIR", help="a minillm checkpoint (or run) folder")
+
+
+# ---------------------------------------------------------------------- chat
+def cmd_chat(args):
+    from . import Generator, set_num_threads
+    from .chat_session import ChatSession
+    if args.threads:
+        set_num_threads(args.threads)
+    from .inference import load_for_inference, plan_options
+    model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
+    session = ChatSession(model, tokenizer, decoder=model.decoder(**plan_options(model, args.dtype)),
+                          system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k, generator=Generator(args.seed))
+    print(f"minillm chat: {name} ({model.num_params():,} parameters, {args.dtype}). /reset forgets the "
+          f"conversation, /system TEXT sets the system prompt, Ctrl-C stops a reply, Ctrl-D or /quit leaves.",
+          file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            session.reset()
+            print("[conversation forgotten]", file=sys.stderr)
+            continue
+        if text.startswith("/system"):
+            session.set_system(text[len("/system"):].strip() or None)
+            print("[system prompt set; conversation forgotten]", file=sys.stderr)
+            continue
+        sys.stdout.write("assistant> ")
+        sys.stdout.flush()
+        try:
+            reply = session.send(text, stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        except KeyboardInterrupt:
+            session.stop_reply()
+            sys.stdout.write(" [stopped]")
+            reply = None
+        sys.stdout.write("\n")
+        if reply is not None:
+            print(f"[{reply.tokens} tokens, {reply.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+
+
+def add_chat_parser(subparsers):
+    from .generate import MAX_NEW_TOKENS
+    p = subparsers.add_parser(
+        "chat", help="chat with a model in the terminal",
+        description="An interactive chat: the model's chat template (tokenizer_config.json or "
+                    "chat_template.jinja; needs jinja2: pip install 'minillm[chat]') renders the "
+                    "conversation, replies stream as they are generated and stop at the model's eos "
+                    "tokens. The sampling defaults come from the folder's generation_config.json.")
+    _add_model_source(p)
+    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--max-new-tokens", type=_int(1, MAX_NEW_TOKENS), default=512,
+                   help="the longest reply in tokens (default 512)")
+    p.add_argument("--temperature", type=_float(0.0), default=None, help="default: the model's")
+    p.add_argument("--top-p", type=_float(0.0, 1.0, open_lo=True), default=None, help="default: the model's")
+    p.add_argument("--top-k", type=_int(1), default=None, help="default: the model's")
+    p.add_argument("--seed", type=_int(0, 2**63 - 1), default=0, help="seed of the sampling generator")
+    _add_dtype(p)
+    p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")
+    p.set_defaults(func=cmd_chat)
+
+
+# ---------------------------------------------------------------------- eval
+def cmd_eval(args):
+    from . import data, set_num_threads
+    from .inference import load_for_inference, plan_options
+    from .metrics import evaluate
+    if args.threads:
+        set_num_threads(args.threads)
+    model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype, need_tokenizer=args.text)
+    if args.data:
+        folder = data.TokenData(args.data)
+        tokens = folder.split(args.split)
+        tokenizer = folder.tokenizer()          # bits per byte by the tokenizer that made the ids
+    else:
+        from .utils import read_text
+        text = read_text(args.text)
+        ids = tokenizer.encode(text, add_special_tokens=False) if _takes_special(tokenizer) else tokenizer.encode(text)
+        import numpy as np
+        tokens = np.asarray(ids, dtype=np.int64)
+    V = model.config.vocab_size
+    if len(tokens) and int(tokens.max()) >= V:
+        raise ValueError(f"{args.data or args.text}: token id {int(tokens.max())} is outside the model's vocabulary "
+                         f"of {V}: another tokenizer made these tokens")
+    block = min(args.block_size or model.config.block_size, model.config.block_size)
+    if len(tokens) < block + 1:
+        block = len(tokens) - 1
+    if block < 1:
+        raise ValueError(f"{args.data or args.text}: too few tokens to evaluate ({len(tokens)})")
+    lengths = data.token_byte_lengths(tokenizer) if tokenizer is not None else None
+    opts = plan_options(model, args.dtype)
+    plan = model.decoder(**opts) if opts or args.dtype != "float32" else None
+    res = evaluate(model, tokens, args.batch_size, block, lengths, max_batches=args.max_batches, decoder=plan)
+    bpb = f", {res['bpb']:.4f} bits per byte" if "bpb" in res else ""
+    print(f"{name} ({args.dtype}) on {res['tokens']:,} tokens of {args.data or args.text}: loss {res['loss']:.4f} "
+          f"nats/token, perplexity {res['ppl']:.2f}{bpb}")
+    return 0
+
+
+def _takes_special(tokenizer):
+    import inspect
+    try:
+        return "add_special_tokens" in inspect.signature(tokenizer.encode).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def add_eval_parser(subparsers):
+    p = subparsers.add_parser(
+        "eval", help="validation loss, perplexity and bits per byte of a model",
+        description="Loss (nats per token), perplexity and bits per byte of a model on a token folder's "
+                    "split (minillm data prepare) or a text file, over deterministic windows. With "
+                    "--dtype bf16 or int8 the logits come from the decode plan with those weights, so "
+                    "the figure is that of the arithmetic the model decodes with.")
+    _add_model_source(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", metavar="DIR", help="a token folder (minillm data prepare)")
+    what.add_argument("--text", metavar="FILE", help="a UTF-8 text file, tokenized with the model's tokenizer")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="the token folder's split (default val)")
+    p.add_argument("--block-size", type=_int(1), default=None, help="window length (default: the model's context)")
+    p.add_argument("--batch-size", type=_int(1), default=8, help="windows per batch (default 8)")
+    p.add_argument("--max-batches", type=_int(1), default=None, help="at most this many batches, spread evenly")
+    _add_dtype(p)
+    p.add_argument("--threads", type=THREADS, default=None, help="threads (default: all cores)")
+    p.set_defaults(func=cmd_eval)
+
+
+# ---------------------------------------------------------------------- serve
+def add_serve_parser(subparsers):
+    from .serve import add_arguments, run
+    p = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with a chat page "
+                                            "(pip install 'minillm[serve]')")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------------- main
 # One entry per command, in --help order; others append add_train_parser, add_sample_parser ...
-PARSERS = [add_data_parser, add_tokenizer_parser, add_train_parser, add_sample_parser,
-           add_plot_parser, add_bench_parser]
+PARSERS = [add_data_parser, add_tokenizer_parser, add_train_parser, add_sample_parser, add_chat_parser,
+           add_eval_parser, add_serve_parser, add_plot_parser, add_bench_parser]
 
 
 def build_parser():

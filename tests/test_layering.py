@@ -24,7 +24,7 @@ LAYERS = [
     ("models",),                                              # one file per family + the interface
     ("checkpoint",),                                          # the checkpoint folder format
     ("train", "train_config", "metrics", "generate"),         # the trainer, the decoding loop
-    ("engine",),                                              # sequences decoded side by side
+    ("engine", "inference", "chat_session"),                  # batches; loading to run; a conversation
     ("cli", "__main__", "serve"),                             # command line, server
 ]
 
