@@ -159,7 +159,7 @@ def best_of(fn, repeats):
 def stream_roof(weights, repeats=5):
     """Bytes/s of _testing.stream_sum over every streamed weight in step order (the best of repeats)."""
     flat = [w for ws in weights.values() for w in ws]
-    return sum(w.nbytes for w in flat) / best_of(lambda: [_testing.stream_sum(w) for w in flat], repeats)
+    return sum(w.nbytes for w in flat) / best_of(lambda: [_testing.stream_sum(w.numpy().reshape(-1)) for w in flat], repeats)
 
 
 def kernel_table(weights, repeats=5):
@@ -171,7 +171,7 @@ def kernel_table(weights, repeats=5):
         gemv = stream = math.inf
         for _ in range(repeats):
             gemv = min(gemv, best_of(lambda: [_C.linear_rows(x, w) for w in ws], 1))
-            stream = min(stream, best_of(lambda: [_testing.stream_sum(w) for w in ws], 1))
+            stream = min(stream, best_of(lambda: [_testing.stream_sum(w.numpy().reshape(-1)) for w in ws], 1))
         nbytes = sum(w.nbytes for w in ws)
         rows.append((kind, nbytes, nbytes / gemv, nbytes / stream))
     return rows

@@ -24,10 +24,39 @@ from ._C import (  # noqa: F401
 )
 from .random import Generator, manual_seed, default_generator, rand, randn, randint  # noqa: F401
 from .io import save, load, FormatError  # noqa: F401
-from . import _C, autograd, functional
+from . import _C, _switch, autograd, functional
 # The one place the compiled core learns of the Python layers above it: Tensor methods and
 # operators call functional's ops when a gradient is needed, Tensor.backward runs the tape.
 _C.register_python_ops(functional, autograd.backward)
+
+
+class _ProcessISA:
+    """The kernels' instruction set: one setting for the whole process (csrc/runtime.c)."""
+
+    @staticmethod
+    def get():
+        return _C.get_isa()
+
+    @staticmethod
+    def set(name):
+        prev = _C.get_isa()
+        _C.set_isa(name)
+        return prev
+
+
+class set_isa(_switch.SetSwitch):
+    """Force the kernels' path, 'generic', 'avx2' or 'avx512' (ValueError if the CPU lacks
+    it; MINILLM_ISA sets it at start): a call, a context manager that restores the previous
+    path, or a decorator, as every switch (minillm/_switch.py). Unlike the others it is one
+    setting for the whole process, not per thread: it picks hardware paths (for tests and
+    benchmarks), every path computes the same op."""
+
+    __slots__ = ()
+    state = _ProcessISA()
+
+    @staticmethod
+    def convert(name):
+        return name
 from . import nn, optim, data  # noqa: E402,F401
 from .autograd import (  # noqa: F401
     no_grad, enable_grad, set_grad_enabled, set_anomaly_detection, detect_anomaly, is_anomaly_enabled,

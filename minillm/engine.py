@@ -32,7 +32,7 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.generate import KVCache
 from minillm.random import Generator
-from minillm.sampling import apply_repetition_penalty, check_sampling_args, sample_next
+from minillm.sampling import apply_penalties, check_sampling_args, sample_checked
 
 __all__ = ["Engine", "Event"]
 
@@ -59,6 +59,10 @@ class _Sequence:
     repetition_penalty: float
     stop_tokens: frozenset
     generator: Generator
+    min_p: Optional[float] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Optional[dict] = None
     tokens: list = field(default_factory=list)     # generated so far
     cache: Optional[KVCache] = None
     last: Optional[int] = None                     # the token to feed next
@@ -90,10 +94,13 @@ class Engine:
 
     # ------------------------------------------------------------------ the queue
     def add(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
-            repetition_penalty=1.0, stop_tokens=(), seed=None):
+            repetition_penalty=1.0, stop_tokens=(), seed=None, min_p=None, presence_penalty=0.0,
+            frequency_penalty=0.0, logit_bias=None):
         """Queue a sequence; returns its id. prompt: a non-empty list of ids < vocab_size and
-        shorter than the context; the other options as generate()'s. ValueError names a bad one."""
-        check_sampling_args(temperature, top_k, top_p, repetition_penalty)
+        shorter than the context; the other options as generate()'s (applied in its order).
+        ValueError names a bad one."""
+        check_sampling_args(temperature, top_k, top_p, repetition_penalty, min_p, presence_penalty,
+                            frequency_penalty, logit_bias=logit_bias)
         V = self.model.config.vocab_size
         if not isinstance(prompt, (list, tuple)) or not prompt:
             raise ValueError("Engine.add: the prompt must be a non-empty list of token ids")
@@ -109,7 +116,8 @@ class Engine:
             raise ValueError(f"Engine.add: seed must be an int in [0, 2**63), got {seed!r}")
         seq = _Sequence(next(self._ids), list(prompt), max_new_tokens, float(temperature), top_k, top_p,
                         bool(greedy), float(repetition_penalty), frozenset(int(s) for s in stop_tokens),
-                        Generator(seed) if seed is not None else Generator())
+                        Generator(seed) if seed is not None else Generator(), min_p, float(presence_penalty),
+                        float(frequency_penalty), dict(logit_bias) if logit_bias else None)
         with self._lock:
             self._waiting.append(seq)
         return seq.seq_id
@@ -173,9 +181,10 @@ class Engine:
 
     def _advance(self, seq, logits):
         """Sample seq's next token from logits (1, V) and say whether it finished."""
-        if seq.repetition_penalty != 1.0:
-            logits = apply_repetition_penalty(logits, [seq.prompt + seq.tokens], seq.repetition_penalty)
-        tok = int(sample_next(logits, seq.temperature, seq.top_k, seq.top_p, seq.greedy, seq.generator).item())
+        logits = apply_penalties(logits, [seq.prompt + seq.tokens], len(seq.prompt), seq.logit_bias,
+                                 seq.repetition_penalty, seq.presence_penalty, seq.frequency_penalty)
+        tok = int(sample_checked(logits, seq.temperature, seq.top_k, seq.top_p, seq.greedy, seq.generator,
+                                 seq.min_p).item())
         seq.tokens.append(tok)
         seq.last = tok
         if tok in seq.stop_tokens:

@@ -24,10 +24,10 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.random import Generator
 # the sampling functions were defined here before minillm/sampling.py; their names stay importable
-from minillm.sampling import (apply_logit_bias, apply_presence_frequency_penalty,  # noqa: F401
+from minillm.sampling import (apply_logit_bias, apply_penalties, apply_presence_frequency_penalty,  # noqa: F401
                               apply_repetition_penalty, apply_temperature, check_sampling_args, draw,
-                              no_repeat_ngram_filter, sample_next, StopStrings, token_logprobs, top_k_filter,
-                              top_p_filter)
+                              no_repeat_ngram_filter, sample_checked, sample_next, StopStrings, token_logprobs,
+                              top_k_filter, top_p_filter)
 
 __all__ = ["KVCache", "LayerKVCache", "generate", "sample_text", "MAX_NEW_TOKENS"]
 
@@ -214,16 +214,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                 else:
                     logits, _ = model(out[:, max(0, n - block):n].contiguous())
                 raw = logits = _last_logits(logits)
-                if logit_bias:
-                    logits = apply_logit_bias(logits, logit_bias)
-                if repetition_penalty != 1.0:
-                    logits = apply_repetition_penalty(logits, out[:, :n], repetition_penalty)
-                if presence_penalty or frequency_penalty:
-                    logits = apply_presence_frequency_penalty(logits, out[:, T:n], presence_penalty,
-                                                              frequency_penalty)
-                if no_repeat_ngram_size:
-                    logits = no_repeat_ngram_filter(logits, out[:, :n], no_repeat_ngram_size)
-                nxt = sample_next(logits, temperature, top_k, top_p, greedy, generator, min_p=min_p)
+                logits = apply_penalties(logits, out[:, :n], T, logit_bias, repetition_penalty, presence_penalty,
+                                         frequency_penalty, no_repeat_ngram_size)
+                nxt = sample_checked(logits, temperature, top_k, top_p, greedy, generator, min_p)
                 ids = nxt.tolist()
                 if steps is not None:
                     for b, step in enumerate(token_logprobs(raw, ids, logprobs)):

@@ -47,7 +47,8 @@ import numpy as np
 from minillm import _C
 from minillm.random import default_generator
 
-__all__ = ["sample_next", "apply_temperature", "apply_repetition_penalty", "top_k_filter", "top_p_filter",
+__all__ = ["apply_penalties", "sample_next", "apply_temperature", "apply_repetition_penalty", "top_k_filter",
+           "top_p_filter",
            "min_p_filter", "apply_presence_frequency_penalty", "apply_logit_bias", "no_repeat_ngram_filter",
            "token_logprobs", "StopStrings", "draw", "check_sampling_args"]
 
@@ -206,6 +207,25 @@ def no_repeat_ngram_filter(logits, context, n):
     for b, ids in enumerate(_id_rows(context, B, V, "no_repeat_ngram_filter")):
         a[b, _ngram_bans(ids, n)] = -np.inf
     return out
+
+
+def apply_penalties(logits, context, prompt_len, logit_bias=None, repetition_penalty=1.0, presence_penalty=0.0,
+                    frequency_penalty=0.0, no_repeat_ngram_size=0):
+    """The processors that look at the context, in the order generate() applies them before
+    sampling (transformers' order): logit bias, repetition penalty (over the whole context),
+    presence/frequency penalties (over the tokens after the first prompt_len), no-repeat
+    n-gram. logits (B, V) float32; context (B, n) int64 Tensor or lists of ids. Returns logits
+    itself when every option is off, else a processed copy."""
+    if logit_bias:
+        logits = apply_logit_bias(logits, logit_bias)
+    if repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, context, repetition_penalty)
+    if presence_penalty or frequency_penalty:
+        generated = context[:, prompt_len:] if isinstance(context, _C.Tensor) else [r[prompt_len:] for r in context]
+        logits = apply_presence_frequency_penalty(logits, generated, presence_penalty, frequency_penalty)
+    if no_repeat_ngram_size:
+        logits = no_repeat_ngram_filter(logits, context, no_repeat_ngram_size)
+    return logits
 
 
 def top_k_filter(logits, k):
@@ -377,6 +397,12 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, g
     are applied in that order (transformers' order) and one token is drawn per row (see the
     module docstring)."""
     check_sampling_args(temperature, top_k, top_p, min_p=min_p)
+    return sample_checked(logits, temperature, top_k, top_p, greedy, generator, min_p)
+
+
+def sample_checked(logits, temperature, top_k, top_p, greedy, generator, min_p):
+    """sample_next for options check_sampling_args has already passed (the decoding loops
+    check them once, not at every step)."""
     logits = _rows(logits, "sample_next")
     if greedy or temperature == 0:
         return _C.argmax(logits, -1)

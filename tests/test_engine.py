@@ -66,6 +66,14 @@ def test_sampled_sequences_match_generate_with_the_same_seed(model):
     assert toks["x"] != alone(model, [5, 6, 7], 10, generator=Generator(99), **kw)
 
 
+def test_sampler_options_match_generate(model):
+    kw = dict(temperature=0.8, top_k=30, min_p=0.05, presence_penalty=0.6, frequency_penalty=0.4,
+              logit_bias={3: 5.0, 7: -100.0}, repetition_penalty=1.1)
+    toks, _ = run(Engine(model), {0: [("x", [5, 6, 7, 3], dict(max_new_tokens=12, seed=3, **kw))]})
+    assert toks["x"] == alone(model, [5, 6, 7, 3], 12, generator=Generator(3), **kw)
+    assert 7 not in toks["x"]
+
+
 def test_slots_queue_and_cancel(model):
     engine = Engine(model, max_batch=2)
     a = engine.add([1, 2], max_new_tokens=30, greedy=True)

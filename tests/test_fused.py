@@ -351,3 +351,26 @@ def test_fused_switch_is_per_thread_and_restored_by_with(held_in_another_thread)
     assert not F.is_fused_enabled()
     F.set_fused_enabled(prev)
     assert F.is_fused_enabled()
+
+
+def test_set_isa_is_a_switch_like_the_others():
+    """set_isa: a call, a context manager restoring the previous path, a decorator; process-wide."""
+    import threading
+    start = minillm.get_isa()
+    with minillm.set_isa("generic"):
+        assert minillm.get_isa() == "generic"
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(minillm.get_isa()))
+        t.start()
+        t.join()
+        assert seen == ["generic"]                 # one setting for the whole process
+    assert minillm.get_isa() == start
+
+    @minillm.set_isa("generic")
+    def inside():
+        return minillm.get_isa()
+
+    assert minillm.get_isa() == start and inside() == "generic" and minillm.get_isa() == start
+    with pytest.raises(ValueError, match="unknown ISA 'neon'"):
+        minillm.set_isa("neon")
+    assert minillm.get_isa() == start
