@@ -98,6 +98,7 @@ def main(argv=None):
         fn()                                     # warm up
     for _ in range(args.repeats):
         for name, fn in runs.items():
+            time.sleep(0.5)                  # let the previous engine's idle threads stop spinning
             t = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t)

@@ -583,7 +583,7 @@ int64_t mll_advise_hugepages(void *p, size_t nbytes) {
  * use: at 2 or 1 bytes a weight the loops take in too few lines per instruction window for
  * the hardware prefetchers alone to keep enough reads from DRAM in flight. */
 #ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 2048
+#define PREFETCH_BYTES 4096
 #endif
 #define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
 /* x . w over K as the VL-lane vector of 8 accumulators' sum. Row after row, each read front
