@@ -27,22 +27,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import minillm  # noqa: E402
+from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
 from minillm.models import build_model  # noqa: E402
 from minillm.tokenizers import load_tokenizer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE_TOKENIZER = os.path.join(HERE, "..", "tests", "fixtures", "gpt2_tiny")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def start_server(app):

@@ -1125,16 +1125,16 @@ static int64_t encode_word(const mll_bpe *t, encoder_state *st, const uint8_t *w
     return k;
 }
 
-/* ids of s[start, stop) split by steps[0..nsteps) (each looking ahead no further than the
- * piece it splits); returns the count or -1. */
+/* ids of s[start, stop) split by steps[0..nsteps): the first step may look ahead to `limit`
+ * (>= stop), each later one no further than the piece it splits; returns the count or -1. */
 static int64_t encode_pieces(const mll_bpe *t, encoder_state *st, const uint8_t *s, int64_t start,
-                             int64_t stop, const int *steps, int nsteps, uint32_t *out)
+                             int64_t stop, int64_t limit, const int *steps, int nsteps, uint32_t *out)
 {
     if (nsteps == 0) return stop > start ? encode_word(t, st, s + start, stop - start, out) : 0;
     int64_t k = 0;
     for (int64_t i = start; i < stop;) {
-        int64_t e = split_end(steps[0], s, i, stop);
-        int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
+        int64_t e = split_end(steps[0], s, i, limit);
+        int64_t m = encode_pieces(t, st, s, i, e, e, steps + 1, nsteps - 1, out + k);
         if (m < 0) return -1;
         k += m;
         i = e;
@@ -1147,18 +1147,7 @@ static int64_t encode_pieces(const mll_bpe *t, encoder_state *st, const uint8_t 
 static int64_t encode_span(const mll_bpe *t, encoder_state *st, const uint8_t *s, int64_t start,
                            int64_t stop, int64_t n, uint32_t *out)
 {
-    const int *steps = t->opt.steps;
-    int nsteps = t->opt.nsteps;
-    if (nsteps == 0) return encode_pieces(t, st, s, start, stop, steps, 0, out);
-    int64_t k = 0;
-    for (int64_t i = start; i < stop;) {
-        int64_t e = split_end(steps[0], s, i, n);
-        int64_t m = encode_pieces(t, st, s, i, e, steps + 1, nsteps - 1, out + k);
-        if (m < 0) return -1;
-        k += m;
-        i = e;
-    }
-    return k;
+    return encode_pieces(t, st, s, start, stop, n, t->opt.steps, t->opt.nsteps, out);
 }
 
 /* Piece p writes its ids at out + bounds[p] (a piece of b bytes gives at most b ids); the

@@ -91,3 +91,26 @@ def utf8(text):
 def where(path, line):
     """'path line N' or just 'path' when the line is unknown."""
     return f"{path} line {line}" if line else f"{path}"
+
+
+def native_bpe():
+    """The compiled BPE module (minillm._bpe); ImportError says how to build it."""
+    try:
+        from .. import _bpe
+    except ImportError as e:
+        raise ImportError("minillm._bpe is not built; run `make build` (or `pip install .`)") from e
+    return _bpe
+
+
+def split_ids(ids, offsets, ints):
+    """The batch encoders' flat ids cut at `offsets` into one Python list per text. Many
+    small lists: the cyclic GC (nothing here forms cycles) is paused meanwhile, which halves
+    the time of a 100k-text batch."""
+    import gc
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return native_bpe().split_ids(ids, offsets, ints)
+    finally:
+        if gc_was_enabled:
+            gc.enable()

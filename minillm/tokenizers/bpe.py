@@ -13,7 +13,6 @@ Files: `save(dir)` writes tokenizer.json (HF `tokenizers` format: BPE model, Byt
 pre-tokenizer and decoder) and GPT-2's vocab.json + merges.txt; `BPETokenizer.load` reads
 either, including files written by others (e.g. GPT-2's own vocab.json + merges.txt).
 """
-import gc
 import json
 import os
 import re
@@ -22,18 +21,11 @@ import numpy as np
 
 from ..progress import Progress
 from ..utils import default_num_threads, json_key_pattern, line_of, parse_json, read_text
-from .base import BYTE_TO_CHAR, Tokenizer, str_to_token, token_to_str, utf8, where
+from .base import BYTE_TO_CHAR, Tokenizer, native_bpe, split_ids, str_to_token, token_to_str, utf8, where
 
 ENDOFTEXT = "<|endoftext|>"
 MERGES_HEADER = "#version: 0.2"
 
-
-def _native():
-    try:
-        from .. import _bpe
-    except ImportError as e:
-        raise ImportError("minillm._bpe is not built; run `make build` (or `pip install .`)") from e
-    return _bpe
 
 
 class BPETokenizer(Tokenizer):
@@ -73,7 +65,7 @@ class BPETokenizer(Tokenizer):
         np.cumsum([len(p) for p in pieces], out=offsets[1:])
         merges = np.array(self.merges, dtype=np.uint32).reshape(-1, 3)
         self._size = size
-        self._encoder = _native().Encoder(merges, np.array(self.byte_ids, dtype=np.uint32),
+        self._encoder = native_bpe().Encoder(merges, np.array(self.byte_ids, dtype=np.uint32),
                                           b"".join(pieces), offsets)
         self._special_re_cache = {}
         self._ints = list(range(size))      # shared int objects for the lists encode returns
@@ -106,7 +98,7 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"vocab_size {vocab_size} is smaller than the 256 byte tokens plus "
                              f"{len(special_tokens)} special tokens")
         nthreads = num_threads or default_num_threads()
-        bpe = _native()
+        bpe = native_bpe()
         counter = bpe.WordCounter()
         has_text = False
         for piece in ([text] if isinstance(text, str) else text):
@@ -180,7 +172,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text, allowed_special="none", num_threads=None):
         """Ids of `text` (str): list[int]. See encode_ndarray for `allowed_special`."""
-        return _native().ids_to_list(self.encode_ndarray(text, allowed_special, num_threads),
+        return native_bpe().ids_to_list(self.encode_ndarray(text, allowed_special, num_threads),
                                      self._ints)
 
     def encode_batch(self, texts, allowed_special="none", num_threads=None):
@@ -190,14 +182,7 @@ class BPETokenizer(Tokenizer):
         if allowed:
             return [self.encode(t, allowed_special, 1) for t in texts]
         ids, offsets = self.encode_batch_ndarray(texts, num_threads=num_threads)
-        # 100k+ small lists: pausing the cyclic GC (nothing here forms cycles) halves the time
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return _native().split_ids(ids, offsets, self._ints)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        return split_ids(ids, offsets, self._ints)
 
     def encode_batch_ndarray(self, texts, num_threads=None):
         """Ids of a list of str (special tokens as plain text) in one array: (ids (total,)

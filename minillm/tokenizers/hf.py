@@ -19,7 +19,6 @@ The pipeline of a tokenizer.json, in HF's order, and where each step runs here:
 A feature outside these lists (another model type, pre-tokenizer, normalizer, regex...) raises
 ValueError naming it and the file: the tokenizer never silently gives other ids than HF's.
 """
-import gc
 import json
 import os
 import re
@@ -28,7 +27,7 @@ import unicodedata
 import numpy as np
 
 from ..utils import default_num_threads, parse_json, read_text
-from .base import BYTE_TO_CHAR, CHAR_TO_BYTE, Tokenizer, str_to_token, utf8
+from .base import BYTE_TO_CHAR, CHAR_TO_BYTE, Tokenizer, native_bpe, split_ids, str_to_token, utf8
 
 NO_ID = 0xFFFFFFFF
 METASPACE = "\u2581"
@@ -48,13 +47,6 @@ _WS_CHARS = "".join(chr(c) for c in (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0
                                      *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F,
                                      0x3000))
 
-
-def _native():
-    try:
-        from .. import _bpe
-    except ImportError as e:
-        raise ImportError("minillm._bpe is not built; run `make build` (or `pip install .`)") from e
-    return _bpe
 
 
 def _type_of(node, what, path):
@@ -586,7 +578,7 @@ class HFTokenizer(Tokenizer):
         offsets = np.zeros(size + 1, dtype=np.int64)
         np.cumsum([len(p) for p in pieces], out=offsets[1:])
         self.byte_fallback = bool(model.get("byte_fallback", False))
-        self._native = _native().Encoder(
+        self._native = native_bpe().Encoder(
             np.array(merges, dtype=np.uint32).reshape(-1, 3), np.array(byte_ids, dtype=np.uint32),
             b"".join(pieces), offsets, steps=self._pre.steps, chars=not byte_level,
             ignore_merges=bool(model.get("ignore_merges", False)),
@@ -795,7 +787,7 @@ class HFTokenizer(Tokenizer):
     def encode(self, text, add_special_tokens=True, num_threads=None):
         """Ids of `text` (str): list[int], equal to HF's `Tokenizer.encode(text).ids`.
         add_special_tokens: add what the file's post-processor adds (e.g. BOS)."""
-        ids = _native().ids_to_list(self._encode_array(text, num_threads), self._ints)
+        ids = native_bpe().ids_to_list(self._encode_array(text, num_threads), self._ints)
         if add_special_tokens and (self._before or self._after):
             ids = self._before + ids + self._after
         return ids
@@ -810,14 +802,7 @@ class HFTokenizer(Tokenizer):
         ids, offsets = self._encode_batch_arrays(texts, num_threads)
         if add_special_tokens and (self._before or self._after):
             ids, offsets = _surround(ids, offsets, self._before, self._after)
-        # many small lists: pausing the cyclic GC (nothing here forms cycles) saves time
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return _native().split_ids(ids, offsets, self._ints)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        return split_ids(ids, offsets, self._ints)
 
     # ------------------------------------------------------------------ decoding
     def _check_ids(self, ids):
