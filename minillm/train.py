@@ -48,15 +48,16 @@ LOCK_FILE = ".lock"
 # What --resume may change. The weights and the data order fix these (never changeable; nor
 # time_budget, which is turned into max_steps during the first steps of a run):
 FIXED_OPTIONS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "model_args", "seed",
-                 "time_budget")
+                 "time_budget", "optimizer")
 # These change only what is measured, logged, kept or printed, or when the run stops (free);
 # max_steps is free while the learning-rate schedule stays the same (its cosine ends at
 # lr_decay_steps, or at max_steps when that is not set):
 FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batches", "log_interval",
                 "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "progress",
                 "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
+# (nor optimizer: the optimizer state of one does not fit the other.)
 # The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
-# batch_size, grad_accum, dtype, time_budget) change the optimisation: refused unless
+# muon_lr, muon_momentum, batch_size, grad_accum, dtype) change the optimisation: refused unless
 # allow_changes, and then the run is no longer equal to any uninterrupted one.
 
 __all__ = ["TrainConfig", "Trainer", "CheckpointError", "save_checkpoint", "load_checkpoint",
@@ -211,6 +212,19 @@ class Trainer:
 
     def _make_optimizer(self):
         cfg = self.config
+        if cfg.optimizer == "muon":
+            # Muon for the hidden 2-D weights; AdamW for the rest: embedding tables and the LM
+            # head decay by weight_decay, gains and biases do not (as configure_optimizers)
+            matrices, other = optim.muon_param_groups(
+                (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+            groups = [{"params": matrices, "use_muon": True}]
+            for params, wd in (([p for p in other if p.ndim >= 2], cfg.weight_decay),
+                               ([p for p in other if p.ndim < 2], 0.0)):
+                if params:
+                    groups.append({"params": params, "use_muon": False, "weight_decay": wd})
+            return optim.Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                              nesterov=cfg.muon_momentum > 0, adamw_lr=cfg.lr,
+                              adamw_betas=(cfg.beta1, cfg.beta2), adamw_eps=cfg.eps)
         if hasattr(self.model, "configure_optimizers"):
             return self.model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
                                                    cfg.eps)
@@ -285,10 +299,15 @@ class Trainer:
         """Restore optimizer, step, RNG and data position from a load_checkpoint() dict (the
         weights are loaded by the caller)."""
         folder = ckpt["path"]
+        options = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as e:
             raise CheckpointError(f"checkpoint {folder}: optimizer.safetensors: {e}") from None
+        # the options come from this run's config (they differ from the checkpoint's only when
+        # --allow-changes took new ones); the state tensors and step counts from the checkpoint
+        for g, own in zip(self.optimizer.param_groups, options):
+            g.update(own)
         st = ckpt["trainer_state"]
         try:
             self.step = int(st["step"])
@@ -333,12 +352,19 @@ class Trainer:
         return optim.cosine_with_warmup(step, cfg.lr, cfg.warmup_steps, max(decay, cfg.warmup_steps),
                                         cfg.min_lr)
 
+    def _set_lr(self, lr):
+        """Every param group takes `lr`; Muon's groups take muon_lr scaled by the same schedule
+        (muon_lr * lr / cfg.lr)."""
+        cfg = self.config
+        muon_lr = cfg.muon_lr * (lr / cfg.lr if cfg.lr > 0 else 1.0)
+        for g in self.optimizer.param_groups:
+            g["lr"] = muon_lr if g.get("use_muon") else lr
+
     def train_step(self):
         """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, lr)."""
         cfg = self.config
         lr = self.lr_at(self.step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        self._set_lr(lr)
         total = 0.0
         world = self.world
         # a step that fails before the optimizer step leaves the state of the step before it
