@@ -16,6 +16,7 @@ Tensor = _C.Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "muon_param_groups", "newton_schulz",
            "flatten_state_dict", "unflatten_state_dict", "constant_lr", "linear_lr", "cosine_with_warmup",
+           "warmup_constant_cooldown",
            "LRScheduler", "LambdaLR", "CosineWarmupLR"]
 
 
@@ -472,6 +473,23 @@ def cosine_with_warmup(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     ratio = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return min_lr + coeff * (max_lr - min_lr)
+
+
+def warmup_constant_cooldown(step, fraction, max_lr, warmup_steps, cooldown_frac, min_lr=0.0):
+    """The schedule of a time-budgeted run, where `fraction` (in [0, 1]) is the part of the
+    budget used before this step: linear warmup max_lr (step+1)/(warmup_steps+1) for step <
+    warmup_steps, then max_lr until fraction 1 - cooldown_frac, then a straight line down to
+    min_lr at fraction 1 (min_lr after). During a warmup that reaches into the cooldown the lower
+    of the two applies."""
+    if fraction >= 1.0:
+        return min_lr
+    start = 1.0 - cooldown_frac
+    lr = max_lr
+    if fraction > start:
+        lr = min_lr + (max_lr - min_lr) * (1.0 - fraction) / cooldown_frac
+    if step < warmup_steps:
+        lr = min(lr, max_lr * (step + 1) / (warmup_steps + 1))
+    return lr
 
 
 class LRScheduler:

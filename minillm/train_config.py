@@ -73,8 +73,13 @@ class TrainConfig:
     log_interval: int = _f(10, "write a metrics line every N steps")
     checkpoint_interval: int = _f(500, "save a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "keep the last K checkpoints")
-    time_budget: float = _f(0.0, "train for about this many seconds: max_steps is set from the "
-                                 "speed of the first steps (0: use max_steps)")
+    time_budget: float = _f(0.0, "train for this many seconds (steps and evaluations; the final "
+                                 "evaluation and sample come after): the learning rate follows the "
+                                 "fraction of the budget used (warmup_steps, constant, then "
+                                 "cooldown_frac) and the run stops when the budget is spent, or at "
+                                 "max_steps (0: no budget, the cosine over max_steps)")
+    cooldown_frac: float = _f(0.4, "with time_budget: the last fraction of the budget, over which the "
+                                   "learning rate falls linearly to min_lr")
     max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
     num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
     ddp: bool = _f(False, "data-parallel over the ranks of `mpirun -n N`: each rank takes "
@@ -159,6 +164,8 @@ def check_option(name, value):
         ok, want = value is None or (_is_int(value) and value > 0), "a positive integer (or none)"
     elif name in _FINITE_NON_NEGATIVE:
         ok, want = _is_number(value) and value >= 0, "a finite number >= 0"
+    elif name == "cooldown_frac":
+        ok, want = _is_number(value) and 0 < value <= 1, "a number in (0, 1]"
     elif name in ("beta1", "beta2", "muon_momentum"):
         ok, want = _is_number(value) and 0 <= value < 1, "a number in [0, 1)"
     elif name == "dropout":
