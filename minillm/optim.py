@@ -4,7 +4,8 @@ Each step updates every parameter with one fused C kernel (csrc/optim.c) that re
 writes the parameter, its gradient and its state once. Semantics are PyTorch's
 (torch.optim.SGD / Adam / AdamW, for-each implementation): parameter groups with their own
 options, per-parameter step counts, bias-corrected moments, AdamW's decoupled decay
-p *= 1 - lr * weight_decay.
+p *= 1 - lr * weight_decay. Muon (for 2-D weight matrices) orthogonalises its momentum with
+a few GEMMs per matrix (newton_schulz) and keeps AdamW for the other parameters.
 """
 import math
 
