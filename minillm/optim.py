@@ -1,10 +1,11 @@
-"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules.
+"""Optimizers (SGD, Adam, AdamW, Muon) and learning-rate schedules.
 
 Each step updates every parameter with one fused C kernel (csrc/optim.c) that reads and
 writes the parameter, its gradient and its state once. Semantics are PyTorch's
 (torch.optim.SGD / Adam / AdamW, for-each implementation): parameter groups with their own
 options, per-parameter step counts, bias-corrected moments, AdamW's decoupled decay
-p *= 1 - lr * weight_decay.
+p *= 1 - lr * weight_decay. Muon (for 2-D weight matrices) orthogonalises its momentum with
+a few GEMMs per matrix (newton_schulz) and keeps AdamW for the other parameters.
 """
 import math
 
@@ -14,7 +15,9 @@ from minillm import _C
 
 Tensor = _C.Tensor
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "flatten_state_dict", "unflatten_state_dict", "constant_lr", "linear_lr", "cosine_with_warmup",
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Muon", "muon_param_groups", "newton_schulz",
+           "flatten_state_dict", "unflatten_state_dict", "constant_lr", "linear_lr", "cosine_with_warmup",
+           "warmup_constant_cooldown",
            "LRScheduler", "LambdaLR", "CosineWarmupLR"]
 
 
@@ -270,6 +273,177 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
+# ------------------------------------------------------------------- Muon
+# Source: Keller Jordan, "Muon: An optimizer for hidden layers in neural networks" (2024,
+# kellerjordan.github.io/posts/muon/): SGD momentum with Nesterov, the update of each 2-D
+# weight replaced by the nearest semi-orthogonal matrix, approximated by five steps of a quintic
+# Newton-Schulz iteration X <- a X + (b A + c A A) X, A = X X^T, (a, b, c) = (3.4445, -4.7750,
+# 2.0315), started from X = G / (||G||_F + 1e-7) on the wide orientation (rows <= columns), and
+# scaled by sqrt(max(1, rows / columns)) for a weight of shape (rows, columns) = (out, in).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_EPS = 1e-7
+
+# parameters named like these are embedding tables or LM heads: AdamW, not Muon
+_ADAMW_NAMES = ("wte", "wpe", "embed", "lm_head", "head")
+
+
+def newton_schulz(g, steps=5):
+    """The approximate orthogonalisation U V^T of g = U S V^T (float32, 2-D (rows, cols)), by
+    `steps` quintic Newton-Schulz iterations through the GEMM; returns a new contiguous
+    (rows, cols) tensor. Singular values come out in about [0.7, 1.2], not exactly 1."""
+    if g.ndim != 2:
+        raise ValueError(f"newton_schulz: expected a 2-D matrix, got shape {tuple(g.shape)}")
+    a, b, c = NS_COEFFICIENTS
+    tall = g.shape[0] > g.shape[1]
+    x = _C.transpose(g, 0, 1).contiguous() if tall else g.copy()
+    _C.scale_(x, 1.0 / (math.sqrt(_C.sumsq_list([x])) + NS_EPS))
+    m = x.shape[0]
+    A, B, y = _C.empty((m, m)), _C.empty((m, m)), _C.empty(tuple(x.shape))
+    for _ in range(steps):
+        _C.matmul(x, x, transpose_b=True, out=A)            # A = X X^T      (m, m)
+        _C.matmul(A, A, out=B, alpha=c)                     # B = c A A
+        _C.axpy_(b, A, B)                                   #   + b A
+        _C.copy_(y, x)
+        _C.matmul(B, x, out=y, beta=a)                      # Y = B X + a X  (m, n)
+        x, y = y, x
+    return _C.transpose(x, 0, 1).contiguous() if tall else x
+
+
+def muon_param_groups(named_parameters):
+    """Split (name, parameter) pairs (model.named_parameters()) into Muon's two kinds:
+    ([2-D weights], [the rest]); the rest are 1-D parameters (biases, norm gains) and 2-D
+    tables whose name says embedding or head (wte, wpe, embed_tokens, lm_head), which AdamW
+    trains better (the Muon description keeps them out too)."""
+    muon, other = [], []
+    for name, p in named_parameters:
+        if not isinstance(name, str):
+            raise TypeError(f"muon_param_groups: expected (name, tensor) pairs, got a "
+                            f"{type(name).__name__} as a name")
+        parts = name.split(".")
+        embedding_or_head = any(part.startswith(_ADAMW_NAMES) for part in parts)
+        (muon if p.ndim == 2 and not embedding_or_head else other).append(p)
+    return muon, other
+
+
+class Muon(Optimizer):
+    """Muon for the 2-D weight matrices, AdamW for every other parameter, as one optimizer
+    (one state_dict, one step()).
+
+    params: model.named_parameters() (split by muon_param_groups), or a list of param-group
+    dicts each with "use_muon": True or False (other keys override that kind's options).
+    Muon groups: lr, momentum, nesterov, ns_steps, weight_decay. Per Muon parameter W (out, in):
+        b = momentum b + g;  u = g + momentum b (nesterov) or b
+        W *= 1 - lr weight_decay;  W -= lr sqrt(max(1, out / in)) newton_schulz(u, ns_steps)
+    AdamW groups: adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay (their 'lr', 'betas',
+    'eps', 'weight_decay' in the group), the update of optim.AdamW.
+    """
+
+    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
+                 adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-8, adamw_weight_decay=0.0):
+        self._muon_defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                   weight_decay=weight_decay, use_muon=True)
+        self._adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
+                                    weight_decay=adamw_weight_decay, use_muon=False)
+        if isinstance(params, Tensor):
+            raise TypeError("Muon: params must be (name, tensor) pairs or param-group dicts, "
+                            "got a single Tensor")
+        items = list(params)
+        if items and not isinstance(items[0], dict):
+            if not all(isinstance(i, tuple) and len(i) == 2 for i in items):
+                raise TypeError("Muon: params must be model.named_parameters() ((name, tensor) "
+                                "pairs) or param-group dicts with \"use_muon\"")
+            muon, other = muon_param_groups(items)
+            items = [{"params": muon, "use_muon": True}] + \
+                ([{"params": other, "use_muon": False}] if other else [])
+        super().__init__(items, {})
+
+    def add_param_group(self, group):
+        if not isinstance(group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(group).__name__}")
+        if not isinstance(group.get("use_muon"), bool):
+            raise ValueError(f"Muon: every param group needs \"use_muon\": true or false, got "
+                             f"{group.get('use_muon')!r}")
+        kind = self._muon_defaults if group["use_muon"] else self._adamw_defaults
+        group = {**kind, **group}
+        if group["use_muon"]:
+            for p in ([group["params"]] if isinstance(group["params"], Tensor) else group["params"]):
+                if isinstance(p, Tensor) and p.ndim != 2:
+                    raise ValueError(f"Muon: a Muon parameter must be a 2-D matrix, got shape "
+                                     f"{tuple(p.shape)}; put it in a group with \"use_muon\": false")
+        super().add_param_group(group)
+
+    def _check_group(self, group):
+        def bad(name, want):
+            prefix = "" if group["use_muon"] else "adamw_"
+            value = group[name]
+            return ValueError(f"Muon: {prefix}{name} must be {want}, got {value!r}")
+
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not (number(group["lr"]) and group["lr"] >= 0):
+            raise bad("lr", "a finite number >= 0")
+        if not (number(group["weight_decay"]) and group["weight_decay"] >= 0):
+            raise bad("weight_decay", "a finite number >= 0")
+        if group["use_muon"]:
+            if not (number(group["momentum"]) and 0 <= group["momentum"] < 1):
+                raise bad("momentum", "a number in [0, 1)")
+            if not isinstance(group["nesterov"], bool):
+                raise bad("nesterov", "true or false")
+            if group["nesterov"] and group["momentum"] == 0:
+                raise bad("momentum", "> 0 with nesterov")
+            ns = group["ns_steps"]
+            if isinstance(ns, bool) or not isinstance(ns, int) or not 1 <= ns <= 100:
+                raise bad("ns_steps", "an integer in [1, 100]")
+        else:
+            betas = group["betas"]
+            if not (len(betas) == 2 and all(number(x) and 0 <= x < 1 for x in betas)):
+                raise bad("betas", "two numbers in [0, 1)")
+            if not (number(group["eps"]) and group["eps"] >= 0):
+                raise bad("eps", "a finite number >= 0")
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        state = self.state
+        for g in self.param_groups:
+            lr, wd = g["lr"], g["weight_decay"]
+            if not g["use_muon"]:
+                b1, b2 = g["betas"]
+                for p in g["params"]:
+                    if p.grad is None:
+                        continue
+                    st = state.get(id(p))
+                    if st is None:
+                        st = state[id(p)] = {"step": 0, "exp_avg": _C.zeros(p.shape),
+                                             "exp_avg_sq": _C.zeros(p.shape)}
+                    st["step"] += 1
+                    _C.adam_step_(p, p.grad, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, g["eps"],
+                                  wd, True, st["step"])
+                continue
+            mom = g["momentum"]
+            for p in g["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                grad = grad.contiguous()
+                st = state.get(id(p))
+                if st is None:
+                    st = state[id(p)] = {"step": 0, "momentum_buffer": _C.zeros(p.shape)}
+                st["step"] += 1
+                buf = st["momentum_buffer"]
+                _C.scale_(buf, mom)
+                _C.axpy_(1.0, grad, buf)                    # b = momentum b + g
+                if g["nesterov"]:
+                    u = grad.copy()
+                    _C.axpy_(mom, buf, u)                   # u = g + momentum b
+                else:
+                    u = buf
+                o = newton_schulz(u, g["ns_steps"])
+                if wd:
+                    _C.scale_(p, 1.0 - lr * wd)
+                rows, cols = p.shape
+                _C.axpy_(-lr * math.sqrt(max(1.0, rows / cols)), o, p)
+
+
 # ------------------------------------------------------------------- LR schedules
 def constant_lr(step, lr, warmup_steps=0):
     """lr, after an optional linear warmup lr (step+1)/(warmup_steps+1) for step < warmup_steps."""
@@ -300,6 +474,23 @@ def cosine_with_warmup(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
     ratio = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return min_lr + coeff * (max_lr - min_lr)
+
+
+def warmup_constant_cooldown(step, fraction, max_lr, warmup_steps, cooldown_frac, min_lr=0.0):
+    """The schedule of a time-budgeted run, where `fraction` (in [0, 1]) is the part of the
+    budget used before this step: linear warmup max_lr (step+1)/(warmup_steps+1) for step <
+    warmup_steps, then max_lr until fraction 1 - cooldown_frac, then a straight line down to
+    min_lr at fraction 1 (min_lr after). During a warmup that reaches into the cooldown the lower
+    of the two applies."""
+    if fraction >= 1.0:
+        return min_lr
+    start = 1.0 - cooldown_frac
+    lr = max_lr
+    if fraction > start:
+        lr = min_lr + (max_lr - min_lr) * (1.0 - fraction) / cooldown_frac
+    if step < warmup_steps:
+        lr = min(lr, max_lr * (step + 1) / (warmup_steps + 1))
+    return lr
 
 
 class LRScheduler:

@@ -8,7 +8,10 @@
 One step: `grad_accum` micro-batches of (batch_size, block_size) random windows of the training
 tokens (minillm.data.TokenBatches), the mean loss's gradients summed over them, the global
 gradient norm clipped to `grad_clip`, an AdamW step (2-D weights decay, biases and LayerNorm
-gains do not) at the learning rate of linear warmup + cosine decay (minillm.optim).
+gains do not; or with optimizer "muon", Muon for the hidden 2-D weights and AdamW for the rest)
+at the learning rate of linear warmup + cosine decay over max_steps, or with `time_budget`
+warmup + constant + linear cooldown over the last `cooldown_frac` of the budget, the run
+stopping when the budget is spent (minillm.optim).
 
 Around the loop: the options are minillm/train_config.py, the checkpoint folder
 minillm/checkpoint.py (restoring it makes a resumed run bitwise identical to an uninterrupted
@@ -46,28 +49,24 @@ from minillm.utils import FolderLock
 LOCK_FILE = ".lock"
 
 # What --resume may change. The weights and the data order fix these (never changeable; nor
-# time_budget, which is turned into max_steps during the first steps of a run):
+# optimizer: the optimizer state of one does not fit the other):
 FIXED_OPTIONS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "model_args", "seed",
-                 "time_budget")
+                 "optimizer")
 # These change only what is measured, logged, kept or printed, or when the run stops (free);
 # max_steps is free while the learning-rate schedule stays the same (its cosine ends at
-# lr_decay_steps, or at max_steps when that is not set):
+# lr_decay_steps, or at max_steps when that is not set; a time-budgeted run's schedule does not
+# depend on max_steps):
 FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batches", "log_interval",
                 "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "progress",
                 "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
 # The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
-# batch_size, grad_accum, dtype, time_budget) change the optimisation: refused unless
-# allow_changes, and then the run is no longer equal to any uninterrupted one.
+# muon_lr, muon_momentum, time_budget, cooldown_frac, batch_size, grad_accum, dtype) change the
+# optimisation: refused unless allow_changes, and then the run is no longer equal to any
+# uninterrupted one.
 
 __all__ = ["TrainConfig", "Trainer", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "find_checkpoint", "list_checkpoints", "load_model", "read_metrics", "plot_metrics",
            "evaluate", "sample_text", "resumed_config"]
-
-
-def _calibration_steps(cfg):
-    """Steps timed to turn time_budget into max_steps: up to 30, within the warmup when it is
-    long enough, so that the learning rates of the timed steps do not depend on max_steps."""
-    return max(5, min(cfg.warmup_steps, 30))
 
 
 class Trainer:
@@ -77,11 +76,12 @@ class Trainer:
     batch sampler; Trainer.resume(path, **overrides) rebuilds all of them from a checkpoint.
     train() runs to max_steps and returns the last evaluation. Attributes: model, optimizer,
     step, history (list of (step, loss) for every step run by this object).
-    For tests and scripts the model, tokens and tokenizer may be passed in directly.
+    For tests and scripts the model, tokens and tokenizer may be passed in directly, and
+    time_fn (seconds, default time.perf_counter) is the clock of elapsed and time_budget.
     """
 
     def __init__(self, config, model=None, train_tokens=None, val_tokens=None, tokenizer=None,
-                 tokenizer_file=None, data_fingerprint=None):
+                 tokenizer_file=None, data_fingerprint=None, time_fn=None):
         self.config = cfg = config.checked() if isinstance(config, TrainConfig) else \
             TrainConfig.from_dict(config)
         if cfg.num_threads:
@@ -140,6 +140,7 @@ class Trainer:
         self.interrupted = False        # stopped early (Ctrl-C or max_time) with a checkpoint
         self.stopped_by_user = False    # ... by Ctrl-C
         self.changes = []               # options a resume changed (see resume)
+        self.time_fn = time_fn or time.perf_counter
 
     # ------------------------------------------------------------------ checks before step 1
     def _take_run_folder(self):
@@ -211,6 +212,19 @@ class Trainer:
 
     def _make_optimizer(self):
         cfg = self.config
+        if cfg.optimizer == "muon":
+            # Muon for the hidden 2-D weights; AdamW for the rest: embedding tables and the LM
+            # head decay by weight_decay, gains and biases do not (as configure_optimizers)
+            matrices, other = optim.muon_param_groups(
+                (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+            groups = [{"params": matrices, "use_muon": True}]
+            for params, wd in (([p for p in other if p.ndim >= 2], cfg.weight_decay),
+                               ([p for p in other if p.ndim < 2], 0.0)):
+                if params:
+                    groups.append({"params": params, "use_muon": False, "weight_decay": wd})
+            return optim.Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                              nesterov=cfg.muon_momentum > 0, adamw_lr=cfg.lr,
+                              adamw_betas=(cfg.beta1, cfg.beta2), adamw_eps=cfg.eps)
         if hasattr(self.model, "configure_optimizers"):
             return self.model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2),
                                                    cfg.eps)
@@ -223,7 +237,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, path, allow_changes=False, extend_steps=None, **overrides):
+    def resume(cls, path, allow_changes=False, extend_steps=None, time_fn=None, **overrides):
         """A Trainer in the exact state of a checkpoint (a checkpoint folder, or a run folder:
         its latest checkpoint). `overrides` replace training options; resumed_config() refuses
         those that do not fit the checkpoint (see FIXED_OPTIONS, FREE_OPTIONS); `trainer.changes`
@@ -273,7 +287,7 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {folder}: config.json: the model config does not "
                                       f"build a model ({type(e).__name__}: {e})") from None
             load_model_state(model, ckpt["model"], os.path.join(folder, "model.safetensors"))
-            trainer = cls(cfg, model=model, data_fingerprint=fingerprint)
+            trainer = cls(cfg, model=model, data_fingerprint=fingerprint, time_fn=time_fn)
             trainer.load_state(ckpt)
             trainer.changes = changes
         finally:
@@ -285,10 +299,15 @@ class Trainer:
         """Restore optimizer, step, RNG and data position from a load_checkpoint() dict (the
         weights are loaded by the caller)."""
         folder = ckpt["path"]
+        options = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as e:
             raise CheckpointError(f"checkpoint {folder}: optimizer.safetensors: {e}") from None
+        # the options come from this run's config (they differ from the checkpoint's only when
+        # --allow-changes took new ones); the state tensors and step counts from the checkpoint
+        for g, own in zip(self.optimizer.param_groups, options):
+            g.update(own)
         st = ckpt["trainer_state"]
         try:
             self.step = int(st["step"])
@@ -327,18 +346,38 @@ class Trainer:
         return folder
 
     # ------------------------------------------------------------------ the loop
-    def lr_at(self, step):
+    def budget_fraction(self):
+        """The part of time_budget used so far (self.elapsed / time_budget, at most 1)."""
+        return min(1.0, self.elapsed / self.config.time_budget)
+
+    def budget_spent(self):
+        return bool(self.config.time_budget) and self.elapsed >= self.config.time_budget
+
+    def lr_at(self, step, fraction=None):
+        """The learning rate of step `step` (0-based): the cosine over max_steps, or with
+        time_budget warmup_constant_cooldown at `fraction` of the budget (default: now)."""
         cfg = self.config
+        if cfg.time_budget:
+            fraction = self.budget_fraction() if fraction is None else fraction
+            return optim.warmup_constant_cooldown(step, fraction, cfg.lr, cfg.warmup_steps,
+                                                  cfg.cooldown_frac, cfg.min_lr)
         decay = cfg.lr_decay_steps or cfg.max_steps
         return optim.cosine_with_warmup(step, cfg.lr, cfg.warmup_steps, max(decay, cfg.warmup_steps),
                                         cfg.min_lr)
+
+    def _set_lr(self, lr):
+        """Every param group takes `lr`; Muon's groups take muon_lr scaled by the same schedule
+        (muon_lr * lr / cfg.lr)."""
+        cfg = self.config
+        muon_lr = cfg.muon_lr * (lr / cfg.lr if cfg.lr > 0 else 1.0)
+        for g in self.optimizer.param_groups:
+            g["lr"] = muon_lr if g.get("use_muon") else lr
 
     def train_step(self):
         """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, lr)."""
         cfg = self.config
         lr = self.lr_at(self.step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        self._set_lr(lr)
         total = 0.0
         world = self.world
         # a step that fails before the optimizer step leaves the state of the step before it
@@ -411,31 +450,33 @@ class Trainer:
         use_signal = _in_main_thread()
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
         self._stop, self.interrupted, self.stopped_by_user = False, False, False
-        clock = _Clock(self.elapsed, self.tokens_seen)
+        clock = _Clock(self.elapsed, self.tokens_seen, self.time_fn)
         try:
             if self.step == 0:
                 progress.log(self._describe())
             first_step = self.step
-            while self.step < self.config.max_steps:
+            # with time_budget the run ends when the elapsed time (restored on resume) reaches
+            # the budget: a step started before then finishes, so it overruns by under a step
+            # and an evaluation, whatever the load did to the speed
+            while self.step < self.config.max_steps and not self.budget_spent():
                 loss, norm, lr = self.train_step()
                 self.history.append((self.step, loss))
-                self.elapsed = clock.elapsed()
+                self._tick(clock)
                 progress.update(1, postfix=f"loss {loss:.4f}")
                 self._log_step(loss, norm, lr, clock, progress)
-                # time_budget: the steps after this session's first (which warms the caches)
-                # are timed, up to step calibration + 1 (later when a resume started late)
-                if (self.config.time_budget and clock.t_cal and self.step ==
-                        max(_calibration_steps(self.config) + 1, clock.t_cal_step + 1)):
-                    self._fit_time_budget(time.perf_counter() - clock.t_cal,
-                                          self.step - clock.t_cal_step, progress)
-                if self.step == first_step + 1:
-                    clock.t_cal, clock.t_cal_step = time.perf_counter(), self.step
                 cfg = self.config
-                last = self.step == cfg.max_steps
+                if cfg.time_budget and self.step % cfg.log_interval == 0:
+                    self._estimate_total(clock, first_step, progress)
+                last = self.step == cfg.max_steps or self.budget_spent()
                 out_of_time = bool(cfg.max_time) and self.elapsed >= cfg.max_time
                 if self.val_tokens is not None and (
                         last or out_of_time or (cfg.eval_interval and self.step % cfg.eval_interval == 0)):
                     self._run_eval(progress, final=last)
+                    if cfg.time_budget and not last:     # the evaluation's time counts too
+                        self._tick(clock)
+                        if self.budget_spent():         # and it spent the budget: the end
+                            last = True
+                            self._run_eval(progress, final=True)
                 if self.world.any_true(self._stop or out_of_time):
                     self.interrupted = True
                     self.stopped_by_user = self._stop
@@ -445,6 +486,8 @@ class Trainer:
                     break
                 if last or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0):
                     self.save()
+                if last:
+                    break
         except Exception as e:
             reported = self._saved_before(e)
             if reported is e:
@@ -458,6 +501,22 @@ class Trainer:
                 self._lock.release()
                 self._lock = None
         return self.last_eval
+
+    def _tick(self, clock):
+        """self.elapsed = the clock (the same number on every rank: the schedule and the stop of
+        a time-budgeted run follow it)."""
+        self.elapsed = clock.elapsed()
+        if self.config.time_budget and self.world.size > 1:
+            self.elapsed = self.world.broadcast_float(self.elapsed)
+
+    def _estimate_total(self, clock, first_step, progress):
+        """The progress bar's total for a time-budgeted run: the steps done plus those that fit
+        in the budget left at this session's mean speed (a display only)."""
+        seconds = self.elapsed - clock.elapsed0
+        if self.step > first_step and seconds > 0:
+            left = max(0.0, self.config.time_budget - self.elapsed)
+            per_step = seconds / (self.step - first_step)
+            progress.set_total(min(self.config.max_steps, self.step + math.ceil(left / per_step)))
 
     def _saved_before(self, error):
         """`error` (raised after training started) with a note, once the steps not yet on disk
@@ -478,7 +537,8 @@ class Trainer:
 
     def _describe(self):
         cfg = self.config
-        steps = (f"about {cfg.time_budget:g} s" if cfg.time_budget else f"{cfg.max_steps} steps")
+        steps = (f"{cfg.time_budget:g} s (cooldown over the last {cfg.cooldown_frac:.0%})"
+                 if cfg.time_budget else f"{cfg.max_steps} steps")
         return (f"training {type(self.model).__name__} with {self.model.num_params():,} parameters "
                 f"on {len(self.train_tokens):,} tokens: {steps} of {cfg.grad_accum} x "
                 f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads")
@@ -486,7 +546,7 @@ class Trainer:
     def _log_step(self, loss, norm, lr, clock, progress):
         """A metrics.jsonl line (and a printed one without a bar) every log_interval steps."""
         cfg = self.config
-        if self.step % cfg.log_interval and self.step != cfg.max_steps:
+        if self.step % cfg.log_interval and self.step != cfg.max_steps and not self.budget_spent():
             return
         tps = clock.tokens_per_s(self.tokens_seen)
         self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
@@ -495,34 +555,13 @@ class Trainer:
             progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
                          f"{norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
 
-    def _fit_time_budget(self, seconds, timed_steps, progress):
-        """Set max_steps (and the cosine's length) so that training, evaluations included,
-        takes about time_budget seconds at the speed of the calibration steps. The resolved
-        max_steps goes into the checkpoints, so a resumed run follows the same schedule."""
-        cfg = self.config
-        per_step = self.world.broadcast_float(seconds) / timed_steps  # the same on all ranks
-        # an evaluation batch (batch_size windows, no backward) costs about a third of a
-        # training micro-batch
-        per_eval_batch = per_step / (3 * cfg.grad_accum)
-        windows = (len(self.val_tokens) - 1) // self.block_size if self.val_tokens is not None else 0
-        all_batches = -(-windows // cfg.batch_size)
-        eval_each = min(cfg.eval_batches or all_batches, all_batches) * per_eval_batch
-        final_eval = min(cfg.final_eval_batches or all_batches, all_batches) * per_eval_batch
-        left = cfg.time_budget - self.elapsed - final_eval
-        per_step_all = per_step + (eval_each / cfg.eval_interval if cfg.eval_interval else 0.0)
-        steps = max(self.step + 1, self.step + int(left / per_step_all))
-        self.config = cfg.replace(max_steps=steps, lr_decay_steps=None, time_budget=0.0)
-        progress.log(f"{per_step * 1000:.0f} ms per step: {steps} steps fit in the time budget "
-                     f"of {cfg.time_budget:g} s")
-        progress.set_total(steps)
-
     def _run_eval(self, progress, final=False):
-        t0 = time.perf_counter()
+        t0 = self.time_fn()
         res = self.evaluate(max_batches=(self.config.final_eval_batches or None) if final else -1)
         self.last_eval = res
         rec = {"step": self.step, "val_loss": res["loss"], "val_ppl": res["ppl"],
                "val_tokens": res["tokens"], "elapsed": self.elapsed,
-               "eval_seconds": time.perf_counter() - t0}
+               "eval_seconds": self.time_fn() - t0}
         if "bpb" in res:
             rec["val_bpb"] = res["bpb"]
         self._log(rec)
@@ -546,6 +585,11 @@ def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, sou
     import dataclasses
     base = TrainConfig.from_dict(saved, source=source)
     overrides = dict(overrides)
+    if extend_steps is not None and base.time_budget:
+        raise ValueError(f"--extend-steps: the run has a time_budget of {base.time_budget:g} s, and "
+                         f"it ends when that is spent; to train longer, give a larger "
+                         f"--time-budget with --allow-changes (the cooldown then restarts from "
+                         f"the new fraction)")
     if extend_steps is not None:
         if isinstance(extend_steps, bool) or not isinstance(extend_steps, int) or extend_steps < 1:
             raise ValueError(f"extend_steps must be a positive integer, got {extend_steps!r}")
@@ -566,7 +610,8 @@ def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, sou
                          f"(start a new run instead). {_MAY_CHANGE}")
     other = [c for c in changes if c[0] not in FIXED_OPTIONS + FREE_OPTIONS + ("lr_decay_steps",)]
     ends = [max(c.lr_decay_steps or c.max_steps, c.warmup_steps) for c in (base, new)]
-    if ends[0] != ends[1] and not allow_changes and not other:
+    budgeted = base.time_budget and new.time_budget        # the schedule ignores max_steps
+    if ends[0] != ends[1] and not allow_changes and not other and not budgeted:
         steps = new.max_steps - base.max_steps
         hint = (f"use --extend-steps {steps} to train on at the final learning rate, or "
                 if steps > 0 else "")
@@ -583,18 +628,19 @@ def resumed_config(saved, overrides, allow_changes=False, extend_steps=None, sou
 
 
 class _Clock:
-    """Elapsed seconds (continuing a resumed run's) and tokens/s between log lines."""
+    """Elapsed seconds (continuing a resumed run's) and tokens/s between log lines, read from
+    time_fn."""
 
-    def __init__(self, elapsed, tokens):
-        self.start, self.elapsed0 = time.perf_counter(), elapsed
+    def __init__(self, elapsed, tokens, time_fn=time.perf_counter):
+        self.time_fn = time_fn
+        self.start, self.elapsed0 = time_fn(), elapsed
         self.t_log, self.tokens_log = self.start, tokens
-        self.t_cal, self.t_cal_step = None, 0
 
     def elapsed(self):
-        return self.elapsed0 + time.perf_counter() - self.start
+        return self.elapsed0 + self.time_fn() - self.start
 
     def tokens_per_s(self, tokens):
-        now = time.perf_counter()
+        now = self.time_fn()
         tps = (tokens - self.tokens_log) / max(now - self.t_log, 1e-9)
         self.t_log, self.tokens_log = now, tokens
         return tps

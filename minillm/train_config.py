@@ -56,6 +56,11 @@ class TrainConfig:
     beta2: float = _f(0.95, "AdamW beta2")
     eps: float = _f(1e-8, "AdamW eps")
     grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: no clipping)")
+    optimizer: str = _f("adamw", "adamw, or muon: Muon for the 2-D weight matrices (Newton-Schulz "
+                                 "orthogonalised Nesterov momentum, no weight decay) and AdamW with the "
+                                 "options above for the embeddings, the LM head, gains and biases")
+    muon_lr: float = _f(0.02, "Muon's peak learning rate (it follows the same schedule as lr)")
+    muon_momentum: float = _f(0.95, "Muon's momentum (Nesterov)")
     # bf16 mixed precision (minillm/amp.py): weight products on bf16-rounded inputs with float32
     # sums; master weights, optimizer state, LayerNorm, softmax, attention and the loss stay float32
     dtype: str = _f("float32", "precision of the weight products: float32, or bf16 (bfloat16 inputs, "
@@ -68,8 +73,13 @@ class TrainConfig:
     log_interval: int = _f(10, "write a metrics line every N steps")
     checkpoint_interval: int = _f(500, "save a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "keep the last K checkpoints")
-    time_budget: float = _f(0.0, "train for about this many seconds: max_steps is set from the "
-                                 "speed of the first steps (0: use max_steps)")
+    time_budget: float = _f(0.0, "train for this many seconds (steps and evaluations; the final "
+                                 "evaluation and sample come after): the learning rate follows the "
+                                 "fraction of the budget used (warmup_steps, constant, then "
+                                 "cooldown_frac) and the run stops when the budget is spent, or at "
+                                 "max_steps (0: no budget, the cosine over max_steps)")
+    cooldown_frac: float = _f(0.4, "with time_budget: the last fraction of the budget, over which the "
+                                   "learning rate falls linearly to min_lr")
     max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
     num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
     ddp: bool = _f(False, "data-parallel over the ranks of `mpirun -n N`: each rank takes "
@@ -128,9 +138,10 @@ _NON_NEGATIVE = ("max_steps", "warmup_steps", "eval_interval", "eval_batches", "
                  "checkpoint_interval", "sample_tokens")
 _POSITIVE_OR_NONE = ("n_layer", "n_head", "n_embd", "block_size", "lr_decay_steps", "top_k")
 _FINITE_NON_NEGATIVE = ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget",
-                        "temperature")
+                        "temperature", "muon_lr")
 _STRINGS = ("data", "out_dir", "model", "sample_prompt")
 DTYPES = ("float32", "bf16", "bfloat16")
+OPTIMIZERS = ("adamw", "muon")
 MAX_THREADS = 4096
 
 
@@ -153,7 +164,9 @@ def check_option(name, value):
         ok, want = value is None or (_is_int(value) and value > 0), "a positive integer (or none)"
     elif name in _FINITE_NON_NEGATIVE:
         ok, want = _is_number(value) and value >= 0, "a finite number >= 0"
-    elif name in ("beta1", "beta2"):
+    elif name == "cooldown_frac":
+        ok, want = _is_number(value) and 0 < value <= 1, "a number in (0, 1]"
+    elif name in ("beta1", "beta2", "muon_momentum"):
         ok, want = _is_number(value) and 0 <= value < 1, "a number in [0, 1)"
     elif name == "dropout":
         ok, want = value is None or (_is_number(value) and 0 <= value < 1), "a number in [0, 1) (or none)"
@@ -163,6 +176,8 @@ def check_option(name, value):
         ok, want = _is_int(value) and abs(value) < 2 ** 63, "an integer of absolute value < 2**63"
     elif name == "dtype":
         ok, want = value in DTYPES, f"one of {', '.join(DTYPES)}"
+    elif name == "optimizer":
+        ok, want = value in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"
     elif name == "progress":
         ok, want = value in MODES, f"one of {', '.join(MODES)}"
     elif name == "model_args":
@@ -219,8 +234,9 @@ def add_arguments(parser):
         if f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help)
-        elif f.name == "progress":
-            parser.add_argument(flag, dest=f.name, choices=MODES, default=argparse.SUPPRESS, help=help)
+        elif f.name in ("progress", "optimizer"):
+            parser.add_argument(flag, dest=f.name, choices=MODES if f.name == "progress" else OPTIMIZERS,
+                                default=argparse.SUPPRESS, help=help)
         else:
             parser.add_argument(flag, dest=f.name, type=_option_type(f), default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=help)
