@@ -100,8 +100,8 @@ def run_load(port, clients, prompt, max_tokens):
 def bench_model(preset, clients_list, prompt_tokens, max_tokens, dtype, overrides=None):
     from minillm.serve import build_app
     minillm.manual_seed(0)
-    model = build_model(preset, **(overrides or {})).eval()
-    tokenizer = load_tokenizer(FIXTURE_TOKENIZER)        # any tokenizer with ids < vocab_size
+    tokenizer = load_tokenizer(FIXTURE_TOKENIZER)        # the model's vocabulary is this tokenizer's
+    model = build_model(preset, **dict(overrides or {}, vocab_size=tokenizer.vocab_size)).eval()
     block = model.config.block_size
     max_tokens = min(max_tokens, block - prompt_tokens)
     app = build_app(model, tokenizer, preset, dtype=dtype, max_batch=max(clients_list),
