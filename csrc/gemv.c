@@ -56,6 +56,10 @@ typedef struct {
     const float *s;          /* its scales, one per group */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
+/* the same for two rows of x at once, each weight loaded once for both: out (row i at
+ * out + i * ldo); each row's sums exactly those dots_fn gives it alone */
+typedef void (*dots2_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                         int64_t ldo);
 
 static float bf16_value(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
@@ -72,6 +76,12 @@ static void rows_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int6
         for (int64_t k = 0; k < K; k++) s += x[k] * wr[k];
         out[r] = s;
     }
+}
+
+static void rows2_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                          int64_t ldo) {
+    rows_generic(&x[0], W, row0, K, n, out);
+    rows_generic(&x[1], W, row0, K, n, out + ldo);
 }
 
 static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
@@ -137,12 +147,30 @@ static float sum_generic(const float *x, int64_t n) {
     return s;
 }
 
-/* rows_avx2, rows_bf16_avx2, rows_q8_avx2, sum_avx2, and the same _avx512: the bottom half */
+/* rows_avx2, rows2_avx2, rows_bf16_avx2, rows_q8_avx2, sum_avx2, and the same _avx512: the bottom half */
 #define MLL_DISPATCH_SELF "gemv.c"
 #include "dispatch.h"
 
 /* int8 bytes one vector step of rows_q8 takes (a group must be a whole number of them) */
 static const int64_t q8_unit_generic = 1;
+
+static dots_fn pick_dots(const mll_matrix *W);
+
+/* Two rows of x over bf16 or int8 weights: each group of 4 weight rows dotted with one row of
+ * x, then with the other, while it sits in L1 (the same calls as for each row alone, so the
+ * same sums). */
+static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                           int64_t ldo) {
+    dots_fn f = pick_dots(W);
+    for (int64_t r = 0; r < n; r += 4) {
+        int64_t c = n - r < 4 ? n - r : 4;
+        f(&x[0], W, row0 + r, K, c, out + r);
+        f(&x[1], W, row0 + r, K, c, out + ldo + r);
+    }
+}
+
+/* the two-row form: float32 loads each weight vector once for both rows (rows2) */
+static dots2_fn pick_dots2(const mll_matrix *W) { return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours; }
 
 static dots_fn pick_dots(const mll_matrix *W) {
     switch (W->dtype) {
@@ -175,7 +203,8 @@ static mll_matrix rows_from(const mll_matrix *W, int64_t r, int64_t K) {
 typedef struct {
     mll_matrix W, W2;
     const float *bias, *bias2;
-    dots_fn dots, dots2;
+    dots_fn dots, dots2;            /* for W and W2 */
+    dots2_fn pair, pair2;           /* their two-row forms, or NULL */
     int64_t N, col;
 } linear_seg;
 
@@ -208,31 +237,43 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
     float *y = job->y;
     const int64_t ldy = job->ldy, M = job->M, K = job->K;
     const int act = job->act;
-    float d[ROWS_PER_PASS], u[ROWS_PER_PASS];
+    float d[2][ROWS_PER_PASS], u[2][ROWS_PER_PASS];
     const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
-        for (int64_t m = 0; m < M; m++) {
-            const xrow xr = {job->x + m * K, job->xq ? job->xq + m * K : NULL,
-                             job->xq ? job->xs + m * (K / job->xgroup) : NULL};
-            sg->dots(&xr, &sg->W, j, K, n, d);
-            if (sg->bias)
-                for (int64_t r = 0; r < n; r++) d[r] += sg->bias[j + r];
-            if (act == ACT_GELU) {
-                mll_unary(MLL_GELU, d, d, n);
-            } else if (act == ACT_SILU_GATED) {
-                sg->dots2(&xr, &sg->W2, j, K, n, u);
-                if (sg->bias2)
-                    for (int64_t r = 0; r < n; r++) u[r] += sg->bias2[j + r];
-                mll_silu_mul_forward(d, u, d, n);
+        for (int64_t m = 0; m < M; m += 2) {       /* rows of x two at a time: W read once for both */
+            const int nx = M - m >= 2 ? 2 : 1;
+            xrow xr[2];
+            for (int i = 0; i < nx; i++)
+                xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
+                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL};
+            if (nx == 2 && sg->pair) sg->pair(xr, &sg->W, j, K, n, d[0], ROWS_PER_PASS);
+            else
+                for (int i = 0; i < nx; i++) sg->dots(&xr[i], &sg->W, j, K, n, d[i]);
+            if (act == ACT_SILU_GATED) {
+                if (nx == 2 && sg->pair2) sg->pair2(xr, &sg->W2, j, K, n, u[0], ROWS_PER_PASS);
+                else
+                    for (int i = 0; i < nx; i++) sg->dots2(&xr[i], &sg->W2, j, K, n, u[i]);
             }
-            float *ym = y + m * ldy + sg->col + j;
-            if (add) {
-                const float *am = add + m * ldy + sg->col + j;
-                for (int64_t r = 0; r < n; r++) ym[r] = d[r] + am[r];
-            } else {
-                memcpy(ym, d, (size_t)n * sizeof(float));
+            for (int i = 0; i < nx; i++) {
+                float *di = d[i], *ui = u[i];
+                if (sg->bias)
+                    for (int64_t r = 0; r < n; r++) di[r] += sg->bias[j + r];
+                if (act == ACT_GELU) {
+                    mll_unary(MLL_GELU, di, di, n);
+                } else if (act == ACT_SILU_GATED) {
+                    if (sg->bias2)
+                        for (int64_t r = 0; r < n; r++) ui[r] += sg->bias2[j + r];
+                    mll_silu_mul_forward(di, ui, di, n);
+                }
+                float *ym = y + (m + i) * ldy + sg->col + j;
+                if (add) {
+                    const float *am = add + (m + i) * ldy + sg->col + j;
+                    for (int64_t r = 0; r < n; r++) ym[r] = di[r] + am[r];
+                } else {
+                    memcpy(ym, di, (size_t)n * sizeof(float));
+                }
             }
         }
     }
@@ -416,6 +457,8 @@ static int linear_run(linear_job *job, int64_t weights) {
         linear_seg *sg = &job->seg[s];
         sg->dots = pick_dots(&sg->W);
         sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
+        sg->pair = pick_dots2(&sg->W);
+        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
         else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
         else continue;
@@ -640,6 +683,52 @@ static MLL_TARGET void FN(rows)(const xrow *xr, const mll_matrix *W, int64_t row
                   FN(dot_vec)(x, wr + 3 * K, K), out + r);
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec)(x, w + r * K, K));
+}
+
+/* dot_vec for two rows of x at once (each w vector loaded once): *s0, *s1 get exactly what
+ * dot_vec(x0, w, K) and dot_vec(x1, w, K) return (the same accumulators, order and tail) */
+static inline MLL_TARGET void FN(dot_vec2)(const float *x0, const float *x1, const float *w, int64_t K, V *s0,
+                                           V *s1) {
+    V a[8], b[8];
+    for (int i = 0; i < 8; i++) a[i] = b[i] = v_zero();
+    int64_t k = 0;
+    for (; k + 8 * VL <= K; k += 8 * VL)
+        for (int i = 0; i < 8; i++) {
+            V wv = v_load(w + k + i * VL);
+            a[i] = v_fmadd(wv, v_load(x0 + k + i * VL), a[i]);
+            b[i] = v_fmadd(wv, v_load(x1 + k + i * VL), b[i]);
+        }
+    for (; k + VL <= K; k += VL) {
+        V wv = v_load(w + k);
+        a[0] = v_fmadd(wv, v_load(x0 + k), a[0]);
+        b[0] = v_fmadd(wv, v_load(x1 + k), b[0]);
+    }
+    if (k < K) {
+        V wv = v_loadn(w + k, K - k);
+        a[0] = v_fmadd(wv, v_loadn(x0 + k, K - k), a[0]);
+        b[0] = v_fmadd(wv, v_loadn(x1 + k, K - k), b[0]);
+    }
+    *s0 = v_add(v_add(v_add(a[0], a[1]), v_add(a[2], a[3])), v_add(v_add(a[4], a[5]), v_add(a[6], a[7])));
+    *s1 = v_add(v_add(v_add(b[0], b[1]), v_add(b[2], b[3])), v_add(v_add(b[4], b[5]), v_add(b[6], b[7])));
+}
+
+static MLL_TARGET void FN(rows2)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                                 int64_t ldo) {
+    const float *x0 = xr[0].f, *x1 = xr[1].f;
+    const float *w = (const float *)W->data + row0 * K;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        V s0[4], s1[4];
+        for (int q = 0; q < 4; q++) FN(dot_vec2)(x0, x1, w + (r + q) * K, K, &s0[q], &s1[q]);
+        FN(hsum4)(s0[0], s0[1], s0[2], s0[3], out + r);
+        FN(hsum4)(s1[0], s1[1], s1[2], s1[3], out + ldo + r);
+    }
+    for (; r < n; r++) {
+        V s0, s1;
+        FN(dot_vec2)(x0, x1, w + r * K, K, &s0, &s1);
+        out[r] = v_hsum(s0);
+        out[ldo + r] = v_hsum(s1);
+    }
 }
 
 /* VL stored bf16 values at p widened to float32 (the upper half of a float32's bits) */
