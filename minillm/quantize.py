@@ -16,12 +16,29 @@ kernels' unit), else the whole row.
     from minillm.quantize import quantize_int8, decoding_weight
     m = quantize_int8(w)              # w (N, K) float32 -> _C.Int8Matrix
     w2 = decoding_weight(w, "bf16")   # float32 | bf16 Tensor | Int8Matrix for a dtype name
+
+A model folder can hold the int8 weights themselves (`minillm quantize`, quantize_folder
+below): a family's HuggingFace layout where every Linear weight the decode plan streams, and
+the LM head, is two tensors, NAME (I8, (N, K), the Linear's (out, in) orientation) and
+NAME.scales (F32, (N, K / group)), and config.json carries
+    "quantization_config": {"quant_method": "minillm-int8", "group_size": 64, "bits": 8,
+                            "symmetric": true}
+Loading such a folder (the families' load_pretrained, via read_int8) gives a model whose
+forward runs on the dequantized float32 weights and whose `int8_weights` (name -> Int8Matrix)
+the decode plan streams as stored, with no second quantization.
 """
+import json
+import os
+import shutil
+
 import numpy as np
 
 from minillm import _C
+from minillm.serialization import as_bf16_bits, round_bf16, to_f32
 
-__all__ = ["DTYPES", "int8_group", "quantize_int8", "decoding_weight"]
+__all__ = ["DTYPES", "int8_group", "quantize_int8", "decoding_weight", "QUANT_METHOD", "quantization_config",
+           "check_quantization", "int8_arrays", "read_int8", "split_int8", "bf16_array", "quantize_folder",
+           "check_quantize_output", "FOLDER_DTYPES", "MARKER"]
 
 # the weight dtypes a decoder takes, by the names the command line uses
 DTYPES = ("float32", "bf16", "int8")
@@ -69,3 +86,174 @@ def decoding_weight(w, dtype):
     if w.dtype != "float32":
         w = w.astype("float32")
     return w if dtype == "float32" else quantize_int8(w)
+
+
+# ====================================================================== int8 / bf16 model folders
+QUANT_METHOD = "minillm-int8"
+# the dtypes `minillm quantize` writes
+FOLDER_DTYPES = ("int8", "bf16")
+# written last into every folder `minillm quantize` makes: what it wrote (a later run may replace it)
+MARKER = "minillm_quantize.json"
+# files of a HuggingFace folder besides the weights and config.json that a quantized copy keeps
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json")
+
+
+def quantization_config(group=64):
+    """config.json's quantization_config of an int8 folder (group: the default group size)."""
+    return {"quant_method": QUANT_METHOD, "group_size": int(group), "bits": 8, "symmetric": True}
+
+
+def check_quantization(hf, where):
+    """None for a config.json dict without quantization_config, else that dict, checked to be
+    minillm's int8 (ValueError naming `where` and the field for anything else)."""
+    q = hf.get("quantization_config") if isinstance(hf, dict) else None
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else q
+    if method != QUANT_METHOD:
+        raise ValueError(f"{where}: quantization_config quant_method {method!r} is not supported (minillm "
+                         f"reads {QUANT_METHOD!r} folders, written by `minillm quantize`)")
+    if q.get("bits", 8) != 8 or q.get("symmetric", True) is not True:
+        raise ValueError(f"{where}: quantization_config must have bits 8 and symmetric true, got bits "
+                         f"{q.get('bits')!r}, symmetric {q.get('symmetric')!r}")
+    return q
+
+
+def int8_arrays(name, w, group=None):
+    """{name: int8 (N, K), name + ".scales": float32 (N, K / group)} of the weight w (N, K)
+    (float32 or bf16 Tensor) quantized with quantize_int8; NumPy copies, ready to save."""
+    m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
+    return {name: np.array(m.values.numpy()).view(np.int8), name + ".scales": np.array(m.scales.numpy())}
+
+
+def _float32(w):
+    w = w.detach().contiguous()
+    return w if w.dtype == "float32" else w.astype("float32")
+
+
+def bf16_array(a):
+    """A float32 (or already bf16 bits) NumPy array as bf16 bits to save (nearest even)."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return as_bf16_bits(a)
+    return as_bf16_bits(round_bf16(np.ascontiguousarray(a, dtype=np.float32)))
+
+
+def read_int8(values, scales, name, where):
+    """The Int8Matrix of a stored int8 weight: values an I8 array (N, K), scales an F32 array
+    (N, K / group); the group is K over the scales' columns. ValueError names the tensor and
+    file when the two do not fit or a scale is negative or not finite."""
+    if values.dtype != np.int8 or values.ndim != 2:
+        raise ValueError(f"{where}: {name} must be an I8 matrix (N, K), got {values.dtype} of shape "
+                         f"{list(values.shape)}")
+    N, K = values.shape
+    if scales.dtype != np.float32 or scales.ndim != 2 or scales.shape[0] != N or not scales.shape[1] \
+            or K % scales.shape[1]:
+        raise ValueError(f"{where}: {name}.scales must be F32 ({N}, K / group) with a group dividing {K}, got "
+                         f"{scales.dtype} of shape {list(scales.shape)}")
+    s = np.array(scales, dtype=np.float32)
+    if not (np.isfinite(s).all() and (s >= 0).all()):
+        raise ValueError(f"{where}: {name}.scales has negative or non-finite values")
+    v = _C.from_numpy(np.array(values).view(np.uint8))
+    return _C.Int8Matrix(v, _C.from_numpy(s), K // s.shape[1])
+
+
+def split_int8(get, names, where, allowed):
+    """The int8 weights of a folder's tensors: names lists every tensor in the folder, get(name)
+    gives its array. Returns {name: Int8Matrix} for each NAME stored with NAME.scales; each must
+    be one of `allowed` (the weights the family's decode plan streams), else ValueError."""
+    out = {}
+    for n in names:
+        if n.endswith(".scales"):
+            base = n[:-len(".scales")]
+            if base not in names:
+                raise ValueError(f"{where}: {n} has no {base} beside it")
+            if base not in allowed:
+                raise ValueError(f"{where}: {base} is stored as int8 but is not a weight the decode plan streams")
+            out[base] = read_int8(get(base), get(n), base, where)
+    return out
+
+
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_quantize_output(out, inputs=()):
+    """ValueError unless quantize_folder may write (and replace) the folder `out`: missing,
+    empty, or made by an earlier `minillm quantize` (its MARKER) holding nothing else; not a
+    file, and not holding any of `inputs`."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    for p in inputs:
+        if p is not None and (_inside(p, out) or _inside(out, p)):
+            raise ValueError(f"--out {out}: overlaps the input {p}; choose another --out")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    entries = sorted(os.listdir(out))
+    try:
+        with open(os.path.join(out, MARKER), encoding="utf-8") as f:
+            written = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"--out {out}: exists and was not made by `minillm quantize` (it holds {entries[0]!r}); "
+                         f"only such a folder is replaced: choose another --out or empty it") from None
+    strangers = [e for e in entries if e not in set(written) | {MARKER}]
+    if strangers:
+        raise ValueError(f"--out {out}: was made by `minillm quantize` but also holds {strangers[0]!r}, which "
+                         f"replacing it would delete; move that away or choose another --out")
+
+
+def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
+    """Write the model of a HuggingFace folder (hf_dir) or a minillm checkpoint (ckpt) into the
+    folder `out` with "int8" weights (the layout of the module docstring; group: the int8 group,
+    default int8_group per matrix) or "bf16" ones (a plain HF folder whose matrices are bf16,
+    norms and biases float32), in its family's HF layout (GPT-2 or Llama/Qwen/Mistral), with
+    its tokenizer and generation_config.json. `out` is replaced only when check_quantize_output
+    allows it; the folder is written beside it and renamed into place. Returns the list of
+    files written."""
+    if dtype not in FOLDER_DTYPES:
+        raise ValueError(f"quantize: --dtype must be one of {', '.join(FOLDER_DTYPES)}, got {dtype!r}")
+    if (hf_dir is None) == (ckpt is None):
+        raise ValueError("quantize: give exactly one of --hf-dir and --ckpt")
+    source = hf_dir if hf_dir is not None else ckpt
+    if not os.path.isdir(source):
+        raise ValueError(f"quantize: {source}: no such folder")
+    check_quantize_output(out, [source])
+    from minillm.models import GPT, Llama, load_pretrained
+    if hf_dir is not None:
+        from minillm.utils import read_json
+        cfg = os.path.join(hf_dir, "config.json")
+        hf = read_json(cfg) if os.path.isfile(cfg) else {}
+        in_bf16 = dtype == "bf16" and isinstance(hf, dict) and hf.get("model_type", "gpt2") != "gpt2"
+        model = load_pretrained(hf_dir, dtype="bfloat16" if in_bf16 else None)
+    else:
+        from minillm.checkpoint import load_model
+        model = load_model(ckpt)
+    if not isinstance(model, (GPT, Llama)):
+        raise ValueError(f"quantize: {source}: a {type(model).__name__} model has no HuggingFace layout "
+                         f"(GPT and Llama-family models do)")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, weights=dtype, group=group)
+        for name in TOKENIZER_FILES if hf_dir is not None else ():   # the source's own, verbatim
+            if os.path.isfile(os.path.join(hf_dir, name)):
+                shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, name))
+        generation = getattr(model, "generation_config", None)
+        if generation and not os.path.exists(os.path.join(tmp, "generation_config.json")):
+            with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+                json.dump(generation, f, indent=2)
+        files = sorted(os.listdir(tmp))
+        with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
+            json.dump({"dtype": dtype, "source": os.path.abspath(source), "files": files}, f, indent=2)
+        check_quantize_output(out, [source])           # nobody put anything there meanwhile
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files + [MARKER]
