@@ -709,7 +709,7 @@ def add_serve_parser(subparsers):
 
 # ---------------------------------------------------------------------- quantize
 def cmd_quantize(args):
-    from .quantize import check_quantize_output, quantize_folder
+    from .inference import check_quantize_output, quantize_folder
     source = args.hf_dir or args.ckpt
     if not os.path.isdir(source):
         raise UsageError(f"--{'hf-dir' if args.hf_dir else 'ckpt'} {source}: no such folder")

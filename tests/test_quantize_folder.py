@@ -14,7 +14,8 @@ from minillm import cli, serialization
 from minillm.generate import KVCache
 from minillm.inference import load_for_inference, plan_options
 from minillm.models import GPT, Llama, LlamaConfig, load_pretrained
-from minillm.quantize import MARKER, quantize_folder, quantize_int8
+from minillm.inference import MARKER, quantize_folder
+from minillm.quantize import quantize_int8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "gpt2_tiny")
@@ -215,7 +216,8 @@ def test_decoder_refuses_stored_int8_weights_for_a_float_plan(tmp_path):
     assert plan.weights == "bf16"
     from minillm.models.decoder import Decoder
     with pytest.raises(ValueError, match="only an int8 plan"):
-        layers = [{"norm1.weight": b.ln_1.weight, "qkv.weight": model.int8_weights[f"transformer.h.{i}.attn.c_attn.weight"]}
+        layers = [{"norm1.weight": b.ln_1.weight,
+                   "qkv.weight": model.int8_weights[f"transformer.h.{i}.attn.c_attn.weight"]}
                   for i, b in enumerate(model.transformer.h)]
         Decoder(plan.options, layers, embed=model.transformer.wte.weight, head=model.lm_head.weight,
                 pos_embed=model.transformer.wpe.weight, hugepages=False, weights="float32")
@@ -267,7 +269,7 @@ def test_cli_quantize_bad_inputs_are_one_line_errors(tmp_path, capsys, case):
     last = err.strip().splitlines()[-1]
     assert last.startswith("minillm") and "error" in last
     assert {"foreign-out": "not made by `minillm quantize`", "missing-input": "no such folder",
-            "unknown-dtype": "int4", "out-is-input": "overlaps the input",
+            "unknown-dtype": "int4", "out-is-input": "holds the input",
             "out-is-file": "is a file"}[case] in last
     assert (foreign / "keep.txt").read_text() == "mine"
 
@@ -277,3 +279,17 @@ def test_readme_documents_the_int8_layout():
         text = f.read()
     for needle in ("minillm quantize", "minillm-int8", ".scales", "group_size"):
         assert needle in text, needle
+
+
+def test_cli_commands_decode_an_int8_folder_with_its_stored_weights(tmp_path, capsys):
+    out = str(tmp_path / "q")
+    quantize_folder(out, hf_dir=FIXTURE, dtype="int8")
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    code, stdout, _ = run(["eval", "--hf-dir", out, "--text", str(text), "--max-batches", "1"], capsys)
+    assert code == 0 and "(int8)" in stdout
+    code, stdout, _ = run(["eval", "--hf-dir", out, "--text", str(text), "--max-batches", "1", "--dtype", "float32"],
+                          capsys)
+    assert code == 0 and "(float32)" in stdout
+    code, stdout, _ = run(["sample", "--hf-dir", out, "--prompt", "the", "--greedy", "--max-new-tokens", "5"], capsys)
+    assert code == 0 and stdout.startswith("the")

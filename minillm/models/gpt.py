@@ -545,10 +545,9 @@ def save_pretrained(model, folder, tokenizer=None, weights="float32", group=None
             t = t.T
         a = np.asarray(t.contiguous())
         tensors[prefix + hf_name] = quantize.bf16_array(a) if weights == "bf16" and a.ndim == 2 else a
-    if weights == "int8" and config.tie_weights:
-        tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group))
-        hf_config["quantization_config"] = quantize.quantization_config(group or 64)
-    elif weights == "int8":
+    if weights == "int8":
+        if config.tie_weights:        # the decode plan's head; wte stays float32 for the lookup
+            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group))
         hf_config["quantization_config"] = quantize.quantization_config(group or 64)
     if weights == "bf16":
         hf_config["torch_dtype"] = hf_config["dtype"] = "bfloat16"
