@@ -11,6 +11,7 @@ means int8, and the plan streams those weights as stored. quantize_folder writes
 """
 import json
 import os
+import re
 import shutil
 
 from minillm.quantize import FOLDER_DTYPES
@@ -122,8 +123,9 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
     default int8_group per matrix) or "bf16" ones (a plain HF folder whose matrices are bf16,
     norms and biases float32), in its family's HF layout (GPT-2 or Llama/Qwen/Mistral), with
     its tokenizer and generation_config.json. `out` is replaced only when check_quantize_output
-    allows it; the folder is written beside it and renamed into place. Returns the list of
-    files written."""
+    allows it; the folder is written beside it and renamed into place. A model loaded from an
+    int8 folder writes its stored int8 weights again as they are (no second quantization).
+    Returns the list of files written."""
     if dtype not in FOLDER_DTYPES:
         raise ValueError(f"quantize: --dtype must be one of {', '.join(FOLDER_DTYPES)}, got {dtype!r}")
     if (hf_dir is None) == (ckpt is None):
@@ -145,9 +147,14 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
     if not isinstance(model, (GPT, Llama)):
         raise ValueError(f"quantize: {source}: a {type(model).__name__} model has no HuggingFace layout "
                          f"(GPT and Llama-family models do)")
-    parent = os.path.dirname(os.path.abspath(out))
+    from minillm.utils import process_tag, remove_stale
+    parent, base = os.path.split(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(out))}.{os.getpid()}.tmp")
+    # leftovers of a quantize into this folder that was killed: .<name>.<writer>.tmp / .old
+    remove_stale(parent, re.escape(f".{base}.") + r"(?P<tag>\d+(?:-\d+)?)\.(?P<kind>tmp|old)",
+                 lambda m: os.path.join(parent, base) if m.group("kind") == "old" else None)
+    tag = process_tag()
+    tmp = os.path.join(parent, f".{base}.{tag}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, weights=dtype, group=group)
@@ -163,8 +170,12 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
             json.dump({"dtype": dtype, "source": os.path.abspath(source), "files": files}, f, indent=2)
         check_quantize_output(out, [source])           # nobody put anything there meanwhile
         if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+            old = os.path.join(parent, f".{base}.{tag}.old")
+            os.rename(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

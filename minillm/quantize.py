@@ -110,10 +110,14 @@ def check_quantization(hf, where):
     return q
 
 
-def int8_arrays(name, w, group=None):
+def int8_arrays(name, w, group=None, stored=None):
     """{name: int8 (N, K), name + ".scales": float32 (N, K / group)} of the weight w (N, K)
-    (float32 or bf16 Tensor) quantized with quantize_int8; NumPy copies, ready to save."""
-    m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
+    (float32 or bf16 Tensor) quantized with quantize_int8, or of `stored` (an Int8Matrix of w,
+    e.g. an int8 folder's) when given and of that group; NumPy copies, ready to save."""
+    if stored is not None and group in (None, stored.group):
+        m = stored
+    else:
+        m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
     return {name: np.array(m.values.numpy()).view(np.int8), name + ".scales": np.array(m.scales.numpy())}
 
 

@@ -293,3 +293,17 @@ def test_cli_commands_decode_an_int8_folder_with_its_stored_weights(tmp_path, ca
     assert code == 0 and "(float32)" in stdout
     code, stdout, _ = run(["sample", "--hf-dir", out, "--prompt", "the", "--greedy", "--max-new-tokens", "5"], capsys)
     assert code == 0 and stdout.startswith("the")
+
+
+def test_quantizing_an_int8_folder_again_writes_the_same_bytes(tmp_path):
+    first, second = str(tmp_path / "q1"), str(tmp_path / "q2")
+    quantize_folder(first, hf_dir=FIXTURE, dtype="int8")
+    quantize_folder(second, hf_dir=first, dtype="int8")        # the stored int8 weights, not a second rounding
+    with open(os.path.join(first, "model.safetensors"), "rb") as f1, \
+            open(os.path.join(second, "model.safetensors"), "rb") as f2:
+        assert f1.read() == f2.read()
+    # a different group quantizes again, from the dequantized weights
+    third = str(tmp_path / "q3")
+    quantize_folder(third, hf_dir=first, dtype="int8", group=16)
+    assert header(os.path.join(third, "model.safetensors"))["lm_head.weight.scales"][1][1] == 64 // 16
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]     # no temporaries left

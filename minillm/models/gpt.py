@@ -204,7 +204,8 @@ class GPT(LanguageModel):
         learned positions, fused c_attn, GELU MLP, biases as the config has them, tied or
         untied head; it reads the parameters in place (weights "float32") or stores copies in
         bf16 or int8 (weights "bf16", "int8"); an int8 plan of a model loaded from an int8 folder
-        streams the folder's int8 weights (self.int8_weights) as stored. hugepages: see Decoder."""
+        streams the folder's int8 weights (self.int8_weights) as stored (later changes to the
+        parameters do not reach them). hugepages: see Decoder."""
         cfg, tr = self.config, self.transformer
         stored = (getattr(self, "int8_weights", None) or {}) if weights == "int8" else {}
         q = lambda name, p: stored.get(name, p)  # noqa: E731
@@ -425,7 +426,10 @@ def load_pretrained(folder):
     Reads config.json and model.safetensors (float32, or bfloat16/float16 widened to float32);
     the tokenizer (vocab.json + merges.txt or tokenizer.json), if the folder has one, is
     attached as `model.tokenizer` (a minillm BPETokenizer), else `model.tokenizer` is None.
-    Missing, unexpected or mis-shaped tensors raise ValueError naming all of them."""
+    Missing, unexpected or mis-shaped tensors raise ValueError naming all of them. An int8
+    folder (minillm.quantize) loads its int8 weights as `model.int8_weights` (our name ->
+    Int8Matrix, for the decode plan) and their dequantized values into the parameters;
+    `model.int8_weights` is empty for other folders."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a folder (expected config.json and model.safetensors)")
     cfg_path = os.path.join(folder, "config.json")
@@ -535,11 +539,12 @@ def save_pretrained(model, folder, tokenizer=None, weights="float32", group=None
     if not config.tie_weights and "lm_head.weight" not in own:
         own["lm_head.weight"] = model.lm_head.weight
     tensors = {}
+    stored = getattr(model, "int8_weights", None) or {}       # an int8 folder's, written as they are
     for ours, (hf_name, _) in hf_tensor_names(config).items():
         t = own[ours].detach()
         prefix = "" if hf_name == "lm_head.weight" else "transformer."
         if weights == "int8" and (hf_name.endswith(CONV1D) or hf_name == "lm_head.weight"):
-            tensors.update(quantize.int8_arrays(prefix + hf_name, t, group))    # (out, in)
+            tensors.update(quantize.int8_arrays(prefix + hf_name, t, group, stored.get(ours)))    # (out, in)
             continue
         if hf_name.endswith(CONV1D):
             t = t.T
@@ -547,7 +552,8 @@ def save_pretrained(model, folder, tokenizer=None, weights="float32", group=None
         tensors[prefix + hf_name] = quantize.bf16_array(a) if weights == "bf16" and a.ndim == 2 else a
     if weights == "int8":
         if config.tie_weights:        # the decode plan's head; wte stays float32 for the lookup
-            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group))
+            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group,
+                                                stored.get("lm_head.weight")))
         hf_config["quantization_config"] = quantize.quantization_config(group or 64)
     if weights == "bf16":
         hf_config["torch_dtype"] = hf_config["dtype"] = "bfloat16"

@@ -250,7 +250,8 @@ class Llama(LanguageModel):
         grouped-query heads, biases and QK-norm as configured. weights: the dtype the plan
         streams ("float32", "bf16", "int8"; None: the model's own, read in place).
         An int8 plan of a model loaded from an int8 folder streams the folder's int8 weights
-        (self.int8_weights) as stored. hugepages: see Decoder."""
+        (self.int8_weights) as stored (later changes to the parameters do not reach them).
+        hugepages: see Decoder."""
         c = self.config
         if weights is None:
             weights = "bf16" if c.dtype == "bfloat16" else "float32"
@@ -484,7 +485,9 @@ def load_pretrained(folder, dtype="float32"):
     Each tensor is copied in slices whose mapped pages are dropped after, so the peak memory
     is the kept weights plus one slice. The tokenizer, if the folder has one minillm reads,
     is attached as `model.tokenizer` (else None). Missing, unexpected or mis-shaped tensors
-    raise ValueError naming them."""
+    raise ValueError naming them. An int8 folder (minillm.quantize) loads its int8 weights as
+    `model.int8_weights` (name -> Int8Matrix, for the decode plan) and their dequantized values
+    into the parameters (rounded to bf16 for dtype "bfloat16"); empty for other folders."""
     folder = os.fspath(folder)
     dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)
     cfg_path = os.path.join(folder, "config.json")
@@ -578,11 +581,12 @@ def save_pretrained(model, folder, tokenizer=None, max_shard_bytes=None, weights
     if not config.tie_weights:
         own.setdefault("lm_head.weight", model.lm_head.weight)
     streamed = _streamed_names(config)
+    stored = getattr(model, "int8_weights", None) or {}       # an int8 folder's, written as they are
     tensors = {}
     for name in hf_tensor_shapes(config):
         t = own[name].detach().contiguous()
         if weights == "int8" and name in streamed:
-            tensors.update(quantize.int8_arrays(name, t, group))
+            tensors.update(quantize.int8_arrays(name, t, group, stored.get(name)))
             continue
         a = np.asarray(t)
         if t.dtype == "bfloat16" or (weights == "bf16" and a.ndim == 2):
@@ -591,7 +595,8 @@ def save_pretrained(model, folder, tokenizer=None, max_shard_bytes=None, weights
     hf = config_to_hf(config)
     if weights == "int8":
         if config.tie_weights:
-            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group))
+            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group,
+                                                stored.get("lm_head.weight")))
         hf["quantization_config"] = quantize.quantization_config(group or 64)
     elif weights == "bf16":
         hf["torch_dtype"] = hf["dtype"] = "bfloat16"
