@@ -166,4 +166,7 @@ def split_int8(get, names, where, allowed):
             if base not in allowed:
                 raise ValueError(f"{where}: {base} is stored as int8 but is not a weight the decode plan streams")
             out[base] = read_int8(get(base), get(n), base, where)
+    lone = sorted(n for n in names if n not in out and not n.endswith(".scales") and get(n).dtype == np.int8)
+    if lone:
+        raise ValueError(f"{where}: {lone[0]} is I8 but has no {lone[0]}.scales beside it")
     return out

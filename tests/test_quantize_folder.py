@@ -307,3 +307,14 @@ def test_quantizing_an_int8_folder_again_writes_the_same_bytes(tmp_path):
     quantize_folder(third, hf_dir=first, dtype="int8", group=16)
     assert header(os.path.join(third, "model.safetensors"))["lm_head.weight.scales"][1][1] == 64 // 16
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]     # no temporaries left
+
+
+def test_int8_weights_without_their_scales_are_named(tmp_path):
+    out = str(tmp_path / "q")
+    quantize_folder(out, hf_dir=FIXTURE, dtype="int8")
+    path = os.path.join(out, "model.safetensors")
+    arrays = {k: np.array(v) for k, v in serialization.load(path).items()}
+    del arrays["transformer.h.1.mlp.c_fc.weight.scales"]
+    serialization.save(arrays, path)
+    with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight is I8 but has no .*scales"):
+        load_pretrained(out)
