@@ -117,7 +117,10 @@ def int8_arrays(name, w, group=None, stored=None):
     if stored is not None and group in (None, stored.group):
         m = stored
     else:
-        m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
+        try:
+            m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     return {name: np.array(m.values.numpy()).view(np.int8), name + ".scales": np.array(m.scales.numpy())}
 
 
