@@ -16,6 +16,7 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm chat (--hf-dir DIR | --ckpt DIR) [--system STR] [--dtype float32|bf16|int8]
     minillm eval (--hf-dir DIR | --ckpt DIR) (--data DIR | --text FILE) [--dtype float32|bf16|int8]
     minillm serve (--hf-dir DIR | --ckpt DIR) [--dtype D] [--host H] [--port P]   (minillm[serve])
+    minillm quantize (--hf-dir DIR | --ckpt DIR) --out DIR --dtype int8|bf16 [--group N]
 
 One convention for errors: a single line `minillm: error: ...` on stderr naming the value, the
 option or the file; exit status 2 for bad usage (a value no run could take), 1 for a failure at
@@ -490,8 +491,9 @@ def cmd_sample(args):
         raise UsageError(e) from None
     if args.threads:
         set_num_threads(args.threads)
-    from .inference import load_for_inference, plan_options
+    from .inference import load_for_inference, plan_options, resolve_dtype
     model, tokenizer, _ = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
+    args.dtype = resolve_dtype(model, args.dtype)
     source = args.hf_dir or args.ckpt
     plan = model.decoder(**plan_options(model, args.dtype)) if model.kv_cache_shape() is not None else None
     generator = Generator(args.seed)
@@ -546,9 +548,10 @@ def add_sample_parser(subparsers):
 
 def _add_dtype(p):
     from .inference import DTYPES
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
+    p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights the decoder reads: float32, bf16 or int8 (per-group scales; activations "
-                        "quantized alike), made at load time (default float32)")
+                        "quantized alike), made at load time (default: as the folder stores them: int8 for "
+                        "a folder `minillm quantize --dtype int8` wrote, else float32)")
 
 
 def _add_model_source(p):
@@ -564,8 +567,9 @@ def cmd_chat(args):
     from .chat_session import ChatSession
     if args.threads:
         set_num_threads(args.threads)
-    from .inference import load_for_inference, plan_options
+    from .inference import load_for_inference, plan_options, resolve_dtype
     model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
+    args.dtype = resolve_dtype(model, args.dtype)
     session = ChatSession(model, tokenizer, decoder=model.decoder(**plan_options(model, args.dtype)),
                           system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, generator=Generator(args.seed))
@@ -631,11 +635,12 @@ def add_chat_parser(subparsers):
 # ---------------------------------------------------------------------- eval
 def cmd_eval(args):
     from . import data, set_num_threads
-    from .inference import load_for_inference, plan_options
+    from .inference import load_for_inference, plan_options, resolve_dtype
     from .metrics import evaluate
     if args.threads:
         set_num_threads(args.threads)
     model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype, need_tokenizer=args.text)
+    args.dtype = resolve_dtype(model, args.dtype)
     if args.data:
         folder = data.TokenData(args.data)
         tokens = folder.split(args.split)
@@ -702,10 +707,44 @@ def add_serve_parser(subparsers):
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------------- quantize
+def cmd_quantize(args):
+    from .inference import check_quantize_output, quantize_folder
+    source = args.hf_dir or args.ckpt
+    if not os.path.isdir(source):
+        raise UsageError(f"--{'hf-dir' if args.hf_dir else 'ckpt'} {source}: no such folder")
+    try:
+        check_quantize_output(args.out, [source])
+    except ValueError as e:
+        raise UsageError(e) from None
+    files = quantize_folder(args.out, hf_dir=args.hf_dir, ckpt=args.ckpt, dtype=args.dtype, group=args.group)
+    size = sum(os.path.getsize(os.path.join(args.out, f)) for f in files)
+    print(f"{source} -> {args.out} ({args.dtype}, {len(files)} files, {size / 1e6:.1f} MB)")
+    return 0
+
+
+def add_quantize_parser(subparsers):
+    from .quantize import FOLDER_DTYPES
+    p = subparsers.add_parser(
+        "quantize", help="write a model folder with int8 or bf16 weights",
+        description="Write the model of a HuggingFace folder or a minillm checkpoint as a model folder in its "
+                    "family's HuggingFace layout with bf16 weights (transformers loads it) or int8 weights "
+                    "(per-group scales; sample, chat, eval and serve --hf-dir decode with them as stored). "
+                    "The README's decoding section describes the layout. --out is replaced only if it is "
+                    "empty or an earlier `minillm quantize` made it.")
+    _add_model_source(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write")
+    p.add_argument("--dtype", choices=FOLDER_DTYPES, required=True, help="the weights' dtype")
+    p.add_argument("--group", type=_int(1), default=None,
+                   help="int8: values per scale (must divide every row; default 64, or 32/16/the row "
+                        "where 64 does not divide it)")
+    p.set_defaults(func=cmd_quantize)
+
+
 # ---------------------------------------------------------------------- main
 # One entry per command, in --help order; others append add_train_parser, add_sample_parser ...
 PARSERS = [add_data_parser, add_tokenizer_parser, add_train_parser, add_sample_parser, add_chat_parser,
-           add_eval_parser, add_serve_parser, add_plot_parser, add_bench_parser]
+           add_eval_parser, add_serve_parser, add_quantize_parser, add_plot_parser, add_bench_parser]
 
 
 def build_parser():

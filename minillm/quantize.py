@@ -16,12 +16,24 @@ kernels' unit), else the whole row.
     from minillm.quantize import quantize_int8, decoding_weight
     m = quantize_int8(w)              # w (N, K) float32 -> _C.Int8Matrix
     w2 = decoding_weight(w, "bf16")   # float32 | bf16 Tensor | Int8Matrix for a dtype name
+
+A model folder can hold the int8 weights themselves (`minillm quantize`,
+minillm.inference.quantize_folder): a family's HuggingFace layout where every Linear weight the decode plan streams, and
+the LM head, is two tensors, NAME (I8, (N, K), the Linear's (out, in) orientation) and
+NAME.scales (F32, (N, K / group)), and config.json carries
+    "quantization_config": {"quant_method": "minillm-int8", "group_size": 64, "bits": 8,
+                            "symmetric": true}
+Loading such a folder (the families' load_pretrained, via read_int8) gives a model whose
+forward runs on the dequantized float32 weights and whose `int8_weights` (name -> Int8Matrix)
+the decode plan streams as stored, with no second quantization.
 """
 import numpy as np
 
 from minillm import _C
+from minillm.serialization import as_bf16_bits, round_bf16
 
-__all__ = ["DTYPES", "int8_group", "quantize_int8", "decoding_weight"]
+__all__ = ["DTYPES", "int8_group", "quantize_int8", "decoding_weight", "QUANT_METHOD", "quantization_config",
+           "check_quantization", "int8_arrays", "read_int8", "split_int8", "bf16_array", "FOLDER_DTYPES"]
 
 # the weight dtypes a decoder takes, by the names the command line uses
 DTYPES = ("float32", "bf16", "int8")
@@ -69,3 +81,95 @@ def decoding_weight(w, dtype):
     if w.dtype != "float32":
         w = w.astype("float32")
     return w if dtype == "float32" else quantize_int8(w)
+
+
+# ====================================================================== int8 / bf16 model folders
+QUANT_METHOD = "minillm-int8"
+# the dtypes `minillm quantize` writes
+FOLDER_DTYPES = ("int8", "bf16")
+
+
+def quantization_config(group=64):
+    """config.json's quantization_config of an int8 folder (group: the default group size)."""
+    return {"quant_method": QUANT_METHOD, "group_size": int(group), "bits": 8, "symmetric": True}
+
+
+def check_quantization(hf, where):
+    """None for a config.json dict without quantization_config, else that dict, checked to be
+    minillm's int8 (ValueError naming `where` and the field for anything else)."""
+    q = hf.get("quantization_config") if isinstance(hf, dict) else None
+    if q is None:
+        return None
+    method = q.get("quant_method") if isinstance(q, dict) else q
+    if method != QUANT_METHOD:
+        raise ValueError(f"{where}: quantization_config quant_method {method!r} is not supported (minillm "
+                         f"reads {QUANT_METHOD!r} folders, written by `minillm quantize`)")
+    if q.get("bits", 8) != 8 or q.get("symmetric", True) is not True:
+        raise ValueError(f"{where}: quantization_config must have bits 8 and symmetric true, got bits "
+                         f"{q.get('bits')!r}, symmetric {q.get('symmetric')!r}")
+    return q
+
+
+def int8_arrays(name, w, group=None, stored=None):
+    """{name: int8 (N, K), name + ".scales": float32 (N, K / group)} of the weight w (N, K)
+    (float32 or bf16 Tensor) quantized with quantize_int8, or of `stored` (an Int8Matrix of w,
+    e.g. an int8 folder's) when given and of that group; NumPy copies, ready to save."""
+    if stored is not None and group in (None, stored.group):
+        m = stored
+    else:
+        try:
+            m = decoding_weight(w, "int8") if group is None else quantize_int8(_float32(w), group)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return {name: np.array(m.values.numpy()).view(np.int8), name + ".scales": np.array(m.scales.numpy())}
+
+
+def _float32(w):
+    w = w.detach().contiguous()
+    return w if w.dtype == "float32" else w.astype("float32")
+
+
+def bf16_array(a):
+    """A float32 (or already bf16 bits) NumPy array as bf16 bits to save (nearest even)."""
+    a = np.asarray(a)
+    if a.dtype == np.uint16:
+        return as_bf16_bits(a)
+    return as_bf16_bits(round_bf16(np.ascontiguousarray(a, dtype=np.float32)))
+
+
+def read_int8(values, scales, name, where):
+    """The Int8Matrix of a stored int8 weight: values an I8 array (N, K), scales an F32 array
+    (N, K / group); the group is K over the scales' columns. ValueError names the tensor and
+    file when the two do not fit or a scale is negative or not finite."""
+    if values.dtype != np.int8 or values.ndim != 2:
+        raise ValueError(f"{where}: {name} must be an I8 matrix (N, K), got {values.dtype} of shape "
+                         f"{list(values.shape)}")
+    N, K = values.shape
+    if scales.dtype != np.float32 or scales.ndim != 2 or scales.shape[0] != N or not scales.shape[1] \
+            or K % scales.shape[1]:
+        raise ValueError(f"{where}: {name}.scales must be F32 ({N}, K / group) with a group dividing {K}, got "
+                         f"{scales.dtype} of shape {list(scales.shape)}")
+    s = np.array(scales, dtype=np.float32)
+    if not (np.isfinite(s).all() and (s >= 0).all()):
+        raise ValueError(f"{where}: {name}.scales has negative or non-finite values")
+    v = _C.from_numpy(np.array(values).view(np.uint8))
+    return _C.Int8Matrix(v, _C.from_numpy(s), K // s.shape[1])
+
+
+def split_int8(get, names, where, allowed):
+    """The int8 weights of a folder's tensors: names lists every tensor in the folder, get(name)
+    gives its array. Returns {name: Int8Matrix} for each NAME stored with NAME.scales; each must
+    be one of `allowed` (the weights the family's decode plan streams), else ValueError."""
+    out = {}
+    for n in names:
+        if n.endswith(".scales"):
+            base = n[:-len(".scales")]
+            if base not in names:
+                raise ValueError(f"{where}: {n} has no {base} beside it")
+            if base not in allowed:
+                raise ValueError(f"{where}: {base} is stored as int8 but is not a weight the decode plan streams")
+            out[base] = read_int8(get(base), get(n), base, where)
+    lone = sorted(n for n in names if n not in out and not n.endswith(".scales") and get(n).dtype == np.int8)
+    if lone:
+        raise ValueError(f"{where}: {lone[0]} is I8 but has no {lone[0]}.scales beside it")
+    return out

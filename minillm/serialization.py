@@ -30,7 +30,7 @@ import numpy as np
 from .utils import fsync_dir, parse_json
 
 __all__ = ["FormatError", "save", "load", "load_metadata", "BF16_BITS", "as_bf16_bits", "MappedFile",
-           "open_checkpoint", "save_sharded", "copy_converted", "INDEX_NAME"]
+           "open_checkpoint", "save_sharded", "copy_converted", "INDEX_NAME", "to_f32", "round_bf16"]
 
 # A header larger than this is refused as corrupt (the safetensors package has the same cap).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -392,14 +392,14 @@ def open_checkpoint(folder):
     raise ValueError(f"{folder}: no model.safetensors or {INDEX_NAME}")
 
 
-def _to_f32(src):
+def to_f32(src):
     """A float32 array of src (F32, F16 or BF16 bits)."""
     if src.dtype.metadata and src.dtype.metadata.get("safetensors_dtype") == "BF16":
         return (src.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     return src.astype(np.float32, copy=False)
 
 
-def _round_bf16(x):
+def round_bf16(x):
     """float32 array -> uint16 bf16 bits, rounded to nearest even (NaN stays a quiet NaN)."""
     bits = x.view(np.uint32)
     out = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
@@ -425,9 +425,9 @@ def copy_converted(mapped, name, dst, dst_dtype):
     for i in range(0, src.size, step):
         part = src[i:i + step]
         if dst_dtype == "bfloat16":
-            out[i:i + step] = part.view(np.uint16) if dtype == "BF16" else _round_bf16(_to_f32(part))
+            out[i:i + step] = part.view(np.uint16) if dtype == "BF16" else round_bf16(to_f32(part))
         else:
-            out[i:i + step] = _to_f32(part)
+            out[i:i + step] = to_f32(part)
         mapped.release(name, i * src.dtype.itemsize, (i + part.size) * src.dtype.itemsize)
 
 

@@ -106,7 +106,8 @@ def load_pretrained(folder, dtype=None):
     """The model of a HuggingFace-layout folder (config.json, model.safetensors or its shards,
     tokenizer files), loaded by the family its config.json's model_type names (HF_MODEL_TYPES);
     `model.tokenizer` is its tokenizer or None. dtype: the kept weights' dtype ("float32" or
-    "bfloat16"), for the families that take one (Llama); None: float32."""
+    "bfloat16"), for the families that take one (Llama); None: float32. An int8 folder
+    (`minillm quantize`) also gives `model.int8_weights`, the weights its decode plan streams."""
     cfg_path = os.path.join(os.fspath(folder), "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{cfg_path}: missing (a HuggingFace model folder holds config.json and "

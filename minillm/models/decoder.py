@@ -92,7 +92,8 @@ class Decoder:
 
     weights: the dtype the streamed weights (Linear weights and head) are read in: "float32"
     (the parameters in place), "bf16" or "int8" (copies made here, minillm.quantize; the
-    embedding lookup keeps the float32 table)."""
+    embedding lookup keeps the float32 table). An int8 plan also takes _C.Int8Matrix weights
+    in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given."""
 
     # the block weights a step streams (stored in `weights`' dtype)
     LINEAR = ("qkv.weight", "q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight",
@@ -111,6 +112,11 @@ class Decoder:
         self.weights = weights
 
         def stored(name, t):
+            if isinstance(t, _C.Int8Matrix):          # int8 weights as a folder stores them
+                if weights != "int8" or name not in self.LINEAR + ("head",):
+                    raise ValueError(f"Decoder: {name} is an Int8Matrix, which only an int8 plan streams "
+                                     f"(weights {weights!r})")
+                return t
             t = _w(t)
             return decoding_weight(t, weights) if t is not None and name in self.LINEAR else t
 
@@ -119,8 +125,8 @@ class Decoder:
                        for layer in layers]
         self.embed = _w(embed)
         self.pos_embed = _w(pos_embed)
-        head = _w(head)
-        self.head = _C.DecodeHead(_w(norm_weight), _w(norm_bias), decoding_weight(head, weights), _w(head_bias),
+        head = stored("head", head) if isinstance(head, _C.Int8Matrix) else decoding_weight(_w(head), weights)
+        self.head = _C.DecodeHead(_w(norm_weight), _w(norm_bias), head, _w(head_bias),
                                   norm=options.norm, norm_eps=options.norm_eps)
         if self.embed.ndim != 2 or self.embed.shape[1] != options.n_embd:
             raise ValueError(f"Decoder: embed must be (vocab, {options.n_embd}), got {tuple(self.embed.shape)}")

@@ -14,9 +14,11 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from minillm import _C
 from minillm import functional as F
-from minillm import io, nn
+from minillm import io, nn, quantize, serialization
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
@@ -201,17 +203,25 @@ class GPT(LanguageModel):
         """The fast decode plan of this GPT (minillm.models.decoder.Decoder): LayerNorm,
         learned positions, fused c_attn, GELU MLP, biases as the config has them, tied or
         untied head; it reads the parameters in place (weights "float32") or stores copies in
-        bf16 or int8 (weights "bf16", "int8"). hugepages: see Decoder."""
+        bf16 or int8 (weights "bf16", "int8"); an int8 plan of a model loaded from an int8 folder
+        streams the folder's int8 weights (self.int8_weights) as stored (later changes to the
+        parameters do not reach them). hugepages: see Decoder."""
         cfg, tr = self.config, self.transformer
+        stored = (getattr(self, "int8_weights", None) or {}) if weights == "int8" else {}
+        q = lambda name, p: stored.get(name, p)  # noqa: E731
         options = BlockOptions(n_embd=cfg.n_embd, n_head=cfg.n_head, d_ff=4 * cfg.n_embd, norm="layernorm",
                                norm_eps=tr.ln_f.eps, mlp="gelu", positions="learned")
         layers = [{"norm1.weight": b.ln_1.weight, "norm1.bias": b.ln_1.bias,
-                   "qkv.weight": b.attn.c_attn.weight, "qkv.bias": b.attn.c_attn.bias,
-                   "o.weight": b.attn.c_proj.weight, "o.bias": b.attn.c_proj.bias,
+                   "qkv.weight": q(f"transformer.h.{i}.attn.c_attn.weight", b.attn.c_attn.weight),
+                   "qkv.bias": b.attn.c_attn.bias,
+                   "o.weight": q(f"transformer.h.{i}.attn.c_proj.weight", b.attn.c_proj.weight),
+                   "o.bias": b.attn.c_proj.bias,
                    "norm2.weight": b.ln_2.weight, "norm2.bias": b.ln_2.bias,
-                   "up.weight": b.mlp.c_fc.weight, "up.bias": b.mlp.c_fc.bias,
-                   "down.weight": b.mlp.c_proj.weight, "down.bias": b.mlp.c_proj.bias} for b in tr.h]
-        return Decoder(options, layers, embed=tr.wte.weight, head=self.lm_head.weight, norm_weight=tr.ln_f.weight,
+                   "up.weight": q(f"transformer.h.{i}.mlp.c_fc.weight", b.mlp.c_fc.weight), "up.bias": b.mlp.c_fc.bias,
+                   "down.weight": q(f"transformer.h.{i}.mlp.c_proj.weight", b.mlp.c_proj.weight),
+                   "down.bias": b.mlp.c_proj.bias} for i, b in enumerate(tr.h)]
+        head = q("lm_head.weight", self.lm_head.weight)
+        return Decoder(options, layers, embed=tr.wte.weight, head=head, norm_weight=tr.ln_f.weight,
                        norm_bias=tr.ln_f.bias, head_bias=self.lm_head.bias, pos_embed=tr.wpe.weight,
                        hugepages=hugepages, weights=weights)
 
@@ -236,9 +246,9 @@ class GPT(LanguageModel):
         model.safetensors); see load_pretrained below."""
         return load_pretrained(folder)
 
-    def save_pretrained(self, folder, tokenizer=None):
+    def save_pretrained(self, folder, tokenizer=None, weights="float32", group=None):
         """Write this GPT as a HuggingFace-layout GPT-2 folder; see save_pretrained below."""
-        return save_pretrained(self, folder, tokenizer=tokenizer)
+        return save_pretrained(self, folder, tokenizer=tokenizer, weights=weights, group=group)
 
     def estimate_flops_per_token(self, T=None):
         """Training FLOPs per token at context T (default block_size): 6 N for the
@@ -303,6 +313,11 @@ def _checkpoint(block, x):
 # HF's GPT-2 uses Conv1D layers whose weight is stored (in, out), the transpose of a Linear's
 # (out, in): c_attn, attn.c_proj, c_fc and mlp.c_proj are transposed on the way in and out.
 # activation_function gelu_new (also gelu_pytorch_tanh, gelu_fast) is the tanh GELU our GPT uses.
+#
+# An int8 folder (minillm.quantize) stores the four Conv1D weights of every block and
+# lm_head.weight (also when tied: the decode plan's head; wte stays float32 for the embedding)
+# as int8 + ".scales" in the Linear orientation (out, in), since the groups run along the
+# input axis; config.json has quantization_config.
 #
 #     model = load_pretrained("gpt2/")           # a GPT; model.tokenizer is a BPETokenizer or None
 #     save_pretrained(model, "out/", tokenizer)  # transformers.GPT2LMHeadModel.from_pretrained("out/")
@@ -411,7 +426,10 @@ def load_pretrained(folder):
     Reads config.json and model.safetensors (float32, or bfloat16/float16 widened to float32);
     the tokenizer (vocab.json + merges.txt or tokenizer.json), if the folder has one, is
     attached as `model.tokenizer` (a minillm BPETokenizer), else `model.tokenizer` is None.
-    Missing, unexpected or mis-shaped tensors raise ValueError naming all of them."""
+    Missing, unexpected or mis-shaped tensors raise ValueError naming all of them. An int8
+    folder (minillm.quantize) loads its int8 weights as `model.int8_weights` (our name ->
+    Int8Matrix, for the decode plan) and their dequantized values into the parameters;
+    `model.int8_weights` is empty for other folders."""
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: not a folder (expected config.json and model.safetensors)")
     cfg_path = os.path.join(folder, "config.json")
@@ -421,8 +439,12 @@ def load_pretrained(folder):
             raise ValueError(f"{path}: missing (a GPT-2 checkpoint folder holds config.json and model.safetensors)")
     hf = read_json(cfg_path)
     config, eps = config_from_hf(hf, cfg_path)
-    raw = {_strip(k): v for k, v in io.load(st_path, mmap=True).items()
-           if not k.endswith(IGNORED_SUFFIXES)}
+    int8 = {}
+    if quantize.check_quantization(hf, cfg_path) is None:
+        raw = {_strip(k): v for k, v in io.load(st_path, mmap=True).items()
+               if not k.endswith(IGNORED_SUFFIXES)}
+    else:
+        raw, int8 = _load_int8(st_path)
     if not config.tie_weights and "lm_head.weight" not in raw and "wte.weight" in raw:
         raise ValueError(f"{st_path}: tie_word_embeddings is false but there is no lm_head.weight")
     if config.tie_weights:
@@ -446,6 +468,9 @@ def load_pretrained(folder):
                          f"vocab {config.vocab_size}, n_positions {config.block_size}): " + "; ".join(problems))
 
     model = GPT(config)
+    model.int8_weights = {ours: int8[hf_name] for ours, (hf_name, _) in names.items() if hf_name in int8}
+    if "lm_head.weight" in int8:
+        model.int8_weights["lm_head.weight"] = int8["lm_head.weight"]
     own = model.state_dict()
     with no_grad():
         for ours, (hf_name, _) in names.items():
@@ -462,6 +487,25 @@ def load_pretrained(folder):
     return model
 
 
+def _load_int8(st_path):
+    """(tensors by HF name without prefix, with the dequantized float32 weights in place of the
+    int8 ones, Conv1D weights back in HF's (in, out); {HF name: Int8Matrix}) of an int8 folder's
+    model.safetensors."""
+    arrays = {_strip(k): v for k, v in serialization.load(st_path, mmap=True).items()
+              if not k.endswith(IGNORED_SUFFIXES)}
+    allowed = {n for n in arrays if n.endswith(CONV1D)} | {"lm_head.weight"}
+    int8 = quantize.split_int8(arrays.get, arrays, st_path, allowed)
+    raw = {}
+    for name, a in arrays.items():
+        if name.endswith(".scales"):
+            continue
+        if name in int8:
+            w = int8[name].dequantize().numpy()
+            a = w.T if name.endswith(CONV1D) else w
+        raw[name] = _C.from_numpy(np.ascontiguousarray(serialization.to_f32(a)))
+    return raw, int8
+
+
 def _layer_norms(model):
     return [m for _, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
 
@@ -474,13 +518,18 @@ def _load_tokenizer(folder):
 
 
 # ---------------------------------------------------------------------- save
-def save_pretrained(model, folder, tokenizer=None):
+def save_pretrained(model, folder, tokenizer=None, weights="float32", group=None):
     """Write `model` (our GPT) into `folder` in HF's GPT-2 layout: config.json,
     model.safetensors (HF names with the "transformer." prefix, Conv1D weights as (in, out),
     no lm_head.weight when tied), and the tokenizer's files (tokenizer.json, vocab.json,
-    merges.txt) if `tokenizer` (or `model.tokenizer`) is a BPETokenizer. Returns the folder."""
+    merges.txt) if `tokenizer` (or `model.tokenizer`) is a BPETokenizer. Returns the folder.
+    weights "bf16": the matrices (embeddings, Conv1D weights, head) in bf16, nearest even;
+    "int8": the int8 layout of the comment above (group: the int8 group, default per matrix
+    quantize.int8_group)."""
     if not isinstance(model, GPT):
         raise TypeError(f"save_pretrained: expected a minillm GPT, got {type(model).__name__}")
+    if weights not in ("float32",) + quantize.FOLDER_DTYPES:
+        raise ValueError(f"save_pretrained: weights must be float32, bf16 or int8, got {weights!r}")
     config = model.config
     eps = {ln.eps for ln in _layer_norms(model)}
     if len(eps) != 1:
@@ -490,14 +539,26 @@ def save_pretrained(model, folder, tokenizer=None):
     if not config.tie_weights and "lm_head.weight" not in own:
         own["lm_head.weight"] = model.lm_head.weight
     tensors = {}
+    stored = getattr(model, "int8_weights", None) or {}       # an int8 folder's, written as they are
     for ours, (hf_name, _) in hf_tensor_names(config).items():
         t = own[ours].detach()
+        prefix = "" if hf_name == "lm_head.weight" else "transformer."
+        if weights == "int8" and (hf_name.endswith(CONV1D) or hf_name == "lm_head.weight"):
+            tensors.update(quantize.int8_arrays(prefix + hf_name, t, group, stored.get(ours)))    # (out, in)
+            continue
         if hf_name.endswith(CONV1D):
             t = t.T
-        prefix = "" if hf_name == "lm_head.weight" else "transformer."
-        tensors[prefix + hf_name] = t.contiguous()
+        a = np.asarray(t.contiguous())
+        tensors[prefix + hf_name] = quantize.bf16_array(a) if weights == "bf16" and a.ndim == 2 else a
+    if weights == "int8":
+        if config.tie_weights:        # the decode plan's head; wte stays float32 for the lookup
+            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group,
+                                                stored.get("lm_head.weight")))
+        hf_config["quantization_config"] = quantize.quantization_config(group or 64)
+    if weights == "bf16":
+        hf_config["torch_dtype"] = hf_config["dtype"] = "bfloat16"
     os.makedirs(folder, exist_ok=True)
-    io.save(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    serialization.save(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)

@@ -22,7 +22,7 @@ import numpy as np
 
 from minillm import _C
 from minillm import functional as F
-from minillm import nn, serialization
+from minillm import nn, quantize, serialization
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
@@ -249,26 +249,36 @@ class Llama(LanguageModel):
         """The fast decode plan (minillm.models.decoder.Decoder): RMSNorm, rotary, SwiGLU,
         grouped-query heads, biases and QK-norm as configured. weights: the dtype the plan
         streams ("float32", "bf16", "int8"; None: the model's own, read in place).
+        An int8 plan of a model loaded from an int8 folder streams the folder's int8 weights
+        (self.int8_weights) as stored (later changes to the parameters do not reach them).
         hugepages: see Decoder."""
         c = self.config
         if weights is None:
             weights = "bf16" if c.dtype == "bfloat16" else "float32"
+        stored = (getattr(self, "int8_weights", None) or {}) if weights == "int8" else {}
+        q = lambda name, p: stored.get(name, p)  # noqa: E731
         opts = BlockOptions(n_embd=c.n_embd, n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
                             d_ff=c.d_ff, norm="rmsnorm", norm_eps=c.rms_norm_eps, mlp="swiglu", positions="rotary",
                             rope_theta=c.rope_theta, rope_scaling=c.rope_scaling, qk_norm=c.qk_norm,
                             qk_norm_eps=c.rms_norm_eps)
         layers = []
-        for b in self.model.layers:
+        for i, b in enumerate(self.model.layers):
             a, m = b.self_attn, b.mlp
+            p = f"model.layers.{i}."
             w = {"norm1.weight": b.input_layernorm.weight, "norm2.weight": b.post_attention_layernorm.weight,
-                 "q.weight": a.q_proj.weight, "k.weight": a.k_proj.weight, "v.weight": a.v_proj.weight,
+                 "q.weight": q(p + "self_attn.q_proj.weight", a.q_proj.weight),
+                 "k.weight": q(p + "self_attn.k_proj.weight", a.k_proj.weight),
+                 "v.weight": q(p + "self_attn.v_proj.weight", a.v_proj.weight),
                  "q.bias": a.q_proj.bias, "k.bias": a.k_proj.bias, "v.bias": a.v_proj.bias,
-                 "o.weight": a.o_proj.weight, "o.bias": a.o_proj.bias, "gate.weight": m.gate_proj.weight,
-                 "up.weight": m.up_proj.weight, "down.weight": m.down_proj.weight}
+                 "o.weight": q(p + "self_attn.o_proj.weight", a.o_proj.weight), "o.bias": a.o_proj.bias,
+                 "gate.weight": q(p + "mlp.gate_proj.weight", m.gate_proj.weight),
+                 "up.weight": q(p + "mlp.up_proj.weight", m.up_proj.weight),
+                 "down.weight": q(p + "mlp.down_proj.weight", m.down_proj.weight)}
             if c.qk_norm:
                 w["q_norm.weight"], w["k_norm.weight"] = a.q_norm.weight, a.k_norm.weight
             layers.append(w)
-        return _WindowedDecoder(opts, layers, embed=self.model.embed_tokens.weight, head=self.lm_head.weight,
+        return _WindowedDecoder(opts, layers, embed=self.model.embed_tokens.weight,
+                                head=q("lm_head.weight", self.lm_head.weight),
                                 norm_weight=self.model.norm.weight, hugepages=hugepages, context=c.context,
                                 weights=weights)
 
@@ -277,9 +287,10 @@ class Llama(LanguageModel):
         """A Llama-family model from a HuggingFace folder; see load_pretrained below."""
         return load_pretrained(folder, dtype=dtype)
 
-    def save_pretrained(self, folder, tokenizer=None, max_shard_bytes=None):
+    def save_pretrained(self, folder, tokenizer=None, max_shard_bytes=None, weights=None, group=None):
         """Write this model as a HuggingFace folder; see save_pretrained below."""
-        return save_pretrained(self, folder, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
+        return save_pretrained(self, folder, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes, weights=weights,
+                               group=group)
 
     def estimate_flops_per_token(self, T=None):
         """Training FLOPs per token at context T (default block_size): 6 N for the weight
@@ -337,6 +348,10 @@ def _embed(weight, idx):
 #                      state_dict (model.embed_tokens.weight, model.layers.0.self_attn.q_proj
 #                      .weight, ..., model.norm.weight, lm_head.weight unless tied)
 #   tokenizer.json, tokenizer_config.json, generation_config.json
+#
+# An int8 folder (minillm.quantize) stores every q/k/v/o, gate/up/down projection weight and
+# lm_head.weight (also when tied: the decode plan's head) as int8 + ".scales"; config.json has
+# quantization_config.
 #
 #     model = load_pretrained("Qwen2.5-0.5B-Instruct/", dtype="bfloat16")
 #     save_pretrained(model, "out/")           # transformers.AutoModelForCausalLM.from_pretrained("out/")
@@ -470,7 +485,9 @@ def load_pretrained(folder, dtype="float32"):
     Each tensor is copied in slices whose mapped pages are dropped after, so the peak memory
     is the kept weights plus one slice. The tokenizer, if the folder has one minillm reads,
     is attached as `model.tokenizer` (else None). Missing, unexpected or mis-shaped tensors
-    raise ValueError naming them."""
+    raise ValueError naming them. An int8 folder (minillm.quantize) loads its int8 weights as
+    `model.int8_weights` (name -> Int8Matrix, for the decode plan) and their dequantized values
+    into the parameters (rounded to bf16 for dtype "bfloat16"); empty for other folders."""
     folder = os.fspath(folder)
     dtype = {"bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)
     cfg_path = os.path.join(folder, "config.json")
@@ -479,6 +496,10 @@ def load_pretrained(folder, dtype="float32"):
     hf = read_json(cfg_path)
     config = config_from_hf(hf, cfg_path, dtype=dtype)
     files = serialization.open_checkpoint(folder)
+    int8 = {}
+    if quantize.check_quantization(hf, cfg_path) is not None:
+        int8 = quantize.split_int8(lambda n: files[n].array(n), files, folder, _streamed_names(config))
+        files = {k: v for k, v in files.items() if not k.endswith(".scales")}
     if config.tie_weights:
         files.pop("lm_head.weight", None)            # a tied head saved anyway: it is the embedding
     files = {k: v for k, v in files.items() if not k.endswith("rotary_emb.inv_freq")}
@@ -499,10 +520,23 @@ def load_pretrained(folder, dtype="float32"):
     own = model.state_dict()
     for name in shapes:
         t = own[name]
-        serialization.copy_converted(files[name], name, np.asarray(t), t.dtype)
+        if name in int8:              # the dequantized weights, for the forward
+            w = int8[name].dequantize().numpy()
+            np.asarray(t)[...] = w if t.dtype == "float32" else serialization.round_bf16(w)
+        else:
+            serialization.copy_converted(files[name], name, np.asarray(t), t.dtype)
+    model.int8_weights = int8
     model.tokenizer = _load_tokenizer(folder)
     model.generation_config = _generation_config(folder, hf)
     return model
+
+
+def _streamed_names(config):
+    """The weights a decode plan streams (stored as int8 in an int8 folder)."""
+    names = {f"model.layers.{i}.{proj}.weight" for i in range(config.n_layer)
+             for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+    return names | {"lm_head.weight"}
 
 
 def _generation_config(folder, hf):
@@ -531,25 +565,45 @@ def _load_tokenizer(folder):
 
 
 # ---------------------------------------------------------------------- save
-def save_pretrained(model, folder, tokenizer=None, max_shard_bytes=None):
+def save_pretrained(model, folder, tokenizer=None, max_shard_bytes=None, weights=None, group=None):
     """Write `model` (our Llama) into `folder` as HF does: config.json, model.safetensors (or
     shards of at most max_shard_bytes and model.safetensors.index.json), weights in the model's
     dtype, no lm_head.weight when tied; the tokenizer's files if `tokenizer` (or
-    model.tokenizer) can save itself. Returns the folder."""
+    model.tokenizer) can save itself. Returns the folder. weights "bf16": the matrices
+    (embedding, projections, head) in bf16, nearest even; "int8": the int8 layout of the
+    comment above (group: the int8 group, default per matrix quantize.int8_group)."""
     if not isinstance(model, Llama):
         raise TypeError(f"save_pretrained: expected a minillm Llama, got {type(model).__name__}")
+    if weights not in (None, "float32") + quantize.FOLDER_DTYPES:
+        raise ValueError(f"save_pretrained: weights must be float32, bf16 or int8, got {weights!r}")
     config = model.config
     own = model.state_dict()
     if not config.tie_weights:
         own.setdefault("lm_head.weight", model.lm_head.weight)
+    streamed = _streamed_names(config)
+    stored = getattr(model, "int8_weights", None) or {}       # an int8 folder's, written as they are
     tensors = {}
     for name in hf_tensor_shapes(config):
         t = own[name].detach().contiguous()
-        tensors[name] = serialization.as_bf16_bits(np.asarray(t)) if t.dtype == "bfloat16" else np.asarray(t)
+        if weights == "int8" and name in streamed:
+            tensors.update(quantize.int8_arrays(name, t, group, stored.get(name)))
+            continue
+        a = np.asarray(t)
+        if t.dtype == "bfloat16" or (weights == "bf16" and a.ndim == 2):
+            a = quantize.bf16_array(a)
+        tensors[name] = a
+    hf = config_to_hf(config)
+    if weights == "int8":
+        if config.tie_weights:
+            tensors.update(quantize.int8_arrays("lm_head.weight", model.lm_head.weight, group,
+                                                stored.get("lm_head.weight")))
+        hf["quantization_config"] = quantize.quantization_config(group or 64)
+    elif weights == "bf16":
+        hf["torch_dtype"] = hf["dtype"] = "bfloat16"
     os.makedirs(folder, exist_ok=True)
     serialization.save_sharded(tensors, folder, max_shard_bytes, metadata={"format": "pt"})
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_to_hf(config), f, indent=2)
+        json.dump(hf, f, indent=2)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "save"):
         tokenizer.save(folder)

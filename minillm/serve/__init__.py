@@ -27,8 +27,9 @@ def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--hf-dir", metavar="DIR", help="a model folder in HuggingFace's layout (GPT-2, Llama, Qwen, ...)")
     src.add_argument("--ckpt", metavar="DIR", help="a minillm checkpoint (or run) folder")
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weights the decoder streams: float32, bf16 or int8 (default float32)")
+    p.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="weights the decoder streams: float32, bf16 or int8 (default: as the folder stores "
+                        "them: int8 for a folder `minillm quantize --dtype int8` wrote, else float32)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model-name", default=None,
@@ -81,6 +82,8 @@ def run(args):
         from minillm import set_num_threads
         set_num_threads(args.threads)
     model, tokenizer, name = load_for_serving(args.hf_dir, args.ckpt, dtype=args.dtype)
+    from minillm.inference import resolve_dtype
+    args.dtype = resolve_dtype(model, args.dtype)
     if args.max_body_mb <= 0:
         raise ValueError(f"serve: --max-body-mb must be > 0, got {args.max_body_mb}")
     app = build_app(model, tokenizer, args.model_name or name, dtype=args.dtype, max_batch=args.max_batch,
