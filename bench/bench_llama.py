@@ -55,7 +55,7 @@ def write_random_folder(shape, folder, seed=0):
             a = 1.0 + 0.1 * rng.standard_normal(dims, dtype=np.float32)
         else:
             a = 0.02 * rng.standard_normal(dims, dtype=np.float32)
-        tensors[name] = serialization.as_bf16_bits(serialization._round_bf16(a))
+        tensors[name] = serialization.as_bf16_bits(serialization.round_bf16(a))
     serialization.save_sharded(tensors, folder, metadata={"format": "pt"})
     hf = config_to_hf(config)
     hf["torch_dtype"] = hf["dtype"] = "bfloat16"

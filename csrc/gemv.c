@@ -679,8 +679,13 @@ static MLL_TARGET void FN(rows)(const xrow *xr, const mll_matrix *W, int64_t row
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
         const float *wr = w + r * K;
-        FN(hsum4)(FN(dot_vec)(x, wr, K), FN(dot_vec)(x, wr + K, K), FN(dot_vec)(x, wr + 2 * K, K),
-                  FN(dot_vec)(x, wr + 3 * K, K), out + r);
+        /* one statement each: the rows are then read in address order (arguments of one call
+         * may be evaluated in any order, and reading a group of rows backwards is slower) */
+        V s0 = FN(dot_vec)(x, wr, K);
+        V s1 = FN(dot_vec)(x, wr + K, K);
+        V s2 = FN(dot_vec)(x, wr + 2 * K, K);
+        V s3 = FN(dot_vec)(x, wr + 3 * K, K);
+        FN(hsum4)(s0, s1, s2, s3, out + r);
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec)(x, w + r * K, K));
 }
@@ -775,8 +780,11 @@ static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
         const uint16_t *wr = w + r * K;
-        FN(hsum4)(FN(dot_vec_bf16)(x, wr, K), FN(dot_vec_bf16)(x, wr + K, K), FN(dot_vec_bf16)(x, wr + 2 * K, K),
-                  FN(dot_vec_bf16)(x, wr + 3 * K, K), out + r);
+        V s0 = FN(dot_vec_bf16)(x, wr, K);                 /* in address order (see rows) */
+        V s1 = FN(dot_vec_bf16)(x, wr + K, K);
+        V s2 = FN(dot_vec_bf16)(x, wr + 2 * K, K);
+        V s3 = FN(dot_vec_bf16)(x, wr + 3 * K, K);
+        FN(hsum4)(s0, s1, s2, s3, out + r);
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(x, w + r * K, K));
 }
@@ -844,9 +852,11 @@ static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t r
     for (; r + 4 <= n; r += 4) {
         const int8_t *wr = w + r * K;
         const float *sr = sc + r * ng;
-        FN(hsum4)(FN(dot_vec_q8)(x, wr, sr, K, gs), FN(dot_vec_q8)(x, wr + K, sr + ng, K, gs),
-                  FN(dot_vec_q8)(x, wr + 2 * K, sr + 2 * ng, K, gs),
-                  FN(dot_vec_q8)(x, wr + 3 * K, sr + 3 * ng, K, gs), out + r);
+        V s0 = FN(dot_vec_q8)(x, wr, sr, K, gs);           /* in address order (see rows) */
+        V s1 = FN(dot_vec_q8)(x, wr + K, sr + ng, K, gs);
+        V s2 = FN(dot_vec_q8)(x, wr + 2 * K, sr + 2 * ng, K, gs);
+        V s3 = FN(dot_vec_q8)(x, wr + 3 * K, sr + 3 * ng, K, gs);
+        FN(hsum4)(s0, s1, s2, s3, out + r);
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
 }

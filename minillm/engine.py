@@ -32,7 +32,7 @@ from minillm import _C
 from minillm.autograd import no_grad
 from minillm.generate import KVCache
 from minillm.random import Generator
-from minillm.sampling import apply_penalties, check_sampling_args, sample_checked
+from minillm.sampling import apply_penalties, check_sampling_args, sample_checked, token_logprobs
 
 __all__ = ["Engine", "Event"]
 
@@ -41,10 +41,13 @@ __all__ = ["Engine", "Event"]
 class Event:
     """What one step did to one sequence: `token` the id it gained (None when it ended without
     one: cancelled, or a context with no room left), `finish_reason` None while it runs on,
-    else "stop" (token is the stop token), "length" or "cancelled"."""
+    else "stop" (token is the stop token), "length" or "cancelled"; `logprobs`, when the
+    sequence asked for them, (the token's log-probability, [(id, log-probability), ...] of the
+    n most likely) under the model's distribution (sampling.token_logprobs)."""
     seq_id: int
     token: Optional[int]
     finish_reason: Optional[str] = None
+    logprobs: Optional[tuple] = None
 
 
 @dataclass
@@ -63,6 +66,7 @@ class _Sequence:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: Optional[dict] = None
+    logprobs: Optional[int] = None                 # alternatives to report per token, or None
     tokens: list = field(default_factory=list)     # generated so far
     cache: Optional[KVCache] = None
     last: Optional[int] = None                     # the token to feed next
@@ -95,9 +99,11 @@ class Engine:
     # ------------------------------------------------------------------ the queue
     def add(self, prompt, max_new_tokens, temperature=1.0, top_k=None, top_p=None, greedy=False,
             repetition_penalty=1.0, stop_tokens=(), seed=None, min_p=None, presence_penalty=0.0,
-            frequency_penalty=0.0, logit_bias=None):
+            frequency_penalty=0.0, logit_bias=None, logprobs=None, top_logprobs=None):
         """Queue a sequence; returns its id. prompt: a non-empty list of ids < vocab_size and
         shorter than the context; the other options as generate()'s (applied in its order).
+        logprobs: None/False (off), an int n (each Event carries the token's log-probability and
+        the n most likely alternatives), or True with top_logprobs = n (the chat API's form).
         ValueError names a bad one."""
         check_sampling_args(temperature, top_k, top_p, repetition_penalty, min_p, presence_penalty,
                             frequency_penalty, logit_bias=logit_bias)
@@ -114,10 +120,14 @@ class Engine:
             raise ValueError(f"Engine.add: max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
             raise ValueError(f"Engine.add: seed must be an int in [0, 2**63), got {seed!r}")
+        n_lp = None if logprobs is None or logprobs is False else (top_logprobs or 0) if logprobs is True \
+            else logprobs
+        if n_lp is not None and (isinstance(n_lp, bool) or not isinstance(n_lp, int) or not 0 <= n_lp <= V):
+            raise ValueError(f"Engine.add: logprobs must be an int in [0, {V}], got {n_lp!r}")
         seq = _Sequence(next(self._ids), list(prompt), max_new_tokens, float(temperature), top_k, top_p,
                         bool(greedy), float(repetition_penalty), frozenset(int(s) for s in stop_tokens),
                         Generator(seed) if seed is not None else Generator(), min_p, float(presence_penalty),
-                        float(frequency_penalty), dict(logit_bias) if logit_bias else None)
+                        float(frequency_penalty), dict(logit_bias) if logit_bias else None, n_lp)
         with self._lock:
             self._waiting.append(seq)
         return seq.seq_id
@@ -181,14 +191,16 @@ class Engine:
 
     def _advance(self, seq, logits):
         """Sample seq's next token from logits (1, V) and say whether it finished."""
+        raw = logits
         logits = apply_penalties(logits, [seq.prompt + seq.tokens], len(seq.prompt), seq.logit_bias,
                                  seq.repetition_penalty, seq.presence_penalty, seq.frequency_penalty)
         tok = int(sample_checked(logits, seq.temperature, seq.top_k, seq.top_p, seq.greedy, seq.generator,
                                  seq.min_p).item())
         seq.tokens.append(tok)
         seq.last = tok
+        lp = token_logprobs(raw, [tok], seq.logprobs)[0] if seq.logprobs is not None else None
         if tok in seq.stop_tokens:
-            return Event(seq.seq_id, tok, "stop")
+            return Event(seq.seq_id, tok, "stop", lp)
         if len(seq.tokens) >= seq.max_new_tokens or len(seq.prompt) + len(seq.tokens) >= self.context:
-            return Event(seq.seq_id, tok, "length")
-        return Event(seq.seq_id, tok, None)
+            return Event(seq.seq_id, tok, "length", lp)
+        return Event(seq.seq_id, tok, None, lp)

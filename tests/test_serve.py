@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("starlette", reason="minillm[serve] (starlette) is not installed")
@@ -149,6 +150,37 @@ def test_completions_equal_greedy_generate_streamed_or_not(client, model):
         assert "".join(pieces) == want
 
 
+def test_logprobs_equal_generates_streamed_or_not(client, model):
+    """completions logprobs=2 and chat logprobs/top_logprobs=2: the chosen tokens' and the top
+    alternatives' log-probabilities are generate(logprobs=2)'s (the model's distribution)."""
+    prompt = "The quick brown fox"
+    ids = model.tokenizer.encode(prompt)
+    stops = tuple(model.generation_defaults()["stop_tokens"])
+    out, steps = generate(model, [ids], 12, greedy=True, stop_tokens=stops, logprobs=2)
+    new = out.tolist()[0][len(ids):]
+    want = [(t, lp, top) for t, (lp, top) in zip(new, steps[0]) if t not in stops]
+    text = lambda t: model.tokenizer.decode_bytes([t]).decode("utf-8", errors="replace")  # noqa: E731
+    r = client.completions.create(model=NAME, prompt=prompt, max_tokens=12, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert lp.tokens == [text(t) for t, _, _ in want]
+    np.testing.assert_allclose(lp.token_logprobs, [v for _, v, _ in want], rtol=1e-6, atol=1e-6)
+    assert [list(d) for d in lp.top_logprobs] == [[text(j) for j, _ in top] for _, _, top in want]
+    streamed = [c.choices[0].logprobs for c in client.completions.create(
+        model=NAME, prompt=prompt, max_tokens=12, temperature=0, logprobs=2, stream=True) if c.choices]
+    assert sum((s.tokens for s in streamed if s), []) == lp.tokens
+    messages = [{"role": "user", "content": "Hello"}]
+    cids = chat_ids(model, messages)
+    out, steps = generate(model, [cids], 8, greedy=True, stop_tokens=stops, logprobs=2)
+    want = [(t, v, top) for t, (v, top) in zip(out.tolist()[0][len(cids):], steps[0]) if t not in stops]
+    r = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert [c.token for c in content] == [text(t) for t, _, _ in want]
+    np.testing.assert_allclose([c.logprob for c in content], [v for _, v, _ in want], rtol=1e-6, atol=1e-6)
+    assert [[a.token for a in c.top_logprobs] for c in content] == [[text(j) for j, _ in top] for _, _, top in want]
+    assert all(bytes(c.bytes) == model.tokenizer.decode_bytes([t]) for c, (t, _, _) in zip(content, want))
+
+
 def test_completion_equals_minillm_sample_greedy(client):
     import subprocess
     import sys
@@ -242,7 +274,7 @@ BAD = [
     ("seed negative", "/v1/completions", {"prompt": "hi", "seed": -1}, 400, "seed"),
     ("token id out of range", "/v1/completions", {"prompt": [1, 2, 100000]}, 400, "prompt"),
     ("prompt longer than the context", "/v1/completions", {"prompt": list(range(1, 200))}, 400, "prompt"),
-    ("logprobs (not in the engine yet)", "/v1/completions", {"prompt": "hi", "logprobs": 2}, 400, "logprobs"),
+    ("logprobs too many", "/v1/completions", {"prompt": "hi", "logprobs": 50}, 400, "logprobs"),
     ("messages missing", "/v1/chat/completions", {"model": NAME}, 400, "messages"),
     ("messages empty", "/v1/chat/completions", {"messages": []}, 400, "messages"),
     ("bad role", "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400,

@@ -149,6 +149,8 @@ class _Choice:
         self.index, self.seq_id, self.prompt_len, self.stream = index, seq_id, prompt_len, stream
         self.tokens = 0
         self.finish = None
+        self.lp = []                     # (token id, (logprob, [(id, logprob), ...])) per token
+        self.lp_sent = 0                 # of them in chunks already sent
 
 
 class _Generation:
@@ -165,6 +167,7 @@ class _Generation:
         self.t0 = request.scope.get("minillm.log", {}).get("t0", time.perf_counter())
         self.t_first = None
         self.prompt_tokens = 0
+        self.want_logprobs = False
 
     async def start(self, req, prompts, extra_stop=()):
         """Submit one sequence per (prompt ids) x n. APIError for a prompt that does not fit
@@ -176,6 +179,7 @@ class _Generation:
                                     f"tokens, which leaves no room for a reply", param="prompt",
                                code="context_length_exceeded")
         options, unsupported = req.engine_options(st.defaults, st.accepted)
+        self.want_logprobs = options.get("logprobs") not in (None, False)
         if unsupported:
             raise APIError(400, f"{', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not "
                                 f"supported yet by this server", param=unsupported[0], code="unsupported")
@@ -216,6 +220,8 @@ class _Generation:
                         self.t_first = time.perf_counter()
                     if not (ev.finish_reason == "stop" and ev.token in self.state.stop_tokens):
                         text = c.stream.push(ev.token)
+                        if ev.logprobs is not None:
+                            c.lp.append((ev.token, ev.logprobs))
                 if c.stream.stopped:
                     c.finish = "stop"
                     if ev.finish_reason is None:
@@ -252,6 +258,34 @@ class _Generation:
                 "total_tokens": self.prompt_tokens + completion}
 
     # ------------------------------------------------------------------ responses
+    def _logprobs(self, c, offset):
+        """The "logprobs" of choice c for the tokens not yet reported (None when not asked):
+        chat: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]};
+        completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset},
+        text offsets counted from `offset` (the characters before these tokens)."""
+        if not self.want_logprobs:
+            return None
+        entries, c.lp_sent = c.lp[c.lp_sent:], len(c.lp)
+        tok = self.state.tokenizer
+
+        def token_bytes(i):
+            return tok.decode_bytes([i]) if hasattr(tok, "decode_bytes") else tok.decode([i]).encode("utf-8")
+
+        def text(i):
+            return token_bytes(i).decode("utf-8", errors="replace")
+
+        if self.kind == "chat":
+            return {"content": [{"token": text(t), "logprob": lp, "bytes": list(token_bytes(t)),
+                                 "top_logprobs": [{"token": text(j), "logprob": v, "bytes": list(token_bytes(j))}
+                                                  for j, v in top]}
+                                for t, (lp, top) in entries], "refusal": None}
+        offsets, at = [], offset
+        for t, _ in entries:
+            offsets.append(at)
+            at += len(text(t))
+        return {"tokens": [text(t) for t, _ in entries], "token_logprobs": [lp for _, (lp, _) in entries],
+                "top_logprobs": [{text(j): v for j, v in top} for _, (_, top) in entries], "text_offset": offsets}
+
     def head(self):
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.state.model_name}
@@ -263,10 +297,12 @@ class _Generation:
         body = self.head()
         if self.kind == "chat":
             body["choices"] = [{"index": c.index, "message": {"role": "assistant", "content": texts[c.index]},
-                                "logprobs": None, "finish_reason": c.finish} for c in self.choices]
+                                "logprobs": self._logprobs(c, len(echoes[c.index])), "finish_reason": c.finish}
+                               for c in self.choices]
         else:
-            body["choices"] = [{"index": c.index, "text": texts[c.index], "logprobs": None,
-                                "finish_reason": c.finish} for c in self.choices]
+            body["choices"] = [{"index": c.index, "text": texts[c.index],
+                                "logprobs": self._logprobs(c, len(echoes[c.index])), "finish_reason": c.finish}
+                               for c in self.choices]
         body["usage"] = self.usage()
         return body
 
@@ -282,10 +318,11 @@ class _Generation:
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
         def piece(c, text, finish):
+            lp = self._logprobs(c, len(echoes[c.index]) + len(c.stream.text) - len(text))
             if self.kind == "chat":
-                return {"index": c.index, "delta": {"content": text} if text else {}, "logprobs": None,
+                return {"index": c.index, "delta": {"content": text} if text else {}, "logprobs": lp,
                         "finish_reason": finish}
-            return {"index": c.index, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": c.index, "text": text, "logprobs": lp, "finish_reason": finish}
 
         try:
             if self.kind == "chat":
