@@ -8,7 +8,7 @@ from minillm import _C
 from minillm.progress import Progress
 from minillm.random import Generator
 from minillm.utils import (default_num_threads, pause_point, process_tag, read_json, remove_stale,
-                           write_json)
+                           replace_folder, write_json)
 
 Tensor = _C.Tensor
 
@@ -518,13 +518,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
                 "skipped": [{"path": _os.path.abspath(p), "reason": why} for p, why in skipped]}
         write_json(_os.path.join(tmp, "meta.json"), meta)
         check_output_folder(out_dir, train_files + val_files)    # nobody put anything there meanwhile
-        if _os.path.isdir(out_dir):
-            old = _os.path.join(parent, f".{base}.{tag}.old")
-            _os.rename(out_dir, old)
-            _os.replace(tmp, out_dir)
-            _shutil.rmtree(old, ignore_errors=True)
-        else:
-            _os.replace(tmp, out_dir)
+        replace_folder(tmp, out_dir, tag)
     except BaseException:
         report.close()
         _shutil.rmtree(tmp, ignore_errors=True)

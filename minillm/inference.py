@@ -147,7 +147,7 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
     if not isinstance(model, (GPT, Llama)):
         raise ValueError(f"quantize: {source}: a {type(model).__name__} model has no HuggingFace layout "
                          f"(GPT and Llama-family models do)")
-    from minillm.utils import process_tag, remove_stale
+    from minillm.utils import process_tag, remove_stale, replace_folder
     parent, base = os.path.split(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # leftovers of a quantize into this folder that was killed: .<name>.<writer>.tmp / .old
@@ -169,13 +169,7 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
         with open(os.path.join(tmp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"dtype": dtype, "source": os.path.abspath(source), "files": files}, f, indent=2)
         check_quantize_output(out, [source])           # nobody put anything there meanwhile
-        if os.path.isdir(out):
-            old = os.path.join(parent, f".{base}.{tag}.old")
-            os.rename(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -223,6 +223,22 @@ class SGD(Optimizer):
                 sgd(p, grad, buf, lr, mom, damp, wd, nesterov, first)
 
 
+def adam_group_step(state, group, decoupled):
+    """One Adam(W) update of every parameter of `group` that has a gradient (the fused kernel;
+    moments kept in `state` by id(param)); decoupled: AdamW's weight decay, else L2 in the
+    gradient. Shared by Adam, AdamW and Muon's AdamW half."""
+    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+    b1, b2 = group["betas"]
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        st = state.get(id(p))
+        if st is None:
+            st = state[id(p)] = {"step": 0, "exp_avg": _C.zeros(p.shape), "exp_avg_sq": _C.zeros(p.shape)}
+        st["step"] += 1
+        _C.adam_step_(p, p.grad, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, eps, wd, decoupled, st["step"])
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with PyTorch's semantics: bias-corrected moments and
     L2 weight decay added to the gradient (g += weight_decay p):
@@ -244,22 +260,8 @@ class Adam(Optimizer):
 
     def step(self):
         """One update of every parameter that has a gradient."""
-        adam = _C.adam_step_
-        decoupled = self._decoupled
-        state = self.state
         for g in self.param_groups:
-            lr, eps, wd = g["lr"], g["eps"], g["weight_decay"]
-            b1, b2 = g["betas"]
-            for p in g["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                st = state.get(id(p))
-                if st is None:
-                    st = state[id(p)] = {"step": 0, "exp_avg": _C.zeros(p.shape),
-                                         "exp_avg_sq": _C.zeros(p.shape)}
-                st["step"] += 1
-                adam(p, grad, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, eps, wd, decoupled, st["step"])
+            adam_group_step(self.state, g, self._decoupled)
 
 
 class AdamW(Adam):
@@ -407,17 +409,7 @@ class Muon(Optimizer):
         for g in self.param_groups:
             lr, wd = g["lr"], g["weight_decay"]
             if not g["use_muon"]:
-                b1, b2 = g["betas"]
-                for p in g["params"]:
-                    if p.grad is None:
-                        continue
-                    st = state.get(id(p))
-                    if st is None:
-                        st = state[id(p)] = {"step": 0, "exp_avg": _C.zeros(p.shape),
-                                             "exp_avg_sq": _C.zeros(p.shape)}
-                    st["step"] += 1
-                    _C.adam_step_(p, p.grad, st["exp_avg"], st["exp_avg_sq"], lr, b1, b2, g["eps"],
-                                  wd, True, st["step"])
+                adam_group_step(state, g, True)
                 continue
             mom = g["momentum"]
             for p in g["params"]:

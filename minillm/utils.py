@@ -283,6 +283,21 @@ class FolderLock:
         self.release()
 
 
+def replace_folder(tmp, out, tag):
+    """Put the finished folder `tmp` at `out`. An existing `out` is renamed aside first (a
+    hidden `.NAME.TAG.old` beside it, TAG the writer's process_tag(), so a killed writer's
+    leftover is recognised and restored by remove_stale) and deleted after: at every moment
+    `out` is the old folder or the new one."""
+    if os.path.isdir(out):
+        parent, base = os.path.split(os.path.abspath(out))
+        old = os.path.join(parent, f".{base}.{tag}.old")
+        os.rename(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def pause_point(name):
     """Test hook: when $MINILLM_PAUSE_AT is `name`, say so on stderr and sleep, so that a test
     can kill this process at a known point of a write (tests/test_reliability.py)."""
