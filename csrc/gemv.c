@@ -183,8 +183,7 @@ static dots_fn pick_dots(const mll_matrix *W) {
 /* bytes of one value of W */
 static int64_t value_bytes(const mll_matrix *W) { return W->dtype == MLL_F32 ? 4 : W->dtype == MLL_BF16 ? 2 : 1; }
 
-/* rows [r, ...) of W: the same encoding, data and scales moved on by r rows of K */
-static mll_matrix rows_from(const mll_matrix *W, int64_t r, int64_t K) {
+mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K) {
     mll_matrix m = *W;
     m.data = (const char *)W->data + r * K * value_bytes(W);
     if (W->dtype == MLL_I8) m.scale = W->scale + r * (K / W->group);
@@ -516,7 +515,7 @@ void mll_linear_rows(const float *x, const float *W, const float *bias, const fl
 /* b directly follows a's N rows in memory, in the same encoding (data and scales) */
 static int follows(const mll_matrix *a, int64_t N, const mll_matrix *b, int64_t K) {
     if (a->dtype != b->dtype || (a->dtype == MLL_I8 && a->group != b->group)) return 0;
-    mll_matrix end = rows_from(a, N, K);
+    mll_matrix end = mll_matrix_rows(a, N, K);
     return end.data == b->data && (a->dtype != MLL_I8 || end.scale == b->scale);
 }
 

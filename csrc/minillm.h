@@ -394,6 +394,9 @@ typedef struct {
     int dtype;               /* MLL_F32, MLL_BF16 or MLL_I8 */
     int64_t group;           /* MLL_I8: values per scale */
 } mll_matrix;
+/* Rows [r, ...) of W (K columns): the same encoding, data and scales moved on by r rows (the
+ * row blocks of a fused matrix, e.g. q, k, v of one qkv weight). */
+mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K);
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
  * 1 GELU (tanh form). y may be add (in place). With an int8 W, x is quantized per row and
  * group (gemv.c says how). 0, or -1 if the buffer for quantized x cannot be allocated (int8

@@ -27,6 +27,11 @@ from minillm.sampling import StopStrings
 __all__ = ["ChatSession", "Reply", "chat"]
 
 
+class _ReplyDone(Exception):
+    """Raised from generate()'s stream callback when the reply's text reaches a stop string:
+    the one matcher (the streaming StopStrings) ends the loop."""
+
+
 @dataclass
 class Reply:
     """One assistant turn: its text, tokens generated, seconds, and why it ended ("stop": an
@@ -115,12 +120,16 @@ class ChatSession:
             state["text"] += piece
             if piece and stream is not None:
                 stream(piece)
+            if state["stopped"]:
+                raise _ReplyDone        # a stop string: end the decoding loop at this token
 
-        generate(self.model, [ids], min(self.max_new_tokens, room), temperature=self.options["temperature"],
-                 top_k=self.options["top_k"], top_p=self.options["top_p"], greedy=self.greedy,
-                 repetition_penalty=self.options["repetition_penalty"], stop_tokens=self.stop_tokens,
-                 generator=self.generator, stream=on_step, decoder=self.decoder,
-                 stop_strings=extra_stop or None, decode=self._decode_text if extra_stop else None)
+        try:
+            generate(self.model, [ids], min(self.max_new_tokens, room), temperature=self.options["temperature"],
+                     top_k=self.options["top_k"], top_p=self.options["top_p"], greedy=self.greedy,
+                     repetition_penalty=self.options["repetition_penalty"], stop_tokens=self.stop_tokens,
+                     generator=self.generator, stream=on_step, decoder=self.decoder)
+        except _ReplyDone:
+            pass
         if stops is not None and not stops.stopped:
             tail = stops.flush()
             tail = tail.lstrip() if not state["text"] else tail
@@ -146,9 +155,6 @@ class ChatSession:
         if hasattr(self.tokenizer, "decode_bytes"):
             return self.tokenizer.decode_bytes([tid])
         return self.tokenizer.decode([tid]).encode("utf-8")
-
-    def _decode_text(self, ids):
-        return b"".join(self._token_bytes(t) for t in ids).decode("utf-8", errors="replace")
 
 
 def chat(model, messages, tokenizer=None, **options):

@@ -639,7 +639,7 @@ def cmd_eval(args):
     from .metrics import evaluate
     if args.threads:
         set_num_threads(args.threads)
-    model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype, need_tokenizer=args.text)
+    model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype, need_tokenizer=args.text is not None)
     args.dtype = resolve_dtype(model, args.dtype)
     if args.data:
         folder = data.TokenData(args.data)
@@ -648,7 +648,7 @@ def cmd_eval(args):
     else:
         from .utils import read_text
         text = read_text(args.text)
-        ids = tokenizer.encode(text, add_special_tokens=False) if _takes_special(tokenizer) else tokenizer.encode(text)
+        ids = data.encode_text(tokenizer, text)
         import numpy as np
         tokens = np.asarray(ids, dtype=np.int64)
     V = model.config.vocab_size
@@ -668,14 +668,6 @@ def cmd_eval(args):
     print(f"{name} ({args.dtype}) on {res['tokens']:,} tokens of {args.data or args.text}: loss {res['loss']:.4f} "
           f"nats/token, perplexity {res['ppl']:.2f}{bpb}")
     return 0
-
-
-def _takes_special(tokenizer):
-    import inspect
-    try:
-        return "add_special_tokens" in inspect.signature(tokenizer.encode).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def add_eval_parser(subparsers):

@@ -144,7 +144,7 @@ PREPARE_CHUNK_BYTES = 16 << 20    # bytes of text encoded per call; bounds peak 
 TOKEN_FILES = ("meta.json", "train.bin", "val.bin", "tokenizer")     # all a token folder holds
 SNIFF_BYTES = 8192      # bytes read to tell a text file from a binary one
 
-__all__ += ["token_dtype", "prepare_tokens", "TokenData", "load_tokens", "TokenBatches",
+__all__ += ["encode_text", "token_dtype", "prepare_tokens", "TokenData", "load_tokens", "TokenBatches",
             "eval_windows", "token_byte_lengths", "list_text_files", "binary_reason",
             "is_token_folder", "check_output_folder", "tokenizer_fingerprint"]
 
@@ -385,9 +385,15 @@ class _Encoder:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not valid UTF-8 ({e.reason})") from None
-        if self.whole_files:
-            return np.asarray(self.tok.encode(text, add_special_tokens=False), dtype=np.uint32)
-        return np.asarray(self.tok.encode(text), dtype=np.uint32)
+        return np.asarray(encode_text(self.tok, text), dtype=np.uint32)
+
+
+def encode_text(tokenizer, text):
+    """The ids of plain text with nothing added around it: an HF tokenizer.json tokenizer's
+    post-processor (a BOS, ...) is left out; other tokenizers add nothing anyway."""
+    if _takes_special_flag(tokenizer):
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(text)
 
 
 def _takes_special_flag(tokenizer):

@@ -83,7 +83,7 @@ cdef class DecodeBlock:
                 raise ValueError(f"{owner}: give q, k, v either fused (qkv.weight) or separately, not both "
                                  f"(also got {separate})")
             self.w.q_w = _matrix_of(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
-            self.w.k_w, self.w.v_w = _rows_of(self.w.q_w, Q, Cn), _rows_of(self.w.q_w, Q + KV, Cn)
+            self.w.k_w, self.w.v_w = matrix_rows(self.w.q_w, Q, Cn), matrix_rows(self.w.q_w, Q + KV, Cn)
             self.w.q_b = _weight_ptr(owner, weights, "qkv.bias", (Q + 2 * KV,))
             if self.w.q_b != NULL:
                 self.w.k_b, self.w.v_b = self.w.q_b + Q, self.w.q_b + Q + KV
@@ -232,6 +232,35 @@ cdef Tensor _scratch_for(str owner, object scratch, int64_t need):
     return s
 
 
+cdef tuple _rope_tables(str owner, DecodeBlock block, rope_cos, rope_sin, int64_t maxpos):
+    """(cos, sin) Tensors for a rotary block, checked: contiguous (P, head_dim / 2), P > maxpos;
+    (None, None) for a block without rotary positions (which must be given none)."""
+    cdef int64_t hs = block.o.head_dim
+    cdef Tensor ct, st
+    if not block.o.rotary:
+        if rope_cos is not None or rope_sin is not None:
+            raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
+        return None, None
+    if rope_cos is None or rope_sin is None:
+        raise ValueError(f"{owner}: a rotary block needs rope_cos and rope_sin")
+    ct = as_f32(rope_cos, f"{owner} rope_cos")
+    st = as_f32(rope_sin, f"{owner} rope_sin")
+    if ct.ndim != 2 or ct.shape != st.shape or ct.shape_[1] != hs // 2 or ct.shape_[0] <= maxpos \
+            or not is_contig(ct) or not is_contig(st):
+        raise ValueError(f"{owner}: rope_cos, rope_sin must be contiguous (P, {hs // 2}) with P > {maxpos}, got "
+                         f"{rope_cos.shape} and {rope_sin.shape}")
+    return ct, st
+
+
+cdef int _check_step(str owner, int r, int64_t B) except -1:
+    """The return code of a block step as the exception it stands for."""
+    if r == -2:
+        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
+    if r != 0:
+        raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
+    return 0
+
+
 def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_cos=None, rope_sin=None):
     """In place on x (B, C) float32 contiguous: the block for one new position per row at `pos`,
     over the position-major caches kcache, vcache (S, B, n_kv_head, head_dim), S > pos, whose
@@ -252,29 +281,14 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
                          f"{kcache.shape} and {vcache.shape}")
     if not 0 <= pos < kc.shape_[0]:
         raise ValueError(f"{owner}: position {pos} is outside a cache of {kc.shape_[0]} rows")
-    cdef const float *cp = NULL
-    cdef const float *sp = NULL
-    cdef Tensor ct, st
-    if block.o.rotary:
-        if rope_cos is None or rope_sin is None:
-            raise ValueError(f"{owner}: a rotary block needs rope_cos and rope_sin")
-        ct = as_f32(rope_cos, "block_step rope_cos")
-        st = as_f32(rope_sin, "block_step rope_sin")
-        if ct.ndim != 2 or ct.shape != st.shape or ct.shape_[1] != hs // 2 or ct.shape_[0] <= pos \
-                or not is_contig(ct) or not is_contig(st):
-            raise ValueError(f"{owner}: rope_cos, rope_sin must be contiguous (P, {hs // 2}) with P > {pos}, got "
-                             f"{rope_cos.shape} and {rope_sin.shape}")
-        cp, sp = fptr(ct), fptr(st)
-    elif rope_cos is not None or rope_sin is not None:
-        raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
+    ct, st = _rope_tables(owner, block, rope_cos, rope_sin, pos)
+    cdef const float *cp = NULL if ct is None else fptr(<Tensor>ct)
+    cdef const float *sp = NULL if st is None else fptr(<Tensor>st)
     cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, pos + 1))
     cdef int r
     with nogil:
         r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)
-    if r == -2:
-        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
-    if r != 0:
-        raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
+    _check_step(owner, r, B)
     return x
 
 
@@ -315,29 +329,14 @@ def block_step_rows(x, DecodeBlock block, kcaches, vcaches, positions, scratch, 
             raise ValueError(f"{owner}: position {p} of row {b} is outside its cache of {k.shape_[0]} rows")
         kc[b], vc[b], pos[b] = fptr(k), fptr(v), p
         maxpos = p if p > maxpos else maxpos
-    cdef const float *cp = NULL
-    cdef const float *sp = NULL
-    cdef Tensor ct, st
-    if block.o.rotary:
-        if rope_cos is None or rope_sin is None:
-            raise ValueError(f"{owner}: a rotary block needs rope_cos and rope_sin")
-        ct = as_f32(rope_cos, "block_step_rows rope_cos")
-        st = as_f32(rope_sin, "block_step_rows rope_sin")
-        if ct.ndim != 2 or ct.shape != st.shape or ct.shape_[1] != hs // 2 or ct.shape_[0] <= maxpos \
-                or not is_contig(ct) or not is_contig(st):
-            raise ValueError(f"{owner}: rope_cos, rope_sin must be contiguous (P, {hs // 2}) with P > {maxpos}, "
-                             f"got {rope_cos.shape} and {rope_sin.shape}")
-        cp, sp = fptr(ct), fptr(st)
-    elif rope_cos is not None or rope_sin is not None:
-        raise ValueError(f"{owner}: rope tables given to a block without rotary positions")
-    cdef Tensor sc = _scratch_for(owner, scratch, C.mll_block_step_scratch(&block.o, B, maxpos + 1))
+    ct, st = _rope_tables(owner, block, rope_cos, rope_sin, maxpos)
+    cdef const float *cp = NULL if ct is None else fptr(<Tensor>ct)
+    cdef const float *sp = NULL if st is None else fptr(<Tensor>st)
+    cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, maxpos + 1))
     cdef int r
     with nogil:
         r = C.mll_block_step_rows(fptr(xx), &block.o, &block.w, kc, vc, KV, pos, cp, sp, fptr(sc), B)
-    if r == -2:
-        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
-    if r != 0:
-        raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
+    _check_step(owner, r, B)
     return x
 
 

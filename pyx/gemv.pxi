@@ -134,13 +134,9 @@ cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) exc
     return m
 
 
-cdef C.mll_matrix _rows_of(C.mll_matrix m, int64_t r, int64_t K) noexcept:
-    """rows [r, ...) of m (K columns): the same encoding"""
-    cdef int64_t size = 4 if m.dtype == C.MLL_F32 else 2 if m.dtype == C.MLL_BF16 else 1
-    m.data = <const char *>m.data + r * K * size
-    if m.dtype == C.MLL_I8:
-        m.scale = m.scale + r * (K // m.group)
-    return m
+cdef C.mll_matrix matrix_rows(C.mll_matrix m, int64_t r, int64_t K) noexcept:
+    """rows [r, ...) of m (K columns), in m's encoding (mll_matrix_rows)"""
+    return C.mll_matrix_rows(&m, r, K)
 
 
 def decode_linear(x, weight, bias=None, add=None, bint gelu=False):

@@ -188,6 +188,7 @@ cdef extern from "minillm.h" nogil:
         const float *scale
         int dtype
         int64_t group
+    mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K)
     int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
                    int64_t N, int64_t K, int act)
     void mll_linear_rows(const float *x, const float *W, const float *bias, const float *add, float *y,
