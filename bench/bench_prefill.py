@@ -11,7 +11,6 @@ n_layer x T^2 x C / 2, causal). The GEMM reference is the median of 2048^3 produ
 dtype.
 """
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -26,15 +25,7 @@ from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
 from minillm import _C  # noqa: E402
 from minillm.autograd import no_grad  # noqa: E402
 from minillm.models import build_model  # noqa: E402
-
-
-def best(fn, repeats):
-    t_best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        t_best = min(t_best, time.perf_counter() - t)
-    return t_best
+from bench_generate import best_of  # noqa: E402
 
 
 def gemm_gflops(bf16, repeats):
@@ -74,10 +65,10 @@ def main(argv=None):
         if bf16:
             with minillm.autocast(dtype="bfloat16"):
                 forward()
-                secs = best(forward, args.repeats)
+                secs = best_of(forward, args.repeats)
         else:
             forward()
-            secs = best(forward, args.repeats)
+            secs = best_of(forward, args.repeats)
         got = flops / secs / 1e9
         print(f"{name:<14} {secs * 1e3:8.1f} ms  {T / secs:8.0f} tokens/s  {got:6.1f} GFLOPS  "
               f"= {100 * got / ref:3.0f}% of our 2048^3 GEMM ({ref:.1f} GFLOPS)")

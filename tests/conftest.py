@@ -1,4 +1,6 @@
-"""Fixtures shared by the kernel test files."""
+"""Fixtures shared by the test files."""
+import os
+
 import pytest
 
 from minillm import _C
@@ -50,3 +52,24 @@ def held_in_another_thread():
             t.join()
         assert seen["inside"], "the switch was not on inside the other thread"
     return hold
+
+
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample.txt")
+
+
+def sample_token_folder(root, vocab_size):
+    """A token folder of tests/data/sample.txt (a BPE tokenizer of `vocab_size` ids trained on
+    it, the last 10% as the validation split) under `root`; returns its path."""
+    from minillm import data
+    from minillm.tokenizers import BPETokenizer
+    with open(SAMPLE, encoding="utf-8") as f:
+        text = f.read()
+    BPETokenizer().train(text, vocab_size).save(os.path.join(root, "tok"))
+    data.prepare_tokens([SAMPLE], os.path.join(root, "tok"), os.path.join(root, "tokens"), val_fraction=0.1)
+    return os.path.join(root, "tokens")
+
+
+@pytest.fixture(scope="module")
+def tokens_dir(tmp_path_factory):
+    """sample_token_folder with a 320-id tokenizer, once per test module."""
+    return sample_token_folder(str(tmp_path_factory.mktemp("corpus")), 320)

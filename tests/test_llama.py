@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minillm
-from minillm import data, models
+from minillm import models
 from minillm.autograd import no_grad
 from minillm.generate import KVCache, generate
 from minillm.models.llama import Llama, LlamaConfig, config_from_hf, load_pretrained, save_pretrained
@@ -41,7 +41,6 @@ HF = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "mistral": ("MistralConfig", "MistralForCausalLM"),
 }
-SAMPLE = os.path.join(os.path.dirname(__file__), "data", "sample.txt")
 
 
 def hf_model(family, fields, seed=0):
@@ -295,17 +294,6 @@ def test_gradients_match_torch(case):
     for name, p in model.named_parameters():
         g = ref_grads[name] if name in ref_grads else ref_grads["model.embed_tokens.weight"]
         np.testing.assert_allclose(np.array(p.grad), g, atol=2e-5, rtol=1e-3, err_msg=name)
-
-
-@pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-    from minillm.tokenizers import BPETokenizer
-    with open(SAMPLE, encoding="utf-8") as f:
-        text = f.read()
-    root = tmp_path_factory.mktemp("corpus")
-    BPETokenizer().train(text, 320).save(str(root / "tok"))
-    data.prepare_tokens([SAMPLE], str(root / "tok"), root / "tokens", val_fraction=0.1)
-    return str(root / "tokens")
 
 
 def train_config(tokens_dir, out_dir, **kw):

@@ -190,19 +190,6 @@ def test_a_non_matrix_in_a_muon_group_is_refused():
 
 
 # ---- through the trainer
-SAMPLE = __import__("os").path.join(__import__("os").path.dirname(__file__), "data", "sample.txt")
-
-
-@pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-    from minillm import data
-    from minillm.tokenizers import BPETokenizer
-    with open(SAMPLE, encoding="utf-8") as f:
-        text = f.read()
-    root = tmp_path_factory.mktemp("corpus")
-    BPETokenizer().train(text, 320).save(str(root / "tok"))
-    data.prepare_tokens([SAMPLE], str(root / "tok"), root / "tokens", val_fraction=0.1)
-    return str(root / "tokens")
 
 
 def _config(tokens_dir, out_dir, **kw):

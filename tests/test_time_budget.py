@@ -8,22 +8,16 @@ import os
 import numpy as np
 import pytest
 
-from minillm import checkpoint, data, metrics, optim
-from minillm.tokenizers import BPETokenizer
+from minillm import checkpoint, metrics, optim
 from minillm.train import Trainer, TrainConfig, resumed_config
+from conftest import sample_token_folder
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "data", "sample.txt")
 LR, MIN_LR = 4e-3, 4e-4
 
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory):
-    with open(SAMPLE, encoding="utf-8") as f:
-        text = f.read()
-    root = tmp_path_factory.mktemp("corpus")
-    BPETokenizer().train(text, 300).save(str(root / "tok"))
-    data.prepare_tokens([SAMPLE], str(root / "tok"), root / "tokens", val_fraction=0.1)
-    return str(root / "tokens")
+    return sample_token_folder(str(tmp_path_factory.mktemp("corpus")), 300)
 
 
 def _config(tokens_dir, out_dir, **kw):

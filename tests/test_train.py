@@ -17,18 +17,7 @@ from minillm.tokenizers import BPETokenizer
 from minillm.checkpoint import CheckpointError
 from minillm.train import TrainConfig, Trainer
 
-SAMPLE = os.path.join(os.path.dirname(__file__), "data", "sample.txt")
 TINY = dict(model="gpt-tiny", n_layer=1, n_head=2, n_embd=32, block_size=16)
-
-
-@pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-    with open(SAMPLE, encoding="utf-8") as f:
-        text = f.read()
-    root = tmp_path_factory.mktemp("corpus")
-    BPETokenizer().train(text, 320).save(str(root / "tok"))
-    data.prepare_tokens([SAMPLE], str(root / "tok"), root / "tokens", val_fraction=0.1)
-    return str(root / "tokens")
 
 
 def _config(tokens_dir, out_dir, **kw):
