@@ -8,6 +8,7 @@
  *   x += attention over the KV cache (q, k, v) Wo^T + bo      (kv_attention.c)
  *   h = norm_2(x)
  *   x += (gelu(h Wup^T + bup)) Wdown^T + bdown                GELU MLP (GPT-2)
+ *     or (relu(h Wup^T + bup)^2) Wdown^T + bdown               ReLU^2 MLP
  *     or (silu(h Wgate^T + bgate) * (h Wup^T + bup)) Wdown^T + bdown   SwiGLU (Llama)
  *
  * composed of the kernels of layernorm.c, rmsnorm.c, rope.c, gemv.c and kv_attention.c in
@@ -73,7 +74,8 @@ int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_we
 
     norm_rows(o, x, w->norm2_w, w->norm2_b, h, mean, rstd, B);
     int r = o->mlp == MLL_MLP_SWIGLU ? mll_linear_gated(h, &w->gate_w, w->gate_b, &w->up_w, w->up_b, m, B, F, C)
-                                     : mll_linear(h, &w->up_w, w->up_b, NULL, m, B, F, C, 1);   /* gelu(up) */
+                                     : mll_linear(h, &w->up_w, w->up_b, NULL, m, B, F, C,
+                                                  o->mlp == MLL_MLP_RELU2 ? 2 : 1);   /* act(up) */
     if (r || mll_linear(m, &w->down_w, w->down_b, x, x, B, C, F, 0)) return -2;            /* x + mlp */
     return 0;
 }

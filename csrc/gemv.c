@@ -207,7 +207,7 @@ typedef struct {
     int64_t N, col;
 } linear_seg;
 
-enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2 };
+enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2, ACT_RELU2 = 3 };
 
 /* Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through
  * the pool): their groups of 4 rows are numbered one segment after the other and cut into
@@ -261,6 +261,8 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
                     for (int64_t r = 0; r < n; r++) di[r] += sg->bias[j + r];
                 if (act == ACT_GELU) {
                     mll_unary(MLL_GELU, di, di, n);
+                } else if (act == ACT_RELU2) {
+                    for (int64_t r = 0; r < n; r++) di[r] = di[r] > 0.0f ? di[r] * di[r] : 0.0f;
                 } else if (act == ACT_SILU_GATED) {
                     if (sg->bias2)
                         for (int64_t r = 0; r < n; r++) ui[r] += sg->bias2[j + r];
@@ -500,7 +502,7 @@ static int linear_run(linear_job *job, int64_t weights) {
 int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
                int64_t N, int64_t K, int act) {
     if (M <= 0 || N <= 0) return 0;
-    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : ACT_NONE,
+    linear_job job = {.x = x, .add = add, .y = y, .nseg = 1, .act = act == 1 ? ACT_GELU : act == 2 ? ACT_RELU2 : ACT_NONE,
                       .ldy = N, .M = M, .K = K};
     job.seg[0] = (linear_seg){.W = *W, .bias = bias, .N = N, .col = 0};
     return linear_run(&job, N * K);

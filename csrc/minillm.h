@@ -398,7 +398,7 @@ typedef struct {
  * row blocks of a fused matrix, e.g. q, k, v of one qkv weight). */
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K);
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
- * 1 GELU (tanh form). y may be add (in place). With an int8 W, x is quantized per row and
+ * 1 GELU (tanh form), 2 relu^2. y may be add (in place). With an int8 W, x is quantized per row and
  * group (gemv.c says how). 0, or -1 if the buffer for quantized x cannot be allocated (int8
  * only); likewise mll_linear_cat and mll_linear_gated, whose int8 matrices share one group. */
 int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
@@ -448,11 +448,12 @@ int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, 
  * B rows, one new position each, all at `pos`:
  *   h = norm1(x); q, k, v = h Wq^T + bq, h Wk^T + bk, h Wv^T + bv; [q, k = per-head RMSNorm];
  *   [q, k = rotated by row pos of the rope table]; x += attention(q, k, v over the cache) Wo^T + bo;
- *   h = norm2(x); x += mlp(h) Wdown^T + bdown, mlp = gelu(h Wup^T + bup) or
+ *   h = norm2(x); x += mlp(h) Wdown^T + bdown, mlp = gelu(h Wup^T + bup), relu(h Wup^T + bup)^2 or
  *   silu(h Wgate^T + bgate) * (h Wup^T + bup).
  * Learned positions are the caller's (added to x before the first block). */
 enum { MLL_NORM_LAYER = 0, MLL_NORM_RMS = 1 };     /* LayerNorm (weight, bias) or RMSNorm (weight) */
-enum { MLL_MLP_GELU = 0, MLL_MLP_SWIGLU = 1 };     /* up + GELU (tanh form), or gate/up + SiLU */
+enum { MLL_MLP_GELU = 0, MLL_MLP_SWIGLU = 1, MLL_MLP_RELU2 = 2 };  /* up + GELU (tanh form), gate/up + SiLU,
+                                                                    * or up + relu^2 */
 typedef struct {
     int64_t n_embd;          /* C: the residual width */
     int64_t n_head;          /* nh: query heads */

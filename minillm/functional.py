@@ -21,7 +21,8 @@ _grad_on = _C.is_grad_enabled
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "reshape", "view", "flatten", "transpose",
     "permute", "expand", "squeeze", "unsqueeze", "getitem", "contiguous", "clone", "cat", "stack",
-    "split", "chunk", "sum", "mean", "max", "exp", "log", "sqrt", "tanh", "relu", "gelu", "abs",
+    "split", "chunk", "sum", "mean", "max", "exp", "log", "sqrt", "tanh", "relu", "relu_squared", "softcap",
+    "gelu", "abs",
     "sigmoid", "softmax", "log_softmax", "layer_norm", "embedding", "dropout", "cross_entropy",
     "linear_cross_entropy", "mse_loss", "scaled_dot_product_attention",
 ]
@@ -531,6 +532,20 @@ def tanh(x):
 def relu(x):
     """max(x, 0), elementwise (gradient 0 at 0). Float32."""
     return _unary("relu", _C.relu, x)
+
+
+def relu_squared(x):
+    """relu(x)^2, elementwise (So et al., 2021: the Primer MLP). Float32."""
+    r = relu(x)
+    return mul(r, r)
+
+
+def softcap(x, cap):
+    """cap * tanh(x / cap), elementwise: a smooth clamp of x to (-cap, cap) (Gemma 2's logit
+    soft-capping). cap > 0. Float32."""
+    if not cap > 0:
+        raise ValueError(f"softcap: cap must be > 0, got {cap!r}")
+    return mul(tanh(mul(x, 1.0 / cap)), float(cap))
 
 
 def gelu(x, approximate="none"):

@@ -6,7 +6,7 @@
 from libc.math cimport sqrt as c_sqrt
 
 _NORMS = {"layernorm": C.MLL_NORM_LAYER, "rmsnorm": C.MLL_NORM_RMS}
-_MLPS = {"gelu": C.MLL_MLP_GELU, "swiglu": C.MLL_MLP_SWIGLU}
+_MLPS = {"gelu": C.MLL_MLP_GELU, "swiglu": C.MLL_MLP_SWIGLU, "relu2": C.MLL_MLP_RELU2}
 # the weight names DecodeBlock knows (their shapes: its docstring)
 _BLOCK_WEIGHTS = ("norm1.weight", "norm1.bias", "qkv.weight", "qkv.bias", "q.weight", "k.weight", "v.weight",
                   "q.bias", "k.bias", "v.bias", "q_norm.weight", "k_norm.weight", "o.weight", "o.bias",
@@ -34,10 +34,10 @@ cdef class DecodeBlock:
       o.weight (C, Q), o.bias (C)       the attention's output projection
       norm2.weight, norm2.bias (C)      the norm before the MLP
       gate.weight (F, C), gate.bias     SwiGLU's gate (mlp "swiglu" only)
-      up.weight (F, C), up.bias (F)     GELU's input or SwiGLU's up projection
+      up.weight (F, C), up.bias (F)     GELU's or ReLU^2's input, or SwiGLU's up projection
       down.weight (C, F), down.bias (C) the MLP's output projection
 
-    Options: norm "layernorm" | "rmsnorm" (norm_eps); mlp "gelu" (tanh form) | "swiglu";
+    Options: norm "layernorm" | "rmsnorm" (norm_eps); mlp "gelu" (tanh form) | "relu2" | "swiglu";
     rotary: q and k rotated by a rope table (block_step's rope_cos, rope_sin; head_dim even);
     qk_norm (qk_norm_eps); n_kv_head divides n_head (default n_head); head_dim defaults to
     n_embd / n_head; attn_scale to 1 / sqrt(head_dim). Bad names, shapes or options raise

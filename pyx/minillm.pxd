@@ -214,6 +214,7 @@ cdef extern from "minillm.h" nogil:
     enum:
         MLL_MLP_GELU
         MLL_MLP_SWIGLU
+        MLL_MLP_RELU2
     ctypedef struct mll_block_options:
         int64_t n_embd
         int64_t n_head

@@ -37,7 +37,7 @@ class BlockOptions:
     n_embd (C), n_head (query heads), d_ff (the MLP's hidden width); n_kv_head: key/value
     heads, dividing n_head (None: n_head; fewer is grouped-query attention); head_dim (None:
     n_embd / n_head). norm "layernorm" | "rmsnorm" with norm_eps (the final norm's too);
-    mlp "gelu" (tanh form) | "swiglu" (silu(gate) * up); positions "learned" (an embedding
+    mlp "gelu" (tanh form) | "relu2" (relu(up)^2) | "swiglu" (silu(gate) * up); positions "learned" (an embedding
     table added before the blocks) | "rotary" (q and k rotated, rope_theta, rope_scaling as
     HF's config.json has it: None, "linear" or "llama3"); qk_norm: per-head RMSNorm of q and k
     (qk_norm_eps); attn_scale (None: 1 / sqrt(head_dim))."""
@@ -81,7 +81,8 @@ class Decoder:
     "k_norm.weight"; shapes in DecodeBlock's docstring); embed (V, C) the token embedding;
     head (V, C) the LM head (embed itself when tied), head_bias (V) or None; norm_weight,
     norm_bias the final norm's (bias LayerNorm only); pos_embed (P, C) the learned position
-    table (positions "learned" only). Parameters are read in place (detached, no copies of
+    table (positions "learned" only); logit_softcap: the logits are cap tanh(logits / cap)
+    (0: as the head gives them). Parameters are read in place (detached, no copies of
     contiguous ones): later changes to the model's weights show in the plan.
 
     hugepages: ask Linux to back the streamed weights (each block's Linear weights and the
@@ -100,7 +101,7 @@ class Decoder:
               "down.weight")
 
     def __init__(self, options, layers, embed, head, norm_weight=None, norm_bias=None, head_bias=None,
-                 pos_embed=None, hugepages=True, weights="float32"):
+                 pos_embed=None, hugepages=True, weights="float32", logit_softcap=0.0):
         if not isinstance(options, BlockOptions):
             raise TypeError(f"Decoder: expected BlockOptions, got {type(options).__name__}")
         if (options.positions == "learned") != (pos_embed is not None):
@@ -110,6 +111,7 @@ class Decoder:
             raise ValueError(f"Decoder: weights must be one of {', '.join(DTYPES)}, got {weights!r}")
         self.options = options
         self.weights = weights
+        self.logit_softcap = float(logit_softcap)
 
         def stored(name, t):
             if isinstance(t, _C.Int8Matrix):          # int8 weights as a folder stores them
@@ -167,6 +169,9 @@ class Decoder:
             self._scratch_size = (B, S)
         return self._scratch
 
+    def _cap(self, logits):
+        return _softcap_(logits, self.logit_softcap) if self.logit_softcap else logits
+
     def step(self, tokens, cache):
         """tokens (B,) int64 at position cache.pos -> logits (B, V) float32; every layer's cache
         gains a row and the cache advances by one."""
@@ -187,7 +192,7 @@ class Decoder:
                 v.reserve(pos + 1)
             k.length = v.length = pos + 1
             block_step(x, block, k.tensor, v.tensor, pos, scratch, cos, sin)   # x (B, C), in place
-        logits = _C.final_step(x, self.head, scratch)
+        logits = self._cap(_C.final_step(x, self.head, scratch))
         cache.advance(1)
         return logits
 
@@ -221,10 +226,18 @@ class Decoder:
                 ks.append(layer.k.tensor)
                 vs.append(layer.v.tensor)
             _C.block_step_rows(x, block, ks, vs, positions, scratch, cos, sin)
-        logits = _C.final_step(x, self.head, scratch)
+        logits = self._cap(_C.final_step(x, self.head, scratch))
         for c in caches:
             c.advance(1)
         return logits
+
+
+def _softcap_(logits, cap):
+    """logits = cap tanh(logits / cap), in place (the model's logit soft-cap)."""
+    a = logits.numpy()
+    np.tanh(a * (1.0 / cap), out=a)
+    a *= cap
+    return logits
 
 
 def _embed_rows(table, tokens):

@@ -1,18 +1,24 @@
-"""GPT: the GPT-2 architecture (Radford et al., 2019), read top to bottom, then its
-HuggingFace folder loading and saving (load_pretrained, save_pretrained).
+"""GPT: the GPT-2 architecture (Radford et al., 2019), read top to bottom, with the options of
+the modern small-model recipe, then its HuggingFace folder loading and saving (load_pretrained,
+save_pretrained).
 
-token + position embeddings -> n_layer pre-LayerNorm blocks of
+token embedding [+ learned position embedding] -> n_layer pre-norm blocks of
     x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))
-(causal multi-head self-attention, then a 4x GELU MLP) -> final LayerNorm -> LM head
-(tied to the token embedding). Module names follow nanoGPT and HuggingFace's GPT-2
-(transformer.wte, transformer.h.0.attn.c_attn, ...), so GPT-2 weights load by name.
+(causal multi-head self-attention, then an MLP) -> final norm -> LM head [-> soft-cap].
+GPT-2 is the default config: LayerNorm, learned positions, a 4x GELU MLP, biases, the head
+tied to the token embedding. The options (GPTConfig) swap in what the speedruns of small
+models use: RMSNorm, rotary positions, a ReLU^2 or SwiGLU MLP, a per-head RMSNorm of q and k,
+an untied head, zero-initialised output projections and a tanh soft-cap of the logits.
+Module names follow nanoGPT and HuggingFace's GPT-2 (transformer.wte,
+transformer.h.0.attn.c_attn, ...), so GPT-2 weights load by name.
 
-Shapes: B batch, T sequence, C = n_embd, nh = n_head, hs = C / nh, V = vocab_size.
+Shapes: B batch, T sequence, C = n_embd, nh = n_head, hs = C / nh, F = d_ff, V = vocab_size.
 """
 import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -22,8 +28,13 @@ from minillm import io, nn, quantize, serialization
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
+from minillm.models.rotary import rope_inv_freq, rope_table
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rotary")
+MLPS = ("gelu", "relu2", "swiglu")
 
 
 @dataclass
@@ -33,7 +44,18 @@ class GPTConfig(ModelConfig):
     checkpoint_activations: recompute each block in backward instead of keeping its
     activations (less memory, about one more forward of time); fused_lm_head: training
     forwards with targets compute the LM head and the loss as one op
-    (F.linear_cross_entropy) that never holds the (B, T, V) logits, and return logits None."""
+    (F.linear_cross_entropy) that never holds the (B, T, V) logits, and return logits None.
+
+    The recipe options (defaults: GPT-2's):
+    norm "layernorm" | "rmsnorm" (Zhang & Sennrich, 2019; a gain, no bias, no mean);
+    positions "learned" (a table of block_size rows added to the embedding) | "rotary" (q and
+    k rotated by position, Su et al., 2021; rope_theta);
+    mlp "gelu" (tanh GELU) | "relu2" (relu(x)^2, So et al., 2021) | "swiglu" (silu(gate) * up,
+    Shazeer, 2020; two input matrices), with hidden width d_ff (None: 4 n_embd);
+    qk_norm: RMSNorm over each head of q and k before the rotation (Dehghani et al., 2023);
+    zero_init_proj: the projections that write into the residual stream (attn.c_proj,
+    mlp.c_proj) and an untied LM head start at zero, so each block starts as the identity;
+    logit_softcap: logits = cap tanh(logits / cap) (0: none; Gemma 2 uses 30)."""
     model_type: str = "gpt"
     vocab_size: int = 50257
     block_size: int = 1024
@@ -45,6 +67,14 @@ class GPTConfig(ModelConfig):
     tie_weights: bool = True
     checkpoint_activations: bool = False
     fused_lm_head: bool = False
+    norm: str = "layernorm"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    mlp: str = "gelu"
+    d_ff: Optional[int] = None
+    qk_norm: bool = False
+    zero_init_proj: bool = False
+    logit_softcap: float = 0.0
 
     def __post_init__(self):
         self.check("gpt", ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"))
@@ -52,6 +82,37 @@ class GPTConfig(ModelConfig):
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        for field, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"GPTConfig: {field} must be one of {', '.join(allowed)}; got "
+                                 f"{getattr(self, field)!r}")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.n_embd
+        if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"GPTConfig: d_ff must be a positive int, got {self.d_ff!r}")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig: rotary positions need an even head size, got "
+                             f"{self.n_embd // self.n_head}")
+        for field in ("rope_theta", "logit_softcap"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (field == "rope_theta" and v == 0):
+                raise ValueError(f"GPTConfig: {field} must be a finite number "
+                                 f"{'> 0' if field == 'rope_theta' else '>= 0 (0: none)'}, got {v!r}")
+        if self.logit_softcap and self.fused_lm_head:
+            raise ValueError("GPTConfig: logit_softcap and fused_lm_head do not combine (the fused op "
+                             "never forms the logits to cap)")
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+
+def _norm(config, dim):
+    """The block's kind of norm over the last axis (dim features)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, bias=config.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,16 +128,22 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.head_size, eps=1e-5)
+            self.k_norm = nn.RMSNorm(config.head_size, eps=1e-5)
 
-    def forward(self, x, layer_cache=None):
+    def forward(self, x, rope=None, layer_cache=None):
+        """rope: (cos, sin) rows (T, hs / 2) of the T positions (rotary positions), or None."""
         B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)                                        # (B, T, 3C)
+        if rope is not None or hasattr(self, "q_norm"):
+            qkv = self._norm_and_rotate(qkv, rope)
         if layer_cache is None and not (self.dropout and self.training):
             # training: the fused kernel reads q, k, v in place, writes y with heads side by
             # side, never stores the T x T scores, and backward fills one d qkv buffer
-            y = F.causal_self_attention(qkv, self.n_head)          # (B, T, C)
+            y = F.causal_self_attention(qkv, nh)                   # (B, T, C)
         else:
-            nh, hs = self.n_head, C // self.n_head
             # (B, T, 3, nh, hs) -> (3, B, nh, T, hs): strided views, no copies
             heads = F.permute(F.reshape(qkv, (B, T, 3, nh, hs)), (2, 0, 3, 1, 4))
             q, k, v = F.getitem(heads, 0), F.getitem(heads, 1), F.getitem(heads, 2)  # (B, nh, T, hs)
@@ -88,35 +155,60 @@ class CausalSelfAttention(nn.Module):
             y = F.reshape(F.transpose(y, 1, 2), (B, T, C))         # heads side by side
         return self.resid_dropout(self.c_proj(y))
 
+    def _norm_and_rotate(self, qkv, rope):
+        """qkv (B, T, 3C) with q and k normed per head (qk_norm) and rotated (rope), v as it was."""
+        B, T, C3 = qkv.shape
+        nh = self.n_head
+        parts = F.reshape(qkv, (B, T, 3, nh, C3 // (3 * nh)))
+        q, k, v = (F.getitem(parts, (slice(None), slice(None), i)) for i in range(3))   # (B, T, nh, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = F.rotary(q, *rope), F.rotary(k, *rope)
+        return F.reshape(F.stack([q, k, v], axis=2), (B, T, C3))
+
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> 4C -> GELU -> C. x (B, T, C) -> (B, T, C)."""
+    """Position-wise feed-forward: C -> F -> C with GELU, ReLU^2 or SwiGLU (c_gate: the gate
+    matrix of SwiGLU, c_fc its up projection). x (B, T, C) -> (B, T, C)."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
+        if self.kind == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.d_ff, bias=config.bias)
+        self.c_proj = nn.Linear(config.d_ff, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)    # bias add + GELU in one pass
+        if self.kind == "gelu":
+            h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)    # bias add + GELU in one pass
+        elif self.kind == "relu2":
+            h = F.relu_squared(self.c_fc(x))
+        else:
+            h = F.silu_mul(self.c_gate(x), self.c_fc(x))
         return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
-    """One transformer block, pre-LayerNorm as in GPT-2. x (B, T, C) -> (B, T, C)."""
+    """One pre-norm transformer block. x (B, T, C) -> (B, T, C)."""
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = _norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = _norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, layer_cache=None):
-        h = self.attn(self.ln_1(x), layer_cache)
-        # x = x + h, then h = ln_2(x), in one pass over the residual stream
-        x, h = F.add_layer_norm(x, h, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+    def forward(self, x, rope=None, layer_cache=None):
+        h = self.attn(self.ln_1(x), rope, layer_cache)
+        if isinstance(self.ln_2, nn.LayerNorm):
+            # x = x + h, then h = ln_2(x), in one pass over the residual stream
+            x, h = F.add_layer_norm(x, h, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        else:
+            x = F.add(x, h)
+            h = self.ln_2(x)
         return F.add(x, self.mlp(h))
 
 
@@ -128,36 +220,47 @@ class GPT(LanguageModel):
         if isinstance(config, dict):
             config = GPTConfig.from_dict(config)
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.positions == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(drop=nn.Dropout(config.dropout),
+                       h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                       ln_f=_norm(config, config.n_embd))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # one tensor, two roles (Press & Wolf, 2017); state_dict() lists it once, as wte
             self.lm_head.weight = self.transformer.wte.weight
+        self._rope = (None, None)          # rotary (cos, sin) of positions 0 .. n-1, grown on demand
         self.init_weights(generator)
 
     @no_grad()
     def init_weights(self, generator=None):
         """GPT-2's initialisation: every Linear and Embedding weight ~ N(0, 0.02), biases 0,
-        LayerNorms (1, 0); the projections that write into the residual stream
+        norm gains 1; the projections that write into the residual stream
         (attn.c_proj, mlp.c_proj) ~ N(0, 0.02 / sqrt(2 n_layer)) so that the residual's
-        variance does not grow with depth. Draws from `generator` (default: minillm's)."""
+        variance does not grow with depth, or 0 with zero_init_proj (which zeroes an untied
+        head too). Draws from `generator` (default: minillm's)."""
         std = 0.02
         resid_std = std / math.sqrt(2 * self.config.n_layer)
+        zero = self.config.zero_init_proj
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, 0.0, resid_std, generator=generator)
-            elif name.endswith(".bias"):
+            if name.endswith(".bias") or (zero and (name.endswith("c_proj.weight") or name == "lm_head.weight")):
                 nn.init.zeros_(p)
-            elif ".ln_" in name:
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, resid_std, generator=generator)
+            elif ".ln_" in name or "_norm." in name:
                 nn.init.ones_(p)
             else:
                 nn.init.normal_(p, 0.0, std, generator=generator)
+
+    def rope(self, pos0, T):
+        """(cos, sin) table rows of positions pos0 .. pos0 + T - 1, each (T, hs / 2)."""
+        cos, sin = self._rope
+        if cos is None or cos.shape[0] < pos0 + T:
+            n = max(pos0 + T, self.config.block_size)
+            self._rope = cos, sin = rope_table(rope_inv_freq(self.config.head_size, self.config.rope_theta), n)
+        return cos[pos0:pos0 + T], sin[pos0:pos0 + T]
 
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) int64 token ids (T <= block_size, counting cached positions);
@@ -171,59 +274,75 @@ class GPT(LanguageModel):
         no_grad): positions start at kv_cache.pos; each block appends its k, v to
         kv_cache.layers[i]; the cache advances by T at the end."""
         B, T = check_idx(idx, "GPT")
+        cfg = self.config
         pos0 = 0 if kv_cache is None else kv_cache.pos
-        if pos0 + T > self.config.block_size:
+        if pos0 + T > cfg.block_size:
             raise ValueError(f"GPT: sequence of {T} tokens starting at position {pos0} is longer than "
-                             f"block_size {self.config.block_size}")
+                             f"block_size {cfg.block_size}")
         tr = self.transformer
-        pos = _C.arange(pos0, pos0 + T, dtype="int64")                 # (T,)
-        x = F.add(tr.wte(idx), tr.wpe(pos))                            # (B, T, C)
+        x = tr.wte(idx)                                                # (B, T, C)
+        rope = None
+        if cfg.positions == "learned":
+            x = F.add(x, tr.wpe(_C.arange(pos0, pos0 + T, dtype="int64")))
+        else:
+            rope = self.rope(pos0, T)
         x = tr.drop(x)
         for i, block in enumerate(tr.h):
             layer_cache = None if kv_cache is None else kv_cache.layers[i]
-            if self.config.checkpoint_activations and self.training and layer_cache is None:
-                x = _checkpoint(block, x)
+            if cfg.checkpoint_activations and self.training and layer_cache is None:
+                x = _checkpoint(block, x, rope)
             else:
-                x = block(x, layer_cache)
+                x = block(x, rope, layer_cache)
         x = tr.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         if targets is None:
             logits = self.lm_head(F.getitem(x, (slice(None), slice(T - 1, T))))   # (B, 1, V)
-            return logits, None
+            return self._cap(logits), None
         targets = _check_targets(targets, B, T)
-        if self.config.fused_lm_head and self.training:
+        if cfg.fused_lm_head and self.training:
             loss = F.linear_cross_entropy(x, self.lm_head.weight, targets, bias=self.lm_head.bias,
                                           ignore_index=-1)
             return None, loss
-        logits = self.lm_head(x)                                       # (B, T, V)
+        logits = self._cap(self.lm_head(x))                            # (B, T, V)
         return logits, F.cross_entropy(logits, targets, ignore_index=-1)
 
+    def _cap(self, logits):
+        cap = self.config.logit_softcap
+        return F.softcap(logits, cap) if cap else logits
+
     def decoder(self, hugepages=True, weights="float32"):
-        """The fast decode plan of this GPT (minillm.models.decoder.Decoder): LayerNorm,
-        learned positions, fused c_attn, GELU MLP, biases as the config has them, tied or
-        untied head; it reads the parameters in place (weights "float32") or stores copies in
+        """The fast decode plan of this GPT (minillm.models.decoder.Decoder): its norm, positions,
+        MLP and QK-norm, fused c_attn, biases as the config has them, tied or untied head, the
+        logit soft-cap; it reads the parameters in place (weights "float32") or stores copies in
         bf16 or int8 (weights "bf16", "int8"); an int8 plan of a model loaded from an int8 folder
         streams the folder's int8 weights (self.int8_weights) as stored (later changes to the
         parameters do not reach them). hugepages: see Decoder."""
         cfg, tr = self.config, self.transformer
         stored = (getattr(self, "int8_weights", None) or {}) if weights == "int8" else {}
         q = lambda name, p: stored.get(name, p)  # noqa: E731
-        options = BlockOptions(n_embd=cfg.n_embd, n_head=cfg.n_head, d_ff=4 * cfg.n_embd, norm="layernorm",
-                               norm_eps=tr.ln_f.eps, mlp="gelu", positions="learned")
-        layers = [{"norm1.weight": b.ln_1.weight, "norm1.bias": b.ln_1.bias,
-                   "qkv.weight": q(f"transformer.h.{i}.attn.c_attn.weight", b.attn.c_attn.weight),
-                   "qkv.bias": b.attn.c_attn.bias,
-                   "o.weight": q(f"transformer.h.{i}.attn.c_proj.weight", b.attn.c_proj.weight),
-                   "o.bias": b.attn.c_proj.bias,
-                   "norm2.weight": b.ln_2.weight, "norm2.bias": b.ln_2.bias,
-                   "up.weight": q(f"transformer.h.{i}.mlp.c_fc.weight", b.mlp.c_fc.weight), "up.bias": b.mlp.c_fc.bias,
-                   "down.weight": q(f"transformer.h.{i}.mlp.c_proj.weight", b.mlp.c_proj.weight),
-                   "down.bias": b.mlp.c_proj.bias} for i, b in enumerate(tr.h)]
+        options = BlockOptions(n_embd=cfg.n_embd, n_head=cfg.n_head, d_ff=cfg.d_ff, norm=cfg.norm,
+                               norm_eps=tr.ln_f.eps, mlp=cfg.mlp, positions=cfg.positions,
+                               rope_theta=cfg.rope_theta, qk_norm=cfg.qk_norm, qk_norm_eps=1e-5)
+        layers = []
+        for i, b in enumerate(tr.h):
+            p = f"transformer.h.{i}."
+            w = {"norm1.weight": b.ln_1.weight, "norm1.bias": getattr(b.ln_1, "bias", None),
+                 "qkv.weight": q(p + "attn.c_attn.weight", b.attn.c_attn.weight), "qkv.bias": b.attn.c_attn.bias,
+                 "o.weight": q(p + "attn.c_proj.weight", b.attn.c_proj.weight), "o.bias": b.attn.c_proj.bias,
+                 "norm2.weight": b.ln_2.weight, "norm2.bias": getattr(b.ln_2, "bias", None),
+                 "up.weight": q(p + "mlp.c_fc.weight", b.mlp.c_fc.weight), "up.bias": b.mlp.c_fc.bias,
+                 "down.weight": q(p + "mlp.c_proj.weight", b.mlp.c_proj.weight), "down.bias": b.mlp.c_proj.bias}
+            if cfg.mlp == "swiglu":
+                w["gate.weight"], w["gate.bias"] = q(p + "mlp.c_gate.weight", b.mlp.c_gate.weight), b.mlp.c_gate.bias
+            if cfg.qk_norm:
+                w["q_norm.weight"], w["k_norm.weight"] = b.attn.q_norm.weight, b.attn.k_norm.weight
+            layers.append(w)
         head = q("lm_head.weight", self.lm_head.weight)
         return Decoder(options, layers, embed=tr.wte.weight, head=head, norm_weight=tr.ln_f.weight,
-                       norm_bias=tr.ln_f.bias, head_bias=self.lm_head.bias, pos_embed=tr.wpe.weight,
-                       hugepages=hugepages, weights=weights)
+                       norm_bias=getattr(tr.ln_f, "bias", None), head_bias=self.lm_head.bias,
+                       pos_embed=tr.wpe.weight if cfg.positions == "learned" else None,
+                       hugepages=hugepages, weights=weights, logit_softcap=cfg.logit_softcap)
 
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (keeps the first block_size position embeddings),
@@ -231,14 +350,15 @@ class GPT(LanguageModel):
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"crop_block_size: {block_size} is not in (0, {self.config.block_size}]")
         self.config.block_size = block_size
-        wpe = self.transformer.wpe
-        wpe.weight = nn.Parameter(F.getitem(wpe.weight.detach(), slice(0, block_size)).copy())
-        wpe.num_embeddings = block_size
+        if self.config.positions == "learned":
+            wpe = self.transformer.wpe
+            wpe.weight = nn.Parameter(F.getitem(wpe.weight.detach(), slice(0, block_size)).copy())
+            wpe.num_embeddings = block_size
 
     def kv_cache_shape(self):
         """(n_layer, n_head, head_size): one key and one value row per head and layer."""
         cfg = self.config
-        return cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head
+        return cfg.n_layer, cfg.n_head, cfg.head_size
 
     @classmethod
     def from_pretrained(cls, folder):
@@ -271,8 +391,8 @@ def _check_targets(targets, B, T):
     return targets
 
 
-def _checkpoint(block, x):
-    """block(x) without keeping the block's intermediate activations: the forward runs
+def _checkpoint(block, x, rope=None):
+    """block(x, rope) without keeping the block's intermediate activations: the forward runs
     under no_grad, and the backward re-runs it with grad on to get the gradients.
     x (B, T, C) -> (B, T, C). Dropout would draw different masks on the re-run, so the
     config must have dropout 0 (checked here)."""
@@ -281,7 +401,7 @@ def _checkpoint(block, x):
         raise ValueError("checkpoint_activations needs dropout 0 (the recomputed forward would "
                          "draw different dropout masks)")
     with no_grad():
-        out = block(x)
+        out = block(x, rope)
     if not (_C.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters()))):
         return out
 
@@ -289,7 +409,7 @@ def _checkpoint(block, x):
         with autograd.enable_grad():
             x_again = x.detach()
             x_again.requires_grad = x.requires_grad
-            y = block(x_again)
+            y = block(x_again, rope)
         # leaves of the inner graph: the block's parameters (their .grad accumulates here)
         # and x_again, whose .grad is this node's gradient for x
         autograd.backward(y, dy)
@@ -368,6 +488,12 @@ def config_to_hf(config, layer_norm_epsilon=1e-5):
     """A GPT2Config dict (config.json) for our GPTConfig."""
     if not config.bias:
         raise ValueError("save_pretrained: GPT-2 has biases; a GPT built with bias=False has no HF layout")
+    gpt2 = dict(norm="layernorm", positions="learned", mlp="gelu", d_ff=4 * config.n_embd, qk_norm=False,
+                logit_softcap=0.0)
+    other = [f"{k}={getattr(config, k)!r}" for k, v in gpt2.items() if getattr(config, k) != v]
+    if other:
+        raise ValueError(f"save_pretrained: GPT-2's HF layout has none of {', '.join(other)} (a minillm "
+                         f"checkpoint keeps them)")
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
