@@ -44,6 +44,7 @@ static void unary_generic(int op, const float *x, float *out, int64_t n) {
     case MLL_GELU: for (int64_t i = 0; i < n; i++) out[i] = mll_geluf(x[i]); break;
     case MLL_ABS: for (int64_t i = 0; i < n; i++) out[i] = fabsf(x[i]); break;
     case MLL_SIGMOID: for (int64_t i = 0; i < n; i++) out[i] = mll_sigmoidf(x[i]); break;
+    case MLL_RELU2: for (int64_t i = 0; i < n; i++) out[i] = x[i] <= 0.0f ? 0.0f : x[i] * x[i]; break;
     }
 }
 
@@ -61,6 +62,18 @@ static void unary_backward_generic(int op, const float *x, const float *y, const
         for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : x[i] < 0.0f ? -dy[i] : 0.0f;
         break;
     case MLL_SIGMOID: for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * y[i] * (1.0f - y[i]); break;
+    case MLL_RELU2: for (int64_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? 2.0f * x[i] * dy[i] : 0.0f; break;
+    }
+}
+
+static void softcap_generic(const float *x, float *out, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) out[i] = cap * tanhf(x[i] / cap);
+}
+
+static void softcap_backward_generic(const float *y, const float *dy, float *dx, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) {
+        float t = y[i] / cap;
+        dx[i] = dy[i] * (1.0f - t * t);
     }
 }
 
@@ -147,6 +160,16 @@ void mll_unary(int op, const float *x, float *out, int64_t n) {
     MLL_PARALLEL_CHUNKS(n, i0, len, f(op, x + i0, out + i0, len));
 }
 
+void mll_softcap(const float *x, float *out, int64_t n, float cap) {
+    void (*f)(const float *, float *, int64_t, float) = MLL_PICK(softcap);
+    MLL_PARALLEL_CHUNKS(n, i0, len, f(x + i0, out + i0, len, cap));
+}
+
+void mll_softcap_backward(const float *y, const float *dy, float *dx, int64_t n, float cap) {
+    void (*f)(const float *, const float *, float *, int64_t, float) = MLL_PICK(softcap_backward);
+    MLL_PARALLEL_CHUNKS(n, i0, len, f(y + i0, dy + i0, dx + i0, len, cap));
+}
+
 /* x, y, dy, dx: (n); y = f(x) from the forward. exp, sqrt, tanh and sigmoid read y;
  * log, relu, gelu and abs read x; neg reads neither. */
 void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n) {
@@ -196,7 +219,18 @@ static MLL_TARGET void FN(unary)(int op, const float *x, float *out, int64_t n) 
     case MLL_GELU: VLOOP1(x, out, v_gelu(v)); break;
     case MLL_ABS: VLOOP1(x, out, v_abs(v)); break;
     case MLL_SIGMOID: VLOOP1(x, out, v_sigmoid(v)); break;
+    case MLL_RELU2: VLOOP1(x, out, v_select(v_le(v, v_zero()), v_mul(v, v), v_zero())); break;
     }
+}
+
+static MLL_TARGET void FN(softcap)(const float *x, float *out, int64_t n, float cap) {
+    V vc = v_set1(cap), vi = v_set1(1.0f / cap);
+    VLOOP1(x, out, v_mul(vc, v_tanh(v_mul(v, vi))));
+}
+
+static MLL_TARGET void FN(softcap_backward)(const float *y, const float *dy, float *dx, int64_t n, float cap) {
+    V vi = v_set1(1.0f / cap);
+    VLOOP2(dy, y, dx, v_mul(va, v_fnmadd(v_mul(vb, vi), v_mul(vb, vi), v_set1(1.0f))));
 }
 
 static MLL_TARGET void FN(unary_backward)(int op, const float *x, const float *y, const float *dy,
@@ -216,6 +250,7 @@ static MLL_TARGET void FN(unary_backward)(int op, const float *x, const float *y
     case MLL_SIGMOID:
         VLOOP2(dy, y, dx, v_mul(v_mul(va, vb), v_sub(v_set1(1.0f), vb)));
         break;
+    case MLL_RELU2: VLOOP2(dy, x, dx, v_select(v_gt(vb, v_zero()), v_zero(), v_mul(v_add(vb, vb), va))); break;
     }
 }
 

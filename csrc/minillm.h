@@ -64,11 +64,16 @@ void mll_binary_strided(int op, int ndim, const int64_t *shape, const float *a, 
                         const float *b, const int64_t *bstr, float *out);
 
 enum { MLL_NEG = 0, MLL_EXP = 1, MLL_LOG = 2, MLL_SQRT = 3, MLL_TANH = 4, MLL_RELU = 5,
-       MLL_GELU = 6, MLL_ABS = 7, MLL_SIGMOID = 8 };
-/* out[i] = f(x[i]). GELU is the tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+       MLL_GELU = 6, MLL_ABS = 7, MLL_SIGMOID = 8, MLL_RELU2 = 9 };
+/* out[i] = f(x[i]). GELU is the tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)));
+ * RELU2 is relu(x)^2 */
 void mll_unary(int op, const float *x, float *out, int64_t n);
 /* dx[i] = dy[i] * f'(x[i]); y = f(x) is passed too (exp, sqrt, tanh, sigmoid use it). */
 void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n);
+/* out[i] = cap tanh(x[i] / cap) (the logit soft-cap), and its backward from y = the forward's
+ * out: dx[i] = dy[i] (1 - (y[i] / cap)^2). cap > 0. */
+void mll_softcap(const float *x, float *out, int64_t n, float cap);
+void mll_softcap_backward(const float *y, const float *dy, float *dx, int64_t n, float cap);
 
 /* ---------------------------------------------------------------- blas1.c */
 void mll_fill(float *x, float v, int64_t n);
@@ -373,6 +378,19 @@ void mll_rope_forward(float *x, int64_t ldx, const float *cos_t, const float *si
 /* The backward of mll_rope_forward, in place on dx (same layout and table): rotated back. */
 void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                        int64_t n_head, int64_t d);
+/* The q and k heads of fused projection rows (B T, ld), q the first nq heads of d floats of a
+ * row and k the next nk, in place: RMS-normed per head by gains qw, kw (d) (skipped when qw is
+ * NULL; rstd (B T, nq + nk) written), then rotated by row t of cos_t, sin_t (skipped when cos_t
+ * is NULL); the rest of a row (v) untouched. */
+void mll_qk_rope_forward(float *qkv, int64_t ld, int64_t B, int64_t T, int64_t nq, int64_t nk, int64_t d,
+                         const float *cos_t, const float *sin_t, const float *qw, const float *kw, float eps,
+                         float *rstd);
+/* Its backward in place on dqkv (B T, ld) (q and k heads; v untouched), from the forward's
+ * input x (B T, ld) and rstd; dqw, dkw (d) written when qw is not NULL. 0, or -1 when out of
+ * memory. */
+int mll_qk_rope_backward(float *dqkv, const float *x, int64_t ld, int64_t B, int64_t T, int64_t nq, int64_t nk,
+                         int64_t d, const float *cos_t, const float *sin_t, const float *qw, const float *kw,
+                         const float *rstd, float *dqw, float *dkw);
 
 /* ---------------------------------------------------------------- silu.c */
 /* y (n) = silu(g) * u = g sigmoid(g) u: the gated product of a SwiGLU MLP. y may be g or u. */

@@ -535,9 +535,8 @@ def relu(x):
 
 
 def relu_squared(x):
-    """relu(x)^2, elementwise (So et al., 2021: the Primer MLP). Float32."""
-    r = relu(x)
-    return mul(r, r)
+    """relu(x)^2, elementwise (So et al., 2021: the Primer MLP), in one pass. Float32."""
+    return _unary("relu2", _C.relu2, x)
 
 
 def softcap(x, cap):
@@ -545,7 +544,14 @@ def softcap(x, cap):
     soft-capping). cap > 0. Float32."""
     if not cap > 0:
         raise ValueError(f"softcap: cap must be > 0, got {cap!r}")
-    return mul(tanh(mul(x, 1.0 / cap)), float(cap))
+    y = _C.softcap(x, cap)
+    if _grad_on() and x.requires_grad:
+        y_saved = y.detach()
+
+        def backward(dy):
+            return (_C.softcap(x, cap, y_saved, dy),)
+        _record(y, backward, x)
+    return y
 
 
 def gelu(x, approximate="none"):
@@ -1100,7 +1106,7 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
 # ================================================================= Llama-family ops
 # RMSNorm, rotary position embeddings and the SwiGLU gate (csrc/rmsnorm.c, rope.c, silu.c),
 # each forward beside its backward, as the Llama family (models/llama.py) trains with them.
-__all__ += ["rms_norm", "rotary", "silu", "silu_mul"]
+__all__ += ["rms_norm", "rotary", "qk_norm_rotary", "silu", "silu_mul"]
 
 
 def rms_norm(x, weight=None, eps=1e-6):
@@ -1128,6 +1134,23 @@ def rotary(x, cos, sin):
         def backward(dy):
             return (_C.rope(dy, cos, sin, True),)
         _record(y, backward, x)
+    return y
+
+
+def qk_norm_rotary(qkv, n_head, cos=None, sin=None, q_weight=None, k_weight=None, eps=1e-5):
+    """The q and k of a fused projection qkv (B, T, 3 C) (q, k, v side by side, n_head heads
+    each, as GPT's c_attn gives them), in one pass: each head of q and k RMS-normed by its gain
+    q_weight or k_weight (hs) (both None: no norm), then rotated by the table rows cos, sin
+    (T, hs / 2) (both None: no rotation). Returns a new (B, T, 3 C) tensor, v as it was, ready
+    for causal_self_attention. Backward: one pass too (rotated back, then the norm's backward)."""
+    y, rstd = _C.qk_rope(qkv, n_head, cos, sin, q_weight, k_weight, eps)
+    if _grad_on():
+        gx, gq, gk = _rg(qkv), _rg(q_weight), _rg(k_weight)
+        if gx or gq or gk:
+            def backward(dy):
+                dx, dq, dk = _C.qk_rope_backward(dy, qkv, n_head, cos, sin, q_weight, k_weight, rstd)
+                return dx if gx else None, dq if gq else None, dk if gk else None
+            _record(y, backward, qkv if gx else None, q_weight if gq else None, k_weight if gk else None)
     return y
 
 

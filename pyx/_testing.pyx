@@ -40,8 +40,8 @@ cdef int follow_core() except -1:
 
 OP_ADD, OP_SUB, OP_MUL, OP_DIV = C.MLL_ADD, C.MLL_SUB, C.MLL_MUL, C.MLL_DIV
 (UN_NEG, UN_EXP, UN_LOG, UN_SQRT, UN_TANH, UN_RELU, UN_GELU, UN_ABS,
- UN_SIGMOID) = (C.MLL_NEG, C.MLL_EXP, C.MLL_LOG, C.MLL_SQRT, C.MLL_TANH, C.MLL_RELU, C.MLL_GELU,
-                C.MLL_ABS, C.MLL_SIGMOID)
+ UN_SIGMOID, UN_RELU2) = (C.MLL_NEG, C.MLL_EXP, C.MLL_LOG, C.MLL_SQRT, C.MLL_TANH, C.MLL_RELU, C.MLL_GELU,
+                          C.MLL_ABS, C.MLL_SIGMOID, C.MLL_RELU2)
 DT_F32, DT_I32, DT_I64, DT_BF16, DT_U8, DT_U16 = (C.MLL_F32, C.MLL_I32, C.MLL_I64, C.MLL_BF16,
                                                   C.MLL_U8, C.MLL_U16)
 _DT_SIZE = {C.MLL_F32: 4, C.MLL_I32: 4, C.MLL_I64: 8, C.MLL_BF16: 2, C.MLL_U8: 1, C.MLL_U16: 2}
@@ -151,7 +151,7 @@ def k_binary_strided(int op, a, b, out):
 def k_unary(int op, const float[::1] x, float[::1] out):
     """out (n) = f(x) (n), f one of the UN_* ops."""
     follow_core()
-    _check_op(op, 9, "unary")
+    _check_op(op, 10, "unary")
     _same1("out", x.shape[0], out.shape[0], "x")
     with nogil:
         C.mll_unary(op, &x[0], &out[0], x.shape[0])
@@ -160,7 +160,7 @@ def k_unary(int op, const float[::1] x, float[::1] out):
 def k_unary_backward(int op, const float[::1] x, const float[::1] y, const float[::1] dy, float[::1] dx):
     """dx (n) = dy (n) * f'(x) (n), y = f(x) (n)."""
     follow_core()
-    _check_op(op, 9, "unary")
+    _check_op(op, 10, "unary")
     _same1("y", x.shape[0], y.shape[0], "x")
     _same1("dy", x.shape[0], dy.shape[0], "x")
     _same1("dx", x.shape[0], dx.shape[0], "x")

@@ -11,7 +11,7 @@ _BINOP_NAMES = {C.MLL_ADD: "add", C.MLL_SUB: "sub", C.MLL_MUL: "mul", C.MLL_DIV:
 
 _UNARY_CODES = {"neg": C.MLL_NEG, "exp": C.MLL_EXP, "log": C.MLL_LOG, "sqrt": C.MLL_SQRT,
                 "tanh": C.MLL_TANH, "relu": C.MLL_RELU, "gelu": C.MLL_GELU, "abs": C.MLL_ABS,
-                "sigmoid": C.MLL_SIGMOID}
+                "sigmoid": C.MLL_SIGMOID, "relu2": C.MLL_RELU2}
 
 
 cdef object route_binary(int op, object a, object b):
@@ -211,6 +211,32 @@ def relu(Tensor x):
 def gelu(Tensor x):
     """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     return unary_op(C.MLL_GELU, x)
+
+
+def relu2(Tensor x):
+    """relu(x)^2 (NaN stays NaN)."""
+    return unary_op(C.MLL_RELU2, x)
+
+
+def softcap(Tensor x, float cap, Tensor y=None, Tensor dy=None):
+    """cap tanh(x / cap), elementwise; with y (the forward's output) and dy: the backward,
+    dy (1 - (y / cap)^2). cap > 0."""
+    if not cap > 0:
+        raise ValueError(f"softcap: cap must be > 0, got {cap}")
+    x = as_contig(as_f32(x, "softcap"))
+    cdef Tensor out = new_like_shape(x, C.MLL_F32)
+    cdef int64_t n = numel(x)
+    if y is None and dy is None:
+        with nogil:
+            C.mll_softcap(fptr(x), fptr(out), n, cap)
+        return out
+    if y is None or dy is None:
+        raise ValueError("softcap: the backward takes both y and dy")
+    y = as_f32_shaped(y, "softcap backward output", x.shape)
+    dy = as_f32_shaped(dy, "softcap backward gradient", x.shape)
+    with nogil:
+        C.mll_softcap_backward(fptr(y), fptr(dy), fptr(out), n, cap)
+    return out
 
 
 def abs(Tensor x):

@@ -42,8 +42,11 @@ cdef extern from "minillm.h" nogil:
         MLL_GELU
         MLL_ABS
         MLL_SIGMOID
+        MLL_RELU2
     void mll_unary(int op, const float *x, float *out, int64_t n)
     void mll_unary_backward(int op, const float *x, const float *y, const float *dy, float *dx, int64_t n)
+    void mll_softcap(const float *x, float *out, int64_t n, float cap)
+    void mll_softcap_backward(const float *y, const float *dy, float *dx, int64_t n, float cap)
 
     # blas1.c
     void mll_fill(float *x, float v, int64_t n)
@@ -177,6 +180,12 @@ cdef extern from "minillm.h" nogil:
                           int64_t n_head, int64_t d)
     void mll_rope_backward(float *dx, int64_t ldx, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                            int64_t n_head, int64_t d)
+    void mll_qk_rope_forward(float *qkv, int64_t ld, int64_t B, int64_t T, int64_t nq, int64_t nk, int64_t d,
+                             const float *cos_t, const float *sin_t, const float *qw, const float *kw, float eps,
+                             float *rstd)
+    int mll_qk_rope_backward(float *dqkv, const float *x, int64_t ld, int64_t B, int64_t T, int64_t nq, int64_t nk,
+                             int64_t d, const float *cos_t, const float *sin_t, const float *qw, const float *kw,
+                             const float *rstd, float *dqw, float *dkw)
 
     # silu.c
     void mll_silu_mul_forward(const float *g, const float *u, float *y, int64_t n)

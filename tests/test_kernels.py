@@ -172,7 +172,7 @@ def _gelu_grad64(x):
 NP_UNARY = {
     _testing.UN_NEG: np.negative, _testing.UN_EXP: np.exp, _testing.UN_LOG: np.log, _testing.UN_SQRT: np.sqrt,
     _testing.UN_TANH: np.tanh, _testing.UN_RELU: lambda x: np.maximum(x, 0.0), _testing.UN_GELU: _gelu64,
-    _testing.UN_ABS: np.abs, _testing.UN_SIGMOID: _sigmoid64,
+    _testing.UN_ABS: np.abs, _testing.UN_SIGMOID: _sigmoid64, _testing.UN_RELU2: lambda x: np.maximum(x, 0.0) ** 2,
 }
 POSITIVE_ONLY = {_testing.UN_LOG, _testing.UN_SQRT}
 
@@ -226,6 +226,7 @@ def test_vector_math_handles_inf_nan_and_extremes():
         _testing.UN_SQRT: [0.0, inf, nan, -1.0, 1e-45],
         _testing.UN_RELU: [-inf, inf, nan, 0.0, -1.0, 2.0],
         _testing.UN_ABS: [-inf, inf, nan, -0.0, -3.0],
+        _testing.UN_RELU2: [-inf, inf, nan, 0.0, -1.0, 2.0, 1e20],
     }
     for op, vals in cases.items():
         # put the specials both in a vector body and in a tail
@@ -240,7 +241,7 @@ def test_vector_math_handles_inf_nan_and_extremes():
 def test_unary_backward_matches_formula_and_finite_differences(op):
     for n in SIZES:
         x = _unary_input(op, n, n + 1)
-        if op in (_testing.UN_RELU, _testing.UN_ABS):
+        if op in (_testing.UN_RELU, _testing.UN_ABS, _testing.UN_RELU2):
             x[np.abs(x) < 1e-2] = 0.5  # keep away from the kink for finite differences
         y = _unary(op, x)
         dy = rand(n, n + 2)
@@ -263,6 +264,21 @@ def test_relu_and_abs_backward_are_zero_at_zero():
     np.testing.assert_array_equal(dx, [0, 0, 1, 0])
     _testing.k_unary_backward(_testing.UN_ABS, x, np.abs(x), dy, dx)
     np.testing.assert_array_equal(dx, [0, 0, 1, -1])
+
+
+@pytest.mark.parametrize("cap", [1.0, 15.0, 30.0])
+def test_softcap_matches_numpy_float64(cap):
+    for n in SIZES:
+        x = rand(n, n, 40.0)
+        y = both_threads(lambda: _C.softcap(_C.from_numpy(x), cap).numpy())
+        ref = cap * np.tanh(x.astype(np.float64) / cap)
+        assert_rel(y, ref, 4 * MATH_RTOL, 1e-30, what=f"softcap n {n}")
+        dy = rand(n, n + 1)
+        dx = both_threads(lambda: _C.softcap(_C.from_numpy(x), cap, _C.from_numpy(y), _C.from_numpy(dy)).numpy())
+        # 1 - t^2 cancels near saturation: an absolute bound of a few ulps of 1, times |dy|
+        assert_rel(dx, dy * (1 - (y.astype(np.float64) / cap) ** 2), 1e-5, 1e-6, what=f"softcap backward n {n}")
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        _C.softcap(_C.zeros((3,)), 0.0)
 
 
 # ------------------------------------------------------------------------- blas1

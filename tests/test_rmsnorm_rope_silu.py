@@ -181,3 +181,74 @@ def test_rmsnorm_module_matches_torch():
     (ref(xr) * xr).sum().backward()
     np.testing.assert_allclose(np.array(xt.grad), xr.grad.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.array(ours.weight.grad), ref.weight.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- fused q/k norm + rotation
+def qk_rope_ref(qkv, nh, cos, sin, qw, kw, eps=1e-5):
+    """The fused op by its definition, float64: per-head RMSNorm of q and k, then rotate half."""
+    B, T, C3 = qkv.shape
+    hs = C3 // (3 * nh)
+    x = qkv.astype(np.float64).reshape(B, T, 3, nh, hs).copy()
+    for i, w in ((0, qw), (1, kw)):
+        h = x[:, :, i]
+        if w is not None:
+            h = h / np.sqrt((h * h).mean(-1, keepdims=True) + eps) * w
+        if cos is not None:
+            a, b = h[..., :hs // 2], h[..., hs // 2:]
+            c, s = cos[None, :, None].astype(np.float64), sin[None, :, None].astype(np.float64)
+            h = np.concatenate([a * c - b * s, b * c + a * s], -1)
+        x[:, :, i] = h
+    return x.reshape(B, T, C3)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize("rotate", [True, False])
+@pytest.mark.parametrize("B, T, nh, hs", [(1, 1, 1, 2), (2, 5, 3, 8), (3, 70, 4, 32)])
+def test_qk_norm_rotary_forward_and_backward(B, T, nh, hs, norm, rotate):
+    qkv = rand((B, T, 3 * nh * hs), 1)
+    cos, sin = (np.asarray(x.numpy()) for x in rope_table(rope_inv_freq(hs, 10000.0), T)) if rotate else (None, None)
+    qw, kw = (rand((hs,), 2) + 1.0, rand((hs,), 3) + 1.0) if norm else (None, None)
+    tt = lambda a: None if a is None else t(a)  # noqa: E731
+    y, = both_threads(lambda: (_C.qk_rope(t(qkv), nh, tt(cos), tt(sin), tt(qw), tt(kw))[0].numpy(),))
+    np.testing.assert_allclose(y, qk_rope_ref(qkv, nh, cos, sin, qw, kw), rtol=1e-5, atol=1e-5)
+    # backward against the composite autograd ops (F.rms_norm, F.rotary), which are tested on their own
+    dy = rand((B, T, 3 * nh * hs), 4)
+    x = t(qkv)
+    x.requires_grad = True
+    wq, wk = (tt(qw), tt(kw))
+    for w in (wq, wk):
+        if w is not None:
+            w.requires_grad = True
+    F.qk_norm_rotary(x, nh, tt(cos), tt(sin), wq, wk).backward(t(dy))
+    got = [x.grad.numpy()] + ([wq.grad.numpy(), wk.grad.numpy()] if norm else [])
+    x2 = t(qkv)
+    x2.requires_grad = True
+    parts = F.reshape(x2, (B, T, 3, nh, hs))
+    q, k, v = (F.getitem(parts, (slice(None), slice(None), i)) for i in range(3))
+    wq2, wk2 = tt(qw), tt(kw)
+    if norm:
+        wq2.requires_grad = wk2.requires_grad = True
+        q, k = F.rms_norm(q, wq2, 1e-5), F.rms_norm(k, wk2, 1e-5)
+    if rotate:
+        q, k = F.rotary(q, t(cos), t(sin)), F.rotary(k, t(cos), t(sin))
+    F.reshape(F.stack([q, k, v], axis=2), (B, T, 3 * nh * hs)).backward(t(dy))
+    want = [x2.grad.numpy()] + ([wq2.grad.numpy(), wk2.grad.numpy()] if norm else [])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    # thread counts give the same bits for the backward too
+    both_threads(lambda: _C.qk_rope_backward(t(dy), t(qkv), nh, tt(cos), tt(sin), tt(qw), tt(kw),
+                                             _C.qk_rope(t(qkv), nh, tt(cos), tt(sin), tt(qw), tt(kw))[1]))
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(shape=(2, 3, 10), nh=2), "3 C"),
+    (dict(shape=(2, 3, 12), nh=2, cos=(3, 1), sin=None), "together"),
+    (dict(shape=(2, 3, 12), nh=2, cos=(4, 1), sin=(4, 1)), "cos, sin must be"),
+    (dict(shape=(2, 3, 18), nh=2, cos=(3, 1), sin=(3, 1)), "even head size"),
+    (dict(shape=(2, 3, 12), nh=2, qw=(3,), kw=(2,)), "q_weight, k_weight must be"),
+])
+def test_qk_rope_checks_its_arguments(args, match):
+    z = lambda s: None if s is None else _C.zeros(s)  # noqa: E731
+    with pytest.raises(ValueError, match=match):
+        _C.qk_rope(_C.zeros(args["shape"]), args["nh"], z(args.get("cos")), z(args.get("sin")), z(args.get("qw")),
+                   z(args.get("kw")))

@@ -157,15 +157,10 @@ class CausalSelfAttention(nn.Module):
 
     def _norm_and_rotate(self, qkv, rope):
         """qkv (B, T, 3C) with q and k normed per head (qk_norm) and rotated (rope), v as it was."""
-        B, T, C3 = qkv.shape
-        nh = self.n_head
-        parts = F.reshape(qkv, (B, T, 3, nh, C3 // (3 * nh)))
-        q, k, v = (F.getitem(parts, (slice(None), slice(None), i)) for i in range(3))   # (B, T, nh, hs)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = F.rotary(q, *rope), F.rotary(k, *rope)
-        return F.reshape(F.stack([q, k, v], axis=2), (B, T, C3))
+        cos, sin = rope if rope is not None else (None, None)
+        norms = hasattr(self, "q_norm")
+        return F.qk_norm_rotary(qkv, self.n_head, cos, sin, self.q_norm.weight if norms else None,
+                                self.k_norm.weight if norms else None, eps=1e-5)
 
 
 class MLP(nn.Module):

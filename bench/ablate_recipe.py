@@ -1,0 +1,134 @@
+"""The small-model recipe at equal wall time: each change alone on top of the demo's config, and
+the combinations, every run the same time budget on the demo's corpus, then the validation bits
+per byte over the whole validation split and the steps done.
+
+    python bench/ablate_recipe.py                       # every variant, one after the other
+    python bench/ablate_recipe.py --only baseline muon  # some of them
+    python bench/ablate_recipe.py --parallel 2 --threads 1   # two at a time, a core each
+
+Needs the demo's token folder (`make demo` makes it; --data for another). Each run is
+`minillm train --config configs/shakespeare-gpt-mini.json` with the variant's options on top,
+in runs/ablate/<variant>/ (--out). Prints a Markdown table (and writes it to
+runs/ablate/results.md): run-to-run noise on a shared machine is a few hundredths of a bit per
+byte, so read small differences as ties.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "shakespeare-gpt-mini.json")
+
+# the recipe, each change as the options it sets (model fields go to --model-args)
+RECIPE = {
+    "rotary": {"model": {"positions": "rotary"}},
+    "rmsnorm": {"model": {"norm": "rmsnorm"}},
+    "relu2": {"model": {"mlp": "relu2"}},
+    "swiglu": {"model": {"mlp": "swiglu", "d_ff": 344}},     # 3 matrices of 8/3 C: the GELU MLP's parameters
+    "qk_norm": {"model": {"qk_norm": True}},
+    "untied": {"model": {"tie_weights": False}},
+    "zero_init": {"model": {"zero_init_proj": True}},
+    "softcap": {"model": {"logit_softcap": 30.0}},
+    "no_bias": {"model": {"bias": False}},
+    "bf16": {"train": {"dtype": "bf16"}},
+    "muon": {"train": {"optimizer": "muon"}},
+}
+
+
+def combine(*names, **extra):
+    out = {"model": {}, "train": {}}
+    for n in names:
+        for part in ("model", "train"):
+            out[part].update(RECIPE[n].get(part, {}))
+    for k, v in extra.items():
+        out["model" if k in ("n_layer", "n_embd", "n_head", "d_ff", "block_size") else "train"][k] = v
+    return out
+
+
+MODERN = ("rotary", "rmsnorm", "relu2", "qk_norm", "untied", "zero_init", "softcap", "no_bias", "muon")
+VARIANTS = {"baseline": {}}
+VARIANTS.update(RECIPE)
+VARIANTS["all"] = combine(*MODERN)
+VARIANTS["all-w192"] = combine(*MODERN, n_embd=192, n_head=6)
+VARIANTS["all-w256"] = combine(*MODERN, n_embd=256, n_head=8)
+VARIANTS["all-d6"] = combine(*MODERN, n_layer=6)
+
+
+def run(name, variant, args):
+    out = os.path.join(args.out, name)
+    cmd = [sys.executable, "-m", "minillm", "train", "--config", CONFIG, "--out-dir", out,
+           "--data", args.data, "--time-budget", str(args.budget), "--num-threads", str(args.threads),
+           "--sample-tokens", "0", "--progress", "none", "--checkpoint-interval", "0"]
+    model = dict(variant.get("model", {}))
+    for k in ("n_layer", "n_embd", "n_head"):
+        if k in model:
+            cmd += [f"--{k.replace('_', '-')}", str(model.pop(k))]
+    if model:
+        cmd += ["--model-args", json.dumps(model)]
+    for k, v in variant.get("train", {}).items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    if os.path.isdir(out):
+        subprocess.run(["rm", "-rf", out], check=True)
+    log = open(out + ".log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def result(name, args):
+    path = os.path.join(args.out, name, "metrics.jsonl")
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    evals = [r for r in rows if "val_bpb" in r]
+    if not evals:
+        return None
+    last = evals[-1]
+    return {"variant": name, "val_bpb": last["val_bpb"], "steps": last["step"], "seconds": last["elapsed"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="variants to run (default: all)")
+    ap.add_argument("--data", default=os.path.join(ROOT, "data", "shakespeare", "tokens-4096"))
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds of training per run")
+    ap.add_argument("--threads", type=int, default=2, help="threads per run")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablate"))
+    ap.add_argument("--report", action="store_true", help="only print the table of finished runs")
+    args = ap.parse_args()
+    names = args.only or list(VARIANTS)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.report:
+        todo, running = list(names), []
+        while todo or running:
+            while todo and len(running) < args.parallel:
+                n = todo.pop(0)
+                print(f"{time.strftime('%H:%M:%S')} {n}: {json.dumps(VARIANTS[n])}", flush=True)
+                running.append((n, run(n, VARIANTS[n], args)))
+            time.sleep(1)
+            for n, p in list(running):
+                if p.poll() is not None:
+                    running.remove((n, p))
+                    print(f"{time.strftime('%H:%M:%S')} {n}: exit {p.returncode} {result(n, args)}", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    lines = [f"CPU: {cpu}; {args.threads} thread(s) per run, {args.parallel} run(s) at a time, "
+             f"{args.budget:.0f} s of training each", "",
+             "| variant | val bits/byte | steps | vs baseline |", "|---|---|---|---|"]
+    base = result("baseline", args)
+    for n in names:
+        r = result(n, args)
+        if r is None:
+            lines.append(f"| {n} | (no result) | | |")
+            continue
+        delta = f"{r['val_bpb'] - base['val_bpb']:+.3f}" if base else ""
+        lines.append(f"| {n} | {r['val_bpb']:.3f} | {r['steps']} | {delta} |")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
