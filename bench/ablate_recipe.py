@@ -6,7 +6,9 @@ per byte over the whole validation split and the steps done.
     python bench/ablate_recipe.py --only baseline muon  # some of them
     python bench/ablate_recipe.py --parallel 2 --threads 1   # two at a time, a core each
 
-Needs the demo's token folder (`make demo` makes it; --data for another). Each run is
+Needs the demo's token folder (`make demo` makes it; --data for another); the vocabulary
+variants need tokens-2048 and tokens-8192 beside it (`minillm tokenizer train` + `data prepare`
+as the Makefile's demo does for 4096). Each run is
 `minillm train --config configs/shakespeare-gpt-mini.json` with the variant's options on top,
 in runs/ablate/<variant>/ (--out). Prints a Markdown table (and writes it to
 runs/ablate/results.md): run-to-run noise on a shared machine is a few hundredths of a bit per
@@ -45,7 +47,10 @@ def combine(*names, **extra):
         for part in ("model", "train"):
             out[part].update(RECIPE[n].get(part, {}))
     for k, v in extra.items():
-        out["model" if k in ("n_layer", "n_embd", "n_head", "d_ff", "block_size") else "train"][k] = v
+        if k == "vocab":        # another tokenizer: the token folder tokens-<vocab> beside the default one
+            out["vocab"] = v
+        else:
+            out["model" if k in ("n_layer", "n_embd", "n_head", "d_ff", "block_size") else "train"][k] = v
     return out
 
 
@@ -56,13 +61,23 @@ VARIANTS["all"] = combine(*MODERN)
 VARIANTS["all-w192"] = combine(*MODERN, n_embd=192, n_head=6)
 VARIANTS["all-w256"] = combine(*MODERN, n_embd=256, n_head=8)
 VARIANTS["all-d6"] = combine(*MODERN, n_layer=6)
+VARIANTS["all-v2048"] = combine(*MODERN, vocab=2048)
+VARIANTS["all-v8192"] = combine(*MODERN, vocab=8192)
+VARIANTS["all-muon-lr04"] = combine(*MODERN, muon_lr=0.04)
 
 
 def run(name, variant, args):
     out = os.path.join(args.out, name)
+    data = args.data
+    if "vocab" in variant:
+        data = os.path.join(os.path.dirname(args.data.rstrip("/")), f"tokens-{variant['vocab']}")
     cmd = [sys.executable, "-m", "minillm", "train", "--config", CONFIG, "--out-dir", out,
-           "--data", args.data, "--time-budget", str(args.budget), "--num-threads", str(args.threads),
+           "--data", data, "--num-threads", str(args.threads),
            "--sample-tokens", "0", "--progress", "none", "--checkpoint-interval", "0"]
+    if args.steps:      # equal steps: the cosine over that many steps, no time budget
+        cmd += ["--time-budget", "0", "--max-steps", str(args.steps)]
+    else:
+        cmd += ["--time-budget", str(args.budget)]
     model = dict(variant.get("model", {}))
     for k in ("n_layer", "n_embd", "n_head"):
         if k in model:
@@ -92,6 +107,9 @@ def main():
     ap.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="variants to run (default: all)")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "shakespeare", "tokens-4096"))
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of training per run")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="equal steps instead of equal time: this many steps per run (a load-independent "
+                         "view of what each change does per step)")
     ap.add_argument("--threads", type=int, default=2, help="threads per run")
     ap.add_argument("--parallel", type=int, default=1, help="runs at a time")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "ablate"))
@@ -113,17 +131,17 @@ def main():
                     print(f"{time.strftime('%H:%M:%S')} {n}: exit {p.returncode} {result(n, args)}", flush=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
-    lines = [f"CPU: {cpu}; {args.threads} thread(s) per run, {args.parallel} run(s) at a time, "
-             f"{args.budget:.0f} s of training each", "",
-             "| variant | val bits/byte | steps | vs baseline |", "|---|---|---|---|"]
+    each = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s of training"
+    lines = [f"CPU: {cpu}; {args.threads} thread(s) per run, {args.parallel} run(s) at a time, {each} each", "",
+             "| variant | val bits/byte | steps | seconds | vs baseline |", "|---|---|---|---|---|"]
     base = result("baseline", args)
     for n in names:
         r = result(n, args)
         if r is None:
-            lines.append(f"| {n} | (no result) | | |")
+            lines.append(f"| {n} | (no result) | | | |")
             continue
         delta = f"{r['val_bpb'] - base['val_bpb']:+.3f}" if base else ""
-        lines.append(f"| {n} | {r['val_bpb']:.3f} | {r['steps']} | {delta} |")
+        lines.append(f"| {n} | {r['val_bpb']:.3f} | {r['steps']} | {r['seconds']:.0f} | {delta} |")
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(args.out, "results.md"), "w") as f:
