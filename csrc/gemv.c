@@ -54,6 +54,7 @@ typedef struct {
     const float *f;          /* x (K) */
     const int8_t *q;         /* x quantized per group (int8 matrices only) */
     const float *s;          /* its scales, one per group */
+    const int32_t *c;        /* for rows_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
 /* the same for two rows of x at once, each weight loaded once for both: out (row i at
@@ -154,14 +155,14 @@ static float sum_generic(const float *x, int64_t n) {
 /* int8 bytes one vector step of rows_q8 takes (a group must be a whole number of them) */
 static const int64_t q8_unit_generic = 1;
 
-static dots_fn pick_dots(const mll_matrix *W);
+static dots_fn pick_dots(const mll_matrix *W, int vnni);
 
 /* Two rows of x over bf16 or int8 weights: each group of 4 weight rows dotted with one row of
  * x, then with the other, while it sits in L1 (the same calls as for each row alone, so the
  * same sums). */
 static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
                            int64_t ldo) {
-    dots_fn f = pick_dots(W);
+    dots_fn f = pick_dots(W, x[0].c != NULL);
     for (int64_t r = 0; r < n; r += 4) {
         int64_t c = n - r < 4 ? n - r : 4;
         f(&x[0], W, row0 + r, K, c, out + r);
@@ -172,7 +173,17 @@ static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int
 /* the two-row form: float32 loads each weight vector once for both rows (rows2) */
 static dots2_fn pick_dots2(const mll_matrix *W) { return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours; }
 
-static dots_fn pick_dots(const mll_matrix *W) {
+/* W can go through rows_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
+static int vnni_fits(const mll_matrix *W) { return W->data && W->dtype == MLL_I8 && W->group % 64 == 0; }
+
+/* vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
+ * meanwhile, and rows_q8_vnni must run only where it filled in xrow.c) */
+static dots_fn pick_dots(const mll_matrix *W, int vnni) {
+#if defined(MLL_X86)
+    if (vnni && vnni_fits(W)) return rows_q8_vnni;
+#else
+    (void)vnni;
+#endif
     switch (W->dtype) {
     case MLL_BF16: return MLL_PICK(rows_bf16);
     case MLL_I8: return W->group % MLL_PICK(q8_unit) ? rows_q8_generic : MLL_PICK(rows_q8);
@@ -219,6 +230,7 @@ typedef struct {
     float *y;
     const int8_t *xq;               /* x quantized for int8 matrices (quantize_x), or NULL */
     const float *xs;
+    const int32_t *xc;              /* xq's VNNI correction (xrow.c), or NULL */
     int64_t xgroup;                 /* the group xq is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
@@ -246,7 +258,8 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
             xrow xr[2];
             for (int i = 0; i < nx; i++)
                 xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
-                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL};
+                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL,
+                               job->xc ? job->xc + (m + i) * (K / 4) : NULL};
             if (nx == 2 && sg->pair) sg->pair(xr, &sg->W, j, K, n, d[0], ROWS_PER_PASS);
             else
                 for (int i = 0; i < nx; i++) sg->dots(&xr[i], &sg->W, j, K, n, d[i]);
@@ -452,17 +465,22 @@ static _Thread_local struct {
 static int linear_run(linear_job *job, int64_t weights) {
     job->seg_g0[0] = 0;
     job->xq = NULL;
+    job->xc = NULL;
+    int vnni = 0;
+    for (int s = 0; s < job->nseg; s++) vnni |= vnni_fits(&job->seg[s].W) || vnni_fits(&job->seg[s].W2);
+    vnni = vnni && job->M > 0 && mll_vnni_active();
     for (int s = 0; s < job->nseg; s++) {
         linear_seg *sg = &job->seg[s];
-        sg->dots = pick_dots(&sg->W);
-        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
+        sg->dots = pick_dots(&sg->W, vnni);
+        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2, vnni) : NULL;
         sg->pair = pick_dots2(&sg->W);
         sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
         else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
         else continue;
         if (job->xq || job->M <= 0) continue;
-        size_t need = (size_t)(job->M * job->K) + (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
+        size_t need = (size_t)(job->M * job->K) * (vnni ? 2 : 1) +
+                      (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
         if (need > xq_buf.nbytes) {
             if (xq_buf.p) mll_free(xq_buf.p, xq_buf.nbytes);
             xq_buf.p = mll_alloc(need);
@@ -474,6 +492,12 @@ static int linear_run(linear_job *job, int64_t weights) {
         quantize_x(job->x, xq, xs, job->M, job->K, job->xgroup);
         job->xq = xq;
         job->xs = xs;
+        if (vnni) {               /* after xs (4-byte aligned) and xq (M K bytes, K % 64 == 0) */
+            int32_t *xc = (int32_t *)(xq + job->M * job->K);
+            for (int64_t i = 0; i < job->M * job->K / 4; i++)
+                xc[i] = -128 * (xq[4 * i] + xq[4 * i + 1] + xq[4 * i + 2] + xq[4 * i + 3]);
+            job->xc = xc;
+        }
     }
     for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
     int64_t groups = job->seg_g0[job->nseg];
@@ -859,6 +883,69 @@ static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t r
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
 }
+
+#if MLL_VEC == 512
+/* int8 rows on AVX512-VNNI (used where mll_vnni_active()). VPDPBUSD (Intel SDM vol. 2,
+ * "VPDPBUSD") multiplies 64 unsigned bytes by 64 signed ones and adds each 4 neighbouring
+ * products to an int32 lane, the work of maddubs + madd + add in one instruction. It wants one
+ * operand unsigned: the weight's top bit is flipped (w ^ 0x80 is w + 128 as a byte), and the lane
+ * starts from x's correction (xrow.c: -128 x the sum of the lane's 4 bytes of xq), so it ends at
+ * exactly the int32 sum of wq * xq that q8_madd's lane holds (|(w + 128) x| <= 255 * 127: no
+ * overflow). Scales, accumulators and order are dot_vec_q8's, so the results are the same bits. */
+static inline MLL_AVX512_VNNI __m512i q8_dpbusd(__m512i acc, const int8_t *w, const int8_t *x, const int32_t *c) {
+    __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void *)w), _mm512_set1_epi8((char)0x80));
+    acc = _mm512_add_epi32(acc, _mm512_loadu_si512((const void *)c));
+    return _mm512_dpbusd_epi32(acc, wu, _mm512_loadu_si512((const void *)x));
+}
+
+/* dot_vec_q8 with q8_dpbusd for q8_madd, line for line */
+static inline MLL_AVX512_VNNI V dot_vec_q8_vnni(const xrow *x, const int8_t *w, const float *wscale, int64_t K,
+                                                int64_t gs) {
+    const int8_t *xq = x->q;
+    const int32_t *xc = x->c;
+    const float *xs = x->s;
+    const int64_t ng = K / gs;
+    V a0 = v_zero(), a1 = v_zero();
+    int64_t g = 0;
+    if (gs == Q8_UNIT) {
+        for (; g + 2 <= ng; g += 2) {
+            const int64_t k = g * Q8_UNIT;
+            PREFETCH(w + k + PREFETCH_BYTES);
+            PREFETCH(w + k + PREFETCH_BYTES + 64);
+            __m512i p0 = q8_dpbusd(q8_zero(), w + k, xq + k, xc + k / 4);
+            __m512i p1 = q8_dpbusd(q8_zero(), w + k + Q8_UNIT, xq + k + Q8_UNIT, xc + (k + Q8_UNIT) / 4);
+            a0 = v_fmadd(q8_tof(p0), v_set1(wscale[g] * xs[g]), a0);
+            a1 = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * xs[g + 1]), a1);
+        }
+    }
+    for (; g < ng; g++) {
+        const int64_t k0 = g * gs;
+        __m512i acc = q8_zero();
+        for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, xq + k, xc + k / 4);
+        a0 = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[g]), a0);
+    }
+    return v_add(a0, a1);
+}
+
+/* rows_q8 on dot_vec_q8_vnni (W->group a multiple of 64) */
+static MLL_AVX512_VNNI void rows_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                         float *out) {
+    const int64_t gs = W->group, ng = K / gs;
+    const int8_t *w = (const int8_t *)W->data + row0 * K;
+    const float *sc = W->scale + row0 * ng;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        const int8_t *wr = w + r * K;
+        const float *sr = sc + r * ng;
+        V s0 = dot_vec_q8_vnni(x, wr, sr, K, gs);
+        V s1 = dot_vec_q8_vnni(x, wr + K, sr + ng, K, gs);
+        V s2 = dot_vec_q8_vnni(x, wr + 2 * K, sr + 2 * ng, K, gs);
+        V s3 = dot_vec_q8_vnni(x, wr + 3 * K, sr + 3 * ng, K, gs);
+        FN(hsum4)(s0, s1, s2, s3, out + r);
+    }
+    for (; r < n; r++) out[r] = v_hsum(dot_vec_q8_vnni(x, w + r * K, sc + r * ng, K, gs));
+}
+#endif
 #undef Q8_UNIT
 #undef q8_zero
 #undef q8_tof

@@ -60,10 +60,25 @@ def test_bf16_linear_matches_numpy(isa, M, N, K):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(K))
 
 
+VNNI = _C.cpu_info()["avx512_vnni"]
+
+
+@pytest.fixture(params=[False, True], ids=["no-vnni", "vnni"])
+def vnni(request, isa):
+    """The int8 products with AVX512-VNNI switched off, then on (on only where the CPU has it and
+    the avx512 path runs: elsewhere the switch changes nothing)."""
+    if request.param and (not VNNI or isa != "avx512"):
+        pytest.skip("AVX512-VNNI runs only on the avx512 path of a CPU that has it")
+    before = _C.get_vnni()
+    _C.set_vnni(request.param)
+    yield request.param
+    _C.set_vnni(before)
+
+
 @pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
                                                                          (2, 17, 48, 16), (1, 6, 64, 8),
-                                                                         (2, 5, 256, 128)])
-def test_int8_linear_matches_numpy(isa, M, N, K, group):
+                                                                         (2, 5, 256, 128), (8, 21, 768, 64)])
+def test_int8_linear_matches_numpy(isa, vnni, M, N, K, group):
     rng = np.random.default_rng(N + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = (rng.standard_normal((N, K)) * rng.uniform(0.1, 3, size=(N, 1))).astype(np.float32)
@@ -75,6 +90,35 @@ def test_int8_linear_matches_numpy(isa, M, N, K, group):
     # and x's quantization is a small error against the float32 product of W's values
     full = x.astype(np.float64) @ m.dequantize().numpy().T.astype(np.float64) + add
     assert np.abs(y - full).max() <= 0.05 * np.abs(full - add).max()
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (8, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16)])
+def test_int8_vnni_products_are_bitwise_the_plain_avx512_ones(M, N, K, group):
+    rng = np.random.default_rng(M * N)
+    x = minillm.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
+    m = quantize_int8(rng.standard_normal((N, K)).astype(np.float32), group)
+    # the extremes of the int8 range, where a wrong sign or offset trick would show
+    x[0] = minillm.from_numpy(np.where(np.arange(K) % 3, 1.0, -1.0).astype(np.float32))
+    got = {}
+    with minillm.set_isa("avx512"):
+        for on in (False, True):
+            _C.set_vnni(on)
+            got[on] = _C.decode_linear(x, m).numpy()
+    np.testing.assert_array_equal(got[True], got[False])
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
+def test_int8_plan_decodes_the_same_bits_with_and_without_vnni():
+    model = tiny_gpt()
+    plan = model.decoder(hugepages=False, weights="int8")
+    tokens = [3, 17, 5, 90, 41, 8, 8, 60]
+    with minillm.set_isa("avx512"):
+        _C.set_vnni(False)
+        plain = decode_logits(model, plan, tokens)
+        _C.set_vnni(True)
+        fast = decode_logits(model, plan, tokens)
+    np.testing.assert_array_equal(fast, plain)
 
 
 def test_int8_gelu_epilogue_matches_numpy():
