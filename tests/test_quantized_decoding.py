@@ -121,6 +121,17 @@ def test_int8_plan_decodes_the_same_bits_with_and_without_vnni():
     np.testing.assert_array_equal(fast, plain)
 
 
+def test_int8_input_quantization_rounds_halves_to_even(isa, vnni):
+    # one-hot weights (q 127, scale 1/127) read x's quantized values back: y[j] = xq[j] * xscale
+    K = 64
+    x = np.concatenate([[127.0], np.arange(K - 1) / 2 - 15.5]).astype(np.float32)   # halves: scale 1
+    x = np.stack([x, -x, 2 * x])
+    m = quantize_int8(np.eye(K, dtype=np.float32), 64)
+    y = _C.decode_linear(minillm.from_numpy(x), m).numpy()
+    want = np.rint(x / np.abs(x).max(axis=1, keepdims=True) * 127) * (np.abs(x).max(axis=1, keepdims=True) / 127)
+    np.testing.assert_array_equal(y, want.astype(np.float32))
+
+
 def test_int8_gelu_epilogue_matches_numpy():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 64)).astype(np.float32)
