@@ -61,24 +61,26 @@ def test_bf16_linear_matches_numpy(isa, M, N, K):
 
 
 VNNI = _C.cpu_info()["avx512_vnni"]
+# every ISA path with AVX512-VNNI off, and the avx512 path with it on where the CPU has it
+INT8_PATHS = [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if VNNI else [])
 
 
-@pytest.fixture(params=[False, True], ids=["no-vnni", "vnni"])
-def vnni(request, isa):
-    """The int8 products with AVX512-VNNI switched off, then on (on only where the CPU has it and
-    the avx512 path runs: elsewhere the switch changes nothing)."""
-    if request.param and (not VNNI or isa != "avx512"):
-        pytest.skip("AVX512-VNNI runs only on the avx512 path of a CPU that has it")
-    before = _C.get_vnni()
-    _C.set_vnni(request.param)
+@pytest.fixture(params=INT8_PATHS, ids=[isa + ("-vnni" if on else "") for isa, on in INT8_PATHS])
+def int8_path(request):
+    """Runs the test once per int8 kernel this CPU can run: each ISA, and avx512 with VNNI."""
+    isa, on = request.param
+    before = _C.get_isa(), _C.get_vnni()
+    _C.set_isa(isa)
+    _C.set_vnni(on)
     yield request.param
-    _C.set_vnni(before)
+    _C.set_isa(before[0])
+    _C.set_vnni(before[1])
 
 
 @pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
                                                                          (2, 17, 48, 16), (1, 6, 64, 8),
                                                                          (2, 5, 256, 128), (8, 21, 768, 64)])
-def test_int8_linear_matches_numpy(isa, vnni, M, N, K, group):
+def test_int8_linear_matches_numpy(int8_path, M, N, K, group):
     rng = np.random.default_rng(N + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = (rng.standard_normal((N, K)) * rng.uniform(0.1, 3, size=(N, 1))).astype(np.float32)
@@ -121,7 +123,7 @@ def test_int8_plan_decodes_the_same_bits_with_and_without_vnni():
     np.testing.assert_array_equal(fast, plain)
 
 
-def test_int8_input_quantization_rounds_halves_to_even(isa, vnni):
+def test_int8_input_quantization_rounds_halves_to_even(int8_path):
     # one-hot weights (q 127, scale 1/127) read x's quantized values back: y[j] = xq[j] * xscale
     K = 64
     x = np.concatenate([[127.0], np.arange(K - 1) / 2 - 15.5]).astype(np.float32)   # halves: scale 1
