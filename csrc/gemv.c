@@ -48,14 +48,14 @@
  *     y[n] = sum_g  wscale[n, g] xscale[g] sum_{k in g} wq[n, k] xq[k]
  * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
  * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
- * pairs of those into int32), or 64 at a time in one VPDPBUSD where the CPU has AVX512-VNNI
- * (rows_q8_vnni; x then also carries a correction per 4 bytes, xrow.c). Every path, the
- * portable one included, computes these same integer sums. */
+ * pairs of those into int32), or, for two rows of x at once, 64 at a time in one VPDPBUSD where
+ * the CPU has AVX512-VNNI (rows2_q8_vnni; x then also carries a correction per 4 bytes, xrow.c).
+ * Every path, the portable one included, computes these same integer sums. */
 typedef struct {
     const float *f;          /* x (K) */
     const int8_t *q;         /* x quantized per group (int8 matrices only) */
     const float *s;          /* its scales, one per group */
-    const int32_t *c;        /* for rows_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
+    const int32_t *c;        /* for rows2_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
 /* the same for two rows of x at once, each weight loaded once for both: out (row i at
@@ -159,14 +159,14 @@ static float sum_generic(const float *x, int64_t n) {
  * a whole number of them) */
 static const int64_t q8_unit_generic = 1, qx_unit_generic = 1;
 
-static dots_fn pick_dots(const mll_matrix *W, int vnni);
+static dots_fn pick_dots(const mll_matrix *W);
 
 /* Two rows of x over bf16 or int8 weights: each group of 4 weight rows dotted with one row of
  * x, then with the other, while it sits in L1 (the same calls as for each row alone, so the
  * same sums). */
 static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
                            int64_t ldo) {
-    dots_fn f = pick_dots(W, x[0].c != NULL);
+    dots_fn f = pick_dots(W);
     for (int64_t r = 0; r < n; r += 4) {
         int64_t c = n - r < 4 ? n - r : 4;
         f(&x[0], W, row0 + r, K, c, out + r);
@@ -175,12 +175,12 @@ static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int
 }
 
 
-/* W can go through rows_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
+/* W can go through rows2_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
 static int vnni_fits(const mll_matrix *W) { return W->data && W->dtype == MLL_I8 && W->group % 64 == 0; }
 
-/* vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
- * meanwhile, and rows_q8_vnni must run only where it filled in xrow.c) */
-/* the two-row form: float32 and int8 on VNNI load each weight vector once for both rows */
+/* The two-row form: float32, and int8 on VNNI, load each weight vector once for both rows.
+ * vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
+ * meanwhile, and rows2_q8_vnni must run only where it filled in xrow.c). */
 static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
 #if defined(MLL_X86)
     if (vnni && vnni_fits(W)) return rows2_q8_vnni;
@@ -190,12 +190,7 @@ static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
     return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours;
 }
 
-static dots_fn pick_dots(const mll_matrix *W, int vnni) {
-#if defined(MLL_X86)
-    if (vnni && vnni_fits(W)) return rows_q8_vnni;
-#else
-    (void)vnni;
-#endif
+static dots_fn pick_dots(const mll_matrix *W) {
     switch (W->dtype) {
     case MLL_BF16: return MLL_PICK(rows_bf16);
     case MLL_I8: return W->group % MLL_PICK(q8_unit) ? rows_q8_generic : MLL_PICK(rows_q8);
@@ -480,11 +475,11 @@ static int linear_run(linear_job *job, int64_t weights) {
     job->xc = NULL;
     int vnni = 0;
     for (int s = 0; s < job->nseg; s++) vnni |= vnni_fits(&job->seg[s].W) || vnni_fits(&job->seg[s].W2);
-    vnni = vnni && job->M > 0 && mll_vnni_active();
+    vnni = vnni && job->M >= 2 && mll_vnni_active();
     for (int s = 0; s < job->nseg; s++) {
         linear_seg *sg = &job->seg[s];
-        sg->dots = pick_dots(&sg->W, vnni);
-        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2, vnni) : NULL;
+        sg->dots = pick_dots(&sg->W);
+        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
         sg->pair = pick_dots2(&sg->W, vnni);
         sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2, vnni) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
@@ -899,13 +894,15 @@ static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t r
 }
 
 #if MLL_VEC == 512
-/* int8 rows on AVX512-VNNI (used where mll_vnni_active()). VPDPBUSD (Intel SDM vol. 2,
- * "VPDPBUSD") multiplies 64 unsigned bytes by 64 signed ones and adds each 4 neighbouring
- * products to an int32 lane, the work of maddubs + madd + add in one instruction. It wants one
- * operand unsigned: the weight's top bit is flipped (w ^ 0x80 is w + 128 as a byte), and the lane
- * starts from x's correction (xrow.c: -128 x the sum of the lane's 4 bytes of xq), so it ends at
- * exactly the int32 sum of wq * xq that q8_madd's lane holds (|(w + 128) x| <= 255 * 127: no
- * overflow). Scales, accumulators and order are dot_vec_q8's, so the results are the same bits. */
+/* int8 rows on AVX512-VNNI, two rows of x at a time (used where mll_vnni_active(); a single
+ * row, bound by the read alone, stays on rows_q8). VPDPBUSD (Intel SDM vol. 2, "VPDPBUSD")
+ * multiplies 64 unsigned bytes by 64 signed ones and adds each 4 neighbouring products to an
+ * int32 lane, the work of maddubs + madd + add in one instruction. It wants one operand
+ * unsigned: the weight's top bit is flipped (w ^ 0x80 is w + 128 as a byte), once for both rows
+ * of x, and each lane starts from x's correction (xrow.c: -128 x the sum of the lane's 4 bytes of
+ * xq), so it ends at exactly the int32 sum of wq * xq that q8_madd's lane holds
+ * (|(w + 128) x| <= 255 * 127: no overflow). Scales, accumulators and order are dot_vec_q8's, so
+ * the results are the same bits. */
 static inline MLL_AVX512_VNNI __m512i q8_dpbusd(__m512i acc, const int8_t *w, const int8_t *x, const int32_t *c) {
     __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void *)w), _mm512_set1_epi8((char)0x80));
     acc = _mm512_add_epi32(acc, _mm512_loadu_si512((const void *)c));
@@ -921,57 +918,9 @@ static MLL_AVX512_VNNI void q8_corrections_vnni(const int8_t *q, int32_t *c, int
     }
 }
 
-/* dot_vec_q8 with q8_dpbusd for q8_madd, line for line */
-static inline MLL_AVX512_VNNI V dot_vec_q8_vnni(const xrow *x, const int8_t *w, const float *wscale, int64_t K,
-                                                int64_t gs) {
-    const int8_t *xq = x->q;
-    const int32_t *xc = x->c;
-    const float *xs = x->s;
-    const int64_t ng = K / gs;
-    V a0 = v_zero(), a1 = v_zero();
-    int64_t g = 0;
-    if (gs == Q8_UNIT) {
-        for (; g + 2 <= ng; g += 2) {
-            const int64_t k = g * Q8_UNIT;
-            PREFETCH(w + k + PREFETCH_BYTES);
-            PREFETCH(w + k + PREFETCH_BYTES + 64);
-            __m512i p0 = q8_dpbusd(q8_zero(), w + k, xq + k, xc + k / 4);
-            __m512i p1 = q8_dpbusd(q8_zero(), w + k + Q8_UNIT, xq + k + Q8_UNIT, xc + (k + Q8_UNIT) / 4);
-            a0 = v_fmadd(q8_tof(p0), v_set1(wscale[g] * xs[g]), a0);
-            a1 = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * xs[g + 1]), a1);
-        }
-    }
-    for (; g < ng; g++) {
-        const int64_t k0 = g * gs;
-        __m512i acc = q8_zero();
-        for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, xq + k, xc + k / 4);
-        a0 = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[g]), a0);
-    }
-    return v_add(a0, a1);
-}
-
-/* rows_q8 on dot_vec_q8_vnni (W->group a multiple of 64) */
-static MLL_AVX512_VNNI void rows_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                         float *out) {
-    const int64_t gs = W->group, ng = K / gs;
-    const int8_t *w = (const int8_t *)W->data + row0 * K;
-    const float *sc = W->scale + row0 * ng;
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        const int8_t *wr = w + r * K;
-        const float *sr = sc + r * ng;
-        V s0 = dot_vec_q8_vnni(x, wr, sr, K, gs);
-        V s1 = dot_vec_q8_vnni(x, wr + K, sr + ng, K, gs);
-        V s2 = dot_vec_q8_vnni(x, wr + 2 * K, sr + 2 * ng, K, gs);
-        V s3 = dot_vec_q8_vnni(x, wr + 3 * K, sr + 3 * ng, K, gs);
-        FN(hsum4)(s0, s1, s2, s3, out + r);
-    }
-    for (; r < n; r++) out[r] = v_hsum(dot_vec_q8_vnni(x, w + r * K, sc + r * ng, K, gs));
-}
-
-/* dot_vec_q8_vnni for two rows of x at once, each weight vector loaded and flipped once for
- * both: *s0, *s1 get exactly what dot_vec_q8_vnni gives x[0] and x[1] (the same accumulators
- * and order) */
+/* dot_vec_q8 for two rows of x at once on VPDPBUSD, each weight vector loaded and flipped once
+ * for both: *s0, *s1 get exactly what dot_vec_q8 gives x[0] and x[1] (the same int32 lanes,
+ * accumulators and order) */
 static inline MLL_AVX512_VNNI void dot_vec2_q8_vnni(const xrow *x, const int8_t *w, const float *wscale,
                                                     int64_t K, int64_t gs, V *s0, V *s1) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
@@ -1009,7 +958,7 @@ static inline MLL_AVX512_VNNI void dot_vec2_q8_vnni(const xrow *x, const int8_t 
     *s1 = v_add(a[1][0], a[1][1]);
 }
 
-/* rows_q8_vnni for two rows of x (a dots2_fn) */
+/* rows_q8 for two rows of x (a dots2_fn) on dot_vec2_q8_vnni (W->group a multiple of 64) */
 static MLL_AVX512_VNNI void rows2_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
                                           float *out, int64_t ldo) {
     const int64_t gs = W->group, ng = K / gs;
