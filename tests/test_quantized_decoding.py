@@ -110,17 +110,41 @@ def test_int8_vnni_products_are_bitwise_the_plain_avx512_ones(M, N, K, group):
     np.testing.assert_array_equal(got[True], got[False])
 
 
+def tiny_qwen():
+    """A gated-SiLU family with int8 groups of 64 (n_embd 64, d_ff 128), q/k/v biases."""
+    from minillm.models.llama import Llama, LlamaConfig
+    minillm.manual_seed(2)
+    return Llama(LlamaConfig(architecture="Qwen2ForCausalLM", vocab_size=96, block_size=32, n_layer=2, n_head=4,
+                             n_kv_head=2, n_embd=64, d_ff=128, qkv_bias=True, tie_weights=False)).eval()
+
+
+def step_rows_logits(model, plan, prompts, steps=4):
+    """Logits (steps, B, V) of stepping the B prompts' sequences together (the batched path,
+    two rows of x per weight read) after a forward over each prompt."""
+    caches = []
+    for p in prompts:
+        c = KVCache.for_model(model, 1, capacity=16)
+        with minillm.no_grad():
+            model(minillm.tensor([p], dtype="int64"), kv_cache=c)
+        caches.append(c)
+    toks, out = [11, 12, 13], []
+    for _ in range(steps):
+        out.append(plan.step_rows(minillm.tensor(toks, dtype="int64"), caches).numpy().copy())
+        toks = [int(t) + 1 for t in out[-1].argmax(axis=1)]
+    return np.array(out)
+
+
 @pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
-def test_int8_plan_decodes_the_same_bits_with_and_without_vnni():
-    model = tiny_gpt()
+@pytest.mark.parametrize("family", ["gpt", "qwen2"])
+def test_int8_batched_steps_give_the_same_bits_with_and_without_vnni(family):
+    model = tiny_gpt() if family == "gpt" else tiny_qwen()
     plan = model.decoder(hugepages=False, weights="int8")
-    tokens = [3, 17, 5, 90, 41, 8, 8, 60]
+    got = {}
     with minillm.set_isa("avx512"):
-        _C.set_vnni(False)
-        plain = decode_logits(model, plan, tokens)
-        _C.set_vnni(True)
-        fast = decode_logits(model, plan, tokens)
-    np.testing.assert_array_equal(fast, plain)
+        for on in (False, True):
+            _C.set_vnni(on)
+            got[on] = step_rows_logits(model, plan, [[1, 2, 3, 4, 5], [7], [9, 8, 7]])
+    np.testing.assert_array_equal(got[True], got[False])
 
 
 def test_int8_input_quantization_rounds_halves_to_even(int8_path):
