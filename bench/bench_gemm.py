@@ -9,6 +9,10 @@ budget, so both see the same machine state. Layout names say which operand is re
 nn C = A @ B, nt C = A @ B^T, tn C = A^T @ B. For a linear layer y = x @ W with W (K, N):
 forward is nn (M, N, K), the input gradient dx = dy @ W^T is nt (M, K, N), the weight
 gradient dW = x^T @ dy is tn (K, N, M).
+
+The last table times the user's path, Tensor @ Tensor, with operands that view NumPy arrays
+(Tensor.from_numpy: 16-byte aligned, 4 KiB pages) next to operands minillm allocated (64-byte
+aligned), and numpy.matmul on the same arrays; `--tensors` prints only that table.
 """
 import argparse
 import os
@@ -18,12 +22,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import minillm  # noqa: E402
 from minillm import _C  # noqa: E402
 from minillm import _testing  # noqa: E402
 
 SQUARE = [64, 128, 256, 512, 1024, 2048]
 GPT_KN = [(768, 768), (768, 2304), (768, 3072), (3072, 768), (768, 50304)]
 GPT_TOKENS = [512, 2048]
+TENSOR_SHAPES = [(768, 768, 768), (1024, 1024, 1024), (512, 2304, 768)]   # (M, N, K)
 
 
 def blas_info():
@@ -81,11 +87,35 @@ def bench(M, N, K, layout, rng, budget, rounds):
     return flops / t_ours / 1e9, flops / t_np / 1e9, err
 
 
+def bench_tensors(M, N, K, rng, budget, rounds):
+    """GFLOPS of Tensor @ Tensor on operands viewing NumPy arrays, on minillm-allocated copies
+    of them, and of numpy.matmul on the arrays; and the largest difference of the two products."""
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    viewed = minillm.Tensor.from_numpy(a), minillm.Tensor.from_numpy(b)
+    owned = minillm.tensor(a), minillm.tensor(b)
+    times = best_times([lambda: viewed[0] @ viewed[1], lambda: owned[0] @ owned[1], lambda: a @ b], budget, rounds)
+    diff = float(np.abs((viewed[0] @ viewed[1]).numpy() - (owned[0] @ owned[1]).numpy()).max())
+    return [2.0 * M * N * K / t / 1e9 for t in times], diff
+
+
+def print_tensor_table(rng, budget, rounds):
+    print(f"\nTensor @ Tensor{'':19s} {'M x N x K':>20s} {'viewed':>9s} {'owned':>9s} {'numpy':>9s} {'viewed/owned':>13s}")
+    print(f"{'':34s} {'':>20s} {'GFLOPS':>9s} {'GFLOPS':>9s} {'GFLOPS':>9s}")
+    for M, N, K in TENSOR_SHAPES:
+        (viewed, owned, theirs), diff = bench_tensors(M, N, K, rng, budget, rounds)
+        flag = "" if diff == 0 else f"  DIFFERENT {diff:.2g}"
+        print(f"{'from_numpy vs minillm-allocated':34s} {f'{M}x{N}x{K}':>20s} {viewed:9.1f} {owned:9.1f} {theirs:9.1f} "
+              f"{viewed / owned:13.2f}{flag}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the 2048-token LM head and n = 2048")
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of timing per shape (default 1.5)")
     ap.add_argument("--only", default="", help="run only rows whose name contains this")
+    ap.add_argument("--tensors", action="store_true", help="only the Tensor @ Tensor table (from_numpy "
+                    "operands vs minillm-allocated ones)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating blocks per library (default 3; more catch more quiet moments "
                          "on a shared machine)")
@@ -118,6 +148,9 @@ def main():
     rows = [r for r in rows if args.only in r[0]]
 
     rng = np.random.default_rng(0)
+    if args.tensors:
+        print_tensor_table(rng, args.budget, args.rounds)
+        return
     print(f"\n{'shape':34s} {'M x N x K':>20s} {'layout':>6s} {'minillm':>9s} {'numpy':>9s} {'ratio':>6s}")
     print(f"{'':34s} {'':>20s} {'':>6s} {'GFLOPS':>9s} {'GFLOPS':>9s} {'':>6s}")
     ratios = []
@@ -128,6 +161,7 @@ def main():
         print(f"{name:34s} {f'{M}x{N}x{K}':>20s} {layout:>6s} {ours:9.1f} {theirs:9.1f} {ours / theirs:6.2f}{flag}",
               flush=True)
     print(f"\ngeometric mean ratio: {float(np.exp(np.mean(np.log(ratios)))):.3f}")
+    print_tensor_table(rng, args.budget, args.rounds)
 
 
 if __name__ == "__main__":

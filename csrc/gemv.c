@@ -48,12 +48,14 @@
  *     y[n] = sum_g  wscale[n, g] xscale[g] sum_{k in g} wq[n, k] xq[k]
  * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
  * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
- * pairs of those into int32). Every path, the portable one included, computes these same
- * integer sums. */
+ * pairs of those into int32), or, for two rows of x at once, 64 at a time in one VPDPBUSD where
+ * the CPU has AVX512-VNNI (rows2_q8_vnni; x then also carries a correction per 4 bytes, xrow.c).
+ * Every path, the portable one included, computes these same integer sums. */
 typedef struct {
     const float *f;          /* x (K) */
     const int8_t *q;         /* x quantized per group (int8 matrices only) */
     const float *s;          /* its scales, one per group */
+    const int32_t *c;        /* for rows2_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
 /* the same for two rows of x at once, each weight loaded once for both: out (row i at
@@ -112,8 +114,10 @@ static void rows_q8_generic(const xrow *x, const mll_matrix *W, int64_t row0, in
 }
 
 /* xq (M, K), xs (M, K / gs) <- x (M, K) quantized per row and group of gs (see above). A group
- * with a non-finite value gets scale NaN (the products then are NaN, as float32 ones would be). */
-static void quantize_x(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t gs) {
+ * with a non-finite value gets scale NaN (the products then are NaN, as float32 ones would be).
+ * The vector versions (bottom half) give the same bytes and scales. */
+typedef void (*quantize_fn)(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t gs);
+static void quantize_x_generic(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t gs) {
     for (int64_t i = 0; i < M * K; i += gs) {
         float amax = 0.0f;
         int finite = 1;
@@ -151,8 +155,9 @@ static float sum_generic(const float *x, int64_t n) {
 #define MLL_DISPATCH_SELF "gemv.c"
 #include "dispatch.h"
 
-/* int8 bytes one vector step of rows_q8 takes (a group must be a whole number of them) */
-static const int64_t q8_unit_generic = 1;
+/* int8 bytes one vector step of rows_q8 takes, floats one of quantize_x takes (a group must be
+ * a whole number of them) */
+static const int64_t q8_unit_generic = 1, qx_unit_generic = 1;
 
 static dots_fn pick_dots(const mll_matrix *W);
 
@@ -169,8 +174,21 @@ static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int
     }
 }
 
-/* the two-row form: float32 loads each weight vector once for both rows (rows2) */
-static dots2_fn pick_dots2(const mll_matrix *W) { return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours; }
+
+/* W can go through rows2_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
+static int vnni_fits(const mll_matrix *W) { return W->data && W->dtype == MLL_I8 && W->group % 64 == 0; }
+
+/* The two-row form: float32, and int8 on VNNI, load each weight vector once for both rows.
+ * vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
+ * meanwhile, and rows2_q8_vnni must run only where it filled in xrow.c). */
+static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
+#if defined(MLL_X86)
+    if (vnni && vnni_fits(W)) return rows2_q8_vnni;
+#else
+    (void)vnni;
+#endif
+    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours;
+}
 
 static dots_fn pick_dots(const mll_matrix *W) {
     switch (W->dtype) {
@@ -219,6 +237,7 @@ typedef struct {
     float *y;
     const int8_t *xq;               /* x quantized for int8 matrices (quantize_x), or NULL */
     const float *xs;
+    const int32_t *xc;              /* xq's VNNI correction (xrow.c), or NULL */
     int64_t xgroup;                 /* the group xq is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
@@ -246,7 +265,8 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
             xrow xr[2];
             for (int i = 0; i < nx; i++)
                 xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
-                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL};
+                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL,
+                               job->xc ? job->xc + (m + i) * (K / 4) : NULL};
             if (nx == 2 && sg->pair) sg->pair(xr, &sg->W, j, K, n, d[0], ROWS_PER_PASS);
             else
                 for (int i = 0; i < nx; i++) sg->dots(&xr[i], &sg->W, j, K, n, d[i]);
@@ -454,17 +474,22 @@ static _Thread_local struct {
 static int linear_run(linear_job *job, int64_t weights) {
     job->seg_g0[0] = 0;
     job->xq = NULL;
+    job->xc = NULL;
+    int vnni = 0;
+    for (int s = 0; s < job->nseg; s++) vnni |= vnni_fits(&job->seg[s].W) || vnni_fits(&job->seg[s].W2);
+    vnni = vnni && job->M >= 2 && mll_vnni_active();
     for (int s = 0; s < job->nseg; s++) {
         linear_seg *sg = &job->seg[s];
         sg->dots = pick_dots(&sg->W);
         sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
-        sg->pair = pick_dots2(&sg->W);
-        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2) : NULL;
+        sg->pair = pick_dots2(&sg->W, vnni);
+        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2, vnni) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
         else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
         else continue;
         if (job->xq || job->M <= 0) continue;
-        size_t need = (size_t)(job->M * job->K) + (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
+        size_t need = (size_t)(job->M * job->K) * (vnni ? 2 : 1) +
+                      (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
         if (need > xq_buf.nbytes) {
             if (xq_buf.p) mll_free(xq_buf.p, xq_buf.nbytes);
             xq_buf.p = mll_alloc(need);
@@ -473,9 +498,17 @@ static int linear_run(linear_job *job, int64_t weights) {
         }
         float *xs = (float *)xq_buf.p;
         int8_t *xq = (int8_t *)(xs + job->M * (job->K / job->xgroup));
-        quantize_x(job->x, xq, xs, job->M, job->K, job->xgroup);
+        quantize_fn quantize = job->xgroup % MLL_PICK(qx_unit) ? quantize_x_generic : MLL_PICK(quantize_x);
+        quantize(job->x, xq, xs, job->M, job->K, job->xgroup);
         job->xq = xq;
         job->xs = xs;
+#if defined(MLL_X86)
+        if (vnni) {               /* after xs (4-byte aligned) and xq (M K bytes, K % 64 == 0) */
+            int32_t *xc = (int32_t *)(xq + job->M * job->K);
+            q8_corrections_vnni(xq, xc, job->M * job->K);
+            job->xc = xc;
+        }
+#endif
     }
     for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
     int64_t groups = job->seg_g0[job->nseg];
@@ -861,9 +894,127 @@ static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t r
     }
     for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
 }
+
+#if MLL_VEC == 512
+/* int8 rows on AVX512-VNNI, two rows of x at a time (used where mll_vnni_active(); a single
+ * row, bound by the read alone, stays on rows_q8). VPDPBUSD (Intel SDM vol. 2, "VPDPBUSD")
+ * multiplies 64 unsigned bytes by 64 signed ones and adds each 4 neighbouring products to an
+ * int32 lane, the work of maddubs + madd + add in one instruction. It wants one operand
+ * unsigned: the weight's top bit is flipped (w ^ 0x80 is w + 128 as a byte), once for both rows
+ * of x, and each lane starts from x's correction (xrow.c: -128 x the sum of the lane's 4 bytes of
+ * xq), so it ends at exactly the int32 sum of wq * xq that q8_madd's lane holds
+ * (|(w + 128) x| <= 255 * 127: no overflow). Scales, accumulators and order are dot_vec_q8's, so
+ * the results are the same bits. */
+static inline MLL_AVX512_VNNI __m512i q8_dpbusd(__m512i acc, const int8_t *w, const int8_t *x, const int32_t *c) {
+    __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void *)w), _mm512_set1_epi8((char)0x80));
+    acc = _mm512_add_epi32(acc, _mm512_loadu_si512((const void *)c));
+    return _mm512_dpbusd_epi32(acc, wu, _mm512_loadu_si512((const void *)x));
+}
+
+/* c (n / 4) = -128 x the sum of each 4 bytes of q (n), n a multiple of 64: xrow.c */
+static MLL_AVX512_VNNI void q8_corrections_vnni(const int8_t *q, int32_t *c, int64_t n) {
+    for (int64_t i = 0; i < n; i += 64) {
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80),
+                                        _mm512_loadu_si512((const void *)(q + i)));
+        _mm512_storeu_si512((void *)(c + i / 4), _mm512_sub_epi32(_mm512_setzero_si512(), s));
+    }
+}
+
+/* dot_vec_q8 for two rows of x at once on VPDPBUSD, each weight vector loaded and flipped once
+ * for both: *s0, *s1 get exactly what dot_vec_q8 gives x[0] and x[1] (the same int32 lanes,
+ * accumulators and order) */
+static inline MLL_AVX512_VNNI void dot_vec2_q8_vnni(const xrow *x, const int8_t *w, const float *wscale,
+                                                    int64_t K, int64_t gs, V *s0, V *s1) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    V a[2][2] = {{v_zero(), v_zero()}, {v_zero(), v_zero()}};
+    const int64_t ng = K / gs;
+    int64_t g = 0;
+    if (gs == Q8_UNIT) {
+        for (; g + 2 <= ng; g += 2) {
+            const int64_t k = g * Q8_UNIT;
+            PREFETCH(w + k + PREFETCH_BYTES);
+            PREFETCH(w + k + PREFETCH_BYTES + 64);
+            __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
+            __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + Q8_UNIT)), flip);
+            for (int i = 0; i < 2; i++) {
+                const int8_t *xq = x[i].q + k;
+                const int32_t *xc = x[i].c + k / 4;
+                __m512i p0 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)xc), w0,
+                                                 _mm512_loadu_si512((const void *)xq));
+                __m512i p1 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc + Q8_UNIT / 4)), w1,
+                                                 _mm512_loadu_si512((const void *)(xq + Q8_UNIT)));
+                a[i][0] = v_fmadd(q8_tof(p0), v_set1(wscale[g] * x[i].s[g]), a[i][0]);
+                a[i][1] = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * x[i].s[g + 1]), a[i][1]);
+            }
+        }
+    }
+    for (; g < ng; g++) {
+        const int64_t k0 = g * gs;
+        for (int i = 0; i < 2; i++) {
+            __m512i acc = q8_zero();
+            for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, x[i].q + k, x[i].c + k / 4);
+            a[i][0] = v_fmadd(q8_tof(acc), v_set1(wscale[g] * x[i].s[g]), a[i][0]);
+        }
+    }
+    *s0 = v_add(a[0][0], a[0][1]);
+    *s1 = v_add(a[1][0], a[1][1]);
+}
+
+/* rows_q8 for two rows of x (a dots2_fn) on dot_vec2_q8_vnni (W->group a multiple of 64) */
+static MLL_AVX512_VNNI void rows2_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                          float *out, int64_t ldo) {
+    const int64_t gs = W->group, ng = K / gs;
+    const int8_t *w = (const int8_t *)W->data + row0 * K;
+    const float *sc = W->scale + row0 * ng;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        V s0[4], s1[4];
+        for (int q = 0; q < 4; q++) dot_vec2_q8_vnni(x, w + (r + q) * K, sc + (r + q) * ng, K, gs, &s0[q], &s1[q]);
+        FN(hsum4)(s0[0], s0[1], s0[2], s0[3], out + r);
+        FN(hsum4)(s1[0], s1[1], s1[2], s1[3], out + ldo + r);
+    }
+    for (; r < n; r++) {
+        V s0, s1;
+        dot_vec2_q8_vnni(x, w + r * K, sc + r * ng, K, gs, &s0, &s1);
+        out[r] = v_hsum(s0);
+        out[ldo + r] = v_hsum(s1);
+    }
+}
+#endif
 #undef Q8_UNIT
 #undef q8_zero
 #undef q8_tof
+
+/* quantize_x_generic on VL floats at a time (gs a multiple of VL): the same max, division and
+ * round-to-nearest-even, so the same bytes and scales */
+static MLL_TARGET void FN(quantize_x)(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t gs) {
+    for (int64_t i = 0; i < M * K; i += gs) {
+        V amax = v_zero(), nan = v_zero();         /* nan: NaN in a lane that saw inf or NaN */
+        for (int64_t k = i; k < i + gs; k += VL) {
+            V v = v_load(x + k);
+            amax = v_max(amax, v_abs(v));
+            nan = v_add(nan, v_mul(v, v_zero()));
+        }
+        float scale = v_hmax(amax) / 127.0f;
+        if (m_any(v_isnan(nan)) || scale == 0.0f) {
+            xs[i / gs] = m_any(v_isnan(nan)) ? NAN : scale;
+            memset(xq + i, 0, (size_t)gs);
+            continue;
+        }
+        xs[i / gs] = scale;
+        for (int64_t k = i; k < i + gs; k += VL) {
+            V q = v_round(v_div(v_load(x + k), v_set1(scale)));
+            VI n = vi_cvt(v_max(v_min(q, v_set1(127.0f)), v_set1(-127.0f)));
+#if MLL_VEC == 512
+            _mm_storeu_si128((__m128i *)(xq + k), _mm512_cvtsepi32_epi8(n));
+#else
+            __m128i n16 = _mm_packs_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
+            _mm_storel_epi64((__m128i *)(xq + k), _mm_packs_epi16(n16, n16));
+#endif
+        }
+    }
+}
+static const int64_t FN(qx_unit) = VL;
 
 static MLL_TARGET float FN(sum)(const float *x, int64_t n) {
     V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0;

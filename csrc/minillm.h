@@ -34,6 +34,13 @@ enum { MLL_ISA_GENERIC = 0, MLL_ISA_AVX2 = 1, MLL_ISA_AVX512 = 2 };
 int mll_init(void);
 int mll_cpu_supports(int isa);        /* 1 if this CPU (and OS) can run that path */
 int mll_cpu_has_avx512bf16(void);
+int mll_cpu_has_avx512vnni(void);
+/* The int8 dot products (gemv.c) use AVX512-VNNI where the CPU has it and the avx512 path is
+ * selected (mll_vnni_active()); mll_set_vnni(0) keeps them on plain AVX-512, with the same
+ * results bit for bit (the tests run both). mll_set_vnni(1) returns -1 if the CPU lacks it. */
+int mll_set_vnni(int on);
+int mll_get_vnni(void);               /* 1: the CPU has it and it is not switched off */
+int mll_vnni_active(void);
 const char *mll_cpu_name(void);       /* brand string, "" when unknown */
 int mll_get_isa(void);
 int mll_set_isa(int isa);             /* 0 on success, -1 if the CPU cannot run it */

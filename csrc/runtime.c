@@ -13,6 +13,8 @@
 static int g_isa = MLL_ISA_GENERIC;
 static int g_supported[3] = {1, 0, 0};
 static int g_bf16 = 0;
+static int g_vnni = 0;             /* the CPU has AVX512-VNNI */
+static int g_vnni_off = 0;         /* mll_set_vnni(0) */
 static int g_threads = 1;
 static int g_initialized = 0;
 static char g_cpu_name[64] = "";
@@ -34,12 +36,13 @@ static void detect_cpu(void) {
     int os_zmm = (xcr0 & 0xe6) == 0xe6;        /* plus opmask and both ZMM halves */
     if (__get_cpuid_max(0, 0) < 7) return;
     __cpuid_count(7, 0, a, b, c, d);
-    int has_avx2 = (b >> 5) & 1;
+    int has_avx2 = (b >> 5) & 1, has_vnni = (c >> 11) & 1;
     int has_avx512f = (b >> 16) & 1, has_avx512dq = (b >> 17) & 1;
     int has_avx512bw = (b >> 30) & 1, has_avx512vl = (b >> 31) & 1;
     g_supported[MLL_ISA_AVX2] = os_ymm && has_avx2 && has_fma;
     g_supported[MLL_ISA_AVX512] = g_supported[MLL_ISA_AVX2] && os_zmm && has_avx512f && has_avx512dq &&
                                   has_avx512bw && has_avx512vl;
+    g_vnni = g_supported[MLL_ISA_AVX512] && has_vnni;
     __cpuid_count(7, 1, a, b, c, d);
     g_bf16 = g_supported[MLL_ISA_AVX512] && ((a >> 5) & 1);
 }
@@ -83,6 +86,16 @@ int mll_init(void) {
 
 int mll_cpu_supports(int isa) { return isa >= 0 && isa < 3 && g_supported[isa]; }
 int mll_cpu_has_avx512bf16(void) { return g_bf16; }
+int mll_cpu_has_avx512vnni(void) { return g_vnni; }
+
+int mll_set_vnni(int on) {
+    if (on && !g_vnni) return -1;
+    g_vnni_off = !on;
+    return 0;
+}
+
+int mll_get_vnni(void) { return g_vnni && !g_vnni_off; }
+int mll_vnni_active(void) { return mll_get_vnni() && g_isa == MLL_ISA_AVX512; }
 const char *mll_cpu_name(void) { return g_cpu_name; }
 int mll_get_isa(void) { return g_isa; }
 

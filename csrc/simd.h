@@ -29,6 +29,8 @@
 #define MLL_AVX2_NO_FMA __attribute__((target("avx2")))
 /* AVX-512 plus the bf16 dot product (gemm_bf16.c, behind mll_cpu_has_avx512bf16()) */
 #define MLL_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")))
+/* AVX-512 plus the int8 dot product (gemv.c, behind mll_vnni_active()) */
+#define MLL_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512vnni")))
 #endif
 
 /* Below this many elements a kernel runs on the calling thread: waking the OpenMP team

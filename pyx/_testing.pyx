@@ -32,8 +32,9 @@ _ISA_CODES = {"generic": C.MLL_ISA_GENERIC, "avx2": C.MLL_ISA_AVX2, "avx512": C.
 
 
 cdef int follow_core() except -1:
-    """Take minillm._C's ISA path and thread count (see the module docstring)."""
+    """Take minillm._C's ISA path, VNNI switch and thread count (see the module docstring)."""
     C.mll_set_isa(_ISA_CODES[_core.get_isa()])
+    C.mll_set_vnni(_core.get_vnni())
     C.mll_set_num_threads(_core.get_num_threads())
     return 0
 

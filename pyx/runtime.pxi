@@ -10,6 +10,7 @@ def cpu_info():
         "isa": C.mll_isa_name(C.mll_get_isa()).decode(),
         "supported": [C.mll_isa_name(i).decode() for i in range(3) if C.mll_cpu_supports(i)],
         "avx512_bf16": bool(C.mll_cpu_has_avx512bf16()),
+        "avx512_vnni": bool(C.mll_cpu_has_avx512vnni()),
         "num_threads": C.mll_get_num_threads(),
     }
 
@@ -23,6 +24,20 @@ def set_isa(name):
         raise ValueError(f"unknown ISA {name!r}: expected one of {sorted(_ISA_NAMES)}")
     if C.mll_set_isa(_ISA_NAMES[name]) != 0:
         raise ValueError(f"this CPU cannot run the {name!r} kernels")
+
+
+def set_vnni(on):
+    """Whether int8 decoding products use AVX512-VNNI on the avx512 path (default: where the CPU
+    has it). Off, they run on plain AVX-512 with the same results; ValueError to turn it on
+    where the CPU lacks it."""
+    if C.mll_set_vnni(1 if on else 0) != 0:
+        raise ValueError("this CPU has no AVX512-VNNI")
+
+
+def get_vnni():
+    """True if the CPU has AVX512-VNNI and set_vnni has not switched it off (the int8 products
+    then use it whenever the avx512 path is selected)."""
+    return bool(C.mll_get_vnni())
 
 
 def get_isa():

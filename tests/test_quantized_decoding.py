@@ -60,10 +60,27 @@ def test_bf16_linear_matches_numpy(isa, M, N, K):
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(K))
 
 
+VNNI = _C.cpu_info()["avx512_vnni"]
+# every ISA path with AVX512-VNNI off, and the avx512 path with it on where the CPU has it
+INT8_PATHS = [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if VNNI else [])
+
+
+@pytest.fixture(params=INT8_PATHS, ids=[isa + ("-vnni" if on else "") for isa, on in INT8_PATHS])
+def int8_path(request):
+    """Runs the test once per int8 kernel this CPU can run: each ISA, and avx512 with VNNI."""
+    isa, on = request.param
+    before = _C.get_isa(), _C.get_vnni()
+    _C.set_isa(isa)
+    _C.set_vnni(on)
+    yield request.param
+    _C.set_isa(before[0])
+    _C.set_vnni(before[1])
+
+
 @pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
                                                                          (2, 17, 48, 16), (1, 6, 64, 8),
-                                                                         (2, 5, 256, 128)])
-def test_int8_linear_matches_numpy(isa, M, N, K, group):
+                                                                         (2, 5, 256, 128), (8, 21, 768, 64)])
+def test_int8_linear_matches_numpy(int8_path, M, N, K, group):
     rng = np.random.default_rng(N + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = (rng.standard_normal((N, K)) * rng.uniform(0.1, 3, size=(N, 1))).astype(np.float32)
@@ -75,6 +92,70 @@ def test_int8_linear_matches_numpy(isa, M, N, K, group):
     # and x's quantization is a small error against the float32 product of W's values
     full = x.astype(np.float64) @ m.dequantize().numpy().T.astype(np.float64) + add
     assert np.abs(y - full).max() <= 0.05 * np.abs(full - add).max()
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (8, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16)])
+def test_int8_vnni_products_are_bitwise_the_plain_avx512_ones(M, N, K, group):
+    rng = np.random.default_rng(M * N)
+    x = minillm.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
+    m = quantize_int8(rng.standard_normal((N, K)).astype(np.float32), group)
+    # the extremes of the int8 range, where a wrong sign or offset trick would show
+    x[0] = minillm.from_numpy(np.where(np.arange(K) % 3, 1.0, -1.0).astype(np.float32))
+    got = {}
+    with minillm.set_isa("avx512"):
+        for on in (False, True):
+            _C.set_vnni(on)
+            got[on] = _C.decode_linear(x, m).numpy()
+    np.testing.assert_array_equal(got[True], got[False])
+
+
+def tiny_qwen():
+    """A gated-SiLU family with int8 groups of 64 (n_embd 64, d_ff 128), q/k/v biases."""
+    from minillm.models.llama import Llama, LlamaConfig
+    minillm.manual_seed(2)
+    return Llama(LlamaConfig(architecture="Qwen2ForCausalLM", vocab_size=96, block_size=32, n_layer=2, n_head=4,
+                             n_kv_head=2, n_embd=64, d_ff=128, qkv_bias=True, tie_weights=False)).eval()
+
+
+def step_rows_logits(model, plan, prompts, steps=4):
+    """Logits (steps, B, V) of stepping the B prompts' sequences together (the batched path,
+    two rows of x per weight read) after a forward over each prompt."""
+    caches = []
+    for p in prompts:
+        c = KVCache.for_model(model, 1, capacity=16)
+        with minillm.no_grad():
+            model(minillm.tensor([p], dtype="int64"), kv_cache=c)
+        caches.append(c)
+    toks, out = [11, 12, 13], []
+    for _ in range(steps):
+        out.append(plan.step_rows(minillm.tensor(toks, dtype="int64"), caches).numpy().copy())
+        toks = [int(t) + 1 for t in out[-1].argmax(axis=1)]
+    return np.array(out)
+
+
+@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
+@pytest.mark.parametrize("family", ["gpt", "qwen2"])
+def test_int8_batched_steps_give_the_same_bits_with_and_without_vnni(family):
+    model = tiny_gpt() if family == "gpt" else tiny_qwen()
+    plan = model.decoder(hugepages=False, weights="int8")
+    got = {}
+    with minillm.set_isa("avx512"):
+        for on in (False, True):
+            _C.set_vnni(on)
+            got[on] = step_rows_logits(model, plan, [[1, 2, 3, 4, 5], [7], [9, 8, 7]])
+    np.testing.assert_array_equal(got[True], got[False])
+
+
+def test_int8_input_quantization_rounds_halves_to_even(int8_path):
+    # one-hot weights (q 127, scale 1/127) read x's quantized values back: y[j] = xq[j] * xscale
+    K = 64
+    x = np.concatenate([[127.0], np.arange(K - 1) / 2 - 15.5]).astype(np.float32)   # halves: scale 1
+    x = np.stack([x, -x, 2 * x])
+    m = quantize_int8(np.eye(K, dtype=np.float32), 64)
+    y = _C.decode_linear(minillm.from_numpy(x), m).numpy()
+    want = np.rint(x / np.abs(x).max(axis=1, keepdims=True) * 127) * (np.abs(x).max(axis=1, keepdims=True) / 127)
+    np.testing.assert_array_equal(y, want.astype(np.float32))
 
 
 def test_int8_gelu_epilogue_matches_numpy():
