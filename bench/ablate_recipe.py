@@ -63,7 +63,17 @@ VARIANTS["all-w256"] = combine(*MODERN, n_embd=256, n_head=8)
 VARIANTS["all-d6"] = combine(*MODERN, n_layer=6)
 VARIANTS["all-v2048"] = combine(*MODERN, vocab=2048)
 VARIANTS["all-v8192"] = combine(*MODERN, vocab=8192)
+VARIANTS["all-v1024"] = combine(*MODERN, vocab=1024)
+VARIANTS["all-v2048-b32"] = combine(*MODERN, vocab=2048, batch_size=32)
+VARIANTS["all-v2048-lr04"] = combine(*MODERN, vocab=2048, muon_lr=0.04)
+VARIANTS["all-v2048-minlr0"] = combine(*MODERN, vocab=2048, min_lr=0.0)
+VARIANTS["all-v2048-lr6e-3"] = combine(*MODERN, vocab=2048, lr=0.006)
+VARIANTS["all-v2048-t256"] = combine(*MODERN, vocab=2048, block_size=256, batch_size=16)
+VARIANTS["all-v2048-b64"] = combine(*MODERN, vocab=2048, batch_size=64)
+VARIANTS["all-v2048-b32-wd"] = combine(*MODERN, vocab=2048, batch_size=32, muon_weight_decay=0.1)
 VARIANTS["all-muon-lr04"] = combine(*MODERN, muon_lr=0.04)
+VARIANTS["all-b32"] = combine(*MODERN, batch_size=32)
+VARIANTS["all-lr6e-3"] = combine(*MODERN, lr=0.006)
 
 
 def run(name, variant, args):
@@ -79,7 +89,7 @@ def run(name, variant, args):
     else:
         cmd += ["--time-budget", str(args.budget)]
     model = dict(variant.get("model", {}))
-    for k in ("n_layer", "n_embd", "n_head"):
+    for k in ("n_layer", "n_embd", "n_head", "block_size"):
         if k in model:
             cmd += [f"--{k.replace('_', '-')}", str(model.pop(k))]
     if model:

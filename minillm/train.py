@@ -60,7 +60,7 @@ FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batche
                 "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "progress",
                 "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
 # The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
-# muon_lr, muon_momentum, time_budget, cooldown_frac, batch_size, grad_accum, dtype) change the
+# muon_lr, muon_momentum, muon_weight_decay, time_budget, cooldown_frac, batch_size, grad_accum, dtype) change the
 # optimisation: refused unless allow_changes, and then the run is no longer equal to any
 # uninterrupted one.
 
@@ -217,7 +217,7 @@ class Trainer:
             # head decay by weight_decay, gains and biases do not (as configure_optimizers)
             matrices, other = optim.muon_param_groups(
                 (n, p) for n, p in self.model.named_parameters() if p.requires_grad)
-            groups = [{"params": matrices, "use_muon": True}]
+            groups = [{"params": matrices, "use_muon": True, "weight_decay": cfg.muon_weight_decay}]
             for params, wd in (([p for p in other if p.ndim >= 2], cfg.weight_decay),
                                ([p for p in other if p.ndim < 2], 0.0)):
                 if params:

@@ -61,6 +61,8 @@ class TrainConfig:
                                  "options above for the embeddings, the LM head, gains and biases")
     muon_lr: float = _f(0.02, "Muon's peak learning rate (it follows the same schedule as lr)")
     muon_momentum: float = _f(0.95, "Muon's momentum (Nesterov)")
+    muon_weight_decay: float = _f(0.0, "Muon's decoupled weight decay of the hidden matrices (W *= 1 - "
+                                       "muon_lr * muon_weight_decay each step)")
     # bf16 mixed precision (minillm/amp.py): weight products on bf16-rounded inputs with float32
     # sums; master weights, optimizer state, LayerNorm, softmax, attention and the loss stay float32
     dtype: str = _f("float32", "precision of the weight products: float32, or bf16 (bfloat16 inputs, "
@@ -138,7 +140,7 @@ _NON_NEGATIVE = ("max_steps", "warmup_steps", "eval_interval", "eval_batches", "
                  "checkpoint_interval", "sample_tokens")
 _POSITIVE_OR_NONE = ("n_layer", "n_head", "n_embd", "block_size", "lr_decay_steps", "top_k")
 _FINITE_NON_NEGATIVE = ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget",
-                        "temperature", "muon_lr")
+                        "temperature", "muon_lr", "muon_weight_decay")
 _STRINGS = ("data", "out_dir", "model", "sample_prompt")
 DTYPES = ("float32", "bf16", "bfloat16")
 OPTIMIZERS = ("adamw", "muon")

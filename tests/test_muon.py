@@ -257,3 +257,17 @@ def test_the_cli_takes_optimizer_flags():
         TrainConfig(optimizer="lion").checked()
     with pytest.raises(ValueError, match="muon_momentum"):
         TrainConfig(muon_momentum=1.0).checked()
+
+
+def test_muon_weight_decay_reaches_the_matrices_only_and_is_checked_on_resume(tokens_dir, tmp_path):
+    from minillm.train import Trainer
+    t = Trainer(_config(tokens_dir, tmp_path / "run", max_steps=2, muon_weight_decay=0.1))
+    assert {g["weight_decay"] for g in t.optimizer.param_groups if g["use_muon"]} == {0.1}
+    before = {n: np.asarray(p).copy() for n, p in t.model.named_parameters()}
+    t.train()
+    with pytest.raises(ValueError, match="muon_weight_decay 0.1"):
+        Trainer.resume(str(tmp_path / "run"), muon_weight_decay=0.0, max_steps=4)
+    from minillm.train import TrainConfig
+    with pytest.raises(ValueError, match="muon_weight_decay"):
+        TrainConfig(muon_weight_decay=-1.0).checked()
+    assert any(not np.array_equal(before[n], np.asarray(p)) for n, p in t.model.named_parameters())
