@@ -43,17 +43,19 @@ bench-train: build
 data: build
 	$(PY) -m minillm data shakespeare
 
-# The README's main job: the corpus, a 4096-id BPE tokenizer, token files, about 5 minutes of
-# gpt-mini on all cores, then validation bits per byte and a sample (configs/shakespeare-gpt-mini.json).
+# The README's main job: the corpus, a 2048-id BPE tokenizer, token files, about 5 minutes of
+# gpt-mini with the small-model recipe on all cores, then validation bits per byte and a sample
+# (configs/shakespeare-gpt-mini.json).
 DEMO_DATA = data/shakespeare
+DEMO_VOCAB = 2048
 DEMO_RUN = runs/shakespeare-gpt-mini
 DEMO_ARGS ?=
 demo: build
 	$(PY) -m minillm data shakespeare --data-dir data
-	test -f $(DEMO_DATA)/tokenizer-4096/tokenizer.json || $(PY) -m minillm tokenizer train \
-		--input $(DEMO_DATA)/train.txt --vocab-size 4096 --out $(DEMO_DATA)/tokenizer-4096 --quiet
+	test -f $(DEMO_DATA)/tokenizer-$(DEMO_VOCAB)/tokenizer.json || $(PY) -m minillm tokenizer train \
+		--input $(DEMO_DATA)/train.txt --vocab-size $(DEMO_VOCAB) --out $(DEMO_DATA)/tokenizer-$(DEMO_VOCAB) --quiet
 	$(PY) -m minillm data prepare --input $(DEMO_DATA)/train.txt --val-input $(DEMO_DATA)/val.txt \
-		--tokenizer $(DEMO_DATA)/tokenizer-4096 --out $(DEMO_DATA)/tokens-4096 --quiet
+		--tokenizer $(DEMO_DATA)/tokenizer-$(DEMO_VOCAB) --out $(DEMO_DATA)/tokens-$(DEMO_VOCAB) --quiet
 	rm -rf $(DEMO_RUN)
 	$(PY) -m minillm train --config configs/shakespeare-gpt-mini.json --out-dir $(DEMO_RUN) $(DEMO_ARGS)
 

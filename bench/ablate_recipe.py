@@ -25,7 +25,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "shakespeare-gpt-mini.json")
 
-# the recipe, each change as the options it sets (model fields go to --model-args)
+# The baseline every change is measured against: the demo as it was before the recipe (GPT-2's
+# architecture at gpt-mini's size and width 128, AdamW, 4096-id tokenizer, batches of 16 x 128,
+# cooldown to lr 3e-4), set in full so that the table keeps its meaning when the demo's config moves.
+BASE = {
+    "model": {"norm": "layernorm", "positions": "learned", "mlp": "gelu", "d_ff": 512, "qk_norm": False,
+              "tie_weights": True, "zero_init_proj": False, "logit_softcap": 0.0, "bias": True, "n_embd": 128,
+              "n_head": 4, "n_layer": 4, "block_size": 128},
+    "train": {"optimizer": "adamw", "dtype": "float32", "batch_size": 16, "lr": 0.003, "min_lr": 0.0003,
+              "muon_weight_decay": 0.0},
+    "vocab": 4096,
+}
+
+# the recipe, each change as the options it sets on top of BASE
 RECIPE = {
     "rotary": {"model": {"positions": "rotary"}},
     "rmsnorm": {"model": {"norm": "rmsnorm"}},
@@ -39,51 +51,55 @@ RECIPE = {
     "bf16": {"train": {"dtype": "bf16"}},
     "muon": {"train": {"optimizer": "muon"}},
 }
+MODEL_KEYS = set(BASE["model"])
 
 
 def combine(*names, **extra):
-    out = {"model": {}, "train": {}}
+    """BASE with the recipe changes `names` and the options `extra` (vocab: the tokenizer size)."""
+    out = {"model": dict(BASE["model"]), "train": dict(BASE["train"]), "vocab": BASE["vocab"]}
     for n in names:
         for part in ("model", "train"):
             out[part].update(RECIPE[n].get(part, {}))
     for k, v in extra.items():
-        if k == "vocab":        # another tokenizer: the token folder tokens-<vocab> beside the default one
+        if k == "vocab":
             out["vocab"] = v
         else:
-            out["model" if k in ("n_layer", "n_embd", "n_head", "d_ff", "block_size") else "train"][k] = v
+            out["model" if k in MODEL_KEYS else "train"][k] = v
     return out
 
 
 MODERN = ("rotary", "rmsnorm", "relu2", "qk_norm", "untied", "zero_init", "softcap", "no_bias", "muon")
-VARIANTS = {"baseline": {}}
-VARIANTS.update(RECIPE)
+VARIANTS = {"baseline": combine()}
+VARIANTS.update({n: combine(n) for n in RECIPE})
 VARIANTS["all"] = combine(*MODERN)
+# then the size of the model, the tokenizer, the batch and the schedule, with the whole recipe
 VARIANTS["all-w192"] = combine(*MODERN, n_embd=192, n_head=6)
-VARIANTS["all-w256"] = combine(*MODERN, n_embd=256, n_head=8)
-VARIANTS["all-d6"] = combine(*MODERN, n_layer=6)
-VARIANTS["all-v2048"] = combine(*MODERN, vocab=2048)
-VARIANTS["all-v8192"] = combine(*MODERN, vocab=8192)
 VARIANTS["all-v1024"] = combine(*MODERN, vocab=1024)
-VARIANTS["all-v2048-b32"] = combine(*MODERN, vocab=2048, batch_size=32)
-VARIANTS["all-v2048-lr04"] = combine(*MODERN, vocab=2048, muon_lr=0.04)
-VARIANTS["all-v2048-minlr0"] = combine(*MODERN, vocab=2048, min_lr=0.0)
-VARIANTS["all-v2048-lr6e-3"] = combine(*MODERN, vocab=2048, lr=0.006)
-VARIANTS["all-v2048-t256"] = combine(*MODERN, vocab=2048, block_size=256, batch_size=16)
-VARIANTS["all-v2048-b64"] = combine(*MODERN, vocab=2048, batch_size=64)
-VARIANTS["all-v2048-b32-wd"] = combine(*MODERN, vocab=2048, batch_size=32, muon_weight_decay=0.1)
+VARIANTS["all-v2048"] = combine(*MODERN, vocab=2048)
 VARIANTS["all-muon-lr04"] = combine(*MODERN, muon_lr=0.04)
-VARIANTS["all-b32"] = combine(*MODERN, batch_size=32)
-VARIANTS["all-lr6e-3"] = combine(*MODERN, lr=0.006)
+VARIANTS["all-v2048-minlr0"] = combine(*MODERN, vocab=2048, min_lr=0.0)
+VARIANTS["all-v2048-b32"] = combine(*MODERN, vocab=2048, batch_size=32)
+VARIANTS["all-v2048-b64"] = combine(*MODERN, vocab=2048, batch_size=64)
+VARIANTS["all-v2048-t256"] = combine(*MODERN, vocab=2048, block_size=256, batch_size=16)
+VARIANTS["all-v2048-t512"] = combine(*MODERN, vocab=2048, block_size=512, batch_size=8)
+VARIANTS["all-v2048-b32-wd"] = combine(*MODERN, vocab=2048, batch_size=32, muon_weight_decay=0.1)
+VARIANTS["all-v2048-b32-lr6e-3"] = combine(*MODERN, vocab=2048, batch_size=32, lr=0.006)
+VARIANTS["all-v2048-b32-lr1e-2-wd-minlr0"] = combine(*MODERN, vocab=2048, batch_size=32, lr=0.01, muon_weight_decay=0.1,
+                                                    min_lr=0.0)
+# the demo's own config (configs/shakespeare-gpt-mini.json), nothing on top
+VARIANTS["demo"] = {"vocab": None}
 
 
 def run(name, variant, args):
     out = os.path.join(args.out, name)
     data = args.data
-    if "vocab" in variant:
+    if variant.get("vocab"):
         data = os.path.join(os.path.dirname(args.data.rstrip("/")), f"tokens-{variant['vocab']}")
     cmd = [sys.executable, "-m", "minillm", "train", "--config", CONFIG, "--out-dir", out,
-           "--data", data, "--num-threads", str(args.threads),
-           "--sample-tokens", "0", "--progress", "none", "--checkpoint-interval", "0"]
+           "--num-threads", str(args.threads), "--sample-tokens", "0", "--progress", "none",
+           "--checkpoint-interval", "0"]
+    if variant.get("vocab"):        # the demo's own variant keeps its config's data
+        cmd += ["--data", data]
     if args.steps:      # equal steps: the cosine over that many steps, no time budget
         cmd += ["--time-budget", "0", "--max-steps", str(args.steps)]
     else:
@@ -115,7 +131,9 @@ def result(name, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="variants to run (default: all)")
-    ap.add_argument("--data", default=os.path.join(ROOT, "data", "shakespeare", "tokens-4096"))
+    ap.add_argument("--data", default=os.path.join(ROOT, "data", "shakespeare", "tokens-4096"),
+                    help="a token folder beside tokens-<vocab> of the other tokenizers (the demo's own "
+                         "config reads its own data)")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of training per run")
     ap.add_argument("--steps", type=int, default=0,
                     help="equal steps instead of equal time: this many steps per run (a load-independent "
