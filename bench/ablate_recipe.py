@@ -86,6 +86,8 @@ VARIANTS["all-v2048-b32-wd"] = combine(*MODERN, vocab=2048, batch_size=32, muon_
 VARIANTS["all-v2048-b32-lr6e-3"] = combine(*MODERN, vocab=2048, batch_size=32, lr=0.006)
 VARIANTS["all-v2048-b32-lr1e-2-wd-minlr0"] = combine(*MODERN, vocab=2048, batch_size=32, lr=0.01, muon_weight_decay=0.1,
                                                     min_lr=0.0)
+VARIANTS["lean"] = combine(*(n for n in MODERN if n not in ("qk_norm", "untied", "softcap")), vocab=2048,
+                           batch_size=32, lr=0.01, muon_weight_decay=0.1, min_lr=0.0)
 # the demo's own config (configs/shakespeare-gpt-mini.json), nothing on top
 VARIANTS["demo"] = {"vocab": None}
 
