@@ -7,8 +7,7 @@ import numpy as np
 from minillm import _C
 from minillm.progress import Progress
 from minillm.random import Generator
-from minillm.utils import (default_num_threads, pause_point, process_tag, read_json, remove_stale,
-                           replace_folder, write_json)
+from minillm.utils import default_num_threads, folder_temp, pause_point, read_json, replace_folder, write_json
 
 Tensor = _C.Tensor
 
@@ -134,7 +133,6 @@ class Batches:
 import hashlib as _hashlib
 import json as _json
 import os as _os
-import re as _re
 import shutil as _shutil
 
 TOKENS_FORMAT = "minillm-tokens"
@@ -453,15 +451,7 @@ def prepare_tokens(inputs, tokenizer, out_dir, val_inputs=None, val_fraction=0.1
     eot = getattr(tokenizer, "eot_token", None) if add_eot else None
     encode = _Encoder(tokenizer, num_threads)
 
-    parent = _os.path.dirname(_os.path.abspath(out_dir))
-    base = _os.path.basename(_os.path.abspath(out_dir))
-    _os.makedirs(parent, exist_ok=True)
-    # leftovers of a prepare into this folder that was killed: .<name>.<writer>.tmp / .old
-    remove_stale(parent, _re.escape(f".{base}.") + r"(?P<tag>\d+(?:-\d+)?)\.(?P<kind>tmp|old)",
-                 lambda m: _os.path.join(parent, base) if m.group("kind") == "old" else None)
-    tag = process_tag()
-    tmp = _os.path.join(parent, f".{base}.{tag}.tmp")
-    _shutil.rmtree(tmp, ignore_errors=True)
+    tmp, tag = folder_temp(out_dir)    # after removing a killed prepare's leftovers
     _os.makedirs(tmp)
     # without val files: bytes [0, split_at) of the concatenated inputs train, the rest validates
     split_at = None if val_files else int(sum(sizes[p] for p in train_files) * (1.0 - val_fraction))

@@ -11,7 +11,6 @@ means int8, and the plan streams those weights as stored. quantize_folder writes
 """
 import json
 import os
-import re
 import shutil
 
 from minillm.quantize import FOLDER_DTYPES
@@ -147,15 +146,8 @@ def quantize_folder(out, hf_dir=None, ckpt=None, dtype="int8", group=None):
     if not isinstance(model, (GPT, Llama)):
         raise ValueError(f"quantize: {source}: a {type(model).__name__} model has no HuggingFace layout "
                          f"(GPT and Llama-family models do)")
-    from minillm.utils import process_tag, remove_stale, replace_folder
-    parent, base = os.path.split(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    # leftovers of a quantize into this folder that was killed: .<name>.<writer>.tmp / .old
-    remove_stale(parent, re.escape(f".{base}.") + r"(?P<tag>\d+(?:-\d+)?)\.(?P<kind>tmp|old)",
-                 lambda m: os.path.join(parent, base) if m.group("kind") == "old" else None)
-    tag = process_tag()
-    tmp = os.path.join(parent, f".{base}.{tag}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    from minillm.utils import folder_temp, replace_folder
+    tmp, tag = folder_temp(out)        # after removing a killed quantize's leftovers
     try:
         model.save_pretrained(tmp, weights=dtype, group=group)
         for name in TOKENIZER_FILES if hf_dir is not None else ():   # the source's own, verbatim

@@ -283,6 +283,21 @@ class FolderLock:
         self.release()
 
 
+def folder_temp(out):
+    """(tmp, tag) for writing the folder `out` whole before replace_folder puts it in place:
+    tmp = the hidden `.NAME.TAG.tmp` beside `out` (TAG this process's process_tag(), the folder
+    itself not made), after removing what a killed writer of `out` left there (its `.tmp`, and
+    its `.old`, moved back to `out` when `out` is missing). Makes `out`'s parent."""
+    parent, base = os.path.split(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    remove_stale(parent, re.escape(f".{base}.") + r"(?P<tag>\d+(?:-\d+)?)\.(?P<kind>tmp|old)",
+                 lambda m: os.path.join(parent, base) if m.group("kind") == "old" else None)
+    tag = process_tag()
+    tmp = os.path.join(parent, f".{base}.{tag}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp, tag
+
+
 def replace_folder(tmp, out, tag):
     """Put the finished folder `tmp` at `out`. An existing `out` is renamed aside first (a
     hidden `.NAME.TAG.old` beside it, TAG the writer's process_tag(), so a killed writer's
