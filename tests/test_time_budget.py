@@ -109,15 +109,20 @@ def test_a_run_whose_steps_slow_down_half_way_still_ends_at_the_budget(tokens_di
     assert [r["elapsed"] for r in recs if "loss" in r][-1] == 10.0
 
 
+def slow_evaluations(trainer, clock, seconds):
+    """Make every evaluation of `trainer` take `seconds` of `clock`."""
+    evaluate = trainer.evaluate
+
+    def slow_evaluate(max_batches=-1):
+        clock.now += seconds
+        return evaluate(max_batches)
+    trainer.evaluate = slow_evaluate
+
+
 def test_a_steady_run_fills_the_budget_and_evaluations_count_in_it(tokens_dir, tmp_path):
     clock = FakeClock()
     t = Trainer(_config(tokens_dir, tmp_path / "run", eval_interval=10), time_fn=clock)
-    evaluate = t.evaluate
-
-    def slow_evaluate(max_batches=-1):
-        clock.now += 0.5
-        return evaluate(max_batches)
-    t.evaluate = slow_evaluate
+    slow_evaluations(t, clock, 0.5)
     run_with_step_costs(t, clock, lambda s: 0.25)
     # 4 steps a second; the evaluations after steps 10, 20 and 30 take 1.5 of the 10 s (the final
     # one comes after the budget)
@@ -129,12 +134,7 @@ def test_a_steady_run_fills_the_budget_and_evaluations_count_in_it(tokens_dir, t
 def test_an_evaluation_that_spends_the_budget_ends_the_run(tokens_dir, tmp_path):
     clock = FakeClock()
     t = Trainer(_config(tokens_dir, tmp_path / "run", eval_interval=10), time_fn=clock)
-    evaluate = t.evaluate
-
-    def slow_evaluate(max_batches=-1):
-        clock.now += 4.0
-        return evaluate(max_batches)
-    t.evaluate = slow_evaluate
+    slow_evaluations(t, clock, 4.0)
     run_with_step_costs(t, clock, lambda s: 0.25)
     # 2.5 s of steps + 4 s of evaluation, 2.5 + 4 more: spent; the final evaluation and
     # checkpoint follow at once
