@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from minillm import _C
-from minillm.models.rotary import rope_inv_freq, rope_table
+from minillm.models.rotary import RotaryTable, rope_inv_freq
 from minillm.quantize import DTYPES, decoding_weight
 
 __all__ = ["BlockOptions", "Decoder"]
@@ -135,10 +135,9 @@ class Decoder:
         if self.pos_embed is not None and (self.pos_embed.ndim != 2 or self.pos_embed.shape[1] != options.n_embd):
             raise ValueError(f"Decoder: pos_embed must be (positions, {options.n_embd}), got "
                              f"{tuple(self.pos_embed.shape)}")
-        self._inv_freq = None
-        self._rope = (None, None)
+        self._rope = None
         if options.positions == "rotary":
-            self._inv_freq = rope_inv_freq(options.head_dim, options.rope_theta, options.rope_scaling)
+            self._rope = RotaryTable(rope_inv_freq(options.head_dim, options.rope_theta, options.rope_scaling), 256)
         self._scratch = None
         self._scratch_size = (0, 0)          # (B, positions) the scratch is sized for
         self.hugepage_bytes = 0
@@ -151,14 +150,6 @@ class Decoder:
         """The weights a step streams, in step order: every block's Linear weights, then the head."""
         return [w for b in self.blocks for w in b.linear_weights()] + [self.head.head_weight]
 
-    def _rope_rows(self, pos):
-        """The rotary table with a row for pos (grown by doubling; the rows never change)."""
-        cos, sin = self._rope
-        if cos is None or cos.shape[0] <= pos:
-            n = max(256, pos + 1, 2 * (0 if cos is None else cos.shape[0]))
-            self._rope = rope_table(self._inv_freq, n)
-        return self._rope
-
     def _scratch_for(self, B, S):
         """Scratch for B rows and S positions (grown by doubling the positions)."""
         b0, s0 = self._scratch_size
@@ -170,7 +161,7 @@ class Decoder:
         return self._scratch
 
     def _cap(self, logits):
-        return _softcap_(logits, self.logit_softcap) if self.logit_softcap else logits
+        return _C.softcap(logits, self.logit_softcap) if self.logit_softcap else logits
 
     def step(self, tokens, cache):
         """tokens (B,) int64 at position cache.pos -> logits (B, V) float32; every layer's cache
@@ -182,7 +173,7 @@ class Decoder:
         if self.pos_embed is not None:
             pe = self.pos_embed[pos:pos + 1]                            # (1, C)
             _C.add_(x, pe if x.shape[0] == 1 else _C.expand(pe, x.shape))
-        cos, sin = self._rope_rows(pos) if self._inv_freq is not None else (None, None)
+        cos, sin = self._rope.upto(pos + 1) if self._rope is not None else (None, None)
         scratch = self._scratch_for(x.shape[0], pos + 1)
         block_step = _C.block_step
         for layer, block in zip(cache.layers, self.blocks):
@@ -213,7 +204,7 @@ class Decoder:
         x = _embed_rows(self.embed, tokens)                            # (B, C)
         if self.pos_embed is not None:
             _C.add_(x, _C.embedding(self.pos_embed, _C.tensor(positions, dtype="int64")))
-        cos, sin = self._rope_rows(top) if self._inv_freq is not None else (None, None)
+        cos, sin = self._rope.upto(top + 1) if self._rope is not None else (None, None)
         scratch = self._scratch_for(B, top + 1)
         for i, block in enumerate(self.blocks):
             ks, vs = [], []
@@ -230,14 +221,6 @@ class Decoder:
         for c in caches:
             c.advance(1)
         return logits
-
-
-def _softcap_(logits, cap):
-    """logits = cap tanh(logits / cap), in place (the model's logit soft-cap)."""
-    a = logits.numpy()
-    np.tanh(a * (1.0 / cap), out=a)
-    a *= cap
-    return logits
 
 
 def _embed_rows(table, tokens):

@@ -28,7 +28,7 @@ from minillm import io, nn, quantize, serialization
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
-from minillm.models.rotary import rope_inv_freq, rope_table
+from minillm.models.rotary import RotaryTable, rope_inv_freq
 from minillm.tokenizers import load_tokenizer
 from minillm.utils import read_json
 
@@ -226,7 +226,8 @@ class GPT(LanguageModel):
         if config.tie_weights:
             # one tensor, two roles (Press & Wolf, 2017); state_dict() lists it once, as wte
             self.lm_head.weight = self.transformer.wte.weight
-        self._rope = (None, None)          # rotary (cos, sin) of positions 0 .. n-1, grown on demand
+        if config.positions == "rotary":
+            self._rope = RotaryTable(rope_inv_freq(config.head_size, config.rope_theta), config.block_size)
         self.init_weights(generator)
 
     @no_grad()
@@ -250,12 +251,8 @@ class GPT(LanguageModel):
                 nn.init.normal_(p, 0.0, std, generator=generator)
 
     def rope(self, pos0, T):
-        """(cos, sin) table rows of positions pos0 .. pos0 + T - 1, each (T, hs / 2)."""
-        cos, sin = self._rope
-        if cos is None or cos.shape[0] < pos0 + T:
-            n = max(pos0 + T, self.config.block_size)
-            self._rope = cos, sin = rope_table(rope_inv_freq(self.config.head_size, self.config.rope_theta), n)
-        return cos[pos0:pos0 + T], sin[pos0:pos0 + T]
+        """(cos, sin) table rows of positions pos0 .. pos0 + T - 1, each (T, hs / 2) (rotary positions)."""
+        return self._rope.rows(pos0, T)
 
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) int64 token ids (T <= block_size, counting cached positions);

@@ -26,7 +26,7 @@ from minillm import nn, quantize, serialization
 from minillm.autograd import no_grad
 from minillm.models.base import LanguageModel, ModelConfig, check_idx, read_generation_config
 from minillm.models.decoder import BlockOptions, Decoder
-from minillm.models.rotary import ROPE_TYPES, rope_inv_freq, rope_table
+from minillm.models.rotary import ROPE_TYPES, RotaryTable, rope_inv_freq
 from minillm.utils import read_json
 
 __all__ = ["LlamaConfig", "Llama", "ARCHITECTURES", "config_from_hf", "config_to_hf", "load_pretrained",
@@ -184,8 +184,7 @@ class Llama(LanguageModel):
             self.lm_head.weight = self.model.embed_tokens.weight     # one tensor, two roles
         else:
             self.lm_head = _linear_maker(init, config.dtype)(config.n_embd, config.vocab_size, False)
-        self._rope = (None, None)          # (cos, sin) of positions 0 .. n-1, grown on demand
-        self._inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        self._rope = RotaryTable(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling))
         if init:
             if config.dtype != "float32":
                 raise ValueError("Llama: a freshly initialised model is float32; bfloat16 weights come from "
@@ -206,11 +205,7 @@ class Llama(LanguageModel):
 
     def rope(self, pos0, T):
         """(cos, sin) table rows of positions pos0 .. pos0 + T - 1, each (T, hs / 2)."""
-        cos, sin = self._rope
-        if cos is None or cos.shape[0] < pos0 + T:
-            n = max(pos0 + T, 2 * (0 if cos is None else cos.shape[0]), 64)
-            self._rope = cos, sin = rope_table(self._inv_freq, n)
-        return cos[pos0:pos0 + T], sin[pos0:pos0 + T]
+        return self._rope.rows(pos0, T)
 
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) int64 token ids (T <= config.context, counting cached positions);

@@ -61,3 +61,24 @@ def rope_table(inv_freq, n_pos, scale=1.0):
     """(cos, sin), each (n_pos, len(inv_freq)) float32: scale * cos(p f), scale * sin(p f) for
     positions p < n_pos (angles computed in double)."""
     return _C.rope_table(inv_freq, n_pos, scale)
+
+
+class RotaryTable:
+    """The rotary table of one inv_freq, grown as positions are asked for (by doubling, at
+    least min_rows at a time); its rows never change, so earlier slices stay valid."""
+
+    def __init__(self, inv_freq, min_rows=64):
+        self.inv_freq, self.min_rows = inv_freq, min_rows
+        self.cos = self.sin = None
+
+    def upto(self, n):
+        """(cos, sin), each (>= n, half): the whole table with a row for every position < n."""
+        have = 0 if self.cos is None else self.cos.shape[0]
+        if have < n:
+            self.cos, self.sin = rope_table(self.inv_freq, max(n, 2 * have, self.min_rows))
+        return self.cos, self.sin
+
+    def rows(self, pos0, T):
+        """(cos, sin) rows of positions pos0 .. pos0 + T - 1, each (T, half)."""
+        cos, sin = self.upto(pos0 + T)
+        return cos[pos0:pos0 + T], sin[pos0:pos0 + T]
