@@ -305,7 +305,7 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
  * must wait for every thread to arrive, so one thread the OS has descheduled (a busy machine)
  * stalls the whole step. Here the caller works through the chunks itself and helper threads
  * take chunks only while they are running: the caller waits for chunks a helper has started,
- * never for a helper to show up (but see STALL_NS below). Which thread
+ * never for a helper to show up (but see below: it may run alone). Which thread
  * computes a chunk does not change its arithmetic (fixed groups of 4 rows), so results stay
  * bitwise the same for any thread count.
  *
@@ -315,15 +315,56 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
 #define MAX_HELPERS 15
 #define HELPER_SPINS 20000       /* about 0.2 ms of polling before a helper sleeps */
 #define CHUNK_BITS 20
-/* The caller waits for a chunk only while a helper runs it, but a helper the OS takes off
- * its core (other processes want it) can hold a chunk for a whole time slice: on a small
- * machine shared with other work, two threads could then decode slower than one. So the caller yields its core while waiting, and a wait longer than STALL_NS (10x a big
- * chunk's time) makes the next BACKOFF_JOBS jobs run on the caller alone, after which the
- * helpers are tried again. A quiet machine never stalls that long; the thread count never
- * changes a result. */
+/* The caller waits for a chunk only while a helper runs it, but on a machine whose cores other
+ * processes also want, the helpers cost more than they give: a helper the OS takes off its
+ * core holds its chunk for a whole time slice, and a polling helper takes CPU time the caller
+ * (the step's critical path) would have had, so two threads can decode slower than one. No
+ * rule of thumb tells these apart from a quiet machine, so the pool measures: jobs run in
+ * windows of WINDOW_JOBS, a window either with the helpers or on the caller alone, and each
+ * way keeps its time per unit of work (the caller's `work`) averaged over its windows. A
+ * window takes the faster way, except that the other is tried again after EXPLORE_CLOSE
+ * windows when the two were within 25%, after EXPLORE_FAR when they were not, and at once
+ * when a window of the faster way ran 1.5x slower than its average (the load changed). A
+ * token of GPT-2 small is about 70 jobs. The way a job runs never changes a result. */
 #define WAIT_SPINS 2000
-#define STALL_NS 1000000
-#define BACKOFF_JOBS 256
+#define WINDOW_JOBS 64
+#define EXPLORE_CLOSE 16
+#define EXPLORE_FAR 64
+enum { WAY_HELPERS = 0, WAY_ALONE = 1 };
+
+static struct {                        /* under job_owner */
+    double ns_per_work[2];             /* each way's average, < 0 until measured */
+    int way;                           /* the current window's */
+    int64_t jobs, windows, since;      /* jobs in the current window, windows so far and since
+                                          the slower way was last tried */
+    double ns, work;                   /* the current window's totals */
+} pool_clock = {{-1.0, -1.0}, WAY_HELPERS, 0, 0, 0, 0.0, 0.0};
+
+/* Ends the current window (rate: its ns per unit of work) and picks the next one's way. */
+static void end_window(double rate) {
+    double *r = pool_clock.ns_per_work;
+    int way = pool_clock.way;
+    int best = r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
+    int jumped = way == best && r[way] >= 0.0 && rate > 1.5 * r[way];
+    r[way] = r[way] < 0.0 ? rate : 0.5 * (r[way] + rate);
+    pool_clock.windows++;
+    pool_clock.since = way == best ? pool_clock.since + 1 : 0;
+    best = r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
+    int other = 1 - best;
+    int close = r[other] >= 0.0 && r[other] < 1.25 * r[best];
+    int64_t every = close ? EXPLORE_CLOSE : EXPLORE_FAR;
+    pool_clock.way = r[other] < 0.0 || jumped || pool_clock.since >= every ? other : best;
+}
+
+/* Adds a job that took ns for `work` units to the current window (caller holds job_owner). */
+static void count_job(int64_t ns, double work) {
+    pool_clock.ns += (double)ns;
+    pool_clock.work += work > 1.0 ? work : 1.0;
+    if (++pool_clock.jobs < WINDOW_JOBS) return;
+    end_window(pool_clock.ns / pool_clock.work);
+    pool_clock.jobs = 0;
+    pool_clock.ns = pool_clock.work = 0.0;
+}
 
 static mll_chunk_fn job_fn;
 static void *job_ctx;
@@ -336,7 +377,6 @@ static pthread_mutex_t sleep_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t sleep_cv = PTHREAD_COND_INITIALIZER;
 static int sleepers;                   /* helpers waiting on sleep_cv (under sleep_mu) */
 static int helpers_started;            /* under job_owner */
-static int64_t backoff;                /* jobs left to run alone after a stall (under job_owner) */
 
 static int64_t now_ns(void) {
     struct timespec t;
@@ -405,44 +445,48 @@ static int ensure_helpers(int n) {
     return helpers_started < n ? helpers_started : n;
 }
 
-void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx) {
+void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_fn fn, void *ctx) {
     if (nchunks <= 0) return;
     if (nthreads > nchunks) nthreads = (int)nchunks;
-    /* another caller owns the helpers (Python threads without the GIL): do it alone */
-    int alone = nthreads <= 1 || nchunks >= (1 << CHUNK_BITS) || pthread_mutex_trylock(&job_owner) != 0;
-    if (!alone && backoff > 0) {
-        backoff--;
-        pthread_mutex_unlock(&job_owner);
-        alone = 1;
-    }
-    int helpers = alone ? 0 : ensure_helpers(nthreads - 1);
-    if (helpers == 0) {
-        if (!alone) pthread_mutex_unlock(&job_owner);
+    /* another caller owns the helpers (Python threads without the GIL): do it alone, unmeasured */
+    if (nthreads <= 1 || nchunks >= (1 << CHUNK_BITS) || pthread_mutex_trylock(&job_owner) != 0) {
         for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
         return;
     }
-    job_fn = fn;
-    job_ctx = ctx;
-    uint32_t gen = (atomic_load_explicit(&job_gen, memory_order_relaxed) + 1) & 0xFFFFFFu;
-    if (gen == 0) gen = 1;
-    atomic_store_explicit(&job_done, 0, memory_order_relaxed);
-    atomic_store_explicit(&job_helpers, helpers, memory_order_relaxed);
-    atomic_store_explicit(&job_word, ((uint64_t)gen << (2 * CHUNK_BITS)) | ((uint64_t)nchunks << CHUNK_BITS),
-                          memory_order_release);
-    atomic_store_explicit(&job_gen, gen, memory_order_release);
-    pthread_mutex_lock(&sleep_mu);
-    if (sleepers) pthread_cond_broadcast(&sleep_cv);
-    pthread_mutex_unlock(&sleep_mu);
-    run_chunks(gen);
-    /* only chunks a helper has claimed can still be running */
-    if (atomic_load_explicit(&job_done, memory_order_acquire) < nchunks) {
-        int64_t t0 = now_ns();
+    int64_t t0 = now_ns();
+    int helpers = pool_clock.way == WAY_ALONE ? 0 : ensure_helpers(nthreads - 1);
+    if (helpers == 0) {
+        for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
+    } else {
+        job_fn = fn;
+        job_ctx = ctx;
+        uint32_t gen = (atomic_load_explicit(&job_gen, memory_order_relaxed) + 1) & 0xFFFFFFu;
+        if (gen == 0) gen = 1;
+        atomic_store_explicit(&job_done, 0, memory_order_relaxed);
+        atomic_store_explicit(&job_helpers, helpers, memory_order_relaxed);
+        atomic_store_explicit(&job_word, ((uint64_t)gen << (2 * CHUNK_BITS)) | ((uint64_t)nchunks << CHUNK_BITS),
+                              memory_order_release);
+        atomic_store_explicit(&job_gen, gen, memory_order_release);
+        pthread_mutex_lock(&sleep_mu);
+        if (sleepers) pthread_cond_broadcast(&sleep_cv);
+        pthread_mutex_unlock(&sleep_mu);
+        run_chunks(gen);
+        /* only chunks a helper has claimed can still be running */
         for (int spins = 0; atomic_load_explicit(&job_done, memory_order_acquire) < nchunks; spins++) {
             if (spins < WAIT_SPINS) cpu_relax();
             else sched_yield();
         }
-        if (now_ns() - t0 > STALL_NS) backoff = BACKOFF_JOBS;
     }
+    count_job(now_ns() - t0, work);
+    pthread_mutex_unlock(&job_owner);
+}
+
+void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone) {
+    pthread_mutex_lock(&job_owner);
+    *helpers_ns = pool_clock.ns_per_work[WAY_HELPERS];
+    *alone_ns = pool_clock.ns_per_work[WAY_ALONE];
+    *windows = pool_clock.windows;
+    *alone = pool_clock.way == WAY_ALONE;
     pthread_mutex_unlock(&job_owner);
 }
 
@@ -528,7 +572,7 @@ static int linear_run(linear_job *job, int64_t weights) {
     job->small = small;
     job->nbig = (groups - groups / 4) / big;
     int64_t nchunks = job->nbig + (groups - job->nbig * big + small - 1) / small;
-    mll_decode_parallel(nchunks, nt, linear_chunk, job);
+    mll_decode_parallel(nchunks, nt, (double)weights, linear_chunk, job);
     return 0;
 }
 
@@ -608,7 +652,7 @@ float mll_stream_sum(const float *x, int64_t n) {
     float *parts = mll_alloc((size_t)nchunks * sizeof(float));
     if (!parts) return NAN;
     sum_job job = {MLL_PICK(sum), x, n, parts};
-    mll_decode_parallel(nchunks, n >= GEMV_PAR_MIN ? mll_get_num_threads() : 1, sum_chunk, &job);
+    mll_decode_parallel(nchunks, n >= GEMV_PAR_MIN ? mll_get_num_threads() : 1, (double)n, sum_chunk, &job);
     float s = 0.0f;
     for (int64_t c = 0; c < nchunks; c++) s += parts[c];
     mll_free(parts, (size_t)nchunks * sizeof(float));

@@ -105,7 +105,7 @@ int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, 
     int64_t per_chunk = nt <= 1 ? nh : (nh + 2 * nt - 1) / (2 * nt);
     attend_job job = {qkv, kc, vc, pos, y, w, nh, nh / nkv, hs, ldq, ld, S, per_chunk,
                       (nh + per_chunk - 1) / per_chunk, scale};
-    mll_decode_parallel(B * job.chunks_per_row, nt, MLL_PICK(attend), &job);
+    mll_decode_parallel(B * job.chunks_per_row, nt, (double)work, MLL_PICK(attend), &job);
     return 0;
 }
 

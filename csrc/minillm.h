@@ -442,9 +442,14 @@ int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, cons
                      float *y, int64_t M, int64_t N, int64_t K);
 /* Runs fn(ctx, c) for every c in [0, nchunks) on the caller and up to nthreads - 1 helper
  * threads (the decoding kernels' own pool: no OpenMP team, whose idle threads would spin
- * against these). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
+ * against these), or on the caller alone where that measured faster (a machine whose cores
+ * other processes want; gemv.c). work: the job's size in any unit proportional to its time
+ * (values read). Chunks are claimed dynamically; fn must not depend on which thread runs it. */
 typedef void (*mll_chunk_fn)(void *ctx, int64_t chunk);
-void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx);
+void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_fn fn, void *ctx);
+/* The pool's measurements: ns per unit of work with the helpers and alone (< 0 until
+ * measured), windows measured so far, and whether the current window runs alone. */
+void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone);
 /* Asks Linux for 2 MiB pages under [p, p + nbytes) (anonymous memory, e.g. weights that every
  * decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE, per 2 MiB page, the two partial
  * ones at the ends included (their other bytes keep their values). Returns the bytes of the

@@ -57,7 +57,7 @@ FIXED_OPTIONS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout"
 # lr_decay_steps, or at max_steps when that is not set; a time-budgeted run's schedule does not
 # depend on max_steps):
 FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batches", "log_interval",
-                "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "progress",
+                "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "tune_threads", "progress",
                 "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
 # The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
 # muon_lr, muon_momentum, muon_weight_decay, time_budget, cooldown_frac, batch_size, grad_accum, dtype) change the
@@ -451,6 +451,9 @@ class Trainer:
         prev_handler = signal.signal(signal.SIGINT, self._on_sigint) if use_signal else None
         self._stop, self.interrupted, self.stopped_by_user = False, False, False
         clock = _Clock(self.elapsed, self.tokens_seen, self.time_fn)
+        # DDP ranks keep their count: a rank that changed it alone would wait for the others
+        threads = _ThreadTuner(minillm.get_num_threads(), self.time_fn) \
+            if self.config.tune_threads and self.world.size == 1 else None
         try:
             if self.step == 0:
                 progress.log(self._describe())
@@ -459,7 +462,11 @@ class Trainer:
             # the budget: a step started before then finishes, so it overruns by under a step
             # and an evaluation, whatever the load did to the speed
             while self.step < self.config.max_steps and not self.budget_spent():
+                if threads is not None:
+                    threads.start_step()
                 loss, norm, lr = self.train_step()
+                if threads is not None:
+                    threads.end_step()
                 self.history.append((self.step, loss))
                 self._tick(clock)
                 progress.update(1, postfix=f"loss {loss:.4f}")
@@ -494,6 +501,8 @@ class Trainer:
                 raise
             raise reported from e
         finally:
+            if threads is not None:
+                threads.restore()
             progress.close()
             if use_signal:
                 signal.signal(signal.SIGINT, prev_handler)
@@ -548,12 +557,13 @@ class Trainer:
         cfg = self.config
         if self.step % cfg.log_interval and self.step != cfg.max_steps and not self.budget_spent():
             return
-        tps = clock.tokens_per_s(self.tokens_seen)
+        tps, threads = clock.tokens_per_s(self.tokens_seen), minillm.get_num_threads()
         self._log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                   "tokens_per_s": tps, "elapsed": self.elapsed})
+                   "tokens_per_s": tps, "threads": threads, "elapsed": self.elapsed})
         if progress.bar is None:
             progress.log(f"step {self.step:6d} | loss {loss:.4f} | lr {lr:.2e} | grad norm "
-                         f"{norm:.3f} | {tps:,.0f} tok/s | {self.elapsed:.0f} s")
+                         f"{norm:.3f} | {tps:,.0f} tok/s, {threads} thread{'s' * (threads > 1)} | "
+                         f"{self.elapsed:.0f} s")
 
     def _run_eval(self, progress, final=False):
         t0 = self.time_fn()
@@ -644,6 +654,56 @@ class _Clock:
         tps = (tokens - self.tokens_log) / max(now - self.t_log, 1e-9)
         self.t_log, self.tokens_log = now, tokens
         return tps
+
+
+class _ThreadTuner:
+    """The thread count of the training steps, chosen by timing them. On a machine whose cores
+    other processes also want, every kernel's thread team waits for a thread the OS took off its
+    core, and half the threads can train faster than all of them (2 cores, one taken by another
+    process: 1 thread about 1.5x faster than 2). Nothing tells that apart from a quiet machine
+    but the clock, so steps run in windows of WINDOW, each at `full` threads or at half, and each
+    count keeps the median step time of its windows (averaged with the earlier ones). A window
+    takes the faster count; the other is tried again after EXPLORE_CLOSE windows when the two
+    were within 25%, after EXPLORE_FAR when not, and at once when a window of the faster count
+    was 1.5x slower than its average (the load changed). The kernels give the same bits for any
+    thread count, so this changes the speed only."""
+    WINDOW, EXPLORE_CLOSE, EXPLORE_FAR = 6, 8, 24
+
+    def __init__(self, full, time_fn):
+        self.counts = (full, max(1, full // 2))
+        self.time_fn = time_fn
+        self.avg = [None, None]             # seconds per step at each count
+        self.way, self.since, self.times, self.t0 = 0, 0, [], None
+        self.active = full > 1
+
+    def start_step(self):
+        if self.active:
+            minillm.set_num_threads(self.counts[self.way])
+            self.t0 = self.time_fn()
+
+    def end_step(self):
+        if not self.active:
+            return
+        self.times.append(self.time_fn() - self.t0)
+        if len(self.times) < self.WINDOW:
+            return
+        step = sorted(self.times)[len(self.times) // 2]
+        self.times = []
+        avg, way = self.avg, self.way
+        best = 1 if avg[1] is not None and avg[1] < avg[0] else 0
+        jumped = way == best and avg[way] is not None and step > 1.5 * avg[way]
+        avg[way] = step if avg[way] is None else 0.5 * (avg[way] + step)
+        self.since = self.since + 1 if way == best else 0
+        best = 1 if avg[1] is not None and avg[1] < avg[0] else 0
+        other = 1 - best
+        close = avg[other] is not None and avg[other] < 1.25 * avg[best]
+        every = self.EXPLORE_CLOSE if close else self.EXPLORE_FAR
+        self.way = other if avg[other] is None or jumped or self.since >= every else best
+
+    def restore(self):
+        """Back to `full` threads (the run is over)."""
+        if self.active:
+            minillm.set_num_threads(self.counts[0])
 
 
 def _launcher_rank():

@@ -84,6 +84,9 @@ class TrainConfig:
                                    "learning rate falls linearly to min_lr")
     max_time: float = _f(0.0, "stop (with a checkpoint) after this many seconds (0: no limit)")
     num_threads: int = _f(0, "threads (0: $MINILLM_NUM_THREADS or all cores)")
+    tune_threads: bool = _f(True, "time the steps at num_threads and at half as many and train at "
+                                  "the faster (a machine whose cores other processes also use); "
+                                  "the results are the same either way")
     ddp: bool = _f(False, "data-parallel over the ranks of `mpirun -n N`: each rank takes "
                           "batch_size / N windows of every batch (batch_size is the global batch)")
     progress: str = _f("auto", "progress display: auto (a tqdm bar on a terminal), bar, log, none")
@@ -184,7 +187,7 @@ def check_option(name, value):
         ok, want = value in MODES, f"one of {', '.join(MODES)}"
     elif name == "model_args":
         ok, want = isinstance(value, dict), "a dict (a JSON object)"
-    elif name == "ddp":
+    elif name in ("ddp", "tune_threads"):
         ok, want = isinstance(value, bool), "true or false"
     elif name in _STRINGS:
         ok, want = isinstance(value, str), "a string"

@@ -47,6 +47,19 @@ def advise_hugepages(t):
     return r
 
 
+def decode_pool_stats():
+    """What the decoding kernels' thread pool has measured (gemv.c): {'helpers_ns', 'alone_ns'}
+    (nanoseconds per unit of work with the helper threads and on the calling thread alone, None
+    until measured), 'windows' (windows of jobs measured) and 'alone' (whether the current
+    window runs on the calling thread alone: the faster way, or the other one being tried)."""
+    cdef double h, a
+    cdef int64_t w
+    cdef int alone
+    C.mll_decode_pool_stats(&h, &a, &w, &alone)
+    return {"helpers_ns": h if h >= 0 else None, "alone_ns": a if a >= 0 else None, "windows": w,
+            "alone": bool(alone)}
+
+
 cdef const float *_weight_ptr(str owner, dict weights, str name, tuple shape) except? NULL:
     """fptr of weights[name], a contiguous float32 tensor of `shape`; NULL if absent or None."""
     t = weights.get(name)

@@ -211,7 +211,8 @@ cdef extern from "minillm.h" nogil:
     int mll_linear_gated(const float *x, const mll_matrix *Wg, const float *bg, const mll_matrix *Wu,
                          const float *bu, float *y, int64_t M, int64_t N, int64_t K)
     ctypedef void (*mll_chunk_fn)(void *ctx, int64_t chunk) noexcept nogil
-    void mll_decode_parallel(int64_t nchunks, int nthreads, mll_chunk_fn fn, void *ctx)
+    void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_fn fn, void *ctx)
+    void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
 
     # kv_attention.c

@@ -306,7 +306,7 @@ def test_training_lowers_the_validation_loss_and_logs_metrics(tokens_dir, tmp_pa
     steps = [r for r in recs if "loss" in r]
     assert [r["step"] for r in steps] == [5, 10, 15, 20, 25, 30]
     for r in steps:
-        assert set(r) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"}
+        assert set(r) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "threads", "elapsed"}
     evals = [r for r in recs if "val_loss" in r]
     assert len(evals) == 1 and evals[0]["val_bpb"] > 0 and evals[0]["step"] == 30
 
