@@ -336,7 +336,7 @@ def add_train_parser(subparsers):
                     "the defaults, then --config FILE.json, then the flags below. Writes "
                     "OUT_DIR/metrics.jsonl and checkpoints OUT_DIR/checkpoints/step_N/; Ctrl-C "
                     "saves a checkpoint and stops; --resume continues bitwise exactly (with the "
-                    "same options and thread count); --resume --extend-steps N trains N more "
+                    "same options, on any thread count); --resume --extend-steps N trains N more "
                     "steps at the final learning rate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default=None, help="JSON file of training options")

@@ -15,7 +15,7 @@ stopping when the budget is spent (minillm.optim).
 
 Around the loop: the options are minillm/train_config.py, the checkpoint folder
 minillm/checkpoint.py (restoring it makes a resumed run bitwise identical to an uninterrupted
-one, same thread count), evaluation and metrics.jsonl minillm/metrics.py, the progress display
+one, on any thread count), evaluation and metrics.jsonl minillm/metrics.py, the progress display
 minillm/progress.py.
 
 What a run never does: start with data it will fail on later (the checks of `_preflight` run

@@ -98,3 +98,32 @@ def test_training_switches_threads_without_changing_a_bit(tokens_dir, tmp_path):
     assert tuned.keys() == fixed.keys()
     for k in fixed:                              # ...and trained the very same weights
         assert np.array_equal(tuned[k], fixed[k]), k
+
+
+def test_a_resume_on_another_thread_count_is_exact(tokens_dir, tmp_path):
+    """The kernels give the same bits for any thread count, so a run stopped at 2 threads and
+    resumed at 1 ends with the weights of the uninterrupted run."""
+    def config(out, steps):
+        return TrainConfig(model="gpt-tiny", n_layer=2, n_head=2, n_embd=64, block_size=32, data=tokens_dir,
+                           out_dir=str(out), batch_size=8, max_steps=steps, eval_interval=0, eval_batches=1,
+                           final_eval_batches=1, log_interval=10, checkpoint_interval=10, progress="none",
+                           seed=7, num_threads=2, tune_threads=False)
+    Trainer(config(tmp_path / "whole", 20)).train()
+    first = Trainer(config(tmp_path / "parts", 20))
+    stop = first.train_step
+
+    def stop_at_10():
+        out = stop()
+        if first.step == 10:
+            first._stop = True
+        return out
+    first.train_step = stop_at_10
+    first.train()
+    assert first.step == 10
+    second = Trainer.resume(str(tmp_path / "parts"), num_threads=1)
+    assert minillm.get_num_threads() == 1
+    second.train()
+    whole = checkpoint.load_checkpoint(checkpoint.find_checkpoint(str(tmp_path / "whole")))["model"]
+    parts = checkpoint.load_checkpoint(checkpoint.find_checkpoint(str(tmp_path / "parts")))["model"]
+    for k in whole:
+        assert np.array_equal(np.asarray(whole[k]), np.asarray(parts[k])), k
