@@ -320,40 +320,51 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
  * core holds its chunk for a whole time slice, and a polling helper takes CPU time the caller
  * (the step's critical path) would have had, so two threads can decode slower than one. No
  * rule of thumb tells these apart from a quiet machine, so the pool measures: jobs run in
- * windows of WINDOW_JOBS, a window either with the helpers or on the caller alone, and each
- * way keeps its time per unit of work (the caller's `work`) averaged over its windows. A
- * window takes the faster way, except that the other is tried again after EXPLORE_CLOSE
- * windows when the two were within 25%, after EXPLORE_FAR when they were not, and at once
- * when a window of the faster way ran 1.5x slower than its average (the load changed). A
- * token of GPT-2 small is about 70 jobs. The way a job runs never changes a result. */
+ * windows of WINDOW_JOBS (a token of GPT-2 small is about 70 jobs), a window either with the
+ * helpers or on the caller alone, and each way keeps its time per unit of work (the caller's
+ * `work`) averaged over its windows. A window takes the faster way; the slower is tried again
+ * after `interval` windows, which doubles (EXPLORE_MIN up to EXPLORE_MAX) each time the try
+ * confirms the choice and starts over when it does not, or when a window of the faster way ran
+ * 1.5x slower than its average (the load changed: the slower way is then tried at once). On a
+ * quiet machine that leaves about one window in EXPLORE_MAX on the slower way. The way a job
+ * runs never changes a result. */
 #define WAIT_SPINS 2000
 #define WINDOW_JOBS 64
-#define EXPLORE_CLOSE 16
-#define EXPLORE_FAR 64
+#define EXPLORE_MIN 8
+#define EXPLORE_MAX 256
 enum { WAY_HELPERS = 0, WAY_ALONE = 1 };
 
 static struct {                        /* under job_owner */
     double ns_per_work[2];             /* each way's average, < 0 until measured */
     int way;                           /* the current window's */
-    int64_t jobs, windows, since;      /* jobs in the current window, windows so far and since
-                                          the slower way was last tried */
+    int64_t jobs, windows;             /* jobs in the current window, windows so far */
+    int64_t since, interval;           /* windows since the slower way was tried, and between tries */
     double ns, work;                   /* the current window's totals */
-} pool_clock = {{-1.0, -1.0}, WAY_HELPERS, 0, 0, 0, 0.0, 0.0};
+} pool_clock = {{-1.0, -1.0}, WAY_HELPERS, 0, 0, 0, EXPLORE_MIN, 0.0, 0.0};
+
+static int faster_way(void) {
+    const double *r = pool_clock.ns_per_work;
+    return r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
+}
 
 /* Ends the current window (rate: its ns per unit of work) and picks the next one's way. */
 static void end_window(double rate) {
     double *r = pool_clock.ns_per_work;
-    int way = pool_clock.way;
-    int best = r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
+    int way = pool_clock.way, best = faster_way();
     int jumped = way == best && r[way] >= 0.0 && rate > 1.5 * r[way];
     r[way] = r[way] < 0.0 ? rate : 0.5 * (r[way] + rate);
     pool_clock.windows++;
-    pool_clock.since = way == best ? pool_clock.since + 1 : 0;
-    best = r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
+    if (way != best) {                 /* a try of the slower way: did it stay slower? */
+        int64_t twice = 2 * pool_clock.interval;
+        pool_clock.interval = faster_way() == best ? (twice < EXPLORE_MAX ? twice : EXPLORE_MAX) : EXPLORE_MIN;
+        pool_clock.since = 0;
+    } else {
+        pool_clock.since++;
+    }
+    if (jumped) pool_clock.interval = EXPLORE_MIN;
+    best = faster_way();
     int other = 1 - best;
-    int close = r[other] >= 0.0 && r[other] < 1.25 * r[best];
-    int64_t every = close ? EXPLORE_CLOSE : EXPLORE_FAR;
-    pool_clock.way = r[other] < 0.0 || jumped || pool_clock.since >= every ? other : best;
+    pool_clock.way = r[other] < 0.0 || jumped || pool_clock.since >= pool_clock.interval ? other : best;
 }
 
 /* Adds a job that took ns for `work` units to the current window (caller holds job_owner). */

@@ -663,18 +663,23 @@ class _ThreadTuner:
     process: 1 thread about 1.5x faster than 2). Nothing tells that apart from a quiet machine
     but the clock, so steps run in windows of WINDOW, each at `full` threads or at half, and each
     count keeps the median step time of its windows (averaged with the earlier ones). A window
-    takes the faster count; the other is tried again after EXPLORE_CLOSE windows when the two
-    were within 25%, after EXPLORE_FAR when not, and at once when a window of the faster count
-    was 1.5x slower than its average (the load changed). The kernels give the same bits for any
-    thread count, so this changes the speed only."""
-    WINDOW, EXPLORE_CLOSE, EXPLORE_FAR = 6, 8, 24
+    takes the faster count; the slower is tried again after `interval` windows, which doubles
+    (EXPLORE_MIN up to EXPLORE_MAX) each time the try confirms the choice and starts over when
+    it does not, or when a window of the faster count ran 1.5x slower than its average (the
+    load changed: the slower count is then tried at once). The kernels give the same bits for
+    any thread count, so this changes the speed only."""
+    WINDOW, EXPLORE_MIN, EXPLORE_MAX = 6, 4, 32
 
     def __init__(self, full, time_fn):
         self.counts = (full, max(1, full // 2))
         self.time_fn = time_fn
         self.avg = [None, None]             # seconds per step at each count
-        self.way, self.since, self.times, self.t0 = 0, 0, [], None
+        self.way, self.since, self.interval = 0, 0, self.EXPLORE_MIN
+        self.times, self.t0 = [], None
         self.active = full > 1
+
+    def _faster(self):
+        return 1 if self.avg[1] is not None and self.avg[1] < self.avg[0] else 0
 
     def start_step(self):
         if self.active:
@@ -689,16 +694,20 @@ class _ThreadTuner:
             return
         step = sorted(self.times)[len(self.times) // 2]
         self.times = []
-        avg, way = self.avg, self.way
-        best = 1 if avg[1] is not None and avg[1] < avg[0] else 0
+        avg, way, best = self.avg, self.way, self._faster()
         jumped = way == best and avg[way] is not None and step > 1.5 * avg[way]
         avg[way] = step if avg[way] is None else 0.5 * (avg[way] + step)
-        self.since = self.since + 1 if way == best else 0
-        best = 1 if avg[1] is not None and avg[1] < avg[0] else 0
+        if way != best:                     # a try of the slower count: did it stay slower?
+            confirmed = self._faster() == best
+            self.interval = min(2 * self.interval, self.EXPLORE_MAX) if confirmed else self.EXPLORE_MIN
+            self.since = 0
+        else:
+            self.since += 1
+        if jumped:
+            self.interval = self.EXPLORE_MIN
+        best = self._faster()
         other = 1 - best
-        close = avg[other] is not None and avg[other] < 1.25 * avg[best]
-        every = self.EXPLORE_CLOSE if close else self.EXPLORE_FAR
-        self.way = other if avg[other] is None or jumped or self.since >= every else best
+        self.way = other if avg[other] is None or jumped or self.since >= self.interval else best
 
     def restore(self):
         """Back to `full` threads (the run is over)."""
