@@ -322,12 +322,12 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
  * rule of thumb tells these apart from a quiet machine, so the pool measures: jobs run in
  * windows of WINDOW_JOBS (a token of GPT-2 small is about 70 jobs), a window either with the
  * helpers or on the caller alone, and each way keeps its time per unit of work (the caller's
- * `work`) averaged over its windows. A window takes the faster way; the slower is tried again
- * after `interval` windows, which doubles (EXPLORE_MIN up to EXPLORE_MAX) each time the try
- * confirms the choice and starts over when it does not, or when a window of the faster way ran
- * 1.5x slower than its average (the load changed: the slower way is then tried at once). On a
- * quiet machine that leaves about one window in EXPLORE_MAX on the slower way. The way a job
- * runs never changes a result. */
+ * `work`) averaged over its consecutive windows (a try's window replaces it). A window takes
+ * the faster way; the slower is tried again after `interval` windows, which doubles
+ * (EXPLORE_MIN up to EXPLORE_MAX) each time the try confirms the choice and starts over when
+ * it does not, or when a window of the faster way ran 1.5x slower than its average (the load
+ * changed: the slower way is then tried at once). On a quiet machine that leaves about one
+ * window in EXPLORE_MAX on the slower way. The way a job runs never changes a result. */
 #define WAIT_SPINS 2000
 #define WINDOW_JOBS 64
 #define EXPLORE_MIN 8
@@ -352,7 +352,8 @@ static void end_window(double rate) {
     double *r = pool_clock.ns_per_work;
     int way = pool_clock.way, best = faster_way();
     int jumped = way == best && r[way] >= 0.0 && rate > 1.5 * r[way];
-    r[way] = r[way] < 0.0 ? rate : 0.5 * (r[way] + rate);
+    /* a try's window replaces the way's average: the earlier ones were under another load */
+    r[way] = r[way] < 0.0 || way != best ? rate : 0.5 * (r[way] + rate);
     pool_clock.windows++;
     if (way != best) {                 /* a try of the slower way: did it stay slower? */
         int64_t twice = 2 * pool_clock.interval;

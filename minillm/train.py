@@ -662,7 +662,7 @@ class _ThreadTuner:
     core, and half the threads can train faster than all of them (2 cores, one taken by another
     process: 1 thread about 1.5x faster than 2). Nothing tells that apart from a quiet machine
     but the clock, so steps run in windows of WINDOW, each at `full` threads or at half, and each
-    count keeps the median step time of its windows (averaged with the earlier ones). A window
+    count keeps the median step time of its windows (averaged over consecutive ones). A window
     takes the faster count; the slower is tried again after `interval` windows, which doubles
     (EXPLORE_MIN up to EXPLORE_MAX) each time the try confirms the choice and starts over when
     it does not, or when a window of the faster count ran 1.5x slower than its average (the
@@ -696,7 +696,8 @@ class _ThreadTuner:
         self.times = []
         avg, way, best = self.avg, self.way, self._faster()
         jumped = way == best and avg[way] is not None and step > 1.5 * avg[way]
-        avg[way] = step if avg[way] is None else 0.5 * (avg[way] + step)
+        # a try's window replaces the count's average: the earlier ones were under another load
+        avg[way] = step if avg[way] is None or way != best else 0.5 * (avg[way] + step)
         if way != best:                     # a try of the slower count: did it stay slower?
             confirmed = self._faster() == best
             self.interval = min(2 * self.interval, self.EXPLORE_MAX) if confirmed else self.EXPLORE_MIN
