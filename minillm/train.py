@@ -668,14 +668,14 @@ class _ThreadTuner:
     it does not, or when a window of the faster count ran 1.5x slower than its average (the
     load changed: the slower count is then tried at once). The kernels give the same bits for
     any thread count, so this changes the speed only."""
-    WINDOW, EXPLORE_MIN, EXPLORE_MAX = 6, 4, 32
+    WINDOW, EXPLORE_MIN, EXPLORE_MAX = 6, 4, 64
 
     def __init__(self, full, time_fn):
         self.counts = (full, max(1, full // 2))
         self.time_fn = time_fn
         self.avg = [None, None]             # seconds per step at each count
         self.way, self.since, self.interval = 0, 0, self.EXPLORE_MIN
-        self.times, self.t0 = [], None
+        self.times, self.t0, self.warming = [], None, True
         self.active = full > 1
 
     def _faster(self):
@@ -694,6 +694,9 @@ class _ThreadTuner:
             return
         step = sorted(self.times)[len(self.times) // 2]
         self.times = []
+        if self.warming:                    # the first steps allocate and fill caches: not timed
+            self.warming = False
+            return
         avg, way, best = self.avg, self.way, self._faster()
         jumped = way == best and avg[way] is not None and step > 1.5 * avg[way]
         # a try's window replaces the count's average: the earlier ones were under another load
