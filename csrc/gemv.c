@@ -342,6 +342,8 @@ static struct {                        /* under job_owner */
     double ns, work;                   /* the current window's totals */
 } pool_clock = {{-1.0, -1.0}, WAY_HELPERS, 0, 0, 0, EXPLORE_MIN, 0.0, 0.0};
 
+static _Atomic int pool_tuning = 1;    /* 0: always the helpers (mll_decode_pool_tuning) */
+
 static int faster_way(void) {
     const double *r = pool_clock.ns_per_work;
     return r[WAY_ALONE] >= 0.0 && r[WAY_ALONE] < r[WAY_HELPERS] ? WAY_ALONE : WAY_HELPERS;
@@ -466,7 +468,7 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_f
         return;
     }
     int64_t t0 = now_ns();
-    int helpers = pool_clock.way == WAY_ALONE ? 0 : ensure_helpers(nthreads - 1);
+    int helpers = pool_clock.way == WAY_ALONE && pool_tuning ? 0 : ensure_helpers(nthreads - 1);
     if (helpers == 0) {
         for (int64_t c = 0; c < nchunks; c++) fn(ctx, c);
     } else {
@@ -489,9 +491,11 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_f
             else sched_yield();
         }
     }
-    count_job(now_ns() - t0, work);
+    if (pool_tuning) count_job(now_ns() - t0, work);
     pthread_mutex_unlock(&job_owner);
 }
+
+void mll_decode_pool_tuning(int on) { atomic_store(&pool_tuning, on != 0); }
 
 void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone) {
     pthread_mutex_lock(&job_owner);

@@ -450,6 +450,9 @@ void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_f
 /* The pool's measurements: ns per unit of work with the helpers and alone (< 0 until
  * measured), windows measured so far, and whether the current window runs alone. */
 void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone);
+/* on = 0: every job runs with the helpers, whatever the measurements say (to compare); 1: the
+ * faster way (the default). */
+void mll_decode_pool_tuning(int on);
 /* Asks Linux for 2 MiB pages under [p, p + nbytes) (anonymous memory, e.g. weights that every
  * decoding step streams): MADV_HUGEPAGE, then MADV_COLLAPSE, per 2 MiB page, the two partial
  * ones at the ends included (their other bytes keep their values). Returns the bytes of the

@@ -60,6 +60,13 @@ def decode_pool_stats():
             "alone": bool(alone)}
 
 
+def set_decode_pool_tuning(bint on):
+    """True (the default): each decoding job runs the way the pool measured faster, with the
+    helper threads or on the calling thread alone (decode_pool_stats); False: always with the
+    helpers, as a fixed-thread engine would (for comparisons). Results are the same either way."""
+    C.mll_decode_pool_tuning(1 if on else 0)
+
+
 cdef const float *_weight_ptr(str owner, dict weights, str name, tuple shape) except? NULL:
     """fptr of weights[name], a contiguous float32 tensor of `shape`; NULL if absent or None."""
     t = weights.get(name)

@@ -213,6 +213,7 @@ cdef extern from "minillm.h" nogil:
     ctypedef void (*mll_chunk_fn)(void *ctx, int64_t chunk) noexcept nogil
     void mll_decode_parallel(int64_t nchunks, int nthreads, double work, mll_chunk_fn fn, void *ctx)
     void mll_decode_pool_stats(double *helpers_ns, double *alone_ns, int64_t *windows, int *alone)
+    void mll_decode_pool_tuning(int on)
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
 
     # kv_attention.c
