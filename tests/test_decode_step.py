@@ -197,6 +197,40 @@ def test_block_step_is_bitwise_the_same_on_one_and_two_threads():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def test_the_pool_times_both_ways_and_either_gives_the_same_bits():
+    """The decoding pool runs a window of jobs on the caller alone early on (to measure it
+    against the helpers) and keeps both measurements; holding it at the helpers, or at one
+    thread, changes no bit of a step."""
+    fields = dict(n_embd=256, n_head=8, n_kv_head=2, d_ff=1024, norm="rmsnorm", mlp="swiglu",
+                  positions="rotary")
+    rng = np.random.default_rng(8)
+    opts = BlockOptions(**fields)
+    w = make_weights(opts, False, ("qkv",), rng)
+    block = _C.DecodeBlock({k: minillm.from_numpy(v) for k, v in w.items()}, **opts.block_kwargs())
+    cos, sin = _C.rope_table(rope_inv_freq(opts.head_dim, opts.rope_theta), 8)
+    x_seq = rng.standard_normal((2, 6, 256)).astype(np.float32)
+    old = minillm.get_num_threads()
+    outs = []
+    try:
+        minillm.set_num_threads(2)
+        before = _C.decode_pool_stats()["windows"]
+        for _ in range(40):                        # 6 steps of 4 products each, 40 times: many windows
+            outs.append(run_steps(block, x_seq, opts, cos, sin))
+        stats = _C.decode_pool_stats()
+        assert stats["windows"] >= before + 10
+        assert stats["helpers_ns"] > 0 and stats["alone_ns"] > 0
+        _C.set_decode_pool_tuning(False)
+        outs.append(run_steps(block, x_seq, opts, cos, sin))
+        _C.set_decode_pool_tuning(True)
+        minillm.set_num_threads(1)
+        outs.append(run_steps(block, x_seq, opts, cos, sin))
+    finally:
+        _C.set_decode_pool_tuning(True)
+        minillm.set_num_threads(old)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(outs[0], out)
+
+
 def test_fused_and_separate_qkv_give_the_same_step():
     rng = np.random.default_rng(3)
     opts = BlockOptions(**CASES["qwen2_qkv_bias"][0])
