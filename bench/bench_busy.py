@@ -72,14 +72,14 @@ def decode_runs(threads):
             runs[f"minillm {w}, {n} thread{'s' * (n > 1)}, {label}"] = run
     try:
         import ctranslate2
-        from bench_quantized import ct2_folders, gpt2_folder, token
     except ImportError:
         print("CTranslate2 is not installed: its rows are left out (pip install ctranslate2)")
         return runs
+    from bench_quantized import ct2_folders, gpt2_folder
     tmp = tempfile.mkdtemp()
     hf = os.path.join(tmp, "hf")
-    gpt2_folder(model, hf)
-    start = [token(i, model.config.vocab_size) for i in prompt[0]]
+    words = gpt2_folder(model, hf)
+    start = [words[i] for i in prompt[0]]
     for q, path in ct2_folders(hf, tmp, ["int8", "float32"]).items():
         for n in sorted({threads, 1}, reverse=True):
             gen = ctranslate2.Generator(path, device="cpu", compute_type=q, intra_threads=n)
