@@ -176,16 +176,22 @@ def test_block_step_matches_float64_reference_over_positions(name, batch, isa):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_block_step_is_bitwise_the_same_on_one_and_two_threads():
-    # wide enough that every linear layer and the attention go to the thread pool
+def pooled_block(seed):
+    """(block, x_seq, opts, cos, sin): a block wide enough that every linear layer and the
+    attention go to the decoding thread pool, and 6 positions of 2 rows to step it through."""
     fields = dict(n_embd=256, n_head=8, n_kv_head=2, d_ff=1024, norm="rmsnorm", mlp="swiglu",
                   positions="rotary")
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     opts = BlockOptions(**fields)
     w = make_weights(opts, False, ("qkv",), rng)
     block = _C.DecodeBlock({k: minillm.from_numpy(v) for k, v in w.items()}, **opts.block_kwargs())
     cos, sin = _C.rope_table(rope_inv_freq(opts.head_dim, opts.rope_theta), 8)
     x_seq = rng.standard_normal((2, 6, 256)).astype(np.float32)
+    return block, x_seq, opts, cos, sin
+
+
+def test_block_step_is_bitwise_the_same_on_one_and_two_threads():
+    block, x_seq, opts, cos, sin = pooled_block(7)
     old = minillm.get_num_threads()
     outs = []
     try:
@@ -201,14 +207,7 @@ def test_the_pool_times_both_ways_and_either_gives_the_same_bits():
     """The decoding pool runs a window of jobs on the caller alone early on (to measure it
     against the helpers) and keeps both measurements; holding it at the helpers, or at one
     thread, changes no bit of a step."""
-    fields = dict(n_embd=256, n_head=8, n_kv_head=2, d_ff=1024, norm="rmsnorm", mlp="swiglu",
-                  positions="rotary")
-    rng = np.random.default_rng(8)
-    opts = BlockOptions(**fields)
-    w = make_weights(opts, False, ("qkv",), rng)
-    block = _C.DecodeBlock({k: minillm.from_numpy(v) for k, v in w.items()}, **opts.block_kwargs())
-    cos, sin = _C.rope_table(rope_inv_freq(opts.head_dim, opts.rope_theta), 8)
-    x_seq = rng.standard_normal((2, 6, 256)).astype(np.float32)
+    block, x_seq, opts, cos, sin = pooled_block(8)
     old = minillm.get_num_threads()
     outs = []
     try:
