@@ -57,8 +57,9 @@ FIXED_OPTIONS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout"
 # lr_decay_steps, or at max_steps when that is not set; a time-budgeted run's schedule does not
 # depend on max_steps):
 FREE_OPTIONS = ("max_steps", "eval_interval", "eval_batches", "final_eval_batches", "log_interval",
-                "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "tune_threads", "progress",
-                "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data", "out_dir")
+                "checkpoint_interval", "keep_checkpoints", "max_time", "num_threads", "tune_threads",
+                "progress", "sample_tokens", "sample_prompt", "temperature", "top_k", "ddp", "data",
+                "out_dir")
 # The rest (lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas, eps, grad_clip,
 # muon_lr, muon_momentum, muon_weight_decay, time_budget, cooldown_frac, batch_size, grad_accum, dtype) change the
 # optimisation: refused unless allow_changes, and then the run is no longer equal to any
