@@ -35,6 +35,7 @@ int mll_init(void);
 int mll_cpu_supports(int isa);        /* 1 if this CPU (and OS) can run that path */
 int mll_cpu_has_avx512bf16(void);
 int mll_cpu_has_avx512vnni(void);
+int mll_cpu_is_amd(void);             /* the vendor is AMD (kernels tuned per vendor) */
 /* The int8 dot products (gemv.c) use AVX512-VNNI where the CPU has it and the avx512 path is
  * selected (mll_vnni_active()); mll_set_vnni(0) keeps them on plain AVX-512, with the same
  * results bit for bit (the tests run both). mll_set_vnni(1) returns -1 if the CPU lacks it. */

@@ -14,6 +14,7 @@ static int g_isa = MLL_ISA_GENERIC;
 static int g_supported[3] = {1, 0, 0};
 static int g_bf16 = 0;
 static int g_vnni = 0;             /* the CPU has AVX512-VNNI */
+static int g_amd = 0;              /* the vendor string is AuthenticAMD */
 static int g_vnni_off = 0;         /* mll_set_vnni(0) */
 static int g_threads = 1;
 static int g_initialized = 0;
@@ -28,6 +29,8 @@ static uint64_t read_xcr0(void) {
 
 static void detect_cpu(void) {
     unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return;
+    g_amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;   /* "Auth" "enti" "cAMD" */
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     int has_fma = (c >> 12) & 1, has_osxsave = (c >> 27) & 1, has_avx = (c >> 28) & 1;
     if (!has_osxsave || !has_avx) return;
@@ -87,6 +90,7 @@ int mll_init(void) {
 int mll_cpu_supports(int isa) { return isa >= 0 && isa < 3 && g_supported[isa]; }
 int mll_cpu_has_avx512bf16(void) { return g_bf16; }
 int mll_cpu_has_avx512vnni(void) { return g_vnni; }
+int mll_cpu_is_amd(void) { return g_amd; }
 
 int mll_set_vnni(int on) {
     if (on && !g_vnni) return -1;
