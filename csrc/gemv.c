@@ -59,6 +59,7 @@ typedef struct {
     const int8_t *q;         /* x quantized per group (int8 matrices only) */
     const float *s;          /* its scales, one per group */
     const int32_t *c;        /* for rows2_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
+    const float *p;          /* x split by split_pairs (bf16 matrices) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
 /* the same for two rows of x at once, each weight loaded once for both: out (row i at
@@ -87,6 +88,21 @@ static void rows2_generic(const xrow *x, const mll_matrix *W, int64_t row0, int6
                           int64_t ldo) {
     rows_generic(&x[0], W, row0, K, n, out);
     rows_generic(&x[1], W, row0, K, n, out + ldo);
+}
+
+/* x (K) in the order the vector bf16 rows read it (see "the dot products"): per whole block of
+ * BF16_BLOCK, its even elements then its odd ones, xp[b + j] = x[b + 2j] and xp[b + 16 + j] =
+ * x[b + 2j + 1] (j < 16); the last K % BF16_BLOCK as they are. The same for every vector
+ * width: a vector of 2 VL weights takes its pairs from half a block, VL x from each half. */
+#define BF16_BLOCK 32
+static void split_pairs(const float *x, int64_t K, float *xp) {
+    int64_t b = 0;
+    for (; b + BF16_BLOCK <= K; b += BF16_BLOCK)
+        for (int64_t j = 0; j < BF16_BLOCK / 2; j++) {
+            xp[b + j] = x[b + 2 * j];
+            xp[b + BF16_BLOCK / 2 + j] = x[b + 2 * j + 1];
+        }
+    memcpy(xp + b, x + b, (size_t)(K - b) * sizeof(float));
 }
 
 static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
@@ -241,6 +257,7 @@ typedef struct {
     const int8_t *xq;               /* x quantized for int8 matrices (quantize_x), or NULL */
     const float *xs;
     const int32_t *xc;              /* xq's VNNI correction (xrow.c), or NULL */
+    const float *xp;                /* x split for bf16 matrices (split_pairs), or NULL */
     int64_t xgroup;                 /* the group xq is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
@@ -269,7 +286,8 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
             for (int i = 0; i < nx; i++)
                 xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
                                job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL,
-                               job->xc ? job->xc + (m + i) * (K / 4) : NULL};
+                               job->xc ? job->xc + (m + i) * (K / 4) : NULL,
+                               job->xp ? job->xp + (m + i) * K : NULL};
             if (nx == 2 && sg->pair) sg->pair(xr, &sg->W, j, K, n, d[0], ROWS_PER_PASS);
             else
                 for (int i = 0; i < nx; i++) sg->dots(&xr[i], &sg->W, j, K, n, d[i]);
@@ -525,19 +543,40 @@ static void linear_chunk(void *ctx, int64_t c) {
     linear_range(j, g0, mll_min64(g0 + (c < j->nbig ? j->big : j->small), j->seg_g0[j->nseg]));
 }
 
-/* The caller's buffer for x quantized (grown as needed, kept for the next product). */
-static _Thread_local struct {
+/* The caller's buffers for x quantized and x split (grown as needed, kept for the next product) */
+typedef struct {
     void *p;
     size_t nbytes;
-} xq_buf;
+} x_buffer;
+static _Thread_local x_buffer xq_buf, xp_buf;
+
+static void *grown(x_buffer *b, size_t need) {
+    if (need > b->nbytes) {
+        if (b->p) mll_free(b->p, b->nbytes);
+        b->p = mll_alloc(need);
+        b->nbytes = b->p ? need : 0;
+    }
+    return b->p;
+}
 
 /* Runs the job (segments filled in) on the pool; `weights` = values of W read per row of x.
  * With int8 matrices, x is quantized first, by their group (the caller makes every int8
- * matrix of one product share it); -1 if its buffer cannot be had. */
+ * matrix of one product share it), with bf16 ones split (split_pairs); -1 if a buffer for
+ * that cannot be had. */
 static int linear_run(linear_job *job, int64_t weights) {
     job->seg_g0[0] = 0;
     job->xq = NULL;
     job->xc = NULL;
+    job->xp = NULL;
+    int bf16 = 0;
+    for (int s = 0; s < job->nseg; s++)
+        bf16 |= job->seg[s].W.dtype == MLL_BF16 || (job->seg[s].W2.data && job->seg[s].W2.dtype == MLL_BF16);
+    if (bf16 && job->M > 0) {
+        float *xp = grown(&xp_buf, (size_t)(job->M * job->K) * sizeof(float));
+        if (!xp) return -1;
+        for (int64_t m = 0; m < job->M; m++) split_pairs(job->x + m * job->K, job->K, xp + m * job->K);
+        job->xp = xp;
+    }
     int vnni = 0;
     for (int s = 0; s < job->nseg; s++) vnni |= vnni_fits(&job->seg[s].W) || vnni_fits(&job->seg[s].W2);
     vnni = vnni && job->M >= 2 && mll_vnni_active();
@@ -553,13 +592,8 @@ static int linear_run(linear_job *job, int64_t weights) {
         if (job->xq || job->M <= 0) continue;
         size_t need = (size_t)(job->M * job->K) * (vnni ? 2 : 1) +
                       (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
-        if (need > xq_buf.nbytes) {
-            if (xq_buf.p) mll_free(xq_buf.p, xq_buf.nbytes);
-            xq_buf.p = mll_alloc(need);
-            xq_buf.nbytes = xq_buf.p ? need : 0;
-            if (!xq_buf.p) return -1;
-        }
-        float *xs = (float *)xq_buf.p;
+        float *xs = grown(&xq_buf, need);
+        if (!xs) return -1;
         int8_t *xq = (int8_t *)(xs + job->M * (job->K / job->xgroup));
         quantize_fn quantize = job->xgroup % MLL_PICK(qx_unit) ? quantize_x_generic : MLL_PICK(quantize_x);
         quantize(job->x, xq, xs, job->M, job->K, job->xgroup);
@@ -859,81 +893,46 @@ static inline MLL_TARGET void FN(load_bf16_pairs)(const uint16_t *p, V *even, V 
 }
 #endif
 
-/* x (K) split per block of 2 VL into its even and its odd elements, xp[b + j] = x[b + 2j] and
- * xp[b + VL + j] = x[b + 2j + 1] (j < VL), over the whole blocks: the order load_bf16_pairs
- * gives the weights in */
-static void FN(split_pairs)(const float *x, int64_t K, float *xp) {
-    for (int64_t b = 0; b + 2 * VL <= K; b += 2 * VL)
-        for (int64_t j = 0; j < VL; j++) {
-            xp[b + j] = x[b + 2 * j];
-            xp[b + VL + j] = x[b + 2 * j + 1];
-        }
-}
-
 /* dot_vec with bf16 weights against x split by split_pairs (xp): 2 VL weights a load, widened
- * by a shift and a mask (a widening load per VL weights costs a shuffle, which here, not the
- * read, bounded the loop); the same 8 accumulators; the last K % (2 VL) through x itself and a
- * zero-padded copy. */
-static inline MLL_TARGET V FN(dot_vec_bf16)(const float *xp, const float *x, const uint16_t *w, int64_t K,
-                                            int prefetch) {
+ * by a shift and a mask; the same 8 accumulators; the last K % BF16_BLOCK (in x's order in xp)
+ * by vectors and a zero-padded copy. */
+static inline MLL_TARGET V FN(dot_vec_bf16)(const float *xp, const uint16_t *w, int64_t K, int prefetch) {
+    enum { H = BF16_BLOCK / 2 };            /* odd elements' offset in a block of xp */
     V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, e, o;
     int64_t k = 0;
+    /* 4 loads of 2 VL weights a turn: the pairs at weight k + 2 VL i are x's elements at
+     * xp + b + VL h (even) and xp + b + H + VL h (odd), b their block, h the load's half of it */
+#define PAIRS(i, ae, ao)                                                                     \
+    do {                                                                                     \
+        const int64_t at = k + 2 * VL * (i), b = at - at % BF16_BLOCK, h = at % BF16_BLOCK / (2 * VL); \
+        FN(load_bf16_pairs)(w + at, &e, &o);                                                 \
+        ae = v_fmadd(e, v_load(xp + b + VL * h), ae);                                       \
+        ao = v_fmadd(o, v_load(xp + b + H + VL * h), ao);                                   \
+    } while (0)
     for (; k + 8 * VL <= K; k += 8 * VL) {
         if (prefetch)
             for (int64_t b = 0; b < 8 * VL * 2; b += 64) PREFETCH((const char *)(w + k) + PREFETCH_BYTES + b);
-        FN(load_bf16_pairs)(w + k, &e, &o);
-        a0 = v_fmadd(e, v_load(xp + k), a0);
-        a1 = v_fmadd(o, v_load(xp + k + VL), a1);
-        FN(load_bf16_pairs)(w + k + 2 * VL, &e, &o);
-        a2 = v_fmadd(e, v_load(xp + k + 2 * VL), a2);
-        a3 = v_fmadd(o, v_load(xp + k + 3 * VL), a3);
-        FN(load_bf16_pairs)(w + k + 4 * VL, &e, &o);
-        a4 = v_fmadd(e, v_load(xp + k + 4 * VL), a4);
-        a5 = v_fmadd(o, v_load(xp + k + 5 * VL), a5);
-        FN(load_bf16_pairs)(w + k + 6 * VL, &e, &o);
-        a6 = v_fmadd(e, v_load(xp + k + 6 * VL), a6);
-        a7 = v_fmadd(o, v_load(xp + k + 7 * VL), a7);
+        PAIRS(0, a0, a1);
+        PAIRS(1, a2, a3);
+        PAIRS(2, a4, a5);
+        PAIRS(3, a6, a7);
     }
-    for (; k + 2 * VL <= K; k += 2 * VL) {
-        FN(load_bf16_pairs)(w + k, &e, &o);
-        a0 = v_fmadd(e, v_load(xp + k), a0);
-        a1 = v_fmadd(o, v_load(xp + k + VL), a1);
-    }
-    for (; k + VL <= K; k += VL) a2 = v_fmadd(FN(load_bf16)(w + k), v_load(x + k), a2);
+    for (; k + BF16_BLOCK <= K; k += BF16_BLOCK)
+        for (int i = 0; i < BF16_BLOCK / (2 * VL); i++) PAIRS(i, a0, a1);
+#undef PAIRS
+    for (; k + VL <= K; k += VL) a2 = v_fmadd(FN(load_bf16)(w + k), v_load(xp + k), a2);
     if (k < K) {
         uint16_t t[VL] = {0};
         memcpy(t, w + k, (size_t)(K - k) * sizeof(uint16_t));
-        a3 = v_fmadd(FN(load_bf16)(t), v_loadn(x + k, K - k), a3);
+        a3 = v_fmadd(FN(load_bf16)(t), v_loadn(xp + k, K - k), a3);
     }
     return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
 }
 
-/* x split by split_pairs into a buffer of this thread's (grown as needed); NULL if no memory */
-static MLL_TARGET const float *FN(pairs_of)(const float *x, int64_t K) {
-    static _Thread_local float *buf;
-    static _Thread_local int64_t cap;
-    if (cap < K) {
-        float *p = realloc(buf, (size_t)K * sizeof(float));
-        if (!p) return NULL;
-        buf = p;
-        cap = K;
-    }
-    FN(split_pairs)(x, K, buf);
-    return buf;
-}
-
 static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
                                      float *out) {
-    const float *x = xr->f, *xp = FN(pairs_of)(x, K);
+    const float *xp = xr->p;
     const uint16_t *w = (const uint16_t *)W->data + row0 * K;
-    if (!xp) {                                              /* no memory for the split: by element */
-        for (int64_t r = 0; r < n; r++) {
-            float s = 0.0f;
-            for (int64_t k = 0; k < K; k++) s += x[k] * bf16_value(w[r * K + k]);
-            out[r] = s;
-        }
-        return;
-    }
     /* software prefetch ahead of the bf16 loop: on Intel Xeons it kept more reads in flight; on
      * AMD Zen 4 it cost 10-20% of this loop's rate (and 17% of a GPT-2 step), its prefetchers
      * keeping up without it */
@@ -941,13 +940,13 @@ static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
         const uint16_t *wr = w + r * K;
-        V s0 = FN(dot_vec_bf16)(xp, x, wr, K, pf);         /* in address order (see rows) */
-        V s1 = FN(dot_vec_bf16)(xp, x, wr + K, K, pf);
-        V s2 = FN(dot_vec_bf16)(xp, x, wr + 2 * K, K, pf);
-        V s3 = FN(dot_vec_bf16)(xp, x, wr + 3 * K, K, pf);
+        V s0 = FN(dot_vec_bf16)(xp, wr, K, pf);            /* in address order (see rows) */
+        V s1 = FN(dot_vec_bf16)(xp, wr + K, K, pf);
+        V s2 = FN(dot_vec_bf16)(xp, wr + 2 * K, K, pf);
+        V s3 = FN(dot_vec_bf16)(xp, wr + 3 * K, K, pf);
         FN(hsum4)(s0, s1, s2, s3, out + r);
     }
-    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(xp, x, w + r * K, K, pf));
+    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(xp, w + r * K, K, pf));
 }
 
 /* int8 rows: one vector step multiplies Q8_UNIT int8 weights by as many int8 x and adds the

@@ -425,8 +425,9 @@ typedef struct {
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K);
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
  * 1 GELU (tanh form), 2 relu^2. y may be add (in place). With an int8 W, x is quantized per row and
- * group (gemv.c says how). 0, or -1 if the buffer for quantized x cannot be allocated (int8
- * only); likewise mll_linear_cat and mll_linear_gated, whose int8 matrices share one group. */
+ * group (gemv.c says how), with a bf16 W split into even and odd elements. 0, or -1 if the
+ * buffer for that cannot be allocated (int8 and bf16 only); likewise mll_linear_cat and
+ * mll_linear_gated, whose int8 matrices share one group. */
 int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
                int64_t N, int64_t K, int act);
 /* mll_linear with a float32 W */

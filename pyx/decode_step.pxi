@@ -255,7 +255,7 @@ cdef tuple _rope_tables(str owner, DecodeBlock block, rope_cos, rope_sin, int64_
 cdef int _check_step(str owner, int r, int64_t B) except -1:
     """The return code of a block step as the exception it stands for."""
     if r == -2:
-        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
+        raise MemoryError(f"{owner}: no memory for the quantized or split activations ({B} rows)")
     if r != 0:
         raise ValueError(f"{owner}: inconsistent block options")   # DecodeBlock checked them: not reached
     return 0
@@ -356,5 +356,5 @@ def final_step(x, DecodeHead head, scratch):
         r = C.mll_final_step(fptr(xx), &head.o, head.norm_w, head.norm_b, &head.head_w, head.head_b, fptr(logits),
                          fptr(sc), B, V)
     if r:
-        raise MemoryError(f"{owner}: no memory for the quantized activations ({B} rows)")
+        raise MemoryError(f"{owner}: no memory for the quantized or split activations ({B} rows)")
     return logits

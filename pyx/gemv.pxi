@@ -183,5 +183,5 @@ def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
     with nogil:
         r = C.mll_linear(fptr(xx), &m, bp, ap, fptr(y), M, N, K, 1 if gelu else 0)
     if r:
-        raise MemoryError(f"{owner}: no memory for the quantized input of shape {x.shape}")
+        raise MemoryError(f"{owner}: no memory for the quantized or split input of shape {x.shape}")
     return y
