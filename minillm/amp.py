@@ -17,10 +17,12 @@ The switch is per thread, like PyTorch's ``torch.autocast(device_type="cpu", dty
         loss.backward()
         opt.step()
 """
+import time
+
 from minillm import _C
 from minillm._switch import ThreadLocalValue, switched
 
-__all__ = ["autocast", "is_autocast_enabled", "autocast_dtype", "gemm", "resolve_dtype"]
+__all__ = ["autocast", "is_autocast_enabled", "autocast_dtype", "gemm", "resolve_dtype", "faster_dtype"]
 
 _dtype = ThreadLocalValue("float32")     # the product dtype in force on each thread
 
@@ -72,3 +74,34 @@ class autocast:
 
     def __call__(self, fn):
         return switched(fn, _dtype, self.dtype)
+
+
+def faster_dtype(shapes, repeats=3, margin=0.9, time_fn=time.perf_counter):
+    """Which products run faster here: 'bfloat16' or 'float32', with the seconds each took.
+
+    shapes: (M, K, N) of the weight products of a training step (x (M, K) times W (N, K)^T),
+    each timed with its two backward products (dx = dy W, dW = dy^T x) at both dtypes, the
+    dtypes interleaved, best of `repeats`. bf16 is chosen only where the CPU has AVX512-BF16 dot
+    products and its time is below `margin` x float32's: where bf16 inputs have to be widened
+    to float32 (no such instructions) the rounding costs more than it saves, and on CPUs that
+    have them it may still lose at small widths (packing and rounding per product)."""
+    if not shapes or not _C.cpu_info().get("avx512_bf16"):
+        return "float32", None, None
+    import numpy as np
+    rng = np.random.default_rng(0)
+    ops = []
+    for M, K, N in shapes:
+        x, w, dy = (_C.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in ((M, K), (N, K), (M, N)))
+        ops.append((x, w, dy))
+    best = {"float32": float("inf"), "bfloat16": float("inf")}
+    for r in range(repeats + 1):                       # round 0 warms caches and buffers
+        for name, mm in (("float32", _C.matmul), ("bfloat16", _C.matmul_bf16)):
+            t = time_fn()
+            for x, w, dy in ops:
+                mm(x, w, transpose_b=True)
+                mm(dy, w)
+                mm(dy, x, transpose_a=True)
+            if r:
+                best[name] = min(best[name], time_fn() - t)
+    f32, bf16 = best["float32"], best["bfloat16"]
+    return ("bfloat16" if bf16 < margin * f32 else "float32"), f32, bf16

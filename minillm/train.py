@@ -34,7 +34,7 @@ import weakref
 
 import minillm
 from minillm import data as mdata
-from minillm import distributed, nn, optim
+from minillm import amp, distributed, nn, optim
 from minillm import random as mrandom
 from minillm.checkpoint import (CHECKPOINTS_DIR, CheckpointError, checkpoint_folder, find_checkpoint,  # noqa: F401
                                 list_checkpoints, load_checkpoint, load_model, load_model_state,
@@ -127,6 +127,9 @@ class Trainer:
                              f"data's {vocab_size}")
         self.block_size = min(cfg.block_size or model.config.block_size, model.config.block_size)
         self._preflight()
+        self.product_times = None       # (float32 s, bf16 s) when dtype "auto" timed them
+        if cfg.dtype == "auto":
+            self.config = cfg = cfg.replace(dtype=self._faster_dtype())
         self.optimizer = self._make_optimizer()
         # the batch stream has its own seed, so changing the model leaves the data order alone
         self.batches = mdata.TokenBatches(train_tokens, cfg.batch_size, self.block_size,
@@ -197,6 +200,19 @@ class Trainer:
             if cfg.sample_tokens > MAX_NEW_TOKENS:
                 raise ValueError(f"sample_tokens must be at most {MAX_NEW_TOKENS}, got {cfg.sample_tokens}")
             self.tokenizer.encode(cfg.sample_prompt)
+
+    def _faster_dtype(self):
+        """dtype "auto": "bf16" or "float32", whichever runs this model's weight products (at
+        its batch) faster on this CPU (amp.faster_dtype); under DDP rank 0's choice everywhere.
+        The config keeps the choice, so a resume trains on with the same products."""
+        cfg = self.config
+        M = cfg.batch_size // self.world.size * self.block_size
+        shapes = sorted({(M,) + tuple(m.weight.shape[::-1]) for m in self.model.modules()
+                         if isinstance(m, nn.Linear)})
+        dtype, f32, bf16 = amp.faster_dtype(shapes)
+        if f32 is not None:
+            self.product_times = (f32, bf16)
+        return "bf16" if self.world.broadcast_float(dtype == "bfloat16") else "float32"
 
     def _check_fresh_out_dir(self):
         """A new run must not mix its metrics and checkpoints with another run's."""
@@ -551,7 +567,15 @@ class Trainer:
                  if cfg.time_budget else f"{cfg.max_steps} steps")
         return (f"training {type(self.model).__name__} with {self.model.num_params():,} parameters "
                 f"on {len(self.train_tokens):,} tokens: {steps} of {cfg.grad_accum} x "
-                f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads")
+                f"{cfg.batch_size} x {self.block_size} tokens, {minillm.get_num_threads()} threads, "
+                f"{cfg.dtype} products{self._timed()}")
+
+    def _timed(self):
+        """What dtype "auto" measured, for the first line of a run"""
+        if not self.product_times:
+            return ""
+        f32, bf16 = self.product_times
+        return f" (auto: the model's products took {bf16 * 1e3:.0f} ms in bf16, {f32 * 1e3:.0f} ms in float32)"
 
     def _log_step(self, loss, norm, lr, clock, progress):
         """A metrics.jsonl line (and a printed one without a bar) every log_interval steps."""

@@ -65,8 +65,10 @@ class TrainConfig:
                                        "muon_lr * muon_weight_decay each step)")
     # bf16 mixed precision (minillm/amp.py): weight products on bf16-rounded inputs with float32
     # sums; master weights, optimizer state, LayerNorm, softmax, attention and the loss stay float32
-    dtype: str = _f("float32", "precision of the weight products: float32, or bf16 (bfloat16 inputs, "
-                               "float32 sums and master weights)")
+    dtype: str = _f("float32", "precision of the weight products: float32, bf16 (bfloat16 inputs, "
+                               "float32 sums and master weights), or auto (bf16 where this CPU's bf16 "
+                               "products of the model's shapes time at least a tenth faster before the "
+                               "first step, else float32; the run keeps the choice)")
     seed: int = _f(1337, "seed of the weights, dropout and batches")
     # evaluation, logging, checkpoints
     eval_interval: int = _f(250, "evaluate on the validation split every N steps (0: only at the end)")
@@ -145,7 +147,7 @@ _POSITIVE_OR_NONE = ("n_layer", "n_head", "n_embd", "block_size", "lr_decay_step
 _FINITE_NON_NEGATIVE = ("lr", "min_lr", "weight_decay", "grad_clip", "max_time", "eps", "time_budget",
                         "temperature", "muon_lr", "muon_weight_decay")
 _STRINGS = ("data", "out_dir", "model", "sample_prompt")
-DTYPES = ("float32", "bf16", "bfloat16")
+DTYPES = ("float32", "bf16", "bfloat16", "auto")
 OPTIMIZERS = ("adamw", "muon")
 MAX_THREADS = 4096
 
