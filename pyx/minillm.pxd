@@ -11,6 +11,7 @@ cdef extern from "minillm.h" nogil:
     int mll_cpu_supports(int isa)
     int mll_cpu_has_avx512bf16()
     int mll_cpu_has_avx512vnni()
+    int mll_cpu_is_amd()
     int mll_set_vnni(int on)
     int mll_get_vnni()
     int mll_vnni_active()

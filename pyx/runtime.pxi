@@ -11,6 +11,7 @@ def cpu_info():
         "supported": [C.mll_isa_name(i).decode() for i in range(3) if C.mll_cpu_supports(i)],
         "avx512_bf16": bool(C.mll_cpu_has_avx512bf16()),
         "avx512_vnni": bool(C.mll_cpu_has_avx512vnni()),
+        "amd": bool(C.mll_cpu_is_amd()),             # the vendor (kernels tuned per vendor)
         "num_threads": C.mll_get_num_threads(),
     }
 

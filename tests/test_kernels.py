@@ -6,6 +6,8 @@ that are not multiples of any vector width, and runs each kernel with 1 and with
 threads, requiring bitwise identical results (`both_threads`). The sizes include some
 above the kernels' parallel threshold (32K elements) so the 2-thread run really splits.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -730,3 +732,14 @@ def test_kernels_read_unaligned_inputs_and_write_only_their_outputs():
             sc, bufc, insc = _guarded((cols,))
             _testing.k_sum_cols(x2, sc)
             assert np.all(bufc[~insc] == 12345.0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo to read the vendor from")
+def test_cpu_vendor_matches_proc_cpuinfo():
+    """The bf16 decoding loop is tuned per vendor (csrc/gemv.c): cpu_info()["amd"] is the
+    vendor_id the kernel reports."""
+    with open("/proc/cpuinfo") as f:
+        vendors = {line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")}
+    if not vendors:
+        pytest.skip("/proc/cpuinfo names no vendor_id (not an x86 CPU)")
+    assert _C.cpu_info()["amd"] == (vendors == {"AuthenticAMD"})
