@@ -52,17 +52,17 @@
  * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
  * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
  * pairs of those into int32), or, for two rows of x at once, 64 at a time in one VPDPBUSD where
- * the CPU has AVX512-VNNI (rows2_q8_vnni; x then also carries a correction per 4 bytes, xrow.c).
+ * the CPU has AVX512-VNNI (rowsn_q8_vnni; x then also carries a correction per 4 bytes, xrow.c).
  * Every path, the portable one included, computes these same integer sums. */
 typedef struct {
     const float *f;          /* x (K) */
     const int8_t *q;         /* x quantized per group (int8 matrices only) */
     const float *s;          /* its scales, one per group */
-    const int32_t *c;        /* for rows2_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
+    const int32_t *c;        /* for rowsn_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
     const float *p;          /* x split by split_pairs (bf16 matrices) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
-/* the same for two rows of x at once, each weight loaded once for both: out (row i at
+/* the same for two (or four) rows of x at once, each weight loaded once for all: out (row i at
  * out + i * ldo); each row's sums exactly those dots_fn gives it alone */
 typedef void (*dots2_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
                          int64_t ldo);
@@ -194,12 +194,12 @@ static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int
 }
 
 
-/* W can go through rows2_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
+/* W can go through rowsn_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
 static int vnni_fits(const mll_matrix *W) { return W->data && W->dtype == MLL_I8 && W->group % 64 == 0; }
 
 /* The two-row form: float32, and int8 on VNNI, load each weight vector once for both rows.
  * vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
- * meanwhile, and rows2_q8_vnni must run only where it filled in xrow.c). */
+ * meanwhile, and rowsn_q8_vnni must run only where it filled in xrow.c). */
 static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
 #if defined(MLL_X86)
     if (vnni && vnni_fits(W)) return rows2_q8_vnni;
@@ -207,6 +207,19 @@ static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
     (void)vnni;
 #endif
     return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours;
+}
+
+/* The four-row form, int8 on VNNI only (NULL otherwise: rows then go two at a time): at a
+ * batch the int8 products are bound by their arithmetic per row, and each weight vector loaded
+ * and flipped serves four rows. */
+static dots2_fn pick_dots4(const mll_matrix *W, int vnni) {
+#if defined(MLL_X86)
+    if (vnni && vnni_fits(W)) return rows4_q8_vnni;
+#else
+    (void)vnni;
+    (void)W;
+#endif
+    return NULL;
 }
 
 static dots_fn pick_dots(const mll_matrix *W) {
@@ -241,6 +254,7 @@ typedef struct {
     const float *bias, *bias2;
     dots_fn dots, dots2;            /* for W and W2 */
     dots2_fn pair, pair2;           /* their two-row forms, or NULL */
+    dots2_fn quad, quad2;           /* their four-row forms, or NULL */
     int64_t N, col;
 } linear_seg;
 
@@ -266,6 +280,20 @@ typedef struct {
     int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
 } linear_job;
 
+/* d[i] = the dots of row i < nx <= 4 of x with W's rows [j, j + n): all four at once where W
+ * has a four-row form, else two at a time where it has a two-row form, else one by one */
+static void dots_of_rows(const xrow *xr, int nx, const mll_matrix *W, dots_fn one, dots2_fn two, dots2_fn four,
+                         int64_t j, int64_t K, int64_t n, float d[][ROWS_PER_PASS]) {
+    if (nx == 4 && four) {
+        four(xr, W, j, K, n, d[0], ROWS_PER_PASS);
+        return;
+    }
+    int i = 0;
+    if (two)
+        for (; i + 2 <= nx; i += 2) two(&xr[i], W, j, K, n, d[i], ROWS_PER_PASS);
+    for (; i < nx; i++) one(&xr[i], W, j, K, n, d[i]);
+}
+
 /* y rows [0, M) (row stride ldy; add the same) x the columns of groups [g0, g1) of one segment
  * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
  * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
@@ -275,27 +303,21 @@ static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g
     float *y = job->y;
     const int64_t ldy = job->ldy, M = job->M, K = job->K;
     const int act = job->act;
-    float d[2][ROWS_PER_PASS], u[2][ROWS_PER_PASS];
+    float d[4][ROWS_PER_PASS], u[4][ROWS_PER_PASS];
     const int64_t N = sg->N;
     int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
     for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
-        for (int64_t m = 0; m < M; m += 2) {       /* rows of x two at a time: W read once for both */
-            const int nx = M - m >= 2 ? 2 : 1;
-            xrow xr[2];
+        for (int64_t m = 0; m < M; m += 4) {       /* rows of x four at a time: W read once for all */
+            const int nx = M - m >= 4 ? 4 : (int)(M - m);
+            xrow xr[4];
             for (int i = 0; i < nx; i++)
                 xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
                                job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL,
                                job->xc ? job->xc + (m + i) * (K / 4) : NULL,
                                job->xp ? job->xp + (m + i) * K : NULL};
-            if (nx == 2 && sg->pair) sg->pair(xr, &sg->W, j, K, n, d[0], ROWS_PER_PASS);
-            else
-                for (int i = 0; i < nx; i++) sg->dots(&xr[i], &sg->W, j, K, n, d[i]);
-            if (act == ACT_SILU_GATED) {
-                if (nx == 2 && sg->pair2) sg->pair2(xr, &sg->W2, j, K, n, u[0], ROWS_PER_PASS);
-                else
-                    for (int i = 0; i < nx; i++) sg->dots2(&xr[i], &sg->W2, j, K, n, u[i]);
-            }
+            dots_of_rows(xr, nx, &sg->W, sg->dots, sg->pair, sg->quad, j, K, n, d);
+            if (act == ACT_SILU_GATED) dots_of_rows(xr, nx, &sg->W2, sg->dots2, sg->pair2, sg->quad2, j, K, n, u);
             for (int i = 0; i < nx; i++) {
                 float *di = d[i], *ui = u[i];
                 if (sg->bias)
@@ -586,6 +608,8 @@ static int linear_run(linear_job *job, int64_t weights) {
         sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
         sg->pair = pick_dots2(&sg->W, vnni);
         sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2, vnni) : NULL;
+        sg->quad = pick_dots4(&sg->W, vnni);
+        sg->quad2 = sg->W2.data ? pick_dots4(&sg->W2, vnni) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
         else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
         else continue;
@@ -1046,65 +1070,91 @@ static MLL_AVX512_VNNI void q8_corrections_vnni(const int8_t *q, int32_t *c, int
     }
 }
 
-/* dot_vec_q8 for two rows of x at once on VPDPBUSD, each weight vector loaded and flipped once
- * for both: *s0, *s1 get exactly what dot_vec_q8 gives x[0] and x[1] (the same int32 lanes,
- * accumulators and order) */
-static inline MLL_AVX512_VNNI void dot_vec2_q8_vnni(const xrow *x, const int8_t *w, const float *wscale,
-                                                    int64_t K, int64_t gs, V *s0, V *s1) {
+/* dot_vec_q8 for NX rows of x at once (2 or 4) on VPDPBUSD, each weight vector loaded and
+ * flipped once for all: s[i] gets exactly what dot_vec_q8 gives x[i] (the same int32 lanes,
+ * scale products, accumulators and order). The scale products of 16 groups are made by one
+ * vector multiply per row of x (rounded as the scalar one) and read back by broadcast. */
+static inline __attribute__((always_inline)) MLL_AVX512_VNNI void dot_vecn_q8_vnni(
+        const xrow *x, const int NX, const int8_t *w, const float *wscale, int64_t K, int64_t gs, V *s) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    V a[2][2] = {{v_zero(), v_zero()}, {v_zero(), v_zero()}};
+    const int8_t *xq[4];
+    const int32_t *xc[4];
+    const float *xs[4];
+    V a0[4], a1[4];                           /* even and odd groups' accumulators of each row */
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) {
+        xq[i] = x[i].q, xc[i] = x[i].c, xs[i] = x[i].s;
+        a0[i] = a1[i] = v_zero();
+    }
     const int64_t ng = K / gs;
     int64_t g = 0;
     if (gs == Q8_UNIT) {
+        float sc[4][16];                      /* wscale[g] * x[i].s[g] of the current 16 groups */
         for (; g + 2 <= ng; g += 2) {
-            const int64_t k = g * Q8_UNIT;
+            if (g % 16 == 0) {
+                const __mmask16 m = (__mmask16)(ng - g >= 16 ? 0xffffu : (1u << (ng - g)) - 1);
+                const __m512 ws = _mm512_maskz_loadu_ps(m, wscale + g);
+#pragma GCC unroll 4
+                for (int i = 0; i < NX; i++)
+                    _mm512_storeu_ps(sc[i], _mm512_mul_ps(ws, _mm512_maskz_loadu_ps(m, xs[i] + g)));
+            }
+            const int64_t k = g * Q8_UNIT, j = g % 16;
             PREFETCH(w + k + PREFETCH_BYTES);
             PREFETCH(w + k + PREFETCH_BYTES + 64);
             __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
             __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + Q8_UNIT)), flip);
-            for (int i = 0; i < 2; i++) {
-                const int8_t *xq = x[i].q + k;
-                const int32_t *xc = x[i].c + k / 4;
-                __m512i p0 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)xc), w0,
-                                                 _mm512_loadu_si512((const void *)xq));
-                __m512i p1 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc + Q8_UNIT / 4)), w1,
-                                                 _mm512_loadu_si512((const void *)(xq + Q8_UNIT)));
-                a[i][0] = v_fmadd(q8_tof(p0), v_set1(wscale[g] * x[i].s[g]), a[i][0]);
-                a[i][1] = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * x[i].s[g + 1]), a[i][1]);
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                __m512i p0 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc[i] + k / 4)), w0,
+                                                 _mm512_loadu_si512((const void *)(xq[i] + k)));
+                __m512i p1 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc[i] + k / 4 + Q8_UNIT / 4)), w1,
+                                                 _mm512_loadu_si512((const void *)(xq[i] + k + Q8_UNIT)));
+                a0[i] = v_fmadd(q8_tof(p0), v_set1(sc[i][j]), a0[i]);
+                a1[i] = v_fmadd(q8_tof(p1), v_set1(sc[i][j + 1]), a1[i]);
             }
         }
     }
     for (; g < ng; g++) {
         const int64_t k0 = g * gs;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < NX; i++) {
             __m512i acc = q8_zero();
-            for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, x[i].q + k, x[i].c + k / 4);
-            a[i][0] = v_fmadd(q8_tof(acc), v_set1(wscale[g] * x[i].s[g]), a[i][0]);
+            for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, xq[i] + k, xc[i] + k / 4);
+            a0[i] = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[i][g]), a0[i]);
         }
     }
-    *s0 = v_add(a[0][0], a[0][1]);
-    *s1 = v_add(a[1][0], a[1][1]);
+    for (int i = 0; i < NX; i++) s[i] = v_add(a0[i], a1[i]);
 }
 
-/* rows_q8 for two rows of x (a dots2_fn) on dot_vec2_q8_vnni (W->group a multiple of 64) */
-static MLL_AVX512_VNNI void rows2_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                          float *out, int64_t ldo) {
+/* rows_q8 for NX rows of x (row i's results at out + i ldo) on dot_vecn_q8_vnni (W->group a
+ * multiple of 64) */
+static inline __attribute__((always_inline)) MLL_AVX512_VNNI void rowsn_q8_vnni(
+        const xrow *x, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+        int64_t ldo) {
     const int64_t gs = W->group, ng = K / gs;
     const int8_t *w = (const int8_t *)W->data + row0 * K;
     const float *sc = W->scale + row0 * ng;
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
-        V s0[4], s1[4];
-        for (int q = 0; q < 4; q++) dot_vec2_q8_vnni(x, w + (r + q) * K, sc + (r + q) * ng, K, gs, &s0[q], &s1[q]);
-        FN(hsum4)(s0[0], s0[1], s0[2], s0[3], out + r);
-        FN(hsum4)(s1[0], s1[1], s1[2], s1[3], out + ldo + r);
+        V s[4][4];                                         /* [weight row][row of x] */
+        for (int q = 0; q < 4; q++) dot_vecn_q8_vnni(x, NX, w + (r + q) * K, sc + (r + q) * ng, K, gs, s[q]);
+        for (int i = 0; i < NX; i++) FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
     }
     for (; r < n; r++) {
-        V s0, s1;
-        dot_vec2_q8_vnni(x, w + r * K, sc + r * ng, K, gs, &s0, &s1);
-        out[r] = v_hsum(s0);
-        out[ldo + r] = v_hsum(s1);
+        V s[4];
+        dot_vecn_q8_vnni(x, NX, w + r * K, sc + r * ng, K, gs, s);
+        for (int i = 0; i < NX; i++) out[i * ldo + r] = v_hsum(s[i]);
     }
+}
+
+/* the dots2_fn and dots4_fn of int8 matrices on AVX512-VNNI */
+static MLL_AVX512_VNNI void rows2_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                          float *out, int64_t ldo) {
+    rowsn_q8_vnni(x, 2, W, row0, K, n, out, ldo);
+}
+
+static MLL_AVX512_VNNI void rows4_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                          float *out, int64_t ldo) {
+    rowsn_q8_vnni(x, 4, W, row0, K, n, out, ldo);
 }
 #endif
 #undef Q8_UNIT

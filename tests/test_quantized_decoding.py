@@ -97,7 +97,10 @@ def test_int8_linear_matches_numpy(int8_path, M, N, K, group):
 
 
 @pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
-@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (8, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16)])
+# M = 7: four rows at once, then two, then one; K = 2368: 37 groups (scale products by 16, a
+# partial block, an odd group left); K = 1088: 17 groups
+@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (8, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16),
+                                         (7, 9, 2368, 64), (5, 6, 1088, 64)])
 def test_int8_vnni_products_are_bitwise_the_plain_avx512_ones(M, N, K, group):
     rng = np.random.default_rng(M * N)
     x = minillm.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
