@@ -116,6 +116,17 @@ static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0,
     }
 }
 
+/* rows_bf16_generic for two and four rows of x (dots2_fn), row by row */
+static void rows2_bf16_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                               int64_t ldo) {
+    for (int i = 0; i < 2; i++) rows_bf16_generic(&x[i], W, row0, K, n, out + i * ldo);
+}
+
+static void rows4_bf16_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                               int64_t ldo) {
+    for (int i = 0; i < 4; i++) rows_bf16_generic(&x[i], W, row0, K, n, out + i * ldo);
+}
+
 static void rows_q8_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
                             float *out) {
     const int64_t gs = W->group, ng = K / gs;
@@ -206,20 +217,19 @@ static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
 #else
     (void)vnni;
 #endif
-    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : rows2_by_fours;
+    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : W->dtype == MLL_BF16 ? MLL_PICK(rows2_bf16) : rows2_by_fours;
 }
 
-/* The four-row form, int8 on VNNI only (NULL otherwise: rows then go two at a time): at a
- * batch the int8 products are bound by their arithmetic per row, and each weight vector loaded
- * and flipped serves four rows. */
+/* The four-row form, bf16 and int8 on VNNI (NULL otherwise: rows then go two at a time): at a
+ * batch these products are bound by their arithmetic per row, and each weight vector loaded
+ * and widened (or flipped) serves four rows. */
 static dots2_fn pick_dots4(const mll_matrix *W, int vnni) {
 #if defined(MLL_X86)
     if (vnni && vnni_fits(W)) return rows4_q8_vnni;
 #else
     (void)vnni;
-    (void)W;
 #endif
-    return NULL;
+    return W->dtype == MLL_BF16 ? MLL_PICK(rows4_bf16) : NULL;
 }
 
 static dots_fn pick_dots(const mll_matrix *W) {
@@ -917,45 +927,62 @@ static inline MLL_TARGET void FN(load_bf16_pairs)(const uint16_t *p, V *even, V 
 }
 #endif
 
-/* dot_vec with bf16 weights against x split by split_pairs (xp): 2 VL weights a load, widened
- * by a shift and a mask; the same 8 accumulators; the last K % BF16_BLOCK (in x's order in xp)
- * by vectors and a zero-padded copy. */
-static inline MLL_TARGET V FN(dot_vec_bf16)(const float *xp, const uint16_t *w, int64_t K, int prefetch) {
+/* x . w for NX rows of x at once (1, 2 or 4), bf16 weights against each row split by
+ * split_pairs (xp[i]): 2 VL weights a load, widened once for all rows by a shift and a mask;
+ * each row has 4 accumulators, used in the same order whatever NX, so a row's sum is the same
+ * bits alone or in a batch; the last K % BF16_BLOCK (in x's order in xp) by vectors and a
+ * zero-padded copy. */
+static inline __attribute__((always_inline)) MLL_TARGET void FN(dot_vecn_bf16)(
+        const float *const *xp, const int NX, const uint16_t *w, int64_t K, int prefetch, V *s) {
     enum { H = BF16_BLOCK / 2 };            /* odd elements' offset in a block of xp */
-    V a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, e, o;
+    V a[4][4], e, o;
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = v_zero();
     int64_t k = 0;
-    /* 4 loads of 2 VL weights a turn: the pairs at weight k + 2 VL i are x's elements at
-     * xp + b + VL h (even) and xp + b + H + VL h (odd), b their block, h the load's half of it */
-#define PAIRS(i, ae, ao)                                                                     \
-    do {                                                                                     \
-        const int64_t at = k + 2 * VL * (i), b = at - at % BF16_BLOCK, h = at % BF16_BLOCK / (2 * VL); \
-        FN(load_bf16_pairs)(w + at, &e, &o);                                                 \
-        ae = v_fmadd(e, v_load(xp + b + VL * h), ae);                                       \
-        ao = v_fmadd(o, v_load(xp + b + H + VL * h), ao);                                   \
+    /* the pairs at weight k + 2 VL q are x's elements at xp + b + VL h (even) and xp + b + H +
+     * VL h (odd), b their block, h the load's half of it; into accumulators c and c + 1 */
+#define PAIRS(q, c)                                                                              \
+    do {                                                                                         \
+        const int64_t at = k + 2 * VL * (q), b = at - at % BF16_BLOCK, h = at % BF16_BLOCK / (2 * VL); \
+        FN(load_bf16_pairs)(w + at, &e, &o);                                                     \
+        _Pragma("GCC unroll 4") for (int i = 0; i < NX; i++) {                                   \
+            a[i][c] = v_fmadd(e, v_load(xp[i] + b + VL * h), a[i][c]);                           \
+            a[i][(c) + 1] = v_fmadd(o, v_load(xp[i] + b + H + VL * h), a[i][(c) + 1]);           \
+        }                                                                                        \
     } while (0)
     for (; k + 8 * VL <= K; k += 8 * VL) {
         if (prefetch)
             for (int64_t b = 0; b < 8 * VL * 2; b += 64) PREFETCH((const char *)(w + k) + PREFETCH_BYTES + b);
-        PAIRS(0, a0, a1);
-        PAIRS(1, a2, a3);
-        PAIRS(2, a4, a5);
-        PAIRS(3, a6, a7);
+        PAIRS(0, 0);
+        PAIRS(1, 2);
+        PAIRS(2, 0);
+        PAIRS(3, 2);
     }
     for (; k + BF16_BLOCK <= K; k += BF16_BLOCK)
-        for (int i = 0; i < BF16_BLOCK / (2 * VL); i++) PAIRS(i, a0, a1);
+        for (int q = 0; q < BF16_BLOCK / (2 * VL); q++) PAIRS(q, 0);
 #undef PAIRS
-    for (; k + VL <= K; k += VL) a2 = v_fmadd(FN(load_bf16)(w + k), v_load(xp + k), a2);
+    for (; k + VL <= K; k += VL) {
+        e = FN(load_bf16)(w + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) a[i][2] = v_fmadd(e, v_load(xp[i] + k), a[i][2]);
+    }
     if (k < K) {
         uint16_t t[VL] = {0};
         memcpy(t, w + k, (size_t)(K - k) * sizeof(uint16_t));
-        a3 = v_fmadd(FN(load_bf16)(t), v_loadn(xp + k, K - k), a3);
+        e = FN(load_bf16)(t);
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) a[i][3] = v_fmadd(e, v_loadn(xp[i] + k, K - k), a[i][3]);
     }
-    return v_add(v_add(v_add(a0, a1), v_add(a2, a3)), v_add(v_add(a4, a5), v_add(a6, a7)));
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) s[i] = v_add(v_add(a[i][0], a[i][1]), v_add(a[i][2], a[i][3]));
 }
 
-static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                     float *out) {
-    const float *xp = xr->p;
+/* rows_bf16 for NX rows of x (row i's results at out + i ldo) */
+static inline __attribute__((always_inline)) MLL_TARGET void FN(rowsn_bf16)(
+        const xrow *xr, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+        int64_t ldo) {
+    const float *xp[4];
+    for (int i = 0; i < NX; i++) xp[i] = xr[i].p;
     const uint16_t *w = (const uint16_t *)W->data + row0 * K;
     /* software prefetch ahead of the bf16 loop: on Intel Xeons it kept more reads in flight; on
      * AMD Zen 4 it cost 10-20% of this loop's rate (and 17% of a GPT-2 step), its prefetchers
@@ -963,14 +990,37 @@ static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_
     const int pf = !mll_cpu_is_amd();
     int64_t r = 0;
     for (; r + 4 <= n; r += 4) {
-        const uint16_t *wr = w + r * K;
-        V s0 = FN(dot_vec_bf16)(xp, wr, K, pf);            /* in address order (see rows) */
-        V s1 = FN(dot_vec_bf16)(xp, wr + K, K, pf);
-        V s2 = FN(dot_vec_bf16)(xp, wr + 2 * K, K, pf);
-        V s3 = FN(dot_vec_bf16)(xp, wr + 3 * K, K, pf);
-        FN(hsum4)(s0, s1, s2, s3, out + r);
+        V s[4][4];                                         /* [weight row][row of x] */
+        for (int q = 0; q < 4; q++) FN(dot_vecn_bf16)(xp, NX, w + (r + q) * K, K, pf, s[q]);   /* address order */
+        for (int i = 0; i < NX; i++) FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
     }
-    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_bf16)(xp, w + r * K, K, pf));
+    for (; r < n; r++) {
+        V s[4];
+        FN(dot_vecn_bf16)(xp, NX, w + r * K, K, pf, s);
+        for (int i = 0; i < NX; i++) out[i * ldo + r] = v_hsum(s[i]);
+    }
+}
+
+/* the dots_fn of bf16 matrices, and their two- and four-row forms (dots2_fn; four rows only
+ * at AVX-512's 32 registers, two pairs at AVX2's 16) */
+static MLL_TARGET void FN(rows_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                     float *out) {
+    FN(rowsn_bf16)(xr, 1, W, row0, K, n, out, 0);
+}
+
+static MLL_TARGET void FN(rows2_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                      float *out, int64_t ldo) {
+    FN(rowsn_bf16)(xr, 2, W, row0, K, n, out, ldo);
+}
+
+static MLL_TARGET void FN(rows4_bf16)(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                      float *out, int64_t ldo) {
+#if MLL_VEC == 512
+    FN(rowsn_bf16)(xr, 4, W, row0, K, n, out, ldo);
+#else
+    FN(rowsn_bf16)(xr, 2, W, row0, K, n, out, ldo);
+    FN(rowsn_bf16)(xr + 2, 2, W, row0, K, n, out + 2 * ldo, ldo);
+#endif
 }
 
 /* int8 rows: one vector step multiplies Q8_UNIT int8 weights by as many int8 x and adds the

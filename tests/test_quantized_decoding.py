@@ -96,6 +96,29 @@ def test_int8_linear_matches_numpy(int8_path, M, N, K, group):
     assert np.abs(y - full).max() <= 0.05 * np.abs(full - add).max()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bf16", "int8"])
+@pytest.mark.parametrize("M,K", [(7, 93), (8, 768), (5, 2368)])
+def test_rows_of_a_batch_are_the_bits_of_each_row_alone(isa, dtype, M, K):
+    """The batched products (four or two rows of x per load of the weights) give each row the
+    very sums it gets alone: a sequence decodes the same in a batch as by itself."""
+    if dtype == "int8" and K % 64:
+        K = 64 * (K // 64 + 1)
+    rng = np.random.default_rng(M + K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = decoding_weight(minillm.from_numpy(rng.standard_normal((11, K)).astype(np.float32)), dtype)
+    vnni = [False, True] if VNNI and isa == "avx512" and dtype == "int8" else [_C.get_vnni()]
+    before = _C.get_vnni()
+    try:
+        for on in vnni:
+            _C.set_vnni(on)
+            batch = _C.decode_linear(minillm.from_numpy(x), w).numpy()
+            for i in range(M):
+                alone = _C.decode_linear(minillm.from_numpy(x[i:i + 1]), w).numpy()
+                np.testing.assert_array_equal(batch[i:i + 1], alone, err_msg=f"row {i}, vnni {on}")
+    finally:
+        _C.set_vnni(before)
+
+
 @pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
 # M = 7: four rows at once, then two, then one; K = 2368: 37 groups (scale products by 16, a
 # partial block, an odd group left); K = 1088: 17 groups
