@@ -51,8 +51,9 @@
  *     y[n] = sum_g  wscale[n, g] xscale[g] sum_{k in g} wq[n, k] xq[k]
  * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
  * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
- * pairs of those into int32), or, for two rows of x at once, 64 at a time in one VPDPBUSD where
- * the CPU has AVX512-VNNI (rowsn_q8_vnni; x then also carries a correction per 4 bytes, xrow.c).
+ * pairs of those into int32), or, for two or four rows of x at once, 64 at a time in one
+ * VPDPBUSD where the CPU has AVX512-VNNI (rowsn_q8_vnni; x then also carries a correction per 4
+ * bytes, xrow.c).
  * Every path, the portable one included, computes these same integer sums. */
 typedef struct {
     const float *f;          /* x (K) */
