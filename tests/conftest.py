@@ -73,3 +73,17 @@ def sample_token_folder(root, vocab_size):
 def tokens_dir(tmp_path_factory):
     """sample_token_folder with a 320-id tokenizer, once per test module."""
     return sample_token_folder(str(tmp_path_factory.mktemp("corpus")), 320)
+
+
+def train_stopping_after(trainer, step):
+    """trainer.train() as if Ctrl-C came during optimizer step `step`: the run stops after it
+    with a checkpoint, as a run to resume."""
+    train_step = trainer.train_step
+
+    def stepped():
+        out = train_step()
+        if trainer.step == step:
+            trainer._stop = True
+        return out
+    trainer.train_step = stepped
+    trainer.train()

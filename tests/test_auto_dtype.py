@@ -5,7 +5,7 @@ import pytest
 
 from minillm import _C, amp, checkpoint
 from minillm.train import Trainer, TrainConfig
-from conftest import sample_token_folder
+from conftest import train_stopping_after
 
 
 class Clock:
@@ -56,11 +56,6 @@ def test_a_cpu_without_bf16_dot_products_keeps_float32_untimed(monkeypatch):
     assert calls == []
 
 
-@pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-    return sample_token_folder(str(tmp_path_factory.mktemp("corpus")), 300)
-
-
 def config(tokens_dir, out, steps, dtype):
     return TrainConfig(model="gpt-tiny", n_layer=2, n_head=2, n_embd=64, block_size=32, data=tokens_dir,
                        out_dir=str(out), batch_size=8, max_steps=steps, eval_interval=0, eval_batches=1,
@@ -81,15 +76,7 @@ def test_the_trainer_trains_with_the_faster_and_a_resume_keeps_it(monkeypatch, t
     auto = Trainer(config(tokens_dir, tmp_path / "auto", 20, "auto"))
     assert auto.config.dtype == want
     assert f"{want} products (auto: " in auto._describe()
-    stop = auto.train_step
-
-    def stop_at_10():
-        out = stop()
-        if auto.step == 10:
-            auto._stop = True
-        return out
-    auto.train_step = stop_at_10
-    auto.train()
+    train_stopping_after(auto, 10)
     monkeypatch.undo()
     saved = checkpoint.load_checkpoint(checkpoint.find_checkpoint(str(tmp_path / "auto")))["config"]
     assert saved["train"]["dtype"] == want                  # the choice, not "auto", is kept

@@ -7,7 +7,7 @@ import pytest
 import minillm
 from minillm import checkpoint
 from minillm.train import Trainer, TrainConfig, _ThreadTuner
-from conftest import sample_token_folder
+from conftest import train_stopping_after
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +60,6 @@ def test_one_thread_is_left_alone():
     assert set(drive(tuner, clock, 50, lambda n: 1.0)) == {1}
 
 
-@pytest.fixture(scope="module")
-def tokens_dir(tmp_path_factory):
-    return sample_token_folder(str(tmp_path_factory.mktemp("corpus")), 300)
-
-
 def train(tokens_dir, out_dir, tune, cost):
     """40 steps of a small GPT where a step takes cost(threads) seconds of a fake clock; returns
     the final weights and the thread count of every step."""
@@ -110,15 +105,7 @@ def test_a_resume_on_another_thread_count_is_exact(tokens_dir, tmp_path):
                            seed=7, num_threads=2, tune_threads=False)
     Trainer(config(tmp_path / "whole", 20)).train()
     first = Trainer(config(tmp_path / "parts", 20))
-    stop = first.train_step
-
-    def stop_at_10():
-        out = stop()
-        if first.step == 10:
-            first._stop = True
-        return out
-    first.train_step = stop_at_10
-    first.train()
+    train_stopping_after(first, 10)
     assert first.step == 10
     second = Trainer.resume(str(tmp_path / "parts"), num_threads=1)
     assert minillm.get_num_threads() == 1
