@@ -47,19 +47,16 @@
  * which at a quarter of the bytes no longer hides under the load. So x is quantized too, per
  * row and per group of the weights' group size (symmetric, as the weights: scale = max |x| /
  * 127 over the group, q = round(x / scale)), once per product (quantize_x), and each group is
- * an exact integer dot product (int8 x int8 summed in int32) multiplied by the two scales:
- *     y[n] = sum_g  wscale[n, g] xscale[g] sum_{k in g} wq[n, k] xq[k]
- * The int8 x int8 products are formed 32 or 64 at a time (maddubs: |w| as unsigned bytes
- * times x with w's sign, pairs summed into int16, which cannot overflow at |q| <= 127, then
- * pairs of those into int32), or, for two or four rows of x at once, 64 at a time in one
- * VPDPBUSD where the CPU has AVX512-VNNI (rowsn_q8_vnni; x then also carries a correction per 4
- * bytes, xrow.c).
- * Every path, the portable one included, computes these same integer sums. */
+ * an exact integer dot product (int8 x int8 summed in int32) scaled by the two scales and
+ * added to the output, one group after the other:
+ *     y[n] = fma(p[n, g], wscale[n, g] xscale[g], y[n])  for g = 0, 1, ...
+ *     p[n, g] = sum_{k in g} wq[n, k] xq[k]
+ * The weights are read in tiles of 16 rows (see "int8 tiles" below), so that one vector
+ * instruction makes 16 rows' products and one conversion and one multiply-add scale a group
+ * of 16 outputs. Every path, the portable one included, computes these same integers and
+ * roundings: the same bits on every ISA, alone or in a batch. */
 typedef struct {
     const float *f;          /* x (K) */
-    const int8_t *q;         /* x quantized per group (int8 matrices only) */
-    const float *s;          /* its scales, one per group */
-    const int32_t *c;        /* for rowsn_q8_vnni: -128 x the sum of each 4 bytes of q (K / 4) */
     const float *p;          /* x split by split_pairs (bf16 matrices) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
@@ -128,19 +125,86 @@ static void rows4_bf16_generic(const xrow *x, const mll_matrix *W, int64_t row0,
     for (int i = 0; i < 4; i++) rows_bf16_generic(&x[i], W, row0, K, n, out + i * ldo);
 }
 
-static void rows_q8_generic(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                            float *out) {
-    const int64_t gs = W->group, ng = K / gs;
-    for (int64_t r = 0; r < n; r++) {
-        const int8_t *wr = (const int8_t *)W->data + (row0 + r) * K;
-        const float *sr = W->scale + (row0 + r) * ng;
-        float s = 0.0f;
-        for (int64_t g = 0; g < ng; g++) {
-            int32_t p = 0;
-            for (int64_t k = g * gs; k < (g + 1) * gs; k++) p += (int32_t)wr[k] * x->q[k];
-            s += (float)p * (sr[g] * x->s[g]);
+/* ------------------------------------------------------------------ int8 tiles
+ * The kernels read an int8 matrix (N, K) in blocks of 16 rows: per block, per 4 columns
+ * k .. k + 3, the 16 rows' 4 values one after the other (64 bytes), each stored as q + 128
+ * (q ^ 0x80, an unsigned byte); per block and group, the 16 rows' scales side by side:
+ *     tiles[b][k / 4][r][k % 4] = q[16 b + r][k] + 128      tscale[b][g][r] = scale[16 b + r][g]
+ * (rows past N: q = 0, scale 0). A 64-byte vector then holds 4 columns of 16 rows. Against
+ * one row of x it takes x's 4 bytes broadcast, and VPDPBUSD (AVX512-VNNI: unsigned bytes
+ * times signed bytes, each 4 products added into an int32 lane; Intel SDM vol. 2) adds each
+ * row's 4 products into that row's lane: a group ends with its 16 sums in one vector, which
+ * one conversion and one multiply-add scale for all 16 rows. The weights are one sequential
+ * stream, block after block, and each vector serves every row of x of a batch.
+ * VPDPBUSD counts (q + 128) xq: the group's sum less 128 x the sum of xq over the group
+ * (xtile.c) is exactly sum q xq (|(q + 128) xq| <= 255 x 127 per product: a group below 66,000
+ * values cannot overflow). Without VNNI the products are made of q itself (maddubs of |q| and
+ * xq with q's sign: pairs in int16, at most 2 x 127 x 127, then madd into int32): the same
+ * integers. K and the group are multiples of 4. An Int8Matrix (pyx/gemv.pxi) holds only this
+ * form, and gives its row-major values and scales back on request (mll_q8_untile). */
+#define TILE_ROWS 16
+
+void mll_q8_tile(const int8_t *q, const float *scale, int64_t N, int64_t K, int64_t group, uint8_t *tiles,
+                 float *tscale) {
+    const int64_t ng = K / group, nb = (N + TILE_ROWS - 1) / TILE_ROWS;
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const int64_t n = b * TILE_ROWS + r;
+            uint8_t *t = tiles + b * TILE_ROWS * K + 4 * r;
+            for (int64_t k = 0; k < K; k += 4)
+                for (int j = 0; j < 4; j++) t[k * TILE_ROWS + j] = n < N ? (uint8_t)(q[n * K + k + j] ^ 0x80) : 0x80;
+            for (int64_t g = 0; g < ng; g++) tscale[(b * ng + g) * TILE_ROWS + r] = n < N ? scale[n * ng + g] : 0.0f;
         }
-        out[r] = s;
+}
+
+void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,
+                   float *scale) {
+    const int64_t ng = K / group;
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t b = n / TILE_ROWS, r = n % TILE_ROWS;
+        const uint8_t *t = tiles + b * TILE_ROWS * K + 4 * r;
+        for (int64_t k = 0; k < K; k += 4)
+            for (int j = 0; j < 4; j++) q[n * K + k + j] = (int8_t)(t[k * TILE_ROWS + j] ^ 0x80);
+        for (int64_t g = 0; g < ng; g++) scale[n * ng + g] = tscale[(b * ng + g) * TILE_ROWS + r];
+    }
+}
+
+/* nx rows of x for the int8 tiles: quantized per group (quantize_x), their bytes interleaved
+ * by 4 (q[(k / 4) 4 nx + 4 i + k % 4] = row i's xq[k]: each column quad's bytes of all rows side
+ * by side), and per row i and group g the scale s[i ng + g] and VPDPBUSD's correction c[i ng + g]
+ * (128 x the sum of the group's xq) */
+typedef struct {
+    const int8_t *q;
+    const float *s;
+    const int32_t *c;
+    int nx;
+} xtile;
+/* out[i ldo + r] = row i of x . W row row0 + r for r < n, i < x->nx (row0 a multiple of 16) */
+typedef void (*tiles_fn)(const xtile *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                         int64_t ldo);
+
+static void tiles_q8_generic(const xtile *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+                             int64_t ldo) {
+    const int64_t gs = W->group, ng = K / gs, nx = x->nx;
+    for (int64_t b = row0; b < row0 + n; b += TILE_ROWS) {
+        const uint8_t *wb = (const uint8_t *)W->data + b * K;
+        const float *sb = W->scale + b * ng;
+        const int64_t nr = mll_min64(TILE_ROWS, row0 + n - b);
+        for (int64_t i = 0; i < nx; i++) {
+            float acc[TILE_ROWS] = {0};
+            for (int64_t g = 0; g < ng; g++) {
+                int32_t p[TILE_ROWS] = {0};
+                for (int64_t k = g * gs; k < (g + 1) * gs; k += 4) {
+                    const uint8_t *wq = wb + k * TILE_ROWS;
+                    const int8_t *xq = x->q + k * nx + 4 * i;
+                    for (int r = 0; r < TILE_ROWS; r++)
+                        for (int j = 0; j < 4; j++) p[r] += ((int32_t)wq[4 * r + j] - 128) * xq[j];
+                }
+                for (int r = 0; r < TILE_ROWS; r++)
+                    acc[r] = fmaf((float)p[r], sb[g * TILE_ROWS + r] * x->s[i * ng + g], acc[r]);
+            }
+            memcpy(out + i * ldo + (b - row0), acc, (size_t)nr * sizeof(float));
+        }
     }
 }
 
@@ -182,63 +246,38 @@ static float sum_generic(const float *x, int64_t n) {
     return s;
 }
 
-/* rows_avx2, rows2_avx2, rows_bf16_avx2, rows_q8_avx2, sum_avx2, and the same _avx512: the bottom half */
+/* rows_avx2, rows2_avx2, rows_bf16_avx2, tiles_q8_avx2, sum_avx2, and the same _avx512 (and
+ * tiles_q8_vnni): the bottom half */
 #define MLL_DISPATCH_SELF "gemv.c"
 #include "dispatch.h"
 
-/* int8 bytes one vector step of rows_q8 takes, floats one of quantize_x takes (a group must be
- * a whole number of them) */
-static const int64_t q8_unit_generic = 1, qx_unit_generic = 1;
+/* floats one vector step of quantize_x takes (a group must be a whole number of them) */
+static const int64_t qx_unit_generic = 1;
 
-static dots_fn pick_dots(const mll_matrix *W);
-
-/* Two rows of x over bf16 or int8 weights: each group of 4 weight rows dotted with one row of
- * x, then with the other, while it sits in L1 (the same calls as for each row alone, so the
- * same sums). */
-static void rows2_by_fours(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
-                           int64_t ldo) {
-    dots_fn f = pick_dots(W);
-    for (int64_t r = 0; r < n; r += 4) {
-        int64_t c = n - r < 4 ? n - r : 4;
-        f(&x[0], W, row0 + r, K, c, out + r);
-        f(&x[1], W, row0 + r, K, c, out + ldo + r);
-    }
+/* The two-row form (float32, bf16) loads each weight vector once for both rows. */
+static dots2_fn pick_dots2(const mll_matrix *W) {
+    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : W->dtype == MLL_BF16 ? MLL_PICK(rows2_bf16) : NULL;
 }
 
-
-/* W can go through rowsn_q8_vnni (with mll_vnni_active(), and xrow.c filled in) */
-static int vnni_fits(const mll_matrix *W) { return W->data && W->dtype == MLL_I8 && W->group % 64 == 0; }
-
-/* The two-row form: float32, and int8 on VNNI, load each weight vector once for both rows.
- * vnni: linear_run's one reading of mll_vnni_active() for the product (the ISA may change
- * meanwhile, and rowsn_q8_vnni must run only where it filled in xrow.c). */
-static dots2_fn pick_dots2(const mll_matrix *W, int vnni) {
-#if defined(MLL_X86)
-    if (vnni && vnni_fits(W)) return rows2_q8_vnni;
-#else
-    (void)vnni;
-#endif
-    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : W->dtype == MLL_BF16 ? MLL_PICK(rows2_bf16) : rows2_by_fours;
-}
-
-/* The four-row form, bf16 and int8 on VNNI (NULL otherwise: rows then go two at a time): at a
- * batch these products are bound by their arithmetic per row, and each weight vector loaded
- * and widened (or flipped) serves four rows. */
-static dots2_fn pick_dots4(const mll_matrix *W, int vnni) {
-#if defined(MLL_X86)
-    if (vnni && vnni_fits(W)) return rows4_q8_vnni;
-#else
-    (void)vnni;
-#endif
-    return W->dtype == MLL_BF16 ? MLL_PICK(rows4_bf16) : NULL;
-}
+/* The four-row form, bf16 (NULL otherwise: rows then go two at a time): at a batch these
+ * products are bound by their arithmetic per row, and each weight vector loaded and widened
+ * serves four rows. */
+static dots2_fn pick_dots4(const mll_matrix *W) { return W->dtype == MLL_BF16 ? MLL_PICK(rows4_bf16) : NULL; }
 
 static dots_fn pick_dots(const mll_matrix *W) {
-    switch (W->dtype) {
-    case MLL_BF16: return MLL_PICK(rows_bf16);
-    case MLL_I8: return W->group % MLL_PICK(q8_unit) ? rows_q8_generic : MLL_PICK(rows_q8);
-    default: return MLL_PICK(rows);
-    }
+    return W->dtype == MLL_BF16 ? MLL_PICK(rows_bf16) : W->dtype == MLL_F32 ? MLL_PICK(rows) : NULL;
+}
+
+/* The int8 tiles' kernel: VPDPBUSD where mll_vnni_active() (vnni: linear_run's one reading
+ * of it for the product, which filled in xtile.c), else the ISA's own */
+static tiles_fn pick_tiles(const mll_matrix *W, int vnni) {
+    if (W->dtype != MLL_I8) return NULL;
+#if defined(MLL_X86)
+    if (vnni) return tiles_q8_vnni;
+#else
+    (void)vnni;
+#endif
+    return MLL_PICK(tiles_q8);
 }
 
 /* bytes of one value of W */
@@ -246,7 +285,7 @@ static int64_t value_bytes(const mll_matrix *W) { return W->dtype == MLL_F32 ? 4
 
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K) {
     mll_matrix m = *W;
-    m.data = (const char *)W->data + r * K * value_bytes(W);
+    m.data = (const char *)W->data + r * K * value_bytes(W);       /* int8: r a multiple of 16 */
     if (W->dtype == MLL_I8) m.scale = W->scale + r * (K / W->group);
     return m;
 }
@@ -263,72 +302,81 @@ mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K) {
 typedef struct {
     mll_matrix W, W2;
     const float *bias, *bias2;
-    dots_fn dots, dots2;            /* for W and W2 */
+    dots_fn dots, dots2;            /* for W and W2 (float32, bf16) */
     dots2_fn pair, pair2;           /* their two-row forms, or NULL */
     dots2_fn quad, quad2;           /* their four-row forms, or NULL */
+    tiles_fn tiles, tiles2;         /* int8: every row of x at once */
     int64_t N, col;
 } linear_seg;
 
 enum { ACT_NONE = 0, ACT_GELU = 1, ACT_SILU_GATED = 2, ACT_RELU2 = 3 };
 
 /* Up to MAX_SEGS weight matrices side by side (q, k and v as one product, one trip through
- * the pool): their groups of 4 rows are numbered one segment after the other and cut into
+ * the pool): their groups of `unit` rows are numbered one segment after the other and cut into
  * chunks as if they were one matrix (linear_run). */
 #define MAX_SEGS 3
+/* rows of x a pass takes at once: 8 on the int8 tiles (each weight vector loaded once for
+ * all), 4 otherwise */
+#define MAX_NX 8
 
 typedef struct {
     const float *x, *add;
     float *y;
-    const int8_t *xq;               /* x quantized for int8 matrices (quantize_x), or NULL */
-    const float *xs;
-    const int32_t *xc;              /* xq's VNNI correction (xrow.c), or NULL */
+    const int8_t *xi;               /* x for the int8 tiles (xtile.q, rows by blocks of MAX_NX), or NULL */
+    const float *xs;                /* its scales (M, K / xgroup) */
+    const int32_t *xc;              /* its VNNI corrections (M, K / xgroup) */
     const float *xp;                /* x split for bf16 matrices (split_pairs), or NULL */
-    int64_t xgroup;                 /* the group xq is quantized by */
+    int64_t xgroup;                 /* the group xi is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
     int nseg, act;
+    int64_t unit;                   /* rows of W per group: 16 (a tile) with int8 matrices, else 4 */
     int64_t ldy, M, K;
     int64_t big, nbig, small;       /* chunks: nbig of `big` groups, then the rest by `small` */
 } linear_job;
 
-/* d[i] = the dots of row i < nx <= 4 of x with W's rows [j, j + n): all four at once where W
- * has a four-row form, else two at a time where it has a two-row form, else one by one */
-static void dots_of_rows(const xrow *xr, int nx, const mll_matrix *W, dots_fn one, dots2_fn two, dots2_fn four,
-                         int64_t j, int64_t K, int64_t n, float d[][ROWS_PER_PASS]) {
-    if (nx == 4 && four) {
-        four(xr, W, j, K, n, d[0], ROWS_PER_PASS);
+/* d[i] = the dots of rows m .. m + nx of x (nx <= MAX_NX) with W's rows [j, j + n): on the
+ * tiles all at once; else four at a time where W has a four-row form, else two at a time
+ * where it has a two-row form, else one by one */
+static void dots_of_rows(const linear_job *job, int64_t m, int nx, const mll_matrix *W, dots_fn one, dots2_fn two,
+                         dots2_fn four, tiles_fn tiles, int64_t j, int64_t n, float d[][ROWS_PER_PASS]) {
+    const int64_t K = job->K;
+    if (tiles) {
+        const int64_t ng = K / job->xgroup;
+        xtile xt = {job->xi + m * K, job->xs + m * ng, job->xc ? job->xc + m * ng : NULL, nx};
+        tiles(&xt, W, j, K, n, d[0], ROWS_PER_PASS);
         return;
     }
+    xrow xr[MAX_NX];
+    for (int i = 0; i < nx; i++)
+        xr[i] = (xrow){job->x + (m + i) * K, job->xp ? job->xp + (m + i) * K : NULL};
     int i = 0;
+    if (four)
+        for (; i + 4 <= nx; i += 4) four(&xr[i], W, j, K, n, d[i], ROWS_PER_PASS);
     if (two)
         for (; i + 2 <= nx; i += 2) two(&xr[i], W, j, K, n, d[i], ROWS_PER_PASS);
     for (; i < nx; i++) one(&xr[i], W, j, K, n, d[i]);
 }
 
 /* y rows [0, M) (row stride ldy; add the same) x the columns of groups [g0, g1) of one segment
- * (group g = W rows [4g, 4g + 4) clipped to N). GELU and the gated SiLU go through their vector
- * kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below their threshold
- * for an OpenMP team. */
+ * (group g = W rows [unit g, unit (g + 1)) clipped to N). GELU and the gated SiLU go through
+ * their vector kernels (mll_unary, mll_silu_mul_forward) on pieces of 64 floats: far below
+ * their threshold for an OpenMP team. */
 static void linear_groups(const linear_job *job, const linear_seg *sg, int64_t g0, int64_t g1) {
     const float *add = job->add;
     float *y = job->y;
-    const int64_t ldy = job->ldy, M = job->M, K = job->K;
+    const int64_t ldy = job->ldy, M = job->M;
     const int act = job->act;
-    float d[4][ROWS_PER_PASS], u[4][ROWS_PER_PASS];
+    float d[MAX_NX][ROWS_PER_PASS], u[MAX_NX][ROWS_PER_PASS];
     const int64_t N = sg->N;
-    int64_t j1 = 4 * g1 < N ? 4 * g1 : N;
-    for (int64_t j = 4 * g0; j < j1; j += ROWS_PER_PASS) {
+    int64_t j1 = job->unit * g1 < N ? job->unit * g1 : N;
+    for (int64_t j = job->unit * g0; j < j1; j += ROWS_PER_PASS) {
         int64_t n = mll_min64(ROWS_PER_PASS, j1 - j);
-        for (int64_t m = 0; m < M; m += 4) {       /* rows of x four at a time: W read once for all */
-            const int nx = M - m >= 4 ? 4 : (int)(M - m);
-            xrow xr[4];
-            for (int i = 0; i < nx; i++)
-                xr[i] = (xrow){job->x + (m + i) * K, job->xq ? job->xq + (m + i) * K : NULL,
-                               job->xq ? job->xs + (m + i) * (K / job->xgroup) : NULL,
-                               job->xc ? job->xc + (m + i) * (K / 4) : NULL,
-                               job->xp ? job->xp + (m + i) * K : NULL};
-            dots_of_rows(xr, nx, &sg->W, sg->dots, sg->pair, sg->quad, j, K, n, d);
-            if (act == ACT_SILU_GATED) dots_of_rows(xr, nx, &sg->W2, sg->dots2, sg->pair2, sg->quad2, j, K, n, u);
+        for (int64_t m = 0; m < M; m += MAX_NX) {  /* rows of x together: W read once for all */
+            const int nx = M - m >= MAX_NX ? MAX_NX : (int)(M - m);
+            dots_of_rows(job, m, nx, &sg->W, sg->dots, sg->pair, sg->quad, sg->tiles, j, n, d);
+            if (act == ACT_SILU_GATED)
+                dots_of_rows(job, m, nx, &sg->W2, sg->dots2, sg->pair2, sg->quad2, sg->tiles2, j, n, u);
             for (int i = 0; i < nx; i++) {
                 float *di = d[i], *ui = u[i];
                 if (sg->bias)
@@ -592,69 +640,89 @@ static void *grown(x_buffer *b, size_t need) {
     return b->p;
 }
 
+/* x (M, K) for the int8 tiles (xtile): xs (M, ng) scales and xc (M, ng) corrections, then xi,
+ * x's bytes by blocks of MAX_NX rows (a block of nb rows at xi + m K, its bytes interleaved
+ * by 4), quantized per group gs; xq (M K bytes) is scratch. */
+static void tile_x(const float *x, int64_t M, int64_t K, int64_t gs, float *xs, int32_t *xc, int8_t *xi,
+                   int8_t *xq) {
+    const int64_t ng = K / gs;
+    quantize_fn quantize = gs % MLL_PICK(qx_unit) ? quantize_x_generic : MLL_PICK(quantize_x);
+    quantize(x, M == 1 ? xi : xq, xs, M, K, gs);           /* one row: interleaved is as it is */
+    if (M == 1) xq = xi;
+    for (int64_t i = 0; i < M * ng; i++) {
+        int32_t sum = 0;
+        for (int64_t k = i * gs; k < (i + 1) * gs; k++) sum += xq[k];
+        xc[i] = 128 * sum;
+    }
+    if (M == 1) return;
+    for (int64_t m = 0; m < M; m += MAX_NX) {
+        const int64_t nb = M - m < MAX_NX ? M - m : MAX_NX;
+        int8_t *blk = xi + m * K;
+        for (int64_t i = 0; i < nb; i++)
+            for (int64_t k = 0; k < K; k += 4) memcpy(blk + k * nb + 4 * i, xq + (m + i) * K + k, 4);
+    }
+}
+
 /* Runs the job (segments filled in) on the pool; `weights` = values of W read per row of x.
  * With int8 matrices, x is quantized first, by their group (the caller makes every int8
  * matrix of one product share it), with bf16 ones split (split_pairs); -1 if a buffer for
  * that cannot be had. */
 static int linear_run(linear_job *job, int64_t weights) {
+    const int64_t M = job->M, K = job->K;
     job->seg_g0[0] = 0;
-    job->xq = NULL;
+    job->xi = NULL;
     job->xc = NULL;
     job->xp = NULL;
+    job->unit = 4;
     int bf16 = 0;
     for (int s = 0; s < job->nseg; s++)
         bf16 |= job->seg[s].W.dtype == MLL_BF16 || (job->seg[s].W2.data && job->seg[s].W2.dtype == MLL_BF16);
-    if (bf16 && job->M > 0) {
-        float *xp = grown(&xp_buf, (size_t)(job->M * job->K) * sizeof(float));
+    if (bf16 && M > 0) {
+        float *xp = grown(&xp_buf, (size_t)(M * K) * sizeof(float));
         if (!xp) return -1;
-        for (int64_t m = 0; m < job->M; m++) split_pairs(job->x + m * job->K, job->K, xp + m * job->K);
+        for (int64_t m = 0; m < M; m++) split_pairs(job->x + m * K, K, xp + m * K);
         job->xp = xp;
     }
-    int vnni = 0;
-    for (int s = 0; s < job->nseg; s++) vnni |= vnni_fits(&job->seg[s].W) || vnni_fits(&job->seg[s].W2);
-    vnni = vnni && job->M >= 2 && mll_vnni_active();
+    const int vnni = mll_vnni_active();
     for (int s = 0; s < job->nseg; s++) {
         linear_seg *sg = &job->seg[s];
         sg->dots = pick_dots(&sg->W);
         sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
-        sg->pair = pick_dots2(&sg->W, vnni);
-        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2, vnni) : NULL;
-        sg->quad = pick_dots4(&sg->W, vnni);
-        sg->quad2 = sg->W2.data ? pick_dots4(&sg->W2, vnni) : NULL;
+        sg->pair = pick_dots2(&sg->W);
+        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2) : NULL;
+        sg->quad = pick_dots4(&sg->W);
+        sg->quad2 = sg->W2.data ? pick_dots4(&sg->W2) : NULL;
+        sg->tiles = pick_tiles(&sg->W, vnni);
+        sg->tiles2 = sg->W2.data ? pick_tiles(&sg->W2, vnni) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
         else if (sg->W2.data && sg->W2.dtype == MLL_I8) job->xgroup = sg->W2.group;
         else continue;
-        if (job->xq || job->M <= 0) continue;
-        size_t need = (size_t)(job->M * job->K) * (vnni ? 2 : 1) +
-                      (size_t)(job->M * (job->K / job->xgroup)) * sizeof(float) + 64;
-        float *xs = grown(&xq_buf, need);
+        job->unit = TILE_ROWS;
+        if (job->xi || M <= 0) continue;
+        const int64_t ng = K / job->xgroup;
+        float *xs = grown(&xq_buf, (size_t)(M * ng) * (sizeof(float) + sizeof(int32_t)) + (size_t)(2 * M * K));
         if (!xs) return -1;
-        int8_t *xq = (int8_t *)(xs + job->M * (job->K / job->xgroup));
-        quantize_fn quantize = job->xgroup % MLL_PICK(qx_unit) ? quantize_x_generic : MLL_PICK(quantize_x);
-        quantize(job->x, xq, xs, job->M, job->K, job->xgroup);
-        job->xq = xq;
+        int32_t *xc = (int32_t *)(xs + M * ng);
+        int8_t *xi = (int8_t *)(xc + M * ng);
+        tile_x(job->x, M, K, job->xgroup, xs, xc, xi, xi + M * K);
+        job->xi = xi;
         job->xs = xs;
-#if defined(MLL_X86)
-        if (vnni) {               /* after xs (4-byte aligned) and xq (M K bytes, K % 64 == 0) */
-            int32_t *xc = (int32_t *)(xq + job->M * job->K);
-            q8_corrections_vnni(xq, xc, job->M * job->K);
-            job->xc = xc;
-        }
-#endif
+        job->xc = xc;
     }
-    for (int s = 0; s < job->nseg; s++) job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + 3) / 4;
+    for (int s = 0; s < job->nseg; s++)
+        job->seg_g0[s + 1] = job->seg_g0[s] + (job->seg[s].N + job->unit - 1) / job->unit;
     int64_t groups = job->seg_g0[job->nseg];
-    if (job->M <= 0 || groups == 0) return 0;
+    if (M <= 0 || groups == 0) return 0;
     int nt = weights >= GEMV_PAR_MIN ? mll_get_num_threads() : 1;
     if (nt <= 1) {
         linear_range(job, 0, groups);
         return 0;
     }
-    /* About 4 chunks per thread, at most 32 groups (128 weight rows) each, and the last
-     * quarter of the rows in chunks 4x smaller: threads then finish a product within ~1/8 of
-     * a big chunk of each other. */
-    int64_t big = groups / (4 * nt);
-    big = big < 1 ? 1 : big > 32 ? 32 : big;
+    /* About 4 chunks per thread, at most 128 weight rows each, and the last quarter of the
+     * rows in chunks 4x smaller: threads then finish a product within ~1/8 of a big chunk of
+     * each other. */
+    int64_t big = groups / (4 * nt), most = 128 / job->unit;
+    big = big < 1 ? 1 : big > most ? most : big;
     int64_t small = big / 4 < 1 ? 1 : big / 4;
     job->big = big;
     job->small = small;
@@ -695,7 +763,7 @@ int mll_linear_cat(const float *x, int nseg, const mll_matrix *W, const float *c
         linear_seg *prev = job.nseg ? &job.seg[job.nseg - 1] : NULL;
         /* W rows (and biases) that follow the previous segment's in memory (a fused qkv):
          * one segment, so the groups are exactly those of the one matrix */
-        if (prev && follows(&prev->W, prev->N, &W[s], K) && prev->N % 4 == 0 &&
+        if (prev && follows(&prev->W, prev->N, &W[s], K) && prev->N % (W[s].dtype == MLL_I8 ? TILE_ROWS : 4) == 0 &&
             ((!b && !prev->bias) || (b && prev->bias && b == prev->bias + prev->N))) {
             prev->N += N[s];
         } else {
@@ -1024,193 +1092,175 @@ static MLL_TARGET void FN(rows4_bf16)(const xrow *xr, const mll_matrix *W, int64
 #endif
 }
 
-/* int8 rows: one vector step multiplies Q8_UNIT int8 weights by as many int8 x and adds the
- * products, 4 at a time, into int32 lanes (see "the dot products" above). */
+/* int8 tiles (see "int8 tiles" in the top half): one block of 16 weight rows against NX rows
+ * of x (xq: row 0's bytes, xstep bytes per column quad; xs: row 0's scales, row i's i ng on),
+ * the 16 sums of row i of x to out + i ldo (nr of them). Per group, each row's int32 lanes
+ * (16 / VL vectors) are scaled once into its float ones. Without VNNI the products are made
+ * from q: maddubs of |q| and x given q's sign, madd into int32. */
+#define TQ (16 / VL)                    /* vectors per 16 rows */
 #if MLL_VEC == 512
-#define Q8_UNIT 64
-static inline MLL_TARGET __m512i FN(q8_madd)(__m512i acc, const int8_t *w, const int8_t *x) {
-    __m512i wv = _mm512_loadu_si512((const void *)w), xv = _mm512_loadu_si512((const void *)x);
-    __m512i xs = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wv), _mm512_setzero_si512(), xv);
-    __m512i p16 = _mm512_maddubs_epi16(_mm512_abs_epi8(wv), xs);
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(p16, _mm512_set1_epi16(1)));
+#define TILE_NX 4                       /* rows of x per pass (registers: 2 TILE_NX vectors) */
+#define q8_sign __mmask64
+#define q8_sign_of(w) _mm512_movepi8_mask(w)
+static inline MLL_TARGET __m512i FN(q8_dot4)(__m512i acc, __m512i aw, q8_sign neg, const int8_t *x4) {
+    int32_t xv;
+    memcpy(&xv, x4, 4);
+    __m512i xb = _mm512_set1_epi32(xv);
+    xb = _mm512_mask_sub_epi8(xb, neg, _mm512_setzero_si512(), xb);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(aw, xb), _mm512_set1_epi16(1)));
 }
+#define q8_load(p) _mm512_xor_si512(_mm512_loadu_si512((const void *)(p)), _mm512_set1_epi8((char)0x80))
+#define q8_abs(w) _mm512_abs_epi8(w)
 #define q8_zero() _mm512_setzero_si512()
-#define q8_tof(v) _mm512_cvtepi32_ps(v)
 #else
-#define Q8_UNIT 32
-static inline MLL_TARGET __m256i FN(q8_madd)(__m256i acc, const int8_t *w, const int8_t *x) {
-    __m256i wv = _mm256_loadu_si256((const __m256i *)w), xv = _mm256_loadu_si256((const __m256i *)x);
-    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+#define TILE_NX 2
+#define q8_sign __m256i
+#define q8_sign_of(w) (w)
+static inline MLL_TARGET __m256i FN(q8_dot4)(__m256i acc, __m256i aw, q8_sign w, const int8_t *x4) {
+    int32_t xv;
+    memcpy(&xv, x4, 4);
+    __m256i xb = _mm256_sign_epi8(_mm256_set1_epi32(xv), w);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xb), _mm256_set1_epi16(1)));
 }
+#define q8_load(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p)), _mm256_set1_epi8((char)0x80))
+#define q8_abs(w) _mm256_abs_epi8(w)
 #define q8_zero() _mm256_setzero_si256()
-#define q8_tof(v) _mm256_cvtepi32_ps(v)
 #endif
-static const int64_t FN(q8_unit) = Q8_UNIT;
 
-/* sum_g wscale[g] xscale[g] (wq . xq over group g) as a vector to be summed, for one row of
- * K int8 weights in groups of gs (a multiple of Q8_UNIT); two float accumulators, so
- * consecutive groups do not wait on each other. */
-static inline MLL_TARGET V FN(dot_vec_q8)(const xrow *x, const int8_t *w, const float *wscale, int64_t K,
-                                          int64_t gs) {
-    const int8_t *xq = x->q;
-    const float *xs = x->s;
-    const int64_t ng = K / gs;
-    V a0 = v_zero(), a1 = v_zero();
-    int64_t g = 0;
-    if (gs == Q8_UNIT) {                      /* one vector step per group: two groups per turn */
-        for (; g + 2 <= ng; g += 2) {
-            const int64_t k = g * Q8_UNIT;
-            PREFETCH(w + k + PREFETCH_BYTES);
-            PREFETCH(w + k + PREFETCH_BYTES + 64);
-            __typeof__(q8_zero()) p0 = FN(q8_madd)(q8_zero(), w + k, xq + k);
-            __typeof__(q8_zero()) p1 = FN(q8_madd)(q8_zero(), w + k + Q8_UNIT, xq + k + Q8_UNIT);
-            a0 = v_fmadd(q8_tof(p0), v_set1(wscale[g] * xs[g]), a0);
-            a1 = v_fmadd(q8_tof(p1), v_set1(wscale[g + 1] * xs[g + 1]), a1);
+static inline __attribute__((always_inline)) MLL_TARGET void FN(tile16_q8)(
+        const int8_t *xq, int64_t xstep, const float *xs, int64_t ng, const int NX, const uint8_t *w,
+        const float *ws, int64_t gs, float *out, int64_t ldo, int64_t nr) {
+    V acc[TILE_NX][TQ];
+    for (int i = 0; i < NX; i++)
+        for (int v = 0; v < TQ; v++) acc[i][v] = v_zero();
+    for (int64_t g = 0; g < ng; g++) {
+        VI s[TILE_NX][TQ];
+        for (int i = 0; i < NX; i++)
+            for (int v = 0; v < TQ; v++) s[i][v] = q8_zero();
+        for (int64_t k = g * gs; k < (g + 1) * gs; k += 4) {
+            const uint8_t *wq = w + k * 16;
+            const int8_t *xk = xq + k / 4 * xstep;
+#pragma GCC unroll 2
+            for (int v = 0; v < TQ; v++) {
+                VI wv = q8_load(wq + v * 64 / TQ);
+                q8_sign neg = q8_sign_of(wv);
+                VI aw = q8_abs(wv);
+#pragma GCC unroll 4
+                for (int i = 0; i < NX; i++) s[i][v] = FN(q8_dot4)(s[i][v], aw, neg, xk + 4 * i);
+            }
+        }
+        for (int v = 0; v < TQ; v++) {
+            V wsv = v_load(ws + g * 16 + v * VL);
+            for (int i = 0; i < NX; i++)
+                acc[i][v] = v_fmadd(vi_tof(s[i][v]), v_mul(wsv, v_set1(xs[i * ng + g])), acc[i][v]);
         }
     }
-    for (; g < ng; g++) {
-        const int64_t k0 = g * gs;
-        __typeof__(q8_zero()) acc = q8_zero();
-        for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = FN(q8_madd)(acc, w + k, xq + k);
-        a0 = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[g]), a0);
-    }
-    return v_add(a0, a1);
+    for (int i = 0; i < NX; i++)
+        for (int v = 0; v < TQ; v++) {
+            const int64_t left = nr - v * VL;
+            if (left >= VL) v_store(out + i * ldo + v * VL, acc[i][v]);
+            else if (left > 0) v_storen(out + i * ldo + v * VL, acc[i][v], left);
+        }
 }
 
-static MLL_TARGET void FN(rows_q8)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                   float *out) {
-    const int64_t gs = W->group, ng = K / gs;
-    const int8_t *w = (const int8_t *)W->data + row0 * K;
-    const float *sc = W->scale + row0 * ng;
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        const int8_t *wr = w + r * K;
-        const float *sr = sc + r * ng;
-        V s0 = FN(dot_vec_q8)(x, wr, sr, K, gs);           /* in address order (see rows) */
-        V s1 = FN(dot_vec_q8)(x, wr + K, sr + ng, K, gs);
-        V s2 = FN(dot_vec_q8)(x, wr + 2 * K, sr + 2 * ng, K, gs);
-        V s3 = FN(dot_vec_q8)(x, wr + 3 * K, sr + 3 * ng, K, gs);
-        FN(hsum4)(s0, s1, s2, s3, out + r);
+static MLL_TARGET void FN(tiles_q8)(const xtile *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                    float *out, int64_t ldo) {
+    const int64_t gs = W->group, ng = K / gs, xstep = 4 * (int64_t)x->nx;
+    for (int64_t b = row0; b < row0 + n; b += 16) {
+        const uint8_t *w = (const uint8_t *)W->data + b * K;
+        const float *ws = W->scale + b * ng;
+        const int64_t nr = mll_min64(16, row0 + n - b);
+        for (int i = 0; i < x->nx; i += TILE_NX) {
+            const int8_t *xq = x->q + 4 * i;
+            const float *xs = x->s + i * ng;
+            float *o = out + i * ldo + (b - row0);
+            switch (x->nx - i) {
+            case 1: FN(tile16_q8)(xq, xstep, xs, ng, 1, w, ws, gs, o, ldo, nr); break;
+#if TILE_NX == 4
+            case 2: FN(tile16_q8)(xq, xstep, xs, ng, 2, w, ws, gs, o, ldo, nr); break;
+            case 3: FN(tile16_q8)(xq, xstep, xs, ng, 3, w, ws, gs, o, ldo, nr); break;
+#endif
+            default: FN(tile16_q8)(xq, xstep, xs, ng, TILE_NX, w, ws, gs, o, ldo, nr); break;
+            }
+        }
     }
-    for (; r < n; r++) out[r] = v_hsum(FN(dot_vec_q8)(x, w + r * K, sc + r * ng, K, gs));
 }
+#undef TQ
+#undef TILE_NX
+#undef q8_sign_of
+#undef q8_sign
+#undef q8_load
+#undef q8_abs
+#undef q8_zero
 
 #if MLL_VEC == 512
-/* int8 rows on AVX512-VNNI, two rows of x at a time (used where mll_vnni_active(); a single
- * row, bound by the read alone, stays on rows_q8). VPDPBUSD (Intel SDM vol. 2, "VPDPBUSD")
- * multiplies 64 unsigned bytes by 64 signed ones and adds each 4 neighbouring products to an
- * int32 lane, the work of maddubs + madd + add in one instruction. It wants one operand
- * unsigned: the weight's top bit is flipped (w ^ 0x80 is w + 128 as a byte), once for both rows
- * of x, and each lane starts from x's correction (xrow.c: -128 x the sum of the lane's 4 bytes of
- * xq), so it ends at exactly the int32 sum of wq * xq that q8_madd's lane holds
- * (|(w + 128) x| <= 255 * 127: no overflow). Scales, accumulators and order are dot_vec_q8's, so
- * the results are the same bits. */
-static inline MLL_AVX512_VNNI __m512i q8_dpbusd(__m512i acc, const int8_t *w, const int8_t *x, const int32_t *c) {
-    __m512i wu = _mm512_xor_si512(_mm512_loadu_si512((const void *)w), _mm512_set1_epi8((char)0x80));
-    acc = _mm512_add_epi32(acc, _mm512_loadu_si512((const void *)c));
-    return _mm512_dpbusd_epi32(acc, wu, _mm512_loadu_si512((const void *)x));
-}
-
-/* c (n / 4) = -128 x the sum of each 4 bytes of q (n), n a multiple of 64: xrow.c */
-static MLL_AVX512_VNNI void q8_corrections_vnni(const int8_t *q, int32_t *c, int64_t n) {
-    for (int64_t i = 0; i < n; i += 64) {
-        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80),
-                                        _mm512_loadu_si512((const void *)(q + i)));
-        _mm512_storeu_si512((void *)(c + i / 4), _mm512_sub_epi32(_mm512_setzero_si512(), s));
-    }
-}
-
-/* dot_vec_q8 for NX rows of x at once (2 or 4) on VPDPBUSD, each weight vector loaded and
- * flipped once for all: s[i] gets exactly what dot_vec_q8 gives x[i] (the same int32 lanes,
- * scale products, accumulators and order). The scale products of 16 groups are made by one
- * vector multiply per row of x (rounded as the scalar one) and read back by broadcast. */
-static inline __attribute__((always_inline)) MLL_AVX512_VNNI void dot_vecn_q8_vnni(
-        const xrow *x, const int NX, const int8_t *w, const float *wscale, int64_t K, int64_t gs, V *s) {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    const int8_t *xq[4];
-    const int32_t *xc[4];
-    const float *xs[4];
-    V a0[4], a1[4];                           /* even and odd groups' accumulators of each row */
-#pragma GCC unroll 4
-    for (int i = 0; i < NX; i++) {
-        xq[i] = x[i].q, xc[i] = x[i].c, xs[i] = x[i].s;
-        a0[i] = a1[i] = v_zero();
-    }
-    const int64_t ng = K / gs;
-    int64_t g = 0;
-    if (gs == Q8_UNIT) {
-        float sc[4][16];                      /* wscale[g] * x[i].s[g] of the current 16 groups */
-        for (; g + 2 <= ng; g += 2) {
-            if (g % 16 == 0) {
-                const __mmask16 m = (__mmask16)(ng - g >= 16 ? 0xffffu : (1u << (ng - g)) - 1);
-                const __m512 ws = _mm512_maskz_loadu_ps(m, wscale + g);
-#pragma GCC unroll 4
-                for (int i = 0; i < NX; i++)
-                    _mm512_storeu_ps(sc[i], _mm512_mul_ps(ws, _mm512_maskz_loadu_ps(m, xs[i] + g)));
-            }
-            const int64_t k = g * Q8_UNIT, j = g % 16;
-            PREFETCH(w + k + PREFETCH_BYTES);
-            PREFETCH(w + k + PREFETCH_BYTES + 64);
-            __m512i w0 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k)), flip);
-            __m512i w1 = _mm512_xor_si512(_mm512_loadu_si512((const void *)(w + k + Q8_UNIT)), flip);
-#pragma GCC unroll 4
+/* The int8 tiles on AVX512-VNNI: VPDPBUSD adds each row's 4 products (q + 128) xq into its
+ * lane, and the group's sums less x's correction (xtile.c) are the integers above. All NX <= 8
+ * rows of x at once (2 NX accumulators, 2 chains per row: VPDPBUSD's latency), each weight
+ * vector loaded once for all. */
+static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni(
+        const int8_t *xq, int64_t xstep, const float *xs, const int32_t *xc, int64_t ng, const int NX,
+        const uint8_t *w, const float *ws, int64_t gs, float *out, int64_t ldo, int64_t nr) {
+    __m512 acc[8];
+    for (int i = 0; i < NX; i++) acc[i] = _mm512_setzero_ps();
+    const int64_t nq = gs / 4;
+    for (int64_t g = 0; g < ng; g++) {
+        __m512i s0[8], s1[8];
+        for (int i = 0; i < NX; i++) s0[i] = s1[i] = _mm512_setzero_si512();
+        const uint8_t *wg = w + g * gs * 16;
+        const int8_t *xg = xq + g * nq * xstep;
+        int64_t q = 0;
+        for (; q + 2 <= nq; q += 2) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
+            const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 64 + 64));
+            const int8_t *x0 = xg + q * xstep, *x1 = x0 + xstep;
+#pragma GCC unroll 8
             for (int i = 0; i < NX; i++) {
-                __m512i p0 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc[i] + k / 4)), w0,
-                                                 _mm512_loadu_si512((const void *)(xq[i] + k)));
-                __m512i p1 = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void *)(xc[i] + k / 4 + Q8_UNIT / 4)), w1,
-                                                 _mm512_loadu_si512((const void *)(xq[i] + k + Q8_UNIT)));
-                a0[i] = v_fmadd(q8_tof(p0), v_set1(sc[i][j]), a0[i]);
-                a1[i] = v_fmadd(q8_tof(p1), v_set1(sc[i][j + 1]), a1[i]);
+                int32_t a, b;
+                memcpy(&a, x0 + 4 * i, 4);
+                memcpy(&b, x1 + 4 * i, 4);
+                s0[i] = _mm512_dpbusd_epi32(s0[i], w0, _mm512_set1_epi32(a));
+                s1[i] = _mm512_dpbusd_epi32(s1[i], w1, _mm512_set1_epi32(b));
             }
         }
-    }
-    for (; g < ng; g++) {
-        const int64_t k0 = g * gs;
+        if (q < nq) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
+            for (int i = 0; i < NX; i++) {
+                int32_t a;
+                memcpy(&a, xg + q * xstep + 4 * i, 4);
+                s0[i] = _mm512_dpbusd_epi32(s0[i], w0, _mm512_set1_epi32(a));
+            }
+        }
+        const __m512 wsv = _mm512_loadu_ps(ws + g * 16);
+#pragma GCC unroll 8
         for (int i = 0; i < NX; i++) {
-            __m512i acc = q8_zero();
-            for (int64_t k = k0; k < k0 + gs; k += Q8_UNIT) acc = q8_dpbusd(acc, w + k, xq[i] + k, xc[i] + k / 4);
-            a0[i] = v_fmadd(q8_tof(acc), v_set1(wscale[g] * xs[i][g]), a0[i]);
+            __m512i p = _mm512_sub_epi32(_mm512_add_epi32(s0[i], s1[i]), _mm512_set1_epi32(xc[i * ng + g]));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wsv, _mm512_set1_ps(xs[i * ng + g])),
+                                     acc[i]);
         }
     }
-    for (int i = 0; i < NX; i++) s[i] = v_add(a0[i], a1[i]);
+    const __mmask16 keep = (__mmask16)(nr >= 16 ? 0xffffu : (1u << nr) - 1);
+    for (int i = 0; i < NX; i++) _mm512_mask_storeu_ps(out + i * ldo, keep, acc[i]);
 }
 
-/* rows_q8 for NX rows of x (row i's results at out + i ldo) on dot_vecn_q8_vnni (W->group a
- * multiple of 64) */
-static inline __attribute__((always_inline)) MLL_AVX512_VNNI void rowsn_q8_vnni(
-        const xrow *x, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
-        int64_t ldo) {
-    const int64_t gs = W->group, ng = K / gs;
-    const int8_t *w = (const int8_t *)W->data + row0 * K;
-    const float *sc = W->scale + row0 * ng;
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        V s[4][4];                                         /* [weight row][row of x] */
-        for (int q = 0; q < 4; q++) dot_vecn_q8_vnni(x, NX, w + (r + q) * K, sc + (r + q) * ng, K, gs, s[q]);
-        for (int i = 0; i < NX; i++) FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
-    }
-    for (; r < n; r++) {
-        V s[4];
-        dot_vecn_q8_vnni(x, NX, w + r * K, sc + r * ng, K, gs, s);
-        for (int i = 0; i < NX; i++) out[i * ldo + r] = v_hsum(s[i]);
+#define TILE_VNNI_CASE(k) \
+    case k: tile16_q8_vnni(x->q, xstep, x->s, x->c, ng, k, w, ws, gs, o, ldo, nr); break;
+static MLL_AVX512_VNNI void tiles_q8_vnni(const xtile *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                          float *out, int64_t ldo) {
+    const int64_t gs = W->group, ng = K / gs, xstep = 4 * (int64_t)x->nx;
+    for (int64_t b = row0; b < row0 + n; b += 16) {
+        const uint8_t *w = (const uint8_t *)W->data + b * K;
+        const float *ws = W->scale + b * ng;
+        const int64_t nr = mll_min64(16, row0 + n - b);
+        float *o = out + (b - row0);
+        switch (x->nx) {
+        TILE_VNNI_CASE(1) TILE_VNNI_CASE(2) TILE_VNNI_CASE(3) TILE_VNNI_CASE(4)
+        TILE_VNNI_CASE(5) TILE_VNNI_CASE(6) TILE_VNNI_CASE(7) default: TILE_VNNI_CASE(8)
+        }
     }
 }
-
-/* the dots2_fn and dots4_fn of int8 matrices on AVX512-VNNI */
-static MLL_AVX512_VNNI void rows2_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                          float *out, int64_t ldo) {
-    rowsn_q8_vnni(x, 2, W, row0, K, n, out, ldo);
-}
-
-static MLL_AVX512_VNNI void rows4_q8_vnni(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
-                                          float *out, int64_t ldo) {
-    rowsn_q8_vnni(x, 4, W, row0, K, n, out, ldo);
-}
+#undef TILE_VNNI_CASE
 #endif
-#undef Q8_UNIT
-#undef q8_zero
-#undef q8_tof
 
 /* quantize_x_generic on VL floats at a time (gs a multiple of VL): the same max, division and
  * round-to-nearest-even, so the same bytes and scales */

@@ -410,18 +410,25 @@ void mll_silu_mul_backward(const float *g, const float *u, const float *dy, floa
 /* The linear layers of a decoding step: few rows of x (M small), W (N, K) streamed once, rows
  * of W split over threads in fixed groups of 4; x, y, biases float32, all contiguous.
  *
- * A weight matrix W (N, K), row-major, in one of three encodings: MLL_F32; MLL_BF16 (each
- * value the upper 16 bits of a float32); MLL_I8: int8 values q and one float32 scale per
- * `group` consecutive values of a row, W[n, k] = q[n, k] * scale[n, k / group] (group divides
- * K; a multiple of 16 takes the vector kernels). */
+ * A weight matrix W (N, K) in one of three encodings: MLL_F32 and MLL_BF16 (each value the
+ * upper 16 bits of a float32), row-major; MLL_I8: int8 values q and one float32 scale per
+ * `group` consecutive values of a row, W[n, k] = q[n, k] * scale[n, k / group], in tiles of 16
+ * rows (mll_q8_tile; K and group multiples of 4). */
 typedef struct {
-    const void *data;        /* (N, K) values */
-    const float *scale;      /* MLL_I8: (N, K / group); otherwise unused */
+    const void *data;        /* (N, K) values; MLL_I8: the tiles */
+    const float *scale;      /* MLL_I8: the tiles' scales; otherwise unused */
     int dtype;               /* MLL_F32, MLL_BF16 or MLL_I8 */
     int64_t group;           /* MLL_I8: values per scale */
 } mll_matrix;
+/* The int8 tiles (gemv.c, "int8 tiles"): q (N, K) and scale (N, K / group), row-major, into
+ * tiles (16 K bytes per 16 rows, N rounded up to 16) and tscale (16 K / group floats per 16
+ * rows), and back (rows < N). K and group multiples of 4. */
+void mll_q8_tile(const int8_t *q, const float *scale, int64_t N, int64_t K, int64_t group, uint8_t *tiles,
+                 float *tscale);
+void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,
+                   float *scale);
 /* Rows [r, ...) of W (K columns): the same encoding, data and scales moved on by r rows (the
- * row blocks of a fused matrix, e.g. q, k, v of one qkv weight). */
+ * row blocks of a fused matrix, e.g. q, k, v of one qkv weight; int8: r a multiple of 16). */
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K);
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
  * 1 GELU (tanh form), 2 relu^2. y may be add (in place). With an int8 W, x is quantized per row and

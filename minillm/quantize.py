@@ -10,8 +10,9 @@ int8 is symmetric, per group of `group` consecutive values of a row:
 so W[n, k] ~ q[n, k] * scale[n, k // group], with an error of at most scale / 2 per value.
 The default group, 64, costs a float32 scale per 64 bytes (1.0625 bytes per weight) and
 keeps the step within a few percent of the plain int8 roof; smaller groups follow outliers
-more closely for more bytes. Rows whose length 64 does not divide take 32 or 16 (the vector
-kernels' unit), else the whole row.
+more closely for more bytes. Rows whose length 64 does not divide take 32 or 16, else the
+whole row. The kernels read 4 columns at a time (in tiles of 16 rows, csrc/gemv.c), so K and
+the group must be multiples of 4.
 
     from minillm.quantize import quantize_int8, decoding_weight
     m = quantize_int8(w)              # w (N, K) float32 -> _C.Int8Matrix
@@ -58,6 +59,9 @@ def quantize_int8(w, group=None):
     group = int8_group(K) if group is None else int(group)
     if group < 1 or K % group:
         raise ValueError(f"quantize_int8: group {group} must be >= 1 and divide the {K} columns")
+    if group % 4:
+        raise ValueError(f"quantize_int8: int8 weights need the columns ({K}) and the group ({group}) to be "
+                         f"multiples of 4")
     if not np.isfinite(a).all():
         raise ValueError(f"quantize_int8: the {N} x {K} matrix has non-finite values")
     g = a.reshape(N, K // group, group)

@@ -6,7 +6,7 @@ on Tensors; checks.pxi holds the argument checks and the checked size arithmetic
 use. No autograd here, and no import of a Python module of the package: minillm/__init__.py
 registers the differentiable ops (register_python_ops). Test-only bindings live in
 minillm._testing."""
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int8_t
 cimport minillm as C
 
 include "runtime.pxi"

@@ -82,8 +82,22 @@ cdef class DecodeBlock:
             if separate:
                 raise ValueError(f"{owner}: give q, k, v either fused (qkv.weight) or separately, not both "
                                  f"(also got {separate})")
-            self.w.q_w = _matrix_of(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
-            self.w.k_w, self.w.v_w = matrix_rows(self.w.q_w, Q, Cn), matrix_rows(self.w.q_w, Q + KV, Cn)
+            fused = weights["qkv.weight"]
+            if isinstance(fused, Int8Matrix) and (Q % 16 or KV % 16):
+                # int8 tiles hold 16 rows: q, k and v then need tiles of their own
+                if fused.shape != (Q + 2 * KV, Cn):
+                    raise ValueError(f"{owner}: qkv.weight must have shape {(Q + 2 * KV, Cn)}, got an Int8Matrix "
+                                     f"of shape {fused.shape}")
+                parts = {"q.weight": fused.rows(0, Q), "k.weight": fused.rows(Q, Q + KV),
+                         "v.weight": fused.rows(Q + KV, Q + 2 * KV)}
+                self.w.q_w = _matrix_of(owner, parts, "q.weight", (Q, Cn))
+                self.w.k_w = _matrix_of(owner, parts, "k.weight", (KV, Cn))
+                self.w.v_w = _matrix_of(owner, parts, "v.weight", (KV, Cn))
+                del self.weights["qkv.weight"]             # the parts hold the tiles the step reads
+                self.weights.update(parts)
+            else:
+                self.w.q_w = _matrix_of(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
+                self.w.k_w, self.w.v_w = matrix_rows(self.w.q_w, Q, Cn), matrix_rows(self.w.q_w, Q + KV, Cn)
             self.w.q_b = _weight_ptr(owner, weights, "qkv.bias", (Q + 2 * KV,))
             if self.w.q_b != NULL:
                 self.w.k_b, self.w.v_b = self.w.q_b + Q, self.w.q_b + Q + KV

@@ -82,33 +82,65 @@ cdef const float *_weight_ptr(str owner, dict weights, str name, tuple shape) ex
 cdef class Int8Matrix:
     """A weight matrix W (N, K) of the decoding kernels as int8 values and one float32 scale per
     `group` consecutive values of a row: W[n, k] = values[n, k] * scales[n, k // group].
-    values: a contiguous uint8 Tensor (N, K) holding the int8 bytes (two's complement);
-    scales: a contiguous float32 Tensor (N, K // group); group divides K (a multiple of 16
-    takes the vector kernels). minillm.quantize.quantize_int8 builds one from a float32 W."""
-    cdef readonly Tensor values, scales
+    Built from values, a contiguous uint8 Tensor (N, K) holding the int8 bytes (two's
+    complement), and scales, a contiguous float32 Tensor (N, K // group); K and group are
+    multiples of 4 and group divides K. It keeps them only in the kernels' tiles of 16 rows
+    (`tiles`, `tile_scales`; gemv.c, "int8 tiles"): `values` and `scales` are unpacked from
+    them on request. minillm.quantize.quantize_int8 builds one from a float32 W."""
+    cdef readonly Tensor tiles, tile_scales
     cdef readonly int64_t group
+    cdef readonly tuple shape
 
     def __init__(self, values, scales, int64_t group):
         if not isinstance(values, Tensor) or (<Tensor>values).dtype_ != C.MLL_U8 or values.ndim != 2 \
                 or not is_contig(<Tensor>values):
             raise ValueError(f"Int8Matrix: values must be a contiguous 2-D uint8 tensor holding int8 bytes, got "
                              f"{_describe(values)}")
-        N, K = values.shape
+        cdef int64_t N = values.shape[0], K = values.shape[1]
         if group < 1 or K % group:
             raise ValueError(f"Int8Matrix: group {group} must be >= 1 and divide the {K} columns")
+        if K % 4 or group % 4:
+            raise ValueError(f"Int8Matrix: the columns ({K}) and the group ({group}) must be multiples of 4 "
+                             f"(the kernels read 4 columns at a time)")
         if not isinstance(scales, Tensor) or (<Tensor>scales).dtype_ != C.MLL_F32 \
                 or scales.shape != (N, K // group) or not is_contig(<Tensor>scales):
             raise ValueError(f"Int8Matrix: scales must be a contiguous float32 tensor of shape {(N, K // group)}, "
                              f"got {_describe(scales)}")
-        self.values, self.scales, self.group = values, scales, group
+        cdef int64_t blocks = (N + 15) // 16
+        self.tiles = new_tensor((blocks, 16 * K), C.MLL_U8)
+        self.tile_scales = new_tensor((blocks, 16 * (K // group)), C.MLL_F32)
+        self.group, self.shape = group, (N, K)
+        cdef Tensor v = <Tensor>values, s = <Tensor>scales
+        with nogil:
+            C.mll_q8_tile(<const int8_t *>v.ptr, fptr(s), N, K, group, <uint8_t *>self.tiles.ptr,
+                          fptr(self.tile_scales))
 
     @property
-    def shape(self):
-        return self.values.shape
+    def values(self):
+        """The int8 bytes (N, K) as a uint8 Tensor (unpacked from the tiles)."""
+        cdef int64_t N = self.shape[0], K = self.shape[1]
+        cdef Tensor q = new_tensor((N, K), C.MLL_U8), s = new_tensor((N, K // self.group), C.MLL_F32)
+        with nogil:
+            C.mll_q8_untile(<const uint8_t *>self.tiles.ptr, fptr(self.tile_scales), N, K, self.group,
+                            <int8_t *>q.ptr, fptr(s))
+        return q
+
+    @property
+    def scales(self):
+        """The scales (N, K // group) as a float32 Tensor (unpacked from the tiles)."""
+        cdef int64_t N = self.shape[0], K = self.shape[1], ng = K // self.group
+        t = self.tile_scales.numpy().reshape(-1, ng, 16).transpose(0, 2, 1).reshape(-1, ng)[:N]
+        return from_buffer(_np.ascontiguousarray(t))
 
     @property
     def dtype(self):
         return "int8"
+
+    def rows(self, int64_t start, int64_t stop):
+        """Rows [start, stop) as an Int8Matrix of their own."""
+        q = self.values.numpy()[start:stop]
+        s = self.scales.numpy()[start:stop]
+        return Int8Matrix(from_buffer(_np.ascontiguousarray(q)), from_buffer(_np.ascontiguousarray(s)), self.group)
 
     def dequantize(self):
         """W as a float32 Tensor (N, K)."""
@@ -139,7 +171,7 @@ cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) exc
     if isinstance(t, Int8Matrix):
         if t.shape != shape:
             raise ValueError(f"{owner}: {name} must have shape {shape}, got an Int8Matrix of shape {t.shape}")
-        m.data, m.scale = <const void *>(<Int8Matrix>t).values.ptr, fptr((<Int8Matrix>t).scales)
+        m.data, m.scale = <const void *>(<Int8Matrix>t).tiles.ptr, fptr((<Int8Matrix>t).tile_scales)
         m.dtype, m.group = C.MLL_I8, (<Int8Matrix>t).group
         return m
     if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16:

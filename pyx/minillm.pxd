@@ -1,5 +1,5 @@
 # Declarations of csrc/minillm.h, section by section, exactly as the header has them.
-from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uint16_t, uint8_t, int8_t
 
 cdef extern from "minillm.h" nogil:
     # runtime.c
@@ -202,6 +202,10 @@ cdef extern from "minillm.h" nogil:
         const float *scale
         int dtype
         int64_t group
+    void mll_q8_tile(const int8_t *q, const float *scale, int64_t N, int64_t K, int64_t group, uint8_t *tiles,
+                     float *tscale)
+    void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,
+                       float *scale)
     mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K)
     int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
                    int64_t N, int64_t K, int act)

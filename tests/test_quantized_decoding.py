@@ -99,8 +99,8 @@ def test_int8_linear_matches_numpy(int8_path, M, N, K, group):
 @pytest.mark.parametrize("dtype", ["float32", "bf16", "int8"])
 @pytest.mark.parametrize("M,K", [(7, 93), (8, 768), (5, 2368)])
 def test_rows_of_a_batch_are_the_bits_of_each_row_alone(isa, dtype, M, K):
-    """The batched products (four or two rows of x per load of the weights) give each row the
-    very sums it gets alone: a sequence decodes the same in a batch as by itself."""
+    """The batched products (eight, four or two rows of x per load of the weights) give each row
+    the very sums it gets alone: a sequence decodes the same in a batch as by itself."""
     if dtype == "int8" and K % 64:
         K = 64 * (K // 64 + 1)
     rng = np.random.default_rng(M + K)
@@ -119,23 +119,80 @@ def test_rows_of_a_batch_are_the_bits_of_each_row_alone(isa, dtype, M, K):
         _C.set_vnni(before)
 
 
-@pytest.mark.skipif(not VNNI, reason="this CPU has no AVX512-VNNI")
-# M = 7: four rows at once, then two, then one; K = 2368: 37 groups (scale products by 16, a
-# partial block, an odd group left); K = 1088: 17 groups
-@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (8, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16),
-                                         (7, 9, 2368, 64), (5, 6, 1088, 64)])
-def test_int8_vnni_products_are_bitwise_the_plain_avx512_ones(M, N, K, group):
+# M = 9: a block of 8 rows of x and one more; N = 77, 130: a last tile of 13 and 2 rows; K = 2368:
+# 37 groups; group 8: an odd number of column quads per group; K = 40: a group of the whole row
+@pytest.mark.parametrize("M,N,K,group", [(1, 130, 1024, 64), (9, 77, 768, 64), (3, 9, 256, 128), (2, 17, 48, 16),
+                                         (7, 9, 2368, 64), (5, 6, 1088, 64), (4, 21, 40, 8), (6, 33, 40, 40)])
+def test_int8_products_are_the_same_bits_on_every_path(M, N, K, group):
+    """The portable, AVX2, AVX-512 and VNNI kernels make the same integers per group and scale
+    them in the same order: the same bits."""
     rng = np.random.default_rng(M * N)
     x = minillm.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
     m = quantize_int8(rng.standard_normal((N, K)).astype(np.float32), group)
     # the extremes of the int8 range, where a wrong sign or offset trick would show
     x[0] = minillm.from_numpy(np.where(np.arange(K) % 3, 1.0, -1.0).astype(np.float32))
     got = {}
-    with minillm.set_isa("avx512"):
-        for on in (False, True):
+    before = _C.get_isa(), _C.get_vnni()
+    try:
+        for isa, on in INT8_PATHS:
+            _C.set_isa(isa)
             _C.set_vnni(on)
-            got[on] = _C.decode_linear(x, m).numpy()
-    np.testing.assert_array_equal(got[True], got[False])
+            got[isa, on] = _C.decode_linear(x, m).numpy()
+    finally:
+        _C.set_isa(before[0])
+        _C.set_vnni(before[1])
+    first = next(iter(got))
+    for path, y in got.items():
+        np.testing.assert_array_equal(y, got[first], err_msg=f"{path} against {first}")
+
+
+@pytest.mark.parametrize("N,K,group", [(1, 64, 64), (16, 40, 8), (17, 128, 32), (45, 96, 96)])
+def test_int8_matrix_keeps_its_values_in_tiles_of_16_rows(N, K, group):
+    """The tiles hold the layout gemv.c documents (built here from the definition), rows past N
+    padded with q = 0 and scale 0; values and scales come back unchanged."""
+    rng = np.random.default_rng(N * K)
+    q = rng.integers(-127, 128, size=(N, K)).astype(np.int8)
+    s = rng.uniform(0.01, 1, size=(N, K // group)).astype(np.float32)
+    m = _C.Int8Matrix(minillm.from_numpy(q.view(np.uint8)), minillm.from_numpy(s), group)
+    np.testing.assert_array_equal(m.values.numpy().view(np.int8), q)
+    np.testing.assert_array_equal(m.scales.numpy(), s)
+    blocks = (N + 15) // 16
+    qp = np.zeros((blocks * 16, K), np.int16)
+    qp[:N] = q
+    sp = np.zeros((blocks * 16, K // group), np.float32)
+    sp[:N] = s
+    # tiles[b][k / 4][r][k % 4] = q[16 b + r][k] + 128;  tile_scales[b][g][r] = scale[16 b + r][g]
+    want = (qp + 128).astype(np.uint8).reshape(blocks, 16, K // 4, 4).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(m.tiles.numpy().reshape(blocks, K // 4, 16, 4), want)
+    np.testing.assert_array_equal(m.tile_scales.numpy().reshape(blocks, K // group, 16),
+                                  sp.reshape(blocks, 16, K // group).transpose(0, 2, 1))
+
+
+def test_fused_int8_qkv_whose_parts_are_not_whole_tiles_is_split():
+    """q, k, v of 24 rows each (not a multiple of the tiles' 16) in one fused Int8Matrix step
+    exactly as the three given apart."""
+    rng = np.random.default_rng(5)
+    C, nh = 24, 3
+    qkv = rng.standard_normal((3 * C, C)).astype(np.float32)
+    common = {"norm1.weight": minillm.ones(C), "norm1.bias": minillm.zeros(C), "norm2.weight": minillm.ones(C),
+              "norm2.bias": minillm.zeros(C),
+              "o.weight": quantize_int8(rng.standard_normal((C, C)).astype(np.float32)),
+              "up.weight": quantize_int8(rng.standard_normal((4 * C, C)).astype(np.float32)),
+              "down.weight": quantize_int8(rng.standard_normal((C, 4 * C)).astype(np.float32))}
+    fused = dict(common, **{"qkv.weight": quantize_int8(qkv)})
+    apart = dict(common, **{"q.weight": quantize_int8(qkv[:C]), "k.weight": quantize_int8(qkv[C:2 * C]),
+                            "v.weight": quantize_int8(qkv[2 * C:])})
+    x0 = rng.standard_normal((2, C)).astype(np.float32)
+    out = []
+    for weights in (fused, apart):
+        block = _C.DecodeBlock(weights, n_embd=C, n_head=nh, d_ff=4 * C)
+        x = minillm.from_numpy(x0.copy())
+        kc, vc = _C.zeros((4, 2, nh, C // nh)), _C.zeros((4, 2, nh, C // nh))
+        for pos in range(3):
+            _C.block_step(x, block, kc, vc, pos, _C.empty((block.scratch_floats(2, 4),)))
+        out.append(x.numpy())
+    np.testing.assert_array_equal(out[0], out[1])
+    assert np.abs(out[0] - x0).max() > 0.1
 
 
 def tiny_qwen():
@@ -220,6 +277,10 @@ def test_int8_matrix_rejects_bad_parts():
         _C.Int8Matrix(vals, minillm.zeros((4, 3)), 16)
     with pytest.raises(ValueError, match="values must be a contiguous 2-D uint8 tensor"):
         _C.Int8Matrix(minillm.zeros((4, 32)), minillm.zeros((4, 2)), 16)
+    with pytest.raises(ValueError, match=r"the columns \(30\) and the group \(30\) must be multiples of 4"):
+        _C.Int8Matrix(minillm.from_numpy(np.zeros((4, 30), np.uint8)), minillm.zeros((4, 1)), 30)
+    with pytest.raises(ValueError, match=r"the columns \(30\) and the group \(30\) to be multiples of 4"):
+        quantize_int8(np.ones((2, 30), np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         quantize_int8(np.full((2, 16), np.nan, np.float32))
     with pytest.raises(ValueError, match="unknown weight dtype 'int4'"):

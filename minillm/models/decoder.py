@@ -143,7 +143,7 @@ class Decoder:
         self.hugepage_bytes = 0
         if hugepages:
             for w in self.streamed_weights():
-                for t in ((w.values, w.scales) if isinstance(w, _C.Int8Matrix) else (w,)):
+                for t in ((w.tiles, w.tile_scales) if isinstance(w, _C.Int8Matrix) else (w,)):
                     self.hugepage_bytes += max(0, _C.advise_hugepages(t))
 
     def streamed_weights(self):
