@@ -9,6 +9,11 @@ FLOPs of the pass: 2 x (weights of the block matrices) per token, the LM head on
 without targets computes the last position's logits only), plus the attention products (2 x 2 x
 n_layer x T^2 x C / 2, causal). The GEMM reference is the median of 2048^3 products of the same
 dtype.
+
+Then the other way in: a prompt as rows of the decode plan (Decoder.extend: the decoding
+kernels, each weight read once for all the prompt's rows, no packing) against the forward, per
+weight dtype and prompt length: where the engine and generate() switch from one to the other
+(Decoder.prefills_by_rows).
 """
 import argparse
 import os
@@ -24,6 +29,7 @@ import minillm  # noqa: E402
 from conftest import cpu_model  # noqa: E402  (bench/conftest.py)
 from minillm import _C  # noqa: E402
 from minillm.autograd import no_grad  # noqa: E402
+from minillm.generate import KVCache  # noqa: E402
 from minillm.models import build_model  # noqa: E402
 from bench_generate import best_of  # noqa: E402
 
@@ -44,6 +50,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rows", default="8,16,32,64,256,512", help="prompt lengths for the rows-against-forward table")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("MINILLM_NUM_THREADS", "2")))
     args = ap.parse_args(argv)
     minillm.set_num_threads(args.threads)
@@ -72,6 +79,27 @@ def main(argv=None):
         got = flops / secs / 1e9
         print(f"{name:<14} {secs * 1e3:8.1f} ms  {T / secs:8.0f} tokens/s  {got:6.1f} GFLOPS  "
               f"= {100 * got / ref:3.0f}% of our 2048^3 GEMM ({ref:.1f} GFLOPS)")
+    print()
+    print("a prompt through the forward (float32 weights) and as rows of the decode plan, ms")
+    lengths = [int(n) for n in args.rows.split(",")]
+    print(f"{'weights':<8} " + " ".join(f"{n:>15}" for n in lengths))
+    rng = np.random.default_rng(1)
+    for weights in ("float32", "bf16", "int8"):
+        plan = model.decoder(weights=weights)
+        cells = []
+        for n in lengths:
+            ids = rng.integers(0, cfg.vocab_size, n).tolist()
+
+            def by_forward():
+                with no_grad():
+                    model(minillm.tensor([ids], dtype="int64"), kv_cache=KVCache.for_model(model, 1, capacity=n))
+
+            def by_rows():
+                plan.extend([(ids, KVCache.for_model(model, 1, capacity=n))])
+            by_rows()
+            f, r = best_of(by_forward, args.repeats), best_of(by_rows, args.repeats)
+            cells.append(f"{f * 1e3:6.1f} / {r * 1e3:6.1f}")
+        print(f"{weights:<8} " + " ".join(f"{c:>15}" for c in cells) + "   (forward / rows)")
 
 
 if __name__ == "__main__":

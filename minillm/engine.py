@@ -8,8 +8,8 @@
             print(ev.seq_id, ev.token, ev.finish_reason)
 
 A sequence waits in a queue until one of max_batch slots is free, joins at the next step
-(its prompt is run through the model's forward into its own KV cache, which gives its first
-token), gains one token per step after that, and leaves the batch when it finishes: a stop
+(its prompt is run into its own KV cache, which gives its first token), gains one token per
+step after that, and leaves the batch when it finishes: a stop
 token ("stop"), max_new_tokens or the end of the model's context ("length"), or cancel()
 ("cancelled", at the next step). So requests join and leave a running batch between steps
 (continuous batching). Each sequence samples with its own options and its own generator.
@@ -18,9 +18,12 @@ add() and cancel() may be called from another thread than step() (a server's eve
 while a worker thread steps): the queue and the cancellations are guarded by a lock, and
 step() is the only place that touches the sequences' caches.
 
-The decode: one call of the model's decode plan (Decoder.step_rows) gives every running
+The decode: one call of the model's decode plan (Decoder.extend) gives every running
 sequence its next logits, each row at its own position over its own cache, so a step reads
-the weights once for the whole batch.
+the weights once for the whole batch. The prompts of the sequences joining ride in the same
+call, as rows of their own, where the plan runs them faster than the model's forward (short
+prompts; any prompt with int8 weights: Decoder.prefills_by_rows); longer ones go through the
+forward's GEMM. A prompt's rows give the logits its tokens would give stepped in one by one.
 """
 import itertools
 import threading
@@ -169,23 +172,27 @@ class Engine:
             events.append(Event(sid, None, "cancelled"))
         with no_grad():
             decoding = list(self._running.values())
-            if decoding:
-                logits = self.decoder.step_rows(_C.tensor([s.last for s in decoding], dtype="int64"),
-                                                [s.cache for s in decoding])
-                for i, seq in enumerate(decoding):
-                    events.append(self._advance(seq, logits[i:i + 1]))
+            for seq in admitted:
+                room = min(self.context, len(seq.prompt) + seq.max_new_tokens)
+                seq.cache = KVCache.for_model(self.model, 1, capacity=room)
+            # the running sequences' next rows and the short prompts' rows in one pass over the weights
+            by_rows = [seq for seq in admitted if self.decoder.prefills_by_rows(len(seq.prompt))]
+            rows = [([seq.last], seq.cache) for seq in decoding] + [(seq.prompt, seq.cache) for seq in by_rows]
+            logits = self.decoder.extend(rows) if rows else None
+            for i, seq in enumerate(decoding):
+                events.append(self._advance(seq, logits[i:i + 1]))
+            first = {seq.seq_id: len(decoding) + i for i, seq in enumerate(by_rows)}
             for seq in admitted:
                 self._running[seq.seq_id] = seq
-                events.append(self._advance(seq, self._prefill(seq)))
+                i = first.get(seq.seq_id)
+                events.append(self._advance(seq, self._prefill(seq) if i is None else logits[i:i + 1]))
         for ev in events:
             if ev.finish_reason is not None:
                 self._running.pop(ev.seq_id, None)
         return events
 
     def _prefill(self, seq):
-        """Logits (1, V) after the prompt, through the forward into a new cache."""
-        room = min(self.context, len(seq.prompt) + seq.max_new_tokens)
-        seq.cache = KVCache.for_model(self.model, 1, capacity=room)
+        """Logits (1, V) after a long prompt, through the forward (the GEMM) into its cache."""
         logits, _ = self.model(_C.tensor([seq.prompt], dtype="int64"), kv_cache=seq.cache)
         return _C.getitem(logits, (slice(None), -1)).contiguous()
 

@@ -204,9 +204,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
             for _ in range(max_new_tokens):
                 if use_cache:
                     if cache.pos == 0 or cache.pos + 1 > block:
-                        # prefill (or rebuild after outgrowing block_size) from the last block tokens
+                        # prefill (or rebuild after outgrowing block_size) from the last block tokens:
+                        # one prompt through the decode plan where that is faster (the Engine's rule)
                         cache.reset()
-                        logits, _ = model(out[:, max(0, n - block):n].contiguous(), kv_cache=cache)
+                        window = out[:, max(0, n - block):n]
+                        if decoder is not None and B == 1 and decoder.prefills_by_rows(window.shape[1]):
+                            logits = decoder.extend([(window[0].tolist(), cache)])
+                        else:
+                            logits, _ = model(window.contiguous(), kv_cache=cache)
                     elif decoder is not None:
                         logits = decoder.step(nxt, cache)          # nxt: the (B,) ids just chosen
                     else:

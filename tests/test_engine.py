@@ -42,17 +42,23 @@ def run(engine, adds):
     return toks, why
 
 
-def test_greedy_sequences_joining_late_match_generate_alone(model):
+@pytest.mark.parametrize("weights", ["float32", "int8"])
+def test_greedy_sequences_joining_late_match_generate_alone(model, weights):
+    """Prompts of 1 to 20 tokens: the short ones ride in the step's rows (every prompt does with
+    int8 weights), the 20-token one goes through the forward with float32 weights."""
     rng = np.random.default_rng(0)
-    prompts = {k: rng.integers(0, 97, size=n).tolist() for k, n in (("a", 3), ("b", 11), ("c", 1), ("d", 7))}
+    prompts = {k: rng.integers(0, 97, size=n).tolist()
+               for k, n in (("a", 3), ("b", 11), ("c", 1), ("d", 7), ("e", 20))}
     adds = {0: [("a", prompts["a"], dict(max_new_tokens=12, greedy=True)),
                 ("b", prompts["b"], dict(max_new_tokens=5, greedy=True))],
-            3: [("c", prompts["c"], dict(max_new_tokens=9, greedy=True))],
+            3: [("c", prompts["c"], dict(max_new_tokens=9, greedy=True)),
+                ("e", prompts["e"], dict(max_new_tokens=6, greedy=True))],
             4: [("d", prompts["d"], dict(max_new_tokens=14, greedy=True))]}
-    toks, why = run(Engine(model, max_batch=3), adds)
-    n = {"a": 12, "b": 5, "c": 9, "d": 14}
+    plan = model.decoder(hugepages=False, weights=weights)
+    toks, why = run(Engine(model, max_batch=3, decoder=plan), adds)
+    n = {"a": 12, "b": 5, "c": 9, "d": 14, "e": 6}
     for k, p in prompts.items():
-        assert toks[k] == alone(model, p, n[k], greedy=True), k
+        assert toks[k] == alone(model, p, n[k], greedy=True, decoder=plan), k
         assert why[k] == "length"
 
 
@@ -167,6 +173,34 @@ def test_step_rows_gives_each_row_what_it_gets_alone(model, family, weights):
     assert [c.pos for c in together] == [8, 4, 6]
 
 
+@pytest.mark.parametrize("family", ["gpt", "llama"])
+@pytest.mark.parametrize("weights", ["float32", "bf16", "int8"])
+def test_a_prompt_as_rows_gives_the_bits_of_stepping_it_in_one_by_one(model, family, weights):
+    """Decoder.extend: a prompt's rows in one pass (alone, cut into passes of 5 rows, beside other
+    sequences' rows) leave the cache and the last logits of stepping its ids in one at a time."""
+    from minillm.generate import KVCache
+    m = model if family == "gpt" else tiny_llama()
+    plan = m.decoder(hugepages=False, weights=weights)
+    ids = list(range(3, 21))
+    one = KVCache.for_model(m, 1, capacity=32)
+    for t in ids:
+        want = plan.step(minillm.tensor([t], dtype="int64"), one).numpy()[0]
+    for max_rows in (256, 5):
+        plan.MAX_ROWS = max_rows
+        other, c, third = (KVCache.for_model(m, 1, capacity=32) for _ in range(3))
+        got = plan.extend([([7, 8, 9], other), (ids, c), ([4], third)]).numpy()
+        np.testing.assert_array_equal(got[1], want, err_msg=f"passes of {max_rows} rows")
+        assert (other.pos, c.pos, third.pos) == (3, len(ids), 1)
+        for a, b in zip(c.layers, one.layers):
+            np.testing.assert_array_equal(a.k.tensor.numpy()[:len(ids)], b.k.tensor.numpy()[:len(ids)])
+            np.testing.assert_array_equal(a.v.tensor.numpy()[:len(ids)], b.v.tensor.numpy()[:len(ids)])
+    # and it is the forward's prompt pass to float32 rounding (float32 weights)
+    if weights == "float32":
+        with minillm.no_grad():
+            logits, _ = m(minillm.tensor([ids], dtype="int64"))
+        np.testing.assert_allclose(logits.numpy()[0, -1], want, rtol=1e-4, atol=1e-4)
+
+
 def test_step_rows_refuses_mismatched_caches(model):
     from minillm.generate import KVCache
     plan = model.decoder(hugepages=False)
@@ -174,3 +208,9 @@ def test_step_rows_refuses_mismatched_caches(model):
         plan.step_rows(minillm.tensor([1, 2], dtype="int64"), [KVCache.for_model(model, 1)])
     with pytest.raises(ValueError, match="batch 1"):
         plan.step_rows(minillm.tensor([1], dtype="int64"), [KVCache.for_model(model, 2)])
+    c = KVCache.for_model(model, 1)
+    with pytest.raises(ValueError, match="a cache of its own"):
+        plan.extend([([1], c), ([2], c)])
+    with pytest.raises(ValueError, match="without ids"):
+        plan.extend([([], c)])
+    assert c.pos == 0

@@ -96,6 +96,11 @@ class Decoder:
     embedding lookup keeps the float32 table). An int8 plan also takes _C.Int8Matrix weights
     in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given."""
 
+    # rows of one pass of extend (its attention scratch is rows x heads x positions)
+    MAX_ROWS = 256
+    # float32 and bf16 prompts up to this many tokens go through extend (prefills_by_rows)
+    ROWS_PREFILL = 16
+
     # the block weights a step streams (stored in `weights`' dtype)
     LINEAR = ("qkv.weight", "q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight",
               "down.weight")
@@ -195,32 +200,73 @@ class Decoder:
         B = tokens.shape[0]
         if len(caches) != B:
             raise ValueError(f"Decoder.step_rows: {B} tokens for {len(caches)} caches")
-        if any(c.batch != 1 for c in caches):
-            raise ValueError("Decoder.step_rows: every cache must hold one sequence (batch 1)")
-        positions = [c.pos for c in caches]
+        return self.extend([([t], c) for t, c in zip(tokens.tolist(), caches)])
+
+    def extend(self, seqs):
+        """seqs: (ids, cache) pairs, each cache a KVCache of batch 1 of its own: every cache
+        gains len(ids) positions (a prompt, or the one token of a decoding step), all the rows
+        of all the sequences in one pass over the weights (as one batch of rows, each at its
+        own position; a prompt's rows attend to the rows before them, written first). Returns
+        the logits (len(seqs), V) after each sequence's last id; each cache advances by its ids.
+        Every row gets the bits it gets alone, so a prompt gives the same logits however it is
+        batched, and the same as stepping its ids in one by one to float32 rounding."""
+        if any(c.batch != 1 for _, c in seqs):
+            raise ValueError("Decoder.extend: every cache must hold one sequence (batch 1)")
+        if len({id(c) for _, c in seqs}) != len(seqs):
+            raise ValueError("Decoder.extend: each sequence needs a cache of its own")
+        tokens, positions, rows, last = [], [], [], []
+        for ids, c in seqs:
+            ids = list(ids)
+            if not ids:
+                raise ValueError("Decoder.extend: a sequence without ids")
+            tokens += ids
+            positions += range(c.pos, c.pos + len(ids))
+            rows += [c] * len(ids)
+            last.append(len(tokens) - 1)
+        if self.pos_embed is not None and max(positions) >= self.pos_embed.shape[0]:
+            raise ValueError(f"Decoder: position {max(positions)} is past the {self.pos_embed.shape[0]} learned "
+                             f"positions")
+        for ids, c in seqs:
+            for layer in c.layers:
+                end = c.pos + len(ids)
+                if layer.k.capacity < end:
+                    layer.k.reserve(end)
+                    layer.v.reserve(end)
+                layer.k.length = layer.v.length = end
+        logits = []
+        for r0 in range(0, len(tokens), self.MAX_ROWS):          # rows in order: earlier ones' K, V first
+            r1 = min(r0 + self.MAX_ROWS, len(tokens))
+            want = [r - r0 for r in last if r0 <= r < r1]
+            logits.append(self._rows(tokens[r0:r1], positions[r0:r1], rows[r0:r1], want))
+        for ids, c in seqs:
+            c.advance(len(ids))
+        return logits[0] if len(logits) == 1 else _C.cat(logits, 0)
+
+    def _rows(self, tokens, positions, caches, want):
+        """The blocks over rows `tokens` at `positions` of `caches` (one per row; lengths set),
+        then the logits of rows `want`."""
         top = max(positions)
-        if self.pos_embed is not None and top >= self.pos_embed.shape[0]:
-            raise ValueError(f"Decoder: position {top} is past the {self.pos_embed.shape[0]} learned positions")
-        x = _embed_rows(self.embed, tokens)                            # (B, C)
+        x = _embed_rows(self.embed, _C.tensor(tokens, dtype="int64"))          # (R, C)
         if self.pos_embed is not None:
             _C.add_(x, _C.embedding(self.pos_embed, _C.tensor(positions, dtype="int64")))
         cos, sin = self._rope.upto(top + 1) if self._rope is not None else (None, None)
-        scratch = self._scratch_for(B, top + 1)
+        scratch = self._scratch_for(len(tokens), top + 1)
         for i, block in enumerate(self.blocks):
-            ks, vs = [], []
-            for c, pos in zip(caches, positions):
-                layer = c.layers[i]
-                if layer.k.capacity <= pos:
-                    layer.k.reserve(pos + 1)
-                    layer.v.reserve(pos + 1)
-                layer.k.length = layer.v.length = pos + 1
-                ks.append(layer.k.tensor)
-                vs.append(layer.v.tensor)
+            ks = [c.layers[i].k.tensor for c in caches]
+            vs = [c.layers[i].v.tensor for c in caches]
             _C.block_step_rows(x, block, ks, vs, positions, scratch, cos, sin)
-        logits = self._cap(_C.final_step(x, self.head, scratch))
-        for c in caches:
-            c.advance(1)
-        return logits
+        if not want:
+            return _C.empty((0, self.head.vocab_size))
+        if len(want) < len(tokens):
+            x = _C.embedding(x, _C.tensor(want, dtype="int64"))             # the rows that need logits
+        return self._cap(_C.final_step(x, self.head, scratch))
+
+    def prefills_by_rows(self, n):
+        """Whether a prompt of n tokens is better run through extend (the decoding kernels, one
+        read of the weights for all its rows) than through the model's forward (the GEMM, which
+        packs every weight matrix first): int8 always (its kernels outrun the float32 GEMM at any
+        length: bench/bench_prefill.py), float32 and bf16 up to ROWS_PREFILL tokens."""
+        return self.weights == "int8" or n <= self.ROWS_PREFILL
 
 
 def _embed_rows(table, tokens):
