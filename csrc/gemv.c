@@ -1205,11 +1205,30 @@ static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni
     for (int i = 0; i < NX; i++) acc[i] = _mm512_setzero_ps();
     const int64_t nq = gs / 4;
     for (int64_t g = 0; g < ng; g++) {
+        /* each chain starts at minus x's correction; one chain a row where 4 or more rows keep
+         * VPDPBUSD busy, two below */
         __m512i s0[8], s1[8];
-        for (int i = 0; i < NX; i++) s0[i] = s1[i] = _mm512_setzero_si512();
+        for (int i = 0; i < NX; i++) {
+            s0[i] = _mm512_set1_epi32(-xc[i * ng + g]);
+            s1[i] = _mm512_setzero_si512();
+        }
         const uint8_t *wg = w + g * gs * 16;
         const int8_t *xg = xq + g * nq * xstep;
         int64_t q = 0;
+        if (NX >= 4)
+            for (; q + 2 <= nq; q += 2) {
+                const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
+                const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 64 + 64));
+                const int8_t *x0 = xg + q * xstep, *x1 = x0 + xstep;
+#pragma GCC unroll 8
+                for (int i = 0; i < NX; i++) {
+                    int32_t a, b;
+                    memcpy(&a, x0 + 4 * i, 4);
+                    memcpy(&b, x1 + 4 * i, 4);
+                    s0[i] = _mm512_dpbusd_epi32(s0[i], w0, _mm512_set1_epi32(a));
+                    s0[i] = _mm512_dpbusd_epi32(s0[i], w1, _mm512_set1_epi32(b));
+                }
+            }
         for (; q + 2 <= nq; q += 2) {
             const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
             const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 64 + 64));
@@ -1234,7 +1253,7 @@ static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni
         const __m512 wsv = _mm512_loadu_ps(ws + g * 16);
 #pragma GCC unroll 8
         for (int i = 0; i < NX; i++) {
-            __m512i p = _mm512_sub_epi32(_mm512_add_epi32(s0[i], s1[i]), _mm512_set1_epi32(xc[i * ng + g]));
+            __m512i p = NX >= 4 ? s0[i] : _mm512_add_epi32(s0[i], s1[i]);
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(wsv, _mm512_set1_ps(xs[i * ng + g])),
                                      acc[i]);
         }
