@@ -177,14 +177,15 @@ def test_step_rows_gives_each_row_what_it_gets_alone(model, family, weights):
 @pytest.mark.parametrize("weights", ["float32", "bf16", "int8"])
 def test_a_prompt_as_rows_gives_the_bits_of_stepping_it_in_one_by_one(model, family, weights):
     """Decoder.extend: a prompt's rows in one pass (alone, cut into passes of 5 rows, beside other
-    sequences' rows) leave the cache and the last logits of stepping its ids in one at a time."""
+    sequences' rows) leave the cache and the logits (the last, or every row's) of stepping its
+    ids in one at a time."""
     from minillm.generate import KVCache
     m = model if family == "gpt" else tiny_llama()
     plan = m.decoder(hugepages=False, weights=weights)
     ids = list(range(3, 21))
     one = KVCache.for_model(m, 1, capacity=32)
-    for t in ids:
-        want = plan.step(minillm.tensor([t], dtype="int64"), one).numpy()[0]
+    steps = [plan.step(minillm.tensor([t], dtype="int64"), one).numpy()[0] for t in ids]
+    want = steps[-1]
     for max_rows in (256, 5):
         plan.MAX_ROWS = max_rows
         other, c, third = (KVCache.for_model(m, 1, capacity=32) for _ in range(3))
@@ -194,6 +195,8 @@ def test_a_prompt_as_rows_gives_the_bits_of_stepping_it_in_one_by_one(model, fam
         for a, b in zip(c.layers, one.layers):
             np.testing.assert_array_equal(a.k.tensor.numpy()[:len(ids)], b.k.tensor.numpy()[:len(ids)])
             np.testing.assert_array_equal(a.v.tensor.numpy()[:len(ids)], b.v.tensor.numpy()[:len(ids)])
+        every = plan.extend([(ids, KVCache.for_model(m, 1, capacity=32))], every=True).numpy()
+        np.testing.assert_array_equal(every, np.array(steps), err_msg=f"every row, passes of {max_rows} rows")
     # and it is the forward's prompt pass to float32 rounding (float32 weights)
     if weights == "float32":
         with minillm.no_grad():

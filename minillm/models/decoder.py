@@ -202,12 +202,13 @@ class Decoder:
             raise ValueError(f"Decoder.step_rows: {B} tokens for {len(caches)} caches")
         return self.extend([([t], c) for t, c in zip(tokens.tolist(), caches)])
 
-    def extend(self, seqs):
+    def extend(self, seqs, every=False):
         """seqs: (ids, cache) pairs, each cache a KVCache of batch 1 of its own: every cache
         gains len(ids) positions (a prompt, or the one token of a decoding step), all the rows
         of all the sequences in one pass over the weights (as one batch of rows, each at its
         own position; a prompt's rows attend to the rows before them, written first). Returns
-        the logits (len(seqs), V) after each sequence's last id; each cache advances by its ids.
+        the logits (len(seqs), V) after each sequence's last id (every: after every id, (rows,
+        V) in order); each cache advances by its ids.
         Every row gets the bits it gets alone, so a prompt gives the same logits however it is
         batched, and the same as stepping its ids in one by one to float32 rounding."""
         if any(c.batch != 1 for _, c in seqs):
@@ -222,7 +223,7 @@ class Decoder:
             tokens += ids
             positions += range(c.pos, c.pos + len(ids))
             rows += [c] * len(ids)
-            last.append(len(tokens) - 1)
+            last += range(len(tokens) - len(ids), len(tokens)) if every else [len(tokens) - 1]
         if self.pos_embed is not None and max(positions) >= self.pos_embed.shape[0]:
             raise ValueError(f"Decoder: position {max(positions)} is past the {self.pos_embed.shape[0]} learned "
                              f"positions")
