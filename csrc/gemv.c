@@ -37,7 +37,9 @@
  * out[r] = x (K) . W[row0 + r] (K) for r < n, one function per encoding of W.
  *
  * bf16: each weight is widened to float32 as it is read and multiplied by float32 x: the
- * products of the float32 matrix the bf16 one stands for. A load takes two vectors' worth of
+ * products of the float32 matrix the bf16 one stands for. Where the CPU has AVX512-BF16, x is
+ * rounded to bf16 too and VDPBF16PS sums the products of the pairs (rows_bf16x, below), half
+ * the arithmetic; mll_set_bf16_x(0) keeps x in float32. A load takes two vectors' worth of
  * weights, and a shift and a mask widen the even and the odd ones of each pair in place, so x
  * is read split into its even and odd elements (split_pairs, once per call): widening loads,
  * a shuffle per vector, had bounded the loop on AMD Zen 4 (1.2x our float32 a GPT-2 step
@@ -58,6 +60,7 @@
 typedef struct {
     const float *f;          /* x (K) */
     const float *p;          /* x split by split_pairs (bf16 matrices) */
+    const uint16_t *b;       /* or x rounded to bf16 (bf16 matrices, mll_bf16_x_active()) */
 } xrow;
 typedef void (*dots_fn)(const xrow *x, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out);
 /* the same for two (or four) rows of x at once, each weight loaded once for all: out (row i at
@@ -254,19 +257,30 @@ static float sum_generic(const float *x, int64_t n) {
 /* floats one vector step of quantize_x takes (a group must be a whole number of them) */
 static const int64_t qx_unit_generic = 1;
 
+/* bf16x: linear_run's one reading of mll_bf16_x_active() for the product (which rounded x
+ * to bf16 in xrow.b, the rows_bf16x kernels' input) */
+#if defined(MLL_X86)
+#define BF16X(name, plain) (bf16x ? name##_bf16x : (plain))
+#else
+#define BF16X(name, plain) ((void)bf16x, (plain))
+#endif
+
 /* The two-row form (float32, bf16) loads each weight vector once for both rows. */
-static dots2_fn pick_dots2(const mll_matrix *W) {
-    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : W->dtype == MLL_BF16 ? MLL_PICK(rows2_bf16) : NULL;
+static dots2_fn pick_dots2(const mll_matrix *W, int bf16x) {
+    return W->dtype == MLL_F32 ? MLL_PICK(rows2) : W->dtype == MLL_BF16 ? BF16X(rows2, MLL_PICK(rows2_bf16)) : NULL;
 }
 
 /* The four-row form, bf16 (NULL otherwise: rows then go two at a time): at a batch these
- * products are bound by their arithmetic per row, and each weight vector loaded and widened
+ * products are bound by their arithmetic per row, and each weight vector loaded (and widened)
  * serves four rows. */
-static dots2_fn pick_dots4(const mll_matrix *W) { return W->dtype == MLL_BF16 ? MLL_PICK(rows4_bf16) : NULL; }
-
-static dots_fn pick_dots(const mll_matrix *W) {
-    return W->dtype == MLL_BF16 ? MLL_PICK(rows_bf16) : W->dtype == MLL_F32 ? MLL_PICK(rows) : NULL;
+static dots2_fn pick_dots4(const mll_matrix *W, int bf16x) {
+    return W->dtype == MLL_BF16 ? BF16X(rows4, MLL_PICK(rows4_bf16)) : NULL;
 }
+
+static dots_fn pick_dots(const mll_matrix *W, int bf16x) {
+    return W->dtype == MLL_BF16 ? BF16X(rows, MLL_PICK(rows_bf16)) : W->dtype == MLL_F32 ? MLL_PICK(rows) : NULL;
+}
+#undef BF16X
 
 /* The int8 tiles' kernel: VPDPBUSD where mll_vnni_active() (vnni: linear_run's one reading
  * of it for the product, which filled in xtile.c), else the ISA's own */
@@ -326,6 +340,8 @@ typedef struct {
     const float *xs;                /* its scales (M, K / xgroup) */
     const int32_t *xc;              /* its VNNI corrections (M, K / xgroup) */
     const float *xp;                /* x split for bf16 matrices (split_pairs), or NULL */
+    const uint16_t *xb;             /* or x rounded to bf16 (rows of xb_ld), or NULL */
+    int64_t xb_ld;
     int64_t xgroup;                 /* the group xi is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
@@ -349,7 +365,8 @@ static void dots_of_rows(const linear_job *job, int64_t m, int nx, const mll_mat
     }
     xrow xr[MAX_NX];
     for (int i = 0; i < nx; i++)
-        xr[i] = (xrow){job->x + (m + i) * K, job->xp ? job->xp + (m + i) * K : NULL};
+        xr[i] = (xrow){job->x + (m + i) * K, job->xp ? job->xp + (m + i) * K : NULL,
+                       job->xb ? job->xb + (m + i) * job->xb_ld : NULL};
     int i = 0;
     if (four)
         for (; i + 4 <= nx; i += 4) four(&xr[i], W, j, K, n, d[i], ROWS_PER_PASS);
@@ -673,25 +690,39 @@ static int linear_run(linear_job *job, int64_t weights) {
     job->xi = NULL;
     job->xc = NULL;
     job->xp = NULL;
+    job->xb = NULL;
     job->unit = 4;
     int bf16 = 0;
     for (int s = 0; s < job->nseg; s++)
         bf16 |= job->seg[s].W.dtype == MLL_BF16 || (job->seg[s].W2.data && job->seg[s].W2.dtype == MLL_BF16);
+    const int bf16x = bf16 && mll_bf16_x_active();
     if (bf16 && M > 0) {
-        float *xp = grown(&xp_buf, (size_t)(M * K) * sizeof(float));
-        if (!xp) return -1;
-        for (int64_t m = 0; m < M; m++) split_pairs(job->x + m * K, K, xp + m * K);
-        job->xp = xp;
+#if defined(MLL_X86)
+        if (bf16x) {
+            const int64_t Kp = (K + 31) / 32 * 32;
+            uint16_t *xb = grown(&xp_buf, (size_t)(M * Kp) * sizeof(uint16_t));
+            if (!xb) return -1;
+            round_x_bf16(job->x, M, K, Kp, xb);
+            job->xb = xb;
+            job->xb_ld = Kp;
+        }
+#endif
+        if (!bf16x) {
+            float *xp = grown(&xp_buf, (size_t)(M * K) * sizeof(float));
+            if (!xp) return -1;
+            for (int64_t m = 0; m < M; m++) split_pairs(job->x + m * K, K, xp + m * K);
+            job->xp = xp;
+        }
     }
     const int vnni = mll_vnni_active();
     for (int s = 0; s < job->nseg; s++) {
         linear_seg *sg = &job->seg[s];
-        sg->dots = pick_dots(&sg->W);
-        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2) : NULL;
-        sg->pair = pick_dots2(&sg->W);
-        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2) : NULL;
-        sg->quad = pick_dots4(&sg->W);
-        sg->quad2 = sg->W2.data ? pick_dots4(&sg->W2) : NULL;
+        sg->dots = pick_dots(&sg->W, bf16x);
+        sg->dots2 = sg->W2.data ? pick_dots(&sg->W2, bf16x) : NULL;
+        sg->pair = pick_dots2(&sg->W, bf16x);
+        sg->pair2 = sg->W2.data ? pick_dots2(&sg->W2, bf16x) : NULL;
+        sg->quad = pick_dots4(&sg->W, bf16x);
+        sg->quad2 = sg->W2.data ? pick_dots4(&sg->W2, bf16x) : NULL;
         sg->tiles = pick_tiles(&sg->W, vnni);
         sg->tiles2 = sg->W2.data ? pick_tiles(&sg->W2, vnni) : NULL;
         if (sg->W.dtype == MLL_I8) job->xgroup = sg->W.group;
@@ -1091,6 +1122,105 @@ static MLL_TARGET void FN(rows4_bf16)(const xrow *xr, const mll_matrix *W, int64
     FN(rowsn_bf16)(xr + 2, 2, W, row0, K, n, out + 2 * ldo, ldo);
 #endif
 }
+
+#if MLL_VEC == 512
+/* bf16 rows with x in bf16 too (AVX512-BF16, mll_bf16_x_active(); xrow.b: x rounded to bf16,
+ * zero-padded to a multiple of 32): VDPBF16PS (Intel SDM vol. 2) adds to each float lane the
+ * products of its pair of weights with its pair of x (exact: 8-bit significands), the odd one
+ * first. One instruction per 32 weights and row of x, nothing to widen: half the arithmetic of
+ * rows_bf16's two multiply-adds, which bounds a batch. Each row of x has 4 accumulators (fewer
+ * kept the loads from DRAM below the read on Zen 4), used in the same order whatever NX, so a
+ * row gets the same bits alone or in a batch. */
+static inline __attribute__((always_inline)) MLL_AVX512_BF16 void dot_vecn_bf16x(
+        const uint16_t *const *xb, const int NX, const uint16_t *w, int64_t K, __m512 *s) {
+    __m512 a0[4], a1[4], a2[4], a3[4];
+    for (int i = 0; i < NX; i++) a0[i] = a1[i] = a2[i] = a3[i] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + k));
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 32));
+        const __m512bh w2 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 64));
+        const __m512bh w3 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 96));
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
+            a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
+            a2[i] = _mm512_dpbf16_ps(a2[i], w2, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 64)));
+            a3[i] = _mm512_dpbf16_ps(a3[i], w3, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 96)));
+        }
+    }
+    for (; k + 64 <= K; k += 64) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + k));
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 32));
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
+            a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
+        }
+    }
+    if (k < K) {                          /* the last 1-63 weights: x is zero past K */
+        const __mmask32 m0 = K - k >= 32 ? 0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
+        const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m0, w + k);
+        for (int i = 0; i < NX; i++)
+            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
+        if (K - k > 32) {
+            const __mmask32 m1 = (__mmask32)((1ull << (K - k - 32)) - 1);
+            const __m512bh w1 = (__m512bh)_mm512_maskz_loadu_epi16(m1, w + k + 32);
+            for (int i = 0; i < NX; i++)
+                a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
+        }
+    }
+    for (int i = 0; i < NX; i++) s[i] = _mm512_add_ps(_mm512_add_ps(a0[i], a1[i]), _mm512_add_ps(a2[i], a3[i]));
+}
+
+static inline __attribute__((always_inline)) MLL_AVX512_BF16 void rowsn_bf16x(
+        const xrow *xr, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
+        int64_t ldo) {
+    const uint16_t *xb[4];
+    for (int i = 0; i < NX; i++) xb[i] = xr[i].b;
+    const uint16_t *w = (const uint16_t *)W->data + row0 * K;
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) {
+        __m512 s[4][4];                                    /* [weight row][row of x] */
+        for (int q = 0; q < 4; q++) dot_vecn_bf16x(xb, NX, w + (r + q) * K, K, s[q]);
+        for (int i = 0; i < NX; i++) hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
+    }
+    for (; r < n; r++) {
+        __m512 s[4];
+        dot_vecn_bf16x(xb, NX, w + r * K, K, s);
+        for (int i = 0; i < NX; i++) out[i * ldo + r] = _mm512_reduce_add_ps(s[i]);
+    }
+}
+
+/* the dots_fn of bf16 matrices with x in bf16, and their two- and four-row forms */
+static MLL_AVX512_BF16 void rows_bf16x(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                       float *out) {
+    rowsn_bf16x(xr, 1, W, row0, K, n, out, 0);
+}
+
+static MLL_AVX512_BF16 void rows2_bf16x(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                        float *out, int64_t ldo) {
+    rowsn_bf16x(xr, 2, W, row0, K, n, out, ldo);
+}
+
+static MLL_AVX512_BF16 void rows4_bf16x(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
+                                        float *out, int64_t ldo) {
+    rowsn_bf16x(xr, 4, W, row0, K, n, out, ldo);
+}
+
+/* x (M, K) rounded to bf16, nearest even (VCVTNEPS2BF16), rows of Kp (a multiple of 32) zero-padded */
+static MLL_AVX512_BF16 void round_x_bf16(const float *x, int64_t M, int64_t K, int64_t Kp, uint16_t *xb) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * K;
+        uint16_t *br = xb + m * Kp;
+        for (int64_t k = 0; k < Kp; k += 16) {
+            const __mmask16 keep = k + 16 <= K ? 0xffff : k < K ? (__mmask16)((1u << (K - k)) - 1) : 0;
+            __m256bh b = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(keep, xr + k));
+            _mm256_storeu_si256((__m256i *)(br + k), (__m256i)b);
+        }
+    }
+}
+#endif
 
 /* int8 tiles (see "int8 tiles" in the top half): one block of 16 weight rows against NX rows
  * of x (xq: row 0's bytes, xstep bytes per column quad; xs: row 0's scales, row i's i ng on),

@@ -42,6 +42,13 @@ int mll_cpu_is_amd(void);             /* the vendor is AMD (kernels tuned per ve
 int mll_set_vnni(int on);
 int mll_get_vnni(void);               /* 1: the CPU has it and it is not switched off */
 int mll_vnni_active(void);
+/* The bf16 decoding products (gemv.c) round x to bf16 as well and sum the products with
+ * VDPBF16PS where the CPU has AVX512-BF16 and the avx512 path is selected
+ * (mll_bf16_x_active()); mll_set_bf16_x(0) keeps x in float32 (each weight widened and
+ * multiplied by float32 x: other results, to rounding). -1 to turn it on where the CPU lacks it. */
+int mll_set_bf16_x(int on);
+int mll_get_bf16_x(void);
+int mll_bf16_x_active(void);
 const char *mll_cpu_name(void);       /* brand string, "" when unknown */
 int mll_get_isa(void);
 int mll_set_isa(int isa);             /* 0 on success, -1 if the CPU cannot run it */

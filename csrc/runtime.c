@@ -16,6 +16,7 @@ static int g_bf16 = 0;
 static int g_vnni = 0;             /* the CPU has AVX512-VNNI */
 static int g_amd = 0;              /* the vendor string is AuthenticAMD */
 static int g_vnni_off = 0;         /* mll_set_vnni(0) */
+static int g_bf16x_off = 0;        /* mll_set_bf16_x(0) */
 static int g_threads = 1;
 static int g_initialized = 0;
 static char g_cpu_name[64] = "";
@@ -100,6 +101,15 @@ int mll_set_vnni(int on) {
 
 int mll_get_vnni(void) { return g_vnni && !g_vnni_off; }
 int mll_vnni_active(void) { return mll_get_vnni() && g_isa == MLL_ISA_AVX512; }
+
+int mll_set_bf16_x(int on) {
+    if (on && !g_bf16) return -1;
+    g_bf16x_off = !on;
+    return 0;
+}
+
+int mll_get_bf16_x(void) { return g_bf16 && !g_bf16x_off; }
+int mll_bf16_x_active(void) { return mll_get_bf16_x() && g_isa == MLL_ISA_AVX512; }
 const char *mll_cpu_name(void) { return g_cpu_name; }
 int mll_get_isa(void) { return g_isa; }
 

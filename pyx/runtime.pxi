@@ -41,6 +41,20 @@ def get_vnni():
     return bool(C.mll_get_vnni())
 
 
+def set_bf16_x(on):
+    """Whether bf16 decoding products round x to bf16 too and sum with AVX512-BF16's VDPBF16PS
+    on the avx512 path (default: where the CPU has it; half the arithmetic of widening every
+    weight, which a batch multiplies). Off, x stays float32 (other results, to rounding);
+    ValueError to turn it on where the CPU lacks it."""
+    if C.mll_set_bf16_x(1 if on else 0) != 0:
+        raise ValueError("this CPU has no AVX512-BF16")
+
+
+def get_bf16_x():
+    """True if the CPU has AVX512-BF16 and set_bf16_x has not switched it off."""
+    return bool(C.mll_get_bf16_x())
+
+
 def get_isa():
     return C.mll_isa_name(C.mll_get_isa()).decode()
 

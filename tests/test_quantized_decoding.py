@@ -48,18 +48,42 @@ def int8_reference(w, group):
 SHAPES = [(1, 5, 64), (3, 9, 128), (2, 17, 48), (4, 8, 200), (1, 130, 1024)]
 
 
+BF16 = _C.cpu_info()["avx512_bf16"]
+# every ISA path with x in float32, and the avx512 path with x in bf16 (VDPBF16PS) where the CPU has it
+BF16_PATHS = [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if BF16 else [])
+
+
+@pytest.fixture(params=BF16_PATHS, ids=[isa + ("-bf16x" if on else "") for isa, on in BF16_PATHS])
+def bf16_path(request):
+    """Runs the test once per bf16 kernel this CPU can run: each ISA with x in float32, and
+    avx512 with x rounded to bf16 (AVX512-BF16)."""
+    isa, on = request.param
+    before = _C.get_isa(), _C.get_bf16_x()
+    _C.set_isa(isa)
+    _C.set_bf16_x(on)
+    yield request.param
+    _C.set_isa(before[0])
+    _C.set_bf16_x(before[1])
+
+
 # K = 93: on AVX-512 two pair blocks, one vector and a 13-value tail; on AVX2 a full turn, one
-# pair block, one vector and a 5-value tail (the bf16 loop's every branch)
-@pytest.mark.parametrize("M,N,K", SHAPES + [(2, 7, 93)])
-def test_bf16_linear_matches_numpy(isa, M, N, K):
+# pair block, one vector and a 5-value tail (the bf16 loop's every branch); with x in bf16, a step
+# of 64 and a tail of 29; K = 200: a turn of 128, a step of 64, a tail of 8; K = 300: two turns
+# and a tail of 44 (both halves masked)
+@pytest.mark.parametrize("M,N,K", SHAPES + [(2, 7, 93), (3, 5, 200), (2, 3, 300)])
+def test_bf16_linear_matches_numpy(bf16_path, M, N, K):
     rng = np.random.default_rng(N * K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = rng.standard_normal((N, K)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
     wb = minillm.from_numpy(w).astype("bfloat16")
     y = _C.decode_linear(minillm.from_numpy(x), wb, minillm.from_numpy(b)).numpy()
-    want = x.astype(np.float64) @ bf16_values(w).T.astype(np.float64) + b
+    xs = bf16_values(x) if bf16_path[1] else x            # x in bf16 too: the products of both's values
+    want = xs.astype(np.float64) @ bf16_values(w).T.astype(np.float64) + b
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4 * np.sqrt(K))
+    if bf16_path[1]:                                        # which x in float32 would not give
+        exact = x.astype(np.float64) @ bf16_values(w).T.astype(np.float64) + b
+        assert np.abs(exact - want).max() > 1e-3
 
 
 VNNI = _C.cpu_info()["avx512_vnni"]
@@ -106,17 +130,22 @@ def test_rows_of_a_batch_are_the_bits_of_each_row_alone(isa, dtype, M, K):
     rng = np.random.default_rng(M + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = decoding_weight(minillm.from_numpy(rng.standard_normal((11, K)).astype(np.float32)), dtype)
-    vnni = [False, True] if VNNI and isa == "avx512" and dtype == "int8" else [_C.get_vnni()]
-    before = _C.get_vnni()
+    # the switch of the dtype's special instructions: VNNI for int8, x in bf16 for bf16
+    get, put, has = {"int8": (_C.get_vnni, _C.set_vnni, VNNI),
+                     "bf16": (_C.get_bf16_x, _C.set_bf16_x, BF16)}.get(dtype, (None, None, False))
+    ways = [False, True] if has and isa == "avx512" else [None]
+    before = get() if get else None
     try:
-        for on in vnni:
-            _C.set_vnni(on)
+        for on in ways:
+            if on is not None:
+                put(on)
             batch = _C.decode_linear(minillm.from_numpy(x), w).numpy()
             for i in range(M):
                 alone = _C.decode_linear(minillm.from_numpy(x[i:i + 1]), w).numpy()
-                np.testing.assert_array_equal(batch[i:i + 1], alone, err_msg=f"row {i}, vnni {on}")
+                np.testing.assert_array_equal(batch[i:i + 1], alone, err_msg=f"row {i}, switch {on}")
     finally:
-        _C.set_vnni(before)
+        if put:
+            put(before)
 
 
 # M = 9: a block of 8 rows of x and one more; N = 77, 130: a last tile of 13 and 2 rows; K = 2368:
@@ -320,15 +349,28 @@ def decode_logits(model, plan, tokens):
 
 
 def test_gpt_plan_with_bf16_weights_matches_float32_plan_of_their_values():
+    """x in float32: the plan of the float32 values the bf16 weights stand for. x in bf16 too
+    (AVX512-BF16): within the rounding of the activations to 8 significant bits."""
     model = tiny_gpt()
     tokens = [3, 17, 5, 90, 41, 8, 8, 60]
-    got = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
+    before = _C.get_bf16_x()
+    try:
+        _C.set_bf16_x(False)
+        got = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
+        if BF16:
+            _C.set_bf16_x(True)
+            got_x = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
+    finally:
+        _C.set_bf16_x(before)
     twin = replaced_by(model, "bf16")
     want = decode_logits(twin, twin.decoder(hugepages=False), tokens)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     # and the narrow weights do differ from the float32 ones, so this can fail
     full = decode_logits(model, model.decoder(hugepages=False), tokens)
     assert np.abs(full - got).max() > 1e-4
+    if BF16:
+        scale = np.abs(want).max()
+        assert 1e-5 * scale < np.abs(got_x - want).max() < 2e-2 * scale
 
 
 def test_gpt_plan_with_int8_weights_stays_close_to_float32():
