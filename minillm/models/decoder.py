@@ -98,8 +98,10 @@ class Decoder:
 
     # rows of one pass of extend (its attention scratch is rows x heads x positions)
     MAX_ROWS = 256
-    # float32 and bf16 prompts up to this many tokens go through extend (prefills_by_rows)
+    # prompts up to this many tokens go through extend (prefills_by_rows): float32 and bf16,
+    # bf16 with x in bf16
     ROWS_PREFILL = 16
+    ROWS_PREFILL_BF16X = 256
 
     # the block weights a step streams (stored in `weights`' dtype)
     LINEAR = ("qkv.weight", "q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight",
@@ -265,9 +267,15 @@ class Decoder:
     def prefills_by_rows(self, n):
         """Whether a prompt of n tokens is better run through extend (the decoding kernels, one
         read of the weights for all its rows) than through the model's forward (the GEMM, which
-        packs every weight matrix first): int8 always (its kernels outrun the float32 GEMM at any
-        length: bench/bench_prefill.py), float32 and bf16 up to ROWS_PREFILL tokens."""
-        return self.weights == "int8" or n <= self.ROWS_PREFILL
+        packs every weight matrix first), as bench/bench_prefill.py measures them on a Zen 4:
+        int8 always (its kernels outrun the float32 GEMM at any length), bf16 with x in bf16
+        (AVX512-BF16, _C.get_bf16_x()) up to ROWS_PREFILL_BF16X tokens, float32 and the other
+        bf16 up to ROWS_PREFILL."""
+        if self.weights == "int8":
+            return True
+        if self.weights == "bf16" and _C.get_bf16_x() and _C.get_isa() == "avx512":
+            return n <= self.ROWS_PREFILL_BF16X
+        return n <= self.ROWS_PREFILL
 
 
 def _embed_rows(table, tokens):
