@@ -1326,8 +1326,7 @@ static MLL_TARGET void FN(tiles_q8)(const xtile *x, const mll_matrix *W, int64_t
 #if MLL_VEC == 512
 /* The int8 tiles on AVX512-VNNI: VPDPBUSD adds each row's 4 products (q + 128) xq into its
  * lane, and the group's sums less x's correction (xtile.c) are the integers above. All NX <= 8
- * rows of x at once (2 NX accumulators, 2 chains per row: VPDPBUSD's latency), each weight
- * vector loaded once for all. */
+ * rows of x at once, each weight vector loaded once for all. */
 static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni(
         const int8_t *xq, int64_t xstep, const float *xs, const int32_t *xc, int64_t ng, const int NX,
         const uint8_t *w, const float *ws, int64_t gs, float *out, int64_t ldo, int64_t nr) {
@@ -1345,20 +1344,6 @@ static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni
         const uint8_t *wg = w + g * gs * 16;
         const int8_t *xg = xq + g * nq * xstep;
         int64_t q = 0;
-        if (NX >= 4)
-            for (; q + 2 <= nq; q += 2) {
-                const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
-                const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 64 + 64));
-                const int8_t *x0 = xg + q * xstep, *x1 = x0 + xstep;
-#pragma GCC unroll 8
-                for (int i = 0; i < NX; i++) {
-                    int32_t a, b;
-                    memcpy(&a, x0 + 4 * i, 4);
-                    memcpy(&b, x1 + 4 * i, 4);
-                    s0[i] = _mm512_dpbusd_epi32(s0[i], w0, _mm512_set1_epi32(a));
-                    s0[i] = _mm512_dpbusd_epi32(s0[i], w1, _mm512_set1_epi32(b));
-                }
-            }
         for (; q + 2 <= nq; q += 2) {
             const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 64));
             const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 64 + 64));
@@ -1369,7 +1354,8 @@ static inline __attribute__((always_inline)) MLL_AVX512_VNNI void tile16_q8_vnni
                 memcpy(&a, x0 + 4 * i, 4);
                 memcpy(&b, x1 + 4 * i, 4);
                 s0[i] = _mm512_dpbusd_epi32(s0[i], w0, _mm512_set1_epi32(a));
-                s1[i] = _mm512_dpbusd_epi32(s1[i], w1, _mm512_set1_epi32(b));
+                if (NX >= 4) s0[i] = _mm512_dpbusd_epi32(s0[i], w1, _mm512_set1_epi32(b));
+                else s1[i] = _mm512_dpbusd_epi32(s1[i], w1, _mm512_set1_epi32(b));
             }
         }
         if (q < nq) {

@@ -3,6 +3,8 @@ products of the stored values; int8: x quantized per group as gemv.c defines, in
 products per group, so both checks are exact up to float32 summation order), the int8
 quantizer against its definition, and GPT decode plans with bf16 / int8 weights against the
 float32 plan (bf16: exactly the plan of the values the bf16 weights stand for)."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -48,22 +50,48 @@ def int8_reference(w, group):
 SHAPES = [(1, 5, 64), (3, 9, 128), (2, 17, 48), (4, 8, 200), (1, 130, 1024)]
 
 
+# the switches of the dtypes' special instructions: AVX512-VNNI for int8, x in bf16 for bf16
+SWITCHES = {"vnni": (_C.get_vnni, _C.set_vnni), "bf16_x": (_C.get_bf16_x, _C.set_bf16_x)}
+VNNI = _C.cpu_info()["avx512_vnni"]
 BF16 = _C.cpu_info()["avx512_bf16"]
-# every ISA path with x in float32, and the avx512 path with x in bf16 (VDPBF16PS) where the CPU has it
-BF16_PATHS = [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if BF16 else [])
+
+
+@contextlib.contextmanager
+def kernel_path(isa, switch, on):
+    """The kernels of `isa` with SWITCHES[switch] at `on` (None: as it is); both restored after."""
+    get, put = SWITCHES[switch]
+    before = _C.get_isa(), get()
+    _C.set_isa(isa)
+    try:
+        if on is not None:
+            put(on)
+        yield
+    finally:
+        _C.set_isa(before[0])
+        put(before[1])
+
+
+def paths(has):
+    """Every ISA path with the switch off, and avx512 with it on where the CPU has it."""
+    return [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if has else [])
+
+
+BF16_PATHS, INT8_PATHS = paths(BF16), paths(VNNI)
 
 
 @pytest.fixture(params=BF16_PATHS, ids=[isa + ("-bf16x" if on else "") for isa, on in BF16_PATHS])
 def bf16_path(request):
     """Runs the test once per bf16 kernel this CPU can run: each ISA with x in float32, and
     avx512 with x rounded to bf16 (AVX512-BF16)."""
-    isa, on = request.param
-    before = _C.get_isa(), _C.get_bf16_x()
-    _C.set_isa(isa)
-    _C.set_bf16_x(on)
-    yield request.param
-    _C.set_isa(before[0])
-    _C.set_bf16_x(before[1])
+    with kernel_path(request.param[0], "bf16_x", request.param[1]):
+        yield request.param
+
+
+@pytest.fixture(params=INT8_PATHS, ids=[isa + ("-vnni" if on else "") for isa, on in INT8_PATHS])
+def int8_path(request):
+    """Runs the test once per int8 kernel this CPU can run: each ISA, and avx512 with VNNI."""
+    with kernel_path(request.param[0], "vnni", request.param[1]):
+        yield request.param
 
 
 # K = 93: on AVX-512 two pair blocks, one vector and a 13-value tail; on AVX2 a full turn, one
@@ -84,23 +112,6 @@ def test_bf16_linear_matches_numpy(bf16_path, M, N, K):
     if bf16_path[1]:                                        # which x in float32 would not give
         exact = x.astype(np.float64) @ bf16_values(w).T.astype(np.float64) + b
         assert np.abs(exact - want).max() > 1e-3
-
-
-VNNI = _C.cpu_info()["avx512_vnni"]
-# every ISA path with AVX512-VNNI off, and the avx512 path with it on where the CPU has it
-INT8_PATHS = [(isa, False) for isa in _C.supported_isas()] + ([("avx512", True)] if VNNI else [])
-
-
-@pytest.fixture(params=INT8_PATHS, ids=[isa + ("-vnni" if on else "") for isa, on in INT8_PATHS])
-def int8_path(request):
-    """Runs the test once per int8 kernel this CPU can run: each ISA, and avx512 with VNNI."""
-    isa, on = request.param
-    before = _C.get_isa(), _C.get_vnni()
-    _C.set_isa(isa)
-    _C.set_vnni(on)
-    yield request.param
-    _C.set_isa(before[0])
-    _C.set_vnni(before[1])
 
 
 @pytest.mark.parametrize("M,N,K,group", [s + (None,) for s in SHAPES] + [(3, 9, 128, 16), (3, 9, 128, 32),
@@ -130,22 +141,13 @@ def test_rows_of_a_batch_are_the_bits_of_each_row_alone(isa, dtype, M, K):
     rng = np.random.default_rng(M + K)
     x = rng.standard_normal((M, K)).astype(np.float32)
     w = decoding_weight(minillm.from_numpy(rng.standard_normal((11, K)).astype(np.float32)), dtype)
-    # the switch of the dtype's special instructions: VNNI for int8, x in bf16 for bf16
-    get, put, has = {"int8": (_C.get_vnni, _C.set_vnni, VNNI),
-                     "bf16": (_C.get_bf16_x, _C.set_bf16_x, BF16)}.get(dtype, (None, None, False))
-    ways = [False, True] if has and isa == "avx512" else [None]
-    before = get() if get else None
-    try:
-        for on in ways:
-            if on is not None:
-                put(on)
+    switch, has = {"int8": ("vnni", VNNI), "bf16": ("bf16_x", BF16)}.get(dtype, ("vnni", False))
+    for on in [False, True] if has and isa == "avx512" else [None]:
+        with kernel_path(isa, switch, on):
             batch = _C.decode_linear(minillm.from_numpy(x), w).numpy()
             for i in range(M):
                 alone = _C.decode_linear(minillm.from_numpy(x[i:i + 1]), w).numpy()
                 np.testing.assert_array_equal(batch[i:i + 1], alone, err_msg=f"row {i}, switch {on}")
-    finally:
-        if put:
-            put(before)
 
 
 # M = 9: a block of 8 rows of x and one more; N = 77, 130: a last tile of 13 and 2 rows; K = 2368:
@@ -161,15 +163,9 @@ def test_int8_products_are_the_same_bits_on_every_path(M, N, K, group):
     # the extremes of the int8 range, where a wrong sign or offset trick would show
     x[0] = minillm.from_numpy(np.where(np.arange(K) % 3, 1.0, -1.0).astype(np.float32))
     got = {}
-    before = _C.get_isa(), _C.get_vnni()
-    try:
-        for isa, on in INT8_PATHS:
-            _C.set_isa(isa)
-            _C.set_vnni(on)
+    for isa, on in INT8_PATHS:
+        with kernel_path(isa, "vnni", on):
             got[isa, on] = _C.decode_linear(x, m).numpy()
-    finally:
-        _C.set_isa(before[0])
-        _C.set_vnni(before[1])
     first = next(iter(got))
     for path, y in got.items():
         np.testing.assert_array_equal(y, got[first], err_msg=f"{path} against {first}")
@@ -254,9 +250,8 @@ def test_int8_batched_steps_give_the_same_bits_with_and_without_vnni(family):
     model = tiny_gpt() if family == "gpt" else tiny_qwen()
     plan = model.decoder(hugepages=False, weights="int8")
     got = {}
-    with minillm.set_isa("avx512"):
-        for on in (False, True):
-            _C.set_vnni(on)
+    for on in (False, True):
+        with kernel_path("avx512", "vnni", on):
             got[on] = step_rows_logits(model, plan, [[1, 2, 3, 4, 5], [7], [9, 8, 7]])
     np.testing.assert_array_equal(got[True], got[False])
 
@@ -353,15 +348,11 @@ def test_gpt_plan_with_bf16_weights_matches_float32_plan_of_their_values():
     (AVX512-BF16): within the rounding of the activations to 8 significant bits."""
     model = tiny_gpt()
     tokens = [3, 17, 5, 90, 41, 8, 8, 60]
-    before = _C.get_bf16_x()
-    try:
-        _C.set_bf16_x(False)
+    with kernel_path(_C.get_isa(), "bf16_x", False):
         got = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
-        if BF16:
-            _C.set_bf16_x(True)
+    if BF16:
+        with kernel_path("avx512", "bf16_x", True):
             got_x = decode_logits(model, model.decoder(hugepages=False, weights="bf16"), tokens)
-    finally:
-        _C.set_bf16_x(before)
     twin = replaced_by(model, "bf16")
     want = decode_logits(twin, twin.decoder(hugepages=False), tokens)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
