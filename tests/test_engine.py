@@ -186,8 +186,8 @@ def test_a_prompt_as_rows_gives_the_bits_of_stepping_it_in_one_by_one(model, fam
     one = KVCache.for_model(m, 1, capacity=32)
     steps = [plan.step(minillm.tensor([t], dtype="int64"), one).numpy()[0] for t in ids]
     want = steps[-1]
-    for max_rows in (256, 5):
-        plan.MAX_ROWS = max_rows
+    for max_rows, floats in ((256, 1 << 24), (5, 1 << 24), (256, 1)):     # passes of all, 5 and 8 rows
+        plan.MAX_ROWS, plan.ATTENTION_FLOATS = max_rows, floats
         other, c, third = (KVCache.for_model(m, 1, capacity=32) for _ in range(3))
         got = plan.extend([([7, 8, 9], other), (ids, c), ([4], third)]).numpy()
         np.testing.assert_array_equal(got[1], want, err_msg=f"passes of {max_rows} rows")

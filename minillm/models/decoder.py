@@ -96,8 +96,10 @@ class Decoder:
     embedding lookup keeps the float32 table). An int8 plan also takes _C.Int8Matrix weights
     in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given."""
 
-    # rows of one pass of extend (its attention scratch is rows x heads x positions)
+    # rows of one pass of extend, and the floats its attention scratch (rows x heads x
+    # positions) may take: long contexts get fewer rows a pass
     MAX_ROWS = 256
+    ATTENTION_FLOATS = 1 << 24
     # prompts up to this many tokens go through extend (prefills_by_rows): float32 and bf16,
     # bf16 with x in bf16
     ROWS_PREFILL = 16
@@ -237,8 +239,9 @@ class Decoder:
                     layer.v.reserve(end)
                 layer.k.length = layer.v.length = end
         logits = []
-        for r0 in range(0, len(tokens), self.MAX_ROWS):          # rows in order: earlier ones' K, V first
-            r1 = min(r0 + self.MAX_ROWS, len(tokens))
+        step = max(8, min(self.MAX_ROWS, self.ATTENTION_FLOATS // (self.options.n_head * (max(positions) + 1))))
+        for r0 in range(0, len(tokens), step):                   # rows in order: earlier ones' K, V first
+            r1 = min(r0 + step, len(tokens))
             want = [r - r0 for r in last if r0 <= r < r1]
             logits.append(self._rows(tokens[r0:r1], positions[r0:r1], rows[r0:r1], want))
         for ids, c in seqs:
