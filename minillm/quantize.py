@@ -2,8 +2,10 @@
 
 A decoding step reads every weight once per token, so its speed is the weights' bytes over
 the memory bandwidth: bf16 halves them, int8 quarters them. Only the Linear weights (and the
-LM head) a step streams are stored this way; the decoding kernels (csrc/gemv.c) widen each
-value to float32 as they read it, so activations, norms and the KV cache stay float32.
+LM head) a step streams are stored this way; norms and the KV cache stay float32, and the
+decoding kernels (csrc/gemv.c) take the products as each dtype's fastest exact form: bf16
+widened to float32 against float32 x (or, on CPUs with AVX512-BF16, x rounded to bf16 too and
+the pairs' products summed by VDPBF16PS), int8 against x quantized per group (integer sums).
 
 int8 is symmetric, per group of `group` consecutive values of a row:
     scale = max |w| over the group / 127,   q = round(w / scale) in [-127, 127]
