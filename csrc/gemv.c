@@ -166,9 +166,11 @@ void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t
     for (int64_t n = 0; n < N; n++) {
         const int64_t b = n / TILE_ROWS, r = n % TILE_ROWS;
         const uint8_t *t = tiles + b * TILE_ROWS * K + 4 * r;
-        for (int64_t k = 0; k < K; k += 4)
-            for (int j = 0; j < 4; j++) q[n * K + k + j] = (int8_t)(t[k * TILE_ROWS + j] ^ 0x80);
-        for (int64_t g = 0; g < ng; g++) scale[n * ng + g] = tscale[(b * ng + g) * TILE_ROWS + r];
+        if (q)
+            for (int64_t k = 0; k < K; k += 4)
+                for (int j = 0; j < 4; j++) q[n * K + k + j] = (int8_t)(t[k * TILE_ROWS + j] ^ 0x80);
+        if (scale)
+            for (int64_t g = 0; g < ng; g++) scale[n * ng + g] = tscale[(b * ng + g) * TILE_ROWS + r];
     }
 }
 
@@ -657,16 +659,16 @@ static void *grown(x_buffer *b, size_t need) {
     return b->p;
 }
 
-/* x (M, K) for the int8 tiles (xtile): xs (M, ng) scales and xc (M, ng) corrections, then xi,
- * x's bytes by blocks of MAX_NX rows (a block of nb rows at xi + m K, its bytes interleaved
- * by 4), quantized per group gs; xq (M K bytes) is scratch. */
+/* x (M, K) for the int8 tiles (xtile): xs (M, ng) scales and, if xc is not NULL, xc (M, ng)
+ * VPDPBUSD's corrections; xi, x's bytes by blocks of MAX_NX rows (a block of nb rows at
+ * xi + m K, its bytes interleaved by 4), quantized per group gs; xq (M K bytes) is scratch. */
 static void tile_x(const float *x, int64_t M, int64_t K, int64_t gs, float *xs, int32_t *xc, int8_t *xi,
                    int8_t *xq) {
     const int64_t ng = K / gs;
     quantize_fn quantize = gs % MLL_PICK(qx_unit) ? quantize_x_generic : MLL_PICK(quantize_x);
     quantize(x, M == 1 ? xi : xq, xs, M, K, gs);           /* one row: interleaved is as it is */
     if (M == 1) xq = xi;
-    for (int64_t i = 0; i < M * ng; i++) {
+    for (int64_t i = 0; xc && i < M * ng; i++) {
         int32_t sum = 0;
         for (int64_t k = i * gs; k < (i + 1) * gs; k++) sum += xq[k];
         xc[i] = 128 * sum;
@@ -733,8 +735,8 @@ static int linear_run(linear_job *job, int64_t weights) {
         const int64_t ng = K / job->xgroup;
         float *xs = grown(&xq_buf, (size_t)(M * ng) * (sizeof(float) + sizeof(int32_t)) + (size_t)(2 * M * K));
         if (!xs) return -1;
-        int32_t *xc = (int32_t *)(xs + M * ng);
-        int8_t *xi = (int8_t *)(xc + M * ng);
+        int32_t *xc = vnni ? (int32_t *)(xs + M * ng) : NULL;       /* only VPDPBUSD reads them */
+        int8_t *xi = (int8_t *)(xs + 2 * M * ng);
         tile_x(job->x, M, K, job->xgroup, xs, xc, xi, xi + M * K);
         job->xi = xi;
         job->xs = xs;

@@ -429,7 +429,7 @@ typedef struct {
 } mll_matrix;
 /* The int8 tiles (gemv.c, "int8 tiles"): q (N, K) and scale (N, K / group), row-major, into
  * tiles (16 K bytes per 16 rows, N rounded up to 16) and tscale (16 K / group floats per 16
- * rows), and back (rows < N). K and group multiples of 4. */
+ * rows), and back (rows < N; q or scale may be NULL: not unpacked). K and group multiples of 4. */
 void mll_q8_tile(const int8_t *q, const float *scale, int64_t N, int64_t K, int64_t group, uint8_t *tiles,
                  float *tscale);
 void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,

@@ -119,18 +119,21 @@ cdef class Int8Matrix:
     def values(self):
         """The int8 bytes (N, K) as a uint8 Tensor (unpacked from the tiles)."""
         cdef int64_t N = self.shape[0], K = self.shape[1]
-        cdef Tensor q = new_tensor((N, K), C.MLL_U8), s = new_tensor((N, K // self.group), C.MLL_F32)
+        cdef Tensor q = new_tensor((N, K), C.MLL_U8)
         with nogil:
             C.mll_q8_untile(<const uint8_t *>self.tiles.ptr, fptr(self.tile_scales), N, K, self.group,
-                            <int8_t *>q.ptr, fptr(s))
+                            <int8_t *>q.ptr, NULL)
         return q
 
     @property
     def scales(self):
         """The scales (N, K // group) as a float32 Tensor (unpacked from the tiles)."""
-        cdef int64_t N = self.shape[0], K = self.shape[1], ng = K // self.group
-        t = self.tile_scales.numpy().reshape(-1, ng, 16).transpose(0, 2, 1).reshape(-1, ng)[:N]
-        return from_buffer(_np.ascontiguousarray(t))
+        cdef int64_t N = self.shape[0], K = self.shape[1]
+        cdef Tensor s = new_tensor((N, K // self.group), C.MLL_F32)
+        with nogil:
+            C.mll_q8_untile(<const uint8_t *>self.tiles.ptr, fptr(self.tile_scales), N, K, self.group, NULL,
+                            fptr(s))
+        return s
 
     @property
     def dtype(self):
