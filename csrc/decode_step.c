@@ -41,8 +41,8 @@ static void norm_rows(const mll_block_options *o, const float *x, const float *w
     else mll_layernorm_forward(x, w, b, h, mean, rstd, B, o->n_embd, o->norm_eps);
 }
 
-int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, float *const *kc,
-                        float *const *vc, int64_t ld, const int64_t *pos, const float *rope_cos,
+int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, void *const *kc,
+                        void *const *vc, int64_t ld, const int64_t *pos, int kv_bf16, const float *rope_cos,
                         const float *rope_sin, float *scratch, int64_t B) {
     const int64_t C = o->n_embd, nh = o->n_head, nkv = o->n_kv_head, hs = o->head_dim, F = o->d_ff;
     const int64_t Q = nh * hs, KV = nkv * hs, ldq = Q + 2 * KV;
@@ -69,7 +69,7 @@ int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_we
             mll_rope_forward(qkv + b * ldq, ldq, c, s, 1, 1, nh, hs);
             mll_rope_forward(qkv + b * ldq + Q, ldq, c, s, 1, 1, nkv, hs);
         }
-    mll_kv_attention_rows(qkv, kc, vc, ld, pos, y, att, B, nh, nkv, hs, o->attn_scale);
+    mll_kv_attention_rows(qkv, kc, vc, ld, pos, kv_bf16, y, att, B, nh, nkv, hs, o->attn_scale);
     if (mll_linear(y, &w->o_w, w->o_b, x, x, B, C, Q, 0)) return -2;          /* x + attn */
 
     norm_rows(o, x, w->norm2_w, w->norm2_b, h, mean, rstd, B);
@@ -80,21 +80,21 @@ int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_we
     return 0;
 }
 
-int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
-                   float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
-                   int64_t pos) {
+int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, void *kcache,
+                   void *vcache, int kv_bf16, const float *rope_cos, const float *rope_sin, float *scratch,
+                   int64_t B, int64_t pos) {
     /* every row at pos, in one position-major cache (S, B, nkv, hs): row b's positions lie
      * B KV apart from kcache + b KV; the row pointers sit at the end of the scratch */
-    const int64_t KV = o->n_kv_head * o->head_dim;
-    float **kc = (float **)(scratch + rows_scratch(o, B, pos + 1));
-    float **vc = kc + B;
+    const int64_t KV = o->n_kv_head * o->head_dim, size = kv_bf16 ? 2 : 4;
+    void **kc = (void **)(scratch + rows_scratch(o, B, pos + 1));
+    void **vc = kc + B;
     int64_t *p = (int64_t *)(vc + B);
     for (int64_t b = 0; b < B; b++) {
-        kc[b] = kcache + b * KV;
-        vc[b] = vcache + b * KV;
+        kc[b] = (char *)kcache + b * KV * size;
+        vc[b] = (char *)vcache + b * KV * size;
         p[b] = pos;
     }
-    return mll_block_step_rows(x, o, w, kc, vc, B * KV, p, rope_cos, rope_sin, scratch, B);
+    return mll_block_step_rows(x, o, w, kc, vc, B * KV, p, kv_bf16, rope_cos, rope_sin, scratch, B);
 }
 
 int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,

@@ -1003,12 +1003,7 @@ static MLL_TARGET void FN(rows2)(const xrow *xr, const mll_matrix *W, int64_t ro
     }
 }
 
-/* VL stored bf16 values at p widened to float32 (the upper half of a float32's bits) */
 #if MLL_VEC == 512
-static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
-    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
-}
 /* 2 VL stored bf16 values at p as VL 32-bit lanes, lane j holding values 2j (low half) and
  * 2j + 1 (high half): *even gets the first of each pair widened (a shift), *odd the second
  * (a mask) */
@@ -1018,10 +1013,6 @@ static inline MLL_TARGET void FN(load_bf16_pairs)(const uint16_t *p, V *even, V 
     *odd = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u)));
 }
 #else
-static inline MLL_TARGET V FN(load_bf16)(const uint16_t *p) {
-    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
-}
 static inline MLL_TARGET void FN(load_bf16_pairs)(const uint16_t *p, V *even, V *odd) {
     __m256i u = _mm256_loadu_si256((const __m256i *)p);
     *even = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
@@ -1064,14 +1055,12 @@ static inline __attribute__((always_inline)) MLL_TARGET void FN(dot_vecn_bf16)(
         for (int q = 0; q < BF16_BLOCK / (2 * VL); q++) PAIRS(q, 0);
 #undef PAIRS
     for (; k + VL <= K; k += VL) {
-        e = FN(load_bf16)(w + k);
+        e = v_load_bf16(w + k);
 #pragma GCC unroll 4
         for (int i = 0; i < NX; i++) a[i][2] = v_fmadd(e, v_load(xp[i] + k), a[i][2]);
     }
     if (k < K) {
-        uint16_t t[VL] = {0};
-        memcpy(t, w + k, (size_t)(K - k) * sizeof(uint16_t));
-        e = FN(load_bf16)(t);
+        e = v_loadn_bf16(w + k, K - k);
 #pragma GCC unroll 4
         for (int i = 0; i < NX; i++) a[i][3] = v_fmadd(e, v_loadn(xp[i] + k, K - k), a[i][3]);
     }

@@ -481,16 +481,18 @@ float mll_stream_sum(const float *x, int64_t n);
 /* --------------------------------------------------------- kv_attention.c */
 /* One decoding step of causal attention over a KV cache, nh query heads and nkv key/value heads
  * (nkv divides nh; query head h reads kv head h / (nh / nkv)). qkv (B, (nh + 2 nkv) hs) =
- * [q | k | v] of the new position; kcache, vcache (pos + 1, B, nkv, hs): row pos is written
- * from qkv, then y (B, nh hs) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos.
+ * [q | k | v] of the new position; kcache, vcache (pos + 1, B, nkv, hs), float32, or bf16 when
+ * kv_bf16 (written rounded to nearest even, read widened): row pos is written from qkv, then
+ * y (B, nh hs) <- per (b, head) softmax(scale * q k^T) v over rows 0 .. pos.
  * w (B nh (pos + 1)) is scratch. 0, -1 if nkv does not divide nh, -2 out of memory. */
-int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
-                          int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale);
+int mll_kv_attention_step(const float *qkv, void *kcache, void *vcache, int kv_bf16, float *y, float *w,
+                          int64_t B, int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale);
 /* The same with each row at its own position over its own cache: row b's cache holds
- * position t at kc[b] + t ld (and vc[b] + t ld), (nkv, hs) each; row pos[b] is written, then
+ * position t at kc[b] + t ld elements (and vc[b]), (nkv, hs) each; row pos[b] is written, then
  * row b attends over 0 .. pos[b]. w (B nh S) scratch, S = max pos + 1. 0 or -1 as above. */
-int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, int64_t ld, const int64_t *pos,
-                          float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs, float scale);
+int mll_kv_attention_rows(const float *qkv, void *const *kc, void *const *vc, int64_t ld, const int64_t *pos,
+                          int kv_bf16, float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs,
+                          float scale);
 
 /* ---------------------------------------------------------- decode_step.c */
 /* One decoding step of a pre-norm transformer block (GPT-2, Llama, Qwen2/3, Mistral, ...) for
@@ -539,18 +541,18 @@ typedef struct {
  * fewer positions fits too; mll_final_step needs less). */
 int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S);
 /* x (B, C) <- the block applied to x: kcache, vcache (pos + 1, B, nkv, hs) get row pos (see
- * mll_kv_attention_step); rope_cos, rope_sin (> pos, hs / 2) the rotary table (NULL without
+ * mll_kv_attention_step, kv_bf16 as there); rope_cos, rope_sin (> pos, hs / 2) the rotary table (NULL without
  * rotary); scratch (mll_block_step_scratch(o, B, pos + 1)). 0, or -1 if the options are
  * inconsistent (nkv does not divide nh, odd hs with rotary, a missing gate or QK-norm weight),
  * -2 out of memory (int8 weights' quantized x). */
-int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
-                   float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
-                   int64_t pos);
+int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, void *kcache,
+                   void *vcache, int kv_bf16, const float *rope_cos, const float *rope_sin, float *scratch,
+                   int64_t B, int64_t pos);
 /* The same with each row at its own position over its own caches (continuous batching):
  * kc[b], vc[b] row b's caches, position t at + t ld (ld >= nkv hs), pos[b] its position
  * (rope rows pos[b]); scratch (mll_block_step_scratch(o, B, max pos + 1)). */
-int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, float *const *kc,
-                        float *const *vc, int64_t ld, const int64_t *pos, const float *rope_cos,
+int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, void *const *kc,
+                        void *const *vc, int64_t ld, const int64_t *pos, int kv_bf16, const float *rope_cos,
                         const float *rope_sin, float *scratch, int64_t B);
 /* logits (B, V) = norm(x) head_w^T + head_b: the final norm (o's norm, norm_eps, n_embd; the
  * other options are not read) and the LM head, head_w (V, C) (the token embedding when tied),

@@ -344,6 +344,15 @@ static inline MLL_TARGET void FN(vec_storen)(float *p, V v, int64_t n) {
 }
 /* v with lanes n.. zeroed */
 static inline MLL_TARGET V FN(vec_keepn)(V v, int64_t n) { return _mm512_maskz_mov_ps(FN(mll_tail_mask)(n), v); }
+/* VL stored bf16 values at p widened to float32 (the upper half of a float32's bits); the
+ * first n (< VL) of them, zeros after */
+static inline MLL_TARGET V FN(vec_load_bf16)(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+static inline MLL_TARGET V FN(vec_loadn_bf16)(const uint16_t *p, int64_t n) {
+    __m256i u = _mm256_maskz_loadu_epi16(FN(mll_tail_mask)(n), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(u), 16));
+}
 static inline MLL_TARGET float FN(vec_hsum)(V v) {
     __m256 s = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -448,6 +457,14 @@ static inline MLL_TARGET void FN(vec_storen)(float *p, V v, int64_t n) {
 static inline MLL_TARGET V FN(vec_keepn)(V v, int64_t n) {
     return _mm256_and_ps(v, _mm256_castsi256_ps(FN(mll_tail_mask)(n)));
 }
+static inline MLL_TARGET V FN(vec_load_bf16)(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+static inline MLL_TARGET V FN(vec_loadn_bf16)(const uint16_t *p, int64_t n) {
+    uint16_t t[VL] = {0};
+    memcpy(t, p, (size_t)n * sizeof(uint16_t));
+    return FN(vec_load_bf16)(t);
+}
 static inline MLL_TARGET float FN(vec_hsum)(V v) {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
@@ -497,6 +514,8 @@ static inline MLL_TARGET V FN(vec_scale2)(V p, V n) {
 #endif
 
 #define v_loadn FN(vec_loadn)
+#define v_load_bf16 FN(vec_load_bf16)
+#define v_loadn_bf16 FN(vec_loadn_bf16)
 #define v_loadn_fill FN(vec_loadn_fill)
 #define v_storen FN(vec_storen)
 #define v_keepn FN(vec_keepn)

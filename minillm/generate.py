@@ -22,6 +22,7 @@ import numbers
 
 from minillm import _C
 from minillm.autograd import no_grad
+from minillm.quantize import KV_DTYPES
 from minillm.random import Generator
 # the sampling functions were defined here before minillm/sampling.py; their names stay importable
 from minillm.sampling import (apply_logit_bias, apply_penalties, apply_presence_frequency_penalty,  # noqa: F401
@@ -41,12 +42,17 @@ class LayerKVCache:
     Stored position-major in two GrowableTensors with rows (B, n_head, head_size), so that a
     step appends T_new rows (amortised O(1), no copy of what is cached); `update` returns
     (B, n_head, T_total, head_size) views of them (last axis contiguous: the GEMM reads them
-    in place)."""
+    in place). dtype "float32", or "bfloat16": half the bytes (a decoding step over a long
+    context reads them all), each value rounded to nearest even as it is stored; `update`
+    then returns float32 copies."""
 
-    def __init__(self, batch, n_head, head_size, capacity=16):
+    def __init__(self, batch, n_head, head_size, capacity=16, dtype="float32"):
+        if dtype not in KV_DTYPES:
+            raise ValueError(f"KV cache: dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}")
         row = (batch, n_head, head_size)
-        self.k = _C.GrowableTensor(row, capacity=capacity)
-        self.v = _C.GrowableTensor(row, capacity=capacity)
+        self.k = _C.GrowableTensor(row, dtype=dtype, capacity=capacity)
+        self.v = _C.GrowableTensor(row, dtype=dtype, capacity=capacity)
+        self.dtype = dtype
 
     def __len__(self):
         return len(self.k)
@@ -62,10 +68,13 @@ class LayerKVCache:
                                  f"= ({want[0]}, {want[1]}, T_new, {want[2]}), got {tuple(t.shape)}")
         if k.shape != v.shape:
             raise ValueError(f"KV cache update: k {tuple(k.shape)} and v {tuple(v.shape)} differ")
-        self.k.append(_C.permute(k, (2, 0, 1, 3)))         # (T_new, B, nh, hs)
-        self.v.append(_C.permute(v, (2, 0, 1, 3)))
-        return (_C.permute(self.k.tensor, (1, 2, 0, 3)),   # (B, nh, T_total, hs)
-                _C.permute(self.v.tensor, (1, 2, 0, 3)))
+        k, v = _C.permute(k, (2, 0, 1, 3)), _C.permute(v, (2, 0, 1, 3))     # (T_new, B, nh, hs)
+        if self.dtype != "float32":
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        self.k.append(k)
+        self.v.append(v)
+        k, v = _C.permute(self.k.tensor, (1, 2, 0, 3)), _C.permute(self.v.tensor, (1, 2, 0, 3))  # (B, nh, T, hs)
+        return (k, v) if self.dtype == "float32" else (k.astype("float32"), v.astype("float32"))
 
     def truncate(self, n):
         self.k.truncate(n)
@@ -78,22 +87,23 @@ class KVCache:
     `layers[i].update(k, v)` is called by attention layer i during a forward; the model calls
     `advance(T_new)` after it, which moves `pos` (the position of the next token fed)."""
 
-    def __init__(self, n_layer, batch, n_head, head_size, capacity=16):
-        self.layers = [LayerKVCache(batch, n_head, head_size, capacity) for _ in range(n_layer)]
+    def __init__(self, n_layer, batch, n_head, head_size, capacity=16, dtype="float32"):
+        self.layers = [LayerKVCache(batch, n_head, head_size, capacity, dtype) for _ in range(n_layer)]
         self.batch = batch
+        self.dtype = dtype
         self.pos = 0
 
     @classmethod
-    def for_model(cls, model, batch, capacity=None):
+    def for_model(cls, model, batch, capacity=None, dtype="float32"):
         """A cache for `model` (a LanguageModel whose kv_cache_shape() is (n_layer, n_kv_head,
         head_size)) and B = batch; capacity (positions reserved up front) defaults to the
-        model's block_size."""
+        model's block_size; dtype as LayerKVCache's (a decode plan's kv_dtype)."""
         shape = model.kv_cache_shape()
         if shape is None:
             raise ValueError(f"{type(model).__name__} has no KV cache (kv_cache_shape() is None)")
         n_layer, n_kv_head, head_size = shape
         capacity = model.config.block_size if capacity is None else capacity
-        return cls(n_layer, batch, n_kv_head, head_size, capacity)
+        return cls(n_layer, batch, n_kv_head, head_size, capacity, dtype)
 
     def advance(self, n):
         """Record that n positions were added to every layer (called by the model)."""
@@ -191,9 +201,10 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out[:, :T] = idx
     n = T
     use_cache = model.kv_cache_shape() is not None
-    cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
     if decoder is None:
         decoder = model.decoder() if use_cache and fast else None
+    cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens),
+                              dtype=decoder.kv_dtype if decoder is not None else "float32") if use_cache else None
     stopped = [None] * B           # the stop token of each finished row
     stopper = StopStrings(stop_strings) if stop_strings is not None else None
     steps = [[] for _ in range(B)] if logprobs is not None else None

@@ -62,7 +62,8 @@ def _plan_loss(model, decoder, x, y):
     B, T = x.shape
     total = 0.0
     for b in range(B):
-        logits = decoder.extend([(x[b].tolist(), KVCache.for_model(model, 1, capacity=T))], every=True)  # (T, V)
+        cache = KVCache.for_model(model, 1, capacity=T, dtype=decoder.kv_dtype)
+        logits = decoder.extend([(x[b].tolist(), cache)], every=True)                 # (T, V)
         total += float(F.cross_entropy(logits, y[b].contiguous()).item())
     return _C.tensor(total / B)
 

@@ -2,8 +2,9 @@
 
 A decoding step reads every weight once per token, so its speed is the weights' bytes over
 the memory bandwidth: bf16 halves them, int8 quarters them. Only the Linear weights (and the
-LM head) a step streams are stored this way; norms and the KV cache stay float32, and the
-decoding kernels (csrc/gemv.c) take the products as each dtype's fastest exact form: bf16
+LM head) a step streams are stored this way; norms stay float32 (a bf16 or int8 plan's KV cache
+is bfloat16: KV_DTYPES, minillm/models/decoder.py), and the decoding kernels (csrc/gemv.c)
+take the products as each dtype's fastest exact form: bf16
 widened to float32 against float32 x (or, on CPUs with AVX512-BF16, x rounded to bf16 too and
 the pairs' products summed by VDPBF16PS), int8 against x quantized per group (integer sums).
 
@@ -35,11 +36,12 @@ import numpy as np
 from minillm import _C
 from minillm.serialization import as_bf16_bits, round_bf16
 
-__all__ = ["DTYPES", "int8_group", "quantize_int8", "decoding_weight", "QUANT_METHOD", "quantization_config",
+__all__ = ["DTYPES", "KV_DTYPES", "int8_group", "quantize_int8", "decoding_weight", "QUANT_METHOD", "quantization_config",
            "check_quantization", "int8_arrays", "read_int8", "split_int8", "bf16_array", "FOLDER_DTYPES"]
 
 # the weight dtypes a decoder takes, by the names the command line uses
 DTYPES = ("float32", "bf16", "int8")
+KV_DTYPES = ("float32", "bfloat16")          # what a KV cache holds (minillm.generate.KVCache)
 
 
 def int8_group(K):

@@ -142,6 +142,17 @@ cdef Tensor as_f32(object x, str what):
     return t
 
 
+cdef Tensor as_kv_cache(object x, str what, int dtype):
+    """x as a KV cache tensor: float32 or bfloat16, and of `dtype` unless that is -1 (the
+    first cache of a call sets it for the rest): TypeError naming `what` otherwise."""
+    cdef Tensor t = as_tensor_arg(x, what)
+    if t.dtype_ != C.MLL_F32 and t.dtype_ != C.MLL_BF16:
+        raise TypeError(f"{what}: a KV cache holds float32 or bfloat16, got {t.dtype}")
+    if dtype != -1 and t.dtype_ != dtype:
+        raise TypeError(f"{what}: expected a {_DTYPE_NAMES[dtype]} cache like the others, got {t.dtype}")
+    return t
+
+
 cdef Tensor as_inplace_f32(object x, str what):
     """A float32 tensor a kernel updates in place: it must be contiguous and writable."""
     cdef Tensor t = as_f32(x, what)

@@ -277,14 +277,14 @@ cdef int _check_step(str owner, int r, int64_t B) except -1:
 
 def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_cos=None, rope_sin=None):
     """In place on x (B, C) float32 contiguous: the block for one new position per row at `pos`,
-    over the position-major caches kcache, vcache (S, B, n_kv_head, head_dim), S > pos, whose
-    row pos is written. rope_cos, rope_sin (P, head_dim / 2), P > pos: the rotary table
+    over the position-major caches kcache, vcache (S, B, n_kv_head, head_dim), S > pos, float32
+    or bfloat16 (both alike), whose row pos is written. rope_cos, rope_sin (P, head_dim / 2), P > pos: the rotary table
     (rotary blocks only; see rope_table). scratch: float32, at least
     block.scratch_floats(B, pos + 1) floats. Returns x."""
     owner = "block_step"
     cdef Tensor xx = as_f32(x, "block_step x")
-    cdef Tensor kc = as_f32(kcache, "block_step kcache")
-    cdef Tensor vc = as_f32(vcache, "block_step vcache")
+    cdef Tensor kc = as_kv_cache(kcache, "block_step kcache", -1)
+    cdef Tensor vc = as_kv_cache(vcache, "block_step vcache", kc.dtype_)
     cdef int64_t Cn = block.o.n_embd, nkv = block.o.n_kv_head, hs = block.o.head_dim
     if xx.ndim != 2 or xx.shape_[1] != Cn or not is_contig(xx):
         raise ValueError(f"{owner}: x must be contiguous (B, {Cn}), got {x.shape}")
@@ -301,15 +301,16 @@ def block_step(x, DecodeBlock block, kcache, vcache, int64_t pos, scratch, rope_
     cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, pos + 1))
     cdef int r
     with nogil:
-        r = C.mll_block_step(fptr(xx), &block.o, &block.w, fptr(kc), fptr(vc), cp, sp, fptr(sc), B, pos)
+        r = C.mll_block_step(fptr(xx), &block.o, &block.w, kc.ptr, vc.ptr, kc.dtype_ == C.MLL_BF16, cp, sp,
+                             fptr(sc), B, pos)
     _check_step(owner, r, B)
     return x
 
 
 def block_step_rows(x, DecodeBlock block, kcaches, vcaches, positions, scratch, rope_cos=None, rope_sin=None):
     """block_step with every row at its own position over its own caches (continuous
-    batching): x (B, C) float32 contiguous, in place; kcaches, vcaches: B contiguous float32
-    tensors (S_b, ..., n_kv_head, head_dim) holding n_kv_head * head_dim floats per position
+    batching): x (B, C) float32 contiguous, in place; kcaches, vcaches: B contiguous tensors,
+    all float32 or all bfloat16, (S_b, ..., n_kv_head, head_dim) of n_kv_head * head_dim per position
     (a one-row KV cache's (S_b, 1, nkv, hs) tensor); positions: B ints, 0 <= pos_b < S_b (row
     pos_b of each cache is written); rope tables as block_step's, with more than max(positions)
     rows; scratch: at least block.scratch_floats(B, max(positions) + 1) floats. Returns x."""
@@ -326,22 +327,24 @@ def block_step_rows(x, DecodeBlock block, kcaches, vcaches, positions, scratch, 
         raise ValueError(f"{owner}: {B} rows need {B} key caches, value caches and positions, got "
                          f"{len(kcaches)}, {len(vcaches)} and {len(positions)}")
     cdef Tensor keep = new_tensor((3 * B,), C.MLL_I64)       # row pointers and positions
-    cdef float **kc = <float **>keep.ptr
-    cdef float **vc = kc + B
+    cdef void **kc = <void **>keep.ptr
+    cdef void **vc = kc + B
     cdef int64_t *pos = <int64_t *>(vc + B)
     cdef Tensor k, v
     cdef int64_t b, p, maxpos = -1
+    cdef int dtype = -1
     for b in range(B):
-        k = as_f32(kcaches[b], f"{owner} kcaches[{b}]")
-        v = as_f32(vcaches[b], f"{owner} vcaches[{b}]")
+        k = as_kv_cache(kcaches[b], f"{owner} kcaches[{b}]", dtype)
+        dtype = k.dtype_
+        v = as_kv_cache(vcaches[b], f"{owner} vcaches[{b}]", dtype)
         p = positions[b]
         if not is_contig(k) or not is_contig(v) or k.shape != v.shape or k.ndim < 2 \
                 or numel(k) != k.shape_[0] * KV:
-            raise ValueError(f"{owner}: caches of row {b} must be contiguous, alike, with {KV} floats per "
+            raise ValueError(f"{owner}: caches of row {b} must be contiguous, alike, with {KV} values per "
                              f"position, got {kcaches[b].shape} and {vcaches[b].shape}")
         if not 0 <= p < k.shape_[0]:
             raise ValueError(f"{owner}: position {p} of row {b} is outside its cache of {k.shape_[0]} rows")
-        kc[b], vc[b], pos[b] = fptr(k), fptr(v), p
+        kc[b], vc[b], pos[b] = k.ptr, v.ptr, p
         maxpos = p if p > maxpos else maxpos
     ct, st = _rope_tables(owner, block, rope_cos, rope_sin, maxpos)
     cdef const float *cp = NULL if ct is None else fptr(<Tensor>ct)
@@ -349,7 +352,8 @@ def block_step_rows(x, DecodeBlock block, kcaches, vcaches, positions, scratch, 
     cdef Tensor sc = _scratch_for(owner, scratch, scratch_floats(&block.o, B, maxpos + 1))
     cdef int r
     with nogil:
-        r = C.mll_block_step_rows(fptr(xx), &block.o, &block.w, kc, vc, KV, pos, cp, sp, fptr(sc), B)
+        r = C.mll_block_step_rows(fptr(xx), &block.o, &block.w, kc, vc, KV, pos, dtype == C.MLL_BF16, cp, sp,
+                                  fptr(sc), B)
     _check_step(owner, r, B)
     return x
 

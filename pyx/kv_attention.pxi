@@ -7,12 +7,13 @@ def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
     """One decoding step of attention over a position-major KV cache, nh query heads over nkv
     key/value heads (nkv divides nh; query head h reads kv head h / (nh / nkv)).
     qkv (B, (nh + 2 nkv) hs) float32 = [q | k | v] of the new position; kcache, vcache
-    (S, B, nkv, hs) contiguous float32 with S > pos (nh follows from qkv's width). Writes row
+    (S, B, nkv, hs) contiguous, float32 or bfloat16 (both alike; bfloat16 is written rounded to
+    nearest even and read widened), with S > pos (nh follows from qkv's width). Writes row
     pos of both caches from qkv, then returns y (B, nh hs): per (b, head),
     softmax(scale * q k^T) v over rows 0 .. pos (scale defaults to 1/sqrt(hs))."""
     cdef Tensor x = as_contig(as_f32(qkv, "kv_attention_step qkv"))
-    cdef Tensor kc = as_f32(kcache, "kv_attention_step kcache")
-    cdef Tensor vc = as_f32(vcache, "kv_attention_step vcache")
+    cdef Tensor kc = as_kv_cache(kcache, "kv_attention_step kcache", -1)
+    cdef Tensor vc = as_kv_cache(vcache, "kv_attention_step vcache", kc.dtype_)
     if kc.ndim != 4 or kc.shape != vc.shape or not is_contig(kc) or not is_contig(vc):
         raise ValueError(f"kv_attention_step: caches must be contiguous (S, B, nkv, hs) of one shape, got "
                          f"{kcache.shape} and {vcache.shape}")
@@ -30,7 +31,8 @@ def kv_attention_step(qkv, kcache, vcache, int64_t pos, scale=None):
                                              "kv_attention_step scratch"),), C.MLL_F32)
     cdef int r
     with nogil:
-        r = C.mll_kv_attention_step(fptr(x), fptr(kc), fptr(vc), fptr(y), fptr(w), B, nh, nkv, hs, pos, sc)
+        r = C.mll_kv_attention_step(fptr(x), kc.ptr, vc.ptr, kc.dtype_ == C.MLL_BF16, fptr(y), fptr(w), B, nh, nkv,
+                                    hs, pos, sc)
     if r:
         raise MemoryError(f"kv_attention_step: no memory for {B} rows")
     return y

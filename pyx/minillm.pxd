@@ -225,10 +225,11 @@ cdef extern from "minillm.h" nogil:
     int64_t mll_advise_hugepages(void *p, size_t nbytes)
 
     # kv_attention.c
-    int mll_kv_attention_step(const float *qkv, float *kcache, float *vcache, float *y, float *w, int64_t B,
-                              int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale)
-    int mll_kv_attention_rows(const float *qkv, float *const *kc, float *const *vc, int64_t ld, const int64_t *pos,
-                              float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs, float scale)
+    int mll_kv_attention_step(const float *qkv, void *kcache, void *vcache, int kv_bf16, float *y, float *w,
+                              int64_t B, int64_t nh, int64_t nkv, int64_t hs, int64_t pos, float scale)
+    int mll_kv_attention_rows(const float *qkv, void *const *kc, void *const *vc, int64_t ld, const int64_t *pos,
+                              int kv_bf16, float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs,
+                              float scale)
 
     # decode_step.c
     enum:
@@ -273,11 +274,11 @@ cdef extern from "minillm.h" nogil:
         mll_matrix down_w
         const float *down_b
     int64_t mll_block_step_scratch(const mll_block_options *o, int64_t B, int64_t S)
-    int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, float *kcache,
-                       float *vcache, const float *rope_cos, const float *rope_sin, float *scratch, int64_t B,
-                       int64_t pos)
-    int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, float *const *kc,
-                            float *const *vc, int64_t ld, const int64_t *pos, const float *rope_cos,
+    int mll_block_step(float *x, const mll_block_options *o, const mll_block_weights *w, void *kcache,
+                       void *vcache, int kv_bf16, const float *rope_cos, const float *rope_sin, float *scratch,
+                       int64_t B, int64_t pos)
+    int mll_block_step_rows(float *x, const mll_block_options *o, const mll_block_weights *w, void *const *kc,
+                            void *const *vc, int64_t ld, const int64_t *pos, int kv_bf16, const float *rope_cos,
                             const float *rope_sin, float *scratch, int64_t B)
     int mll_final_step(const float *x, const mll_block_options *o, const float *norm_w, const float *norm_b,
                        const mll_matrix *head_w, const float *head_b, float *logits, float *scratch,

@@ -16,7 +16,9 @@ plan from its own modules (GPT.decoder in gpt.py); only the family knows its wei
 The cache is the model's KV cache (minillm.generate.KVCache): `cache.layers[i].k` and `.v` are
 GrowableTensors with rows (B, n_kv_head, head_dim), `cache.pos` the position of the next token,
 `cache.advance(1)` after a step. The prompt is prefilled by the model's forward into the same
-cache; a plan can also start from an empty cache, one token at a time.
+cache, or by the plan itself (extend); a plan can also start from an empty cache, one token at
+a time. The plan reads float32 or bfloat16 caches; `kv_dtype` says which one it asks for
+(KVCache.for_model(..., dtype=plan.kv_dtype)).
 """
 from dataclasses import dataclass
 from typing import Optional
@@ -25,7 +27,7 @@ import numpy as np
 
 from minillm import _C
 from minillm.models.rotary import RotaryTable, rope_inv_freq
-from minillm.quantize import DTYPES, decoding_weight
+from minillm.quantize import DTYPES, KV_DTYPES, decoding_weight
 
 __all__ = ["BlockOptions", "Decoder"]
 
@@ -94,7 +96,13 @@ class Decoder:
     weights: the dtype the streamed weights (Linear weights and head) are read in: "float32"
     (the parameters in place), "bf16" or "int8" (copies made here, minillm.quantize; the
     embedding lookup keeps the float32 table). An int8 plan also takes _C.Int8Matrix weights
-    in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given."""
+    in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given.
+
+    kv_dtype: the dtype of the KV caches the plan's users make (KVCache.for_model(...,
+    dtype=plan.kv_dtype)); the plan reads either. None: "bfloat16" with bf16 or int8 weights
+    (a step over long contexts reads more bytes of cache than of weights; bf16 halves them, and
+    changes the logits less than the weights' rounding does), "float32" with float32 weights
+    (the bits of the model's forward)."""
 
     # rows of one pass of extend, and the floats its attention scratch (rows x heads x
     # positions) may take: long contexts get fewer rows a pass
@@ -110,7 +118,7 @@ class Decoder:
               "down.weight")
 
     def __init__(self, options, layers, embed, head, norm_weight=None, norm_bias=None, head_bias=None,
-                 pos_embed=None, hugepages=True, weights="float32", logit_softcap=0.0):
+                 pos_embed=None, hugepages=True, weights="float32", logit_softcap=0.0, kv_dtype=None):
         if not isinstance(options, BlockOptions):
             raise TypeError(f"Decoder: expected BlockOptions, got {type(options).__name__}")
         if (options.positions == "learned") != (pos_embed is not None):
@@ -118,8 +126,13 @@ class Decoder:
                              f"{'needs' if pos_embed is None else 'takes no'} pos_embed table")
         if weights not in DTYPES:
             raise ValueError(f"Decoder: weights must be one of {', '.join(DTYPES)}, got {weights!r}")
+        if kv_dtype is None:
+            kv_dtype = "float32" if weights == "float32" else "bfloat16"
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"Decoder: kv_dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
         self.options = options
         self.weights = weights
+        self.kv_dtype = kv_dtype
         self.logit_softcap = float(logit_softcap)
 
         def stored(name, t):

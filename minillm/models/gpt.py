@@ -303,13 +303,13 @@ class GPT(LanguageModel):
         cap = self.config.logit_softcap
         return F.softcap(logits, cap) if cap else logits
 
-    def decoder(self, hugepages=True, weights="float32"):
+    def decoder(self, hugepages=True, weights="float32", kv_dtype=None):
         """The fast decode plan of this GPT (minillm.models.decoder.Decoder): its norm, positions,
         MLP and QK-norm, fused c_attn, biases as the config has them, tied or untied head, the
         logit soft-cap; it reads the parameters in place (weights "float32") or stores copies in
         bf16 or int8 (weights "bf16", "int8"); an int8 plan of a model loaded from an int8 folder
         streams the folder's int8 weights (self.int8_weights) as stored (later changes to the
-        parameters do not reach them). hugepages: see Decoder."""
+        parameters do not reach them). hugepages, kv_dtype (the KV caches'): see Decoder."""
         cfg, tr = self.config, self.transformer
         stored = (getattr(self, "int8_weights", None) or {}) if weights == "int8" else {}
         q = lambda name, p: stored.get(name, p)  # noqa: E731
@@ -334,7 +334,7 @@ class GPT(LanguageModel):
         return Decoder(options, layers, embed=tr.wte.weight, head=head, norm_weight=tr.ln_f.weight,
                        norm_bias=getattr(tr.ln_f, "bias", None), head_bias=self.lm_head.bias,
                        pos_embed=tr.wpe.weight if cfg.positions == "learned" else None,
-                       hugepages=hugepages, weights=weights, logit_softcap=cfg.logit_softcap)
+                       hugepages=hugepages, weights=weights, logit_softcap=cfg.logit_softcap, kv_dtype=kv_dtype)
 
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (keeps the first block_size position embeddings),

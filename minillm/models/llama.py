@@ -240,13 +240,13 @@ class Llama(LanguageModel):
         c = self.config
         return c.n_layer, c.n_kv_head, c.head_dim
 
-    def decoder(self, hugepages=True, weights=None):
+    def decoder(self, hugepages=True, weights=None, kv_dtype=None):
         """The fast decode plan (minillm.models.decoder.Decoder): RMSNorm, rotary, SwiGLU,
         grouped-query heads, biases and QK-norm as configured. weights: the dtype the plan
         streams ("float32", "bf16", "int8"; None: the model's own, read in place).
         An int8 plan of a model loaded from an int8 folder streams the folder's int8 weights
         (self.int8_weights) as stored (later changes to the parameters do not reach them).
-        hugepages: see Decoder."""
+        hugepages, kv_dtype (the KV caches'): see Decoder."""
         c = self.config
         if weights is None:
             weights = "bf16" if c.dtype == "bfloat16" else "float32"
@@ -275,7 +275,7 @@ class Llama(LanguageModel):
         return _WindowedDecoder(opts, layers, embed=self.model.embed_tokens.weight,
                                 head=q("lm_head.weight", self.lm_head.weight),
                                 norm_weight=self.model.norm.weight, hugepages=hugepages, context=c.context,
-                                weights=weights)
+                                weights=weights, kv_dtype=kv_dtype)
 
     @classmethod
     def from_pretrained(cls, folder, dtype="float32"):
