@@ -45,29 +45,15 @@ static float dot_hs(const float *q, const void *k, int64_t hs, int bf16) {
     return s;
 }
 
-/* softmax over w[0 .. S) in place (max-subtracted, total in double); returns 1 / total */
-static float softmax_unnormalized(float *w, int64_t S, float m) {
-    double total = 0.0;
-    for (int64_t t = 0; t < S; t++) {
-        w[t] = expf(w[t] - m);
-        total += w[t];
-    }
-    return (float)(1.0 / total);
-}
-
 /* y (hs) = attention of q (hs) over rows t = 0 .. S-1 of k, v (row t ld elements on); w (S) scratch */
 static void attend_one(const float *q, const void *k, const void *v, int64_t ld, int64_t S, int64_t hs,
                        int bf16, float scale, float *w, float *y) {
-    float m = -INFINITY;
-    for (int64_t t = 0; t < S; t++) {
-        w[t] = scale * dot_hs(q, kv_skip(k, t * ld, bf16), hs, bf16);
-        m = w[t] > m ? w[t] : m;
-    }
-    float inv = softmax_unnormalized(w, S, m);
+    for (int64_t t = 0; t < S; t++) w[t] = scale * dot_hs(q, kv_skip(k, t * ld, bf16), hs, bf16);
+    mll_softmax_row(w, w, S);
     for (int64_t d = 0; d < hs; d++) y[d] = 0.0f;
     for (int64_t t = 0; t < S; t++) {
         const void *vt = kv_skip(v, t * ld, bf16);
-        float p = w[t] * inv;
+        float p = w[t];
         for (int64_t d = 0; d < hs; d++) y[d] += p * kv_at(vt, d, bf16);
     }
 }
@@ -165,6 +151,15 @@ static inline MLL_TARGET V FN(kv_loadn)(const void *p, int64_t i, int64_t n, con
     return bf16 ? v_loadn_bf16((const uint16_t *)p + i, n) : v_loadn((const float *)p + i, n);
 }
 
+/* q_h . k over hs elements at k + at, in VL lanes (the lanes' sums are the caller's) */
+static inline __attribute__((always_inline)) MLL_TARGET V FN(dot_lanes)(const float *qh, const void *k, int64_t at,
+                                                                         int64_t body, int64_t tail, const int bf16) {
+    V acc = v_zero();
+    for (int64_t d = 0; d < body; d += VL) acc = v_fmadd(v_load(qh + d), FN(kv_load)(k, at + d, bf16), acc);
+    if (tail) acc = v_fmadd(v_loadn(qh + body, tail), FN(kv_loadn)(k, at + body, tail, bf16), acc);
+    return acc;
+}
+
 /* attend_generic with VL-lane vectors (masked on the last partial one), and position
  * outermost: the heads of a chunk sit side by side in each cached row, so the caches are read
  * as one forward sweep (which the prefetchers follow) instead of one strided pass per head;
@@ -179,21 +174,14 @@ static inline __attribute__((always_inline)) MLL_TARGET void FN(attend_rows)(con
     const float *q = j->qkv + b * j->ldq;
     const void *k = j->kc[b], *v = j->vc[b];
     float *w = j->w + b * j->nh * ldw, *y = j->y + b * j->nh * hs;
+    const float scale = j->scale;
     for (int64_t t = 0; t < S; t++) {
-        for (int64_t h = h0; h < h1; h++) {
-            const float *qh = q + h * hs;
-            const int64_t at = t * ld + h / g * hs;
-            V acc = v_zero();
-            for (int64_t d = 0; d < body; d += VL) acc = v_fmadd(v_load(qh + d), FN(kv_load)(k, at + d, bf16), acc);
-            if (tail) acc = v_fmadd(v_loadn(qh + body, tail), FN(kv_loadn)(k, at + body, tail, bf16), acc);
-            w[h * ldw + t] = j->scale * v_hsum(acc);
-        }
+        const int64_t kt = t * ld;
+        for (int64_t h = h0; h < h1; h++)
+            w[h * ldw + t] = scale * v_hsum(FN(dot_lanes)(q + h * hs, k, kt + h / g * hs, body, tail, bf16));
     }
     for (int64_t h = h0; h < h1; h++) {
-        float m = -INFINITY, *wh = w + h * ldw;
-        for (int64_t t = 0; t < S; t++) m = wh[t] > m ? wh[t] : m;
-        float inv = softmax_unnormalized(wh, S, m);
-        for (int64_t t = 0; t < S; t++) wh[t] *= inv;
+        mll_softmax_row(w + h * ldw, w + h * ldw, S);
         memset(y + h * hs, 0, (size_t)hs * sizeof(float));
     }
     for (int64_t t = 0; t < S; t++) {

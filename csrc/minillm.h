@@ -124,6 +124,8 @@ double mll_sumsq_all(const float *x, int64_t n);                   /* sum of x^2
 /* ------------------------------------------------------------- softmax.c */
 /* x, y: (rows, cols); softmax over the last axis, max-subtracted. */
 void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols);
+/* y (n) = softmax(x (n)), n >= 1, on the calling thread (a kernel's step; x may be y) */
+void mll_softmax_row(const float *x, float *y, int64_t n);
 /* dx = y * (dy - sum(dy * y)) */
 void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols);
 void mll_log_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols);

@@ -61,6 +61,8 @@ void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols) {
     MLL_PARALLEL_ROWS(rows, cols, r, f(x + r * cols, y + r * cols, cols));
 }
 
+void mll_softmax_row(const float *x, float *y, int64_t n) { MLL_PICK(softmax_row)(x, y, n); }
+
 /* y, dy, dx: (rows, cols) */
 void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols) {
     row_backward_fn f = MLL_PICK(softmax_backward_row);

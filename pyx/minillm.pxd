@@ -88,6 +88,7 @@ cdef extern from "minillm.h" nogil:
 
     # softmax.c
     void mll_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols)
+    void mll_softmax_row(const float *x, float *y, int64_t n)
     void mll_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols)
     void mll_log_softmax_forward(const float *x, float *y, int64_t rows, int64_t cols)
     void mll_log_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t cols)
