@@ -6,8 +6,10 @@ of the weights per step for all of them. Random-weight models, greedy, 64 new to
         python bench/bench_batch.py [--models gpt2-small,gpt-mini] [--weights float32,int8] [--repeats 3]
 
 A step costs one read of the weights plus B rows of arithmetic, so total tokens/s grows with B
-until the arithmetic catches up with the read: the ratio column is against batch 1 of the
-same model and weights.
+until the arithmetic catches up with the read: the ratio column is against the first batch
+size (1) of the same model and weights, each the best of --repeats runs taken in turn with the
+other batch sizes (batch 1, 4, 8, 1, 4, 8, ...), so that a machine whose speed drifts during
+the bench moves every column alike.
 """
 import argparse
 import math
@@ -58,14 +60,14 @@ def main(argv=None):
         for w in args.weights.split(","):
             engine = Engine(model, max_batch=max(batches), weights=w)
             run_batch(engine, 1, model.config.vocab_size)                  # warm up
-            base = None
-            for B in batches:
-                best = math.inf
-                for r in range(args.repeats):
+            best = {B: math.inf for B in batches}
+            for r in range(args.repeats):           # the batches interleaved: a machine whose speed
+                for B in batches:                   # drifts moves them alike
                     secs, n = run_batch(engine, B, model.config.vocab_size, seed=r)
-                    best = min(best, secs / n)
-                rate = 1 / best
-                base = base or rate
+                    best[B] = min(best[B], secs / n)
+            base = 1 / best[batches[0]]
+            for B in batches:
+                rate = 1 / best[B]
                 print(f"{name:<11} {w:<8} {B:>5} {rate:9.1f} {rate / base:10.2f}")
 
 

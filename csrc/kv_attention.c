@@ -90,8 +90,10 @@ static void attend_generic(void *ctx, int64_t c) {
 
 /* Below this many multiply-adds (q.k and p v over all pairs) one thread does the step: a few
  * tens of microseconds of work, less than a busy machine can delay a helper that has taken a
- * share. */
+ * share. Rows shared out whole (each one forward sweep over its own cache) pay from a quarter
+ * of that; heads of one row split between threads (strided reads of one cache) only above it. */
 #define ATTEND_PAR_MIN (1 << 20)
+#define ATTEND_ROWS_PAR_MIN (1 << 18)
 
 int mll_kv_attention_rows(const float *qkv, void *const *kc, void *const *vc, int64_t ld, const int64_t *pos,
                           int kv_bf16, float *y, float *w, int64_t B, int64_t nh, int64_t nkv, int64_t hs,
@@ -103,8 +105,8 @@ int mll_kv_attention_rows(const float *qkv, void *const *kc, void *const *vc, in
     for (int64_t b = 0; b < B; b++) {
         const float *kn = qkv + b * ldq + nh * hs, *vn = kn + Ckv;
         if (kv_bf16) {
-            mll_round_bf16(kn, (uint16_t *)kc[b] + pos[b] * ld, Ckv);
-            mll_round_bf16(vn, (uint16_t *)vc[b] + pos[b] * ld, Ckv);
+            mll_cast(kn, MLL_F32, (uint16_t *)kc[b] + pos[b] * ld, MLL_BF16, Ckv);
+            mll_cast(vn, MLL_F32, (uint16_t *)vc[b] + pos[b] * ld, MLL_BF16, Ckv);
         } else {
             memcpy((float *)kc[b] + pos[b] * ld, kn, (size_t)Ckv * sizeof(float));
             memcpy((float *)vc[b] + pos[b] * ld, vn, (size_t)Ckv * sizeof(float));
@@ -112,10 +114,12 @@ int mll_kv_attention_rows(const float *qkv, void *const *kc, void *const *vc, in
         S = pos[b] + 1 > S ? pos[b] + 1 : S;
         work += nh * (pos[b] + 1) * hs * 2;
     }
-    int nt = work >= ATTEND_PAR_MIN ? mll_get_num_threads() : 1;
-    /* a chunk is every head of a row (one forward sweep over its cache) when there are rows
-     * enough to share out, else about 2 chunks per thread */
-    int64_t per_chunk = nt <= 1 || B >= 2 * nt ? nh : (nh + 2 * nt - 1) / (2 * nt);
+    /* a chunk is every head of a row when there are rows enough to share out, else about 2
+     * chunks per thread */
+    int nt = mll_get_num_threads();
+    const int by_rows = B >= 2 * nt;
+    if (work < (by_rows ? ATTEND_ROWS_PAR_MIN : ATTEND_PAR_MIN)) nt = 1;
+    int64_t per_chunk = nt <= 1 || by_rows ? nh : (nh + 2 * nt - 1) / (2 * nt);
     attend_job job = {qkv, kc, vc, pos, y, w, nh, nh / nkv, hs, ldq, ld, S, per_chunk,
                       (nh + per_chunk - 1) / per_chunk, scale, kv_bf16 != 0};
     mll_decode_parallel(B * job.chunks_per_row, nt, (double)work, MLL_PICK(attend), &job);
