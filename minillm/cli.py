@@ -13,8 +13,8 @@ PARSERS. Adding a command = writing one such function and listing it in PARSERS.
     minillm plot RUN [--out FILE.png]
     minillm bench [--model PRESET] [--pytest]
     minillm sample (--ckpt DIR | --hf-dir DIR) [--prompt STR] [--max-new-tokens N] [--dtype D] [--interactive]
-    minillm chat (--hf-dir DIR | --ckpt DIR) [--system STR] [--dtype float32|bf16|int8]
-    minillm eval (--hf-dir DIR | --ckpt DIR) (--data DIR | --text FILE) [--dtype float32|bf16|int8]
+    minillm chat (--hf-dir DIR | --ckpt DIR) [--system STR] [--dtype float32|bf16|int8] [--kv-dtype float32|bf16]
+    minillm eval (--hf-dir DIR | --ckpt DIR) (--data DIR | --text FILE) [--dtype float32|bf16|int8] [--kv-dtype K]
     minillm serve (--hf-dir DIR | --ckpt DIR) [--dtype D] [--host H] [--port P]   (minillm[serve])
     minillm quantize (--hf-dir DIR | --ckpt DIR) --out DIR --dtype int8|bf16 [--group N]
 
@@ -495,7 +495,8 @@ def cmd_sample(args):
     model, tokenizer, _ = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
     args.dtype = resolve_dtype(model, args.dtype)
     source = args.hf_dir or args.ckpt
-    plan = model.decoder(**plan_options(model, args.dtype)) if model.kv_cache_shape() is not None else None
+    has_cache = model.kv_cache_shape() is not None
+    plan = model.decoder(**plan_options(model, args.dtype, args.kv_dtype)) if has_cache else None
     generator = Generator(args.seed)
     if not args.interactive:
         _sample_once(model, tokenizer, args.prompt, args, generator, plan)
@@ -552,6 +553,9 @@ def _add_dtype(p):
                    help="weights the decoder reads: float32, bf16 or int8 (per-group scales; activations "
                         "quantized alike), made at load time (default: as the folder stores them: int8 for "
                         "a folder `minillm quantize --dtype int8` wrote, else float32)")
+    from .inference import KV_CHOICES
+    p.add_argument("--kv-dtype", choices=KV_CHOICES, default=None,
+                   help="the KV cache's dtype (default: bf16 with bf16 or int8 weights, float32 with float32)")
 
 
 def _add_model_source(p):
@@ -570,7 +574,8 @@ def cmd_chat(args):
     from .inference import load_for_inference, plan_options, resolve_dtype
     model, tokenizer, name = load_for_inference(args.hf_dir, args.ckpt, args.dtype)
     args.dtype = resolve_dtype(model, args.dtype)
-    session = ChatSession(model, tokenizer, decoder=model.decoder(**plan_options(model, args.dtype)),
+    plan = model.decoder(**plan_options(model, args.dtype, args.kv_dtype))
+    session = ChatSession(model, tokenizer, decoder=plan,
                           system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, generator=Generator(args.seed))
     print(f"minillm chat: {name} ({model.num_params():,} parameters, {args.dtype}). /reset forgets the "
@@ -661,7 +666,7 @@ def cmd_eval(args):
     if block < 1:
         raise ValueError(f"{args.data or args.text}: too few tokens to evaluate ({len(tokens)})")
     lengths = data.token_byte_lengths(tokenizer) if tokenizer is not None else None
-    opts = plan_options(model, args.dtype)
+    opts = plan_options(model, args.dtype, args.kv_dtype)
     plan = model.decoder(**opts) if opts or args.dtype != "float32" else None
     res = evaluate(model, tokens, args.batch_size, block, lengths, max_batches=args.max_batches, decoder=plan)
     bpb = f", {res['bpb']:.4f} bits per byte" if "bpb" in res else ""

@@ -15,10 +15,11 @@ import shutil
 
 from minillm.quantize import FOLDER_DTYPES
 
-__all__ = ["DTYPES", "load_for_inference", "plan_options", "resolve_dtype", "quantize_folder", "check_quantize_output",
-           "MARKER"]
+__all__ = ["DTYPES", "KV_CHOICES", "load_for_inference", "plan_options", "resolve_dtype", "quantize_folder",
+           "check_quantize_output", "MARKER"]
 
 DTYPES = ("float32", "bf16", "int8")
+KV_CHOICES = ("float32", "bf16")         # --kv-dtype: the KV caches' dtype
 
 
 def load_for_inference(hf_dir=None, ckpt=None, dtype="float32", need_tokenizer=True):
@@ -64,18 +65,22 @@ def resolve_dtype(model, dtype=None):
     return "bf16" if getattr(model.config, "dtype", "float32") == "bfloat16" else "float32"
 
 
-def plan_options(model, dtype):
+def plan_options(model, dtype, kv_dtype=None):
     """The keyword arguments of model.decoder() for weights streamed in `dtype` (None:
     resolve_dtype's): none when the plan can read the model's own weights in place (float32,
     or a model held in bf16 asked for bf16), else weights=dtype (copies in bf16 or int8, or an
-    int8 folder's weights as stored)."""
+    int8 folder's weights as stored); kv_dtype ("float32" or "bf16"; None: the plan's default,
+    bf16 with bf16 or int8 weights) the KV caches'."""
     dtype = resolve_dtype(model, dtype)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if kv_dtype is not None and kv_dtype not in KV_CHOICES:
+        raise ValueError(f"kv_dtype must be one of {', '.join(KV_CHOICES)}, got {kv_dtype!r}")
     held_bf16 = getattr(model.config, "dtype", "float32") == "bfloat16"
-    if dtype == "float32" and not held_bf16 or (dtype == "bf16" and held_bf16):
-        return {}
-    return {"weights": dtype}
+    opts = {} if dtype == "float32" and not held_bf16 or (dtype == "bf16" and held_bf16) else {"weights": dtype}
+    if kv_dtype is not None:
+        opts["kv_dtype"] = "bfloat16" if kv_dtype == "bf16" else "float32"
+    return opts
 
 
 # ---------------------------------------------------------------------- quantized folders

@@ -147,3 +147,33 @@ def test_generate_with_an_int8_plan_decodes_the_bits_of_its_engine():
     while engine.has_work():
         got += [ev.token for ev in engine.step() if ev.token is not None]
     assert got == out
+
+
+def test_plan_options_and_the_flags_choose_the_cache_dtype():
+    from minillm.cli import build_parser
+    from minillm.inference import plan_options
+    model = tiny_gpt()
+    assert plan_options(model, "int8") == {"weights": "int8"}
+    assert plan_options(model, "int8", "float32") == {"weights": "int8", "kv_dtype": "float32"}
+    assert plan_options(model, "float32", "bf16") == {"kv_dtype": "bfloat16"}
+    assert model.decoder(hugepages=False, **plan_options(model, "float32", "bf16")).kv_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="kv_dtype must be one of float32, bf16, got 'int8'"):
+        plan_options(model, "int8", "int8")
+    parser = build_parser()
+    for cmd in (["sample", "--hf-dir", "x"], ["chat", "--hf-dir", "x"], ["eval", "--hf-dir", "x", "--text", "t"],
+                ["serve", "--hf-dir", "x"]):
+        assert parser.parse_args(cmd).kv_dtype is None
+        assert parser.parse_args(cmd + ["--kv-dtype", "bf16"]).kv_dtype == "bf16"
+        with pytest.raises(SystemExit):
+            parser.parse_args(cmd + ["--kv-dtype", "int8"])
+
+
+def test_serve_takes_the_cache_dtype():
+    pytest.importorskip("starlette", reason="minillm[serve] (starlette) is not installed")
+    from minillm.serve import build_app
+    from minillm.tokenizers import BasicTokenizer
+    model = tiny_gpt()
+    tok = BasicTokenizer()
+    for kv, want in ((None, "bfloat16"), ("float32", "float32")):
+        engine = build_app(model, tok, "m", dtype="int8", kv_dtype=kv).state.serve.runner.engine
+        assert engine.decoder.kv_dtype == want

@@ -19,7 +19,7 @@ import sys
 
 __all__ = ["add_arguments", "run", "main", "load_for_serving", "build_app"]
 
-from minillm.inference import DTYPES
+from minillm.inference import DTYPES, KV_CHOICES
 
 
 def add_arguments(p):
@@ -30,6 +30,8 @@ def add_arguments(p):
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="weights the decoder streams: float32, bf16 or int8 (default: as the folder stores "
                         "them: int8 for a folder `minillm quantize --dtype int8` wrote, else float32)")
+    p.add_argument("--kv-dtype", choices=KV_CHOICES, default=None,
+                   help="the KV caches' dtype (default: bf16 with bf16 or int8 weights, float32 with float32)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--model-name", default=None,
@@ -54,8 +56,9 @@ def load_for_serving(hf_dir=None, ckpt=None, dtype="float32"):
 
 
 def build_app(model, tokenizer, model_name, dtype="float32", max_batch=8, max_queue=64, max_tokens=None,
-              max_body_bytes=1 << 20):
-    """The ASGI app over `model`: an Engine (decode plan in `dtype`) and the routes."""
+              max_body_bytes=1 << 20, kv_dtype=None):
+    """The ASGI app over `model`: an Engine (decode plan in `dtype`, KV caches in kv_dtype) and
+    the routes."""
     from minillm.engine import Engine
     from minillm.inference import plan_options
     from .app import create_app
@@ -65,7 +68,7 @@ def build_app(model, tokenizer, model_name, dtype="float32", max_batch=8, max_qu
             raise ValueError(f"serve: --{name.replace('_', '-')} must be >= 1, got {v}")
     context = model.config.block_size
     limits = Limits(max_tokens=min(max_tokens or context, context))
-    engine = Engine(model, max_batch=max_batch, decoder=model.decoder(**plan_options(model, dtype)))
+    engine = Engine(model, max_batch=max_batch, decoder=model.decoder(**plan_options(model, dtype, kv_dtype)))
     return create_app(model, engine, model_name, tokenizer=tokenizer, limits=limits, max_queue=max_queue,
                       max_body_bytes=max_body_bytes)
 
@@ -88,7 +91,7 @@ def run(args):
         raise ValueError(f"serve: --max-body-mb must be > 0, got {args.max_body_mb}")
     app = build_app(model, tokenizer, args.model_name or name, dtype=args.dtype, max_batch=args.max_batch,
                     max_queue=args.max_queue, max_tokens=args.max_tokens,
-                    max_body_bytes=int(args.max_body_mb * (1 << 20)))
+                    max_body_bytes=int(args.max_body_mb * (1 << 20)), kv_dtype=args.kv_dtype)
     logging.getLogger("minillm.serve").info(
         "serving %s (%s parameters, context %d, decoder %s, batch %d) on http://%s:%d", args.model_name or name,
         f"{model.num_params():,}", model.config.block_size, args.dtype, args.max_batch, args.host, args.port)
