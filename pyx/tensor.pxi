@@ -994,5 +994,11 @@ class GrowableTensor:
     def tensor(self):
         return self._buf[0:self.length]
 
+    @property
+    def storage(self):
+        """The whole buffer, capacity rows, the filled ones first (a kernel that is told the
+        length itself takes it without a view; valid until the next append that grows it)."""
+        return self._buf
+
     def __repr__(self):
         return f"GrowableTensor(length={self.length}, capacity={self.capacity}, row_shape={self.row_shape})"

@@ -270,9 +270,9 @@ class Decoder:
             _C.add_(x, _C.embedding(self.pos_embed, _C.tensor(positions, dtype="int64")))
         cos, sin = self._rope.upto(top + 1) if self._rope is not None else (None, None)
         scratch = self._scratch_for(len(tokens), top + 1)
-        for i, block in enumerate(self.blocks):
-            ks = [c.layers[i].k.tensor for c in caches]
-            vs = [c.layers[i].v.tensor for c in caches]
+        for i, block in enumerate(self.blocks):        # whole buffers: the positions say what is filled
+            ks = [c.layers[i].k.storage for c in caches]
+            vs = [c.layers[i].v.storage for c in caches]
             _C.block_step_rows(x, block, ks, vs, positions, scratch, cos, sin)
         if not want:
             return _C.empty((0, self.head.vocab_size))
