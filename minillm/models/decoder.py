@@ -100,9 +100,9 @@ class Decoder:
 
     kv_dtype: the dtype of the KV caches the plan's users make (KVCache.for_model(...,
     dtype=plan.kv_dtype)); the plan reads either. None: "bfloat16" with bf16 or int8 weights
-    (a step over long contexts reads more bytes of cache than of weights; bf16 halves them, and
-    changes the logits less than the weights' rounding does), "float32" with float32 weights
-    (the bits of the model's forward)."""
+    (a step over long contexts reads more bytes of cache than of weights, and bf16 halves them;
+    tests/test_quantized_eval.py's bounds on the change of bits per byte hold with them),
+    "float32" with float32 weights (the bits of the model's forward)."""
 
     # rows of one pass of extend, and the floats its attention scratch (rows x heads x
     # positions) may take: long contexts get fewer rows a pass
