@@ -204,7 +204,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     if decoder is None:
         decoder = model.decoder() if use_cache and fast else None
     cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens),
-                              dtype=decoder.kv_dtype if decoder is not None else "float32") if use_cache else None
+                              dtype=getattr(decoder, "kv_dtype", "float32")) if use_cache else None
     stopped = [None] * B           # the stop token of each finished row
     stopper = StopStrings(stop_strings) if stop_strings is not None else None
     steps = [[] for _ in range(B)] if logprobs is not None else None
@@ -219,7 +219,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                         # one prompt through the decode plan where that is faster (the Engine's rule)
                         cache.reset()
                         window = out[:, max(0, n - block):n]
-                        if decoder is not None and B == 1 and decoder.prefills_by_rows(window.shape[1]):
+                        by_rows = getattr(decoder, "prefills_by_rows", None)     # a Decoder's extend
+                        if by_rows is not None and B == 1 and by_rows(window.shape[1]):
                             logits = decoder.extend([(window[0].tolist(), cache)])
                         else:
                             logits, _ = model(window.contiguous(), kv_cache=cache)

@@ -177,3 +177,18 @@ def test_serve_takes_the_cache_dtype():
     for kv, want in ((None, "bfloat16"), ("float32", "float32")):
         engine = build_app(model, tok, "m", dtype="int8", kv_dtype=kv).state.serve.runner.engine
         assert engine.decoder.kv_dtype == want
+
+
+def test_generate_takes_a_decoder_that_has_only_a_step():
+    # the LanguageModel interface asks a decoder for step() alone: its caches are then float32
+    model = tiny_gpt()
+    plan = model.decoder(hugepages=False)
+
+    class StepOnly:
+        def step(self, tokens, cache):
+            assert cache.dtype == "float32"
+            return plan.step(tokens, cache)
+
+    prompt = [3, 1, 4, 1, 5]
+    want = generate(model, [prompt], 6, greedy=True, decoder=plan)[0].tolist()
+    assert generate(model, [prompt], 6, greedy=True, decoder=StepOnly())[0].tolist() == want

@@ -98,7 +98,8 @@ class LanguageModel(nn.Module):
     def decoder(self):
         """A fast decode step over this model's weights: an object with
         ``step(tokens (B,) int64, cache) -> logits (B, V)`` that appends one position to the
-        KV cache, or None (the decoding loop then calls forward with the cache)."""
+        KV cache (and, optionally, ``kv_dtype``: the dtype of the caches it wants, "float32"
+        when absent), or None (the decoding loop then calls forward with the cache)."""
         return None
 
     def generation_defaults(self):
