@@ -1,6 +1,7 @@
-"""Fixtures shared by the test files."""
+"""Fixtures and helpers shared by the test files."""
 import os
 
+import numpy as np
 import pytest
 
 from minillm import _C
@@ -87,3 +88,23 @@ def train_stopping_after(trainer, step):
         return out
     trainer.train_step = stepped
     trainer.train()
+
+
+def round_bf16_bits(x):
+    """float32 array -> its bf16 bits (uint16), rounded to nearest even, computed here from the
+    bits (the tests' reference for every bf16 rounding); NaN -> a quiet NaN of the same sign."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    quiet = (u >> 16) | 0x40
+    return np.where(nan, quiet, rounded).astype(np.uint16)
+
+
+def widen_bf16(bits):
+    """bf16 bits (uint16) -> the float32 values they are (the upper half of a float32)."""
+    return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
+
+
+def bf16_values(x):
+    """x rounded to bf16 (nearest even) and back to float32, of x's shape."""
+    return widen_bf16(round_bf16_bits(x)).reshape(np.shape(x))

@@ -16,32 +16,16 @@ from minillm import _C
 from minillm import _testing
 import minillm.functional as F
 from minillm.models import build_model
+from conftest import bf16_values, round_bf16_bits, widen_bf16
 
 U = 2.0 ** -24
-
-
-def ref_round_bits(x):
-    """float32 array -> bf16 bits (uint16), nearest even; NaN -> quiet NaN of the same sign."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    quiet = (u >> 16) | 0x40
-    return np.where(nan, quiet, rounded).astype(np.uint16)
-
-
-def bits_to_f32(bits):
-    return (np.asarray(bits, dtype=np.uint32) << 16).view(np.float32)
-
-
-def rounded(x):
-    return bits_to_f32(ref_round_bits(x)).reshape(np.shape(x))
 
 
 # ------------------------------------------------------------------ rounding
 
 def test_bf16_round_trip_is_exact_on_representable_values():
     bits = np.arange(0, 1 << 16, dtype=np.uint32).astype(np.uint16)
-    values = bits_to_f32(bits)
+    values = widen_bf16(bits)
     finite = ~np.isnan(values)
     out = _testing.k_round_bf16(values[finite])
     np.testing.assert_array_equal(out, bits[finite])
@@ -52,27 +36,27 @@ def test_bf16_round_trip_is_exact_on_representable_values():
 def test_bf16_rounding_is_nearest_even_with_nan_and_inf_kept():
     rng = np.random.default_rng(1)
     x = rng.integers(0, 1 << 32, size=200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    ties = bits_to_f32(np.arange(0, 1 << 16, 97, dtype=np.uint32).astype(np.uint16)).view(np.uint32) | 0x8000
+    ties = widen_bf16(np.arange(0, 1 << 16, 97, dtype=np.uint32).astype(np.uint16)).view(np.uint32) | 0x8000
     specials = np.array([np.inf, -np.inf, np.nan, -np.nan, 0.0, -0.0, 3.4e38, -3.4e38, 1e-45, 1.0 + 2.0 ** -8,
                          1.0 + 3 * 2.0 ** -8, np.float32(3.3961776e38)], dtype=np.float32)
     x = np.concatenate([x, ties.view(np.float32), specials])
     out = _testing.k_round_bf16(x)
-    np.testing.assert_array_equal(out, ref_round_bits(x))
-    np.testing.assert_array_equal(np.asarray(minillm.from_numpy(x.copy()).astype("bfloat16")), ref_round_bits(x))
+    np.testing.assert_array_equal(out, round_bf16_bits(x))
+    np.testing.assert_array_equal(np.asarray(minillm.from_numpy(x.copy()).astype("bfloat16")), round_bf16_bits(x))
     # ties go to the even neighbour: 1 + 2^-8 is halfway between 1 and 1 + 2^-7
-    assert bits_to_f32(_testing.k_round_bf16(np.array([1.0 + 2.0 ** -8], np.float32)))[0] == 1.0
-    assert bits_to_f32(_testing.k_round_bf16(np.array([1.0 + 3 * 2.0 ** -8], np.float32)))[0] == 1.0 + 2.0 ** -6
-    back = bits_to_f32(_testing.k_round_bf16(np.array([np.inf, -np.inf, np.nan], np.float32)))
+    assert widen_bf16(_testing.k_round_bf16(np.array([1.0 + 2.0 ** -8], np.float32)))[0] == 1.0
+    assert widen_bf16(_testing.k_round_bf16(np.array([1.0 + 3 * 2.0 ** -8], np.float32)))[0] == 1.0 + 2.0 ** -6
+    back = widen_bf16(_testing.k_round_bf16(np.array([np.inf, -np.inf, np.nan], np.float32)))
     assert back[0] == np.inf and back[1] == -np.inf and np.isnan(back[2])
     # values past the largest bf16 round to infinity
-    assert bits_to_f32(_testing.k_round_bf16(np.array([3.4e38], np.float32)))[0] == np.inf
+    assert widen_bf16(_testing.k_round_bf16(np.array([3.4e38], np.float32)))[0] == np.inf
 
 
 # ------------------------------------------------------------------ GEMM
 
 def check(out, a, b, transa, transb, alpha=1.0, beta=0.0, c0=None):
-    A = rounded(a).astype(np.float64)
-    B = rounded(b).astype(np.float64)
+    A = bf16_values(a).astype(np.float64)
+    B = bf16_values(b).astype(np.float64)
     A, B = (A.T if transa else A), (B.T if transb else B)
     ref = alpha * (A @ B)
     bound = abs(alpha) * (np.abs(A) @ np.abs(B))

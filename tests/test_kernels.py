@@ -13,6 +13,7 @@ import pytest
 
 from minillm import _C
 from minillm import _testing
+from conftest import round_bf16_bits
 
 SIZES = [1, 3, 7, 17, 33, 1000, 4097, 100003]
 SHAPES = [(1, 1), (1, 7), (3, 17), (7, 33), (17, 1000), (33, 4097), (4097, 3), (1000, 17), (130, 1000)]
@@ -364,12 +365,6 @@ def test_transpose_with_leading_dimensions():
         assert np.all(got[:, rows:] == 0), "transpose wrote past its width"
 
 
-def _bf16_ref(f):
-    u = f.view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(f), (u >> 16).astype(np.uint16) | 0x40, r)
-
-
 def test_cast_float_to_bf16_rounds_to_nearest_even_and_keeps_nan():
     rng = np.random.default_rng(0)
     f = np.concatenate([rng.standard_normal(40001).astype(np.float32) * 100,
@@ -381,7 +376,7 @@ def test_cast_float_to_bf16_rounds_to_nearest_even_and_keeps_nan():
     f = f.astype(np.float32)
     h = np.empty(f.size, np.uint16)
     both_threads(lambda: (_testing.k_cast(f, _testing.DT_F32, h, _testing.DT_BF16), h.copy())[1])
-    np.testing.assert_array_equal(h, _bf16_ref(f))
+    np.testing.assert_array_equal(h, round_bf16_bits(f))
     assert h[-2] == 0x3F80 and h[-1] == 0x3F82  # ties go to even
     back = np.empty(f.size, np.float32)
     both_threads(lambda: (_testing.k_cast(h, _testing.DT_BF16, back, _testing.DT_F32), back.copy())[1])

@@ -12,17 +12,7 @@ from minillm.engine import Engine
 from minillm.generate import KVCache, generate
 from minillm.models import GPT
 from minillm.models.gpt import GPTConfig
-
-
-def round_bf16_bits(a):
-    """float32 array -> its bf16 bits (uint16), rounded to nearest even (finite values)."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def widen(bits):
-    """bf16 bits (uint16) -> float32 values."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+from conftest import round_bf16_bits, widen_bf16
 
 
 def bf16_tensor(bits):
@@ -56,7 +46,7 @@ def test_attention_over_a_bf16_cache_matches_numpy(isa, shape):
     np.testing.assert_array_equal(kc.numpy()[pos], round_bf16_bits(qkv[:, C:2 * C]).reshape(B, nh, hs))
     np.testing.assert_array_equal(vc.numpy()[pos], round_bf16_bits(qkv[:, 2 * C:]).reshape(B, nh, hs))
     np.testing.assert_array_equal(kc.numpy()[pos + 1], kbits[pos + 1])
-    k, v = widen(kc.numpy()[:pos + 1]), widen(vc.numpy()[:pos + 1])
+    k, v = widen_bf16(kc.numpy()[:pos + 1]), widen_bf16(vc.numpy()[:pos + 1])
     np.testing.assert_allclose(y, attention_ref(qkv[:, :C].reshape(B, nh, hs), k, v), atol=2e-5, rtol=1e-5)
 
 
@@ -68,10 +58,10 @@ def test_a_bf16_cache_gives_the_bits_of_a_float32_cache_of_the_same_values(isa, 
     rng = np.random.default_rng(pos + 1)
     kbits = round_bf16_bits(rng.standard_normal((pos + 1, B, nh, hs)))
     vbits = round_bf16_bits(rng.standard_normal((pos + 1, B, nh, hs)))
-    qkv = widen(round_bf16_bits(rng.standard_normal((B, 3 * nh * hs))))
+    qkv = widen_bf16(round_bf16_bits(rng.standard_normal((B, 3 * nh * hs))))
     y16 = _C.kv_attention_step(minillm.from_numpy(qkv), bf16_tensor(kbits), bf16_tensor(vbits), pos).numpy()
-    y32 = _C.kv_attention_step(minillm.from_numpy(qkv), minillm.from_numpy(widen(kbits)),
-                               minillm.from_numpy(widen(vbits)), pos).numpy()
+    y32 = _C.kv_attention_step(minillm.from_numpy(qkv), minillm.from_numpy(widen_bf16(kbits)),
+                               minillm.from_numpy(widen_bf16(vbits)), pos).numpy()
     np.testing.assert_array_equal(y16, y32)
 
 

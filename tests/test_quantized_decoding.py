@@ -14,13 +14,7 @@ from minillm.generate import KVCache
 from minillm.models import GPT
 from minillm.models.gpt import GPTConfig
 from minillm.quantize import decoding_weight, int8_group, quantize_int8
-
-
-def bf16_values(w):
-    """w rounded to bf16 (nearest even) and back to float32, computed here from the bits."""
-    u = w.astype(np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
-    return rounded.astype(np.uint32).view(np.float32)
+from conftest import bf16_values
 
 
 def int8_linear_reference(x, m):
