@@ -91,29 +91,65 @@ static void rows2_generic(const xrow *x, const mll_matrix *W, int64_t row0, int6
     rows_generic(&x[1], W, row0, K, n, out + ldo);
 }
 
-/* x (K) in the order the vector bf16 rows read it (see "the dot products"): per whole block of
- * BF16_BLOCK, its even elements then its odd ones, xp[b + j] = x[b + 2j] and xp[b + 16 + j] =
- * x[b + 2j + 1] (j < 16); the last K % BF16_BLOCK as they are. The same for every vector
- * width: a vector of 2 VL weights takes its pairs from half a block, VL x from each half. */
+/* ------------------------------------------------------------------ bf16 blocks
+ * The kernels read a bf16 matrix (N, K) in blocks of 4 rows: per block, per 32 columns
+ * c .. c + 31, the 4 rows' 32 values one row after the other (256 bytes),
+ *     blocks[b][k / 32][r][k % 32] = W[4 b + r][k]
+ * with K rounded up to a multiple of 32 (Kp) and N to a multiple of 4, the padding zero. The
+ * kernels take a block's 4 rows at once against up to 4 rows of x: each 32 columns, 4 loads
+ * of weights and one of each row of x make 4 products a row of x, where a row at a time took
+ * a load of x per product (at a batch the loads, not the arithmetic, bounded the loop on Zen
+ * 4: 72 against 98 GMAC/s from cache, 8 rows of x, one thread). In this order the 4 rows are
+ * one stream in address order; reading 4 (even 2) row-major rows side by side halved the rate
+ * from DRAM on Zen 4, whose prefetchers follow one stream per page best. */
 #define BF16_BLOCK 32
-static void split_pairs(const float *x, int64_t K, float *xp) {
-    int64_t b = 0;
-    for (; b + BF16_BLOCK <= K; b += BF16_BLOCK)
-        for (int64_t j = 0; j < BF16_BLOCK / 2; j++) {
-            xp[b + j] = x[b + 2 * j];
-            xp[b + BF16_BLOCK / 2 + j] = x[b + 2 * j + 1];
+#define BF16_ROWS 4
+
+static int64_t bf16_cols(int64_t K) { return (K + BF16_BLOCK - 1) / BF16_BLOCK * BF16_BLOCK; }
+
+void mll_bf16_pack(const uint16_t *w, int64_t N, int64_t K, uint16_t *blocks) {
+    const int64_t Kp = bf16_cols(K), nb = (N + BF16_ROWS - 1) / BF16_ROWS;
+    for (int64_t b = 0; b < nb; b++)
+        for (int r = 0; r < BF16_ROWS; r++) {
+            const int64_t n = b * BF16_ROWS + r;
+            for (int64_t k = 0; k < Kp; k++)
+                blocks[b * BF16_ROWS * Kp + k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK + r * BF16_BLOCK + k % BF16_BLOCK] =
+                    n < N && k < K ? w[n * K + k] : 0;
         }
-    memcpy(xp + b, x + b, (size_t)(K - b) * sizeof(float));
 }
 
+void mll_bf16_unpack(const uint16_t *blocks, int64_t N, int64_t K, uint16_t *w) {
+    const int64_t Kp = bf16_cols(K);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++)
+            w[n * K + k] = blocks[n / BF16_ROWS * BF16_ROWS * Kp + k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK +
+                                  n % BF16_ROWS * BF16_BLOCK + k % BF16_BLOCK];
+}
+
+/* x (K) in the order the vector bf16 rows read it (see "the dot products"): per block of
+ * BF16_BLOCK, its even elements then its odd ones, xp[b + j] = x[b + 2j] and xp[b + 16 + j] =
+ * x[b + 2j + 1] (j < 16), the last block zero-padded past K (xp holds bf16_cols(K) floats).
+ * The same for every vector width: a vector of 2 VL weights takes its pairs from half a
+ * block, VL x from each half. */
+static void split_pairs(const float *x, int64_t K, float *xp) {
+    for (int64_t b = 0; b < K; b += BF16_BLOCK)
+        for (int64_t j = 0; j < BF16_BLOCK / 2; j++) {
+            xp[b + j] = b + 2 * j < K ? x[b + 2 * j] : 0.0f;
+            xp[b + BF16_BLOCK / 2 + j] = b + 2 * j + 1 < K ? x[b + 2 * j + 1] : 0.0f;
+        }
+}
+
+/* the portable bf16 rows: each row's products in column order, from its block */
 static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
                               float *out) {
     const float *x = xr->f;
-    for (int64_t r = 0; r < n; r++) {
-        const uint16_t *wr = (const uint16_t *)W->data + (row0 + r) * K;
+    const int64_t Kp = bf16_cols(K);
+    for (int64_t r = row0; r < row0 + n; r++) {
+        const uint16_t *wr = (const uint16_t *)W->data + r / BF16_ROWS * BF16_ROWS * Kp + r % BF16_ROWS * BF16_BLOCK;
         float s = 0.0f;
-        for (int64_t k = 0; k < K; k++) s += x[k] * bf16_value(wr[k]);
-        out[r] = s;
+        for (int64_t k = 0; k < K; k++)
+            s += x[k] * bf16_value(wr[k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK + k % BF16_BLOCK]);
+        out[r - row0] = s;
     }
 }
 
@@ -301,7 +337,8 @@ static int64_t value_bytes(const mll_matrix *W) { return W->dtype == MLL_F32 ? 4
 
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K) {
     mll_matrix m = *W;
-    m.data = (const char *)W->data + r * K * value_bytes(W);       /* int8: r a multiple of 16 */
+    const int64_t cols = W->dtype == MLL_BF16 ? bf16_cols(K) : K;    /* bf16: r a multiple of 4 */
+    m.data = (const char *)W->data + r * cols * value_bytes(W);    /* int8: r a multiple of 16 */
     if (W->dtype == MLL_I8) m.scale = W->scale + r * (K / W->group);
     return m;
 }
@@ -342,8 +379,7 @@ typedef struct {
     const float *xs;                /* its scales (M, K / xgroup) */
     const int32_t *xc;              /* its VNNI corrections (M, K / xgroup) */
     const float *xp;                /* x split for bf16 matrices (split_pairs), or NULL */
-    const uint16_t *xb;             /* or x rounded to bf16 (rows of xb_ld), or NULL */
-    int64_t xb_ld;
+    const uint16_t *xb;             /* or x rounded to bf16, or NULL; either in rows of bf16_cols(K) */
     int64_t xgroup;                 /* the group xi is quantized by */
     linear_seg seg[MAX_SEGS];
     int64_t seg_g0[MAX_SEGS + 1];   /* first group of each segment; seg_g0[nseg] = all groups */
@@ -366,9 +402,10 @@ static void dots_of_rows(const linear_job *job, int64_t m, int nx, const mll_mat
         return;
     }
     xrow xr[MAX_NX];
+    const int64_t Kp = bf16_cols(K);
     for (int i = 0; i < nx; i++)
-        xr[i] = (xrow){job->x + (m + i) * K, job->xp ? job->xp + (m + i) * K : NULL,
-                       job->xb ? job->xb + (m + i) * job->xb_ld : NULL};
+        xr[i] = (xrow){job->x + (m + i) * K, job->xp ? job->xp + (m + i) * Kp : NULL,
+                       job->xb ? job->xb + (m + i) * Kp : NULL};
     int i = 0;
     if (four)
         for (; i + 4 <= nx; i += 4) four(&xr[i], W, j, K, n, d[i], ROWS_PER_PASS);
@@ -699,20 +736,19 @@ static int linear_run(linear_job *job, int64_t weights) {
         bf16 |= job->seg[s].W.dtype == MLL_BF16 || (job->seg[s].W2.data && job->seg[s].W2.dtype == MLL_BF16);
     const int bf16x = bf16 && mll_bf16_x_active();
     if (bf16 && M > 0) {
+        const int64_t Kp = bf16_cols(K);
 #if defined(MLL_X86)
         if (bf16x) {
-            const int64_t Kp = (K + 31) / 32 * 32;
             uint16_t *xb = grown(&xp_buf, (size_t)(M * Kp) * sizeof(uint16_t));
             if (!xb) return -1;
             round_x_bf16(job->x, M, K, Kp, xb);
             job->xb = xb;
-            job->xb_ld = Kp;
         }
 #endif
         if (!bf16x) {
-            float *xp = grown(&xp_buf, (size_t)(M * K) * sizeof(float));
+            float *xp = grown(&xp_buf, (size_t)(M * Kp) * sizeof(float));
             if (!xp) return -1;
-            for (int64_t m = 0; m < M; m++) split_pairs(job->x + m * K, K, xp + m * K);
+            for (int64_t m = 0; m < M; m++) split_pairs(job->x + m * K, K, xp + m * Kp);
             job->xp = xp;
         }
     }
@@ -1020,75 +1056,57 @@ static inline MLL_TARGET void FN(load_bf16_pairs)(const uint16_t *p, V *even, V 
 }
 #endif
 
-/* x . w for NX rows of x at once (1, 2 or 4), bf16 weights against each row split by
- * split_pairs (xp[i]): 2 VL weights a load, widened once for all rows by a shift and a mask;
- * each row has 4 accumulators, used in the same order whatever NX, so a row's sum is the same
- * bits alone or in a batch; the last K % BF16_BLOCK (in x's order in xp) by vectors and a
- * zero-padded copy. */
-static inline __attribute__((always_inline)) MLL_TARGET void FN(dot_vecn_bf16)(
-        const float *const *xp, const int NX, const uint16_t *w, int64_t K, int prefetch, V *s) {
-    enum { H = BF16_BLOCK / 2 };            /* odd elements' offset in a block of xp */
-    V a[4][4], e, o;
-#pragma GCC unroll 4
-    for (int i = 0; i < NX; i++) a[i][0] = a[i][1] = a[i][2] = a[i][3] = v_zero();
-    int64_t k = 0;
-    /* the pairs at weight k + 2 VL q are x's elements at xp + b + VL h (even) and xp + b + H +
-     * VL h (odd), b their block, h the load's half of it; into accumulators c and c + 1 */
-#define PAIRS(q, c)                                                                              \
-    do {                                                                                         \
-        const int64_t at = k + 2 * VL * (q), b = at - at % BF16_BLOCK, h = at % BF16_BLOCK / (2 * VL); \
-        FN(load_bf16_pairs)(w + at, &e, &o);                                                     \
-        _Pragma("GCC unroll 4") for (int i = 0; i < NX; i++) {                                   \
-            a[i][c] = v_fmadd(e, v_load(xp[i] + b + VL * h), a[i][c]);                           \
-            a[i][(c) + 1] = v_fmadd(o, v_load(xp[i] + b + H + VL * h), a[i][(c) + 1]);           \
-        }                                                                                        \
-    } while (0)
-    for (; k + 8 * VL <= K; k += 8 * VL) {
+/* One block of 4 bf16 rows (wb: its first value; see "bf16 blocks") against NX rows of x
+ * split by split_pairs (xp[i]): s[q][i] = row q of the block . row i of x. Each 2 VL weights
+ * loaded are widened once for all rows of x (a shift and a mask), each half block of x loaded
+ * once for the 4 rows; one accumulator per (q, i), taking the blocks of columns in order,
+ * each half's even products then its odd ones, whatever NX: a row's sums are the same bits
+ * alone or in a batch. */
+static inline __attribute__((always_inline)) MLL_TARGET void FN(block_bf16)(
+        const float *const *xp, const int NX, const uint16_t *wb, int64_t Kp, int prefetch, V s[4][4]) {
+    enum { H = BF16_BLOCK / 2, HALVES = BF16_BLOCK / (2 * VL) };
+    for (int q = 0; q < BF16_ROWS; q++)
+        for (int i = 0; i < NX; i++) s[q][i] = v_zero();
+    for (int64_t c = 0; c < Kp; c += BF16_BLOCK) {
+        const uint16_t *w = wb + c * BF16_ROWS;
         if (prefetch)
-            for (int64_t b = 0; b < 8 * VL * 2; b += 64) PREFETCH((const char *)(w + k) + PREFETCH_BYTES + b);
-        PAIRS(0, 0);
-        PAIRS(1, 2);
-        PAIRS(2, 0);
-        PAIRS(3, 2);
-    }
-    for (; k + BF16_BLOCK <= K; k += BF16_BLOCK)
-        for (int q = 0; q < BF16_BLOCK / (2 * VL); q++) PAIRS(q, 0);
-#undef PAIRS
-    for (; k + VL <= K; k += VL) {
-        e = v_load_bf16(w + k);
+            for (int b = 0; b < BF16_ROWS * BF16_BLOCK * 2; b += 64) PREFETCH((const char *)w + PREFETCH_BYTES + b);
+        for (int h = 0; h < HALVES; h++) {
+            V xe[4], xo[4], e, o;
+            for (int i = 0; i < NX; i++) {
+                xe[i] = v_load(xp[i] + c + VL * h);
+                xo[i] = v_load(xp[i] + c + H + VL * h);
+            }
 #pragma GCC unroll 4
-        for (int i = 0; i < NX; i++) a[i][2] = v_fmadd(e, v_load(xp[i] + k), a[i][2]);
-    }
-    if (k < K) {
-        e = v_loadn_bf16(w + k, K - k);
+            for (int q = 0; q < BF16_ROWS; q++) {
+                FN(load_bf16_pairs)(w + q * BF16_BLOCK + 2 * VL * h, &e, &o);
 #pragma GCC unroll 4
-        for (int i = 0; i < NX; i++) a[i][3] = v_fmadd(e, v_loadn(xp[i] + k, K - k), a[i][3]);
+                for (int i = 0; i < NX; i++) s[q][i] = v_fmadd(o, xo[i], v_fmadd(e, xe[i], s[q][i]));
+            }
+        }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < NX; i++) s[i] = v_add(v_add(a[i][0], a[i][1]), v_add(a[i][2], a[i][3]));
 }
 
-/* rows_bf16 for NX rows of x (row i's results at out + i ldo) */
+/* rows_bf16 for NX rows of x (row i's results at out + i ldo); row0 a multiple of 4 */
 static inline __attribute__((always_inline)) MLL_TARGET void FN(rowsn_bf16)(
         const xrow *xr, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
         int64_t ldo) {
     const float *xp[4];
     for (int i = 0; i < NX; i++) xp[i] = xr[i].p;
-    const uint16_t *w = (const uint16_t *)W->data + row0 * K;
+    const int64_t Kp = bf16_cols(K);
+    const uint16_t *w = (const uint16_t *)W->data + row0 * Kp;
     /* software prefetch ahead of the bf16 loop: on Intel Xeons it kept more reads in flight; on
      * AMD Zen 4 it cost 10-20% of this loop's rate (and 17% of a GPT-2 step), its prefetchers
      * keeping up without it */
     const int pf = !mll_cpu_is_amd();
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        V s[4][4];                                         /* [weight row][row of x] */
-        for (int q = 0; q < 4; q++) FN(dot_vecn_bf16)(xp, NX, w + (r + q) * K, K, pf, s[q]);   /* address order */
-        for (int i = 0; i < NX; i++) FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
-    }
-    for (; r < n; r++) {
-        V s[4];
-        FN(dot_vecn_bf16)(xp, NX, w + r * K, K, pf, s);
-        for (int i = 0; i < NX; i++) out[i * ldo + r] = v_hsum(s[i]);
+    for (int64_t r = 0; r < n; r += BF16_ROWS) {
+        V s[4][4];                                         /* [row of the block][row of x] */
+        FN(block_bf16)(xp, NX, w + r * Kp, Kp, pf, s);
+        for (int i = 0; i < NX; i++) {
+            float t[BF16_ROWS];
+            FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], t);
+            memcpy(out + i * ldo + r, t, (size_t)mll_min64(BF16_ROWS, n - r) * sizeof(float));
+        }
     }
 }
 
@@ -1116,52 +1134,27 @@ static MLL_TARGET void FN(rows4_bf16)(const xrow *xr, const mll_matrix *W, int64
 
 #if MLL_VEC == 512
 /* bf16 rows with x in bf16 too (AVX512-BF16, mll_bf16_x_active(); xrow.b: x rounded to bf16,
- * zero-padded to a multiple of 32): VDPBF16PS (Intel SDM vol. 2) adds to each float lane the
+ * zero-padded to bf16_cols(K)): VDPBF16PS (Intel SDM vol. 2) adds to each float lane the
  * products of its pair of weights with its pair of x (exact: 8-bit significands), the odd one
  * first. One instruction per 32 weights and row of x, nothing to widen: half the arithmetic of
- * rows_bf16's two multiply-adds, which bounds a batch. Each row of x has 4 accumulators (fewer
- * kept the loads from DRAM below the read on Zen 4), used in the same order whatever NX, so a
- * row gets the same bits alone or in a batch. */
-static inline __attribute__((always_inline)) MLL_AVX512_BF16 void dot_vecn_bf16x(
-        const uint16_t *const *xb, const int NX, const uint16_t *w, int64_t K, __m512 *s) {
-    __m512 a0[4], a1[4], a2[4], a3[4];
-    for (int i = 0; i < NX; i++) a0[i] = a1[i] = a2[i] = a3[i] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + 128 <= K; k += 128) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + k));
-        const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 32));
-        const __m512bh w2 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 64));
-        const __m512bh w3 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 96));
+ * rows_bf16's two multiply-adds, which bounds a batch. Per 32 columns of a block, 4 loads of
+ * weights and one of each row of x make 4 NX products; one accumulator per (row of the block,
+ * row of x), the columns in order whatever NX (the same bits alone or in a batch), 4 chains
+ * even for one row of x. */
+static inline __attribute__((always_inline)) MLL_AVX512_BF16 void block_bf16x(
+        const uint16_t *const *xb, const int NX, const uint16_t *wb, int64_t Kp, __m512 s[4][4]) {
+    for (int q = 0; q < BF16_ROWS; q++)
+        for (int i = 0; i < NX; i++) s[q][i] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < Kp; c += BF16_BLOCK) {
+        const uint16_t *w = wb + c * BF16_ROWS;
+        __m512bh wv[BF16_ROWS];
+        for (int q = 0; q < BF16_ROWS; q++) wv[q] = (__m512bh)_mm512_loadu_si512((const void *)(w + q * BF16_BLOCK));
 #pragma GCC unroll 4
         for (int i = 0; i < NX; i++) {
-            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
-            a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
-            a2[i] = _mm512_dpbf16_ps(a2[i], w2, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 64)));
-            a3[i] = _mm512_dpbf16_ps(a3[i], w3, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 96)));
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + c));
+            for (int q = 0; q < BF16_ROWS; q++) s[q][i] = _mm512_dpbf16_ps(s[q][i], wv[q], xv);
         }
     }
-    for (; k + 64 <= K; k += 64) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512((const void *)(w + k));
-        const __m512bh w1 = (__m512bh)_mm512_loadu_si512((const void *)(w + k + 32));
-#pragma GCC unroll 4
-        for (int i = 0; i < NX; i++) {
-            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
-            a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
-        }
-    }
-    if (k < K) {                          /* the last 1-63 weights: x is zero past K */
-        const __mmask32 m0 = K - k >= 32 ? 0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
-        const __m512bh w0 = (__m512bh)_mm512_maskz_loadu_epi16(m0, w + k);
-        for (int i = 0; i < NX; i++)
-            a0[i] = _mm512_dpbf16_ps(a0[i], w0, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k)));
-        if (K - k > 32) {
-            const __mmask32 m1 = (__mmask32)((1ull << (K - k - 32)) - 1);
-            const __m512bh w1 = (__m512bh)_mm512_maskz_loadu_epi16(m1, w + k + 32);
-            for (int i = 0; i < NX; i++)
-                a1[i] = _mm512_dpbf16_ps(a1[i], w1, (__m512bh)_mm512_loadu_si512((const void *)(xb[i] + k + 32)));
-        }
-    }
-    for (int i = 0; i < NX; i++) s[i] = _mm512_add_ps(_mm512_add_ps(a0[i], a1[i]), _mm512_add_ps(a2[i], a3[i]));
 }
 
 static inline __attribute__((always_inline)) MLL_AVX512_BF16 void rowsn_bf16x(
@@ -1169,17 +1162,16 @@ static inline __attribute__((always_inline)) MLL_AVX512_BF16 void rowsn_bf16x(
         int64_t ldo) {
     const uint16_t *xb[4];
     for (int i = 0; i < NX; i++) xb[i] = xr[i].b;
-    const uint16_t *w = (const uint16_t *)W->data + row0 * K;
-    int64_t r = 0;
-    for (; r + 4 <= n; r += 4) {
-        __m512 s[4][4];                                    /* [weight row][row of x] */
-        for (int q = 0; q < 4; q++) dot_vecn_bf16x(xb, NX, w + (r + q) * K, K, s[q]);
-        for (int i = 0; i < NX; i++) hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
-    }
-    for (; r < n; r++) {
-        __m512 s[4];
-        dot_vecn_bf16x(xb, NX, w + r * K, K, s);
-        for (int i = 0; i < NX; i++) out[i * ldo + r] = _mm512_reduce_add_ps(s[i]);
+    const int64_t Kp = bf16_cols(K);
+    const uint16_t *w = (const uint16_t *)W->data + row0 * Kp;
+    for (int64_t r = 0; r < n; r += BF16_ROWS) {
+        __m512 s[4][4];                                    /* [row of the block][row of x] */
+        block_bf16x(xb, NX, w + r * Kp, Kp, s);
+        for (int i = 0; i < NX; i++) {
+            float t[BF16_ROWS];
+            hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], t);
+            memcpy(out + i * ldo + r, t, (size_t)mll_min64(BF16_ROWS, n - r) * sizeof(float));
+        }
     }
 }
 

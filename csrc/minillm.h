@@ -419,12 +419,12 @@ void mll_silu_mul_backward(const float *g, const float *u, const float *dy, floa
 /* The linear layers of a decoding step: few rows of x (M small), W (N, K) streamed once, rows
  * of W split over threads in fixed groups of 4; x, y, biases float32, all contiguous.
  *
- * A weight matrix W (N, K) in one of three encodings: MLL_F32 and MLL_BF16 (each value the
- * upper 16 bits of a float32), row-major; MLL_I8: int8 values q and one float32 scale per
- * `group` consecutive values of a row, W[n, k] = q[n, k] * scale[n, k / group], in tiles of 16
- * rows (mll_q8_tile; K and group multiples of 4). */
+ * A weight matrix W (N, K) in one of three encodings: MLL_F32, row-major; MLL_BF16 (each value
+ * the upper 16 bits of a float32) in blocks of 4 rows (mll_bf16_pack); MLL_I8: int8 values q
+ * and one float32 scale per `group` consecutive values of a row, W[n, k] = q[n, k] *
+ * scale[n, k / group], in tiles of 16 rows (mll_q8_tile; K and group multiples of 4). */
 typedef struct {
-    const void *data;        /* (N, K) values; MLL_I8: the tiles */
+    const void *data;        /* (N, K) values; MLL_BF16: the blocks; MLL_I8: the tiles */
     const float *scale;      /* MLL_I8: the tiles' scales; otherwise unused */
     int dtype;               /* MLL_F32, MLL_BF16 or MLL_I8 */
     int64_t group;           /* MLL_I8: values per scale */
@@ -436,8 +436,14 @@ void mll_q8_tile(const int8_t *q, const float *scale, int64_t N, int64_t K, int6
                  float *tscale);
 void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,
                    float *scale);
+/* The bf16 blocks (gemv.c, "bf16 blocks"): w (N, K) row-major bf16 bits into blocks (4 Kp
+ * values per 4 rows, Kp = K rounded up to a multiple of 32, N rounded up to 4; the padding
+ * zero), and back (rows < N). */
+void mll_bf16_pack(const uint16_t *w, int64_t N, int64_t K, uint16_t *blocks);
+void mll_bf16_unpack(const uint16_t *blocks, int64_t N, int64_t K, uint16_t *w);
 /* Rows [r, ...) of W (K columns): the same encoding, data and scales moved on by r rows (the
- * row blocks of a fused matrix, e.g. q, k, v of one qkv weight; int8: r a multiple of 16). */
+ * row blocks of a fused matrix, e.g. q, k, v of one qkv weight; bf16: r a multiple of 4;
+ * int8: of 16). */
 mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K);
 /* y (M, N) = act(x (M, K) @ W^T + bias (N, or NULL)) + add (M, N, or NULL); act: 0 none,
  * 1 GELU (tanh form), 2 relu^2. y may be add (in place). With an int8 W, x is quantized per row and

@@ -26,8 +26,9 @@ def load_for_inference(hf_dir=None, ckpt=None, dtype="float32", need_tokenizer=T
     """(model in eval mode, its tokenizer, a default model name: the folder's) from a
     HuggingFace folder (hf_dir) or a minillm checkpoint or run folder (ckpt). dtype "bf16"
     keeps the weights of a family that can hold them in bf16 (Llama, Qwen, Mistral) in bf16:
-    half the memory, and the decode plan reads them in place; GPT-2 and checkpoints load in
-    float32 and the plan makes its bf16 or int8 copies (plan_options). ValueError names a
+    half the memory of float32 (the decode plan adds its copy in the bf16 kernels' blocks of 4
+    rows); GPT-2 and checkpoints load in float32 and the plan makes its bf16 or int8 copies
+    (plan_options). ValueError names a
     folder without a tokenizer when need_tokenizer, or a dtype that is not one of DTYPES.
     dtype None: the weights as the folder stores them (resolve_dtype names the plan's dtype)."""
     if dtype is not None and dtype not in DTYPES:
@@ -67,8 +68,8 @@ def resolve_dtype(model, dtype=None):
 
 def plan_options(model, dtype, kv_dtype=None):
     """The keyword arguments of model.decoder() for weights streamed in `dtype` (None:
-    resolve_dtype's): none when the plan can read the model's own weights in place (float32,
-    or a model held in bf16 asked for bf16), else weights=dtype (copies in bf16 or int8, or an
+    resolve_dtype's): none when the plan's default is that dtype (float32 read in place, or a
+    model held in bf16 asked for bf16), else weights=dtype (copies in bf16 or int8, or an
     int8 folder's weights as stored); kv_dtype ("float32" or "bf16"; None: the plan's default,
     bf16 with bf16 or int8 weights) the KV caches'."""
     dtype = resolve_dtype(model, dtype)

@@ -19,7 +19,7 @@ the group must be multiples of 4.
 
     from minillm.quantize import quantize_int8, decoding_weight
     m = quantize_int8(w)              # w (N, K) float32 -> _C.Int8Matrix
-    w2 = decoding_weight(w, "bf16")   # float32 | bf16 Tensor | Int8Matrix for a dtype name
+    w2 = decoding_weight(w, "bf16")   # float32 Tensor | _C.Bf16Matrix | Int8Matrix for a dtype name
 
 A model folder can hold the int8 weights themselves (`minillm quantize`,
 minillm.inference.quantize_folder): a family's HuggingFace layout where every Linear weight the decode plan streams, and
@@ -79,13 +79,14 @@ def quantize_int8(w, group=None):
 
 def decoding_weight(w, dtype):
     """The Linear weight w (N, K) (float32 or bfloat16) stored as `dtype` for the decoding
-    kernels: "float32" (w itself when float32), "bf16" (a bfloat16 Tensor, nearest even; w
-    itself when bf16), "int8" (an Int8Matrix)."""
+    kernels: "float32" (w itself when float32), "bf16" (a Bf16Matrix: w's values, rounded to
+    nearest even when float32, in the kernels' blocks of 4 rows, a copy), "int8" (an
+    Int8Matrix)."""
     if dtype not in DTYPES and dtype != "bfloat16":
         raise ValueError(f"unknown weight dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     w = w.detach().contiguous()
     if dtype in ("bf16", "bfloat16"):
-        return w if w.dtype == "bfloat16" else w.astype("bfloat16")
+        return _C.Bf16Matrix(w)
     if w.dtype != "float32":
         w = w.astype("float32")
     return w if dtype == "float32" else quantize_int8(w)

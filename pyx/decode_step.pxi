@@ -23,8 +23,8 @@ cdef int _choice(str owner, str what, object value, dict choices) except -1:
 cdef class DecodeBlock:
     """The options and weights of one transformer block for block_step (the tensors are kept
     referenced, so they stay alive). weights: a dict of contiguous float32 tensors by name,
-    except the Linear weights (out, in), which may also be bfloat16 Tensors or Int8Matrix
-    (C = n_embd, Q = n_head * head_dim, KV = n_kv_head * head_dim, F = d_ff; a bias that is
+    except the Linear weights (out, in), which may also be Bf16Matrix (a bfloat16 Tensor is
+    packed into one, a copy) or Int8Matrix (C = n_embd, Q = n_head * head_dim, KV = n_kv_head * head_dim, F = d_ff; a bias that is
     absent or None is zero):
 
       norm1.weight, norm1.bias (C)      the norm before attention (bias: LayerNorm only)
@@ -70,6 +70,7 @@ cdef class DecodeBlock:
         self.o.norm_eps, self.o.qk_norm_eps = norm_eps, qk_norm_eps
         self.o.attn_scale = <float>(1.0 / c_sqrt(<double>hs)) if attn_scale is None else <float>float(attn_scale)
         self.norm, self.mlp = norm, mlp
+        weights = bf16_blocks(weights)
         self.weights = dict(weights)
 
         def has(name):
@@ -83,17 +84,18 @@ cdef class DecodeBlock:
                 raise ValueError(f"{owner}: give q, k, v either fused (qkv.weight) or separately, not both "
                                  f"(also got {separate})")
             fused = weights["qkv.weight"]
-            if isinstance(fused, Int8Matrix) and (Q % 16 or KV % 16):
-                # int8 tiles hold 16 rows: q, k and v then need tiles of their own
+            rows = 16 if isinstance(fused, Int8Matrix) else 4 if isinstance(fused, Bf16Matrix) else 1
+            if Q % rows or KV % rows:
+                # int8 tiles hold 16 rows, bf16 blocks 4: q, k and v then need blocks of their own
                 if fused.shape != (Q + 2 * KV, Cn):
-                    raise ValueError(f"{owner}: qkv.weight must have shape {(Q + 2 * KV, Cn)}, got an Int8Matrix "
-                                     f"of shape {fused.shape}")
+                    raise ValueError(f"{owner}: qkv.weight must have shape {(Q + 2 * KV, Cn)}, got an "
+                                     f"{type(fused).__name__} of shape {fused.shape}")
                 parts = {"q.weight": fused.rows(0, Q), "k.weight": fused.rows(Q, Q + KV),
                          "v.weight": fused.rows(Q + KV, Q + 2 * KV)}
                 self.w.q_w = _matrix_of(owner, parts, "q.weight", (Q, Cn))
                 self.w.k_w = _matrix_of(owner, parts, "k.weight", (KV, Cn))
                 self.w.v_w = _matrix_of(owner, parts, "v.weight", (KV, Cn))
-                del self.weights["qkv.weight"]             # the parts hold the tiles the step reads
+                del self.weights["qkv.weight"]             # the parts hold the blocks the step reads
                 self.weights.update(parts)
             else:
                 self.w.q_w = _matrix_of(owner, weights, "qkv.weight", (Q + 2 * KV, Cn))
@@ -187,7 +189,8 @@ cdef class DecodeBlock:
 cdef class DecodeHead:
     """The final norm and the LM head for final_step: norm_weight, norm_bias (C) (bias
     LayerNorm only; either may be None), head_weight (V, C) (the token embedding when tied;
-    float32, bfloat16 or an Int8Matrix), head_bias (V) or None; norm "layernorm" | "rmsnorm"
+    float32, a Bf16Matrix (a bfloat16 Tensor is packed into one, a copy) or an Int8Matrix),
+    head_bias (V) or None; norm "layernorm" | "rmsnorm"
     with norm_eps."""
     cdef C.mll_block_options o
     cdef const float *norm_w
@@ -201,7 +204,8 @@ cdef class DecodeHead:
     def __init__(self, norm_weight, norm_bias, head_weight, head_bias=None, *, str norm="layernorm",
                  float norm_eps=1e-5):
         owner = "DecodeHead"
-        shape = tuple(head_weight.shape) if isinstance(head_weight, (Tensor, Int8Matrix)) else None
+        head_weight = bf16_blocks({"w": head_weight})["w"]
+        shape = tuple(head_weight.shape) if isinstance(head_weight, (Tensor, Int8Matrix, Bf16Matrix)) else None
         if shape is None or len(shape) != 2:
             raise ValueError(f"{owner}: head_weight must be (vocab, n_embd), got {_describe(head_weight)}")
         cdef int64_t V = shape[0], Cn = shape[1]

@@ -1,6 +1,6 @@
 # gemv.pxi: bindings of gemv.c: the linear layers of a decoding step (few rows, weights
-# streamed once) over float32, bf16 or int8 weight matrices (Int8Matrix), and the huge-page
-# advice for the weights they stream.
+# streamed once) over float32, bf16 (Bf16Matrix) or int8 (Int8Matrix) weight matrices, and the
+# huge-page advice for the weights they stream.
 
 
 def linear_rows(x, weight, bias=None, add=None, bint gelu=False):
@@ -156,6 +156,52 @@ cdef class Int8Matrix:
         return f"Int8Matrix(shape={self.shape}, group={self.group})"
 
 
+cdef class Bf16Matrix:
+    """A weight matrix W (N, K) of the decoding kernels in bfloat16, kept only in the kernels'
+    blocks of 4 rows (`blocks`; gemv.c, "bf16 blocks": K padded to a multiple of 32, N to 4,
+    with zeros); `values` unpacks them. Built from a bfloat16 Tensor (N, K), or a float32 one,
+    rounded to nearest even (minillm.quantize.decoding_weight(w, "bf16") builds one)."""
+    cdef readonly Tensor blocks
+    cdef readonly tuple shape
+
+    def __init__(self, w):
+        if not isinstance(w, Tensor) or w.ndim != 2 or (<Tensor>w).dtype_ not in (C.MLL_BF16, C.MLL_F32):
+            raise ValueError(f"Bf16Matrix: expected a 2-D bfloat16 or float32 tensor, got {_describe(w)}")
+        cdef Tensor v = as_contig(w if (<Tensor>w).dtype_ == C.MLL_BF16 else w.astype("bfloat16"))
+        cdef int64_t N = v.shape_[0], K = v.shape_[1]
+        self.blocks = new_tensor(((N + 3) // 4, 4 * ((K + 31) // 32 * 32)), C.MLL_BF16)
+        self.shape = (N, K)
+        with nogil:
+            C.mll_bf16_pack(<const uint16_t *>v.ptr, N, K, <uint16_t *>self.blocks.ptr)
+
+    @property
+    def values(self):
+        """W (N, K) as a bfloat16 Tensor (unpacked from the blocks)."""
+        cdef int64_t N = self.shape[0], K = self.shape[1]
+        cdef Tensor w = new_tensor((N, K), C.MLL_BF16)
+        with nogil:
+            C.mll_bf16_unpack(<const uint16_t *>self.blocks.ptr, N, K, <uint16_t *>w.ptr)
+        return w
+
+    @property
+    def dtype(self):
+        return "bfloat16"
+
+    def rows(self, int64_t start, int64_t stop):
+        """Rows [start, stop) as a Bf16Matrix of their own."""
+        return Bf16Matrix(self.values[start:stop])
+
+    def __repr__(self):
+        return f"Bf16Matrix(shape={self.shape})"
+
+
+def bf16_blocks(weights):
+    """weights (a dict of a decoding step's matrices) with each bfloat16 Tensor packed into a
+    Bf16Matrix (a copy), the form the kernels read."""
+    return {n: Bf16Matrix(t) if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16 else t
+            for n, t in weights.items()}
+
+
 def _describe(t):
     if isinstance(t, Tensor):
         return f"{t.dtype} tensor of shape {t.shape}{'' if is_contig(<Tensor>t) else ' (not contiguous)'}"
@@ -163,7 +209,7 @@ def _describe(t):
 
 
 cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) except *:
-    """weights[name] as an mll_matrix: a contiguous float32 or bfloat16 Tensor, or an
+    """weights[name] as an mll_matrix: a contiguous float32 Tensor, a Bf16Matrix or an
     Int8Matrix, of `shape`; data NULL if absent or None."""
     cdef C.mll_matrix m
     m.data, m.scale, m.dtype, m.group = NULL, NULL, C.MLL_F32, 0
@@ -177,11 +223,12 @@ cdef C.mll_matrix _matrix_of(str owner, dict weights, str name, tuple shape) exc
         m.data, m.scale = <const void *>(<Int8Matrix>t).tiles.ptr, fptr((<Int8Matrix>t).tile_scales)
         m.dtype, m.group = C.MLL_I8, (<Int8Matrix>t).group
         return m
-    if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16:
-        x = <Tensor>t
-        m.dtype = C.MLL_BF16
-    else:
-        x = as_f32(t, f"{owner} {name}")
+    if isinstance(t, Bf16Matrix):
+        if t.shape != shape:
+            raise ValueError(f"{owner}: {name} must have shape {shape}, got a Bf16Matrix of shape {t.shape}")
+        m.data, m.dtype = <const void *>(<Bf16Matrix>t).blocks.ptr, C.MLL_BF16
+        return m
+    x = as_f32(t, f"{owner} {name}")
     if not is_contig(x) or x.shape != shape:
         raise ValueError(f"{owner}: {name} must be a contiguous float32, bfloat16 or int8 matrix of shape {shape}, "
                          f"got {_describe(t)}")
@@ -196,11 +243,13 @@ cdef C.mll_matrix matrix_rows(C.mll_matrix m, int64_t r, int64_t K) noexcept:
 
 def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
     """y (..., N) = x (..., K) @ W^T + bias, (GELU, tanh form), + add: the decoding steps'
-    linear layer with W a float32 or bfloat16 Tensor (N, K) or an Int8Matrix; x, bias, add
-    float32. The result is computed in float32 from the stored weights."""
+    linear layer with W a float32 Tensor (N, K), a Bf16Matrix (a bfloat16 Tensor is packed into
+    one, a copy) or an Int8Matrix; x, bias, add float32. The result is computed in float32 from
+    the stored weights."""
     owner = "decode_linear"
     cdef Tensor xx = as_contig(as_f32(x, "decode_linear x"))
-    shape = tuple(weight.shape) if isinstance(weight, (Tensor, Int8Matrix)) else None
+    weight = bf16_blocks({"w": weight})["w"]
+    shape = tuple(weight.shape) if isinstance(weight, (Tensor, Int8Matrix, Bf16Matrix)) else None
     if shape is None or len(shape) != 2:
         raise ValueError(f"{owner}: weight must be a 2-D float32/bfloat16 Tensor or an Int8Matrix, got "
                          f"{_describe(weight)}")

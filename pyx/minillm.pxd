@@ -210,6 +210,8 @@ cdef extern from "minillm.h" nogil:
                      float *tscale)
     void mll_q8_untile(const uint8_t *tiles, const float *tscale, int64_t N, int64_t K, int64_t group, int8_t *q,
                        float *scale)
+    void mll_bf16_pack(const uint16_t *w, int64_t N, int64_t K, uint16_t *blocks)
+    void mll_bf16_unpack(const uint16_t *blocks, int64_t N, int64_t K, uint16_t *w)
     mll_matrix mll_matrix_rows(const mll_matrix *W, int64_t r, int64_t K)
     int mll_linear(const float *x, const mll_matrix *W, const float *bias, const float *add, float *y, int64_t M,
                    int64_t N, int64_t K, int act)

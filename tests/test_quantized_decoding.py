@@ -14,7 +14,7 @@ from minillm.generate import KVCache
 from minillm.models import GPT
 from minillm.models.gpt import GPTConfig
 from minillm.quantize import decoding_weight, int8_group, quantize_int8
-from conftest import bf16_values
+from conftest import bf16_values, round_bf16_bits
 
 
 def int8_linear_reference(x, m):
@@ -88,10 +88,8 @@ def int8_path(request):
         yield request.param
 
 
-# K = 93: on AVX-512 two pair blocks, one vector and a 13-value tail; on AVX2 a full turn, one
-# pair block, one vector and a 5-value tail (the bf16 loop's every branch); with x in bf16, a step
-# of 64 and a tail of 29; K = 200: a turn of 128, a step of 64, a tail of 8; K = 300: two turns
-# and a tail of 44 (both halves masked)
+# N = 7, 5, 3: a last block of 4 rows with 3, 1, 3 of them real; K = 93, 200, 300: a last block of
+# 32 columns with 29, 8, 12 of them real (the bf16 blocks' zero padding, against x's)
 @pytest.mark.parametrize("M,N,K", SHAPES + [(2, 7, 93), (3, 5, 200), (2, 3, 300)])
 def test_bf16_linear_matches_numpy(bf16_path, M, N, K):
     rng = np.random.default_rng(N * K)
@@ -187,24 +185,47 @@ def test_int8_matrix_keeps_its_values_in_tiles_of_16_rows(N, K, group):
                                   sp.reshape(blocks, 16, K // group).transpose(0, 2, 1))
 
 
-def test_fused_int8_qkv_whose_parts_are_not_whole_tiles_is_split():
-    """q, k, v of 24 rows each (not a multiple of the tiles' 16) in one fused Int8Matrix step
-    exactly as the three given apart."""
+@pytest.mark.parametrize("N,K", [(1, 32), (4, 45), (7, 64), (9, 93)])
+def test_bf16_matrix_keeps_its_values_in_blocks_of_4_rows(N, K):
+    """The blocks hold the layout gemv.c documents (built here from the definition), rows past
+    N and columns past K zero; the values come back unchanged."""
+    rng = np.random.default_rng(N * K)
+    w = minillm.from_numpy(rng.standard_normal((N, K)).astype(np.float32)).astype("bfloat16")
+    m = _C.Bf16Matrix(w)
+    bits = w.numpy()
+    np.testing.assert_array_equal(m.values.numpy(), bits)
+    nb, Kp = (N + 3) // 4, (K + 31) // 32 * 32
+    padded = np.zeros((4 * nb, Kp), np.uint16)
+    padded[:N, :K] = bits
+    # blocks[b][k / 32][r][k % 32] = W[4 b + r][k]
+    want = padded.reshape(nb, 4, Kp // 32, 32).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(m.blocks.numpy().reshape(nb, Kp // 32, 4, 32), want)
+    # and a float32 matrix is rounded to nearest even on the way in
+    f = rng.standard_normal((N, K)).astype(np.float32)
+    np.testing.assert_array_equal(_C.Bf16Matrix(minillm.from_numpy(f)).values.numpy(), round_bf16_bits(f))
+
+
+@pytest.mark.parametrize("dtype,C", [("int8", 24), ("bf16", 18)])
+def test_fused_qkv_whose_parts_are_not_whole_blocks_is_split(dtype, C):
+    """q, k, v of C rows each, not a multiple of the int8 tiles' 16 rows (24) or of the bf16
+    blocks' 4 (18), in one fused matrix step exactly as the three given apart."""
     rng = np.random.default_rng(5)
-    C, nh = 24, 3
+    nh = 3
+    narrow = (lambda w: quantize_int8(w)) if dtype == "int8" else (lambda w: _C.Bf16Matrix(minillm.from_numpy(w)))
     qkv = rng.standard_normal((3 * C, C)).astype(np.float32)
     common = {"norm1.weight": minillm.ones(C), "norm1.bias": minillm.zeros(C), "norm2.weight": minillm.ones(C),
               "norm2.bias": minillm.zeros(C),
-              "o.weight": quantize_int8(rng.standard_normal((C, C)).astype(np.float32)),
-              "up.weight": quantize_int8(rng.standard_normal((4 * C, C)).astype(np.float32)),
-              "down.weight": quantize_int8(rng.standard_normal((C, 4 * C)).astype(np.float32))}
-    fused = dict(common, **{"qkv.weight": quantize_int8(qkv)})
-    apart = dict(common, **{"q.weight": quantize_int8(qkv[:C]), "k.weight": quantize_int8(qkv[C:2 * C]),
-                            "v.weight": quantize_int8(qkv[2 * C:])})
+              "o.weight": narrow(rng.standard_normal((C, C)).astype(np.float32)),
+              "up.weight": narrow(rng.standard_normal((4 * C, C)).astype(np.float32)),
+              "down.weight": narrow(rng.standard_normal((C, 4 * C)).astype(np.float32))}
+    fused = dict(common, **{"qkv.weight": narrow(qkv)})
+    apart = dict(common, **{"q.weight": narrow(qkv[:C]), "k.weight": narrow(qkv[C:2 * C]),
+                            "v.weight": narrow(qkv[2 * C:])})
     x0 = rng.standard_normal((2, C)).astype(np.float32)
     out = []
     for weights in (fused, apart):
         block = _C.DecodeBlock(weights, n_embd=C, n_head=nh, d_ff=4 * C)
+        assert ("qkv.weight" in block.weights) == (weights is fused and not (C % {"int8": 16, "bf16": 4}[dtype]))
         x = minillm.from_numpy(x0.copy())
         kc, vc = _C.zeros((4, 2, nh, C // nh)), _C.zeros((4, 2, nh, C // nh))
         for pos in range(3):

@@ -94,8 +94,9 @@ class Decoder:
     `hugepage_bytes` says how many bytes got them.
 
     weights: the dtype the streamed weights (Linear weights and head) are read in: "float32"
-    (the parameters in place), "bf16" or "int8" (copies made here, minillm.quantize; the
-    embedding lookup keeps the float32 table). An int8 plan also takes _C.Int8Matrix weights
+    (the parameters in place), "bf16" or "int8" (copies made here in the kernels' layouts,
+    blocks of 4 rows or tiles of 16, minillm.quantize; also of parameters held in bfloat16;
+    the embedding lookup keeps the model's table). An int8 plan also takes _C.Int8Matrix weights
     in `layers` and `head` (a quantized folder's, minillm.quantize), streamed as given.
 
     kv_dtype: the dtype of the KV caches the plan's users make (KVCache.for_model(...,
@@ -165,7 +166,8 @@ class Decoder:
         self.hugepage_bytes = 0
         if hugepages:
             for w in self.streamed_weights():
-                for t in ((w.tiles, w.tile_scales) if isinstance(w, _C.Int8Matrix) else (w,)):
+                parts = {_C.Int8Matrix: ("tiles", "tile_scales"), _C.Bf16Matrix: ("blocks",)}.get(type(w))
+                for t in ((w,) if parts is None else [getattr(w, p) for p in parts]):
                     self.hugepage_bytes += max(0, _C.advise_hugepages(t))
 
     def streamed_weights(self):

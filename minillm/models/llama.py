@@ -243,7 +243,8 @@ class Llama(LanguageModel):
     def decoder(self, hugepages=True, weights=None, kv_dtype=None):
         """The fast decode plan (minillm.models.decoder.Decoder): RMSNorm, rotary, SwiGLU,
         grouped-query heads, biases and QK-norm as configured. weights: the dtype the plan
-        streams ("float32", "bf16", "int8"; None: the model's own, read in place).
+        streams ("float32", "bf16", "int8"; None: the model's own dtype: float32 read in
+        place, bfloat16 copied into the bf16 kernels' blocks of 4 rows).
         An int8 plan of a model loaded from an int8 folder streams the folder's int8 weights
         (self.int8_weights) as stored (later changes to the parameters do not reach them).
         hugepages, kv_dtype (the KV caches'): see Decoder."""
