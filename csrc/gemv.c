@@ -1103,9 +1103,13 @@ static inline __attribute__((always_inline)) MLL_TARGET void FN(rowsn_bf16)(
         V s[4][4];                                         /* [row of the block][row of x] */
         FN(block_bf16)(xp, NX, w + r * Kp, Kp, pf, s);
         for (int i = 0; i < NX; i++) {
-            float t[BF16_ROWS];
+            if (n - r >= BF16_ROWS) {
+                FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
+                continue;
+            }
+            float t[BF16_ROWS];                            /* the last block's real rows */
             FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], t);
-            memcpy(out + i * ldo + r, t, (size_t)mll_min64(BF16_ROWS, n - r) * sizeof(float));
+            for (int64_t q = 0; q < n - r; q++) out[i * ldo + r + q] = t[q];
         }
     }
 }
@@ -1168,9 +1172,13 @@ static inline __attribute__((always_inline)) MLL_AVX512_BF16 void rowsn_bf16x(
         __m512 s[4][4];                                    /* [row of the block][row of x] */
         block_bf16x(xb, NX, w + r * Kp, Kp, s);
         for (int i = 0; i < NX; i++) {
-            float t[BF16_ROWS];
+            if (n - r >= BF16_ROWS) {
+                hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
+                continue;
+            }
+            float t[BF16_ROWS];                            /* the last block's real rows */
             hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], t);
-            memcpy(out + i * ldo + r, t, (size_t)mll_min64(BF16_ROWS, n - r) * sizeof(float));
+            for (int64_t q = 0; q < n - r; q++) out[i * ldo + r + q] = t[q];
         }
     }
 }
