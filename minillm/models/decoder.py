@@ -112,7 +112,7 @@ class Decoder:
     # prompts up to this many tokens go through extend (prefills_by_rows): float32 and bf16,
     # bf16 with x in bf16
     ROWS_PREFILL = 16
-    ROWS_PREFILL_BF16X = 256
+    ROWS_PREFILL_BF16X = 512
 
     # the block weights a step streams (stored in `weights`' dtype)
     LINEAR = ("qkv.weight", "q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight",
