@@ -187,6 +187,11 @@ cdef class Bf16Matrix:
     def dtype(self):
         return "bfloat16"
 
+    @property
+    def nbytes(self):
+        """Bytes of the blocks (the values with their padding): what a step streams."""
+        return self.blocks.nbytes
+
     def rows(self, int64_t start, int64_t stop):
         """Rows [start, stop) as a Bf16Matrix of their own."""
         return Bf16Matrix(self.values[start:stop])

@@ -200,6 +200,7 @@ def test_bf16_matrix_keeps_its_values_in_blocks_of_4_rows(N, K):
     # blocks[b][k / 32][r][k % 32] = W[4 b + r][k]
     want = padded.reshape(nb, 4, Kp // 32, 32).transpose(0, 2, 1, 3)
     np.testing.assert_array_equal(m.blocks.numpy().reshape(nb, Kp // 32, 4, 32), want)
+    assert m.nbytes == 4 * nb * Kp * 2
     # and a float32 matrix is rounded to nearest even on the way in
     f = rng.standard_normal((N, K)).astype(np.float32)
     np.testing.assert_array_equal(_C.Bf16Matrix(minillm.from_numpy(f)).values.numpy(), round_bf16_bits(f))
