@@ -1087,6 +1087,21 @@ static inline __attribute__((always_inline)) MLL_TARGET void FN(block_bf16)(
     }
 }
 
+/* a block's sums s[q][i] (row q of the block . row i of x) to out[i ldo + q], the first
+ * min(nr, 4) rows of the block (the last block of a matrix may hold fewer real rows) */
+static inline __attribute__((always_inline)) MLL_TARGET void FN(store_block)(V s[4][4], const int NX, int64_t nr,
+                                                                            float *out, int64_t ldo) {
+    for (int i = 0; i < NX; i++) {
+        if (nr >= BF16_ROWS) {
+            FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo);
+            continue;
+        }
+        float t[BF16_ROWS];
+        FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], t);
+        for (int64_t q = 0; q < nr; q++) out[i * ldo + q] = t[q];
+    }
+}
+
 /* rows_bf16 for NX rows of x (row i's results at out + i ldo); row0 a multiple of 4 */
 static inline __attribute__((always_inline)) MLL_TARGET void FN(rowsn_bf16)(
         const xrow *xr, const int NX, const mll_matrix *W, int64_t row0, int64_t K, int64_t n, float *out,
@@ -1102,15 +1117,7 @@ static inline __attribute__((always_inline)) MLL_TARGET void FN(rowsn_bf16)(
     for (int64_t r = 0; r < n; r += BF16_ROWS) {
         V s[4][4];                                         /* [row of the block][row of x] */
         FN(block_bf16)(xp, NX, w + r * Kp, Kp, pf, s);
-        for (int i = 0; i < NX; i++) {
-            if (n - r >= BF16_ROWS) {
-                FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
-                continue;
-            }
-            float t[BF16_ROWS];                            /* the last block's real rows */
-            FN(hsum4)(s[0][i], s[1][i], s[2][i], s[3][i], t);
-            for (int64_t q = 0; q < n - r; q++) out[i * ldo + r + q] = t[q];
-        }
+        FN(store_block)(s, NX, n - r, out + r, ldo);
     }
 }
 
@@ -1171,15 +1178,7 @@ static inline __attribute__((always_inline)) MLL_AVX512_BF16 void rowsn_bf16x(
     for (int64_t r = 0; r < n; r += BF16_ROWS) {
         __m512 s[4][4];                                    /* [row of the block][row of x] */
         block_bf16x(xb, NX, w + r * Kp, Kp, s);
-        for (int i = 0; i < NX; i++) {
-            if (n - r >= BF16_ROWS) {
-                hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], out + i * ldo + r);
-                continue;
-            }
-            float t[BF16_ROWS];                            /* the last block's real rows */
-            hsum4_avx512(s[0][i], s[1][i], s[2][i], s[3][i], t);
-            for (int64_t q = 0; q < n - r; q++) out[i * ldo + r + q] = t[q];
-        }
+        store_block_avx512(s, NX, n - r, out + r, ldo);
     }
 }
 

@@ -28,8 +28,8 @@ def load_for_inference(hf_dir=None, ckpt=None, dtype="float32", need_tokenizer=T
     keeps the weights of a family that can hold them in bf16 (Llama, Qwen, Mistral) in bf16:
     half the memory of float32 (the decode plan adds its copy in the bf16 kernels' blocks of 4
     rows); GPT-2 and checkpoints load in float32 and the plan makes its bf16 or int8 copies
-    (plan_options). ValueError names a
-    folder without a tokenizer when need_tokenizer, or a dtype that is not one of DTYPES.
+    (plan_options). ValueError names a folder without a tokenizer when need_tokenizer, or a
+    dtype that is not one of DTYPES.
     dtype None: the weights as the folder stores them (resolve_dtype names the plan's dtype)."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

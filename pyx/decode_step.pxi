@@ -24,8 +24,8 @@ cdef class DecodeBlock:
     """The options and weights of one transformer block for block_step (the tensors are kept
     referenced, so they stay alive). weights: a dict of contiguous float32 tensors by name,
     except the Linear weights (out, in), which may also be Bf16Matrix (a bfloat16 Tensor is
-    packed into one, a copy) or Int8Matrix (C = n_embd, Q = n_head * head_dim, KV = n_kv_head * head_dim, F = d_ff; a bias that is
-    absent or None is zero):
+    packed into one, a copy) or Int8Matrix (C = n_embd, Q = n_head * head_dim, KV = n_kv_head
+    * head_dim, F = d_ff; a bias that is absent or None is zero):
 
       norm1.weight, norm1.bias (C)      the norm before attention (bias: LayerNorm only)
       qkv.weight (Q + 2 KV, C), qkv.bias     q, k, v fused (GPT-2's c_attn), or else
