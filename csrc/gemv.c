@@ -107,23 +107,22 @@ static void rows2_generic(const xrow *x, const mll_matrix *W, int64_t row0, int6
 
 static int64_t bf16_cols(int64_t K) { return (K + BF16_BLOCK - 1) / BF16_BLOCK * BF16_BLOCK; }
 
+/* where W[n][k] sits in the blocks of a matrix of Kp (bf16_cols) columns */
+static int64_t bf16_at(int64_t n, int64_t k, int64_t Kp) {
+    return n / BF16_ROWS * BF16_ROWS * Kp + k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK + n % BF16_ROWS * BF16_BLOCK +
+           k % BF16_BLOCK;
+}
+
 void mll_bf16_pack(const uint16_t *w, int64_t N, int64_t K, uint16_t *blocks) {
-    const int64_t Kp = bf16_cols(K), nb = (N + BF16_ROWS - 1) / BF16_ROWS;
-    for (int64_t b = 0; b < nb; b++)
-        for (int r = 0; r < BF16_ROWS; r++) {
-            const int64_t n = b * BF16_ROWS + r;
-            for (int64_t k = 0; k < Kp; k++)
-                blocks[b * BF16_ROWS * Kp + k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK + r * BF16_BLOCK + k % BF16_BLOCK] =
-                    n < N && k < K ? w[n * K + k] : 0;
-        }
+    const int64_t Kp = bf16_cols(K), Np = (N + BF16_ROWS - 1) / BF16_ROWS * BF16_ROWS;
+    for (int64_t n = 0; n < Np; n++)
+        for (int64_t k = 0; k < Kp; k++) blocks[bf16_at(n, k, Kp)] = n < N && k < K ? w[n * K + k] : 0;
 }
 
 void mll_bf16_unpack(const uint16_t *blocks, int64_t N, int64_t K, uint16_t *w) {
     const int64_t Kp = bf16_cols(K);
     for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < K; k++)
-            w[n * K + k] = blocks[n / BF16_ROWS * BF16_ROWS * Kp + k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK +
-                                  n % BF16_ROWS * BF16_BLOCK + k % BF16_BLOCK];
+        for (int64_t k = 0; k < K; k++) w[n * K + k] = blocks[bf16_at(n, k, Kp)];
 }
 
 /* x (K) in the order the vector bf16 rows read it (see "the dot products"): per block of
@@ -143,12 +142,11 @@ static void split_pairs(const float *x, int64_t K, float *xp) {
 static void rows_bf16_generic(const xrow *xr, const mll_matrix *W, int64_t row0, int64_t K, int64_t n,
                               float *out) {
     const float *x = xr->f;
+    const uint16_t *w = (const uint16_t *)W->data;
     const int64_t Kp = bf16_cols(K);
     for (int64_t r = row0; r < row0 + n; r++) {
-        const uint16_t *wr = (const uint16_t *)W->data + r / BF16_ROWS * BF16_ROWS * Kp + r % BF16_ROWS * BF16_BLOCK;
         float s = 0.0f;
-        for (int64_t k = 0; k < K; k++)
-            s += x[k] * bf16_value(wr[k / BF16_BLOCK * BF16_ROWS * BF16_BLOCK + k % BF16_BLOCK]);
+        for (int64_t k = 0; k < K; k++) s += x[k] * bf16_value(w[bf16_at(r, k, Kp)]);
         out[r - row0] = s;
     }
 }

@@ -70,7 +70,7 @@ cdef class DecodeBlock:
         self.o.norm_eps, self.o.qk_norm_eps = norm_eps, qk_norm_eps
         self.o.attn_scale = <float>(1.0 / c_sqrt(<double>hs)) if attn_scale is None else <float>float(attn_scale)
         self.norm, self.mlp = norm, mlp
-        weights = bf16_blocks(weights)
+        weights = {n: bf16_packed(t) for n, t in weights.items()}
         self.weights = dict(weights)
 
         def has(name):
@@ -204,7 +204,7 @@ cdef class DecodeHead:
     def __init__(self, norm_weight, norm_bias, head_weight, head_bias=None, *, str norm="layernorm",
                  float norm_eps=1e-5):
         owner = "DecodeHead"
-        head_weight = bf16_blocks({"w": head_weight})["w"]
+        head_weight = bf16_packed(head_weight)
         shape = tuple(head_weight.shape) if isinstance(head_weight, (Tensor, Int8Matrix, Bf16Matrix)) else None
         if shape is None or len(shape) != 2:
             raise ValueError(f"{owner}: head_weight must be (vocab, n_embd), got {_describe(head_weight)}")

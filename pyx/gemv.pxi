@@ -200,11 +200,10 @@ cdef class Bf16Matrix:
         return f"Bf16Matrix(shape={self.shape})"
 
 
-def bf16_blocks(weights):
-    """weights (a dict of a decoding step's matrices) with each bfloat16 Tensor packed into a
-    Bf16Matrix (a copy), the form the kernels read."""
-    return {n: Bf16Matrix(t) if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16 else t
-            for n, t in weights.items()}
+cdef object bf16_packed(object t):
+    """t as the kernels read it: a bfloat16 Tensor packed into a Bf16Matrix (a copy), any
+    other weight as it is."""
+    return Bf16Matrix(t) if isinstance(t, Tensor) and (<Tensor>t).dtype_ == C.MLL_BF16 else t
 
 
 def _describe(t):
@@ -253,7 +252,7 @@ def decode_linear(x, weight, bias=None, add=None, bint gelu=False):
     the stored weights."""
     owner = "decode_linear"
     cdef Tensor xx = as_contig(as_f32(x, "decode_linear x"))
-    weight = bf16_blocks({"w": weight})["w"]
+    weight = bf16_packed(weight)
     shape = tuple(weight.shape) if isinstance(weight, (Tensor, Int8Matrix, Bf16Matrix)) else None
     if shape is None or len(shape) != 2:
         raise ValueError(f"{owner}: weight must be a 2-D float32/bfloat16 Tensor or an Int8Matrix, got "
