@@ -172,10 +172,9 @@ class Engine:
             events.append(Event(sid, None, "cancelled"))
         with no_grad():
             decoding = list(self._running.values())
-            kv_dtype = getattr(self.decoder, "kv_dtype", "float32")
             for seq in admitted:
                 room = min(self.context, len(seq.prompt) + seq.max_new_tokens)
-                seq.cache = KVCache.for_model(self.model, 1, capacity=room, dtype=kv_dtype)
+                seq.cache = KVCache.for_decoder(self.model, self.decoder, 1, capacity=room)
             # the running sequences' next rows and the short prompts' rows in one pass over the weights
             by_rows = [seq for seq in admitted if self.decoder.prefills_by_rows(len(seq.prompt))]
             rows = [([seq.last], seq.cache) for seq in decoding] + [(seq.prompt, seq.cache) for seq in by_rows]

@@ -105,6 +105,12 @@ class KVCache:
         capacity = model.config.block_size if capacity is None else capacity
         return cls(n_layer, batch, n_kv_head, head_size, capacity, dtype)
 
+    @classmethod
+    def for_decoder(cls, model, decoder, batch, capacity=None):
+        """for_model in the dtype `decoder` (model.decoder()'s, or None) wants its caches in:
+        its kv_dtype, float32 where it has none (LanguageModel.decoder)."""
+        return cls.for_model(model, batch, capacity, getattr(decoder, "kv_dtype", "float32"))
+
     def advance(self, n):
         """Record that n positions were added to every layer (called by the model)."""
         for i, layer in enumerate(self.layers):
@@ -203,8 +209,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     use_cache = model.kv_cache_shape() is not None
     if decoder is None:
         decoder = model.decoder() if use_cache and fast else None
-    cache = KVCache.for_model(model, B, capacity=min(block, T + max_new_tokens),
-                              dtype=getattr(decoder, "kv_dtype", "float32")) if use_cache else None
+    cache = KVCache.for_decoder(model, decoder, B, capacity=min(block, T + max_new_tokens)) if use_cache else None
     stopped = [None] * B           # the stop token of each finished row
     stopper = StopStrings(stop_strings) if stop_strings is not None else None
     steps = [[] for _ in range(B)] if logprobs is not None else None

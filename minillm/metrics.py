@@ -62,7 +62,7 @@ def _plan_loss(model, decoder, x, y):
     B, T = x.shape
     total = 0.0
     for b in range(B):
-        cache = KVCache.for_model(model, 1, capacity=T, dtype=getattr(decoder, "kv_dtype", "float32"))
+        cache = KVCache.for_decoder(model, decoder, 1, capacity=T)
         logits = decoder.extend([(x[b].tolist(), cache)], every=True)                 # (T, V)
         total += float(F.cross_entropy(logits, y[b].contiguous()).item())
     return _C.tensor(total / B)
